@@ -1,0 +1,171 @@
+# ddp-relay developer entry points.
+#
+# On a fresh Debian 12 machine with Python 3.11, as root (or with sudo):
+#   make run    the demo: embedded PostgreSQL + migrations + seed data + gunicorn relays
+#   make test   install what is missing (apt, pip, npm), then lint, types and the whole suite
+#
+# Servers the tests need (PostgreSQL, relays, ...) are started and stopped by the test
+# suite itself on free loopback ports; nothing here leaves a process running.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.NOTPARALLEL:
+MAKEFLAGS += --no-print-directory
+
+# Interpreter for the virtualenv; default: python3.11, else python3 (found at run time).
+PYTHON ?=
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.stamp
+PIP_EXTRAS := test,loadtest
+STATE := .state
+# Extra arguments for pytest, e.g. `make test PYTEST_ARGS="-x -k mergebox"`.
+PYTEST_ARGS ?=
+
+# The npm DDP clients used by the end-to-end tests.
+NODE_DIR := tests/e2e/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.make-stamp
+NODE_INPUTS := $(wildcard $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json)
+
+# apt packages (Debian/Ubuntu names), installed only when missing.
+APT_POSTGRES := postgresql
+APT_NODE := nodejs npm
+APT_PYTHON_VENV := python3-venv
+# ZooKeeper for the coordinator's integration tests. NOT installed yet: when those tests
+# land, add `deps-zookeeper` to the prerequisites of `deps` (and of `run` if the demo
+# needs it).
+APT_ZOOKEEPER := zookeeper
+ZOOKEEPER_JAR := /usr/share/java/zookeeper.jar
+
+# --- shell snippets ----------------------------------------------------------------------
+
+# Each prints the apt package(s) to install when something is missing, else nothing.
+NEED_POSTGRES = { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	|| command -v initdb >/dev/null 2>&1 || echo $(APT_POSTGRES); };
+NEED_NODE = { if ! command -v node >/dev/null 2>&1; then echo $(APT_NODE); \
+	elif ! command -v npm >/dev/null 2>&1; then echo npm; fi; };
+NEED_PYTHON_VENV = { $(FIND_PYTHON) if [ -z "$$py" ]; then echo python3 $(APT_PYTHON_VENV); \
+	elif ! "$$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then echo $(APT_PYTHON_VENV); fi; };
+NEED_ZOOKEEPER = { [ -f $(ZOOKEEPER_JAR) ] || echo $(APT_ZOOKEEPER); };
+
+# Sets $py to the interpreter for the virtualenv ('' if there is none).
+FIND_PYTHON = py="$(PYTHON)"; [ -n "$$py" ] || py="$$(command -v python3.11 || command -v python3 || true)";
+
+# Installs $$pkgs (if any) with apt-get: non-interactive, no recommends, `apt-get update`
+# only when there is something to install. Output goes to .state/apt.log (tail on failure).
+define APT_INSTALL
+pkgs="$$(echo $$pkgs | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/ *$$//')"; \
+if [ -n "$$pkgs" ]; then \
+	if [ "$$(id -u)" = 0 ]; then sudo=; \
+	elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+	else echo "deps: missing $$pkgs; run as root: apt-get install $$pkgs" >&2; exit 1; fi; \
+	command -v apt-get >/dev/null 2>&1 || { echo "deps: missing $$pkgs and no apt-get here; install them by hand" >&2; exit 1; }; \
+	echo "deps: apt-get install $$pkgs"; \
+	mkdir -p $(STATE); \
+	apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300"; \
+	{ $$apt update && $$apt install --no-install-recommends $$pkgs; } >$(STATE)/apt.log 2>&1 \
+		|| { tail -n 40 $(STATE)/apt.log >&2; echo "deps: apt-get failed (log: $(STATE)/apt.log)" >&2; exit 1; }; \
+fi
+endef
+
+# --- targets -----------------------------------------------------------------------------
+
+.PHONY: help deps deps-system deps-run deps-python deps-zookeeper venv lint types test \
+	pytest run clean
+
+help:
+	@echo "make run     start the demo (embedded PostgreSQL, migrations, seed data, gunicorn)"
+	@echo "make test    install what is missing, then lint, types and the whole test suite"
+	@echo "make deps    apt packages (PostgreSQL, Node.js, npm) and the e2e npm clients"
+	@echo "make venv    $(VENV) with pip install -e '.[$(PIP_EXTRAS)]'"
+	@echo "make lint    ruff check + ruff format --check"
+	@echo "make types   mypy (strict; packages from pyproject.toml)"
+	@echo "make pytest  the test suite only (PYTEST_ARGS=... to pass options)"
+	@echo "make clean   stop embedded servers, remove $(STATE)/ and caches (keeps $(VENV))"
+
+## deps: everything `make test` needs from outside PyPI.
+deps: deps-system $(if $(NODE_INPUTS),$(NODE_STAMP))
+
+# All apt packages in one go (one `apt-get update`), then check they really arrived.
+deps-system:
+	@pkgs="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) )"; $(APT_INSTALL)
+	@left="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) )"; \
+	if [ -n "$$left" ]; then echo "deps: still missing after apt-get: $$left" >&2; exit 1; fi
+
+# What `make run` needs (no Node.js).
+deps-run:
+	@pkgs="$$( $(NEED_POSTGRES) $(NEED_PYTHON_VENV) )"; $(APT_INSTALL)
+
+deps-python:
+	@pkgs="$$( $(NEED_PYTHON_VENV) )"; $(APT_INSTALL)
+
+deps-zookeeper:
+	@pkgs="$$( $(NEED_ZOOKEEPER) )"; $(APT_INSTALL)
+
+$(NODE_STAMP): $(NODE_INPUTS) | deps-system
+	@echo "deps: npm packages in $(NODE_DIR)"
+	@cd $(NODE_DIR) && if [ -f package-lock.json ]; then \
+		npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+		npm install --no-audit --no-fund --loglevel=error; \
+	fi
+	@touch $@
+
+## venv: (re)create .venv when missing or broken; pip install when pyproject.toml changed.
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml | deps-python
+	@$(FIND_PYTHON) \
+	if ! $(VENV_PY) -c 'import sys, pip; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then \
+		[ -n "$$py" ] || { echo "venv: no python3 on PATH" >&2; exit 1; }; \
+		"$$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+			|| { echo "venv: $$py is older than Python 3.11" >&2; exit 1; }; \
+		echo "venv: creating $(VENV) with $$py"; \
+		rm -rf $(VENV); "$$py" -m venv $(VENV); \
+	fi
+	@echo "venv: pip install -e '.[$(PIP_EXTRAS)]'"
+	@mkdir -p $(STATE); $(VENV_PY) -m pip install --disable-pip-version-check --progress-bar off \
+		-e ".[$(PIP_EXTRAS)]" >$(STATE)/pip.log 2>&1 \
+		|| { tail -n 40 $(STATE)/pip.log >&2; echo "venv: pip failed (log: $(STATE)/pip.log)" >&2; exit 1; }
+	@touch $@
+
+lint: venv
+	@echo "lint: ruff check, ruff format --check"
+	@rc=0; $(VENV)/bin/ruff check --quiet --output-format=concise . || rc=1; \
+	$(VENV)/bin/ruff format --check --quiet --output-format=concise . || rc=1; exit $$rc
+
+types: venv
+	@echo "types: mypy"
+	@$(VENV)/bin/mypy
+
+# The suite alone. Missing PostgreSQL/Node.js fails (RELAY_REQUIRE_SERVICES=1) instead of
+# skipping; "no tests collected" (exit 5) fails too.
+pytest: venv
+	@echo "test: pytest"
+	@rc=0; RELAY_REQUIRE_SERVICES=1 $(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Lint, types and tests all run even when one fails, so one CI run reports everything.
+test: deps venv
+	@failed=""; \
+	$(MAKE) lint || failed="$$failed lint"; \
+	$(MAKE) types || failed="$$failed types"; \
+	$(MAKE) pytest || failed="$$failed pytest"; \
+	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed" >&2; exit 1; fi; \
+	echo "make test: all passed"
+
+run: deps-run venv
+	@$(VENV_PY) -m relay.devserver
+
+clean:
+	@if [ -d $(STATE) ]; then \
+		$(FIND_PYTHON) [ -x $(VENV_PY) ] && py=$(VENV_PY); \
+		find $(STATE) -name postgres.log -printf '%h\n' | sort -u | while read -r dir; do \
+			"$$py" -m relay.embedded_postgres destroy --state-dir "$$dir" || true; \
+		done; \
+	fi
+	@rm -rf $(STATE) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	@find . \( -path ./$(VENV) -o -path ./.git -o -name node_modules \) -prune \
+		-o -type d -name __pycache__ -exec rm -rf {} +
+	@echo "clean: removed $(STATE)/ and caches"

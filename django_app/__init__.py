@@ -1,0 +1,63 @@
+"""django_app: publish Django models to Meteor clients over DDP (the ``ddp`` app).
+
+Add ``"django_app"`` to ``INSTALLED_APPS`` and declare, in a ``ddp.py`` module of any
+installed app, the collections, publications and methods::
+
+    from django_app import Collection, Cursor, DDPError, method, publish, registry
+
+The public names are loaded lazily (PEP 562), so ``import django_app`` works before
+Django is set up; none of them touches a model at import. What must not live here: any
+import with side effects.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django_app.collection import Collection
+    from django_app.context import MethodContext, SubscriptionContext
+    from django_app.cursor import Cursor
+    from django_app.exceptions import DDPError
+    from django_app.fields import MeteorIdField
+    from django_app.methods import method
+    from django_app.publications import Publication, publish
+    from django_app.registries import registry
+
+__all__ = [
+    "Collection",
+    "Cursor",
+    "DDPError",
+    "MeteorIdField",
+    "MethodContext",
+    "Publication",
+    "SubscriptionContext",
+    "method",
+    "publish",
+    "registry",
+]
+
+_EXPORTS = {
+    "Collection": "django_app.collection",
+    "Cursor": "django_app.cursor",
+    "DDPError": "django_app.exceptions",
+    "MeteorIdField": "django_app.fields",
+    "MethodContext": "django_app.context",
+    "Publication": "django_app.publications",
+    "SubscriptionContext": "django_app.context",
+    "method": "django_app.methods",
+    "publish": "django_app.publications",
+    "registry": "django_app.registries",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'django_app' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

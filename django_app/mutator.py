@@ -1,0 +1,219 @@
+"""Meteor's collection mutators: ``/<collection>/insert``, ``update`` and ``remove``.
+
+Job: what a stock Meteor client calls when app code does ``Books.insert(doc)``,
+``Books.update(id, {$set: ...})`` or ``Books.remove(id)`` (and the ``...Async``
+aliases), checked against the collection's ``allow_*`` rules with Meteor's own errors:
+
+* every collection answers its mutator names; rules deny by default, so a collection
+  that allows nothing answers 403 "Access denied" (Meteor without ``insecure``);
+* ``insert`` without ``_id`` takes the id from the invocation's seeded stream
+  ``/collection/<name>``, the id the client's stub already shows; with ``_id`` it uses it
+  (the rule sees it);
+* ``update``/``remove`` take an id or ``{"_id": id}`` (anything else: 403 "Not permitted.
+  Untrusted code may only update documents by ID."), find the row among those the user
+  may see (``visible``), and return 0 when there is none, else 1;
+* ``update`` takes ``$set``/``$unset`` of top-level published fields (wire names, renames
+  mapped back); a replacement document is 403 like Meteor, other operators are 400;
+* model validation (``full_clean``) failures are 400 with the messages; database
+  integrity errors are 409, as Meteor reports Mongo errors.
+
+Only published fields can be written. What must not live here: the rules themselves
+(``Collection.allow_*``) or the transaction around the whole call (the backend's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, models, router, transaction
+
+from django_app.collection import Collection, PublishedField
+from django_app.context import MethodContext
+from django_app.exceptions import AccessDenied, DDPError, MatchFailed
+from django_app.methods import Method
+from django_app.serializer import from_wire, pk_to_wire
+
+__all__ = ["Mutator"]
+
+_NO_REPLACE: Final = (
+    "Access denied. In a restricted collection you can only update documents, not replace"
+    " them. Use a Mongo update operator, such as '$set'."
+)
+_UPDATE_OPERATORS: Final = ("$set", "$unset")
+
+
+class Mutator(Method):
+    """The mutator method ``name`` of ``collection``, performing ``operation``."""
+
+    def __init__(self, name: str, collection: Collection, operation: str) -> None:
+        super().__init__(name)
+        self.collection = collection
+        self.operation = operation
+
+    def run(self, ctx: MethodContext, params: Sequence[Any]) -> Any:
+        model = self.collection.model
+        with transaction.atomic(using=router.db_for_write(model)):
+            try:
+                if self.operation == "insert":
+                    return _insert(self.collection, ctx, params)
+                if self.operation == "update":
+                    return _update(self.collection, ctx, params)
+                return _remove(self.collection, ctx, params)
+            except ValidationError as exc:
+                raise DDPError.from_validation_error(exc, _wire_names(self.collection)) from exc
+            except IntegrityError as exc:
+                raise DDPError(409, str(exc).strip().splitlines()[0]) from exc
+
+
+def _insert(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -> Any:
+    if not params or not isinstance(params[0], dict):
+        raise MatchFailed()
+    sent: dict[str, Any] = params[0]
+    model = collection.model
+    pk_field = model._meta.pk
+    assert pk_field is not None
+    doc = dict(sent)
+    kwargs: dict[str, Any] = {}
+    if "_id" in sent:
+        raw_id = _client_id(pk_field, sent["_id"])
+        kwargs[pk_field.attname] = raw_id
+    elif _is_string_key(pk_field):
+        raw_id = ctx.new_id(collection.collection_name)
+        kwargs[pk_field.attname] = raw_id
+        doc = {"_id": raw_id, **sent}
+    if not collection.allow_insert(ctx.user, doc):
+        raise AccessDenied()
+    for wire_name, value in sent.items():
+        if wire_name != "_id":
+            published = _published(collection, wire_name)
+            kwargs[published.attname] = _decode(published, value)
+    instance = model(**kwargs)
+    instance.full_clean()
+    instance.save(force_insert=True)
+    return pk_to_wire(instance.pk)
+
+
+def _update(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -> int:
+    if len(params) < 2 or not isinstance(params[1], dict):
+        raise MatchFailed()
+    selector, modifier = params[0], params[1]
+    options = params[2] if len(params) > 2 and params[2] is not None else {}
+    if not isinstance(options, dict):
+        raise MatchFailed()
+    raw_id = _selector_id(selector, "update")
+    if options.get("upsert"):
+        raise AccessDenied("Access denied. Upserts not allowed in a restricted collection.")
+    if not modifier or any(not op.startswith("$") for op in modifier):
+        raise AccessDenied(_NO_REPLACE)
+    touched: list[str] = []
+    for op, spec in modifier.items():
+        if op not in _UPDATE_OPERATORS:
+            raise DDPError(400, f"Operator {op} is not supported; use $set or $unset")
+        if not isinstance(spec, dict):
+            raise MatchFailed()
+        for key in spec:
+            top = key.split(".", 1)[0]
+            if top not in touched:
+                touched.append(top)
+    instance = _find(collection, ctx, raw_id)
+    if instance is None:
+        return 0
+    if not collection.allow_update(ctx.user, collection.document(instance), touched, modifier):
+        raise AccessDenied()
+    changed: set[models.Field[Any, Any]] = set()
+    for op, spec in modifier.items():
+        for key, value in spec.items():
+            if key == "_id":
+                raise DDPError(400, "The _id of a document cannot be changed")
+            if "." in key:
+                raise DDPError(400, f"Nested field updates are not supported: {key!r}")
+            published = _published(collection, key)
+            field = published.field
+            if op == "$set":
+                new_value = _decode(published, value)
+            elif field.null:
+                new_value = None
+            elif field.has_default():
+                new_value = field.get_default()
+            else:
+                raise DDPError(400, f"Field {key!r} cannot be unset")
+            setattr(instance, published.attname, new_value)
+            changed.add(field)
+    opts = collection.model._meta
+    instance.full_clean(exclude=[f.name for f in opts.concrete_fields if f not in changed])
+    auto_now = {f for f in opts.concrete_fields if getattr(f, "auto_now", False)}
+    instance.save(update_fields=[f.name for f in changed | auto_now])
+    return 1
+
+
+def _remove(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -> int:
+    if not params:
+        raise MatchFailed()
+    raw_id = _selector_id(params[0], "remove")
+    instance = _find(collection, ctx, raw_id)
+    if instance is None:
+        return 0
+    if not collection.allow_remove(ctx.user, collection.document(instance)):
+        raise AccessDenied()
+    instance.delete()
+    return 1
+
+
+def _selector_id(selector: Any, operation: str) -> str | int:
+    """The id of a Meteor id selector (``"id"``, ``5`` or ``{"_id": id}``), else 403."""
+    if isinstance(selector, dict) and selector.keys() == {"_id"}:
+        selector = selector["_id"]
+    if isinstance(selector, str | int) and not isinstance(selector, bool):
+        return selector
+    raise DDPError(403, f"Not permitted. Untrusted code may only {operation} documents by ID.")
+
+
+def _find(collection: Collection, ctx: MethodContext, raw_id: str | int) -> models.Model | None:
+    """The visible row with this id, locked for the rest of the transaction, or None."""
+    pk_field = collection.model._meta.pk
+    assert pk_field is not None
+    try:
+        pk = pk_field.to_python(raw_id)
+    except ValidationError:
+        return None
+    return collection.queryset(ctx.user).select_for_update().filter(pk=pk).first()
+
+
+def _client_id(pk_field: models.Field[Any, Any], raw: Any) -> Any:
+    """A client-chosen ``_id``: a non-empty string (or an int for integer keys)."""
+    if _is_string_key(pk_field):
+        if not isinstance(raw, str) or not raw:
+            raise DDPError(400, "Meteor requires document _id fields to be non-empty strings")
+        return raw
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise DDPError(400, "Invalid _id")
+    return pk_field.to_python(raw)
+
+
+def _is_string_key(pk_field: models.Field[Any, Any]) -> bool:
+    return isinstance(pk_field, models.CharField | models.TextField)
+
+
+def _published(collection: Collection, wire_name: str) -> PublishedField:
+    published = collection.by_wire_name.get(wire_name)
+    if published is None:
+        raise DDPError(400, f"Unknown field {wire_name!r}")
+    return published
+
+
+def _decode(published: PublishedField, value: Any) -> Any:
+    """``from_wire`` with the field named in the error (reported under its wire name)."""
+    try:
+        return from_wire(published.field, value)
+    except ValidationError as exc:
+        raise ValidationError({published.field.name: exc.messages}) from exc
+
+
+def _wire_names(collection: Collection) -> dict[str, str]:
+    pk_field = collection.model._meta.pk
+    names = {p.field.name: p.wire_name for p in collection.published}
+    if pk_field is not None:
+        names[pk_field.name] = "_id"
+    return names

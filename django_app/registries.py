@@ -1,0 +1,184 @@
+"""The registry: every published collection, publication and method, by name.
+
+Job: one process-wide index that ``ddp.py`` modules fill at import (``DDPConfig.ready``
+autodiscovers them) and the backend reads: collections by model and by name,
+publications and methods by name, and the Meteor mutator names each collection answers
+(``/<collection>/insert``, ``update``, ``remove`` and their ``...Async`` aliases).
+Registering the same model, collection name, publication or method twice is an error at
+import time, like the admin's ``AlreadyRegistered``. What must not live here: running
+anything, or touching the database (``has_method``/``has_publication`` must not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Final, TypeVar
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+
+from django_app.collection import Collection
+
+if TYPE_CHECKING:
+    from django_app.methods import Method
+    from django_app.publications import Publication
+
+__all__ = ["MUTATOR_OPERATIONS", "AlreadyRegistered", "Registry", "registry"]
+
+#: Mutator method suffixes and the operation each performs (Meteor's allow-deny.js names).
+MUTATOR_OPERATIONS: Final = {
+    "insert": "insert",
+    "update": "update",
+    "remove": "remove",
+    "insertAsync": "insert",
+    "updateAsync": "update",
+    "removeAsync": "remove",
+}
+
+C = TypeVar("C", bound=type[Collection])
+
+
+class AlreadyRegistered(ImproperlyConfigured):
+    """A model, collection, publication or method name was registered twice."""
+
+
+class Registry:
+    """Collections, publications and methods of one project (normally the ``registry``)."""
+
+    def __init__(self) -> None:
+        self._by_model: dict[type[models.Model], Collection] = {}
+        self._by_name: dict[str, Collection] = {}
+        self._publications: dict[str, Publication] = {}
+        self._methods: dict[str, Method] = {}
+
+    # -- registration -------------------------------------------------------------------
+
+    def register(self, collection_class: C) -> C:
+        """Class decorator: publish ``collection_class.model`` with these options."""
+        if not (isinstance(collection_class, type) and issubclass(collection_class, Collection)):
+            raise TypeError("registry.register() takes a Collection subclass")
+        collection = collection_class()
+        model = collection.model
+        if model in self._by_model:
+            raise AlreadyRegistered(
+                f"{model._meta.label} is already published by {self._by_model[model]!r};"
+                " one Collection per model."
+            )
+        if collection.collection_name in self._by_name:
+            raise AlreadyRegistered(
+                f"Collection name {collection.collection_name!r} is already used by"
+                f" {self._by_name[collection.collection_name]!r}."
+            )
+        clash = sorted(n for n in self._methods if self._mutator_parts(n, collection) is not None)
+        if clash:
+            raise AlreadyRegistered(f"Methods {clash} clash with the mutators of {collection!r}.")
+        self._by_model[model] = collection
+        self._by_name[collection.collection_name] = collection
+        return collection_class
+
+    def add_publication(self, publication: Publication) -> None:
+        """Record a publication (``Publication`` and ``@publish`` call this)."""
+        if publication.name in self._publications:
+            raise AlreadyRegistered(f"Publication {publication.name!r} is already registered.")
+        self._publications[publication.name] = publication
+
+    def add_method(self, method: Method) -> None:
+        """Record a method (``@method`` calls this)."""
+        if method.name in self._methods or self._mutator(method.name) is not None:
+            raise AlreadyRegistered(f"Method {method.name!r} is already registered.")
+        self._methods[method.name] = method
+
+    def unregister(self, model: type[models.Model]) -> None:
+        """Forget the collection of ``model`` (tests)."""
+        collection = self._by_model.pop(model)
+        del self._by_name[collection.collection_name]
+
+    @contextmanager
+    def isolated(self) -> Iterator[Registry]:
+        """Within the block, registrations are undone on exit (tests)."""
+        saved = (
+            dict(self._by_model),
+            dict(self._by_name),
+            dict(self._publications),
+            dict(self._methods),
+        )
+        try:
+            yield self
+        finally:
+            self._by_model, self._by_name, self._publications, self._methods = saved
+
+    # -- lookups ------------------------------------------------------------------------
+
+    @property
+    def collections(self) -> tuple[Collection, ...]:
+        return tuple(self._by_model.values())
+
+    @property
+    def publications(self) -> tuple[Publication, ...]:
+        return tuple(self._publications.values())
+
+    @property
+    def methods(self) -> tuple[Method, ...]:
+        """The registered methods (mutators excluded)."""
+        return tuple(self._methods.values())
+
+    def get_collection(self, name: str) -> Collection | None:
+        return self._by_name.get(name)
+
+    def get_collection_for_model(self, model: type[models.Model]) -> Collection | None:
+        return self._by_model.get(model)
+
+    def collection_for_model(self, model: type[models.Model]) -> Collection:
+        """The collection of ``model``; ``ImproperlyConfigured`` if it is not published."""
+        collection = self._by_model.get(model)
+        if collection is None:
+            raise ImproperlyConfigured(
+                f"{model._meta.label} is not a published collection: declare a Collection for"
+                " it in a ddp.py module and decorate it with @registry.register."
+            )
+        return collection
+
+    def get_publication(self, name: str) -> Publication | None:
+        return self._publications.get(name)
+
+    def get_method(self, name: str) -> Method | None:
+        """A registered method, or the mutator ``name`` designates, or None."""
+        return self._methods.get(name) or self._mutator(name)
+
+    def has_publication(self, name: str) -> bool:
+        return name in self._publications
+
+    def has_method(self, name: str) -> bool:
+        return name in self._methods or self._split_mutator(name) is not None
+
+    # -- mutators -----------------------------------------------------------------------
+
+    def _split_mutator(self, name: str) -> tuple[Collection, str] | None:
+        if not name.startswith("/"):
+            return None
+        collection_name, _, suffix = name[1:].rpartition("/")
+        collection = self._by_name.get(collection_name)
+        operation = MUTATOR_OPERATIONS.get(suffix)
+        if collection is None or operation is None:
+            return None
+        return collection, operation
+
+    @staticmethod
+    def _mutator_parts(name: str, collection: Collection) -> str | None:
+        prefix = f"/{collection.collection_name}/"
+        if name.startswith(prefix) and name[len(prefix) :] in MUTATOR_OPERATIONS:
+            return MUTATOR_OPERATIONS[name[len(prefix) :]]
+        return None
+
+    def _mutator(self, name: str) -> Method | None:
+        found = self._split_mutator(name)
+        if found is None:
+            return None
+        from django_app.mutator import Mutator  # mutator -> method -> registry
+
+        return Mutator(name, *found)
+
+
+#: The project's registry, filled by the ``ddp.py`` modules of the installed apps.
+registry: Final = Registry()

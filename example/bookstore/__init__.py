@@ -1,0 +1,1 @@
+"""The bookstore demo app: authors and books, published to Meteor clients by ``ddp.py``."""

@@ -1,0 +1,149 @@
+"""``manage.py seed_demo``: the demo data (3 authors, 10 books) and an ``admin`` user.
+
+Idempotent: rows have fixed ids and are created or brought back to the demo values; the
+superuser is created once (password from ``DEMO_ADMIN_PASSWORD``, default
+``ddp-relay-demo``) and never overwritten afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from bookstore.models import Author, Book
+
+DEFAULT_ADMIN_PASSWORD = "ddp-relay-demo"
+
+AUTHORS: list[dict[str, Any]] = [
+    {"id": "leguin", "name": "Ursula K. Le Guin", "email": "ursula.leguin@example.org"},
+    {"id": "pratchett", "name": "Terry Pratchett", "email": "terry.pratchett@example.org"},
+    {"id": "jemisin", "name": "N. K. Jemisin", "email": "nk.jemisin@example.org"},
+]
+
+BOOKS: list[dict[str, Any]] = [
+    {
+        "id": "earthsea-1",
+        "title": "A Wizard of Earthsea",
+        "author_id": "leguin",
+        "published": dt.date(1968, 11, 1),
+        "price": Decimal("9.99"),
+        "tags": ["fantasy", "earthsea"],
+    },
+    {
+        "id": "left-hand",
+        "title": "The Left Hand of Darkness",
+        "author_id": "leguin",
+        "published": dt.date(1969, 3, 1),
+        "price": Decimal("11.50"),
+        "tags": ["science fiction", "hainish"],
+    },
+    {
+        "id": "lathe",
+        "title": "The Lathe of Heaven",
+        "author_id": "leguin",
+        "published": dt.date(1971, 10, 1),
+        "price": Decimal("10.25"),
+        "tags": ["science fiction"],
+    },
+    {
+        "id": "dispossessed",
+        "title": "The Dispossessed",
+        "author_id": "leguin",
+        "published": dt.date(1974, 5, 1),
+        "price": Decimal("12.00"),
+        "tags": ["science fiction", "hainish", "utopia"],
+    },
+    {
+        "id": "guards-guards",
+        "title": "Guards! Guards!",
+        "author_id": "pratchett",
+        "published": dt.date(1989, 11, 1),
+        "price": Decimal("8.99"),
+        "tags": ["fantasy", "discworld", "city watch"],
+    },
+    {
+        "id": "small-gods",
+        "title": "Small Gods",
+        "author_id": "pratchett",
+        "published": dt.date(1992, 5, 1),
+        "price": Decimal("8.99"),
+        "tags": ["fantasy", "discworld"],
+    },
+    {
+        "id": "going-postal",
+        "title": "Going Postal",
+        "author_id": "pratchett",
+        "published": dt.date(2004, 9, 25),
+        "price": Decimal("9.49"),
+        "tags": ["fantasy", "discworld", "moist von lipwig"],
+    },
+    {
+        "id": "fifth-season",
+        "title": "The Fifth Season",
+        "author_id": "jemisin",
+        "published": dt.date(2015, 8, 4),
+        "price": Decimal("13.99"),
+        "tags": ["fantasy", "broken earth"],
+    },
+    {
+        "id": "obelisk-gate",
+        "title": "The Obelisk Gate",
+        "author_id": "jemisin",
+        "published": dt.date(2016, 8, 16),
+        "price": Decimal("13.99"),
+        "tags": ["fantasy", "broken earth"],
+    },
+    {
+        "id": "stone-sky",
+        "title": "The Stone Sky",
+        "author_id": "jemisin",
+        "published": dt.date(2017, 8, 15),
+        "price": Decimal("14.99"),
+        "tags": ["fantasy", "broken earth"],
+    },
+]
+
+
+class Command(BaseCommand):
+    help = "Create or restore the bookstore demo data and the 'admin' superuser."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        with transaction.atomic():
+            for row in AUTHORS:
+                self._upsert(Author, row)
+            for row in BOOKS:
+                self._upsert(Book, row)
+        self._admin()
+
+    def _upsert(self, model: type[Author] | type[Book], row: dict[str, Any]) -> None:
+        values = {k: v for k, v in row.items() if k != "id"}
+        instance = model._default_manager.filter(pk=row["id"]).first()
+        label = f"{model._meta.model_name} {row['id']}"
+        if instance is None:
+            model._default_manager.create(**row)
+            self.stdout.write(f"created {label}")
+        elif any(getattr(instance, k) != v for k, v in values.items()):
+            for key, value in values.items():
+                setattr(instance, key, value)
+            instance.save()
+            self.stdout.write(f"restored {label}")
+        else:
+            self.stdout.write(f"unchanged {label}")
+
+    def _admin(self) -> None:
+        user_model = get_user_model()
+        if user_model._default_manager.filter(username="admin").exists():
+            self.stdout.write("unchanged superuser admin (password left as it is)")
+            return
+        password = os.environ.get("DEMO_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD)
+        user_model._default_manager.create_superuser(
+            username="admin", email="admin@example.org", password=password
+        )
+        source = "DEMO_ADMIN_PASSWORD" if "DEMO_ADMIN_PASSWORD" in os.environ else "the default"
+        self.stdout.write(f"created superuser admin (password from {source})")

@@ -1,0 +1,1 @@
+"""The example Django project of ddp-relay: a bookstore published over DDP."""

@@ -1,0 +1,163 @@
+"""The seam between the relay and the application that owns the data (Django, in practice).
+
+Layer: L2. The relay never imports Django: the composition root loads a ``Backend`` by
+dotted path (``RELAY_BACKEND``, the channels BACKEND pattern) and calls it through this
+protocol. Every method here may block on the database; the relay only calls them from its
+bounded backend work pool (``relay.workpool``), never from a socket reader or the listener.
+
+What must not live here: sockets, gevent, DDP framing. Errors cross this seam in two kinds
+only: ``ClientError`` (safe to show the client, sent as a Meteor error object) and anything
+else (logged with its traceback, sent as ``500 Internal server error``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class ClientError(Exception):
+    """An error the client may see: becomes ``{"error", "reason", "details"}`` on the wire.
+
+    ``error`` is a string code (``"not-allowed"``) or a number (Meteor's 403, 404, 400).
+    """
+
+    def __init__(self, error: str | int, reason: str | None = None, details: Any = None) -> None:
+        super().__init__(reason if reason is not None else str(error))
+        self.error = error
+        self.reason = reason
+        self.details = details
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What the relay knows about the HTTP request that opened the DDP socket."""
+
+    #: Request headers, names lower-cased.
+    headers: Mapping[str, str]
+    #: Cookies parsed from the Cookie header.
+    cookies: Mapping[str, str]
+    #: The peer address (or the forwarded client address, when the relay trusts proxies).
+    remote_addr: str
+    #: The request path (``/websocket``, ``/sockjs/123/abcdefgh/websocket``...).
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a session acts for, as the backend decided at the handshake."""
+
+    #: Opaque user object handed back to publications and methods (a Django user).
+    user: Any = None
+    #: The user's id as a string, or None for anonymous sessions.
+    user_id: str | None = None
+
+
+ANONYMOUS = Identity()
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Context of one ``subscribe`` or ``call`` made on behalf of a session."""
+
+    session_id: str
+    identity: Identity
+    handshake: Handshake
+    #: The method's ``randomSeed`` (None for subscriptions and seedless calls).
+    random_seed: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One published document: collection name, wire id (Mongo-style string), fields."""
+
+    collection: str
+    id: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One membership test a relay can decide in memory: ``doc[path] <op> value``.
+
+    ``path`` names a value the write side resolves once per change (a model field or a
+    related path such as ``author__email``); ``op`` is one of ``exact``, ``in``, ``isnull``,
+    ``gt``, ``gte``, ``lt``, ``lte``.
+    """
+
+    path: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """How live changes on a change-stream channel reach one subscription.
+
+    ``conditions`` all hold for a member document (AND). ``conditions is None`` means
+    membership cannot be decided from the change payload; the relay must re-evaluate the
+    publication for such a route (slower, documented in docs/publications.md).
+    """
+
+    channel: str
+    collection: str
+    conditions: tuple[Condition, ...] | None = ()
+    #: Published field names (None = all fields the collection publishes).
+    fields: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionData:
+    """The result of running a publication: the initial documents and the live routes."""
+
+    documents: Sequence[Document] = ()
+    routes: Sequence[Route] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WritePosition:
+    """A change-stream position a method's transaction published (channel, sequence)."""
+
+    channel: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MethodOutcome:
+    """What a method returned and which change-stream positions its writes produced.
+
+    The relay sends ``updated`` only after every listed position has been delivered to
+    the session (the write fence, invariant I5).
+    """
+
+    result: Any = None
+    writes: Sequence[WritePosition] = field(default_factory=tuple)
+
+
+class Backend(Protocol):
+    """What the relay needs from the application. Implementations may block (ORM)."""
+
+    def authenticate(self, handshake: Handshake) -> Identity:
+        """Identify the user of a new session from its handshake (session cookie)."""
+        ...
+
+    def has_publication(self, name: str) -> bool:
+        """Whether ``name`` is a registered publication. Must not touch the database."""
+        ...
+
+    def has_method(self, name: str) -> bool:
+        """Whether ``name`` is a registered method. Must not touch the database."""
+        ...
+
+    def subscribe(self, ctx: CallContext, name: str, params: Sequence[Any]) -> SubscriptionData:
+        """Run publication ``name``; raise ClientError for client-visible failures."""
+        ...
+
+    def call(self, ctx: CallContext, name: str, params: Sequence[Any]) -> MethodOutcome:
+        """Run method ``name`` (seeded by ``ctx.random_seed``); raise ClientError to refuse."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (database connections) when the worker stops."""
+        ...

@@ -1,0 +1,119 @@
+"""One frozen settings object for a relay process, read once at start from ``RELAY_*`` env.
+
+Layer: L2. Every field names its environment variable and default; helm values map onto
+these one to one (``helm/ddp-relay/values.yaml``). Nothing reads settings at import time:
+``Settings.from_env()`` is called by the composition root (``relay.app``) and the result is
+passed down explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has a value the relay cannot run with."""
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Relay settings. Each field's metadata gives its env var; the default is the value."""
+
+    #: RELAY_BACKEND: dotted path ``module:attribute`` of the Backend factory (no Django in relay).
+    backend: str = field(
+        default="django_app.backend:DjangoBackend", metadata={"env": "RELAY_BACKEND"}
+    )
+    #: RELAY_WSGI_APP: dotted path of the WSGI app serving every non-DDP path ("" = 404s).
+    wsgi_app: str = field(default="", metadata={"env": "RELAY_WSGI_APP"})
+    #: RELAY_ALLOWED_ORIGINS: comma list of origins allowed to open a DDP socket from a browser
+    #: ("*" allows any). A request whose Origin matches its own Host is always allowed; a request
+    #: without an Origin header (non-browser clients) is allowed.
+    allowed_origins: tuple[str, ...] = field(
+        default=(), metadata={"env": "RELAY_ALLOWED_ORIGINS"}
+    )
+    #: RELAY_MAX_MESSAGE_BYTES: largest inbound DDP message; a larger one is dropped and
+    #: answered with a DDP error (a compressed one that inflates past it closes with 1009).
+    max_message_bytes: int = field(default=1_048_576, metadata={"env": "RELAY_MAX_MESSAGE_BYTES"})
+    #: RELAY_PERMESSAGE_DEFLATE: accept permessage-deflate when the client offers it.
+    permessage_deflate: bool = field(default=True, metadata={"env": "RELAY_PERMESSAGE_DEFLATE"})
+    #: RELAY_SEND_BUFFER_BYTES: outbound bytes queued for one socket before the session is
+    #: disconnected as too slow (it can resume later).
+    send_buffer_bytes: int = field(default=8_388_608, metadata={"env": "RELAY_SEND_BUFFER_BYTES"})
+    #: RELAY_HEARTBEAT_INTERVAL: seconds of inbound silence before the server pings (Meteor: 15).
+    heartbeat_interval: float = field(default=15.0, metadata={"env": "RELAY_HEARTBEAT_INTERVAL"})
+    #: RELAY_HEARTBEAT_TIMEOUT: seconds to wait for any message after a ping (Meteor: 15).
+    heartbeat_timeout: float = field(default=15.0, metadata={"env": "RELAY_HEARTBEAT_TIMEOUT"})
+    #: RELAY_SOCKJS_HEARTBEAT: seconds between SockJS ``h`` frames on an idle SockJS socket.
+    sockjs_heartbeat: float = field(default=25.0, metadata={"env": "RELAY_SOCKJS_HEARTBEAT"})
+    #: RELAY_HANDSHAKE_TIMEOUT: seconds a new socket may take to send ``connect``.
+    handshake_timeout: float = field(default=45.0, metadata={"env": "RELAY_HANDSHAKE_TIMEOUT"})
+    #: RELAY_MAX_SUBS_PER_SESSION: active subscriptions one session may hold.
+    max_subs_per_session: int = field(default=500, metadata={"env": "RELAY_MAX_SUBS_PER_SESSION"})
+    #: RELAY_MAX_PENDING_MESSAGES: inbound DDP messages queued per session before it is closed.
+    max_pending_messages: int = field(default=1000, metadata={"env": "RELAY_MAX_PENDING_MESSAGES"})
+    #: RELAY_BACKEND_CONCURRENCY: greenlets running backend (ORM) calls per worker process; this
+    #: bounds the database connections one worker opens.
+    backend_concurrency: int = field(default=8, metadata={"env": "RELAY_BACKEND_CONCURRENCY"})
+    #: RELAY_METRICS: serve Prometheus metrics on /metrics.
+    metrics: bool = field(default=True, metadata={"env": "RELAY_METRICS"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); ConfigError if invalid."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            if name not in env:
+                continue
+            raw = env[name]
+            try:
+                if isinstance(f.default, bool):
+                    values[f.name] = _parse_bool(raw)
+                elif isinstance(f.default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(f.default, float):
+                    values[f.name] = float(raw)
+                elif isinstance(f.default, tuple):
+                    values[f.name] = _parse_list(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from exc
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ConfigError for values the relay cannot run with."""
+        positive = (
+            "max_message_bytes",
+            "send_buffer_bytes",
+            "max_subs_per_session",
+            "max_pending_messages",
+            "backend_concurrency",
+            "handshake_timeout",
+            "sockjs_heartbeat",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.heartbeat_interval < 0 or self.heartbeat_timeout < 0:
+            raise ConfigError("heartbeat settings must not be negative (0 disables)")
+        if ":" not in self.backend:
+            raise ConfigError("RELAY_BACKEND must look like 'module:attribute'")

@@ -1,0 +1,100 @@
+"""``make run``: the demo on an embedded default, in one command.
+
+Layer: L4 tool (not used in production). Starts a throwaway PostgreSQL under
+``.state/postgres`` unless ``DATABASE_URL`` is set, migrates and seeds the example
+project, then serves it with gunicorn gevent workers on ``127.0.0.1:${PORT:-8000}``
+(Django admin over HTTP, DDP on ``/websocket`` and ``/sockjs``). Ctrl-C stops gunicorn
+and the embedded PostgreSQL. It drives Django only through ``manage.py`` subprocesses,
+so ``relay`` still never imports Django.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from relay.embedded_postgres import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "example"
+
+
+def _env(database_url: str, state: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["DATABASE_URL"] = database_url
+    env.setdefault("DJANGO_SETTINGS_MODULE", "example.settings")
+    env.setdefault("RELAY_WSGI_APP", "example.wsgi:application")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(EXAMPLE), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    metrics_dir = state / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    return env
+
+
+def _manage(env: dict[str, str], *args: str) -> None:
+    subprocess.run([sys.executable, str(EXAMPLE / "manage.py"), *args], env=env, check=True)
+
+
+def main() -> int:
+    state = Path(os.environ.get("RELAY_STATE_DIR", ROOT / ".state")).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    pg: EmbeddedPostgres | None = None
+    database_url = os.environ.get("DATABASE_URL", "")
+    if not database_url:
+        pg = EmbeddedPostgres(state / "postgres")
+        pg.start()
+        pg.create_database("relay")
+        database_url = pg.dsn("relay")
+    port = os.environ.get("PORT", "8000")
+    env = _env(database_url, state)
+    env["PORT"] = port
+    gunicorn: subprocess.Popen[bytes] | None = None
+    try:
+        _manage(env, "migrate", "--noinput", "-v", "0")
+        _manage(env, "collectstatic", "--noinput", "-v", "0")
+        _manage(env, "seed_demo")
+        password = env.get("DEMO_ADMIN_PASSWORD", "ddp-relay-demo")
+        print(
+            f"\nddp-relay demo\n"
+            f"  Django admin   http://127.0.0.1:{port}/admin/   (user admin, password {password})\n"
+            f"  DDP WebSocket  ws://127.0.0.1:{port}/websocket\n"
+            f"  DDP SockJS     http://127.0.0.1:{port}/sockjs\n"
+            f"  Metrics        http://127.0.0.1:{port}/metrics\n"
+            f"  Database       {database_url}\n"
+            f"Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        gunicorn = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "python:relay.gunicorn_conf",
+                "relay.app:create_app()",
+            ],
+            env=env,
+        )
+        return gunicorn.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if gunicorn is not None and gunicorn.poll() is None:
+            gunicorn.send_signal(signal.SIGTERM)
+            try:
+                gunicorn.wait(timeout=35)
+            except subprocess.TimeoutExpired:
+                gunicorn.kill()
+        if pg is not None:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""The relay node of one worker process: its sessions, work pool, backend and ticker.
+
+Layer: L3. The composition root (``relay.app``) builds one ``Node`` per worker process;
+every socket the worker accepts becomes a ``Session`` served here. One ticker greenlet
+drives heartbeats and handshake timeouts for all sessions (no timer per session: memory
+per idle session is a product target). ``drain()`` closes every session as "going away"
+for a graceful shutdown; readiness turns false first.
+
+Must not: parse DDP or touch sockets directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+
+import gevent
+
+from relay import disconnect
+from relay.backend import Backend, Handshake
+from relay.config import Settings
+from relay.metrics import Metrics, get_metrics
+from relay.session import Session
+from relay.transport import HeartbeatRegistry, Transport
+from relay.workpool import WorkPool
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two ticks of the heartbeat/timeout ticker.
+TICK_SECONDS = 1.0
+
+
+class Node:
+    """All the DDP sessions of one worker process."""
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.metrics: Metrics = get_metrics()
+        self.pool = WorkPool(settings.backend_concurrency, on_exit=backend.close)
+        self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self.by_id: dict[str, Session] = {}
+        #: SockJS transports get their ``h`` frames from the same ticker.
+        self.sockjs_heartbeats = HeartbeatRegistry()
+        self.ready = True
+        self._ticker: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        if self._ticker is None:
+            self._ticker = gevent.spawn(self._tick_forever)
+
+    def serve(self, transport: Transport, handshake: Handshake) -> None:
+        """Serve one socket until it closes (runs in the socket's own greenlet)."""
+        Session(self, transport, handshake).serve()
+
+    def session_opened(self, session: Session) -> None:
+        self.sessions.add(session)
+        if not self.ready:
+            session.close(disconnect.SHUTDOWN)
+
+    def session_connected(self, session: Session) -> None:
+        assert session.id is not None
+        self.by_id[session.id] = session
+        self.metrics.sessions.inc()
+        self.metrics.sessions_opened.inc()
+
+    def session_closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if session.id is not None and self.by_id.pop(session.id, None) is session:
+            self.metrics.sessions.dec()
+
+    def _tick_forever(self) -> None:
+        while True:
+            gevent.sleep(TICK_SECONDS)
+            now = time.monotonic()
+            self.sockjs_heartbeats.tick(now)
+            for session in list(self.sessions):
+                try:
+                    session.tick(now)
+                except Exception:
+                    log.exception("tick failed for session %s", session.id)
+
+    def drain(self) -> None:
+        """Graceful shutdown: not ready any more, then every session closed as going away."""
+        self.ready = False
+        for session in list(self.sessions):
+            session.close(disconnect.SHUTDOWN)
+
+    def stop(self) -> None:
+        self.drain()
+        if self._ticker is not None:
+            self._ticker.kill(block=False)
+        self.pool.close()

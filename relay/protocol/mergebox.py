@@ -1,0 +1,503 @@
+"""The per-session mergebox: what one DDP client currently sees, and who provides it.
+
+Layer: L1 (pure). One ``MergeBox`` per session merges what the session's subscriptions
+publish into the single view the client keeps, with Meteor's ``SERVER_MERGE`` rules
+(``SessionCollectionView`` / ``SessionDocumentView``, reference ``ddp-protocol.md`` 2.6):
+
+* a document published by several subscriptions is ``added`` once; later publishers only
+  turn into a ``changed`` carrying the fields nobody provided before;
+* per field, providers form a precedence list and the client sees the first one's value;
+* a document is ``removed`` only when no subscription publishes it any more, and losing a
+  provider clears or replaces only the fields whose visible value changes;
+* a value is "unchanged" when ``ejson.equals`` says so (NaN equals NaN, ``True`` is not
+  ``1``); the client then keeps the value it has;
+* a ``changed`` with nothing in it is never produced, and the order added, changed*,
+  removed always holds per document (clients throw otherwise, reference 3.5).
+
+Every mutating call returns the DDP data messages to send, as plain dicts with Python
+values (EJSON encoding happens later). The box must not do I/O, read the clock, log,
+import gevent or Django, or hold anything but the session's view: the caller owns
+sockets, queues and timing.
+
+Subscription handles are opaque hashable values chosen by the caller (a DDP sub id, a
+tuple for a universal sub). ``to_state`` needs them to be JSON scalars or tuples of
+them.
+
+Memory layout (the mergebox keeps a copy of every published field, per session):
+
+* ``_docs``: collection -> wire id -> view. A document published by exactly one
+  subscription (nearly all of them) is stored as one plain ``dict`` of its fields and
+  nothing else. Its owner is not stored with it: it is the one subscription whose reverse
+  index holds the id, found by a scan over the session's subscriptions only when a second
+  subscription arrives. A document published by two or more subscriptions is a
+  ``_Shared`` (``existsIn`` + precedence lists); it goes back to a plain dict when a
+  single publisher remains.
+* ``_by_sub``: subscription -> collection -> set of ids, so that ``remove_subscription``
+  and "does this sub publish that doc" cost no scan of the documents.
+
+Copying: the box copies the top-level field mapping it is given (it changes its copy in
+place later) and builds fresh dicts for every message it returns, so neither side can
+alias the other's dicts. Field *values* are never copied: they are shared with the caller
+and with the messages, and must be treated as immutable. (Meteor clones them; sharing
+lets one decoded change feed many sessions without a copy each.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any
+
+from relay.protocol.ejson import equals as _equals
+from relay.protocol.errors import LocalProtocolError
+
+__all__ = ["MergeBox", "Message", "SubHandle"]
+
+#: An opaque subscription handle chosen by the caller.
+SubHandle = Hashable
+#: A DDP data message: ``added``, ``changed`` or ``removed``, values still Python values.
+Message = dict[str, Any]
+
+_Precedence = list[tuple[Hashable, Any]]
+_STATE_VERSION = 1
+
+
+class _Shared:
+    """A document published by two or more subscriptions: Meteor's general form."""
+
+    __slots__ = ("data", "subs")
+
+    def __init__(self, subs: dict[Hashable, None], data: dict[str, _Precedence]) -> None:
+        #: ``existsIn``: the subscriptions that publish the document, in the order they
+        #: came (a dict, for a deterministic ``to_state``; smaller than a set when small).
+        self.subs = subs
+        #: field -> precedence list of (handle, value); the first entry is visible.
+        self.data = data
+
+    def visible(self) -> dict[str, Any]:
+        return {key: plist[0][1] for key, plist in self.data.items()}
+
+
+_View = dict[str, Any] | _Shared
+
+
+def _find(plist: _Precedence, sub: Hashable) -> int:
+    for i, (handle, _value) in enumerate(plist):
+        if handle == sub:
+            return i
+    return -1
+
+
+def _clear_field(
+    view: _Shared, sub: Hashable, key: str, out: dict[str, Any], gone: list[str]
+) -> None:
+    """Drop ``sub``'s entry for ``key``; record what the client must see change."""
+    plist = view.data.get(key)
+    if plist is None:
+        return
+    i = _find(plist, sub)
+    if i < 0:
+        return
+    _handle, old = plist.pop(i)
+    if not plist:
+        del view.data[key]
+        gone.append(key)
+    elif i == 0 and not _equals(old, plist[0][1]):
+        out[key] = plist[0][1]
+
+
+def _changed(
+    collection: str, doc_id: str, fields: dict[str, Any], cleared: list[str]
+) -> list[Message]:
+    if not fields and not cleared:
+        return []
+    msg: Message = {"msg": "changed", "collection": collection, "id": doc_id}
+    if fields:
+        msg["fields"] = fields
+    if cleared:
+        msg["cleared"] = cleared
+    return [msg]
+
+
+def _own(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if key != "_id"}
+
+
+class MergeBox:
+    """One session's merged view of all its subscriptions (Meteor's ``SERVER_MERGE``).
+
+    Programming errors (changing or removing a document the subscription does not
+    publish, a field both set and cleared) raise ``LocalProtocolError`` before anything
+    is modified: they are bugs in a publication or the router, never the peer's fault.
+    """
+
+    __slots__ = ("_by_sub", "_docs")
+
+    def __init__(self) -> None:
+        self._docs: dict[str, dict[str, _View]] = {}
+        self._by_sub: dict[Hashable, dict[str, set[str]]] = {}
+
+    # -- mutations ---------------------------------------------------------------------
+
+    def add(
+        self, sub: Hashable, collection: str, doc_id: str, fields: Mapping[str, Any]
+    ) -> list[Message]:
+        """``sub`` starts publishing the document.
+
+        A new document gives ``added``. A document other subscriptions already publish
+        gives at most one ``changed`` with the fields that had no provider; fields that
+        had one get ``sub`` appended to their precedence list silently. ``_id`` in
+        ``fields`` is ignored.
+
+        Adding a document ``sub`` already publishes is a bug in Meteor; here it is
+        treated leniently as ``change(sub, collection, doc_id, fields)`` (its fields
+        are set, fields it does not mention are kept).
+        """
+        coll = self._docs.get(collection)
+        if coll is None:
+            coll = self._docs[collection] = {}  # the document is new: it fills it below
+        view = coll.get(doc_id)
+        if view is None:
+            stored = _own(fields)
+            coll[doc_id] = stored
+            self._index_add(sub, collection, doc_id)
+            msg: Message = {"msg": "added", "collection": collection, "id": doc_id}
+            if stored:
+                msg["fields"] = dict(stored)
+            return [msg]
+        if self._publishes(sub, collection, doc_id):
+            return self.change(sub, collection, doc_id, fields)
+        if isinstance(view, dict):
+            owner = self._owner(collection, doc_id)
+            view = _Shared({owner: None}, {k: [(owner, v)] for k, v in view.items()})
+            coll[doc_id] = view
+        view.subs[sub] = None
+        self._index_add(sub, collection, doc_id)
+        out: dict[str, Any] = {}
+        for key, value in fields.items():
+            if key == "_id":
+                continue
+            plist = view.data.get(key)
+            if plist is None:
+                view.data[key] = [(sub, value)]
+                out[key] = value
+            else:
+                plist.append((sub, value))
+        return _changed(collection, doc_id, out, [])
+
+    def change(
+        self,
+        sub: Hashable,
+        collection: str,
+        doc_id: str,
+        fields: Mapping[str, Any],
+        cleared: Iterable[str] = (),
+    ) -> list[Message]:
+        """``sub`` sets ``fields`` and clears the fields named in ``cleared``.
+
+        Gives at most one ``changed`` holding only what the client must see change:
+        a set is visible when ``sub`` is (or becomes) the field's first provider and the
+        value differs; a clear is visible as the next provider's differing value, or in
+        ``cleared`` when nobody provides the field any more. Clearing a field ``sub``
+        does not provide is a no-op. ``_id`` is ignored.
+
+        Raises ``LocalProtocolError`` if ``sub`` does not publish the document (Meteor
+        throws for an unknown document), if a field is both set and cleared, or if
+        ``cleared`` is a string.
+        """
+        if isinstance(cleared, str):
+            raise LocalProtocolError("cleared must be an iterable of field names, not a str")
+        view = self._view_of(sub, collection, doc_id, "change")
+        clears = [key for key in cleared if key != "_id"]
+        both = [key for key in clears if key in fields]
+        if both:
+            raise LocalProtocolError(f"fields both set and cleared: {both!r}")
+        out: dict[str, Any] = {}
+        gone: list[str] = []
+        if isinstance(view, dict):
+            for key, value in fields.items():
+                if key == "_id" or (key in view and _equals(view[key], value)):
+                    continue  # equal: keep the value the client already has
+                view[key] = value
+                out[key] = value
+            for key in clears:
+                if key in view:
+                    del view[key]
+                    gone.append(key)
+            return _changed(collection, doc_id, out, gone)
+        for key, value in fields.items():
+            if key == "_id":
+                continue
+            plist = view.data.get(key)
+            if plist is None:
+                view.data[key] = [(sub, value)]
+                out[key] = value
+                continue
+            i = _find(plist, sub)
+            if i < 0:
+                plist.append((sub, value))
+            elif i > 0:
+                plist[i] = (sub, value)
+            elif not _equals(plist[0][1], value):
+                plist[0] = (sub, value)
+                out[key] = value
+        for key in clears:
+            _clear_field(view, sub, key, out, gone)
+        return _changed(collection, doc_id, out, gone)
+
+    def remove(self, sub: Hashable, collection: str, doc_id: str) -> list[Message]:
+        """``sub`` stops publishing the document.
+
+        ``removed`` when no subscription publishes it any more; otherwise at most one
+        ``changed`` with the fields whose visible value changed. Raises
+        ``LocalProtocolError`` if ``sub`` does not publish the document.
+        """
+        view = self._view_of(sub, collection, doc_id, "remove")
+        self._index_discard(sub, collection, doc_id)
+        return self._drop(sub, collection, doc_id, view)
+
+    def remove_subscription(self, sub: Hashable) -> list[Message]:
+        """Remove every document of ``sub`` (unsub, a failed or stopped publication).
+
+        Costs O(documents of ``sub``), thanks to the reverse index. An unknown ``sub``
+        (or one that published nothing) gives no messages.
+        """
+        index = self._by_sub.pop(sub, None)
+        if index is None:
+            return []
+        messages: list[Message] = []
+        for collection, ids in index.items():
+            coll = self._docs[collection]
+            for doc_id in ids:
+                messages.extend(self._drop(sub, collection, doc_id, coll[doc_id]))
+        return messages
+
+    # -- read access -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of documents the client holds."""
+        return sum(len(coll) for coll in self._docs.values())
+
+    def has(self, collection: str, doc_id: str) -> bool:
+        coll = self._docs.get(collection)
+        return coll is not None and doc_id in coll
+
+    def get(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        """The visible fields of one document (a fresh dict), or None if absent."""
+        view = self._docs.get(collection, {}).get(doc_id)
+        if view is None:
+            return None
+        return dict(view) if isinstance(view, dict) else view.visible()
+
+    def documents(self, collection: str) -> dict[str, dict[str, Any]]:
+        """The client's view of ``collection``: id -> visible fields (fresh dicts)."""
+        return {
+            doc_id: dict(view) if isinstance(view, dict) else view.visible()
+            for doc_id, view in self._docs.get(collection, {}).items()
+        }
+
+    def collections(self) -> list[str]:
+        """Collections holding at least one document."""
+        return list(self._docs)
+
+    def subscriptions_of(self, collection: str, doc_id: str) -> frozenset[Hashable]:
+        """The subscriptions publishing the document (``existsIn``); empty if absent."""
+        view = self._docs.get(collection, {}).get(doc_id)
+        if view is None:
+            return frozenset()
+        if isinstance(view, dict):
+            return frozenset((self._owner(collection, doc_id),))
+        return frozenset(view.subs)
+
+    def subscriptions(self) -> frozenset[Hashable]:
+        """The subscriptions publishing at least one document."""
+        return frozenset(self._by_sub)
+
+    # -- snapshot ----------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """The whole box as plain lists and dicts, for parking a session.
+
+        Field values are left untouched (encode them with EJSON before storing);
+        tuple handles become lists. Shape::
+
+            {"version": 1, "collections": {collection: {id: doc}}}
+            doc = {"sub": handle, "fields": {field: value}}                 # one publisher
+                | {"subs": [handle, ...], "data": {field: [[handle, value], ...]}}
+        """
+        owners: dict[str, dict[str, Hashable]] = {}
+        for sub, index in self._by_sub.items():
+            for collection, ids in index.items():
+                coll_owners = owners.setdefault(collection, {})
+                for doc_id in ids:
+                    coll_owners[doc_id] = sub
+        collections: dict[str, Any] = {}
+        for collection, coll in self._docs.items():
+            docs: dict[str, Any] = {}
+            for doc_id, view in coll.items():
+                if isinstance(view, dict):
+                    owner = _dump_handle(owners[collection][doc_id])
+                    docs[doc_id] = {"sub": owner, "fields": dict(view)}
+                else:
+                    docs[doc_id] = {
+                        "subs": [_dump_handle(s) for s in view.subs],
+                        "data": {
+                            key: [[_dump_handle(h), v] for h, v in plist]
+                            for key, plist in view.data.items()
+                        },
+                    }
+            collections[collection] = docs
+        return {"version": _STATE_VERSION, "collections": collections}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> MergeBox:
+        """Rebuild a box from ``to_state`` output (also after a JSON round trip).
+
+        Lists in handle position become tuples. Raises ``LocalProtocolError`` if the state
+        is malformed or inconsistent (it is our own format: that is a bug on this side).
+        """
+        box = cls()
+        try:
+            if state["version"] != _STATE_VERSION:
+                raise LocalProtocolError(f"unknown mergebox state version {state['version']!r}")
+            for collection, docs in state["collections"].items():
+                if not docs:
+                    continue
+                coll: dict[str, _View] = {}
+                box._docs[_str(collection)] = coll
+                for doc_id, doc in docs.items():
+                    _str(doc_id)
+                    if "sub" in doc:
+                        owner = _load_handle(doc["sub"])
+                        coll[doc_id] = {_str(k): v for k, v in doc["fields"].items()}
+                        box._index_add(owner, collection, doc_id)
+                        continue
+                    handles = [_load_handle(h) for h in doc["subs"]]
+                    subs = dict.fromkeys(handles)
+                    data = {
+                        _str(key): [(_load_handle(h), v) for h, v in plist]
+                        for key, plist in doc["data"].items()
+                    }
+                    for plist in [handles, *([h for h, _v in p] for p in data.values())]:
+                        if len(set(plist)) != len(plist) or not set(plist) <= subs.keys():
+                            raise ValueError(f"{collection}/{doc_id}: bad handles {plist!r}")
+                    for sub in subs:
+                        box._index_add(sub, collection, doc_id)
+                    shared = _Shared(subs, data)
+                    coll[doc_id] = shared.visible() if len(subs) == 1 else shared
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise LocalProtocolError(f"malformed mergebox state: {exc!r}") from exc
+        box.verify()
+        return box
+
+    def verify(self) -> None:
+        """Check the internal invariants; raise ``LocalProtocolError`` on the first break.
+
+        O(size of the box): for ``from_state`` and tests, not for the hot path.
+        """
+        holders: dict[tuple[str, str], set[Hashable]] = {}
+        for sub, index in self._by_sub.items():
+            _check(bool(index), f"empty index for {sub!r}")
+            for collection, ids in index.items():
+                _check(bool(ids), f"empty id set for {sub!r} in {collection!r}")
+                for doc_id in ids:
+                    _check(self.has(collection, doc_id), f"{sub!r} indexes missing doc")
+                    holders.setdefault((collection, doc_id), set()).add(sub)
+        for collection, coll in self._docs.items():
+            _check(bool(coll), f"empty collection {collection!r}")
+            for doc_id, view in coll.items():
+                where = f"{collection}/{doc_id}"
+                subs = holders.get((collection, doc_id), set())
+                if isinstance(view, dict):
+                    _check(len(subs) == 1, f"{where}: single form with publishers {subs!r}")
+                    _check("_id" not in view, f"{where}: _id stored")
+                    continue
+                _check(len(view.subs) >= 2, f"{where}: shared form with < 2 publishers")
+                _check(view.subs.keys() == subs, f"{where}: existsIn differs from the index")
+                _check("_id" not in view.data, f"{where}: _id stored")
+                for key, plist in view.data.items():
+                    handles = [h for h, _v in plist]
+                    _check(bool(plist), f"{where}.{key}: empty precedence list")
+                    _check(len(set(handles)) == len(handles), f"{where}.{key}: duplicate sub")
+                    _check(
+                        set(handles) <= view.subs.keys(), f"{where}.{key}: provider not in existsIn"
+                    )
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _publishes(self, sub: Hashable, collection: str, doc_id: str) -> bool:
+        index = self._by_sub.get(sub)
+        if index is None:
+            return False
+        ids = index.get(collection)
+        return ids is not None and doc_id in ids
+
+    def _view_of(self, sub: Hashable, collection: str, doc_id: str, verb: str) -> _View:
+        if not self._publishes(sub, collection, doc_id):
+            raise LocalProtocolError(
+                f"{verb}: subscription {sub!r} does not publish {collection!r} id {doc_id!r}"
+            )
+        return self._docs[collection][doc_id]
+
+    def _owner(self, collection: str, doc_id: str) -> Hashable:
+        """The single publisher of a document in the plain-dict form (a scan of subs)."""
+        for sub, index in self._by_sub.items():
+            ids = index.get(collection)
+            if ids is not None and doc_id in ids:
+                return sub
+        raise LocalProtocolError(f"mergebox corrupt: no publisher for {collection}/{doc_id}")
+
+    def _index_add(self, sub: Hashable, collection: str, doc_id: str) -> None:
+        self._by_sub.setdefault(sub, {}).setdefault(collection, set()).add(doc_id)
+
+    def _index_discard(self, sub: Hashable, collection: str, doc_id: str) -> None:
+        index = self._by_sub[sub]
+        ids = index[collection]
+        ids.discard(doc_id)
+        if not ids:
+            del index[collection]
+            if not index:
+                del self._by_sub[sub]
+
+    def _drop(self, sub: Hashable, collection: str, doc_id: str, view: _View) -> list[Message]:
+        """Take ``sub`` off the document (the index is already updated)."""
+        coll = self._docs[collection]
+        if isinstance(view, dict):
+            del coll[doc_id]
+            if not coll:
+                del self._docs[collection]
+            return [{"msg": "removed", "collection": collection, "id": doc_id}]
+        del view.subs[sub]
+        out: dict[str, Any] = {}
+        gone: list[str] = []
+        for key in list(view.data):
+            _clear_field(view, sub, key, out, gone)
+        if len(view.subs) == 1:
+            coll[doc_id] = view.visible()  # one publisher left: back to the plain form
+        return _changed(collection, doc_id, out, gone)
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise LocalProtocolError(f"mergebox invariant broken: {what}")
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a str, got {value!r}")
+    return value
+
+
+def _dump_handle(handle: Hashable) -> Any:
+    if isinstance(handle, tuple):
+        return [_dump_handle(part) for part in handle]
+    if handle is None or isinstance(handle, str | int | float):
+        return handle
+    raise LocalProtocolError(f"subscription handle {handle!r} cannot be stored in a state")
+
+
+def _load_handle(raw: Any) -> Hashable:
+    if isinstance(raw, list | tuple):
+        return tuple(_load_handle(part) for part in raw)
+    if raw is None or isinstance(raw, str | int | float):
+        return raw
+    raise TypeError(f"bad subscription handle {raw!r}")

@@ -1,0 +1,330 @@
+"""One DDP session: a socket's protocol state, its subscriptions, mergebox and methods.
+
+Layer: L3 (runtime). The socket's own greenlet reads frames and answers ``ping`` at once
+(any inbound message counts as liveness); every other message goes into a FIFO that one
+on-demand processor greenlet drains in arrival order, as Meteor does (a slow method delays
+later messages of the same session, never other sessions). Backend calls (publications,
+methods, authentication) run on the node's bounded work pool.
+
+Failure isolation (invariant I6): a malformed message gets a DDP ``error`` and the session
+goes on; an exception in a publication or method becomes a Meteor error object, with the
+traceback only in the log; nothing a client sends can raise out of ``serve``.
+
+Must not: parse frames itself (``relay.protocol``), touch sockets (``relay.transport``) or
+import Django (``relay.backend`` is the seam).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from relay import disconnect
+from relay.backend import ANONYMOUS, CallContext, ClientError, Handshake, Identity
+from relay.protocol import messages
+from relay.protocol.alea import random_id
+from relay.protocol.connection import Heartbeat, HeartbeatAction, ServerConnection, State
+from relay.protocol.errors import LocalProtocolError, RemoteProtocolError
+from relay.protocol.mergebox import MergeBox
+from relay.protocol.messages import (
+    ClientMessage,
+    Connect,
+    Disconnect,
+    Method,
+    Ping,
+    Pong,
+    Sub,
+    Unsub,
+)
+from relay.transport import Inbound, Oversized
+
+if TYPE_CHECKING:
+    from relay.node import Node
+    from relay.transport import Transport
+
+log = logging.getLogger(__name__)
+
+#: Messages that do not count towards the session's sent count (Meteor 3.5 rule).
+_UNCOUNTED = frozenset(("ping", "pong"))
+
+
+@dataclass(slots=True)
+class Subscription:
+    """A named subscription of this session."""
+
+    id: str
+    name: str
+    params: tuple[Any, ...]
+    ready: bool = False
+
+
+class Session:
+    """Serves one DDP client over one transport until either side closes."""
+
+    def __init__(self, node: Node, transport: Transport, handshake: Handshake) -> None:
+        self.node = node
+        self.transport = transport
+        self.handshake = handshake
+        self.conn = ServerConnection()
+        self.id: str | None = None
+        self.identity: Identity = ANONYMOUS
+        self.mergebox = MergeBox()
+        self.subs: dict[str, Subscription] = {}
+        self.sent_count = 0
+        self.opened_at = time.monotonic()
+        settings = node.settings
+        self.heartbeat = Heartbeat(settings.heartbeat_interval, settings.heartbeat_timeout)
+        self._pending: deque[ClientMessage] = deque()
+        self._processor: gevent.Greenlet | None = None
+        self._heartbeat_started = False
+        self.closed = False
+        self.close_reason: str | None = None
+
+    # -- the socket greenlet --------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Read until the socket closes; returns when the session is over."""
+        self.node.session_opened(self)
+        try:
+            while not self.closed:
+                texts = self.transport.receive()
+                if texts is None:
+                    break
+                for text in texts:
+                    self.feed(text)
+                    if self.closed:
+                        break
+        finally:
+            self._teardown()
+
+    def feed(self, text: Inbound) -> None:
+        """Handle one inbound DDP frame (from the socket greenlet)."""
+        self.heartbeat.received(time.monotonic())
+        metrics = self.node.metrics
+        if isinstance(text, Oversized):
+            # Dropped by the transport as it arrived; the session goes on (invariant I6).
+            metrics.protocol_errors.labels(reason="Message too large").inc()
+            reason = f"Message too large ({text.size} bytes; the limit is {text.limit})"
+            self.send([messages.error(reason, text.prefix)])
+            return
+        try:
+            msg = self.conn.receive(text)
+        except RemoteProtocolError as exc:
+            metrics.protocol_errors.labels(reason=_metric_reason(exc.reason)).inc()
+            if exc.reply is not None:
+                self.send([exc.reply])
+            if exc.close:
+                self.close(disconnect.PROTOCOL_ERROR)
+            return
+        except LocalProtocolError:
+            return
+        metrics.messages_received.labels(msg=type(msg).__name__.lower()).inc()
+        if isinstance(msg, Ping):
+            # Answered at once, outside the queue, and not counted (Meteor 3.5's rule).
+            if not self.closed:
+                self.transport.send([messages.encode(messages.pong(msg.id))])
+            return
+        if isinstance(msg, Pong):
+            return
+        if isinstance(msg, Disconnect):
+            self.close(disconnect.CLIENT_DISCONNECT)
+            return
+        if len(self._pending) >= self.node.settings.max_pending_messages:
+            self.close(disconnect.TOO_MANY_PENDING)
+            return
+        self._pending.append(msg)
+        if self._processor is None:
+            self._processor = gevent.spawn(self._process)
+
+    # -- the processor greenlet -----------------------------------------------------------
+
+    def _process(self) -> None:
+        try:
+            while self._pending and not self.closed:
+                msg = self._pending.popleft()
+                try:
+                    self._dispatch(msg)
+                except gevent.GreenletExit:
+                    raise
+                except Exception:
+                    # A bug in the relay itself: log it, keep the worker and the session.
+                    log.exception("session %s: unexpected error handling %r", self.id, msg)
+        finally:
+            self._processor = None
+        # A message may have arrived between the loop test and the reset above.
+        if self._pending and not self.closed:
+            self._processor = gevent.spawn(self._process)
+
+    def _dispatch(self, msg: ClientMessage) -> None:
+        if isinstance(msg, Connect):
+            self._on_connect(msg)
+        elif isinstance(msg, Sub):
+            self._on_sub(msg)
+        elif isinstance(msg, Unsub):
+            self._on_unsub(msg)
+        elif isinstance(msg, Method):
+            self._on_method(msg)
+
+    def _on_connect(self, msg: Connect) -> None:
+        try:
+            self.identity = self.node.pool.run(self.node.backend.authenticate, self.handshake)
+        except Exception:
+            log.exception("authentication failed; closing the socket")
+            self.send([messages.error("Internal server error")])
+            self.close(disconnect.SERVER_ERROR)
+            return
+        # A fresh id always: clients before Meteor 3.5 wipe their cache when they get their
+        # old id back (invariant I7); resumption is decided by the coordinator.
+        self.id = random_id()
+        self.send([messages.connected(self.id)])
+        self.node.session_connected(self)
+        if self.conn.heartbeats:
+            self._heartbeat_started = True
+            self.heartbeat.received(time.monotonic())
+
+    def _context(self, random_seed: str | None = None) -> CallContext:
+        assert self.id is not None
+        return CallContext(self.id, self.identity, self.handshake, random_seed)
+
+    def _on_sub(self, msg: Sub) -> None:
+        backend, metrics = self.node.backend, self.node.metrics
+        if not backend.has_publication(msg.name):
+            metrics.subscriptions.labels(outcome="not_found").inc()
+            err = messages.meteor_error(404, f"Subscription '{msg.name}' not found")
+            self.send([messages.nosub(msg.id, err)])
+            return
+        if msg.id in self.subs:
+            return  # Meteor ignores a duplicate sub id silently (it matters on reconnect).
+        if len(self.subs) >= self.node.settings.max_subs_per_session:
+            metrics.subscriptions.labels(outcome="refused").inc()
+            err = messages.meteor_error(
+                "too-many-subscriptions",
+                f"At most {self.node.settings.max_subs_per_session} subscriptions per session",
+            )
+            self.send([messages.nosub(msg.id, err)])
+            return
+        sub = Subscription(msg.id, msg.name, msg.params)
+        self.subs[msg.id] = sub
+        try:
+            data = self.node.pool.run(backend.subscribe, self._context(), msg.name, msg.params)
+            out: list[dict[str, Any]] = []
+            for doc in data.documents:
+                out.extend(self.mergebox.add(msg.id, doc.collection, doc.id, doc.fields))
+            texts = [messages.encode(m) for m in out]
+        except ClientError as exc:
+            self._fail_sub(sub, messages.meteor_error(exc.error, exc.reason, exc.details))
+            metrics.subscriptions.labels(outcome="error").inc()
+            return
+        except Exception:
+            log.exception("publication %r failed", msg.name)
+            self._fail_sub(sub, messages.INTERNAL_ERROR)
+            metrics.subscriptions.labels(outcome="error").inc()
+            return
+        if self.subs.get(msg.id) is not sub:
+            return  # unsubscribed while running
+        self.send_texts(texts)
+        sub.ready = True
+        self.send([messages.ready([msg.id])])
+        metrics.subscriptions.labels(outcome="ready").inc()
+
+    def _fail_sub(self, sub: Subscription, err: dict[str, Any]) -> None:
+        self.subs.pop(sub.id, None)
+        self.send(self.mergebox.remove_subscription(sub.id))
+        self.send([messages.nosub(sub.id, err)])
+
+    def _on_unsub(self, msg: Unsub) -> None:
+        sub = self.subs.pop(msg.id, None) if isinstance(msg.id, str) else None
+        if sub is not None:
+            self.send(self.mergebox.remove_subscription(sub.id))
+        # Meteor answers nosub even for an unknown id.
+        self.send([messages.nosub(msg.id)])
+
+    def _on_method(self, msg: Method) -> None:
+        backend, metrics = self.node.backend, self.node.metrics
+        if not backend.has_method(msg.method):
+            metrics.method_calls.labels(outcome="not_found").inc()
+            err = messages.meteor_error(404, f"Method '{msg.method}' not found")
+            self.send([messages.result(msg.id, err=err), messages.updated([msg.id])])
+            return
+        started = time.monotonic()
+        try:
+            outcome = self.node.pool.run(
+                backend.call, self._context(msg.random_seed), msg.method, msg.params
+            )
+            reply = messages.encode(messages.result(msg.id, outcome.result))
+            outcome_label = "ok"
+        except ClientError as exc:
+            err = messages.meteor_error(exc.error, exc.reason, exc.details)
+            reply = messages.encode(messages.result(msg.id, err=err))
+            outcome_label = "client_error"
+        except Exception:
+            log.exception("method %r failed", msg.method)
+            reply = messages.encode(messages.result(msg.id, err=messages.INTERNAL_ERROR))
+            outcome_label = "server_error"
+        metrics.method_calls.labels(outcome=outcome_label).inc()
+        metrics.method_seconds.observe(time.monotonic() - started)
+        self.send_texts([reply])
+        self.send([messages.updated([msg.id])])
+
+    # -- output ---------------------------------------------------------------------------
+
+    def send(self, msgs: Iterable[dict[str, Any]]) -> None:
+        """Encode and queue server messages for this client."""
+        texts = [messages.encode(m) for m in msgs]
+        if texts:
+            self.send_texts(texts)
+
+    def send_texts(self, texts: list[str]) -> None:
+        if self.closed or not texts:
+            return
+        self.transport.send(texts)
+        self.sent_count += len(texts)
+        self.node.metrics.messages_sent.inc(len(texts))
+
+    # -- liveness and closing ---------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Called about once a second by the node's ticker greenlet."""
+        if self.closed:
+            return
+        if self.transport.closed:
+            self.close(disconnect.TRANSPORT_CLOSED)
+            return
+        if self.conn.state is State.AWAITING_CONNECT:
+            if now - self.opened_at > self.node.settings.handshake_timeout:
+                self.close(disconnect.HANDSHAKE_TIMEOUT)
+            return
+        if not self._heartbeat_started:
+            return
+        action = self.heartbeat.poll(now)
+        if action is HeartbeatAction.PING:
+            # Pings are not counted in sent_count (Meteor 3.5's receivedCount rule).
+            self.transport.send([messages.encode(messages.ping())])
+        elif action is HeartbeatAction.TIMEOUT:
+            self.close(disconnect.HEARTBEAT_TIMEOUT)
+
+    def close(self, reason: disconnect.Disconnect) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason.reason
+        self.conn.close()
+        self.node.metrics.disconnects.labels(reason=reason.name).inc()
+        self.transport.close(reason.code, reason.reason)
+
+    def _teardown(self) -> None:
+        if not self.closed:
+            self.close(disconnect.TRANSPORT_CLOSED)
+        self._pending.clear()
+        self.node.session_closed(self)
+
+
+def _metric_reason(reason: str) -> str:
+    # Keep label cardinality bounded: "Parse error: <detail>" -> "Parse error".
+    return reason.split(":", 1)[0][:40]

@@ -1,0 +1,711 @@
+"""Server-side RFC 6455 WebSocket on the raw socket gunicorn's gevent worker hands the app.
+
+Layer: L3 (runtime: gevent + wsproto). ``accept`` validates the upgrade request, checks
+the Origin, writes the ``101`` itself and wraps the socket (``environ["gunicorn.socket"]``)
+in a ``WebSocket`` that drives a wsproto ``Connection``. It must not monkey-patch, spawn
+anything at import, keep a greenlet or timer per idle connection, or block a caller of
+``send``: fan-out writes to thousands of sockets from one greenlet.
+
+Reading happens in the caller's greenlet (``receive``). Writing goes through an outbound
+buffer flushed by a writer greenlet that exists only while there is something to flush,
+so an idle socket costs its objects and nothing else. A socket whose buffer grows past
+``send_buffer_bytes`` is closed with 1008 "too slow" instead of slowing anyone down.
+
+Closing is a lingering close: the close frame goes out after the pending data, then the
+write side is shut (FIN), and the read side is drained until the peer answers. Closing the
+descriptor with unread input would make the kernel send a reset that can destroy frames
+the peer has not read yet. A one-shot timer (only while closing) aborts after 1 s.
+
+Requires gunicorn's own async worker (``-k gevent``): the pywsgi worker has no
+``gunicorn.socket`` and would write its own response on the socket.
+
+Size: past the 600-line mark because the handshake half (``accept``, the Origin check,
+deflate negotiation) shares the limit and deflate rules with the connection half; it is
+the part to move to ``relay/handshake.py`` when either grows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import socket
+import struct
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import gevent
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+from wsproto.utilities import LocalProtocolError as WsprotoLocalError
+
+from relay.config import Settings
+from relay.protocol.errors import LocalProtocolError
+
+__all__ = [
+    "HandshakeRefusal",
+    "WebSocket",
+    "accept",
+    "encode_text_frame",
+    "origin_allowed",
+]
+
+_ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: Versions sockjs-node (and so Meteor) accepts; 8 is draft-10 but frames identically.
+_VERSIONS: Final = frozenset({"13", "8"})
+_RECV_BYTES: Final = 65536
+#: Longest a close may take (flush + the peer's answer) before the socket is aborted.
+CLOSE_GRACE_SECONDS: Final = 1.0
+_DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+#: Reasons for the close codes raised by the frame parser (wsproto's are too chatty).
+_PARSE_REASONS: Final[dict[int, str]] = {
+    CloseReason.PROTOCOL_ERROR: "protocol error",
+    CloseReason.INVALID_FRAME_PAYLOAD_DATA: "invalid frame payload",
+    CloseReason.MESSAGE_TOO_BIG: "message too big",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRefusal:
+    """An upgrade request refused before any WebSocket byte was sent: an HTTP response."""
+
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+def _refuse(status: str, message: str, extra: Sequence[tuple[str, str]] = ()) -> HandshakeRefusal:
+    body = message.encode("utf-8") + b"\n"
+    headers = [
+        ("Content-Type", "text/plain; charset=UTF-8"),
+        ("Content-Length", str(len(body))),
+        *extra,
+    ]
+    return HandshakeRefusal(status, headers, body)
+
+
+def _tokens(value: str) -> set[str]:
+    return {part.strip().lower() for part in value.split(",") if part.strip()}
+
+
+def _normalize_origin(value: str) -> str | None:
+    """``scheme://host[:port]`` in lower case with a default port dropped; None if not one."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if not scheme or not host:
+        return None
+    if ":" in host:  # an IPv6 literal lost its brackets in urlsplit
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def origin_allowed(environ: Mapping[str, Any], allowed_origins: Sequence[str]) -> bool:
+    """Whether a browser on ``Origin`` may open a socket here (cross-site hijacking guard).
+
+    No Origin header: allowed, browsers always send one and other clients cannot be
+    stopped this way. An Origin naming this request's own Host (same site): allowed.
+    ``"*"`` in ``allowed_origins``: allowed. Otherwise the Origin must equal one entry
+    (``scheme://host[:port]``, case and default ports ignored).
+    """
+    raw = environ.get("HTTP_ORIGIN")
+    if not raw:
+        return True
+    if "*" in allowed_origins:
+        return True
+    origin = _normalize_origin(raw)
+    if origin is None:  # "null" (sandboxed frames, file://) and garbage
+        return raw.strip() in allowed_origins
+    host = str(environ.get("HTTP_HOST", "")).strip().lower()
+    if host:
+        scheme = origin.split("://", 1)[0]
+        if _normalize_origin(f"{scheme}://{host}") == origin:
+            return True
+    return any(_normalize_origin(entry) == origin for entry in allowed_origins)
+
+
+def _check_upgrade(environ: Mapping[str, Any]) -> HandshakeRefusal | None:
+    if environ.get("REQUEST_METHOD") != "GET" or environ.get("SERVER_PROTOCOL") != "HTTP/1.1":
+        return _refuse("400 Bad Request", "Can only upgrade a GET HTTP/1.1 request to WebSocket.")
+    if "websocket" not in _tokens(str(environ.get("HTTP_UPGRADE", ""))):
+        return _refuse("400 Bad Request", 'Can "Upgrade" only to "WebSocket".')
+    if "upgrade" not in _tokens(str(environ.get("HTTP_CONNECTION", ""))):
+        return _refuse("400 Bad Request", '"Connection" must be "Upgrade".')
+    if str(environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")).strip() not in _VERSIONS:
+        return _refuse(
+            "426 Upgrade Required",
+            "Unsupported WebSocket version.",
+            [("Sec-WebSocket-Version", "13")],
+        )
+    try:
+        key = base64.b64decode(
+            str(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")).strip(), validate=True
+        )
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 16:
+        return _refuse("400 Bad Request", "Invalid Sec-WebSocket-Key.")
+    return None
+
+
+#: How much of a too-large message is kept to echo in the DDP error.
+_OVERSIZED_PREFIX = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A text message larger than the limit was received and dropped."""
+
+    #: Bytes received for the message.
+    size: int
+    #: The configured limit.
+    limit: int
+    #: Its first characters, for the error's ``offendingMessage``.
+    prefix: str
+
+
+class _BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate that never inflates more than ``limit`` bytes of one message.
+
+    wsproto inflates each received chunk without a bound, so 64 KiB of compressed zeros
+    would become 64 MiB before any size check could run. Here the decompressor gets a
+    ``max_length`` and the message fails with 1009 as soon as it passes the limit.
+
+    Both directions run without context takeover: a kept deflate context costs about
+    300 KiB per socket for as long as it lives, which idle sessions cannot afford. RFC 7692
+    7.1.1 lets a server ask for this even when the client did not offer it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(client_no_context_takeover=True, server_no_context_takeover=True)
+        self._limit = limit
+        self._inflated = 0
+
+    def frame_inbound_header(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, payload_length: int
+    ) -> CloseReason | RsvBits:
+        if not opcode.iscontrol():
+            return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+        # A ping may sit between the fragments of a compressed message. wsproto would take
+        # its RSV1 (0) as the message's and reset it after the ping, so the rest of the
+        # message went uninflated (1007). Control frames leave the message state alone.
+        if rsv.rsv1:
+            return CloseReason.PROTOCOL_ERROR
+        self._inbound_is_compressible = False
+        return RsvBits(True, False, False)
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        # Private attributes of wsproto's PerMessageDeflate (stable since 0.x); a test
+        # with a deflate bomb guards against them changing.
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        assert self._decompressor is not None
+        try:
+            out = self._decompressor.decompress(bytes(data), self._limit - self._inflated + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(out)
+        if self._inflated > self._limit:
+            return CloseReason.MESSAGE_TOO_BIG
+        return out
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        if not self._inbound_is_compressible:
+            return None  # a control frame (see frame_inbound_header)
+        result = super().frame_inbound_complete(proto, fin)
+        if fin:
+            self._inflated = 0
+        return result
+
+
+def _negotiate_deflate(header: str, limit: int) -> tuple[_BoundedDeflate, str] | None:
+    """The first acceptable permessage-deflate offer: (extension, response header value)."""
+    for offer in header.split(","):
+        if offer.split(";", 1)[0].strip().lower() != PerMessageDeflate.name:
+            continue
+        extension = _BoundedDeflate(limit)  # accept() mutates: a fresh one per offer
+        try:
+            params = extension.accept(offer)
+        except ValueError:  # e.g. "client_max_window_bits=x"
+            continue
+        if params is None or params is False:
+            continue
+        if isinstance(params, str) and params:
+            return extension, f"{PerMessageDeflate.name}; {params}"
+        return extension, PerMessageDeflate.name
+    return None
+
+
+def _take_buffered(environ: Mapping[str, Any]) -> bytes:
+    # gunicorn reads the socket in 8 KiB chunks and keeps what follows the headers in the
+    # parser's unreader, reachable as wsgi.input -> Body.reader -> unreader. A client must
+    # wait for the 101 before sending frames, so this is empty in practice, but a
+    # pipelining client would otherwise lose its first frames.
+    reader = getattr(environ.get("wsgi.input"), "reader", None)
+    take = getattr(getattr(reader, "unreader", None), "take_buffered", None)
+    if callable(take):
+        data = take()
+        if isinstance(data, bytes):
+            return data
+    return b""
+
+
+def accept(environ: Mapping[str, Any], settings: Settings) -> WebSocket | HandshakeRefusal:
+    """Upgrade this WSGI request to a WebSocket, or say why not as an HTTP response.
+
+    Refusals: 400 for a malformed upgrade, 426 (with ``Sec-WebSocket-Version: 13``) for
+    an unsupported version, 403 for a foreign Origin, 500 when not run under gunicorn's
+    gevent worker. On success the ``101`` has been written; the app must not call
+    ``start_response`` and must end the request with ``raise StopIteration`` once the
+    socket is done (``WebSocket.wait_closed``), so that gunicorn writes nothing more.
+    """
+    refusal = _check_upgrade(environ)
+    if refusal is not None:
+        return refusal
+    if not origin_allowed(environ, settings.allowed_origins):
+        return _refuse("403 Forbidden", "Origin not allowed.")
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return _refuse("500 Internal Server Error", "No raw socket: run under gunicorn -k gevent.")
+
+    key = str(environ["HTTP_SEC_WEBSOCKET_KEY"]).strip().encode("ascii")
+    token = base64.b64encode(hashlib.sha1(key + _ACCEPT_GUID).digest()).decode("ascii")
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {token}",
+    ]
+    extension: _BoundedDeflate | None = None
+    if settings.permessage_deflate:
+        negotiated = _negotiate_deflate(
+            str(environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")), settings.max_message_bytes
+        )
+        if negotiated is not None:
+            extension, value = negotiated
+            lines.append(f"Sec-WebSocket-Extensions: {value}")
+    ws = WebSocket(
+        sock,
+        max_message_bytes=settings.max_message_bytes,
+        send_buffer_bytes=settings.send_buffer_bytes,
+        extension=extension,
+        initial_data=_take_buffered(environ),
+    )
+    try:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    except OSError:
+        # The client left during the handshake: hand back a socket that is already
+        # closed, so the caller's normal "receive() returned None" path cleans up.
+        ws.abort()
+    return ws
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate cannot be sent as UTF-8; one "?" is better than an exception
+        # raised into fan-out, which would hurt every other session it serves.
+        return text.encode("utf-8", "replace")
+
+
+def encode_text_frame(text: str) -> bytes:
+    """An unmasked, unfragmented, uncompressed server TEXT frame carrying ``text``.
+
+    Server frames are never masked, so the same bytes can be written to every socket
+    that did not negotiate compression (``WebSocket.can_share_frames``).
+    """
+    payload = _utf8(text)
+    n = len(payload)
+    if n <= 125:
+        header = bytes((0x81, n))
+    elif n <= 0xFFFF:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+def _sendable_close_code(code: int) -> int:
+    # 1004-1006 and 1015 must never be sent, and 1016-2999 are reserved (sockjs's 2010
+    # is not a WebSocket code): anything outside the sendable ranges becomes 1000.
+    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return 1000
+
+
+class WebSocket:
+    """One accepted WebSocket. ``receive`` from one greenlet; ``send`` from any.
+
+    ``close_code``/``close_reason`` hold the first close decided on either side (1006
+    when the connection just vanished). ``overflowed`` is set when it was closed for
+    letting more than ``send_buffer_bytes`` pile up.
+    """
+
+    __slots__ = (
+        "_close_queued",
+        "_closing",
+        "_conn",
+        "_deflate",
+        "_discarding",
+        "_events",
+        "_inflight",
+        "_max_buffer",
+        "_max_message",
+        "_message",
+        "_message_bytes",
+        "_out",
+        "_out_bytes",
+        "_read_done",
+        "_reading",
+        "_shut",
+        "_sock",
+        "_timer",
+        "_writer",
+        "close_code",
+        "close_reason",
+        "overflowed",
+    )
+
+    def __init__(
+        self,
+        sock: Any,
+        *,
+        max_message_bytes: int,
+        send_buffer_bytes: int,
+        extension: PerMessageDeflate | None = None,
+        initial_data: bytes = b"",
+    ) -> None:
+        """Wrap ``sock`` (a gevent socket) whose opening handshake is already complete."""
+        self._sock = sock
+        self._deflate = extension is not None
+        self._conn = Connection(
+            ConnectionType.SERVER, extensions=[extension] if extension is not None else None
+        )
+        self._max_message = max_message_bytes
+        self._max_buffer = send_buffer_bytes
+        self._events: Iterator[Event] | None = None
+        self._message: list[str] | None = None
+        self._message_bytes = 0
+        #: Prefix of a too-large text message whose rest is being dropped, or None.
+        self._discarding: str | None = None
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._inflight = 0
+        self._writer: Any = None
+        self._timer: Any = None
+        self._closing = False
+        self._close_queued = False
+        self._read_done = False
+        self._reading = False
+        self._shut = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.overflowed = False
+        if initial_data:
+            self._conn.receive_data(initial_data)
+            self._events = self._conn.events()
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once a close began on either side: nothing sent from now on is delivered."""
+        return self._closing
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Outbound bytes not yet accepted by the kernel (queued plus the batch in flight)."""
+        return self._out_bytes
+
+    @property
+    def deflate(self) -> bool:
+        """Whether permessage-deflate was negotiated."""
+        return self._deflate
+
+    @property
+    def can_share_frames(self) -> bool:
+        """Whether ``send_frame`` works: frames from ``encode_text_frame`` fit this socket."""
+        return not self._deflate
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def receive(self) -> str | Oversized | None:
+        """Block (cooperatively) until a whole TEXT message arrives; None once closed.
+
+        Never raises for anything the peer does: protocol errors close with 1002 and
+        invalid UTF-8 with 1007. A text message over ``max_message_bytes`` is dropped as it
+        arrives and reported as ``Oversized`` (the session answers it with a DDP error and
+        goes on); a compressed one that inflates past the limit closes with 1009, since
+        inflating it is the attack. Binary messages are dropped. Pings are answered, a
+        Close is echoed.
+        """
+        self._reading = True
+        try:
+            while not self._read_done:
+                if self._events is None and not self._fill():
+                    return None
+                assert self._events is not None
+                try:
+                    for event in self._events:
+                        text = self._on_event(event)
+                        if text is not None:
+                            # The generator stays suspended here; the next call resumes it.
+                            return text
+                        if self._read_done:
+                            return None
+                except (AssertionError, ValueError, WsprotoLocalError):
+                    # wsproto reports most peer errors as a CloseConnection event, but a
+                    # few malformed inputs trip its assertions instead.
+                    self._fail(CloseReason.PROTOCOL_ERROR)
+                    return None
+                self._events = None
+            return None
+        finally:
+            self._reading = False
+
+    def _fill(self) -> bool:
+        if self._shut:
+            self._read_done = True
+            return False
+        try:
+            data = self._sock.recv(_RECV_BYTES)
+        except OSError:
+            data = b""
+        if not data:
+            # EOF without a close handshake (1006), or our own shutdown waking us up.
+            self._read_done = True
+            self.abort()
+            return False
+        self._conn.receive_data(data)
+        self._events = self._conn.events()
+        return True
+
+    def _on_event(self, event: Event) -> str | Oversized | None:
+        if isinstance(event, TextMessage):
+            return self._on_text(event)
+        if isinstance(event, BytesMessage):
+            # Ignored, but counted: an endless binary message is still bounded.
+            if self._count(len(event.data)) and event.message_finished:
+                self._message_bytes = 0
+        elif isinstance(event, Ping):
+            if self._conn.state is ConnectionState.OPEN and not self._closing:
+                self._enqueue(self._conn.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            self._on_close(event)
+        return None
+
+    def _on_text(self, event: TextMessage) -> str | Oversized | None:
+        chunk: str = event.data
+        if self._closing:
+            return None  # after our close frame, data from the peer is dropped
+        size = len(chunk) if chunk.isascii() else len(chunk.encode("utf-8"))
+        if self._discarding is None and self._message_bytes + size > self._max_message:
+            prefix = "".join(self._message or ()) + chunk
+            self._discarding = prefix[:_OVERSIZED_PREFIX]
+            self._message = None
+        if self._discarding is not None:
+            self._message_bytes += size
+            if not event.message_finished:
+                return None
+            oversized = Oversized(self._message_bytes, self._max_message, self._discarding)
+            self._discarding = None
+            self._message_bytes = 0
+            return oversized
+        self._message_bytes += size
+        if not event.message_finished:
+            if chunk:  # empty fragments would grow the list for free
+                if self._message is None:
+                    self._message = []
+                self._message.append(chunk)
+            return None
+        self._message_bytes = 0
+        if self._message is None:
+            return chunk
+        self._message.append(chunk)
+        text = "".join(self._message)
+        self._message = None
+        return text
+
+    def _count(self, size: int) -> bool:
+        self._message_bytes += size
+        if self._message_bytes > self._max_message:
+            self._fail(CloseReason.MESSAGE_TOO_BIG)
+            return False
+        return True
+
+    def _on_close(self, event: CloseConnection) -> None:
+        state = self._conn.state
+        self._read_done = True
+        self._message = None
+        if state is ConnectionState.REMOTE_CLOSING:
+            # The peer started the close: answer with its code after the pending data.
+            if self.close_code is None:
+                self.close_code, self.close_reason = int(event.code), event.reason or ""
+            self._closing = True
+            self._queue_close(self._conn.send(event.response()))
+        elif state is ConnectionState.CLOSED:
+            pass  # the peer answered our close: the handshake is complete
+        else:
+            # wsproto turned a parse failure into a CloseConnection without changing state.
+            self._fail(event.code)
+
+    def _fail(self, code: int) -> None:
+        self._message = None
+        self._read_done = True
+        self.close(code, _PARSE_REASONS.get(code, "protocol error"))
+
+    # -- sending -----------------------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        """Queue one TEXT message; never blocks. Dropped silently once closed."""
+        if self._closing:
+            return
+        if self._deflate:
+            try:
+                frame = self._conn.send(TextMessage(data=text))
+            except UnicodeEncodeError:
+                # wsproto encodes before touching any state, so a retry is safe.
+                frame = self._conn.send(TextMessage(data=_utf8(text).decode("utf-8")))
+            self._enqueue(bytes(frame))
+        else:
+            self._enqueue(encode_text_frame(text))
+
+    def send_many(self, texts: Sequence[str]) -> None:
+        """Queue several TEXT messages, flushed together in one write; never blocks."""
+        for text in texts:
+            self.send(text)
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a frame from ``encode_text_frame`` (shared by many sockets); never blocks."""
+        if self._deflate:
+            raise LocalProtocolError("send_frame on a permessage-deflate socket")
+        if not self._closing:
+            self._enqueue(frame)
+
+    def _enqueue(self, frame: bytes) -> None:
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        if self._out_bytes > self._max_buffer:
+            # A peer that reads slower than we write: drop what is queued (the batch in
+            # flight cannot be recalled) and close, rather than hold memory or block.
+            self.overflowed = True
+            self._out.clear()
+            self._out_bytes = self._inflight
+            self.close(1008, "too slow")
+            return
+        self._ensure_writer()
+
+    def _queue_close(self, frame: bytes) -> None:
+        self._out.append(bytes(frame))
+        self._out_bytes += len(frame)
+        self._close_queued = True
+        self._start_grace_timer()
+        self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None and self._out and not self._shut:
+            self._writer = gevent.spawn(self._write_pending)
+
+    def _write_pending(self) -> None:
+        try:
+            while self._out and not self._shut:
+                batch = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+                self._out = []
+                self._inflight = len(batch)
+                try:
+                    self._sock.sendall(batch)
+                except OSError:
+                    self.abort()
+                    return
+                finally:
+                    self._out_bytes -= self._inflight
+                    self._inflight = 0
+            if self._close_queued and not self._shut:
+                # Our close frame is out: send FIN too, so the peer's reader sees the end.
+                try:
+                    self._sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    self.abort()
+        finally:
+            self._writer = None
+
+    # -- closing -----------------------------------------------------------------------
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; never blocks and is idempotent.
+
+        The close frame follows the data already queued; within ``CLOSE_GRACE_SECONDS``
+        the socket is shut down whether or not the peer answered.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if self._shut:
+            return
+        if self._conn.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            frame = self._conn.send(
+                CloseConnection(code=_sendable_close_code(code), reason=reason or None)
+            )
+            self._queue_close(frame)
+        else:
+            self._start_grace_timer()
+
+    def wait_closed(self) -> None:
+        """Close if needed and wait (at most ``CLOSE_GRACE_SECONDS``) until it is done.
+
+        Call it from the greenlet that reads (or when nobody is in ``receive``), at the
+        end of the WSGI handler, before ``raise StopIteration``.
+        """
+        self.close()
+        writer = self._writer
+        if writer is not None:
+            writer.join()  # bounded: the grace timer aborts a writer stuck on a full socket
+        if not self._reading:
+            while self.receive() is not None:  # drain to the peer's close or EOF
+                pass
+        self.abort()
+
+    def abort(self) -> None:
+        """Shut the socket down now, dropping anything queued. Idempotent; never raises.
+
+        The descriptor itself stays open: gunicorn closes it when the request ends.
+        """
+        if self.close_code is None:
+            self.close_code, self.close_reason = int(CloseReason.ABNORMAL_CLOSURE), ""
+        self._closing = True
+        self._read_done = True
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.close()
+        if self._shut:
+            return
+        self._shut = True
+        self._out.clear()
+        self._out_bytes = self._inflight
+        with contextlib.suppress(OSError):
+            # Wakes a greenlet blocked in recv (EOF) or in sendall (EPIPE).
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def _start_grace_timer(self) -> None:
+        if self._timer is None and not self._shut:
+            # A libev timer, not a greenlet, and only while closing: idle sockets carry none.
+            self._timer = gevent.get_hub().loop.timer(CLOSE_GRACE_SECONDS)
+            self._timer.start(self.abort)

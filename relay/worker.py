@@ -1,0 +1,40 @@
+"""The gunicorn worker class for relays: gunicorn's gevent worker, plus two duties.
+
+Layer: L4. This is the only module that monkey-patches (through gunicorn's GeventWorker,
+before the application is loaded) and it makes psycopg2 cooperative with
+``psycogreen``, so ORM queries and the LISTEN connection yield to other greenlets instead
+of blocking the worker. On SIGTERM it drains the node first (readiness false, sessions
+closed as "going away") and then lets gunicorn's graceful shutdown finish.
+
+Run with ``gunicorn -k relay.worker.RelayWorker`` (``relay.gunicorn_conf`` sets it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+from gunicorn.workers.ggevent import GeventWorker
+
+
+class RelayWorker(GeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker with a cooperative psycopg2 and a DDP-aware drain."""
+
+    def patch(self) -> None:
+        super().patch()
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        gevent.spawn(self._drain)
+        super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        gevent.spawn(self._drain)
+        super().handle_quit(sig, frame)
+
+    def _drain(self) -> None:
+        node = getattr(self.wsgi, "node", None)
+        if node is not None:
+            node.drain()

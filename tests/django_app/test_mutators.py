@@ -1,0 +1,308 @@
+"""Meteor collection mutators: /<collection>/insert, update, remove (and ...Async)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from bookstore.models import Author, Book
+
+from django_app import Collection
+from django_app.backend import DjangoBackend
+from django_app.registries import Registry
+from relay.backend import ClientError, Identity
+from relay.protocol.alea import RandomStream
+
+pytestmark = pytest.mark.django_db
+
+INSERT = "/bookstore.book/insert"
+UPDATE = "/bookstore.book/update"
+REMOVE = "/bookstore.book/remove"
+DOC = {"title": "Mort", "authorId": "pratchett", "price": "7.99"}
+NOT_BY_ID = "Not permitted. Untrusted code may only {} documents by ID."
+NO_REPLACE = (
+    "Access denied. In a restricted collection you can only update documents, not replace"
+    " them. Use a Mongo update operator, such as '$set'."
+)
+
+
+def error_of(call: Any) -> tuple[Any, Any]:
+    with pytest.raises(ClientError) as info:
+        call()
+    return info.value.error, info.value.reason
+
+
+@pytest.mark.parametrize("name", [INSERT, "/bookstore.book/insertAsync"])
+def test_insert_without_id_uses_the_seeded_stream(
+    backend: DjangoBackend, make_ctx: Any, seeded: str, name: str
+) -> None:
+    stream = RandomStream("xyz123").sequence("/collection/bookstore.book")
+    expected = stream.id()
+    assert backend.call(make_ctx("xyz123"), name, [DOC]).result == expected
+    book = Book.objects.get(pk=expected)
+    assert (book.title, book.author_id, book.price) == ("Mort", "pratchett", Decimal("7.99"))
+
+
+def test_insert_with_id_and_ejson_values(
+    backend: DjangoBackend, make_ctx: Any, seeded: str
+) -> None:
+    doc = {
+        "_id": "mort",
+        **DOC,
+        "price": 7,
+        "published": dt.datetime(1987, 11, 12, tzinfo=dt.UTC),
+        "tags": ["discworld", {"$date": 1}],
+    }
+    assert backend.call(make_ctx("s"), INSERT, [doc]).result == "mort"
+    book = Book.objects.get(pk="mort")
+    assert book.published == dt.date(1987, 11, 12)
+    assert book.price == Decimal("7.00")
+    assert book.tags == ["discworld", {"$date": 1}]
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        ({**DOC, "_id": 5}, (400, "Meteor requires document _id fields to be non-empty strings")),
+        ({**DOC, "_id": ""}, (400, "Meteor requires document _id fields to be non-empty strings")),
+        ({**DOC, "_id": "lathe"}, (400, "_id: Book with this Id already exists.")),
+        ({**DOC, "unknown": 1}, (400, "Unknown field 'unknown'")),
+        ({**DOC, "author_id": "leguin"}, (400, "Unknown field 'author_id'")),
+        ({**DOC, "price": "cheap"}, (400, "price: Expected a decimal number.")),
+        ({"title": "No author", "price": 1}, (400, "authorId: This field cannot be null.")),
+        (
+            {**DOC, "authorId": "nobody"},
+            (400, "authorId: author instance with id 'nobody' is not a valid choice."),
+        ),
+    ],
+)
+def test_insert_validation(
+    backend: DjangoBackend, make_ctx: Any, seeded: str, doc: dict[str, Any], error: Any
+) -> None:
+    assert error_of(lambda: backend.call(make_ctx("s"), INSERT, [doc])) == error
+    assert Book.objects.count() == 10
+
+
+@pytest.mark.parametrize("params", [[], ["doc"], [None]])
+def test_insert_needs_a_document(backend: DjangoBackend, make_ctx: Any, params: list[Any]) -> None:
+    assert error_of(lambda: backend.call(make_ctx(), INSERT, params)) == (400, "Match failed")
+
+
+@pytest.mark.parametrize("selector", ["lathe", {"_id": "lathe"}])
+def test_update_set_and_unset(
+    backend: DjangoBackend, make_ctx: Any, seeded: str, selector: Any
+) -> None:
+    before = Book.objects.get(pk="lathe")
+    modifier = {
+        "$set": {"title": "Lathe", "authorId": "jemisin", "price": "1.5"},
+        "$unset": {"published": ""},
+    }
+    assert backend.call(make_ctx(), UPDATE, [selector, modifier]).result == 1
+    book = Book.objects.get(pk="lathe")
+    assert (book.title, book.author_id, book.price, book.published) == (
+        "Lathe",
+        "jemisin",
+        Decimal("1.50"),
+        None,
+    )
+    assert book.updated_at > before.updated_at
+    assert (
+        backend.call(
+            make_ctx(), "/bookstore.book/updateAsync", ["lathe", {"$unset": {"tags": 1}}]
+        ).result
+        == 1
+    )
+    assert Book.objects.get(pk="lathe").tags == []
+
+
+def test_update_missing_document_is_zero(
+    backend: DjangoBackend, make_ctx: Any, seeded: str
+) -> None:
+    assert backend.call(make_ctx(), UPDATE, ["nope", {"$set": {"title": "x"}}]).result == 0
+
+
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        ([{"title": "x"}, {"$set": {"title": "y"}}], (403, NOT_BY_ID.format("update"))),
+        (
+            [{"_id": "lathe", "title": "x"}, {"$set": {"title": "y"}}],
+            (403, NOT_BY_ID.format("update")),
+        ),
+        ([True, {"$set": {"title": "y"}}], (403, NOT_BY_ID.format("update"))),
+        (
+            ["lathe", {"title": "replaced"}],
+            (
+                403,
+                NO_REPLACE,
+            ),
+        ),
+        (
+            ["lathe", {}],
+            (
+                403,
+                NO_REPLACE,
+            ),
+        ),
+        (
+            ["lathe", {"$set": {"title": "y"}}, {"upsert": True}],
+            (403, "Access denied. Upserts not allowed in a restricted collection."),
+        ),
+        (
+            ["lathe", {"$inc": {"price": 1}}],
+            (400, "Operator $inc is not supported; use $set or $unset"),
+        ),
+        (
+            ["lathe", {"$push": {"tags": "x"}}],
+            (400, "Operator $push is not supported; use $set or $unset"),
+        ),
+        (
+            ["lathe", {"$set": {"tags.0": "x"}}],
+            (400, "Nested field updates are not supported: 'tags.0'"),
+        ),
+        (["lathe", {"$set": {"_id": "x"}}], (400, "The _id of a document cannot be changed")),
+        (["lathe", {"$set": {"nope": 1}}], (400, "Unknown field 'nope'")),
+        (["lathe", {"$unset": {"title": 1}}], (400, "Field 'title' cannot be unset")),
+        (["lathe", {"$set": {"title": ""}}], (400, "title: This field cannot be blank.")),
+        (["lathe", {"$set": "title"}], (400, "Match failed")),
+        (["lathe"], (400, "Match failed")),
+        (["lathe", {"$set": {"title": "y"}}, "options"], (400, "Match failed")),
+    ],
+)
+def test_update_errors(
+    backend: DjangoBackend, make_ctx: Any, seeded: str, params: list[Any], error: Any
+) -> None:
+    assert error_of(lambda: backend.call(make_ctx(), UPDATE, params)) == error
+    assert Book.objects.get(pk="lathe").title == "The Lathe of Heaven"
+
+
+def test_remove(backend: DjangoBackend, make_ctx: Any, seeded: str) -> None:
+    assert backend.call(make_ctx(), REMOVE, ["lathe"]).result == 1
+    assert (
+        backend.call(make_ctx(), "/bookstore.book/removeAsync", [{"_id": "small-gods"}]).result == 1
+    )
+    assert backend.call(make_ctx(), REMOVE, ["lathe"]).result == 0
+    assert Book.objects.count() == 8
+    assert error_of(lambda: backend.call(make_ctx(), REMOVE, [{}])) == (
+        403,
+        NOT_BY_ID.format("remove"),
+    )
+    assert error_of(lambda: backend.call(make_ctx(), REMOVE, [])) == (400, "Match failed")
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("/bookstore.author/insert", [{"name": "X", "email": "x@example.org"}]),
+        ("/bookstore.author/insertAsync", [{"name": "X", "email": "x@example.org"}]),
+        ("/bookstore.author/update", ["leguin", {"$set": {"name": "X"}}]),
+        ("/bookstore.author/remove", ["leguin"]),
+        ("/bookstore.author/removeAsync", ["leguin"]),
+    ],
+)
+def test_collections_without_allow_rules_deny(
+    backend: DjangoBackend, make_ctx: Any, seeded: str, name: str, params: list[Any]
+) -> None:
+    assert error_of(lambda: backend.call(make_ctx("s"), name, params)) == (403, "Access denied")
+    assert Author.objects.filter(pk="leguin", name="Ursula K. Le Guin").exists()
+    assert Author.objects.count() == 3
+
+
+@pytest.fixture
+def ruled() -> tuple[DjangoBackend, list[tuple[Any, ...]]]:
+    """Authors writable by staff only, visible only with a .org address; calls recorded."""
+    calls: list[tuple[Any, ...]] = []
+    reg = Registry()
+
+    @reg.register
+    class Authors(Collection):
+        model = Author
+        rename = {"email": "mail"}
+
+        def visible(self, user: Any) -> Any:
+            return {"email__in": ["ursula.leguin@example.org", "nk.jemisin@example.org"]}
+
+        def allow_insert(self, user: Any, doc: dict[str, Any]) -> bool:
+            calls.append(("insert", doc))
+            return bool(user.is_staff)
+
+        def allow_update(
+            self, user: Any, doc: dict[str, Any], fields: list[str], modifier: dict[str, Any]
+        ) -> bool:
+            calls.append(("update", doc, fields, modifier))
+            return bool(user.is_staff)
+
+        def allow_remove(self, user: Any, doc: dict[str, Any]) -> bool:
+            calls.append(("remove", doc))
+            return bool(user.is_staff)
+
+    return DjangoBackend(registry=reg), calls
+
+
+def test_rules_see_meteor_style_arguments(ruled: Any, make_ctx: Any, seeded: str) -> None:
+    from django.contrib.auth.models import User
+
+    backend, calls = ruled
+    staff = User.objects.create(username="staff", is_staff=True)
+    as_staff = make_ctx("seed", Identity(staff, str(staff.pk)))
+    new_id = RandomStream("seed").sequence("/collection/bookstore.author").id()
+    assert (
+        backend.call(
+            as_staff,
+            "/bookstore.author/insert",
+            [{"name": "Iain Banks", "mail": "iain@example.org"}],
+        ).result
+        == new_id
+    )
+    assert calls[-1] == (
+        "insert",
+        {"_id": new_id, "name": "Iain Banks", "mail": "iain@example.org"},
+    )
+
+    modifier = {"$set": {"name": "U. K. Le Guin", "mail": "ukl@example.org"}}
+    assert backend.call(as_staff, "/bookstore.author/update", ["leguin", modifier]).result == 1
+    assert calls[-1] == (
+        "update",
+        {"_id": "leguin", "name": "Ursula K. Le Guin", "mail": "ursula.leguin@example.org"},
+        ["name", "mail"],
+        modifier,
+    )
+    assert Author.objects.get(pk="leguin").email == "ukl@example.org"
+    # No longer visible (the rule wants two addresses), so later writes find nothing.
+    assert backend.call(as_staff, "/bookstore.author/remove", ["leguin"]).result == 0
+    # Pratchett was never visible: updates and removes see no document.
+    assert backend.call(as_staff, "/bookstore.author/update", ["pratchett", modifier]).result == 0
+    assert backend.call(as_staff, "/bookstore.author/remove", ["jemisin"]).result == 1
+    assert calls[-1] == (
+        "remove",
+        {"_id": "jemisin", "name": "N. K. Jemisin", "mail": "nk.jemisin@example.org"},
+    )
+
+
+def test_rules_deny_and_integrity_errors(ruled: Any, make_ctx: Any, seeded: str) -> None:
+    from django.contrib.auth.models import User
+
+    backend, _ = ruled
+    user = User.objects.create(username="plain")
+    as_user = make_ctx("seed", Identity(user, str(user.pk)))
+    assert error_of(lambda: backend.call(as_user, "/bookstore.author/remove", ["jemisin"])) == (
+        403,
+        "Access denied",
+    )
+    assert error_of(
+        lambda: backend.call(
+            make_ctx(), "/bookstore.author/update", ["jemisin", {"$set": {"name": "x"}}]
+        )
+    ) == (403, "Access denied")
+    staff = User.objects.create(username="staff", is_staff=True)
+    as_staff = make_ctx("seed", Identity(staff, str(staff.pk)))
+    error, reason = error_of(
+        lambda: backend.call(
+            as_staff,
+            "/bookstore.author/insert",
+            [{"name": "Dup", "mail": "nk.jemisin@example.org"}],
+        )
+    )
+    assert (error, reason) == (400, "mail: Author with this Email already exists.")

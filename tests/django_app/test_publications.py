@@ -1,0 +1,204 @@
+"""Subscriptions through DjangoBackend.subscribe: documents, routes, params, visibility."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from bookstore.models import Author, Book
+from django.db.models import Q
+
+from django_app import Collection, Cursor, Publication, publish
+from django_app.backend import DjangoBackend
+from django_app.registries import Registry
+from relay.backend import Condition, Identity, Route
+from relay.protocol import ejson
+
+pytestmark = pytest.mark.django_db
+
+
+def by_collection(data: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for doc in data.documents:
+        assert doc.id not in out.setdefault(doc.collection, {})
+        out[doc.collection][doc.id] = doc.fields
+    return out
+
+
+def test_books_all(backend: DjangoBackend, make_ctx: Any, seeded: str) -> None:
+    data = backend.subscribe(make_ctx(), "books.all", [])
+    docs = by_collection(data)
+    assert len(docs["bookstore.author"]) == 3
+    assert len(docs["bookstore.book"]) == 10
+    assert len(data.documents) == 13
+    assert docs["bookstore.author"]["pratchett"] == {
+        "name": "Terry Pratchett",
+        "email": "terry.pratchett@example.org",
+    }
+    book = docs["bookstore.book"]["small-gods"]
+    assert list(book) == ["title", "authorId", "published", "price", "tags", "updatedAt"]
+    wire = ejson.to_json_value(book)
+    assert wire["price"] == "8.99"
+    assert wire["published"] == {"$date": 704678400000}
+    assert wire["authorId"] == "pratchett"
+    assert data.routes == (
+        Route("ddp_bookstore_author", "bookstore.author", ()),
+        Route("ddp_bookstore_book", "bookstore.book", ()),
+    )
+
+
+def test_books_by_author_email(backend: DjangoBackend, make_ctx: Any, seeded: str) -> None:
+    email = "nk.jemisin@example.org"
+    data = backend.subscribe(make_ctx(), "books.byAuthorEmail", [email])
+    docs = by_collection(data)
+    assert list(docs["bookstore.author"]) == ["jemisin"]
+    assert set(docs["bookstore.book"]) == {"fifth-season", "obelisk-gate", "stone-sky"}
+    assert data.routes == (
+        Route("ddp_bookstore_author", "bookstore.author", (Condition("email", "exact", email),)),
+        Route(
+            "ddp_bookstore_book", "bookstore.book", (Condition("author__email", "exact", email),)
+        ),
+    )
+    assert by_collection(backend.subscribe(make_ctx(), "books.byAuthorEmail", ["x@y.z"])) == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("books.byAuthorEmail", []),
+        ("books.byAuthorEmail", [5]),
+        ("books.byAuthorEmail", [None]),
+        ("books.byAuthorEmail", ["a", "b"]),
+        ("books.all", ["extra"]),
+    ],
+)
+def test_bad_params_are_match_failed(
+    backend: DjangoBackend, make_ctx: Any, name: str, params: list[Any]
+) -> None:
+    with pytest.raises(Exception) as info:
+        backend.subscribe(make_ctx(), name, params)
+    assert (info.value.error, info.value.reason) == (400, "Match failed")  # type: ignore[attr-defined]
+
+
+def test_unknown_publication(backend: DjangoBackend, make_ctx: Any) -> None:
+    assert not backend.has_publication("nope")
+    assert backend.has_publication("books.all")
+    with pytest.raises(Exception) as info:
+        backend.subscribe(make_ctx(), "nope", [])
+    assert (info.value.error, info.value.reason) == (404, "Subscription 'nope' not found")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def private() -> Any:
+    """A registry whose author collection shows each user only their own author row."""
+    reg = Registry()
+
+    @reg.register
+    class PrivateAuthors(Collection):
+        model = Author
+        fields = ["name"]
+
+        def visible(self, user: Any) -> Any:
+            if not user.is_authenticated:
+                return {"pk__in": []}
+            return {"email": user.email}
+
+    @reg.register
+    class OrBooks(Collection):
+        model = Book
+        fields = ["title"]
+
+        def visible(self, user: Any) -> Any:
+            return Q(price__lt=9) | Q(title__startswith="The")
+
+    Publication("authors", cursors=[Author.objects.all()], registry=reg)
+    Publication("books", cursors=[Cursor(Book, author="pratchett")], registry=reg)
+    Publication("sliced", cursors=[Book.objects.order_by("title")[:2]], registry=reg)
+
+    @publish("twice", registry=reg)
+    def twice(ctx: Any) -> Any:
+        return [Cursor(Book), Book.objects.filter(title="x")]
+
+    @publish("bad", registry=reg)
+    def bad(ctx: Any) -> Any:
+        return "not a cursor"
+
+    @publish("nothing", registry=reg)
+    def nothing(ctx: Any) -> None:
+        return None
+
+    @publish("single", registry=reg)
+    def single(ctx: Any) -> Any:
+        assert ctx.session_id == "session-1"
+        return Author.objects
+
+    return DjangoBackend(registry=reg)
+
+
+def test_visibility_rule_filters_and_routes(
+    private: DjangoBackend, make_ctx: Any, seeded: str
+) -> None:
+    from django.contrib.auth.models import User
+
+    anonymous = private.subscribe(make_ctx(), "authors", [])
+    assert anonymous.documents == ()
+    assert anonymous.routes == (
+        Route("ddp_bookstore_author", "bookstore.author", (Condition("id", "in", ()),)),
+    )
+
+    user = User.objects.create(username="u", email="terry.pratchett@example.org")
+    data = private.subscribe(make_ctx(identity=Identity(user, str(user.pk))), "authors", [])
+    assert [d.id for d in data.documents] == ["pratchett"]
+    assert data.routes[0].conditions == (
+        Condition("email", "exact", "terry.pratchett@example.org"),
+    )
+
+    reloaded = private.subscribe(make_ctx(identity=Identity(None, str(user.pk))), "authors", [])
+    assert [d.id for d in reloaded.documents] == ["pratchett"]
+    gone = private.subscribe(make_ctx(identity=Identity(None, "999999")), "authors", [])
+    assert gone.documents == ()
+
+
+def test_unroutable_visibility_makes_unroutable_routes(
+    private: DjangoBackend, make_ctx: Any, seeded: str
+) -> None:
+    data = private.subscribe(make_ctx(), "books", [])
+    titles = sorted(d.fields["title"] for d in data.documents)
+    assert titles == ["Guards! Guards!", "Small Gods"]  # Going Postal costs 9.49
+    assert data.routes == (Route("ddp_bookstore_book", "bookstore.book", None),)
+
+
+def test_sliced_queryset_keeps_top_n_of_visible_rows(
+    private: DjangoBackend, make_ctx: Any, seeded: str
+) -> None:
+    data = private.subscribe(make_ctx(), "sliced", [])
+    # Top 2 by title among the visible (price < 9 or "The ...") books, not of all books.
+    assert [d.fields["title"] for d in data.documents] == ["Guards! Guards!", "Small Gods"]
+    assert data.routes[0].conditions is None
+
+
+def test_publication_shapes(private: DjangoBackend, make_ctx: Any, seeded: str) -> None:
+    with pytest.raises(ValueError, match=r"multiple cursors for collection bookstore\.book"):
+        private.subscribe(make_ctx(), "twice", [])
+    with pytest.raises(TypeError, match="can only return a Cursor or an array of Cursors"):
+        private.subscribe(make_ctx(), "bad", [])
+    assert private.subscribe(make_ctx(), "nothing", []).documents == ()
+    assert len(private.subscribe(make_ctx(), "single", []).documents) == 0  # nobody logged in
+
+
+def test_static_querysets_are_reevaluated(
+    backend: DjangoBackend, make_ctx: Any, seeded: str
+) -> None:
+    assert len(backend.subscribe(make_ctx(), "books.all", []).documents) == 13
+    Book.objects.filter(pk="stone-sky").delete()
+    assert len(backend.subscribe(make_ctx(), "books.all", []).documents) == 12
+
+
+def test_publication_declaration_errors() -> None:
+    reg = Registry()
+    with pytest.raises(TypeError):
+        Publication("", cursors=[], registry=reg)
+    with pytest.raises(TypeError):
+        Publication("x", cursors=[], func=lambda ctx: None, registry=reg)
+    with pytest.raises(TypeError, match="can only return"):
+        Publication("x", cursors=[42], registry=reg)  # type: ignore[list-item]

@@ -1,0 +1,683 @@
+"""Tests for relay.protocol.mergebox: Meteor's SERVER_MERGE rules, then a model-based run."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Hashable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from relay.protocol.errors import LocalProtocolError
+from relay.protocol.mergebox import MergeBox, Message
+
+
+def added(c: str, i: str, **fields: Any) -> Message:
+    msg: Message = {"msg": "added", "collection": c, "id": i}
+    if fields:
+        msg["fields"] = fields
+    return msg
+
+
+def changed(c: str, i: str, fields: dict[str, Any] | None = None, cleared: Any = None) -> Message:
+    msg: Message = {"msg": "changed", "collection": c, "id": i}
+    if fields:
+        msg["fields"] = fields
+    if cleared:
+        msg["cleared"] = cleared
+    return msg
+
+
+def removed(c: str, i: str) -> Message:
+    return {"msg": "removed", "collection": c, "id": i}
+
+
+def shared_box() -> MergeBox:
+    """Doc c/1 published by A (a=1, b=2) then by B (b=20, c=30)."""
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1, "b": 2})
+    box.add("B", "c", "1", {"b": 20, "c": 30})
+    return box
+
+
+# -- add ---------------------------------------------------------------------------------
+
+
+def test_add_new_document_sends_added_without_id() -> None:
+    box = MergeBox()
+    assert box.add("A", "c", "1", {"_id": "1", "a": 1}) == [added("c", "1", a=1)]
+    assert box.get("c", "1") == {"a": 1}
+    assert len(box) == 1
+
+
+def test_add_with_no_fields_omits_fields_key() -> None:
+    box = MergeBox()
+    assert box.add("A", "c", "1", {}) == [{"msg": "added", "collection": "c", "id": "1"}]
+    assert box.add("A", "c", "2", {"_id": "2"}) == [added("c", "2")]
+    assert box.documents("c") == {"1": {}, "2": {}}
+
+
+def test_second_sub_with_disjoint_fields_gives_union_in_one_changed() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1})
+    assert box.add("B", "c", "1", {"b": 2, "c": 3}) == [changed("c", "1", {"b": 2, "c": 3})]
+    assert box.get("c", "1") == {"a": 1, "b": 2, "c": 3}
+    assert box.subscriptions_of("c", "1") == {"A", "B"}
+
+
+def test_second_sub_overlapping_fields_first_provider_wins() -> None:
+    box = shared_box()
+    # the second add emitted only c; b stayed A's value
+    assert box.get("c", "1") == {"a": 1, "b": 2, "c": 30}
+
+
+def test_second_add_messages() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1, "b": 2})
+    assert box.add("B", "c", "1", {"_id": "1", "b": 20, "c": 30}) == [changed("c", "1", {"c": 30})]
+
+
+def test_second_sub_with_only_provided_fields_sends_nothing() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1, "b": 2})
+    assert box.add("B", "c", "1", {"a": 99}) == []
+    assert box.add("U", "c", "1", {}) == []
+    assert box.subscriptions_of("c", "1") == {"A", "B", "U"}
+    assert len(box) == 1
+
+
+def test_same_sub_adding_twice_is_a_change_of_its_values() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1, "b": 2})
+    assert box.add("A", "c", "1", {"a": 1, "b": 3, "d": 4}) == [changed("c", "1", {"b": 3, "d": 4})]
+    assert box.get("c", "1") == {"a": 1, "b": 3, "d": 4}  # fields not mentioned are kept
+    assert box.add("A", "c", "1", {"a": 1}) == []
+    # once the doc is shared too
+    box.add("B", "c", "1", {"e": 5})
+    assert box.add("B", "c", "1", {"e": 6, "a": 7}) == [changed("c", "1", {"e": 6})]
+    assert box.get("c", "1") == {"a": 1, "b": 3, "d": 4, "e": 6}
+
+
+def test_same_id_in_different_collections_is_different_documents() -> None:
+    box = MergeBox()
+    assert box.add("A", "x", "1", {"a": 1}) == [added("x", "1", a=1)]
+    assert box.add("A", "y", "1", {"a": 2}) == [added("y", "1", a=2)]
+    assert len(box) == 2
+    assert sorted(box.collections()) == ["x", "y"]
+
+
+# -- change ------------------------------------------------------------------------------
+
+
+def test_change_by_only_publisher() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1, "b": 2})
+    assert box.change("A", "c", "1", {"a": 5, "n": 0}, ["b"]) == [
+        changed("c", "1", {"a": 5, "n": 0}, ["b"])
+    ]
+    assert box.get("c", "1") == {"a": 5, "n": 0}
+
+
+def test_change_with_equal_values_or_absent_clears_sends_nothing() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1, "b": [1, {"x": 2}], "f": math.nan})
+    assert box.change("A", "c", "1", {"a": 1, "b": [1, {"x": 2}], "f": math.nan}) == []
+    assert box.change("A", "c", "1", {}, ["zzz", "_id"]) == []
+    assert box.change("A", "c", "1", {"_id": "other"}) == []
+    assert box.change("A", "c", "1", {}) == []
+
+
+def test_change_equal_value_keeps_the_value_the_client_has() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1})
+    assert box.change("A", "c", "1", {"a": 1.0}) == []
+    assert type(box.get("c", "1")["a"]) is int  # type: ignore[index]
+
+
+def test_bool_and_int_are_not_equal() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1})
+    assert box.change("A", "c", "1", {"a": True}) == [changed("c", "1", {"a": True})]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (math.nan, math.nan),
+        (1, 1.0),
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}),
+        (b"xy", bytearray(b"xy")),
+        (
+            datetime(2024, 1, 1, tzinfo=UTC),
+            datetime(2024, 1, 1, 1, tzinfo=timezone(timedelta(hours=1))),
+        ),
+    ],
+)
+def test_ejson_equal_values_are_not_sent(old: Any, new: Any) -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"v": old})
+    box.add("B", "c", "1", {"v": new})
+    assert box.change("A", "c", "1", {"v": new}) == []
+    assert box.change("A", "c", "1", {}, ["v"]) == []  # B's equal value takes over silently
+    assert box.get("c", "1") == {"v": old}
+
+
+def test_change_by_first_provider_of_shared_doc() -> None:
+    box = shared_box()
+    assert box.change("A", "c", "1", {"b": 3}) == [changed("c", "1", {"b": 3})]
+    assert box.change("A", "c", "1", {"b": 3}) == []
+    assert box.get("c", "1") == {"a": 1, "b": 3, "c": 30}
+
+
+def test_change_by_later_provider_is_silent_until_it_becomes_first() -> None:
+    box = shared_box()
+    assert box.change("B", "c", "1", {"b": 21}) == []
+    assert box.get("c", "1") == {"a": 1, "b": 2, "c": 30}
+    # A clears b: B's stored value becomes visible
+    assert box.change("A", "c", "1", {}, ["b"]) == [changed("c", "1", {"b": 21})]
+    # A sets b again: it now comes after B, so nothing is visible
+    assert box.change("A", "c", "1", {"b": 2}) == []
+    assert box.get("c", "1") == {"a": 1, "b": 21, "c": 30}
+
+
+def test_clear_when_next_provider_has_an_equal_value_sends_nothing() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"b": 2})
+    box.add("B", "c", "1", {"b": 2})
+    assert box.change("A", "c", "1", {}, ["b"]) == []
+    assert box.get("c", "1") == {"b": 2}
+
+
+def test_clear_of_last_provider_goes_to_cleared() -> None:
+    box = shared_box()
+    assert box.change("B", "c", "1", {}, ["c"]) == [changed("c", "1", cleared=["c"])]
+    assert box.change("A", "c", "1", {}, ["a", "b"]) == [changed("c", "1", {"b": 20}, ["a"])]
+    assert box.get("c", "1") == {"b": 20}
+
+
+def test_clear_by_non_first_provider_is_silent() -> None:
+    box = shared_box()
+    assert box.change("B", "c", "1", {}, ["b"]) == []
+    assert box.change("A", "c", "1", {}, ["b"]) == [changed("c", "1", cleared=["b"])]
+
+
+def test_clear_of_a_field_the_sub_does_not_provide_is_a_noop() -> None:
+    box = shared_box()
+    assert box.change("B", "c", "1", {}, ["a"]) == []
+    assert box.get("c", "1") == {"a": 1, "b": 2, "c": 30}
+
+
+def test_change_new_field_no_one_provides_is_sent() -> None:
+    box = shared_box()
+    assert box.change("B", "c", "1", {"z": 0}) == [changed("c", "1", {"z": 0})]
+
+
+def test_change_new_field_someone_else_provides_is_appended_silently() -> None:
+    box = shared_box()
+    assert box.change("B", "c", "1", {"a": 100}) == []
+    assert box.change("A", "c", "1", {}, ["a"]) == [changed("c", "1", {"a": 100})]
+
+
+def test_change_sets_and_clears_in_one_message() -> None:
+    box = shared_box()
+    assert box.change("A", "c", "1", {"a": 2, "new": 1}, ["b"]) == [
+        changed("c", "1", {"a": 2, "new": 1, "b": 20})
+    ]
+    assert box.change("A", "c", "1", {"a": 3}, ["new"]) == [changed("c", "1", {"a": 3}, ["new"])]
+
+
+def test_change_accepts_any_iterable_for_cleared() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1, "b": 2})
+    assert box.change("A", "c", "1", {}, (k for k in ["a"])) == [changed("c", "1", cleared=["a"])]
+
+
+# -- remove ------------------------------------------------------------------------------
+
+
+def test_remove_last_publisher_sends_removed() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1})
+    assert box.remove("A", "c", "1") == [removed("c", "1")]
+    assert not box.has("c", "1")
+    assert len(box) == 0
+    assert box.collections() == []
+    assert box.subscriptions() == frozenset()
+
+
+def test_remove_one_of_two_publishers_keeps_document() -> None:
+    box = shared_box()
+    assert box.remove("A", "c", "1") == [changed("c", "1", {"b": 20}, ["a"])]
+    assert box.get("c", "1") == {"b": 20, "c": 30}
+    assert box.subscriptions_of("c", "1") == {"B"}
+    assert box.remove("B", "c", "1") == [removed("c", "1")]
+    assert len(box) == 0
+
+
+def test_remove_of_later_publisher_only_clears_its_own_fields() -> None:
+    box = shared_box()
+    assert box.remove("B", "c", "1") == [changed("c", "1", cleared=["c"])]
+    assert box.get("c", "1") == {"a": 1, "b": 2}
+
+
+def test_remove_that_changes_no_visible_value_sends_nothing() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1})
+    box.add("B", "c", "1", {"a": 1})
+    assert box.remove("A", "c", "1") == []
+    box.add("C", "c", "1", {})
+    assert box.remove("C", "c", "1") == []
+    assert box.get("c", "1") == {"a": 1}
+
+
+def test_document_returns_to_single_form_after_overlap() -> None:
+    box = shared_box()
+    box.remove("A", "c", "1")
+    state = box.to_state()
+    assert state["collections"]["c"]["1"] == {"sub": "B", "fields": {"b": 20, "c": 30}}
+    # and the single form keeps working
+    assert box.change("B", "c", "1", {"b": 1}) == [changed("c", "1", {"b": 1})]
+    assert box.add("A", "c", "1", {"a": 1}) == [changed("c", "1", {"a": 1})]
+
+
+def test_readd_after_remove_goes_to_end_of_precedence() -> None:
+    box = shared_box()
+    box.remove("A", "c", "1")
+    box.add("A", "c", "1", {"b": 2})
+    assert box.get("c", "1") == {"b": 20, "c": 30}
+
+
+# -- remove_subscription -----------------------------------------------------------------
+
+
+def test_remove_subscription_removes_only_what_no_one_else_publishes() -> None:
+    box = MergeBox()
+    box.add("A", "x", "1", {"a": 1})
+    box.add("A", "x", "2", {"a": 2})
+    box.add("A", "y", "1", {"a": 3, "k": 0})
+    box.add("B", "y", "1", {"k": 9, "m": 1})
+    box.add("B", "x", "3", {"b": 1})
+    messages = box.remove_subscription("A")
+    assert sorted(messages, key=lambda m: (m["collection"], m["id"])) == [
+        removed("x", "1"),
+        removed("x", "2"),
+        changed("y", "1", {"k": 9}, ["a"]),
+    ]
+    assert box.documents("x") == {"3": {"b": 1}}
+    assert box.documents("y") == {"1": {"k": 9, "m": 1}}
+    assert box.subscriptions() == {"B"}
+    box.verify()
+    assert box.remove_subscription("A") == []
+    assert box.remove_subscription("never") == []
+
+
+def test_remove_subscription_then_everything() -> None:
+    box = shared_box()
+    box.add("A", "c", "2", {})
+    box.remove_subscription("B")
+    box.remove_subscription("A")
+    assert len(box) == 0
+    assert box.to_state() == {"version": 1, "collections": {}}
+
+
+def test_remove_subscription_uses_the_reverse_index() -> None:
+    box = MergeBox()
+    for i in range(1000):
+        box.add("big", "c", str(i), {"v": i})
+    box.add("small", "c", "x", {"v": 0})
+    # the other sub's documents are never looked at: poison them and remove "small"
+    coll = box._docs["c"]
+    for i in range(1000):
+        coll[str(i)] = None  # type: ignore[assignment]
+    assert box.remove_subscription("small") == [removed("c", "x")]
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda b: b.change("A", "c", "nope", {"a": 1}),
+        lambda b: b.change("Z", "c", "1", {"a": 1}),
+        lambda b: b.change("A", "other", "1", {"a": 1}),
+        lambda b: b.change("C", "c", "2", {}, ["a"]),
+        lambda b: b.change("A", "c", "1", {"a": 1}, ["a"]),
+        lambda b: b.change("A", "c", "1", {}, "a"),
+        lambda b: b.remove("A", "c", "nope"),
+        lambda b: b.remove("Z", "c", "1"),
+        lambda b: b.remove("C", "c", "1"),
+    ],
+)
+def test_programming_errors_raise_and_change_nothing(call: Any) -> None:
+    box = shared_box()
+    box.add("C", "c", "3", {"q": 1})
+    before = box.to_state()
+    with pytest.raises(LocalProtocolError):
+        call(box)
+    assert box.to_state() == before
+    box.verify()
+
+
+# -- copying and aliasing ----------------------------------------------------------------
+
+
+def test_caller_dict_and_messages_are_not_aliased() -> None:
+    box = MergeBox()
+    fields = {"a": 1}
+    [msg] = box.add("A", "c", "1", fields)
+    fields["a"] = 2
+    msg["fields"]["a"] = 3
+    assert box.get("c", "1") == {"a": 1}
+    [msg2] = box.change("A", "c", "1", {"a": 4})
+    assert msg["fields"] == {"a": 3}
+    got = box.get("c", "1")
+    assert got is not None
+    got["a"] = 5
+    assert box.documents("c") == {"1": {"a": 4}}
+    assert msg2["fields"] == {"a": 4}
+
+
+# -- read access -------------------------------------------------------------------------
+
+
+def test_read_access() -> None:
+    box = shared_box()
+    box.add(("U", "x"), "d", "9", {"z": 1})
+    assert box.has("c", "1") and box.has("d", "9")
+    assert not box.has("c", "9") and not box.has("nope", "1")
+    assert box.get("nope", "1") is None
+    assert box.documents("nope") == {}
+    assert box.documents("c") == {"1": {"a": 1, "b": 2, "c": 30}}
+    assert box.subscriptions_of("d", "9") == {("U", "x")}
+    assert box.subscriptions_of("d", "0") == frozenset()
+    assert box.subscriptions() == {"A", "B", ("U", "x")}
+    assert len(box) == 2
+
+
+# -- snapshot ----------------------------------------------------------------------------
+
+
+def test_state_round_trip_through_json() -> None:
+    box = shared_box()
+    box.change("B", "c", "1", {"b": 21})
+    box.add(("U", "r1"), "c", "2", {"_id": "2", "v": [1, 2]})
+    box.add(("U", "r1"), "e", "", {})
+    state = box.to_state()
+    restored = MergeBox.from_state(json.loads(json.dumps(state)))
+    assert restored.to_state() == state
+    assert restored.documents("c") == box.documents("c")
+    assert restored.subscriptions_of("c", "2") == {("U", "r1")}
+    assert restored.subscriptions_of("e", "") == {("U", "r1")}
+    # precedence survives: A is still first for b, B's silent value is kept
+    assert restored.change("A", "c", "1", {}, ["b"]) == [changed("c", "1", {"b": 21})]
+    messages = restored.remove_subscription(("U", "r1"))
+    assert sorted(messages, key=lambda m: m["collection"]) == [removed("c", "2"), removed("e", "")]
+    assert len(restored) == 1
+
+
+def test_state_is_not_aliased() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1})
+    state = box.to_state()
+    restored = MergeBox.from_state(state)
+    state["collections"]["c"]["1"]["fields"]["a"] = 2
+    assert box.get("c", "1") == {"a": 1}
+    assert restored.get("c", "1") == {"a": 1}
+
+
+def test_state_with_several_collections_and_forms() -> None:
+    state = {
+        "version": 1,
+        "collections": {
+            "c": {"1": {"sub": "A", "fields": {}}, "2": {"subs": ["A", "B"], "data": {}}},
+            "d": {"1": {"sub": "A", "fields": {"x": 1}}},
+            "empty": {},
+        },
+    }
+    box = MergeBox.from_state(state)
+    assert len(box) == 3
+    assert box.subscriptions_of("c", "2") == {"A", "B"}
+    assert box.collections() == ["c", "d"]
+
+
+def test_state_of_shared_doc_with_one_sub_is_normalised() -> None:
+    state = {
+        "version": 1,
+        "collections": {"c": {"1": {"subs": ["A"], "data": {"a": [["A", 1]]}}}},
+    }
+    box = MergeBox.from_state(state)
+    assert box.to_state()["collections"]["c"]["1"] == {"sub": "A", "fields": {"a": 1}}
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {},
+        {"version": 2, "collections": {}},
+        {"version": 1, "collections": {"c": {"1": {"fields": {}}}}},
+        {"version": 1, "collections": {"c": {"1": {"sub": {"x": 1}, "fields": {}}}}},
+        {"version": 1, "collections": {"c": {"1": {"sub": "A", "fields": {1: 2}}}}},
+        {"version": 1, "collections": {"c": {"1": {"sub": "A", "fields": {"_id": 2}}}}},
+        {"version": 1, "collections": {"c": {"1": {"subs": [], "data": {}}}}},
+        {"version": 1, "collections": {"c": {"1": {"subs": ["A"], "data": {"a": [["B", 1]]}}}}},
+        {"version": 1, "collections": {"c": {"1": {"subs": ["A", "B"], "data": {"a": []}}}}},
+        {
+            "version": 1,
+            "collections": {"c": {"1": {"subs": ["A", "B"], "data": {"a": [["A", 1], ["A", 2]]}}}},
+        },
+        {
+            "version": 1,
+            "collections": {"c": {"1": {"subs": ["A", "B"], "data": {"a": [["C", 1]]}}}},
+        },
+        {"version": 1, "collections": {"c": {"1": {"subs": ["A", "A"], "data": {}}}}},
+        {
+            "version": 1,
+            "collections": {"c": {"1": {"subs": ["A"], "data": {"a": [["A", 1], ["A", 2]]}}}},
+        },
+    ],
+)
+def test_malformed_state_raises(state: dict[str, Any]) -> None:
+    try:
+        MergeBox.from_state(state)
+    except LocalProtocolError:
+        return
+    pytest.fail(f"accepted {state!r}")
+
+
+def test_unserialisable_handle_raises() -> None:
+    box = MergeBox()
+    box.add(object(), "c", "1", {})
+    with pytest.raises(LocalProtocolError):
+        box.to_state()
+
+
+# -- model-based -------------------------------------------------------------------------
+
+SUBS: list[Hashable] = ["A", "B", ("U", "u1")]
+COLLECTIONS = ["x", "y"]
+IDS = ["1", "2"]
+FIELD_NAMES = ["f", "g", "h"]
+VALUES = st.sampled_from([0, 1, None, [1, 2], {"k": 1}])
+FIELDS = st.dictionaries(st.sampled_from([*FIELD_NAMES, "_id"]), VALUES, max_size=3)
+CLEARED = st.lists(st.sampled_from([*FIELD_NAMES, "_id"]), max_size=3)
+
+
+class ClientCache:
+    """A strict DDP client store: the pre-2.4 / server-side DDP.connect behaviour."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def apply(self, msg: Message) -> None:
+        coll = self.docs.setdefault(msg["collection"], {})
+        doc_id = msg["id"]
+        if msg["msg"] == "added":
+            assert set(msg) <= {"msg", "collection", "id", "fields"}
+            assert doc_id not in coll, "Expected not to find a document already present for an add"
+            assert msg.get("fields", True), "empty fields should be omitted"
+            coll[doc_id] = dict(msg.get("fields", {}))
+        elif msg["msg"] == "changed":
+            assert set(msg) <= {"msg", "collection", "id", "fields", "cleared"}
+            assert doc_id in coll, "Expected to find a document to change"
+            fields, cleared = msg.get("fields", {}), msg.get("cleared", [])
+            assert fields or cleared, "empty changed"
+            assert "fields" not in msg or fields, "empty fields should be omitted"
+            assert "cleared" not in msg or cleared, "empty cleared should be omitted"
+            assert not set(fields) & set(cleared)
+            doc = coll[doc_id]
+            for key, value in fields.items():
+                assert key != "_id"
+                assert key not in doc or doc[key] != value, f"redundant change of {key}"
+                doc[key] = value
+            for key in cleared:
+                assert key in doc, f"clear of a field the client does not have: {key}"
+                del doc[key]
+        else:
+            assert msg == {"msg": "removed", "collection": msg["collection"], "id": doc_id}
+            assert doc_id in coll, "Expected not to find a document already present for removed"
+            del coll[doc_id]
+        if not coll:
+            del self.docs[msg["collection"]]
+
+
+class Reference:
+    """What each sub provides, plus per-field order of arrival; the first provider wins."""
+
+    def __init__(self) -> None:
+        self.provides: dict[tuple[Hashable, str, str], dict[str, Any]] = {}
+        self.order: dict[tuple[str, str, str], list[Hashable]] = {}
+
+    def publishes(self, sub: Hashable, c: str, i: str) -> bool:
+        return (sub, c, i) in self.provides
+
+    def add(self, sub: Hashable, c: str, i: str, fields: dict[str, Any]) -> None:
+        if self.publishes(sub, c, i):
+            self.change(sub, c, i, fields, [])
+            return
+        self.provides[sub, c, i] = {}
+        self.change(sub, c, i, fields, [])
+
+    def change(
+        self, sub: Hashable, c: str, i: str, fields: dict[str, Any], cleared: list[str]
+    ) -> None:
+        mine = self.provides[sub, c, i]
+        for key, value in fields.items():
+            if key == "_id":
+                continue
+            if key not in mine:
+                self.order.setdefault((c, i, key), []).append(sub)
+            mine[key] = value
+        for key in cleared:
+            if key in mine:
+                del mine[key]
+                self.order[c, i, key].remove(sub)
+
+    def remove(self, sub: Hashable, c: str, i: str) -> None:
+        self.change(sub, c, i, {}, list(self.provides[sub, c, i]))
+        del self.provides[sub, c, i]
+
+    def view(self) -> dict[str, dict[str, dict[str, Any]]]:
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for _sub, c, i in self.provides:
+            out.setdefault(c, {})[i] = {}
+        for (c, i, key), subs in self.order.items():
+            if subs:
+                out[c][i][key] = self.provides[subs[0], c, i][key]
+        return out
+
+    def subs_of(self, c: str, i: str) -> set[Hashable]:
+        return {s for (s, c2, i2) in self.provides if (c2, i2) == (c, i)}
+
+
+class MergeBoxMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.box = MergeBox()
+        self.client = ClientCache()
+        self.ref = Reference()
+
+    def deliver(self, messages: list[Message]) -> None:
+        for msg in messages:
+            self.client.apply(msg)
+
+    @rule(
+        sub=st.sampled_from(SUBS),
+        c=st.sampled_from(COLLECTIONS),
+        i=st.sampled_from(IDS),
+        fields=FIELDS,
+    )
+    def add(self, sub: Hashable, c: str, i: str, fields: dict[str, Any]) -> None:
+        self.deliver(self.box.add(sub, c, i, fields))
+        self.ref.add(sub, c, i, fields)
+
+    @rule(
+        sub=st.sampled_from(SUBS),
+        c=st.sampled_from(COLLECTIONS),
+        i=st.sampled_from(IDS),
+        fields=FIELDS,
+        cleared=CLEARED,
+    )
+    def change(
+        self, sub: Hashable, c: str, i: str, fields: dict[str, Any], cleared: list[str]
+    ) -> None:
+        cleared = [k for k in cleared if k not in fields]
+        if not self.ref.publishes(sub, c, i):
+            with pytest.raises(LocalProtocolError):
+                self.box.change(sub, c, i, fields, cleared)
+            return
+        self.deliver(self.box.change(sub, c, i, fields, cleared))
+        self.ref.change(sub, c, i, fields, cleared)
+
+    @rule(data=st.data(), fields=FIELDS, cleared=CLEARED)
+    def change_published(
+        self, data: st.DataObject, fields: dict[str, Any], cleared: list[str]
+    ) -> None:
+        if self.ref.provides:
+            sub, c, i = data.draw(st.sampled_from(sorted(self.ref.provides, key=repr)))
+            self.change(sub, c, i, fields, cleared)
+
+    @rule(sub=st.sampled_from(SUBS), c=st.sampled_from(COLLECTIONS), i=st.sampled_from(IDS))
+    def remove(self, sub: Hashable, c: str, i: str) -> None:
+        if not self.ref.publishes(sub, c, i):
+            with pytest.raises(LocalProtocolError):
+                self.box.remove(sub, c, i)
+            return
+        self.deliver(self.box.remove(sub, c, i))
+        self.ref.remove(sub, c, i)
+
+    @rule(sub=st.sampled_from(SUBS))
+    def remove_subscription(self, sub: Hashable) -> None:
+        self.deliver(self.box.remove_subscription(sub))
+        for s, c, i in list(self.ref.provides):
+            if s == sub:
+                self.ref.remove(s, c, i)
+
+    @rule()
+    def park_and_resume(self) -> None:
+        self.box = MergeBox.from_state(json.loads(json.dumps(self.box.to_state())))
+
+    @invariant()
+    def client_sees_the_reference_view(self) -> None:
+        self.box.verify()
+        expected = self.ref.view()
+        assert self.client.docs == expected
+        assert {c: self.box.documents(c) for c in self.box.collections()} == expected
+        assert len(self.box) == sum(len(docs) for docs in expected.values())
+        for c in COLLECTIONS:
+            for i in IDS:
+                assert self.box.subscriptions_of(c, i) == self.ref.subs_of(c, i)
+
+
+MergeBoxMachine.TestCase.settings = settings(
+    max_examples=300,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_mergebox_model = MergeBoxMachine.TestCase

@@ -1,0 +1,897 @@
+"""relay.websocket: the handshake, framing, limits, the on-demand writer and closing.
+
+Two kinds of test. In-process ones drive a ``WebSocket`` over a gevent socketpair:
+gevent's own sockets cooperate without monkey-patching, so this process is never
+patched. Live ones run the real thing, ``gunicorn -k gevent`` in a subprocess serving
+``tests/relay/_ws_echo_server.py``, and talk to it with websocket-client, raw sockets and
+a wsproto client (for permessage-deflate, which websocket-client lacks).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import http.client
+import json
+import os
+import socket
+import struct
+import time
+import tracemalloc
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import gevent.socket
+import pytest
+import websocket as wsclient
+from wsproto import WSConnection
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.extensions import PerMessageDeflate
+
+from relay.config import Settings
+from relay.protocol.errors import LocalProtocolError
+from relay.websocket import (
+    HandshakeRefusal,
+    Oversized,
+    WebSocket,
+    _negotiate_deflate,
+    accept,
+    encode_text_frame,
+    origin_allowed,
+)
+from tests.relay._ws_echo_server import Server, serve
+
+pytestmark = pytest.mark.timeout(60)
+
+# -- in-process helpers ------------------------------------------------------------------
+
+_OPEN: list[Any] = []
+
+
+def socketpair() -> tuple[Any, Any]:
+    """A gevent socketpair closed after the test (warnings are errors here)."""
+    pair: tuple[Any, Any] = gevent.socket.socketpair()
+    _OPEN.extend(pair)
+    return pair
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+class Peer:
+    """The client end of a socketpair: a wsproto CLIENT connection, reading on demand."""
+
+    def __init__(self, sock: Any, extension: PerMessageDeflate | None = None) -> None:
+        self.sock = sock
+        self.conn = Connection(ConnectionType.CLIENT, [extension] if extension else None)
+        self.pending: collections.deque[Event] = collections.deque()
+        self.raw = bytearray()
+        self.eof = False
+
+    def send(self, *events: Event) -> None:
+        for event in events:
+            self.sock.sendall(self.conn.send(event))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def next_event(self, timeout: float = 3.0) -> Event | None:
+        """The next event from the server; None at EOF."""
+        with gevent.Timeout(timeout):
+            while not self.pending:
+                if self.eof:
+                    return None
+                data = self.sock.recv(65536)
+                if not data:
+                    self.eof = True
+                    return None
+                self.raw += data
+                self.conn.receive_data(data)
+                self.pending.extend(self.conn.events())
+        return self.pending.popleft()
+
+    def text(self) -> str:
+        event = self.next_event()
+        assert isinstance(event, TextMessage), event
+        assert event.message_finished
+        return str(event.data)
+
+    def close_event(self) -> CloseConnection:
+        while True:
+            event = self.next_event()
+            assert event is not None, "EOF before a close frame"
+            if isinstance(event, CloseConnection):
+                return event
+
+    def read_to_eof(self, timeout: float = 5.0) -> None:
+        with gevent.Timeout(timeout):
+            while self.sock.recv(65536):
+                pass
+
+
+def masked_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
+    """A client frame built by hand, for inputs a well-behaved client library refuses."""
+    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    n = len(payload)
+    if n <= 125:
+        header = bytes((first, 0x80 | n))
+    elif n <= 0xFFFF:
+        header = struct.pack("!BBH", first, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, n)
+    mask = os.urandom(4)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def make(
+    *, limit: int = 1024, buffer: int = 1 << 20, deflate: bool = False
+) -> tuple[WebSocket, Peer]:
+    server_sock, client_sock = socketpair()
+    extension = client_extension = None
+    if deflate:
+        negotiated = _negotiate_deflate("permessage-deflate; client_max_window_bits", limit)
+        assert negotiated is not None
+        extension, header = negotiated
+        client_extension = PerMessageDeflate()
+        client_extension.finalize(header)
+    ws = WebSocket(
+        server_sock, max_message_bytes=limit, send_buffer_bytes=buffer, extension=extension
+    )
+    return ws, Peer(client_sock, client_extension)
+
+
+# -- receiving ---------------------------------------------------------------------------
+
+
+def test_text_round_trip() -> None:
+    ws, peer = make()
+    peer.send(TextMessage(data="hello"))
+    assert ws.receive() == "hello"
+    ws.send("wörld")
+    assert peer.text() == "wörld"
+
+
+def test_fragmented_message_is_reassembled() -> None:
+    ws, peer = make()
+    peer.send(TextMessage(data="ab", message_finished=False), TextMessage(data="cd"))
+    assert ws.receive() == "abcd"
+    # A UTF-8 character split across two frames.
+    peer.send_raw(masked_frame(0x1, b"x\xc3", fin=False) + masked_frame(0x0, b"\xa9y"))
+    assert ws.receive() == "xéy"
+    # Empty fragments are legal and carry nothing.
+    peer.send_raw(masked_frame(0x1, b"", fin=False) + masked_frame(0x0, b"", fin=False))
+    peer.send_raw(masked_frame(0x0, b"z"))
+    assert ws.receive() == "z"
+
+
+def test_empty_text_message() -> None:
+    ws, peer = make()
+    peer.send(TextMessage(data=""))
+    assert ws.receive() == ""
+
+
+def test_binary_messages_are_ignored() -> None:
+    ws, peer = make()
+    peer.send(BytesMessage(data=b"\x00\x01"), TextMessage(data="after"))
+    assert ws.receive() == "after"
+
+
+def test_ping_gets_pong() -> None:
+    ws, peer = make()
+    peer.send(Ping(payload=b"are you there"), TextMessage(data="x"))
+    assert ws.receive() == "x"
+    event = peer.next_event()
+    assert isinstance(event, Pong)
+    assert event.payload == b"are you there"
+
+
+def test_peer_close_is_echoed() -> None:
+    ws, peer = make()
+    peer.send(CloseConnection(code=1001, reason="leaving"))
+    assert ws.receive() is None
+    assert ws.closed
+    assert (ws.close_code, ws.close_reason) == (1001, "leaving")
+    event = peer.close_event()
+    assert event.code == 1001
+    assert peer.next_event() is None  # then FIN
+    assert ws.receive() is None  # stays closed
+    ws.wait_closed()
+
+
+def test_eof_without_close_is_1006() -> None:
+    ws, peer = make()
+    peer.sock.close()
+    assert ws.receive() is None
+    assert ws.closed
+    assert ws.close_code == 1006
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (masked_frame(0x1, b"\xff\xfe"), 1007),  # invalid UTF-8
+        (masked_frame(0x1, b"ok\xc3", fin=True), 1007),  # truncated UTF-8
+        (bytes((0x81, 0x02)) + b"hi", 1002),  # unmasked client frame
+        (masked_frame(0x3, b"x"), 1002),  # reserved opcode
+        (masked_frame(0x1, b"x", rsv1=True), 1002),  # RSV1 without an extension
+        (masked_frame(0x0, b"x"), 1002),  # continuation with nothing to continue
+        (masked_frame(0x9, b"x", fin=False), 1002),  # fragmented control frame
+        (masked_frame(0x8, b"\x03"), 1002),  # one-byte close payload
+        (masked_frame(0x8, struct.pack("!H", 999)), 1002),  # invalid close code
+    ],
+)
+def test_protocol_errors_close_without_raising(frame: bytes, code: int) -> None:
+    ws, peer = make()
+    peer.send_raw(frame)
+    assert ws.receive() is None
+    assert ws.close_code == code
+    assert peer.close_event().code == code
+
+
+def test_message_at_limit_passes_and_over_limit_is_dropped_and_reported() -> None:
+    ws, peer = make(limit=1024)
+    peer.send(TextMessage(data="a" * 1024))
+    assert ws.receive() == "a" * 1024
+    peer.send(TextMessage(data="é" * 512))  # 1024 bytes of UTF-8
+    assert ws.receive() == "é" * 512
+    peer.send(TextMessage(data="é" * 513))
+    dropped = ws.receive()
+    assert isinstance(dropped, Oversized)
+    assert (dropped.size, dropped.limit) == (1026, 1024)
+    assert dropped.prefix == "é" * 256
+    # the connection survives: the next message comes through
+    peer.send(TextMessage(data="after"))
+    assert ws.receive() == "after"
+    assert ws.close_code is None
+
+
+def test_fragmented_message_over_limit_is_dropped_as_it_arrives() -> None:
+    ws, peer = make(limit=1024)
+    for _ in range(10):
+        peer.send(TextMessage(data="x" * 200, message_finished=False))
+    peer.send(TextMessage(data="end", message_finished=True))
+    peer.send(TextMessage(data="next"))
+    dropped = ws.receive()
+    assert isinstance(dropped, Oversized) and dropped.size == 2003
+    assert ws.receive() == "next"
+
+
+def test_binary_message_over_limit_closes_1009() -> None:
+    ws, peer = make(limit=1024)
+    peer.send(BytesMessage(data=b"x" * 1025))
+    assert ws.receive() is None
+    assert ws.close_code == 1009
+
+
+def test_receive_does_not_swallow_greenlet_exit() -> None:
+    ws, _peer = make()
+
+    def reader() -> tuple[str, str | None]:
+        return ("returned", ws.receive())
+
+    greenlet = gevent.spawn(reader)
+    gevent.sleep(0.01)
+    greenlet.kill(block=True, timeout=2)
+    assert isinstance(greenlet.value, gevent.GreenletExit)
+
+
+def test_initial_data_is_read_before_the_socket() -> None:
+    server_sock, _client_sock = socketpair()
+    ws = WebSocket(
+        server_sock,
+        max_message_bytes=1024,
+        send_buffer_bytes=1 << 20,
+        initial_data=masked_frame(0x1, b"early") + masked_frame(0x1, b"bird"),
+    )
+    assert ws.receive() == "early"
+    assert ws.receive() == "bird"
+
+
+# -- permessage-deflate ----------------------------------------------------------------
+
+
+def test_deflate_round_trip_compresses_both_ways() -> None:
+    ws, peer = make(deflate=True, limit=1 << 20)
+    assert ws.deflate
+    assert not ws.can_share_frames
+    text = json.dumps({"msg": "added", "fields": {"text": "abc" * 1000}})
+    for _ in range(3):  # no context takeover: every message stands alone
+        peer.send(TextMessage(data=text))
+        assert ws.receive() == text
+        ws.send(text)
+        start = len(peer.raw)
+        assert peer.text() == text
+        assert peer.raw[start] == 0xC1  # FIN + RSV1 (compressed) + TEXT
+        assert len(peer.raw) - start < len(text) // 10
+
+
+def test_deflate_with_control_frames_between_and_before_fragments() -> None:
+    ws, peer = make(deflate=True, limit=1 << 20)
+    # wsproto alone corrupts this message (1007): the ping resets its compression state.
+    peer.send(
+        TextMessage(data="hello ", message_finished=False),
+        Ping(payload=b"mid"),
+        TextMessage(data="world"),
+    )
+    assert ws.receive() == "hello world"
+    peer.send(Ping(payload=b"first"), TextMessage(data="compressed " * 20))
+    assert ws.receive() == "compressed " * 20
+    peer.send_raw(masked_frame(0x1, b"plain"))  # uncompressed messages stay legal
+    assert ws.receive() == "plain"
+    pongs = [peer.next_event(), peer.next_event()]
+    assert [event.payload for event in pongs if isinstance(event, Pong)] == [b"mid", b"first"]
+    peer.send_raw(masked_frame(0x9, b"x", rsv1=True))  # RSV1 on a control frame
+    assert ws.receive() is None
+    assert ws.close_code == 1002
+
+
+def test_deflate_bomb_is_stopped_at_the_limit() -> None:
+    limit = 64 * 1024
+    ws, peer = make(deflate=True, limit=limit)
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = bomb.compress(b"0" * (20 * 1024 * 1024)) + bomb.flush(zlib.Z_SYNC_FLUSH)[:-4]
+    assert len(payload) < 64 * 1024
+    peer.send_raw(masked_frame(0x1, payload, rsv1=True))
+    tracemalloc.start()
+    try:
+        assert ws.receive() is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ws.close_code == 1009
+    assert peak < 4 * limit + len(payload) * 4  # never near the 20 MiB it inflates to
+
+
+def test_send_frame_refused_with_deflate() -> None:
+    ws, _peer = make(deflate=True)
+    with pytest.raises(LocalProtocolError):
+        ws.send_frame(encode_text_frame("x"))
+
+
+@pytest.mark.parametrize(
+    ("offer", "expected"),
+    [
+        ("", None),
+        ("x-webkit-deflate-frame", None),
+        (
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; client_no_context_takeover; server_no_context_takeover; "
+            "client_max_window_bits=15",
+        ),
+        (
+            "permessage-deflate",
+            "permessage-deflate; client_no_context_takeover; server_no_context_takeover",
+        ),
+        # An unacceptable offer is skipped; the next acceptable one wins.
+        (
+            "permessage-deflate; server_max_window_bits=8, permessage-deflate",
+            "permessage-deflate; client_no_context_takeover; server_no_context_takeover",
+        ),
+        ("permessage-deflate; client_max_window_bits=abc", None),
+    ],
+)
+def test_negotiate_deflate(offer: str, expected: str | None) -> None:
+    negotiated = _negotiate_deflate(offer, 1024)
+    assert (negotiated[1] if negotiated else None) == expected
+
+
+# -- sending ---------------------------------------------------------------------------
+
+
+class RecordingSocket:
+    """Stands in for a socket whose kernel buffer always has room."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+
+def test_writer_batches_and_exists_only_while_pending() -> None:
+    sock = RecordingSocket()
+    ws = WebSocket(sock, max_message_bytes=1024, send_buffer_bytes=1 << 20)
+    assert ws._writer is None
+    ws.send_many(["a", "b"])
+    ws.send("c")
+    assert ws._writer is not None
+    assert ws.buffered_bytes == 9
+    assert sock.writes == []  # nothing written in the caller's greenlet
+    gevent.sleep(0)
+    assert sock.writes == [encode_text_frame("a") + encode_text_frame("b") + encode_text_frame("c")]
+    assert ws._writer is None
+    assert ws.buffered_bytes == 0
+
+
+def test_send_after_close_is_dropped() -> None:
+    sock = RecordingSocket()
+    ws = WebSocket(sock, max_message_bytes=1024, send_buffer_bytes=1 << 20)
+    ws.close(1000, "")
+    ws.send("late")
+    ws.send_frame(encode_text_frame("late"))
+    gevent.sleep(0)
+    assert sock.writes == [b"\x88\x02\x03\xe8"]  # only the close frame
+
+
+def test_unencodable_text_does_not_raise() -> None:
+    ws, peer = make()
+    ws.send("a\ud800b")
+    assert peer.text() == "a?b"
+    ws2, peer2 = make(deflate=True)
+    ws2.send("a\ud800b")
+    assert peer2.text() == "a?b"
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_encode_text_frame_matches_wsproto(size: int) -> None:
+    text = "x" * size
+    expected = bytes(Connection(ConnectionType.SERVER).send(TextMessage(data=text)))
+    assert encode_text_frame(text) == expected
+
+
+def test_shared_frame_reaches_every_socket() -> None:
+    frame = encode_text_frame('{"msg":"changed"}')
+    pairs = [make() for _ in range(3)]
+    for ws, _ in pairs:
+        assert ws.can_share_frames
+        ws.send_frame(frame)
+    for _, peer in pairs:
+        assert peer.text() == '{"msg":"changed"}'
+
+
+def test_slow_reader_overflows_with_1008_without_blocking_the_sender() -> None:
+    ws, peer = make(buffer=256 * 1024)
+    for sock in (ws._sock, peer.sock):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slowest = 0.0
+    sent = 0
+    while not ws.closed:
+        start = time.perf_counter()
+        ws.send("y" * 8192)
+        slowest = max(slowest, time.perf_counter() - start)
+        sent += 1
+        gevent.sleep(0)  # let the writer run and fill the kernel buffers
+        assert sent < 10_000
+    assert slowest < 0.05
+    assert ws.overflowed
+    assert (ws.close_code, ws.close_reason) == (1008, "too slow")
+    # The peer never reads: within the close grace the socket is aborted anyway.
+    start = time.monotonic()
+    ws.wait_closed()
+    assert time.monotonic() - start < 2.0
+    assert ws._writer is None
+    assert ws.buffered_bytes == 0
+    peer.read_to_eof()
+
+
+# -- closing ---------------------------------------------------------------------------
+
+
+def test_server_close_handshake() -> None:
+    ws, peer = make()
+    ws.send("last words")
+    ws.close(4000, "bye")
+    ws.close(1000, "ignored: close is idempotent")
+    assert ws.closed
+    assert peer.text() == "last words"
+    event = peer.close_event()
+    assert (event.code, event.reason) == (4000, "bye")
+    assert peer.next_event() is None  # FIN right after the close frame
+    peer.send(event.response())
+    start = time.monotonic()
+    assert ws.receive() is None
+    ws.wait_closed()
+    assert time.monotonic() - start < 0.5
+    assert (ws.close_code, ws.close_reason) == (4000, "bye")
+
+
+def test_wait_closed_is_bounded_when_the_peer_never_answers() -> None:
+    ws, peer = make()
+    start = time.monotonic()
+    ws.wait_closed()
+    elapsed = time.monotonic() - start
+    assert 0.5 < elapsed < 2.0
+    assert peer.close_event().code == 1000
+    peer.read_to_eof()
+
+
+def test_data_after_our_close_is_dropped() -> None:
+    ws, peer = make()
+    ws.close(1000, "")
+    peer.send(TextMessage(data="too late"))
+    peer.send(CloseConnection(code=1000))
+    assert ws.receive() is None
+
+
+@pytest.mark.parametrize(
+    ("code", "sent"), [(1000, 1000), (1008, 1008), (3000, 3000), (2010, 1000), (1006, 1000)]
+)
+def test_close_codes_on_the_wire_are_valid(code: int, sent: int) -> None:
+    sock = RecordingSocket()
+    ws = WebSocket(sock, max_message_bytes=1024, send_buffer_bytes=1 << 20)
+    ws.close(code, "")
+    gevent.sleep(0)
+    assert sock.writes[0][2:4] == struct.pack("!H", sent)
+    assert ws.close_code == code
+    ws.abort()
+
+
+def test_idle_socket_memory_is_small() -> None:
+    class Idle:
+        pass
+
+    for deflate in (False, True):
+        keep: list[WebSocket] = []
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(200):
+                extension = None
+                if deflate:
+                    negotiated = _negotiate_deflate("permessage-deflate", 1 << 20)
+                    assert negotiated is not None
+                    extension = negotiated[0]
+                keep.append(
+                    WebSocket(
+                        Idle(),
+                        max_message_bytes=1 << 20,
+                        send_buffer_bytes=1 << 23,
+                        extension=extension,
+                    )
+                )
+            per_socket = (tracemalloc.get_traced_memory()[0] - before) / len(keep)
+        finally:
+            tracemalloc.stop()
+        assert per_socket < 16 * 1024, (deflate, per_socket)
+
+
+# -- the handshake ---------------------------------------------------------------------
+
+RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3: accepts as s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
+
+
+def upgrade_environ(**overrides: Any) -> dict[str, Any]:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "PATH_INFO": "/websocket",
+        "HTTP_HOST": "relay.example:8000",
+        "HTTP_UPGRADE": "websocket",
+        "HTTP_CONNECTION": "keep-alive, Upgrade",
+        "HTTP_SEC_WEBSOCKET_KEY": RFC_KEY,
+        "HTTP_SEC_WEBSOCKET_VERSION": "13",
+    }
+    environ.update(overrides)
+    return {key: value for key, value in environ.items() if value is not None}
+
+
+def read_response(sock: Any) -> bytes:
+    data = b""
+    with gevent.Timeout(3):
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+    return data
+
+
+def test_accept_writes_101() -> None:
+    server_sock, client_sock = socketpair()
+    ws = accept(upgrade_environ(**{"gunicorn.socket": server_sock}), Settings())
+    assert isinstance(ws, WebSocket)
+    assert not ws.deflate
+    head = read_response(client_sock).decode()
+    assert head == (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    )
+
+
+def test_accept_negotiates_deflate_only_when_offered_and_enabled() -> None:
+    offer = {"HTTP_SEC_WEBSOCKET_EXTENSIONS": "permessage-deflate; client_max_window_bits"}
+    for settings, extra, expected in [
+        (Settings(), offer, True),
+        (Settings(permessage_deflate=False), offer, False),
+        (Settings(), {}, False),
+    ]:
+        server_sock, client_sock = socketpair()
+        ws = accept(upgrade_environ(**{"gunicorn.socket": server_sock}, **extra), settings)
+        assert isinstance(ws, WebSocket)
+        assert ws.deflate is expected
+        head = read_response(client_sock).decode()
+        assert ("Sec-WebSocket-Extensions: permessage-deflate;" in head) is expected
+
+
+def test_accept_takes_bytes_gunicorn_already_buffered() -> None:
+    class Unreader:
+        def take_buffered(self) -> bytes:
+            return masked_frame(0x1, b"pipelined")
+
+    class Reader:
+        unreader = Unreader()
+
+    class Body:
+        reader = Reader()
+
+    server_sock, _client_sock = socketpair()
+    environ = upgrade_environ(**{"gunicorn.socket": server_sock, "wsgi.input": Body()})
+    ws = accept(environ, Settings())
+    assert isinstance(ws, WebSocket)
+    assert ws.receive() == "pipelined"
+
+
+def test_accept_when_the_client_left_returns_a_closed_socket() -> None:
+    server_sock, client_sock = socketpair()
+    client_sock.close()
+    server_sock.shutdown(socket.SHUT_WR)  # sendall now fails like on a vanished peer
+    ws = accept(upgrade_environ(**{"gunicorn.socket": server_sock}), Settings())
+    assert isinstance(ws, WebSocket)
+    assert ws.closed
+    assert ws.receive() is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "status"),
+    [
+        ({"REQUEST_METHOD": "POST"}, "400 Bad Request"),
+        ({"SERVER_PROTOCOL": "HTTP/1.0"}, "400 Bad Request"),
+        ({"HTTP_UPGRADE": None}, "400 Bad Request"),
+        ({"HTTP_UPGRADE": "h2c"}, "400 Bad Request"),
+        ({"HTTP_CONNECTION": "keep-alive"}, "400 Bad Request"),
+        ({"HTTP_SEC_WEBSOCKET_KEY": None}, "400 Bad Request"),
+        ({"HTTP_SEC_WEBSOCKET_KEY": "not base64!"}, "400 Bad Request"),
+        ({"HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(b"x" * 15).decode()}, "400 Bad Request"),
+        ({"HTTP_SEC_WEBSOCKET_VERSION": "12"}, "426 Upgrade Required"),
+        ({"HTTP_SEC_WEBSOCKET_VERSION": None}, "426 Upgrade Required"),
+        ({"HTTP_ORIGIN": "https://evil.example"}, "403 Forbidden"),
+        ({}, "500 Internal Server Error"),  # no gunicorn.socket
+    ],
+)
+def test_accept_refusals(overrides: dict[str, Any], status: str) -> None:
+    refusal = accept(upgrade_environ(**overrides), Settings())
+    assert isinstance(refusal, HandshakeRefusal)
+    assert refusal.status == status
+    headers = dict(refusal.headers)
+    assert headers["Content-Length"] == str(len(refusal.body))
+    if status.startswith("426"):
+        assert headers["Sec-WebSocket-Version"] == "13"
+
+
+def test_accept_versions_8_and_13_and_case_insensitive_headers() -> None:
+    for version in ("13", "8"):
+        server_sock, _ = socketpair()
+        environ = upgrade_environ(
+            **{
+                "gunicorn.socket": server_sock,
+                "HTTP_SEC_WEBSOCKET_VERSION": version,
+                "HTTP_UPGRADE": "WebSocket",
+                "HTTP_CONNECTION": "UPGRADE",
+            }
+        )
+        assert isinstance(accept(environ, Settings()), WebSocket)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed", "expected"),
+    [
+        (None, "relay.example", (), True),  # not a browser
+        ("https://relay.example", "relay.example", (), True),  # same site
+        ("http://relay.example:8000", "relay.example:8000", (), True),
+        ("https://relay.example", "relay.example:443", (), True),  # default port
+        ("HTTPS://Relay.Example", "relay.example", (), True),
+        ("http://[::1]:8000", "[::1]:8000", (), True),
+        ("https://relay.example:8443", "relay.example", (), False),
+        ("https://evil.example", "relay.example", (), False),
+        ("https://evil.example", "relay.example", ("*",), True),
+        ("https://app.example", "relay.example", ("https://app.example",), True),
+        ("https://app.example", "relay.example", ("https://app.example:443",), True),
+        ("https://app.example", "relay.example", ("http://app.example",), False),
+        ("https://app.example:8443", "relay.example", ("https://app.example",), False),
+        ("null", "relay.example", (), False),
+        ("null", "relay.example", ("null",), True),
+        ("https://evil.example", None, (), False),
+        ("garbage", "relay.example", (), False),
+    ],
+)
+def test_origin_allowed(
+    origin: str | None, host: str | None, allowed: tuple[str, ...], expected: bool
+) -> None:
+    environ = {"HTTP_ORIGIN": origin, "HTTP_HOST": host}
+    environ = {key: value for key, value in environ.items() if value is not None}
+    assert origin_allowed(environ, allowed) is expected
+
+
+# -- live: gunicorn -k gevent in a subprocess --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serve(tmp_path_factory.mktemp("ws")) as running:
+        yield running
+    assert "Traceback" not in running.log_text()
+
+
+@contextlib.contextmanager
+def connect(server: Server, path: str = "/websocket", **options: Any) -> Iterator[Any]:
+    """A websocket-client connection, closed and its socket released afterwards."""
+    ws: Any = wsclient.create_connection(server.url + path, timeout=5, **options)
+    try:
+        yield ws
+    finally:
+        ws.close(timeout=1)
+        ws.shutdown()  # after a server-sent close, close() leaves the socket open
+
+
+def close_code_of(ws: wsclient.WebSocket) -> int:
+    """Read until the server's close frame; its code."""
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == wsclient.ABNF.OPCODE_CLOSE:
+            code: int = struct.unpack("!H", data[:2])[0]
+            return code
+
+
+@pytest.mark.parametrize("path", ["/websocket", "/websocket/", "/sockjs/websocket"])
+def test_live_echo(server: Server, path: str) -> None:
+    with connect(server, path) as ws:
+        ws.send("hello")
+        assert ws.recv() == "hello"
+        ws.send("é☃" * 1000)
+        assert ws.recv() == "é☃" * 1000
+        ws.ping(b"p")
+        ws.send("after ping")
+        assert ws.recv() == "after ping"
+
+
+def test_live_shared_frame(server: Server) -> None:
+    with connect(server) as ws:
+        ws.send("shared hi there")
+        assert ws.recv() == "hi there"
+
+
+def test_live_server_close(server: Server) -> None:
+    with connect(server) as ws:
+        ws.send("close 4001 done here")
+        assert close_code_of(ws) == 4001
+
+
+def test_live_message_over_limit_is_reported_and_the_socket_survives(server: Server) -> None:
+    with connect(server) as ws:
+        ws.send("z" * 65536)
+        assert ws.recv() == "z" * 65536
+        ws.send("z" * 65537)
+        assert ws.recv() == "oversized 65537"
+        ws.send("still open")
+        assert ws.recv() == "still open"
+
+
+def raw_upgrade(server: Server, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+    base = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": RFC_KEY,
+        "Sec-WebSocket-Version": "13",
+    }
+    conn.request("GET", "/websocket", headers={**base, **headers})
+    response = conn.getresponse()
+    status = response.status
+    body = response.read() if status != 101 else b""
+    result = (status, dict(response.getheaders()), body)
+    response.close()  # it holds the socket open after conn.close()
+    conn.close()
+    return result
+
+
+def test_live_foreign_origin_is_403(server: Server) -> None:
+    status, _, body = raw_upgrade(server, {"Origin": "https://evil.example"})
+    assert status == 403
+    assert b"Origin" in body
+    assert raw_upgrade(server, {"Origin": "https://allowed.example"})[0] == 101
+    same_site = f"http://{server.host}:{server.port}"
+    assert raw_upgrade(server, {"Origin": same_site})[0] == 101
+
+
+def test_live_wrong_version_is_426(server: Server) -> None:
+    status, headers, _ = raw_upgrade(server, {"Sec-WebSocket-Version": "7"})
+    assert status == 426
+    assert headers["Sec-WebSocket-Version"] == "13"
+
+
+def test_live_plain_get_is_400(server: Server) -> None:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+    conn.request("GET", "/websocket")
+    response = conn.getresponse()
+    assert response.status == 400
+    assert response.read() == b'Can "Upgrade" only to "WebSocket".\n'
+    response.close()
+    conn.close()
+
+
+def test_live_permessage_deflate(server: Server) -> None:
+    sock = socket.create_connection((server.host, server.port), timeout=5)
+    client = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(
+        client.send(
+            Request(host=server.host, target="/websocket", extensions=[PerMessageDeflate()])
+        )
+    )
+    raw = bytearray()
+
+    def events() -> Iterator[Event]:
+        while True:
+            data = sock.recv(65536)
+            assert data, "EOF"
+            raw.extend(data)
+            client.receive_data(data)
+            yield from client.events()
+
+    stream = events()
+    accepted = next(stream)
+    assert isinstance(accepted, AcceptConnection)
+    assert [ext.name for ext in accepted.extensions] == ["permessage-deflate"]
+    text = json.dumps({"msg": "added", "fields": {"n": "deflate me " * 500}})
+    sock.sendall(client.send(TextMessage(data=text)))
+    start = len(raw)
+    echoed = next(stream)
+    assert isinstance(echoed, TextMessage)
+    assert echoed.data == text
+    assert raw[start] == 0xC1  # compressed
+    sock.sendall(client.send(TextMessage(data="stats")))
+    stats = next(stream)
+    assert isinstance(stats, TextMessage)
+    assert json.loads(stats.data)["deflate"] is True
+    sock.sendall(client.send(CloseConnection(code=1000)))
+    closing = next(stream)
+    assert isinstance(closing, CloseConnection)
+    sock.close()
+
+
+def test_live_slow_reader_overflows_and_server_survives(server: Server) -> None:
+    rcvbuf = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
+    with connect(server, sockopt=rcvbuf) as slow, connect(server) as other:
+        slow.send("flood 2000 65536")  # 128 MiB against a 1 MiB send buffer; never read
+        deadline = time.monotonic() + 15
+        while True:
+            other.send("stats")
+            closed = json.loads(other.recv())["closed"]
+            if any(entry["overflowed"] for entry in closed):
+                break
+            assert time.monotonic() < deadline, closed
+            time.sleep(0.2)
+        entry = next(entry for entry in closed if entry["overflowed"])
+        assert (entry["code"], entry["reason"]) == (1008, "too slow")
+        other.send("still here")
+        assert other.recv() == "still here"
+    with connect(server) as fresh:
+        fresh.send("fresh")
+        assert fresh.recv() == "fresh"
+
+
+def test_live_no_traceback_logged(server: Server) -> None:
+    # The hijacked sockets end with StopIteration: gunicorn must log no error for them.
+    time.sleep(0.3)
+    log = server.log_text()
+    assert "Traceback" not in log
+    assert "Error handling request" not in log
+    assert "Closing connection." in log  # gunicorn took the StopIteration path
+    assert server.process.poll() is None
