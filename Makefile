@@ -91,7 +91,7 @@ deps: deps-system $(if $(NODE_INPUTS),$(NODE_STAMP))
 deps-system:
 	@pkgs="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) )"; $(APT_INSTALL)
 	@left="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) )"; \
-	if [ -n "$$left" ]; then echo "deps: still missing after apt-get: $$left" >&2; exit 1; fi
+	if [ -n "$$left" ]; then echo "deps: still missing after apt-get:" $$left >&2; exit 1; fi
 
 # What `make run` needs (no Node.js).
 deps-run:

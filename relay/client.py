@@ -129,13 +129,16 @@ class DDPClient:
     def send_raw(self, text: str) -> None:
         """Send one DDP frame as is (wrapped in SockJS framing when on SockJS)."""
         assert self._ws is not None
-        self._ws.send(sockjs.encode_messages([text]) if self.use_sockjs else text)
+        # Client-to-server SockJS frames are a bare JSON array of strings (no ``a`` prefix).
+        self._ws.send(json.dumps([text]) if self.use_sockjs else text)
 
     def close(self) -> None:
         if self._ws is not None:
             with contextlib.suppress(Exception):  # already closed by the peer
                 self._ws.close()
         self.closed.wait(self.timeout)
+        if self._ws is not None:
+            self._ws.shutdown()  # close() leaves the socket open once the peer closed it
 
     # -- calls and subscriptions ----------------------------------------------------------------
 

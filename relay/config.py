@@ -43,9 +43,7 @@ class Settings:
     #: RELAY_ALLOWED_ORIGINS: comma list of origins allowed to open a DDP socket from a browser
     #: ("*" allows any). A request whose Origin matches its own Host is always allowed; a request
     #: without an Origin header (non-browser clients) is allowed.
-    allowed_origins: tuple[str, ...] = field(
-        default=(), metadata={"env": "RELAY_ALLOWED_ORIGINS"}
-    )
+    allowed_origins: tuple[str, ...] = field(default=(), metadata={"env": "RELAY_ALLOWED_ORIGINS"})
     #: RELAY_MAX_MESSAGE_BYTES: largest inbound DDP message; a larger one is dropped and
     #: answered with a DDP error (a compressed one that inflates past it closes with 1009).
     max_message_bytes: int = field(default=1_048_576, metadata={"env": "RELAY_MAX_MESSAGE_BYTES"})

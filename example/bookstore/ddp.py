@@ -149,3 +149,10 @@ def _price(raw: str | int | float) -> Decimal:
     if price < 0:
         raise DDPError(400, "Price must not be negative")
     return price.quantize(Decimal("0.01"))
+
+
+@method("users.whoami")
+def whoami(ctx: MethodContext) -> dict[str, Any]:
+    """Who this session acts for: the Django user of the session cookie on the upgrade."""
+    username = ctx.user.get_username() if ctx.user.is_authenticated else None
+    return {"userId": ctx.user_id, "username": username}

@@ -1,0 +1,1 @@
+"""Load tests for ddp-relay: the locust scenario (``locustfile.py``) and what it drives."""
