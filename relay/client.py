@@ -138,7 +138,7 @@ class DDPClient:
                 self._ws.close()
         self.closed.wait(self.timeout)
         if self._ws is not None:
-            self._ws.shutdown()  # close() leaves the socket open once the peer closed it
+            self._ws.shutdown()  # type: ignore[no-untyped-call]  # close() skips it once closed
 
     # -- calls and subscriptions ----------------------------------------------------------------
 

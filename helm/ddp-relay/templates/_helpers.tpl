@@ -22,16 +22,30 @@ Names and labels.
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{- define "ddp-relay.selectorLabels" -}}
+{{/*
+Relay pods carry component "relay" and the migration Job's pod "migrate", so the Service,
+the PodDisruptionBudget and the Deployment never select the Job's pod.
+*/}}
+{{- define "ddp-relay.instanceLabels" -}}
 app.kubernetes.io/name: {{ include "ddp-relay.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{- define "ddp-relay.labels" -}}
+{{- define "ddp-relay.selectorLabels" -}}
+{{ include "ddp-relay.instanceLabels" . }}
+app.kubernetes.io/component: relay
+{{- end }}
+
+{{- define "ddp-relay.commonLabels" -}}
 helm.sh/chart: {{ include "ddp-relay.chart" . }}
-{{ include "ddp-relay.selectorLabels" . }}
+{{ include "ddp-relay.instanceLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "ddp-relay.labels" -}}
+{{ include "ddp-relay.commonLabels" . }}
+app.kubernetes.io/component: relay
 {{- end }}
 
 {{- define "ddp-relay.serviceAccountName" -}}

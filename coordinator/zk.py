@@ -1,0 +1,599 @@
+"""The ZooKeeper coordinator: ``Coordinator`` over kazoo.
+
+Job: membership (ephemeral znodes), session records (persistent znodes whose znode
+*version* is the compare-and-set token behind every fence) and leader election
+(ephemeral-sequential candidates; lowest sequence leads; each watches its predecessor).
+Layout: ``coordinator.paths``. Every kazoo exception becomes a ``coordinator.errors`` one.
+
+Threads and greenlets: kazoo calls our state listener and watchers on its callback
+thread/greenlet; they only put an event on ``self._events``. One worker (spawned with the
+kazoo handler, so a greenlet under ``handler="gevent"``) drains it: it tells our own
+listeners, re-creates members and candidacy after a reconnect, and runs the election.
+
+States: SUSPENDED is not LOST. On SUSPENDED nothing is torn down, but leadership is
+paused (``is_leader()`` is False) and calls raise ``NotConnectedError`` at once instead of
+queueing behind the reconnect. On LOST the ephemerals are gone; when CONNECTED again the
+worker re-creates the members registered and re-joins the election.
+
+Writes interrupted by a connection loss: the command retry policy retries briefly and
+each retry first re-reads, so a write that did land is recognised as ours (its exact bytes
+are there). If the connection does not come back within the retry budget the call raises
+``NotConnectedError`` and the outcome is unknown (the caller must treat the session as not
+resumable; the record's fence still holds).
+
+Must not: import ``relay`` or Django, block inside a kazoo callback, write per message,
+or hold a lock across a ZooKeeper round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    SessionExpiredError,
+)
+from kazoo.retry import ForceRetryError, KazooRetry, RetryFailedError
+
+from coordinator.base import (
+    LeaderCallback,
+    Member,
+    SessionRecord,
+    State,
+    StateListener,
+    check_id,
+)
+from coordinator.errors import (
+    CoordinatorError,
+    FencedError,
+    NotConnectedError,
+    SessionExists,
+    SessionNotFound,
+)
+from coordinator.paths import DEFAULT_ROOT, Paths
+
+__all__ = ["ZooKeeperCoordinator", "decode_record", "encode_record"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_STATES = {
+    KazooState.CONNECTED: State.CONNECTED,
+    KazooState.SUSPENDED: State.SUSPENDED,
+    KazooState.LOST: State.LOST,
+}
+# Compare-and-set rounds lost to a concurrent same-epoch write (a re-park) before giving up.
+_CAS_ROUNDS = 8
+_NOT_CONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError, RetryFailedError)
+
+
+def encode_record(record: SessionRecord) -> bytes:
+    """Znode data: one line of compact JSON, a newline, then the raw facts bytes."""
+    header = {
+        "v": 1,
+        "owner": record.owner,
+        "epoch": record.epoch,
+        "cursor": record.cursor,
+        "parked": record.parked,
+        "expires_at": record.expires_at,
+    }
+    line = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    return line + b"\n" + record.facts
+
+
+def decode_record(session_id: str, data: bytes) -> SessionRecord:
+    """Inverse of ``encode_record``; ``CoordinatorError`` if the data is not a record."""
+    line, sep, facts = data.partition(b"\n")
+    try:
+        header = json.loads(line)
+        if not sep or header.get("v") != 1:
+            raise ValueError("unknown record format")
+        return SessionRecord(
+            session_id=session_id,
+            owner=str(header["owner"]),
+            epoch=int(header["epoch"]),
+            cursor=int(header["cursor"]),
+            parked=bool(header["parked"]),
+            expires_at=float(header["expires_at"]),
+            facts=facts,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CoordinatorError(f"session {session_id}: unreadable record: {exc}") from exc
+
+
+class ZooKeeperCoordinator:
+    """``Coordinator`` on a ZooKeeper ensemble (``hosts``: "h1:2181,h2:2181/chroot")."""
+
+    def __init__(
+        self,
+        hosts: str,
+        root: str = DEFAULT_ROOT,
+        handler: Literal["gevent", "threading"] = "gevent",
+        session_timeout: float = 10.0,
+        op_timeout: float = 5.0,
+    ) -> None:
+        self._paths = Paths(root)
+        self._op_timeout = op_timeout
+        kazoo_handler = _make_handler(handler)
+        sleep = kazoo_handler.sleep_func
+        self._client = KazooClient(
+            hosts=hosts,
+            timeout=session_timeout,
+            handler=kazoo_handler,
+            connection_retry=KazooRetry(
+                max_tries=-1, delay=0.2, backoff=2, max_delay=5, sleep_func=sleep
+            ),
+            command_retry=KazooRetry(
+                max_tries=3, delay=0.2, backoff=2, max_delay=1, sleep_func=sleep
+            ),
+        )
+        self._handler = kazoo_handler
+        self._timeout_exc: type[BaseException] = kazoo_handler.timeout_exception
+        self._events: Any = kazoo_handler.queue_impl()
+        self._lock: Any = kazoo_handler.lock_object()
+        self._listeners: list[StateListener] = []
+        self._members: dict[str, Member] = {}
+        self._leader_cb: LeaderCallback | None = None
+        self._want_leader = False
+        self._token = uuid.uuid4().hex
+        self._candidate: str | None = None  # our election node's name, once created
+        self._leading = False
+        self._announced = False  # last value given to the leader callback
+        self._worker: Any = None
+        self._stopped = False
+        self._client.add_listener(self._on_kazoo_state)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return _STATES.get(self._client.state, State.LOST)
+
+    def start(self, timeout: float = 10.0) -> bool:
+        with self._lock:
+            if self._stopped:
+                raise CoordinatorError("a stopped coordinator cannot be restarted")
+            starting = self._worker is None
+            if starting:
+                self._worker = self._handler.spawn(self._run)
+        if starting:
+            self._client.start_async().wait(timeout)
+        return self.state is State.CONNECTED
+
+    def stop(self) -> None:
+        """Close the session: ZooKeeper deletes our member and candidate nodes at once."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._candidate = None
+        self._events.put(("stop", None))
+        if self._worker is not None:
+            self._worker.join(self._op_timeout)
+        try:
+            self._client.stop()
+            self._client.close()
+        except KazooException as exc:  # pragma: no cover - best effort
+            log.warning("kazoo stop failed: %r", exc)
+        self._leading = False
+        if self._announced and self._leader_cb is not None:
+            self._announced = False
+            self._leader_cb(False)
+
+    def add_listener(self, listener: StateListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    # --- membership ------------------------------------------------------------------
+
+    def register_member(self, member: Member) -> None:
+        with self._lock:
+            self._members[member.relay_id] = member
+        if self.state is State.CONNECTED:
+            # Not connected after all: the worker creates it on the next CONNECTED.
+            with contextlib.suppress(NotConnectedError):
+                self._ensure_member(member)
+
+    def members(self) -> list[Member]:
+        def op() -> list[Member]:
+            names = self._children(self._paths.members)
+            found = []
+            for name, data in self._get_many([self._paths.member(n) for n in names], names):
+                try:
+                    fields = json.loads(data)
+                    found.append(Member(name, str(fields["address"]), float(fields["started_at"])))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("ignoring unreadable member %s: %r", name, exc)
+            return sorted(found, key=lambda m: m.relay_id)
+
+        return self._attempt(op)
+
+    # --- sessions --------------------------------------------------------------------
+
+    def create_session(self, session_id: str, owner: str) -> SessionRecord:
+        record = SessionRecord(session_id=session_id, owner=owner, epoch=1)
+        data = encode_record(record)
+        path = self._paths.session(session_id)
+        tried = False
+
+        def op() -> SessionRecord:
+            nonlocal tried
+            try:
+                if tried:  # a lost reply: did our create land?
+                    current = self._read(session_id)
+                    if current is not None and current[0] == data:
+                        return record
+                tried = True
+                self._wait(self._client.create_async(path, data, makepath=True))
+                return record
+            except NodeExistsError as exc:
+                raise SessionExists(session_id) from exc
+
+        return self._attempt(op)
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        check_id("session id", session_id)
+
+        def op() -> SessionRecord | None:
+            current = self._read(session_id)
+            return None if current is None else decode_record(session_id, current[0])
+
+        return self._attempt(op)
+
+    def claim_session(
+        self,
+        session_id: str,
+        new_owner: str,
+        expected_epoch: int,
+        *,
+        require_parked: bool = False,
+    ) -> SessionRecord:
+        check_id("owner", new_owner)
+
+        def change(current: SessionRecord) -> SessionRecord:
+            if current.epoch != expected_epoch:
+                raise FencedError(
+                    f"session {session_id}: epoch is {current.epoch}, expected {expected_epoch}"
+                )
+            if require_parked and not current.parked:
+                raise FencedError(f"session {session_id} is not parked")
+            return SessionRecord(
+                session_id=session_id,
+                owner=new_owner,
+                epoch=current.epoch + 1,
+                cursor=current.cursor,
+                parked=False,
+                expires_at=0.0,
+                facts=current.facts,
+            )
+
+        return self._compare_and_set(session_id, change)
+
+    def park_session(
+        self,
+        session_id: str,
+        owner: str,
+        epoch: int,
+        cursor: int,
+        facts: bytes,
+        expires_at: float,
+    ) -> SessionRecord:
+        def change(current: SessionRecord) -> SessionRecord:
+            _check_owner(current, owner, epoch)
+            return SessionRecord(
+                session_id=session_id,
+                owner=owner,
+                epoch=epoch,
+                cursor=cursor,
+                parked=True,
+                expires_at=expires_at,
+                facts=facts,
+            )
+
+        SessionRecord(session_id, owner, epoch, cursor, True, expires_at, facts)  # validate
+        return self._compare_and_set(session_id, change)
+
+    def drop_session(self, session_id: str, owner: str, epoch: int) -> None:
+        def may_delete(current: SessionRecord) -> bool:
+            _check_owner(current, owner, epoch)
+            return True
+
+        if not self._delete_if(session_id, may_delete):
+            raise SessionNotFound(session_id)
+
+    def expired_sessions(self, now: float) -> list[str]:
+        """Reads every session record (pipelined): O(sessions) per call.
+
+        Fine for housekeeping every few seconds up to ~10^5 parked sessions; beyond that,
+        index expiries (e.g. time-bucket znodes written at park time).
+        """
+
+        def op() -> list[str]:
+            names = self._children(self._paths.sessions)
+            paths = [self._paths.session(n) for n in names]
+            expired = []
+            for name, data in self._get_many(paths, names):
+                try:
+                    record = decode_record(name, data)
+                except CoordinatorError as exc:
+                    log.warning("%s", exc)
+                    continue
+                if record.parked and record.expires_at <= now:
+                    expired.append(name)
+            return sorted(expired)
+
+        return self._attempt(op)
+
+    def reap_session(self, session_id: str, now: float) -> bool:
+        def may_delete(current: SessionRecord) -> bool:
+            return current.parked and current.expires_at <= now
+
+        return self._delete_if(session_id, may_delete)
+
+    # --- leadership ------------------------------------------------------------------
+
+    def run_for_leader(self, on_change: LeaderCallback | None = None) -> None:
+        with self._lock:
+            self._want_leader = True
+            self._leader_cb = on_change
+        self._events.put(("elect", None))
+
+    def is_leader(self) -> bool:
+        return self._leading and self.state is State.CONNECTED
+
+    # --- kazoo callbacks: enqueue only -----------------------------------------------
+
+    def _on_kazoo_state(self, kazoo_state: str) -> None:
+        self._events.put(("state", kazoo_state))
+
+    def _on_watch(self, event: object) -> None:
+        self._events.put(("elect", None))
+
+    # --- the worker ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            kind, value = self._events.get()
+            if kind == "stop":
+                return
+            try:
+                if kind == "state":
+                    self._handle_state(_STATES.get(value, State.LOST))
+                else:
+                    self._elect()
+            except NotConnectedError as exc:
+                log.info("coordinator: %s; will retry on the next CONNECTED", exc)
+            except Exception:  # top of the worker: log and keep serving events
+                log.exception("coordinator worker: unexpected error handling %s", kind)
+            self._announce()
+
+    def _handle_state(self, state: State) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+            members = list(self._members.values())
+            if state is State.LOST:
+                self._candidate = None
+                self._leading = False
+        for listener in listeners:
+            listener(state)
+        if state is State.CONNECTED:
+            for member in members:
+                try:
+                    self._ensure_member(member)
+                except NotConnectedError:
+                    raise
+                except CoordinatorError as exc:
+                    log.error("cannot register member %s: %s", member.relay_id, exc)
+            self._elect()
+
+    def _announce(self) -> None:
+        now = self.is_leader()
+        callback = self._leader_cb
+        if now != self._announced and callback is not None:
+            self._announced = now
+            callback(now)
+
+    def _elect(self) -> None:
+        """One election round: ensure our candidate node; lead, or watch our predecessor."""
+        with self._lock:
+            if not self._want_leader or self._stopped:
+                return
+        if self.state is not State.CONNECTED:
+            return
+        election = self._paths.election
+
+        def op() -> None:
+            children = self._children(election, missing_ok=True)
+            mine = [c for c in children if c.startswith(f"{self._token}-n_")]
+            if self._candidate is None or self._candidate not in children:
+                if mine:  # created by an attempt whose reply was lost
+                    self._candidate = mine[0]
+                else:
+                    prefix = self._paths.candidate_prefix(self._token)
+                    path = self._wait(
+                        self._client.create_async(
+                            prefix, b"", ephemeral=True, sequence=True, makepath=True
+                        )
+                    )
+                    self._candidate = str(path).rsplit("/", 1)[1]
+                    children = [*children, self._candidate]
+            ordered = sorted(children, key=Paths.sequence)
+            index = ordered.index(self._candidate)
+            self._leading = index == 0
+            if index > 0:
+                predecessor = f"{election}/{ordered[index - 1]}"
+                if self._wait(self._client.exists_async(predecessor, watch=self._on_watch)) is None:
+                    self._events.put(("elect", None))  # it went away meanwhile: look again
+
+        self._attempt(op)
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _ensure_member(self, member: Member) -> None:
+        path = self._paths.member(member.relay_id)
+        data = json.dumps(
+            {"address": member.address, "started_at": member.started_at}, separators=(",", ":")
+        ).encode()
+
+        def op() -> None:
+            try:
+                self._wait(self._client.create_async(path, data, ephemeral=True, makepath=True))
+            except NodeExistsError:
+                stat = self._wait(self._client.exists_async(path))
+                if stat is not None and stat.ephemeralOwner == self._client.client_id[0]:
+                    return  # ours already (a reconnect within the session)
+                if stat is None:
+                    raise ForceRetryError() from None
+                raise CoordinatorError(
+                    f"member {member.relay_id} is registered by another ZooKeeper session"
+                ) from None
+
+        self._attempt(op)
+
+    def _compare_and_set(
+        self, session_id: str, change: Callable[[SessionRecord], SessionRecord]
+    ) -> SessionRecord:
+        """Read, ``change`` (may raise FencedError), write back at the read version."""
+        check_id("session id", session_id)
+        path = self._paths.session(session_id)
+        written: bytes | None = None
+
+        def op() -> SessionRecord:
+            nonlocal written
+            for _ in range(_CAS_ROUNDS):
+                current = self._read(session_id)
+                if current is None:
+                    raise SessionNotFound(session_id)
+                data, version = current
+                if written is not None and data == written:
+                    return decode_record(session_id, data)  # our write landed; reply lost
+                new = change(decode_record(session_id, data))
+                written = encode_record(new)
+                try:
+                    self._wait(self._client.set_async(path, written, version=version))
+                    return new
+                except BadVersionError:
+                    written = None
+                    continue  # changed under us: re-read; change() decides if we are fenced
+                except NoNodeError as exc:
+                    raise SessionNotFound(session_id) from exc
+            raise CoordinatorError(f"session {session_id}: too much write contention")
+
+        return self._attempt(op)
+
+    def _delete_if(self, session_id: str, may_delete: Callable[[SessionRecord], bool]) -> bool:
+        """Delete the record at the version ``may_delete`` approved; False if absent/refused."""
+        check_id("session id", session_id)
+        path = self._paths.session(session_id)
+        tried = False
+
+        def op() -> bool:
+            nonlocal tried
+            for _ in range(_CAS_ROUNDS):
+                current = self._read(session_id)
+                if current is None:
+                    return tried  # gone: by our delete whose reply was lost, or never there
+                data, version = current
+                if not may_delete(decode_record(session_id, data)):
+                    return False
+                try:
+                    tried = True
+                    self._wait(self._client.delete_async(path, version=version))
+                    return True
+                except BadVersionError:
+                    tried = False
+                    continue
+                except NoNodeError:
+                    return False
+            raise CoordinatorError(f"session {session_id}: too much write contention")
+
+        return self._attempt(op)
+
+    def _read(self, session_id: str) -> tuple[bytes, int] | None:
+        try:
+            data, stat = self._wait(self._client.get_async(self._paths.session(session_id)))
+        except NoNodeError:
+            return None
+        return bytes(data), int(stat.version)
+
+    def _children(self, path: str, missing_ok: bool = True) -> list[str]:
+        try:
+            return list(self._wait(self._client.get_children_async(path)))
+        except NoNodeError:
+            if missing_ok:
+                return []
+            raise
+
+    def _get_many(self, paths: list[str], names: list[str]) -> list[tuple[str, bytes]]:
+        """Pipelined gets; nodes that vanished meanwhile are left out."""
+        pending = [self._client.get_async(p) for p in paths]
+        found = []
+        for name, result in zip(names, pending, strict=True):
+            try:
+                data, _ = self._wait(result)
+            except NoNodeError:
+                continue
+            found.append((name, bytes(data)))
+        return found
+
+    def _wait(self, async_result: Any) -> Any:
+        return async_result.get(timeout=self._op_timeout)
+
+    def _attempt(self, op: Callable[[], T]) -> T:
+        """Run ``op`` under the command retry policy; translate kazoo errors.
+
+        Not CONNECTED at the start: ``NotConnectedError`` at once. A connection loss in
+        the middle: retried briefly (each try re-checks the state), then
+        ``NotConnectedError``.
+        """
+        if self._stopped:
+            raise NotConnectedError("coordinator stopped")
+        if self.state is not State.CONNECTED:
+            raise NotConnectedError(f"ZooKeeper coordinator is {self.state.value}")
+
+        def once() -> T:
+            if self.state is not State.CONNECTED:
+                raise ForceRetryError()
+            return op()
+
+        try:
+            result: T = self._client.retry.copy()(once)
+            return result
+        except _NOT_CONNECTED as exc:
+            raise NotConnectedError(f"ZooKeeper connection lost: {exc!r}") from exc
+        except KazooException as exc:
+            raise CoordinatorError(f"ZooKeeper error: {exc!r}") from exc
+        except self._timeout_exc as exc:
+            raise NotConnectedError(f"no ZooKeeper reply in {self._op_timeout} s") from exc
+
+
+def _check_owner(current: SessionRecord, owner: str, epoch: int) -> None:
+    if current.owner != owner or current.epoch != epoch:
+        raise FencedError(
+            f"session {current.session_id} is owned by {current.owner} at epoch "
+            f"{current.epoch}, not {owner} at {epoch}"
+        )
+
+
+def _make_handler(kind: str) -> Any:
+    if kind == "gevent":
+        from kazoo.handlers.gevent import SequentialGeventHandler
+
+        return SequentialGeventHandler()
+    if kind == "threading":
+        from kazoo.handlers.threading import SequentialThreadingHandler
+
+        return SequentialThreadingHandler()
+    raise ValueError(f"handler must be 'gevent' or 'threading', not {kind!r}")
