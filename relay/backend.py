@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from relay.protocol.changestream import Change
+
 
 class ClientError(Exception):
     """An error the client may see: becomes ``{"error", "reason", "details"}`` on the wire.
@@ -109,10 +111,36 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionData:
-    """The result of running a publication: the initial documents and the live routes."""
+    """The result of running a publication: the initial documents and the live routes.
+
+    ``positions`` maps each route's channel to the change-stream position ``(seq, epoch)``
+    that the documents reflect, read in the same database snapshot as the documents: the
+    relay applies to this subscription exactly the changes after that position. A channel
+    that never published anything has position ``(0, "")``.
+    """
 
     documents: Sequence[Document] = ()
     routes: Sequence[Route] = ()
+    positions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedChange:
+    """A change-stream change translated for the relay, once per change and worker.
+
+    ``fields`` are the published fields by wire name, as the initial load would send them
+    (deletes: empty). ``routing`` holds the values route conditions test, keyed by lookup
+    path (``author_id``, ``author__email``), as Python values comparable with
+    ``Condition.value``.
+    """
+
+    collection: str
+    #: The Mongo-style wire id.
+    id: str
+    #: "i" insert, "u" update, "d" delete.
+    op: str
+    fields: dict[str, Any]
+    routing: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +184,11 @@ class Backend(Protocol):
 
     def call(self, ctx: CallContext, name: str, params: Sequence[Any]) -> MethodOutcome:
         """Run method ``name`` (seeded by ``ctx.random_seed``); raise ClientError to refuse."""
+        ...
+
+    def decode_change(self, channel: str, change: Change) -> DecodedChange | None:
+        """Translate one change-stream change (no database access: it runs per change in
+        the listener). None when the channel or change is not one this backend publishes."""
         ...
 
     def close(self) -> None:

@@ -67,6 +67,12 @@ class Settings:
     #: RELAY_BACKEND_CONCURRENCY: greenlets running backend (ORM) calls per worker process; this
     #: bounds the database connections one worker opens.
     backend_concurrency: int = field(default=8, metadata={"env": "RELAY_BACKEND_CONCURRENCY"})
+    #: RELAY_DATABASE_URL: PostgreSQL for the change stream (LISTEN + changelog reads); when
+    #: unset, ``DATABASE_URL`` is used; when both are unset the relay sends no live updates.
+    database_url: str = field(default="", metadata={"env": "RELAY_DATABASE_URL"})
+    #: RELAY_WRITE_FENCE_TIMEOUT: seconds a method's ``updated`` waits for its writes to be
+    #: routed to the session before it is sent anyway (and a warning is logged).
+    write_fence_timeout: float = field(default=10.0, metadata={"env": "RELAY_WRITE_FENCE_TIMEOUT"})
     #: RELAY_METRICS: serve Prometheus metrics on /metrics.
     metrics: bool = field(default=True, metadata={"env": "RELAY_METRICS"})
 
@@ -93,6 +99,8 @@ class Settings:
                     values[f.name] = raw
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from exc
+        if "database_url" not in values and env.get("DATABASE_URL"):
+            values["database_url"] = env["DATABASE_URL"]
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
@@ -107,6 +115,7 @@ class Settings:
             "backend_concurrency",
             "handshake_timeout",
             "sockjs_heartbeat",
+            "write_fence_timeout",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -40,6 +40,10 @@ class Metrics:
     method_calls: Counter
     method_seconds: Histogram
     disconnects: Counter
+    changes_delivered: Counter
+    backfill_seconds: Histogram
+    resyncs: Counter
+    fence_timeouts: Counter
 
 
 @cache
@@ -67,6 +71,21 @@ def get_metrics() -> Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         ),
         disconnects=Counter("ddp_relay_disconnects", "Sessions closed, by reason.", ["reason"]),
+        changes_delivered=Counter(
+            "ddp_relay_change_batches", "Change-stream transactions routed to sessions."
+        ),
+        backfill_seconds=Histogram(
+            "ddp_relay_backfill_seconds",
+            "Time spent reading missed changes from the changelog.",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+        ),
+        resyncs=Counter(
+            "ddp_relay_resyncs", "Subscriptions re-run because their history was lost."
+        ),
+        fence_timeouts=Counter(
+            "ddp_relay_write_fence_timeouts",
+            "Methods whose updated was sent before their writes were seen on the stream.",
+        ),
     )
 
 

@@ -20,6 +20,8 @@ import gevent
 from relay import disconnect
 from relay.backend import Backend, Handshake
 from relay.config import Settings
+from relay.fanout import Attachment, Streams
+from relay.listener import Listener
 from relay.metrics import Metrics, get_metrics
 from relay.session import Session
 from relay.transport import HeartbeatRegistry, Transport
@@ -45,10 +47,32 @@ class Node:
         self.sockjs_heartbeats = HeartbeatRegistry()
         self.ready = True
         self._ticker: gevent.Greenlet | None = None
+        self.listener: Listener | None = None
+        self.streams = Streams(backend, self._listen, self._unlisten)
+        self.streams.on_resync = self._resync
+        if settings.database_url:
+            self.listener = Listener(settings.database_url, self.streams, self.metrics)
+        else:
+            log.warning("no RELAY_DATABASE_URL or DATABASE_URL: live updates are off")
 
     def start(self) -> None:
         if self._ticker is None:
             self._ticker = gevent.spawn(self._tick_forever)
+        if self.listener is not None:
+            self.listener.start()
+
+    def _listen(self, channel: str) -> None:
+        if self.listener is not None:
+            self.listener.listen(channel)
+
+    def _unlisten(self, channel: str) -> None:
+        if self.listener is not None:
+            self.listener.unlisten(channel)
+
+    def _resync(self, channel: str, attachments: list[Attachment]) -> None:
+        for att in attachments:
+            self.metrics.resyncs.inc()
+            att.session.request_resync(att.sub_id)
 
     def serve(self, transport: Transport, handshake: Handshake) -> None:
         """Serve one socket until it closes (runs in the socket's own greenlet)."""
@@ -91,4 +115,6 @@ class Node:
         self.drain()
         if self._ticker is not None:
             self._ticker.kill(block=False)
+        if self.listener is not None:
+            self.listener.stop()
         self.pool.close()

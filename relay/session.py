@@ -20,13 +20,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gevent
 
 from relay import disconnect
-from relay.backend import ANONYMOUS, CallContext, ClientError, Handshake, Identity
+from relay.backend import (
+    ANONYMOUS,
+    CallContext,
+    ClientError,
+    Handshake,
+    Identity,
+    MethodOutcome,
+    SubscriptionData,
+)
 from relay.protocol import messages
 from relay.protocol.alea import random_id
 from relay.protocol.connection import Heartbeat, HeartbeatAction, ServerConnection, State
@@ -45,6 +53,7 @@ from relay.protocol.messages import (
 from relay.transport import Inbound, Oversized
 
 if TYPE_CHECKING:
+    from relay.fanout import Attachment
     from relay.node import Node
     from relay.transport import Transport
 
@@ -62,6 +71,15 @@ class Subscription:
     name: str
     params: tuple[Any, ...]
     ready: bool = False
+    #: Its live routes on the worker's channel streams.
+    attachments: list[Attachment] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Internal message: re-run a subscription whose change history was lost."""
+
+    sub_id: str
 
 
 class Session:
@@ -80,7 +98,7 @@ class Session:
         self.opened_at = time.monotonic()
         settings = node.settings
         self.heartbeat = Heartbeat(settings.heartbeat_interval, settings.heartbeat_timeout)
-        self._pending: deque[ClientMessage] = deque()
+        self._pending: deque[ClientMessage | Resync] = deque()
         self._processor: gevent.Greenlet | None = None
         self._heartbeat_started = False
         self.closed = False
@@ -161,8 +179,18 @@ class Session:
         if self._pending and not self.closed:
             self._processor = gevent.spawn(self._process)
 
-    def _dispatch(self, msg: ClientMessage) -> None:
-        if isinstance(msg, Connect):
+    def request_resync(self, sub_id: str) -> None:
+        """Queue a re-run of ``sub_id`` (its channel lost history), in message order."""
+        if self.closed or any(isinstance(m, Resync) and m.sub_id == sub_id for m in self._pending):
+            return
+        self._pending.append(Resync(sub_id))
+        if self._processor is None:
+            self._processor = gevent.spawn(self._process)
+
+    def _dispatch(self, msg: ClientMessage | Resync) -> None:
+        if isinstance(msg, Resync):
+            self._on_resync(msg.sub_id)
+        elif isinstance(msg, Connect):
             self._on_connect(msg)
         elif isinstance(msg, Sub):
             self._on_sub(msg)
@@ -213,12 +241,8 @@ class Session:
         self.subs[msg.id] = sub
         try:
             data = self.node.pool.run(backend.subscribe, self._context(), msg.name, msg.params)
-            out: list[dict[str, Any]] = []
-            for doc in data.documents:
-                out.extend(self.mergebox.add(msg.id, doc.collection, doc.id, doc.fields))
-            texts = [messages.encode(m) for m in out]
         except ClientError as exc:
-            self._fail_sub(sub, messages.meteor_error(exc.error, exc.reason, exc.details))
+            self._fail_sub(sub, self._client_error(exc))
             metrics.subscriptions.labels(outcome="error").inc()
             return
         except Exception:
@@ -228,12 +252,81 @@ class Session:
             return
         if self.subs.get(msg.id) is not sub:
             return  # unsubscribed while running
+        try:
+            out: list[dict[str, Any]] = []
+            for doc in data.documents:
+                out.extend(self.mergebox.add(msg.id, doc.collection, doc.id, doc.fields))
+            texts = [messages.encode(m) for m in out]
+        except Exception:
+            # A value the publication produced cannot be sent (not EJSON-encodable). The
+            # client saw none of it: forget it silently, then fail the subscription.
+            log.exception("publication %r produced a document that cannot be sent", msg.name)
+            self.mergebox.remove_subscription(msg.id)
+            self._fail_sub(sub, messages.INTERNAL_ERROR)
+            metrics.subscriptions.labels(outcome="error").inc()
+            return
         self.send_texts(texts)
+        self._attach(sub, data)
         sub.ready = True
         self.send([messages.ready([msg.id])])
         metrics.subscriptions.labels(outcome="ready").inc()
 
+    def _attach(self, sub: Subscription, data: SubscriptionData) -> None:
+        streams = self.node.streams
+        for route in data.routes:
+            position = data.positions.get(route.channel, (0, ""))
+            sub.attachments.append(streams.attach(self, sub.id, route, position))
+
+    def _detach(self, sub: Subscription) -> None:
+        for att in sub.attachments:
+            self.node.streams.detach(att)
+        sub.attachments.clear()
+
+    def _on_resync(self, sub_id: str) -> None:
+        """Re-run a subscription and send only the difference (its history was lost)."""
+        sub = self.subs.get(sub_id)
+        if sub is None:
+            return
+        self._detach(sub)
+        try:
+            data = self.node.pool.run(
+                self.node.backend.subscribe, self._context(), sub.name, sub.params
+            )
+        except Exception:
+            log.exception("re-running %r after lost history failed", sub.name)
+            self.subs.pop(sub_id, None)
+            self.send(self.mergebox.remove_subscription(sub_id))
+            self.send([messages.nosub(sub_id, messages.INTERNAL_ERROR)])
+            return
+        fresh = {(d.collection, d.id): d for d in data.documents}
+        out: list[dict[str, Any]] = []
+        for collection, ids in self.mergebox.documents_of(sub_id).items():
+            for doc_id in ids:
+                if (collection, doc_id) not in fresh:
+                    out.extend(self.mergebox.remove(sub_id, collection, doc_id))
+        for (collection, doc_id), doc in fresh.items():
+            if self.mergebox.publishes(sub_id, collection, doc_id):
+                current = self.mergebox.get(collection, doc_id) or {}
+                cleared = [k for k in current if k not in doc.fields]
+                out.extend(self.mergebox.change(sub_id, collection, doc_id, doc.fields, cleared))
+            else:
+                out.extend(self.mergebox.add(sub_id, collection, doc_id, doc.fields))
+        self.send(out)
+        self._attach(sub, data)
+
+    @staticmethod
+    def _client_error(exc: ClientError) -> dict[str, Any]:
+        """The Meteor error object for a ClientError; 500 if its details cannot be sent."""
+        err = messages.meteor_error(exc.error, exc.reason, exc.details)
+        try:
+            messages.encode({"msg": "result", "id": "", "error": err})
+        except (TypeError, ValueError):
+            log.error("error details of %r are not JSON; sending a 500 instead", exc)
+            return messages.INTERNAL_ERROR
+        return err
+
     def _fail_sub(self, sub: Subscription, err: dict[str, Any]) -> None:
+        self._detach(sub)
         self.subs.pop(sub.id, None)
         self.send(self.mergebox.remove_subscription(sub.id))
         self.send([messages.nosub(sub.id, err)])
@@ -241,6 +334,7 @@ class Session:
     def _on_unsub(self, msg: Unsub) -> None:
         sub = self.subs.pop(msg.id, None) if isinstance(msg.id, str) else None
         if sub is not None:
+            self._detach(sub)
             self.send(self.mergebox.remove_subscription(sub.id))
         # Meteor answers nosub even for an unknown id.
         self.send([messages.nosub(msg.id)])
@@ -253,15 +347,19 @@ class Session:
             self.send([messages.result(msg.id, err=err), messages.updated([msg.id])])
             return
         started = time.monotonic()
+        outcome: MethodOutcome | None = None
         try:
             outcome = self.node.pool.run(
                 backend.call, self._context(msg.random_seed), msg.method, msg.params
             )
-            reply = messages.encode(messages.result(msg.id, outcome.result))
+            try:
+                reply = messages.encode(messages.result(msg.id, outcome.result))
+            except (TypeError, ValueError):
+                log.exception("method %r returned a value that cannot be sent", msg.method)
+                reply = messages.encode(messages.result(msg.id, err=messages.INTERNAL_ERROR))
             outcome_label = "ok"
         except ClientError as exc:
-            err = messages.meteor_error(exc.error, exc.reason, exc.details)
-            reply = messages.encode(messages.result(msg.id, err=err))
+            reply = messages.encode(messages.result(msg.id, err=self._client_error(exc)))
             outcome_label = "client_error"
         except Exception:
             log.exception("method %r failed", msg.method)
@@ -270,7 +368,26 @@ class Session:
         metrics.method_calls.labels(outcome=outcome_label).inc()
         metrics.method_seconds.observe(time.monotonic() - started)
         self.send_texts([reply])
+        if outcome is not None:
+            self._write_fence(msg, outcome)
         self.send([messages.updated([msg.id])])
+
+    def _write_fence(self, msg: Method, outcome: MethodOutcome) -> None:
+        """Hold ``updated`` until the method's writes were routed to this session (I5)."""
+        channels = {a.route.channel for s in self.subs.values() for a in s.attachments}
+        deadline = time.monotonic() + self.node.settings.write_fence_timeout
+        for write in outcome.writes:
+            if write.channel not in channels:
+                continue  # no subscription here can get a message from that channel
+            remaining = max(0.0, deadline - time.monotonic())
+            if not self.node.streams.wait_for(write.channel, write.seq, remaining):
+                self.node.metrics.fence_timeouts.inc()
+                log.warning(
+                    "method %r: updated sent before %s seq %d was seen (fence timeout)",
+                    msg.method,
+                    write.channel,
+                    write.seq,
+                )
 
     # -- output ---------------------------------------------------------------------------
 
@@ -322,6 +439,8 @@ class Session:
         if not self.closed:
             self.close(disconnect.TRANSPORT_CLOSED)
         self._pending.clear()
+        for sub in self.subs.values():
+            self._detach(sub)
         self.node.session_closed(self)
 
 

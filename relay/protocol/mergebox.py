@@ -312,6 +312,14 @@ class MergeBox:
         """The subscriptions publishing at least one document."""
         return frozenset(self._by_sub)
 
+    def publishes(self, sub: Hashable, collection: str, doc_id: str) -> bool:
+        """Whether ``sub`` currently provides the document (O(1); live-update routing)."""
+        return self._publishes(sub, collection, doc_id)
+
+    def documents_of(self, sub: Hashable) -> dict[str, frozenset[str]]:
+        """The ids ``sub`` provides, by collection (a copy)."""
+        return {c: frozenset(ids) for c, ids in self._by_sub.get(sub, {}).items()}
+
     # -- snapshot ----------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:

@@ -322,3 +322,43 @@ def test_oversized_message_gets_an_error_and_the_session_survives(node: Node) ->
     peer.send({"msg": "method", "id": "1", "method": "echo", "params": [1]})
     peer.expect("updated")
     assert not peer.session.closed
+
+
+class OddBackend(FakeBackend):
+    def has_publication(self, name: str) -> bool:
+        return name in ("unsendable", "odd-error")
+
+    def has_method(self, name: str) -> bool:
+        return name in ("unsendable", "odd-error")
+
+    def subscribe(self, ctx: CallContext, name: str, params: Sequence[Any]) -> SubscriptionData:
+        if name == "odd-error":
+            raise ClientError("bad", "details are not JSON", {1, 2})
+        return SubscriptionData(documents=[Document("things", "a", {"s": {1, 2}})])
+
+    def call(self, ctx: CallContext, name: str, params: Sequence[Any]) -> MethodOutcome:
+        if name == "odd-error":
+            raise ClientError("bad", "details are not JSON", object())
+        return MethodOutcome(result={1, 2})
+
+
+def test_unsendable_values_become_500s_and_never_leak_removed() -> None:
+    odd = Node(Settings(), OddBackend())
+    try:
+        peer = Peer(odd)
+        peer.connect()
+        peer.send(
+            {"msg": "sub", "id": "u", "name": "unsendable"},
+            {"msg": "sub", "id": "o", "name": "odd-error"},
+            {"msg": "method", "id": "1", "method": "unsendable", "params": []},
+            {"msg": "method", "id": "2", "method": "odd-error", "params": []},
+        )
+        peer.expect("updated")
+        peer.expect("updated")
+        kinds = [m["msg"] for m in peer.messages()]
+        assert "added" not in kinds and "removed" not in kinds
+        errors = [m["error"]["error"] for m in peer.messages() if "error" in m]
+        assert errors == [500, 500, 500, 500]
+        assert not peer.session.mergebox.documents("things")
+    finally:
+        odd.stop()

@@ -1,0 +1,176 @@
+"""Channel streams: routing committed changes to subscriptions in memory, in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+
+from relay.backend import Condition, DecodedChange, Route
+from relay.fanout import RING_SIZE, Streams
+from relay.protocol.changestream import Change
+from relay.protocol.mergebox import MergeBox
+
+
+class FakeSession:
+    def __init__(self) -> None:
+        self.mergebox = MergeBox()
+        self.closed = False
+        self.sent: list[dict[str, Any]] = []
+        self.resyncs: list[str] = []
+
+    def send(self, msgs: list[dict[str, Any]]) -> None:
+        self.sent.extend(msgs)
+
+    def request_resync(self, sub_id: str) -> None:
+        self.resyncs.append(sub_id)
+
+
+class Decoder:
+    """decode_change for a 'books' channel: values carry title and author."""
+
+    def decode_change(self, channel: str, change: Change) -> DecodedChange | None:
+        if channel != "ddp_books":
+            return None
+        fields = {"title": change.values.get("title")} if change.op != "d" else {}
+        return DecodedChange("books", str(change.pk), change.op, fields, dict(change.values))
+
+
+BOOKS = Route("ddp_books", "books", ())
+BY_ANN = Route("ddp_books", "books", (Condition("author", "exact", "ann"),))
+
+
+def make() -> tuple[Streams, list[str], list[str]]:
+    listened: list[str] = []
+    unlistened: list[str] = []
+    streams = Streams(Decoder(), listened.append, unlistened.append)  # type: ignore[arg-type]
+    streams.on_resync = lambda channel, atts: [
+        a.session.request_resync(a.sub_id)  # type: ignore[attr-defined]
+        for a in atts
+    ]
+    return streams, listened, unlistened
+
+
+def ins(pk: str, title: str, author: str = "ann") -> Change:
+    return Change("i", pk, {"title": title, "author": author})
+
+
+def upd(pk: str, title: str, author: str = "ann") -> Change:
+    return Change("u", pk, {"title": title, "author": author})
+
+
+def test_first_attach_listens_and_changes_become_ddp_messages() -> None:
+    streams, listened, unlistened = make()
+    session = FakeSession()
+    att = streams.attach(session, "s1", BOOKS, (5, "E"))  # type: ignore[arg-type]
+    assert listened == ["ddp_books"]
+    streams.deliver("ddp_books", 6, "E", 100, [ins("b1", "One")])
+    streams.deliver("ddp_books", 7, "E", 101, [upd("b1", "Uno"), upd("b1", "Uno")])
+    streams.deliver("ddp_books", 8, "E", 102, [Change("d", "b1", {})])
+    assert session.sent == [
+        {"msg": "added", "collection": "books", "id": "b1", "fields": {"title": "One"}},
+        {"msg": "changed", "collection": "books", "id": "b1", "fields": {"title": "Uno"}},
+        {"msg": "removed", "collection": "books", "id": "b1"},
+    ]
+    streams.detach(att)
+    assert unlistened == ["ddp_books"] and not streams.streams
+
+
+def test_documents_move_in_and_out_of_a_filtered_subscription() -> None:
+    streams, _, _ = make()
+    session = FakeSession()
+    streams.attach(session, "ann", BY_ANN, (0, "E"))  # type: ignore[arg-type]
+    streams.deliver("ddp_books", 1, "E", 1, [ins("b1", "One", "bob")])
+    assert session.sent == []
+    streams.deliver("ddp_books", 2, "E", 2, [upd("b1", "One", "ann")])
+    streams.deliver("ddp_books", 3, "E", 3, [upd("b1", "One", "bob")])
+    assert [m["msg"] for m in session.sent] == ["added", "removed"]
+
+
+def test_overlapping_subscriptions_share_a_document_through_the_mergebox() -> None:
+    streams, _, _ = make()
+    session = FakeSession()
+    streams.attach(session, "all", BOOKS, (0, "E"))  # type: ignore[arg-type]
+    streams.attach(session, "ann", BY_ANN, (0, "E"))  # type: ignore[arg-type]
+    streams.deliver("ddp_books", 1, "E", 1, [ins("b1", "One")])
+    streams.deliver("ddp_books", 2, "E", 2, [upd("b1", "One", "bob")])
+    # one added (the second provider is silent), and leaving "ann" keeps it under "all"
+    assert [m["msg"] for m in session.sent] == ["added"]
+    assert session.mergebox.publishes("all", "books", "b1")
+    assert not session.mergebox.publishes("ann", "books", "b1")
+
+
+def test_each_subscription_skips_what_its_snapshot_already_had() -> None:
+    streams, _, _ = make()
+    early, late = FakeSession(), FakeSession()
+    streams.attach(early, "s", BOOKS, (0, "E"))  # type: ignore[arg-type]
+    streams.attach(late, "s", BOOKS, (2, "E"))  # type: ignore[arg-type]  # snapshot ahead
+    late.mergebox.add("s", "books", "b1", {"title": "Two"})
+    streams.deliver("ddp_books", 1, "E", 1, [ins("b1", "One")])
+    streams.deliver("ddp_books", 2, "E", 2, [upd("b1", "Two")])
+    streams.deliver("ddp_books", 3, "E", 3, [upd("b1", "Three")])
+    assert [m["msg"] for m in early.sent] == ["added", "changed", "changed"]
+    assert late.sent == [
+        {"msg": "changed", "collection": "books", "id": "b1", "fields": {"title": "Three"}}
+    ]
+
+
+def test_a_late_attacher_catches_up_from_the_ring_or_resyncs() -> None:
+    streams, _, _ = make()
+    first = FakeSession()
+    streams.attach(first, "s", BOOKS, (0, "E"))  # type: ignore[arg-type]
+    for seq in range(1, 4):
+        streams.deliver("ddp_books", seq, "E", seq, [ins(f"b{seq}", "t")])
+    behind = FakeSession()
+    streams.attach(behind, "s", BOOKS, (1, "E"))  # type: ignore[arg-type]
+    assert [m["id"] for m in behind.sent] == ["b2", "b3"]
+    for seq in range(4, 4 + RING_SIZE + 1):
+        streams.deliver("ddp_books", seq, "E", seq, [ins(f"b{seq}", "t")])
+    far = FakeSession()
+    streams.attach(far, "s", BOOKS, (1, "E"))  # type: ignore[arg-type]
+    assert far.resyncs == ["s"] and far.sent == []
+
+
+def test_epoch_change_and_lost_history_resync() -> None:
+    streams, _, _ = make()
+    a, b = FakeSession(), FakeSession()
+    streams.attach(a, "s", BOOKS, (3, "E"))  # type: ignore[arg-type]
+    streams.attach(b, "t", BOOKS, (3, "OTHER"))  # type: ignore[arg-type]
+    assert b.resyncs == ["t"]
+    streams.lost_history("ddp_books", 10, "F")
+    assert a.resyncs == ["s"] and streams.position("ddp_books") == (10, "F")
+
+
+def test_undecidable_routes_resync_instead_of_guessing() -> None:
+    streams, _, _ = make()
+    session = FakeSession()
+    streams.attach(session, "s", Route("ddp_books", "books", None), (0, "E"))  # type: ignore[arg-type]
+    streams.deliver("ddp_books", 1, "E", 1, [ins("b1", "One")])
+    assert session.resyncs == ["s"] and session.sent == []
+
+
+def test_write_fence_waits_for_delivery() -> None:
+    streams, _, _ = make()
+    session = FakeSession()
+    streams.attach(session, "s", BOOKS, (0, "E"))  # type: ignore[arg-type]
+    assert streams.wait_for("ddp_books", 0, 0.01)
+    assert not streams.wait_for("ddp_books", 1, 0.01)
+    assert streams.wait_for("other_channel", 99, 0.01)  # not streamed here: nothing to wait for
+    waiter = gevent.spawn(streams.wait_for, "ddp_books", 2, 2.0)
+    gevent.sleep(0)
+    streams.deliver("ddp_books", 1, "E", 1, [ins("b1", "One")])
+    gevent.sleep(0)
+    assert not waiter.ready()
+    streams.deliver("ddp_books", 2, "E", 2, [upd("b1", "Two")])
+    assert waiter.get(timeout=1) is True
+
+
+def test_closed_sessions_and_unknown_collections_are_skipped() -> None:
+    streams, _, _ = make()
+    closed = FakeSession()
+    closed.closed = True
+    streams.attach(closed, "s", BOOKS, (0, "E"))  # type: ignore[arg-type]
+    other = FakeSession()
+    streams.attach(other, "s", Route("ddp_books", "authors", ()), (0, "E"))  # type: ignore[arg-type]
+    streams.deliver("ddp_books", 1, "E", 1, [ins("b1", "One")])
+    assert closed.sent == [] and other.sent == []
