@@ -85,7 +85,7 @@ help:
 	@echo "make clean   stop embedded servers, remove $(STATE)/ and caches (keeps $(VENV))"
 
 ## deps: everything `make test` needs from outside PyPI.
-deps: deps-system $(if $(NODE_INPUTS),$(NODE_STAMP)) deploy-tools
+deps: deps-system deps-zookeeper $(if $(NODE_INPUTS),$(NODE_STAMP)) deploy-tools
 
 # All apt packages in one go (one `apt-get update`), then check they really arrived.
 deps-system:

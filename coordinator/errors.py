@@ -28,6 +28,10 @@ class NotConnectedError(CoordinatorError):
 
     Raised promptly instead of waiting for a reconnect. Callers degrade: new DDP sessions
     go on without a coordinator record; resumes fall back to a fresh session.
+
+    Exception: when the connection drops *during* a write and does not come back within
+    the short command retry budget, the write may or may not have landed. The fence still
+    holds either way; the caller must not assume it owns (or parked) the session.
     """
 
 

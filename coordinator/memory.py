@@ -28,7 +28,13 @@ from coordinator.base import (
     StateListener,
     check_id,
 )
-from coordinator.errors import FencedError, NotConnectedError, SessionExists, SessionNotFound
+from coordinator.errors import (
+    CoordinatorError,
+    FencedError,
+    NotConnectedError,
+    SessionExists,
+    SessionNotFound,
+)
 
 __all__ = ["MemoryCoordinator", "MemoryStore"]
 
@@ -55,7 +61,7 @@ class MemoryCoordinator:
         self._listeners: list[StateListener] = []
         self._leader_cb: LeaderCallback | None = None
         self._stopped = False
-        self._lost_members: list[Member] = []
+        self._pending_members: list[Member] = []
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -64,6 +70,8 @@ class MemoryCoordinator:
         return self._state
 
     def start(self, timeout: float = 10.0) -> bool:
+        if self._stopped:
+            raise CoordinatorError("a stopped coordinator cannot be restarted")
         return self._state is State.CONNECTED
 
     def stop(self) -> None:
@@ -94,16 +102,15 @@ class MemoryCoordinator:
             was_leader = self.is_leader()
             self._state = state
             if state is State.LOST:
-                self._lost_members = [
-                    m for m, owner in self._store.members.values() if owner is self
-                ]
-                for m in self._lost_members:
+                mine = [m for m, owner in self._store.members.values() if owner is self]
+                for m in mine:
                     del self._store.members[m.relay_id]
+                self._pending_members.extend(mine)
                 calls += self._withdraw_locked(keep_callback=True)
             elif state is State.CONNECTED:
-                for m in self._lost_members:
+                for m in self._pending_members:
                     self._store.members.setdefault(m.relay_id, (m, self))
-                self._lost_members = []
+                self._pending_members = []
                 if self._leader_cb is not None and self not in self._store.candidates:
                     self._store.candidates.append(self)
             if self._leader_cb is not None and was_leader != self.is_leader():
@@ -116,7 +123,10 @@ class MemoryCoordinator:
 
     def register_member(self, member: Member) -> None:
         with self._store.lock:
-            self._store.members[member.relay_id] = (member, self)
+            if self._state is State.CONNECTED:
+                self._store.members[member.relay_id] = (member, self)
+            else:  # like zk.py: created on the next CONNECTED
+                self._pending_members.append(member)
 
     def members(self) -> list[Member]:
         with self._store.lock:

@@ -27,8 +27,6 @@ or hold a lock across a ZooKeeper round trip.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -54,6 +52,7 @@ from coordinator.base import (
     StateListener,
     check_id,
 )
+from coordinator.codec import decode_member, decode_record, encode_member, encode_record
 from coordinator.errors import (
     CoordinatorError,
     FencedError,
@@ -63,7 +62,7 @@ from coordinator.errors import (
 )
 from coordinator.paths import DEFAULT_ROOT, Paths
 
-__all__ = ["ZooKeeperCoordinator", "decode_record", "encode_record"]
+__all__ = ["ZooKeeperCoordinator"]
 
 log = logging.getLogger(__name__)
 
@@ -77,40 +76,6 @@ _STATES = {
 # Compare-and-set rounds lost to a concurrent same-epoch write (a re-park) before giving up.
 _CAS_ROUNDS = 8
 _NOT_CONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError, RetryFailedError)
-
-
-def encode_record(record: SessionRecord) -> bytes:
-    """Znode data: one line of compact JSON, a newline, then the raw facts bytes."""
-    header = {
-        "v": 1,
-        "owner": record.owner,
-        "epoch": record.epoch,
-        "cursor": record.cursor,
-        "parked": record.parked,
-        "expires_at": record.expires_at,
-    }
-    line = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    return line + b"\n" + record.facts
-
-
-def decode_record(session_id: str, data: bytes) -> SessionRecord:
-    """Inverse of ``encode_record``; ``CoordinatorError`` if the data is not a record."""
-    line, sep, facts = data.partition(b"\n")
-    try:
-        header = json.loads(line)
-        if not sep or header.get("v") != 1:
-            raise ValueError("unknown record format")
-        return SessionRecord(
-            session_id=session_id,
-            owner=str(header["owner"]),
-            epoch=int(header["epoch"]),
-            cursor=int(header["cursor"]),
-            parked=bool(header["parked"]),
-            expires_at=float(header["expires_at"]),
-            facts=facts,
-        )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CoordinatorError(f"session {session_id}: unreadable record: {exc}") from exc
 
 
 class ZooKeeperCoordinator:
@@ -149,7 +114,9 @@ class ZooKeeperCoordinator:
         self._want_leader = False
         self._token = uuid.uuid4().hex
         self._candidate: str | None = None  # our election node's name, once created
-        self._leading = False
+        # The ZooKeeper session our candidate node led in: leadership is valid only while
+        # that very session is CONNECTED (a new session after LOST has not won anything).
+        self._leading_session: int | None = None
         self._announced = False  # last value given to the leader callback
         self._worker: Any = None
         self._stopped = False
@@ -187,7 +154,7 @@ class ZooKeeperCoordinator:
             self._client.close()
         except KazooException as exc:  # pragma: no cover - best effort
             log.warning("kazoo stop failed: %r", exc)
-        self._leading = False
+        self._leading_session = None
         if self._announced and self._leader_cb is not None:
             self._announced = False
             self._leader_cb(False)
@@ -201,10 +168,16 @@ class ZooKeeperCoordinator:
     def register_member(self, member: Member) -> None:
         with self._lock:
             self._members[member.relay_id] = member
-        if self.state is State.CONNECTED:
-            # Not connected after all: the worker creates it on the next CONNECTED.
-            with contextlib.suppress(NotConnectedError):
-                self._ensure_member(member)
+        if self.state is not State.CONNECTED:
+            return  # the worker creates it on the next CONNECTED
+        try:
+            self._ensure_member(member)
+        except NotConnectedError:
+            pass  # disconnected meanwhile: the worker creates it on the next CONNECTED
+        except CoordinatorError:
+            with self._lock:
+                self._members.pop(member.relay_id, None)
+            raise
 
     def members(self) -> list[Member]:
         def op() -> list[Member]:
@@ -212,10 +185,9 @@ class ZooKeeperCoordinator:
             found = []
             for name, data in self._get_many([self._paths.member(n) for n in names], names):
                 try:
-                    fields = json.loads(data)
-                    found.append(Member(name, str(fields["address"]), float(fields["started_at"])))
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("ignoring unreadable member %s: %r", name, exc)
+                    found.append(decode_member(name, data))
+                except CoordinatorError as exc:
+                    log.warning("%s", exc)
             return sorted(found, key=lambda m: m.relay_id)
 
         return self._attempt(op)
@@ -351,7 +323,10 @@ class ZooKeeperCoordinator:
         self._events.put(("elect", None))
 
     def is_leader(self) -> bool:
-        return self._leading and self.state is State.CONNECTED
+        leading = self._leading_session
+        return (
+            leading is not None and self.state is State.CONNECTED and leading == self._session_id()
+        )
 
     # --- kazoo callbacks: enqueue only -----------------------------------------------
 
@@ -375,9 +350,14 @@ class ZooKeeperCoordinator:
                     self._elect()
             except NotConnectedError as exc:
                 log.info("coordinator: %s; will retry on the next CONNECTED", exc)
-            except Exception:  # top of the worker: log and keep serving events
-                log.exception("coordinator worker: unexpected error handling %s", kind)
+            except Exception:  # top of the worker: log, try again later, keep serving
+                log.exception("coordinator worker: error handling %s; retrying in 1 s", kind)
+                self._handler.spawn(self._enqueue_later, ("elect", None), 1.0)
             self._announce()
+
+    def _enqueue_later(self, event: tuple[str, object], delay: float) -> None:
+        self._handler.sleep_func(delay)
+        self._events.put(event)
 
     def _handle_state(self, state: State) -> None:
         with self._lock:
@@ -385,9 +365,9 @@ class ZooKeeperCoordinator:
             members = list(self._members.values())
             if state is State.LOST:
                 self._candidate = None
-                self._leading = False
+                self._leading_session = None
         for listener in listeners:
-            listener(state)
+            _call_quietly(listener, state)
         if state is State.CONNECTED:
             for member in members:
                 try:
@@ -403,7 +383,7 @@ class ZooKeeperCoordinator:
         callback = self._leader_cb
         if now != self._announced and callback is not None:
             self._announced = now
-            callback(now)
+            _call_quietly(callback, now)
 
     def _elect(self) -> None:
         """One election round: ensure our candidate node; lead, or watch our predecessor."""
@@ -415,11 +395,11 @@ class ZooKeeperCoordinator:
         election = self._paths.election
 
         def op() -> None:
-            children = self._children(election, missing_ok=True)
+            children = self._children(election)
             mine = [c for c in children if c.startswith(f"{self._token}-n_")]
             if self._candidate is None or self._candidate not in children:
                 if mine:  # created by an attempt whose reply was lost
-                    self._candidate = mine[0]
+                    self._candidate = min(mine, key=Paths.sequence)
                 else:
                     prefix = self._paths.candidate_prefix(self._token)
                     path = self._wait(
@@ -431,7 +411,7 @@ class ZooKeeperCoordinator:
                     children = [*children, self._candidate]
             ordered = sorted(children, key=Paths.sequence)
             index = ordered.index(self._candidate)
-            self._leading = index == 0
+            self._leading_session = self._session_id() if index == 0 else None
             if index > 0:
                 predecessor = f"{election}/{ordered[index - 1]}"
                 if self._wait(self._client.exists_async(predecessor, watch=self._on_watch)) is None:
@@ -443,16 +423,14 @@ class ZooKeeperCoordinator:
 
     def _ensure_member(self, member: Member) -> None:
         path = self._paths.member(member.relay_id)
-        data = json.dumps(
-            {"address": member.address, "started_at": member.started_at}, separators=(",", ":")
-        ).encode()
+        data = encode_member(member)
 
         def op() -> None:
             try:
                 self._wait(self._client.create_async(path, data, ephemeral=True, makepath=True))
             except NodeExistsError:
                 stat = self._wait(self._client.exists_async(path))
-                if stat is not None and stat.ephemeralOwner == self._client.client_id[0]:
+                if stat is not None and stat.ephemeralOwner == self._session_id():
                     return  # ours already (a reconnect within the session)
                 if stat is None:
                     raise ForceRetryError() from None
@@ -528,13 +506,15 @@ class ZooKeeperCoordinator:
             return None
         return bytes(data), int(stat.version)
 
-    def _children(self, path: str, missing_ok: bool = True) -> list[str]:
+    def _children(self, path: str) -> list[str]:
         try:
             return list(self._wait(self._client.get_children_async(path)))
         except NoNodeError:
-            if missing_ok:
-                return []
-            raise
+            return []
+
+    def _session_id(self) -> int | None:
+        client_id = self._client.client_id
+        return None if client_id is None else int(client_id[0])
 
     def _get_many(self, paths: list[str], names: list[str]) -> list[tuple[str, bytes]]:
         """Pipelined gets; nodes that vanished meanwhile are left out."""
@@ -569,7 +549,7 @@ class ZooKeeperCoordinator:
             return op()
 
         try:
-            result: T = self._client.retry.copy()(once)
+            result: T = self._client.retry(once)  # a fresh copy of the policy per call
             return result
         except _NOT_CONNECTED as exc:
             raise NotConnectedError(f"ZooKeeper connection lost: {exc!r}") from exc
@@ -577,6 +557,14 @@ class ZooKeeperCoordinator:
             raise CoordinatorError(f"ZooKeeper error: {exc!r}") from exc
         except self._timeout_exc as exc:
             raise NotConnectedError(f"no ZooKeeper reply in {self._op_timeout} s") from exc
+
+
+def _call_quietly(callback: Callable[[Any], None], value: object) -> None:
+    """Run a user callback; its exceptions are logged, never let into the worker."""
+    try:
+        callback(value)
+    except Exception:
+        log.exception("coordinator callback %r failed", callback)
 
 
 def _check_owner(current: SessionRecord, owner: str, epoch: int) -> None:

@@ -28,6 +28,7 @@ import gevent
 import gevent.event
 
 from relay.backend import Backend, DecodedChange, Route
+from relay.protocol import ejson, messages
 from relay.protocol.changestream import Change
 from relay.routing import matches
 
@@ -59,6 +60,45 @@ class Batch:
     epoch: str
     txid: int
     changes: tuple[DecodedChange, ...]
+
+
+class BatchCache:
+    """Work shared by every session a batch reaches: each comparison and each encoding is
+    done once per distinct input, not once per session.
+
+    Sessions' mergeboxes hold the very value objects the stream delivered, so identical
+    inputs are recognised by object identity (cheap, and identity implies equality). The
+    cache lives for one batch, so the objects it keys on stay alive while it is used.
+    """
+
+    __slots__ = ("_equal", "_texts")
+
+    def __init__(self) -> None:
+        self._equal: dict[tuple[int, int], bool] = {}
+        self._texts: dict[tuple[Any, ...], str] = {}
+
+    def equals(self, a: Any, b: Any) -> bool:
+        if a is b:
+            return True
+        key = (id(a), id(b))
+        hit = self._equal.get(key)
+        if hit is None:
+            hit = self._equal[key] = ejson.equals(a, b)
+        return hit
+
+    def encode(self, msg: dict[str, Any]) -> str:
+        fields = msg.get("fields")
+        key = (
+            msg["msg"],
+            msg["collection"],
+            msg["id"],
+            tuple((k, id(v)) for k, v in fields.items()) if fields else (),
+            tuple(msg.get("cleared", ())),
+        )
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = messages.encode(msg)
+        return text
 
 
 @dataclass(eq=False)
@@ -119,7 +159,7 @@ class Streams:
             self._resync(stream, [att])
             return
         for batch in missed:
-            self._apply(att, batch)
+            self._apply(att, batch, BatchCache())
 
     def detach(self, att: Attachment) -> None:
         stream = self.streams.get(att.route.channel)
@@ -169,9 +209,10 @@ class Streams:
         batch = Batch(seq, epoch, txid, tuple(decoded))
         stream.seq, stream.epoch = seq, epoch
         stream.ring.append(batch)
+        cache = BatchCache()
         for att in list(stream.attachments):
             if att.cursor < seq:
-                self._apply(att, batch)
+                self._apply(att, batch, cache)
         self._wake(stream)
 
     def lost_history(self, channel: str, seq: int, epoch: str) -> None:
@@ -199,7 +240,7 @@ class Streams:
                 keep.append((seq, event))
         stream.waiters = keep
 
-    def _apply(self, att: Attachment, batch: Batch) -> None:
+    def _apply(self, att: Attachment, batch: Batch, cache: BatchCache) -> None:
         att.cursor = batch.seq
         session = att.session
         if session.closed:
@@ -220,13 +261,20 @@ class Streams:
             if route.fields is not None:
                 fields = {k: v for k, v in fields.items() if k in route.fields}
             if member and held:
-                out.extend(box.change(att.sub_id, change.collection, change.id, fields))
+                out.extend(
+                    box.change(att.sub_id, change.collection, change.id, fields, (), cache.equals)
+                )
             elif member:
                 out.extend(box.add(att.sub_id, change.collection, change.id, fields))
             elif held:
                 out.extend(box.remove(att.sub_id, change.collection, change.id))
         if out:
-            session.send(out)
+            try:
+                texts = [cache.encode(m) for m in out]
+            except (TypeError, ValueError):
+                log.exception("a change on %s cannot be encoded", att.route.channel)
+                return
+            session.send_texts(texts)
 
     def _resync_later(self, att: Attachment) -> None:
         stream = self.streams.get(att.route.channel)

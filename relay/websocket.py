@@ -576,31 +576,46 @@ class WebSocket:
         """Queue one TEXT message; never blocks. Dropped silently once closed."""
         if self._closing:
             return
-        if self._deflate:
-            try:
-                frame = self._conn.send(TextMessage(data=text))
-            except UnicodeEncodeError:
-                # wsproto encodes before touching any state, so a retry is safe.
-                frame = self._conn.send(TextMessage(data=_utf8(text).decode("utf-8")))
-            self._enqueue(bytes(frame))
-        else:
-            self._enqueue(encode_text_frame(text))
+        self._enqueue(self._frame(text))
+
+    def _frame(self, text: str) -> bytes:
+        if not self._deflate:
+            return encode_text_frame(text)
+        try:
+            return bytes(self._conn.send(TextMessage(data=text)))
+        except UnicodeEncodeError:
+            # wsproto encodes before touching any state, so a retry is safe.
+            return bytes(self._conn.send(TextMessage(data=_utf8(text).decode("utf-8"))))
 
     def send_many(self, texts: Sequence[str]) -> None:
         """Queue several TEXT messages, flushed together in one write; never blocks."""
+        if self._closing:
+            return
         for text in texts:
-            self.send(text)
+            self._enqueue(self._frame(text), flush=False)
+        self._flush()
 
     def send_frame(self, frame: bytes) -> None:
         """Queue a frame from ``encode_text_frame`` (shared by many sockets); never blocks."""
+        self.send_frames((frame,))
+
+    def send_frames(self, frames: Sequence[bytes]) -> None:
+        """Queue frames from ``encode_text_frame``, written together; never blocks."""
         if self._deflate:
             raise LocalProtocolError("send_frame on a permessage-deflate socket")
-        if not self._closing:
-            self._enqueue(frame)
+        if self._closing:
+            return
+        for frame in frames:
+            self._enqueue(frame, flush=False)
+        self._flush()
 
-    def _enqueue(self, frame: bytes) -> None:
+    def _enqueue(self, frame: bytes, flush: bool = True) -> None:
         self._out.append(frame)
         self._out_bytes += len(frame)
+        if flush:
+            self._flush()
+
+    def _flush(self) -> None:
         if self._out_bytes > self._max_buffer:
             # A peer that reads slower than we write: drop what is queued (the batch in
             # flight cannot be recalled) and close, rather than hold memory or block.
@@ -609,7 +624,29 @@ class WebSocket:
             self._out_bytes = self._inflight
             self.close(1008, "too slow")
             return
+        if self._writer is None and self._out and not self._shut and not self._close_queued:
+            self._try_direct_write()
         self._ensure_writer()
+
+    def _try_direct_write(self) -> None:
+        """Write at once when nothing is pending: most fan-out writes fit the kernel buffer,
+        and a greenlet per socket per message would cost more than the write. The raw
+        socket under gevent's is non-blocking; whatever does not fit goes to the writer."""
+        raw = getattr(self._sock, "_sock", None)
+        if raw is None:
+            return
+        batch = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        try:
+            sent = raw.send(batch)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._out = []
+            self._out_bytes = 0
+            self.abort()
+            return
+        self._out_bytes -= sent
+        self._out = [batch[sent:]] if sent < len(batch) else []
 
     def _queue_close(self, frame: bytes) -> None:
         self._out.append(bytes(frame))

@@ -24,7 +24,7 @@ import pytest
 
 from relay.embedded_postgres import SUPERUSER, EmbeddedPostgres
 
-pytest_plugins = ["tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.zookeeper"]
 
 
 @pytest.fixture(scope="session")

@@ -457,6 +457,10 @@ def equals(a: Any, b: Any) -> bool:
     compare as instants at millisecond precision, ``True`` differs from ``1``, and a Decimal
     equals only a Decimal of the same value (so ``1.10`` equals ``1.1``, as in decimal.js).
     """
+    if a is b:
+        # The hot path: live updates share value objects between sessions' mergeboxes,
+        # so an unchanged field is usually the very same object (NaN is NaN: equal too).
+        return True
     ta = type(a)
     if ta is type(b) and (ta is str or ta is int or ta is bool or a is None):
         return bool(a == b)

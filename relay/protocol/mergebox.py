@@ -44,7 +44,7 @@ lets one decoded change feed many sessions without a copy each.)
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 from relay.protocol.ejson import equals as _equals
@@ -191,6 +191,7 @@ class MergeBox:
         doc_id: str,
         fields: Mapping[str, Any],
         cleared: Iterable[str] = (),
+        equals: Callable[[Any, Any], bool] = _equals,
     ) -> list[Message]:
         """``sub`` sets ``fields`` and clears the fields named in ``cleared``.
 
@@ -202,7 +203,8 @@ class MergeBox:
 
         Raises ``LocalProtocolError`` if ``sub`` does not publish the document (Meteor
         throws for an unknown document), if a field is both set and cleared, or if
-        ``cleared`` is a string.
+        ``cleared`` is a string. ``equals`` may be a memoizing stand-in for
+        ``ejson.equals`` (fan-out compares the same value pairs for thousands of sessions).
         """
         if isinstance(cleared, str):
             raise LocalProtocolError("cleared must be an iterable of field names, not a str")
@@ -215,8 +217,19 @@ class MergeBox:
         gone: list[str] = []
         if isinstance(view, dict):
             for key, value in fields.items():
-                if key == "_id" or (key in view and _equals(view[key], value)):
-                    continue  # equal: keep the value the client already has
+                if key == "_id":
+                    continue
+                if key in view:
+                    old = view[key]
+                    if old is value:
+                        continue
+                    if equals(old, value):
+                        # Equal: nothing to send. Adopt the newer object when it is of the
+                        # same type (the client's representation is unchanged), so that
+                        # sessions converge on shared values and later compares are `is`.
+                        if type(old) is type(value):
+                            view[key] = value
+                        continue
                 view[key] = value
                 out[key] = value
             for key in clears:
@@ -237,7 +250,7 @@ class MergeBox:
                 plist.append((sub, value))
             elif i > 0:
                 plist[i] = (sub, value)
-            elif not _equals(plist[0][1], value):
+            elif not equals(plist[0][1], value):
                 plist[0] = (sub, value)
                 out[key] = value
         for key in clears:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import gevent
@@ -21,6 +22,9 @@ class FakeSession:
 
     def send(self, msgs: list[dict[str, Any]]) -> None:
         self.sent.extend(msgs)
+
+    def send_texts(self, texts: list[str]) -> None:
+        self.sent.extend(json.loads(t) for t in texts)
 
     def request_resync(self, sub_id: str) -> None:
         self.resyncs.append(sub_id)

@@ -1,0 +1,228 @@
+"""ZooKeeper-only behaviour: outages (SUSPENDED is not LOST), session expiry, the znode
+layout and record encoding, and the gevent handler (in a monkey-patched subprocess).
+
+The shared behaviour of every coordinator is in ``test_contract.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kazoo.client import KazooClient
+
+from coordinator.base import Member, SessionRecord, State
+from coordinator.codec import decode_record, encode_record
+from coordinator.errors import CoordinatorError, NotConnectedError
+from coordinator.zk import ZooKeeperCoordinator
+from tests.coordinator.util import LeaderEvents, StateEvents, wait_until
+from tests.fixtures.zookeeper import ZooKeeperServer
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+
+MakeZK = Callable[..., ZooKeeperCoordinator]
+
+
+def _root() -> str:
+    return f"/ddp-relay-test/{uuid.uuid4().hex}/v1"
+
+
+@pytest.fixture
+def make_zk(zk_server: str) -> Iterator[MakeZK]:
+    """``make_zk(root=..., session_timeout=...)``: started threading-handler coordinators."""
+    made: list[ZooKeeperCoordinator] = []
+
+    def make(root: str, session_timeout: float = 10.0) -> ZooKeeperCoordinator:
+        c = ZooKeeperCoordinator(
+            zk_server, root=root, handler="threading", session_timeout=session_timeout
+        )
+        made.append(c)
+        assert c.start(timeout=10.0)
+        return c
+
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.stop()
+
+
+@pytest.fixture
+def raw(zk_server: str) -> Iterator[KazooClient]:
+    """A plain kazoo client, to look at the znodes directly."""
+    client = KazooClient(hosts=zk_server)
+    client.start(timeout=10)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_record_encoding_round_trips_and_rejects_garbage() -> None:
+    record = SessionRecord("S1", "relay-a", 3, 17, True, 1234.5, b"\x00\n\xffpointer")
+    data = encode_record(record)
+    assert data.startswith(b'{"v":1,') and len(data) < 200
+    assert decode_record("S1", data) == record
+    for bad in (b"", b"nonsense", b'{"v":2}\n', b'{"v":1}\n', b"[1]\n"):
+        with pytest.raises(CoordinatorError):
+            decode_record("S1", bad)
+
+
+def test_znode_layout(make_zk: MakeZK, raw: KazooClient) -> None:
+    root = _root()
+    c = make_zk(root=root)
+    c.register_member(Member("relay-a", "10.0.0.1:8000", 5.0))
+    c.create_session("S1", "relay-a")
+    c.run_for_leader()
+    wait_until(c.is_leader, "leadership")
+    assert sorted(raw.get_children(root)) == ["election", "members", "sessions"]
+    assert raw.get_children(f"{root}/sessions") == ["S1"]
+    member_data, member_stat = raw.get(f"{root}/members/relay-a")
+    assert member_stat.ephemeralOwner != 0
+    assert member_data == b'{"address":"10.0.0.1:8000","started_at":5.0}'
+    session_data, session_stat = raw.get(f"{root}/sessions/S1")
+    assert session_stat.ephemeralOwner == 0  # persistent: survives its relay
+    assert decode_record("S1", session_data).epoch == 1
+    (candidate,) = raw.get_children(f"{root}/election")
+    assert "-n_" in candidate
+
+
+def test_member_id_held_by_another_live_session_is_an_error(
+    make_zk: MakeZK,
+) -> None:
+    root = _root()
+    a, b = make_zk(root=root), make_zk(root=root)
+    a.register_member(Member("relay-a", "a", 1.0))
+    with pytest.raises(CoordinatorError):
+        b.register_member(Member("relay-a", "b", 2.0))
+    assert [m.address for m in a.members()] == ["a"]
+
+
+def test_outage_is_suspended_not_lost_and_recovers(
+    make_zk: MakeZK, zk_outage: ZooKeeperServer
+) -> None:
+    root = _root()
+    c = make_zk(root=root, session_timeout=10.0)
+    states, leadership = StateEvents(), LeaderEvents()
+    c.add_listener(states)
+    member = Member("relay-a", "10.0.0.1:8000", 1.0)
+    c.register_member(member)
+    c.create_session("S1", "relay-a")
+    c.run_for_leader(leadership)
+    assert leadership.wait_for(True)
+
+    zk_outage.stop()
+    assert states.wait_for(State.SUSPENDED), "no SUSPENDED after the server went away"
+    assert c.state is State.SUSPENDED
+    assert not c.is_leader()
+    assert leadership.wait_for(False), "leadership not paused while SUSPENDED"
+    for call in (
+        lambda: c.get_session("S1"),
+        lambda: c.create_session("S2", "relay-a"),
+        lambda: c.claim_session("S1", "relay-b", 1),
+        c.members,
+    ):
+        started = time.monotonic()
+        with pytest.raises(NotConnectedError):
+            call()
+        assert time.monotonic() - started < 0.5, "NotConnectedError was not prompt"
+    c.register_member(Member("relay-a2", "10.0.0.1:8001", 2.0))  # recorded, no error
+
+    zk_outage.start()
+    assert states.wait_for(State.CONNECTED, timeout=20), "did not reconnect"
+    assert State.LOST not in states.drain()
+    wait_until(
+        lambda: [m.relay_id for m in c.members()] == ["relay-a", "relay-a2"],
+        "both members after the reconnect",
+    )
+    assert leadership.wait_for(True), "leadership not resumed"
+    record = c.get_session("S1")
+    assert record is not None and record.epoch == 1
+
+
+def test_session_expiry_is_lost_and_ephemerals_come_back(make_zk: MakeZK, zk_server: str) -> None:
+    root = _root()
+    c = make_zk(root=root, session_timeout=4.0)
+    other = make_zk(root=root, session_timeout=4.0)
+    states, leadership = StateEvents(), LeaderEvents()
+    c.add_listener(states)
+    c.register_member(Member("relay-a", "a", 1.0))
+    c.run_for_leader(leadership)
+    assert leadership.wait_for(True)
+    other.run_for_leader()
+
+    # Expire c's session the way kazoo's own test harness does: a second client on the
+    # same session id closes it.
+    session_id, password = c._client.client_id
+    twin = KazooClient(hosts=zk_server, client_id=(session_id, password))
+    twin.start(timeout=10)
+    twin.stop()
+    twin.close()
+
+    assert states.wait_for(State.LOST, timeout=20), "no LOST after the session expired"
+    assert states.wait_for(State.CONNECTED, timeout=20), "no new session"
+    assert c._client.client_id[0] != session_id
+    wait_until(lambda: [m.relay_id for m in c.members()] == ["relay-a"], "member re-created")
+    # The other candidate took over when c's candidacy vanished; c queues up behind it.
+    wait_until(other.is_leader, "the other candidate to lead")
+    assert not c.is_leader()
+
+
+def test_gevent_handler_in_a_monkey_patched_process(zk_server: str) -> None:
+    script = textwrap.dedent(
+        f"""
+        from gevent import monkey
+        monkey.patch_all()
+        import gevent
+        from coordinator.base import Member
+        from coordinator.errors import FencedError
+        from coordinator.zk import ZooKeeperCoordinator
+
+        root = "/ddp-relay-test/{uuid.uuid4().hex}/v1"
+        a = ZooKeeperCoordinator({zk_server!r}, root=root, handler="gevent")
+        b = ZooKeeperCoordinator({zk_server!r}, root=root, handler="gevent")
+        assert a.start(10) and b.start(10)
+        a.register_member(Member("relay-a", "a", 1.0))
+        a.create_session("S1", "relay-a")
+        a.park_session("S1", "relay-a", 1, 5, b"f", 1e9)
+
+        def claim(c, owner):
+            try:
+                return c.claim_session("S1", owner, 1).owner
+            except FencedError:
+                return None
+
+        jobs = [gevent.spawn(claim, c, f"relay-{{i}}") for i, c in enumerate([a, b] * 4)]
+        gevent.joinall(jobs, timeout=10)
+        winners = [j.value for j in jobs if j.value]
+        assert len(winners) == 1, winners
+        a.run_for_leader()
+        with gevent.Timeout(10):
+            while not a.is_leader():
+                gevent.sleep(0.02)
+        assert [m.relay_id for m in b.members()] == ["relay-a"]
+        a.stop()
+        b.stop()
+        print("GEVENT-OK")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT_DIR)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        cwd=ROOT_DIR,
+        env=env,
+    )
+    assert proc.returncode == 0 and "GEVENT-OK" in proc.stdout, proc.stdout + proc.stderr
