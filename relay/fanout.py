@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,9 @@ import gevent.event
 from relay.backend import Backend, DecodedChange, Route
 from relay.protocol import ejson, messages
 from relay.protocol.changestream import Change
+from relay.protocol.sockjs import encode_messages
 from relay.routing import matches
+from relay.websocket import encode_text_frame
 
 if TYPE_CHECKING:
     from relay.session import Session
@@ -71,11 +73,26 @@ class BatchCache:
     cache lives for one batch, so the objects it keys on stay alive while it is used.
     """
 
-    __slots__ = ("_equal", "_texts")
+    __slots__ = ("_equal", "_frames", "_sockjs", "_texts")
 
     def __init__(self) -> None:
         self._equal: dict[tuple[int, int], bool] = {}
         self._texts: dict[tuple[Any, ...], str] = {}
+        self._frames: dict[str, bytes] = {}
+        self._sockjs: dict[tuple[str, ...], str] = {}
+
+    def frame(self, text: str) -> bytes:
+        frame = self._frames.get(text)
+        if frame is None:
+            frame = self._frames[text] = encode_text_frame(text)
+        return frame
+
+    def sockjs(self, texts: Sequence[str]) -> str:
+        key = tuple(texts)
+        text = self._sockjs.get(key)
+        if text is None:
+            text = self._sockjs[key] = encode_messages(texts)
+        return text
 
     def equals(self, a: Any, b: Any) -> bool:
         if a is b:
@@ -274,7 +291,7 @@ class Streams:
             except (TypeError, ValueError):
                 log.exception("a change on %s cannot be encoded", att.route.channel)
                 return
-            session.send_texts(texts)
+            session.send_texts(texts, cache)
 
     def _resync_later(self, att: Attachment) -> None:
         stream = self.streams.get(att.route.channel)

@@ -50,7 +50,7 @@ from relay.protocol.messages import (
     Sub,
     Unsub,
 )
-from relay.transport import Inbound, Oversized
+from relay.transport import Inbound, Oversized, SharedFrames
 
 if TYPE_CHECKING:
     from relay.fanout import Attachment
@@ -397,10 +397,10 @@ class Session:
         if texts:
             self.send_texts(texts)
 
-    def send_texts(self, texts: list[str]) -> None:
+    def send_texts(self, texts: list[str], shared: SharedFrames | None = None) -> None:
         if self.closed or not texts:
             return
-        self.transport.send(texts)
+        self.transport.send(texts, shared)
         self.sent_count += len(texts)
         self.node.metrics.messages_sent.inc(len(texts))
 

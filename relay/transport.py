@@ -40,12 +40,25 @@ __all__ = [
     "MemoryTransport",
     "Oversized",
     "RawTransport",
+    "SharedFrames",
     "SockJSTransport",
     "Transport",
 ]
 
 #: One inbound item: a DDP message text, or the report of one too large to keep.
 Inbound = str | Oversized
+
+
+class SharedFrames(Protocol):
+    """Encodings shared by every socket one fan-out batch reaches (``relay.fanout``)."""
+
+    def frame(self, text: str) -> bytes:
+        """The unmasked WebSocket TEXT frame for ``text``, built once."""
+        ...
+
+    def sockjs(self, texts: Sequence[str]) -> str:
+        """The SockJS ``a[...]`` frame text for these messages, built once."""
+        ...
 
 
 class Transport(Protocol):
@@ -58,8 +71,9 @@ class Transport(Protocol):
         """Block until the next batch of inbound DDP message texts; None once closed."""
         ...
 
-    def send(self, texts: Sequence[str]) -> None:
-        """Queue DDP message texts to go out together, in order; never blocks."""
+    def send(self, texts: Sequence[str], shared: SharedFrames | None = None) -> None:
+        """Queue DDP message texts to go out together, in order; never blocks. With
+        ``shared``, frames other sockets of the same batch got are reused as bytes."""
         ...
 
     def close(self, code: int, reason: str) -> None:
@@ -86,8 +100,11 @@ class RawTransport:
         text = self.ws.receive()
         return None if text is None else [text]
 
-    def send(self, texts: Sequence[str]) -> None:
-        self.ws.send_many(texts)
+    def send(self, texts: Sequence[str], shared: SharedFrames | None = None) -> None:
+        if shared is not None and self.ws.can_share_frames:
+            self.ws.send_frames([shared.frame(t) for t in texts])
+        else:
+            self.ws.send_many(texts)
 
     def close(self, code: int, reason: str) -> None:
         self.ws.close(code, reason)
@@ -140,9 +157,16 @@ class SockJSTransport:
             if texts:  # an empty payload or "[]" carries nothing: keep reading
                 return list[Inbound](texts)
 
-    def send(self, texts: Sequence[str]) -> None:
+    def send(self, texts: Sequence[str], shared: SharedFrames | None = None) -> None:
         if texts and not self._closed:
-            self.ws.send(encode_messages(texts))
+            if shared is None:
+                self.ws.send(encode_messages(texts))
+            else:
+                payload = shared.sockjs(texts)
+                if self.ws.can_share_frames:
+                    self.ws.send_frames([shared.frame(payload)])
+                else:
+                    self.ws.send(payload)
             self._sent = True
 
     def close(self, code: int, reason: str) -> None:
@@ -247,7 +271,7 @@ class MemoryTransport:
             self._closed = True
         return batch
 
-    def send(self, texts: Sequence[str]) -> None:
+    def send(self, texts: Sequence[str], shared: SharedFrames | None = None) -> None:
         if not self._closed and texts:
             self.sent.extend(texts)
             self.batches.append(list(texts))

@@ -23,7 +23,7 @@ class FakeSession:
     def send(self, msgs: list[dict[str, Any]]) -> None:
         self.sent.extend(msgs)
 
-    def send_texts(self, texts: list[str]) -> None:
+    def send_texts(self, texts: list[str], shared: Any = None) -> None:
         self.sent.extend(json.loads(t) for t in texts)
 
     def request_resync(self, sub_id: str) -> None:
