@@ -99,7 +99,7 @@ class Settings:
                     values[f.name] = raw
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from exc
-        if "database_url" not in values and env.get("DATABASE_URL"):
+        if not values.get("database_url") and env.get("DATABASE_URL"):
             values["database_url"] = env["DATABASE_URL"]
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()

@@ -136,8 +136,10 @@ class Streams:
         backend: Backend,
         listen: Callable[[str], None],
         unlisten: Callable[[str], None],
+        metrics: Any = None,
     ) -> None:
         self.backend = backend
+        self.metrics = metrics
         self._listen = listen
         self._unlisten = unlisten
         self.streams: dict[str, ChannelStream] = {}
@@ -226,6 +228,8 @@ class Streams:
         batch = Batch(seq, epoch, txid, tuple(decoded))
         stream.seq, stream.epoch = seq, epoch
         stream.ring.append(batch)
+        if self.metrics is not None:
+            self.metrics.changes_delivered.inc()
         cache = BatchCache()
         for att in list(stream.attachments):
             if att.cursor < seq:

@@ -166,6 +166,8 @@ class Listener:
         self._backfill(channel)
 
     def _on_notify(self, channel: str, payload: str) -> None:
+        if self.metrics is not None:
+            self.metrics.notifications.labels(channel=channel).inc()
         position = self.streams.position(channel)
         if position is None:
             return  # nobody here needs it any more

@@ -41,6 +41,7 @@ class Metrics:
     method_seconds: Histogram
     disconnects: Counter
     changes_delivered: Counter
+    notifications: Counter
     backfill_seconds: Histogram
     resyncs: Counter
     fence_timeouts: Counter
@@ -73,6 +74,11 @@ def get_metrics() -> Metrics:
         disconnects=Counter("ddp_relay_disconnects", "Sessions closed, by reason.", ["reason"]),
         changes_delivered=Counter(
             "ddp_relay_change_batches", "Change-stream transactions routed to sessions."
+        ),
+        notifications=Counter(
+            "ddp_relay_notifications",
+            "NOTIFYs received by the worker's listener, by channel (one per published model).",
+            ["channel"],
         ),
         backfill_seconds=Histogram(
             "ddp_relay_backfill_seconds",

@@ -48,7 +48,7 @@ class Node:
         self.ready = True
         self._ticker: gevent.Greenlet | None = None
         self.listener: Listener | None = None
-        self.streams = Streams(backend, self._listen, self._unlisten)
+        self.streams = Streams(backend, self._listen, self._unlisten, self.metrics)
         self.streams.on_resync = self._resync
         if settings.database_url:
             self.listener = Listener(settings.database_url, self.streams, self.metrics)

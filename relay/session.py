@@ -411,7 +411,8 @@ class Session:
         if self.closed:
             return
         if self.transport.closed:
-            self.close(disconnect.TRANSPORT_CLOSED)
+            slow = getattr(self.transport, "overflowed", False)
+            self.close(disconnect.SLOW if slow else disconnect.TRANSPORT_CLOSED)
             return
         if self.conn.state is State.AWAITING_CONNECT:
             if now - self.opened_at > self.node.settings.handshake_timeout:

@@ -113,6 +113,11 @@ class RawTransport:
     def closed(self) -> bool:
         return self.ws.closed
 
+    @property
+    def overflowed(self) -> bool:
+        """Closed because the client read slower than we wrote (send buffer full)."""
+        return self.ws.overflowed
+
 
 class SockJSTransport:
     """SockJS framing on a WebSocket. Sends ``o`` as soon as it is built.
@@ -180,6 +185,10 @@ class SockJSTransport:
     @property
     def closed(self) -> bool:
         return self._closed or self.ws.closed
+
+    @property
+    def overflowed(self) -> bool:
+        return self.ws.overflowed
 
     def heartbeat(self, now: float) -> None:
         """Send ``h`` if nothing went out for ``heartbeat_interval``; ``now`` is monotonic.

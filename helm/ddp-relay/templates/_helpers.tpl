@@ -91,24 +91,55 @@ A value as a ConfigMap string: integers without Helm's float64 exponent form
 {{- end }}
 {{- end }}
 
-{{- define "ddp-relay.databaseSecretName" -}}
-{{- if .Values.database.existingSecret }}
-{{- .Values.database.existingSecret }}
-{{- else }}
+{{/*
+Database URLs. DATABASE_URL comes from database.existingSecret, else from the chart's own
+Secret (database.url). RELAY_DATABASE_URL (the change stream's URL) comes from
+database.existingSecret's key database.changeStreamSecretKey, else from the chart's Secret
+(relay.databaseUrl), else it is not set at all (the relay then uses DATABASE_URL).
+*/}}
+{{- define "ddp-relay.chartSecretName" -}}
 {{- printf "%s-database" (include "ddp-relay.fullname" .) }}
+{{- end }}
+
+{{- define "ddp-relay.databaseSecretName" -}}
+{{- .Values.database.existingSecret | default (include "ddp-relay.chartSecretName" .) }}
+{{- end }}
+
+{{/* "existing", "chart" or "" (RELAY_DATABASE_URL not set). */}}
+{{- define "ddp-relay.changeStreamSource" -}}
+{{- if and .Values.database.existingSecret .Values.database.changeStreamSecretKey }}
+{{- "existing" }}
+{{- else if .Values.relay.databaseUrl }}
+{{- "chart" }}
 {{- end }}
 {{- end }}
 
-{{/*
-DATABASE_URL for the relays: always from a Secret (the existing one, or the chart's own
-holding database.url).
-*/}}
+{{/* "true" when the chart renders a Secret of its own. */}}
+{{- define "ddp-relay.chartSecretEnabled" -}}
+{{- if or (not .Values.database.existingSecret) (eq (include "ddp-relay.changeStreamSource" .) "chart") }}
+{{- "true" }}
+{{- end }}
+{{- end }}
+
 {{- define "ddp-relay.databaseEnv" -}}
 - name: DATABASE_URL
   valueFrom:
     secretKeyRef:
       name: {{ include "ddp-relay.databaseSecretName" . }}
       key: {{ .Values.database.secretKey }}
+{{- $source := include "ddp-relay.changeStreamSource" . }}
+{{- if $source }}
+- name: RELAY_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      {{- if eq $source "existing" }}
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.changeStreamSecretKey }}
+      {{- else }}
+      name: {{ include "ddp-relay.chartSecretName" . }}
+      key: RELAY_DATABASE_URL
+      {{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -117,5 +148,8 @@ Checks shared by every template that needs a database.
 {{- define "ddp-relay.validateDatabase" -}}
 {{- if and (not .Values.database.existingSecret) (not .Values.database.url) }}
 {{- fail "set database.existingSecret (production) or database.url (development)" }}
+{{- end }}
+{{- if and .Values.database.changeStreamSecretKey (not .Values.database.existingSecret) }}
+{{- fail "database.changeStreamSecretKey is a key of database.existingSecret: set that too (or use relay.databaseUrl)" }}
 {{- end }}
 {{- end }}

@@ -1,0 +1,408 @@
+"""``python -m loadtest.bench``: the reproducible benchmark of one relay worker.
+
+Every command starts its own throwaway PostgreSQL, migrates and seeds the example app,
+and measures ONE relay worker (gunicorn, ``RELAY_WORKERS=1``) with a Node.js load
+generator on loopback; nothing else needs to run. From the repository root::
+
+    .venv/bin/python -m loadtest.bench fanout --sessions 1000,5000,10000
+    .venv/bin/python -m loadtest.bench latency --sessions 1000 --rate 100 --seconds 20
+    .venv/bin/python -m loadtest.bench memory --sessions 5000
+    .venv/bin/python -m loadtest.bench overhead
+    .venv/bin/python -m loadtest.bench all          # all four, as docs/benchmarks.md reports
+    .venv/bin/python -m loadtest.bench check        # do live updates reach clients at all?
+
+Each measurement is repeated ``--runs`` times (default 3, each with a fresh relay and
+fresh sessions) and the median of the runs is reported, as the peers' figures in
+``shared/reference/peers.md`` were. Clients offer permessage-deflate as browsers do
+(``--no-deflate`` to measure without it). Results are printed and written as JSON to
+``<workdir>/results.json`` (``--json`` for another path); logs stay in the workdir.
+
+Exit status: 0 when every session received every write exactly once, 1 when anything was
+lost or duplicated or a session failed, 2 when the benchmark could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from loadtest.bench.runner import RunResult, live_check, machine, median, run_once
+from loadtest.bench.stack import (
+    BenchError,
+    Cleanup,
+    Database,
+    Relay,
+    fd_limit,
+    make_workdir,
+    raise_fd_limit,
+)
+from loadtest.bench.writer import trigger_overhead
+
+#: The issue's targets (shared/reference/peers.md "Measured on these machines").
+TARGETS = {
+    "all_5000_p50_ms": 70.0,
+    "deliveries_per_s": 100_000.0,
+    "memory_per_session_kib": 16.0,
+    "write_overhead_ms": 0.3,
+}
+
+
+def _sessions(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("session counts must be positive")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.bench",
+        description="Benchmark one ddp-relay worker: fan-out, latency, memory, write overhead.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported")
+    common.add_argument(
+        "--no-deflate",
+        dest="deflate",
+        action="store_false",
+        help="clients do not offer permessage-deflate (default: they do, as browsers)",
+    )
+    common.add_argument("--out", type=Path, default=None, help="workdir (default: a temp dir)")
+    common.add_argument("--json", type=Path, default=None, help="also write results here")
+    common.add_argument(
+        "--profile", action="store_true", help="py-spy the relay worker during the writes"
+    )
+    common.add_argument(
+        "--concurrency", type=int, default=200, help="sessions the generator opens at once"
+    )
+    common.add_argument(
+        "--ramp-timeout", type=float, default=600.0, help="seconds to open all sessions"
+    )
+    common.add_argument("--fsync", action="store_true", help="PostgreSQL with fsync on")
+    common.add_argument("--quiet", action="store_true", help="print only the results")
+    common.add_argument(
+        "--no-live-check",
+        dest="live_check",
+        action="store_false",
+        help="skip the check that a commit reaches clients (dry runs of the harness)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fanout = commands.add_parser(
+        "fanout", parents=[common], help="one commit fanned out to N idle subscribed sessions"
+    )
+    fanout.add_argument("--sessions", type=_sessions, default=[1000, 5000, 10000])
+    fanout.add_argument("--writes", type=int, default=20)
+    fanout.add_argument("--interval", type=float, default=0.5, help="seconds between writes")
+
+    latency = commands.add_parser(
+        "latency", parents=[common], help="commit-to-client latency at a steady commit rate"
+    )
+    latency.add_argument("--sessions", type=_sessions, default=[1000])
+    latency.add_argument("--rate", type=float, default=100.0, help="commits per second")
+    latency.add_argument("--seconds", type=float, default=20.0)
+
+    memory = commands.add_parser(
+        "memory", parents=[common], help="PSS of the worker per idle subscribed session"
+    )
+    memory.add_argument("--sessions", type=_sessions, default=[5000])
+
+    overhead = commands.add_parser(
+        "overhead", parents=[common], help="ms the write side adds to a writing transaction"
+    )
+    overhead.add_argument("--transactions", type=int, default=2000, help="per round")
+    overhead.add_argument("--rounds", type=int, default=5)
+
+    everything = commands.add_parser("all", parents=[common], help="fanout, latency, overhead")
+    everything.add_argument("--sessions", type=_sessions, default=[1000, 5000, 10000])
+    everything.add_argument("--writes", type=int, default=20)
+    everything.add_argument("--interval", type=float, default=0.5)
+    everything.add_argument("--rate", type=float, default=100.0)
+    everything.add_argument("--seconds", type=float, default=20.0)
+    everything.add_argument("--latency-sessions", type=int, default=1000)
+    everything.add_argument("--transactions", type=int, default=2000)
+    everything.add_argument("--rounds", type=int, default=5)
+
+    commands.add_parser("check", parents=[common], help="do live updates reach clients?")
+    return parser
+
+
+# -- aggregation and printing -----------------------------------------------------------------
+
+
+def aggregate(runs: list[RunResult]) -> dict[str, Any]:
+    """Medians over runs of each run's figures, plus totals that must be zero."""
+    summaries = [r.summary() for r in runs]
+    keys = summaries[0].keys() if summaries else []
+    out: dict[str, Any] = {k: median([s[k] for s in summaries]) for k in keys}
+    out.update(
+        runs=len(runs),
+        sessions=runs[0].sessions if runs else 0,
+        ready_min=min((r.ready for r in runs), default=0),
+        failed=sum(r.failed for r in runs),
+        missing=sum(r.missing for r in runs),
+        duplicates=sum(r.duplicates for r in runs),
+        closed_after_ready=sum(r.closed_after_ready for r in runs),
+        writes=sum(r.writes for r in runs),
+        write_rate=median([r.write_rate for r in runs]),
+        ramp_s=median([r.ramp_s for r in runs]),
+        relay_cpu_per_write_ms=median([r.relay_cpu_s * 1000 / r.writes for r in runs if r.writes]),
+        relay_cpu_share=median([r.relay_cpu_s / r.wall_s for r in runs if r.wall_s]),
+        generator_cpu_share=median([r.generator_cpu_s / r.wall_s for r in runs if r.wall_s]),
+        postgres_cpu_share=median([r.postgres_cpu_s / r.wall_s for r in runs if r.wall_s]),
+        relay_errors=sum(r.relay_errors for r in runs),
+        relay_alive=all(r.relay_alive for r in runs),
+        all_done=all(r.all_done for r in runs),
+    )
+    return out
+
+
+def _ms(value: float) -> str:
+    if value != value:
+        return "n/a"
+    return f"{value / 1000:.2f} s" if value >= 10_000 else f"{value:.1f} ms"
+
+
+def print_table(title: str, rows: list[dict[str, Any]], *, writes: bool) -> None:
+    print(f"\n{title}")
+    if writes:
+        print(
+            "| sessions | reaches all N p50 / p99 | delivery p50 / p99 | deliveries/s (p50) "
+            "| PSS per idle session | lost | dup | relay CPU per write |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for a in rows:
+            print(
+                f"| {a['sessions']:,} | {_ms(a['all_p50_ms'])} / {_ms(a['all_p99_ms'])} "
+                f"| {_ms(a['delivery_p50_ms'])} / {_ms(a['delivery_p99_ms'])} "
+                f"| {a['deliveries_per_s_p50']:,.0f} "
+                f"| {a['memory_per_session_bytes'] / 1024:.1f} KiB "
+                f"| {a['missing'] + a['failed']} | {a['duplicates']} "
+                f"| {a['relay_cpu_per_write_ms']:.0f} ms |"
+            )
+    else:
+        print("| sessions | PSS per idle subscribed session | failed |")
+        print("|---:|---:|---:|")
+        for a in rows:
+            print(
+                f"| {a['sessions']:,} | {a['memory_per_session_bytes'] / 1024:.1f} KiB "
+                f"| {a['failed']} |"
+            )
+
+
+def _clean(value: Any) -> Any:
+    """JSON without NaN (null instead)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+# -- modes ------------------------------------------------------------------------------------
+
+
+def measure(
+    db: Database,
+    workdir: Path,
+    cleanup: Cleanup,
+    args: argparse.Namespace,
+    *,
+    mode: str,
+    sessions: int,
+    writes: int,
+    interval: float,
+) -> tuple[dict[str, Any], list[RunResult]]:
+    runs = []
+    for i in range(args.runs):
+        runs.append(
+            run_once(
+                db,
+                workdir,
+                cleanup,
+                mode=mode,
+                sessions=sessions,
+                writes=writes,
+                interval=interval,
+                deflate=args.deflate,
+                concurrency=args.concurrency,
+                ramp_timeout=args.ramp_timeout,
+                profile_dir=workdir / "profiles" if args.profile else None,
+                label=f"[{mode} {sessions} run {i + 1}/{args.runs}] ",
+                quiet=args.quiet,
+                live=args.live_check,
+            )
+        )
+    return aggregate(runs), runs
+
+
+def run(args: argparse.Namespace) -> int:
+    raise_fd_limit()
+    cleanup = Cleanup()
+    cleanup.install_signal_handlers()
+    workdir, _ = make_workdir(args.out)
+    results: dict[str, Any] = {
+        "command": " ".join(["python -m loadtest.bench", *sys.argv[1:]]),
+        "machine": machine(),
+        "deflate_offered": args.deflate,
+        "fd_limit": fd_limit(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(f"bench: workdir {workdir} (logs, results.json)", flush=True)
+    ok = True
+    try:
+        db = Database(workdir, cleanup, fsync=args.fsync)
+        results["machine"]["postgres"] = db.version()
+        if args.command == "check":
+            relay = Relay(db.url, workdir, cleanup, max_sessions=10)
+            try:
+                seconds = live_check(relay)
+            finally:
+                relay.stop()
+            print(f"live updates flow: a committed books.rename arrived in {seconds * 1000:.0f} ms")
+            results["check_ms"] = seconds * 1000
+            return 0
+        big = max(getattr(args, "sessions", [1]))
+        if big * 2 + 200 > fd_limit():
+            raise BenchError(
+                f"the file descriptor limit ({fd_limit()}) is too low for {big} sessions; "
+                "run as root or raise `ulimit -n`"
+            )
+        if args.command in ("fanout", "all"):
+            rows = []
+            for n in args.sessions:
+                agg, runs = measure(
+                    db, workdir, cleanup, args,
+                    mode="fanout", sessions=n, writes=args.writes, interval=args.interval,
+                )  # fmt: skip
+                results.setdefault("fanout", []).append(
+                    {"aggregate": agg, "runs": [asdict(r) for r in runs]}
+                )
+                rows.append(agg)
+                ok = ok and agg["missing"] + agg["failed"] + agg["duplicates"] == 0
+            print_table(
+                f"fan-out: {args.writes} writes {args.interval * 1000:.0f} ms apart, "
+                f"medians of {args.runs} runs",
+                rows,
+                writes=True,
+            )
+        if args.command in ("latency", "all"):
+            counts = [args.latency_sessions] if args.command == "all" else args.sessions
+            writes = max(1, int(args.rate * args.seconds))
+            rows = []
+            for n in counts:
+                agg, runs = measure(
+                    db, workdir, cleanup, args,
+                    mode="latency", sessions=n, writes=writes, interval=1.0 / args.rate,
+                )  # fmt: skip
+                results.setdefault("latency", []).append(
+                    {"aggregate": agg, "runs": [asdict(r) for r in runs]}
+                )
+                rows.append(agg)
+                ok = ok and agg["missing"] + agg["failed"] + agg["duplicates"] == 0
+            print_table(
+                f"latency: {args.rate:g} commits/s for {args.seconds:g} s "
+                f"(achieved {median([r['write_rate'] for r in rows]):.1f}/s), "
+                f"medians of {args.runs} runs",
+                rows,
+                writes=True,
+            )
+        if args.command == "memory":
+            rows = []
+            for n in args.sessions:
+                agg, runs = measure(
+                    db, workdir, cleanup, args, mode="memory", sessions=n, writes=0, interval=0.0
+                )
+                results.setdefault("memory", []).append(
+                    {"aggregate": agg, "runs": [asdict(r) for r in runs]}
+                )
+                rows.append(agg)
+                ok = ok and agg["failed"] == 0
+            print_table(f"memory, medians of {args.runs} runs", rows, writes=False)
+        if args.command in ("overhead", "all"):
+            results["overhead"] = overhead(db, workdir, cleanup, args)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        results["error"] = str(exc)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        results["error"] = "interrupted"
+        return 130
+    finally:
+        cleanup.run()
+        text = json.dumps(_clean(results), indent=2, default=str)
+        (workdir / "results.json").write_text(text)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(text)
+        print(f"bench: results in {workdir / 'results.json'}", flush=True)
+    if not ok:
+        print("bench: FAILED: sessions lost writes or failed to subscribe", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def overhead(
+    db: Database, workdir: Path, cleanup: Cleanup, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Trigger cost per transaction: with no listener, then with a relay listening."""
+    from relay.client import DDPClient
+
+    out: dict[str, Any] = {}
+    for case in ("no listener", "relay listening"):
+        rows = []
+        relay = client = None
+        try:
+            if case == "relay listening":
+                relay = Relay(db.url, workdir, cleanup, max_sessions=10)
+                client = DDPClient(relay.ws_url)
+                client.connect()
+                client.subscribe("books.all")  # the worker LISTENs on the book channel
+            for _ in range(args.runs):
+                rows.append(trigger_overhead(db.url, args.transactions, args.rounds))
+        finally:
+            if client is not None:
+                client.close()
+            if relay is not None:
+                relay.stop()
+        added = median([r.added_ms for r in rows])
+        out[case] = {
+            "added_ms": added,
+            "enabled_ms": median([r.enabled_ms for r in rows]),
+            "disabled_ms": median([r.disabled_ms for r in rows]),
+            "triggers": rows[0].triggers if rows else [],
+            "runs": [asdict(r) for r in rows],
+        }
+    print(
+        f"\nwrite-side overhead: single-row UPDATE transactions, {args.transactions} x "
+        f"{args.rounds} rounds per run, medians of {args.runs} runs"
+    )
+    print("| case | triggers on | triggers off | added per transaction |")
+    print("|---|---:|---:|---:|")
+    for case, row in out.items():
+        print(
+            f"| {case} | {row['enabled_ms']:.3f} ms | {row['disabled_ms']:.3f} ms "
+            f"| {row['added_ms']:.3f} ms |"
+        )
+    triggers = next(iter(out.values()))["triggers"]
+    print(f"user triggers on bookstore_book: {', '.join(triggers) or 'NONE (no write side?)'}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.runs < 1:
+        print("bench: --runs must be at least 1", file=sys.stderr)
+        return 2
+    return run(args)

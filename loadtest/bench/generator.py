@@ -1,0 +1,174 @@
+"""The Node.js load generator (``loadgen.js``) seen from the driver: start, talk, stop.
+
+One Node process holds every benchmark session: ``ws`` is cheap enough to keep 10,000
+WebSocket DDP sessions on this 2-core machine, where a Python client thread per session
+would not be. It uses the ``ws`` package the end-to-end tests install
+(``tests/e2e/node/node_modules``, ``make deps``); ``BENCH_NODE_MODULES`` points elsewhere.
+
+The generator and this driver speak JSON lines (events on its stdout, commands on its
+stdin); a reader thread turns the events into a queue. Every wait here has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from loadtest.bench.stack import ROOT, BenchError, raise_fd_limit
+
+SCRIPT = Path(__file__).with_name("loadgen.js")
+DEFAULT_NODE_MODULES = ROOT / "tests" / "e2e" / "node" / "node_modules"
+
+
+def node_modules() -> Path:
+    path = Path(os.environ.get("BENCH_NODE_MODULES", str(DEFAULT_NODE_MODULES)))
+    if not (path / "ws" / "package.json").is_file():
+        raise BenchError(
+            f"the `ws` npm package is not in {path}: run `make deps` (it installs the "
+            "end-to-end npm clients), or set BENCH_NODE_MODULES to a node_modules holding ws"
+        )
+    return path
+
+
+class Generator:
+    """``loadgen.js`` holding ``sessions`` DDP sessions subscribed to ``books.all``."""
+
+    def __init__(
+        self,
+        url: str,
+        sessions: int,
+        *,
+        prefix: str,
+        max_writes: int,
+        deflate: bool,
+        concurrency: int = 200,
+        ramp_timeout: float = 300.0,
+        log: TextIO | None = None,
+    ) -> None:
+        node = shutil.which("node")
+        if node is None:
+            raise BenchError("node is not on PATH: run `make deps` (Node.js from apt)")
+        self.sessions = sessions
+        self.ramp_timeout = ramp_timeout
+        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._log = log
+        options = {
+            "url": url,
+            "sessions": sessions,
+            "concurrency": concurrency,
+            "deflate": deflate,
+            "prefix": prefix,
+            "maxWrites": max_writes,
+            "rampTimeoutMs": int(ramp_timeout * 1000),
+        }
+        env = dict(os.environ, NODE_PATH=str(node_modules()))
+        self.proc = subprocess.Popen(
+            [node, str(SCRIPT), json.dumps(options)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if log is None else log,
+            text=True,
+            env=env,
+            preexec_fn=raise_fd_limit,
+            start_new_session=True,  # Ctrl-C reaches the driver only; it stops us in order
+        )
+        self._reader = threading.Thread(target=self._read, name="loadgen-reader", daemon=True)
+        self._reader.start()
+        self.all_done: set[int] = set()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.strip()
+            if not line.startswith("{"):
+                if line and self._log is not None:
+                    self._log.write(f"loadgen: {line}\n")
+                continue
+            try:
+                self._events.put(json.loads(line))
+            except ValueError:
+                continue
+        self._events.put(None)
+
+    def _next(self, deadline: float) -> dict[str, Any] | None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        try:
+            event = self._events.get(timeout=remaining)
+        except queue.Empty:
+            raise TimeoutError from None
+        if event is None:
+            raise BenchError(f"the load generator exited (code {self.proc.poll()})")
+        if event.get("event") == "all":
+            self.all_done.add(int(event["w"]))
+        return event
+
+    def wait_for(
+        self, kind: str, timeout: float, on_event: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """The next event of ``kind``; other events go to ``on_event``. TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self._next(deadline)
+            if event is None:
+                continue
+            if event.get("event") == kind:
+                return event
+            if on_event is not None:
+                on_event(event)
+
+    def ramp(self, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Wait until every session is subscribed (or failed); the ``ramped`` event."""
+        return self.wait_for("ramped", self.ramp_timeout + 30, on_progress)
+
+    def wait_all(self, writes: int, timeout: float) -> bool:
+        """Wait until every live session got each of writes 0..writes-1; False on timeout."""
+        deadline = time.monotonic() + timeout
+        try:
+            while not all(w in self.all_done for w in range(writes)):
+                self._next(deadline)
+        except TimeoutError:
+            return False
+        return True
+
+    def command(self, cmd: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def report(self, commits_ms: list[float], timeout: float = 60.0) -> dict[str, Any]:
+        self.command({"cmd": "report", "commits": commits_ms})
+        return self.wait_for("report", timeout)
+
+    def cpu_seconds(self) -> float:
+        from loadtest.bench.stack import cpu_seconds
+
+        return cpu_seconds(self.proc.pid)
+
+    def close(self) -> None:
+        """Close every session and stop the process (bounded: kill after 10 s)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.command({"cmd": "close"})
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._reader.join(timeout=5)

@@ -1,0 +1,417 @@
+"""One benchmark run: a fresh relay worker, N subscribed sessions, paced writes, figures.
+
+``run_once`` is the unit every mode is built from:
+
+1. start ONE relay worker on the benchmark's database;
+2. live check (and warm-up): a Python DDP client subscribes ``books.all``, a second one
+   calls ``books.rename``, the first must get the ``changed`` (else: no live updates, stop);
+3. PSS of the worker with no session, then the generator opens N sessions (each:
+   connect, ``sub books.all``, wait for ``ready``), a short settle, PSS again:
+   memory per idle subscribed session = (after - before) / N;
+4. ``writes`` renames committed on a fixed schedule ``interval`` apart, each titled
+   ``<prefix><index>``; the generator timestamps each session's ``changed``;
+5. wait (bounded) until every session got every write, then read the report: per write,
+   time until all N had it and p50/p99 of the per-delivery latency (receive time minus
+   commit time); deliveries per second = N / (time until all N had it).
+
+Fan-out (20 writes 500 ms apart), latency (100 writes/s for 20 s) and memory (no writes)
+differ only in those parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadtest.bench.generator import Generator
+from loadtest.bench.stack import (
+    BenchError,
+    Cleanup,
+    Database,
+    Relay,
+    cpu_seconds,
+    pss_bytes,
+    rss_bytes,
+    stop_process,
+)
+from loadtest.bench.writer import Writer, paced_writes
+
+#: Seconds to let the worker settle (greenlets finish, garbage collected) before reading PSS.
+SETTLE_SECONDS = 3.0
+
+
+@dataclass
+class RunResult:
+    """The figures of one run (times in ms, memory in bytes)."""
+
+    mode: str
+    sessions: int
+    deflate: bool
+    writes_planned: int
+    interval_s: float
+    ready: int
+    failed: int
+    ramp_s: float
+    pss_before: int
+    pss_after: int
+    rss_before: int
+    rss_after: int
+    writes: int = 0
+    write_rate: float = 0.0
+    commit_ms_p50: float = 0.0
+    delivered: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    closed_after_ready: int = 0
+    all_done: bool = True
+    #: Per write: time from commit until the last session had it.
+    all_ms: list[float] = field(default_factory=list)
+    #: Per write: sessions that had it.
+    received: list[int] = field(default_factory=list)
+    delivery_p50_ms: float = float("nan")
+    delivery_p99_ms: float = float("nan")
+    delivery_max_ms: float = float("nan")
+    relay_cpu_s: float = 0.0
+    generator_cpu_s: float = 0.0
+    postgres_cpu_s: float = 0.0
+    wall_s: float = 0.0
+    relay_errors: int = 0
+    relay_alive: bool = True
+    generator_errors: dict[str, int] = field(default_factory=dict)
+    profile: str | None = None
+
+    @property
+    def memory_per_session(self) -> float:
+        return (self.pss_after - self.pss_before) / self.ready if self.ready else float("nan")
+
+    @property
+    def deliveries_per_s(self) -> list[float]:
+        """Per write: sessions that had it / seconds until the last one had it."""
+        return [n * 1000 / ms for n, ms in zip(self.received, self.all_ms, strict=True) if ms > 0]
+
+    @property
+    def lost(self) -> int:
+        return self.missing + self.failed
+
+    def summary(self) -> dict[str, Any]:
+        rates = self.deliveries_per_s
+        return {
+            "all_p50_ms": quantile(self.all_ms, 0.5),
+            "all_p99_ms": quantile(self.all_ms, 0.99),
+            "delivery_p50_ms": self.delivery_p50_ms,
+            "delivery_p99_ms": self.delivery_p99_ms,
+            "deliveries_per_s_p50": quantile(rates, 0.5),
+            "memory_per_session_bytes": self.memory_per_session,
+        }
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile (the same rule as the generator's); NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))
+    return ordered[rank - 1]
+
+
+def median(values: list[float]) -> float:
+    clean = [v for v in values if v == v]  # drop NaN
+    return statistics.median(clean) if clean else float("nan")
+
+
+def live_check(relay: Relay, timeout: float = 15.0) -> float:
+    """A committed ``books.rename`` must reach a subscribed client as ``changed`` (seconds)."""
+    from relay.client import DDPClient
+
+    watcher = DDPClient(relay.ws_url, timeout=timeout)
+    caller = DDPClient(relay.ws_url, timeout=timeout)
+    try:
+        watcher.connect()
+        watcher.subscribe("books.all")
+        books = watcher.docs("bookstore.book")
+        if not books:
+            raise BenchError("books.all published no books: is the database seeded?")
+        book_id, doc = sorted(books.items())[0]
+        original = str(doc.get("title"))
+        title = f"bench live check {secrets.token_hex(4)}"
+        caller.connect()
+        started = time.monotonic()
+        caller.call("books.rename", book_id, title)
+        try:
+            watcher.wait_for(
+                lambda: watcher.collections["bookstore.book"][book_id].get("title") == title,
+                timeout,
+            )
+        except TimeoutError:
+            raise BenchError(
+                "live updates do not reach clients: a committed books.rename produced no "
+                f"`changed` within {timeout:.0f} s (is the write side, django_app's "
+                "changelog triggers, in place?)"
+            ) from None
+        elapsed = time.monotonic() - started
+        caller.call("books.rename", book_id, original)
+        watcher.wait_for(
+            lambda: watcher.collections["bookstore.book"][book_id].get("title") == original,
+            timeout,
+        )
+        return elapsed
+    finally:
+        caller.close()
+        watcher.close()
+
+
+def _py_spy() -> str | None:
+    candidate = Path(sys.executable).with_name("py-spy")
+    if candidate.is_file():
+        return str(candidate)
+    return shutil.which("py-spy")
+
+
+class Profiler:
+    """``py-spy record`` of the relay worker while the writes run (raw collapsed stacks)."""
+
+    def __init__(self, pid: int, out: Path, seconds: float, cleanup: Cleanup) -> None:
+        exe = _py_spy()
+        if exe is None:
+            raise BenchError("--profile needs py-spy: .venv/bin/pip install py-spy")
+        self.out = out
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "250",
+                "--duration",
+                str(max(1, int(seconds + 0.999))),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        cleanup.push("py-spy", lambda: stop_process(self.proc, 5))
+        time.sleep(0.5)  # let it attach before the writes start
+
+    def finish(self, timeout: float) -> str | None:
+        try:
+            output, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGINT)
+            output, _ = self.proc.communicate(timeout=10)
+        if self.proc.returncode != 0 or not self.out.is_file():
+            print(f"bench: py-spy failed ({self.proc.returncode}): {output[-2000:]}", flush=True)
+            return None
+        return str(self.out)
+
+
+def _postgres_cpu(db: Database) -> float:
+    total = 0.0
+    for pid in db.postgres_pids():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def _relay_errors(relay: Relay) -> int:
+    log = relay.log()
+    return log.count("Traceback") + log.count(" ERROR ") + log.count("[ERROR]")
+
+
+def run_once(
+    db: Database,
+    workdir: Path,
+    cleanup: Cleanup,
+    *,
+    mode: str,
+    sessions: int,
+    writes: int,
+    interval: float,
+    deflate: bool,
+    concurrency: int,
+    ramp_timeout: float,
+    profile_dir: Path | None = None,
+    label: str = "",
+    quiet: bool = False,
+    live: bool = True,
+) -> RunResult:
+    def say(text: str) -> None:
+        if not quiet:
+            print(f"bench: {label}{text}", flush=True)
+
+    relay = Relay(db.url, workdir, cleanup, max_sessions=sessions)
+    generator: Generator | None = None
+    writer: Writer | None = None
+    gen_log = open(workdir / f"loadgen-{relay.port}.log", "w")  # noqa: SIM115
+    try:
+        if live:
+            live_ms = f"live update in {live_check(relay) * 1000:.0f} ms"
+        else:
+            live_ms = "live check skipped"
+        say(f"relay worker {relay.worker_pid} on :{relay.port}; {live_ms}")
+        time.sleep(1.0)
+        pss_before, rss_before = pss_bytes(relay.worker_pid), rss_bytes(relay.worker_pid)
+        prefix = f"bench {secrets.token_hex(3)} "
+        started = time.monotonic()
+        generator = Generator(
+            relay.ws_url,
+            sessions,
+            prefix=prefix,
+            max_writes=max(1, writes),
+            deflate=deflate,
+            concurrency=concurrency,
+            ramp_timeout=ramp_timeout,
+            log=gen_log,
+        )
+        cleanup.push("load generator", generator.close)
+
+        def progress(event: dict[str, Any]) -> None:
+            if event.get("event") == "progress":
+                say(f"  ramp: {event['ready']}/{sessions} subscribed, {event['failed']} failed")
+
+        ramped = generator.ramp(progress)
+        ramp_s = time.monotonic() - started
+        say(
+            f"{ramped['ready']}/{sessions} sessions subscribed in {ramp_s:.1f} s"
+            + (f" ({ramped['failed']} failed: {ramped['errors']})" if ramped["failed"] else "")
+        )
+        time.sleep(SETTLE_SECONDS)
+        pss_after, rss_after = pss_bytes(relay.worker_pid), rss_bytes(relay.worker_pid)
+        result = RunResult(
+            mode=mode,
+            sessions=sessions,
+            deflate=deflate,
+            writes_planned=writes,
+            interval_s=interval,
+            ready=int(ramped["ready"]),
+            failed=sessions - int(ramped["ready"]),
+            ramp_s=ramp_s,
+            pss_before=pss_before,
+            pss_after=pss_after,
+            rss_before=rss_before,
+            rss_after=rss_after,
+        )
+        say(
+            f"PSS {pss_before / 2**20:.1f} -> {pss_after / 2**20:.1f} MiB: "
+            f"{result.memory_per_session / 1024:.1f} KiB per idle subscribed session"
+        )
+        if writes > 0 and result.ready > 0:
+            writer = Writer(db.url)
+            cpu0 = (
+                cpu_seconds(relay.worker_pid),
+                generator.cpu_seconds(),
+                _postgres_cpu(db),
+                time.monotonic(),
+            )
+            profiler = None
+            if profile_dir is not None:
+                profile_dir.mkdir(parents=True, exist_ok=True)
+                out = profile_dir / f"{mode}-{sessions}-{relay.port}.txt"
+                profiler = Profiler(relay.worker_pid, out, writes * interval + 2.0, cleanup)
+            rate = paced_writes(
+                writer, prefix, writes, interval, max_seconds=writes * interval * 3 + 30
+            )
+            wait = 30.0 + sessions / 500
+            result.all_done = generator.wait_all(len(writer.commits), wait)
+            cpu1 = (
+                cpu_seconds(relay.worker_pid),
+                generator.cpu_seconds(),
+                _postgres_cpu(db),
+                time.monotonic(),
+            )
+            if profiler is not None:
+                result.profile = profiler.finish(timeout=writes * interval + 30)
+            report = generator.report([t * 1000 for t in writer.commits])
+            result.writes = len(writer.commits)
+            result.write_rate = rate
+            result.commit_ms_p50 = quantile([s * 1000 for s in writer.commit_seconds], 0.5)
+            result.delivered = int(report["deliveries"])
+            result.missing = int(report["missing"])
+            result.duplicates = int(report["duplicates"])
+            result.closed_after_ready = int(report["closedAfterReady"])
+            result.generator_errors = dict(report.get("errors") or {})
+            result.all_ms = [float(w["last"] or 0.0) for w in report["perWrite"]]
+            result.received = [int(w["received"]) for w in report["perWrite"]]
+            result.delivery_p50_ms = float(report["p50"] if report["p50"] is not None else "nan")
+            result.delivery_p99_ms = float(report["p99"] if report["p99"] is not None else "nan")
+            result.delivery_max_ms = float(report["max"] if report["max"] is not None else "nan")
+            result.relay_cpu_s = cpu1[0] - cpu0[0]
+            result.generator_cpu_s = cpu1[1] - cpu0[1]
+            result.postgres_cpu_s = cpu1[2] - cpu0[2]
+            result.wall_s = cpu1[3] - cpu0[3]
+            s = result.summary()
+            say(
+                f"{result.writes} writes at {rate:.1f}/s: all {sessions} had a write after "
+                f"p50 {s['all_p50_ms']:.0f} / p99 {s['all_p99_ms']:.0f} ms; delivery latency "
+                f"p50 {s['delivery_p50_ms']:.1f} / p99 {s['delivery_p99_ms']:.1f} ms; "
+                f"{s['deliveries_per_s_p50']:.0f} deliveries/s; lost {result.missing}, "
+                f"duplicates {result.duplicates}; CPU relay {result.relay_cpu_s:.1f} s, "
+                f"generator {result.generator_cpu_s:.1f} s, postgres {result.postgres_cpu_s:.1f} s "
+                f"in {result.wall_s:.1f} s"
+            )
+        result.relay_alive = relay.alive()
+        result.relay_errors = _relay_errors(relay)
+        return result
+    finally:
+        if generator is not None:
+            generator.close()
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.restore()
+            writer.close()
+        relay.stop()
+        gen_log.close()
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {"nproc": os.cpu_count()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["ram_gib"] = round(int(line.split()[1]) / 2**20, 1)
+    info["kernel"] = os.uname().release
+    info["python"] = sys.version.split()[0]
+    node = shutil.which("node")
+    if node:
+        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30)
+        info["node"] = out.stdout.strip()
+    root = Path(__file__).resolve().parents[2]
+    git = shutil.which("git")
+    if git:
+        out = subprocess.run(
+            [git, "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        info["commit"] = out.stdout.strip()
+        dirty = subprocess.run(
+            [git, "-C", str(root), "status", "--porcelain", "--", "relay", "django_app", "example"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        info["dirty"] = bool(dirty.stdout.strip())
+    return info

@@ -1,0 +1,317 @@
+"""What a benchmark runs against: its own PostgreSQL, the example app, ONE relay worker.
+
+``Database`` starts a throwaway PostgreSQL (``relay.embedded_postgres``) in a temporary
+directory, creates a database, migrates and seeds the example bookstore through
+``manage.py`` subprocesses (the driver never imports Django). ``Relay`` serves it with
+gunicorn and ``RELAY_WORKERS=1`` on a free loopback port, as ``make run`` and the Docker
+image do (``PROMETHEUS_MULTIPROC_DIR`` set), with ``worker_connections`` and the file
+descriptor limit raised for the session count.
+
+Process hygiene: every child runs in its own session (Ctrl-C reaches the driver only,
+which then stops them in order), is registered with ``Cleanup`` (run from ``finally``,
+``atexit`` and on SIGTERM), and every wait has a deadline.
+
+Also here: reading a process's proportional set size (PSS, ``/proc/<pid>/smaps_rollup``)
+and CPU time (``/proc/<pid>/stat``), the figures the benchmark reports.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from relay.embedded_postgres import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "example"
+#: File descriptors wanted by the relay and the generator (each holds every session).
+FD_LIMIT = 65536
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not set up or run; the message says what to do."""
+
+
+# -- process hygiene ---------------------------------------------------------------------
+
+
+class Cleanup:
+    """Stop functions run once, newest first: from ``finally``, ``atexit`` or SIGTERM."""
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[str, Callable[[], None]]] = []
+        atexit.register(self.run)
+
+    def push(self, name: str, stop: Callable[[], None]) -> None:
+        self._stack.append((name, stop))
+
+    def run(self) -> None:
+        while self._stack:
+            name, stop = self._stack.pop()
+            try:
+                stop()
+            except Exception as exc:  # keep stopping the rest
+                print(f"bench: stopping {name} failed: {exc}", file=sys.stderr)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGHUP end the run like Ctrl-C does (KeyboardInterrupt, then finally)."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, handler)
+
+
+def raise_fd_limit(wanted: int = FD_LIMIT) -> None:
+    """Raise RLIMIT_NOFILE (soft and, as root, hard) to ``wanted``; children inherit it.
+
+    Also used as ``preexec_fn`` so every child starts with it even if the parent could
+    not raise its own.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    new_hard = hard
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return
+        except (ValueError, OSError):
+            new_hard = hard  # not root: the hard limit caps us
+    target = wanted if new_hard == resource.RLIM_INFINITY else min(wanted, new_hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, new_hard))
+
+
+def fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float) -> None:
+    """SIGTERM, wait ``timeout``, then SIGKILL: never leaves a child behind."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+# -- /proc figures --------------------------------------------------------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of ``pid`` (shared pages divided among their users)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    raise BenchError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (its own threads, not its children)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+# -- the database ---------------------------------------------------------------------------
+
+
+def example_env(database_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "DJANGO_SETTINGS_MODULE": "example.settings",
+            "RELAY_WSGI_APP": "example.wsgi:application",
+            "PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(ROOT)]),
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+class Database:
+    """A throwaway PostgreSQL with the example app migrated and seeded."""
+
+    def __init__(self, workdir: Path, cleanup: Cleanup, *, fsync: bool = False) -> None:
+        self.workdir = workdir
+        self.pg = EmbeddedPostgres(workdir / "postgres", fsync=fsync)
+        self.pg.start()
+        cleanup.push("postgres", self.pg.destroy)
+        self.pg.create_database("bench")
+        self.url = self.pg.dsn("bench")
+        self.manage("migrate", "--noinput", "-v", "0")
+        self.manage("seed_demo")
+
+    def manage(self, *args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, str(EXAMPLE / "manage.py"), *args],
+            env=example_env(self.url),
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BenchError(f"manage.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc.stdout
+
+    def version(self) -> str:
+        out = subprocess.run(
+            [str(self.pg.bin_dir / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        return out.stdout.strip()
+
+    def postgres_pids(self) -> list[int]:
+        """The postmaster and its backends (for CPU accounting)."""
+        pidfile = self.pg.data_dir / "postmaster.pid"
+        try:
+            master = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return [master, *children(master)]
+
+
+# -- the relay ------------------------------------------------------------------------------
+
+
+class Relay:
+    """gunicorn with ONE relay worker serving the example app on a free loopback port."""
+
+    def __init__(
+        self,
+        database_url: str,
+        workdir: Path,
+        cleanup: Cleanup,
+        *,
+        max_sessions: int,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/websocket"
+        self.log_path = workdir / f"relay-{self.port}.log"
+        metrics_dir = workdir / f"metrics-{self.port}"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        extra = {
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "RELAY_WORKERS": "1",
+            "RELAY_WORKER_CONNECTIONS": str(max_sessions + 1000),
+            "RELAY_GRACEFUL_TIMEOUT": "5",
+            "RELAY_LOG_LEVEL": "warning",
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            **(env or {}),
+        }
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "python:relay.gunicorn_conf",
+                "relay.app:create_app()",
+            ],
+            env=example_env(database_url, extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            preexec_fn=raise_fd_limit,
+            start_new_session=True,
+        )
+        log.close()
+        cleanup.push(f"relay :{self.port}", self.stop)
+        self._wait_ready(timeout=60)
+        self.worker_pid = self._worker()
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"the relay exited early:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise BenchError(f"the relay did not become ready in {timeout:.0f} s:\n{self.log()}")
+
+    def _worker(self) -> int:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pids = children(self.proc.pid)
+            if len(pids) == 1:
+                return pids[0]
+            time.sleep(0.1)
+        raise BenchError(f"expected exactly one relay worker under {self.proc.pid}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and os.path.exists(f"/proc/{self.worker_pid}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=15)
+
+
+def make_workdir(out: Path | None) -> tuple[Path, bool]:
+    """(directory for logs, postgres and results; whether we created it as a temp dir)."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        return out.resolve(), False
+    return Path(tempfile.mkdtemp(prefix="ddp-bench-")), True
+
+
+def remove_workdir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
