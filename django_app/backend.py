@@ -2,10 +2,27 @@
 
 Job: the seam the relay calls (by dotted path, ``RELAY_BACKEND``): identify a session's
 user from the Django session cookie, run publications (visibility rules applied, rows
-serialized, routes built) and run methods and mutators inside ``transaction.atomic()``
-with the current invocation set, so ``MeteorIdField`` draws the client's ids. Like
-Django's request signals, every call starts and ends by closing unusable or expired
-connections (``close_old_connections()``), so a broken connection is replaced, not reused.
+serialized, routes built, change-stream positions read in the same snapshot), run
+methods and mutators inside ``transaction.atomic()`` with the current invocation set, so
+``MeteorIdField`` draws the client's ids, report the change-stream positions a method's
+writes produced (the write fence), and decode change-stream changes for the relay's
+listener without touching the database. Like Django's request signals, every call starts
+and ends by closing unusable or expired connections (``close_old_connections()``), so a
+broken connection is replaced, not reused.
+
+Snapshots: ``subscribe`` runs the publish function, its querysets and the read of the
+channels' positions in ONE transaction, ``REPEATABLE READ, READ ONLY`` (so publish
+functions must not write): the documents are exactly the state after those positions.
+Called inside a transaction the caller opened (tests), it uses that one as it is.
+
+Write fence: after an atomic method (the default) commits, ``MethodOutcome.writes`` lists
+the ``(channel, seq)`` its transaction published. A method declared ``atomic=False``
+may commit several transactions: every INSERT/UPDATE/DELETE/MERGE/WITH/COPY/CALL
+statement it runs on the default database is observed (a statement outside any
+transaction is run in a one-statement transaction of its own so its id can be read), and
+the positions of all of them are reported. Not observed: writes to other databases, and
+writes hidden in a plain ``SELECT`` of a function. Called inside a transaction the caller
+opened, nothing is committed yet and ``writes`` is empty.
 
 Errors: ``DDPError`` (a ``ClientError``) passes through to the client; a Django
 ``ValidationError`` escaping a method becomes ``DDPError(400, messages)``; anything else
@@ -35,11 +52,13 @@ from django.contrib.auth import (
 )
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured, ValidationError
-from django.db import connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.crypto import constant_time_compare
 
+from django_app import changes
 from django_app.checks import TAG
-from django_app.collection import apply_visibility
+from django_app.collection import Collection, apply_visibility
 from django_app.context import MethodContext, SubscriptionContext, method_invocation
 from django_app.cursor import conditions_for_rule
 from django_app.exceptions import DDPError, NotFound
@@ -48,13 +67,17 @@ from django_app.registries import registry as default_registry
 from relay.backend import (
     ANONYMOUS,
     CallContext,
+    Condition,
+    DecodedChange,
     Document,
     Handshake,
     Identity,
     MethodOutcome,
     Route,
     SubscriptionData,
+    WritePosition,
 )
+from relay.protocol.changestream import Change
 from relay.protocol.ids import id_stringify
 
 __all__ = ["DjangoBackend"]
@@ -97,11 +120,12 @@ class DjangoBackend:
         return bool(self.registry.has_method(name))
 
     def subscribe(self, ctx: CallContext, name: str, params: Sequence[Any]) -> SubscriptionData:
-        """Run publication ``name``: initial documents plus one route per cursor."""
+        """Run publication ``name``: initial documents, one route per cursor, and the
+        position of each route's channel, all from one database snapshot."""
         publication = self.registry.get_publication(name)
         if publication is None:
             raise NotFound(f"Subscription '{name}' not found")
-        with _db_call():
+        with _db_call(), _snapshot(connections[DEFAULT_DB_ALIAS]):
             user = _user_of(ctx.identity)
             sub_ctx = SubscriptionContext(
                 user=user,
@@ -123,17 +147,22 @@ class DjangoBackend:
                 conditions = (
                     None
                     if cursor.conditions is None or visibility is None
-                    else cursor.conditions + visibility
+                    else _routable(collection, cursor.conditions + visibility)
                 )
                 routes.append(Route(collection.channel, collection.collection_name, conditions))
-            return SubscriptionData(documents=tuple(documents), routes=tuple(routes))
+            positions = changes.positions(route.channel for route in routes)
+            return SubscriptionData(
+                documents=tuple(documents), routes=tuple(routes), positions=positions
+            )
 
     def call(self, ctx: CallContext, name: str, params: Sequence[Any]) -> MethodOutcome:
-        """Run method (or mutator) ``name`` as the invocation seeded by ``ctx.random_seed``."""
+        """Run method (or mutator) ``name`` as the invocation seeded by ``ctx.random_seed``;
+        ``writes`` are the change-stream positions its committed writes published."""
         method = self.registry.get_method(name)
         if method is None:
             raise DDPError(404, f"Method '{name}' not found")
         with _db_call():
+            conn = connections[DEFAULT_DB_ALIAS]
             invocation = MethodContext(
                 user=_user_of(ctx.identity),
                 user_id=ctx.identity.user_id,
@@ -142,16 +171,40 @@ class DjangoBackend:
                 random_seed=ctx.random_seed,
                 method=name,
             )
+            txids: set[int] = set()
             try:
                 with method_invocation(invocation):
                     if method.is_atomic:
                         with transaction.atomic():
                             result = method.run(invocation, params)
+                            txid = changes.current_txid()
+                        if txid is not None:
+                            txids.add(txid)
                     else:
-                        result = method.run(invocation, params)
+                        recorder = _TxidRecorder(conn)
+                        with conn.execute_wrapper(recorder):
+                            result = method.run(invocation, params)
+                        txids = recorder.txids
             except ValidationError as exc:
                 raise DDPError.from_validation_error(exc) from exc
-            return MethodOutcome(result=result)
+            if not txids or conn.in_atomic_block:
+                return MethodOutcome(result=result)
+            writes = tuple(WritePosition(c, seq) for c, seq in changes.published_by(txids))
+            return MethodOutcome(result=result, writes=writes)
+
+    def decode_change(self, channel: str, change: Change) -> DecodedChange | None:
+        """The change as the relay routes it (see ``Collection.decode_change``); None for
+        a channel no registered collection publishes on. No database access."""
+        collection = self.registry.get_collection_for_channel(channel)
+        if collection is None:
+            return None
+        return collection.decode_change(change)
+
+    def housekeeping(self) -> None:
+        """Periodic cluster chores the relay runs: prune the changelog past its retention
+        (``DDP_CHANGELOG_RETENTION``). Idempotent, so several relays may run it at once."""
+        with _db_call():
+            changes.prune()
 
     def close(self) -> None:
         """Close this thread's database connections (the worker is stopping)."""
@@ -183,6 +236,75 @@ def _session_user(session: Any) -> Any:
     if any(constant_time_compare(session_hash, h) for h in hashes):
         return user
     return None
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _routable(
+    collection: Collection, conditions: tuple[Condition, ...]
+) -> tuple[Condition, ...] | None:
+    """``conditions``, or None when one tests a path changes do not carry (not declared
+    in ``Collection.related``): the relay could never see it match."""
+    missing = sorted({c.path for c in conditions} - collection.routing_keys)
+    if not missing:
+        return conditions
+    for path in missing:
+        if (collection.collection_name, path) not in _warned:
+            _warned.add((collection.collection_name, path))
+            logger.warning(
+                "%r: lookups on %r are not routable (live updates re-run the publication);"
+                " add it to the collection's related = [...] to route them in memory",
+                collection,
+                path,
+            )
+    return None
+
+
+@contextmanager
+def _snapshot(conn: BaseDatabaseWrapper) -> Iterator[None]:
+    """One ``REPEATABLE READ, READ ONLY`` transaction (or the caller's, if it has one)."""
+    if conn.in_atomic_block:
+        yield
+        return
+    # A health check (SELECT 1) must not be the transaction's first statement.
+    conn.close_if_health_check_failed()
+    conn.ensure_connection()
+    with transaction.atomic(using=conn.alias):
+        with conn.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
+class _TxidRecorder:
+    """``execute_wrapper``: the ids of the transactions a non-atomic method wrote in."""
+
+    WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "COPY", "CALL"})
+
+    def __init__(self, conn: BaseDatabaseWrapper) -> None:
+        self.conn = conn
+        self.txids: set[int] = set()
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        words = str(sql).lstrip().split(None, 1)
+        if not words or words[0].upper() not in self.WRITES:
+            return execute(sql, params, many, context)
+        if self.conn.in_atomic_block or not self.conn.get_autocommit():
+            result = execute(sql, params, many, context)
+            self._record()
+            return result
+        with transaction.atomic(using=self.conn.alias):
+            result = execute(sql, params, many, context)
+            self._record()
+        return result
+
+    def _record(self) -> None:
+        # The raw DB-API cursor: this query must not go through the wrappers again.
+        with self.conn.connection.cursor() as cursor:
+            cursor.execute("SELECT txid_current_if_assigned()")
+            row = cursor.fetchone()
+        if row is not None and row[0] is not None:
+            self.txids.add(int(row[0]))
 
 
 @contextmanager

@@ -8,6 +8,8 @@ Job: report configuration the DDP side cannot work with, each with a stable id:
   strings, integers, UUIDs, and one-to-one keys to those);
 * ``ddp.E003`` ``DDP_DECIMAL_ENCODING`` is not "string", "number" or "Decimal";
 * ``ddp.E004`` ``DDP_ATOMIC_METHODS`` is not a boolean;
+* ``ddp.E005`` ``DDP_CHANGELOG_RETENTION`` is not a positive number of seconds or
+  ``timedelta``;
 * ``ddp.W001`` a collection publishes a field named ``password``;
 * ``ddp.W002`` a model's channel name had to be shortened to fit PostgreSQL's identifier
   limit (it stays unique: a hash is appended).
@@ -19,6 +21,7 @@ environment variables are validated by ``relay.config``).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -147,7 +150,7 @@ def _meteor_id_key(field: models.Field[Any, Any]) -> bool:
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
-    """ddp.E003 and ddp.E004: the ``DDP_*`` settings have usable values."""
+    """ddp.E003, ddp.E004 and ddp.E005: the ``DDP_*`` settings have usable values."""
     messages: list[checks.CheckMessage] = []
     encoding = ddp_settings.raw("DDP_DECIMAL_ENCODING")
     if encoding not in DECIMAL_ENCODINGS:
@@ -160,4 +163,15 @@ def check_settings(
         )
     if not isinstance(ddp_settings.raw("DDP_ATOMIC_METHODS"), bool):
         messages.append(checks.Error("DDP_ATOMIC_METHODS must be True or False.", id="ddp.E004"))
+    retention = ddp_settings.raw("DDP_CHANGELOG_RETENTION")
+    if isinstance(retention, dt.timedelta):
+        retention = retention.total_seconds()
+    if isinstance(retention, bool) or not isinstance(retention, int | float) or retention <= 0:
+        messages.append(
+            checks.Error(
+                f"DDP_CHANGELOG_RETENTION is {ddp_settings.raw('DDP_CHANGELOG_RETENTION')!r}.",
+                hint="Use a positive number of seconds (default 600) or a timedelta.",
+                id="ddp.E005",
+            )
+        )
     return messages

@@ -16,6 +16,7 @@ A collection is a class, declared like a ``ModelAdmin`` and registered with
         fields = ["title", "author_id", "price"]
         rename = {"author_id": "authorId"}
         encodings = {"price": "string"}
+        related = ["author__email"]  # books.byAuthorEmail filters on it
 
         def visible(self, user):
             return None  # everyone sees every book
@@ -27,6 +28,12 @@ Field names in ``fields``, ``exclude``, ``rename`` and ``encodings`` may be a fi
 (``author``) or its attname (``author_id``); a foreign key is always published under its
 attname (``author_id``) unless renamed. The primary key is never a field: it is the
 document's ``_id``. Many-to-many fields are not published (yet).
+
+Live updates are routed in memory (``django_app.cursor``): every change the write side
+publishes carries the primary key, the published columns and the ``related`` paths,
+resolved once by the writer (``django_app.triggers``). A cursor or visibility lookup on
+anything else (``author__email`` when it is not declared, an unpublished column that is
+not declared) is not routable: the relay re-runs the publication for it.
 """
 
 from __future__ import annotations
@@ -41,7 +48,11 @@ from django.db.models import Q
 
 from django_app.channel import channel_name
 from django_app.conf import DECIMAL_ENCODINGS, ddp_settings
-from django_app.serializer import pk_to_wire, to_wire
+from django_app.cursor import LookupPath, resolve_lookup_path
+from django_app.serializer import from_db_json, pk_to_wire, to_wire
+from relay.backend import DecodedChange
+from relay.protocol.changestream import Change
+from relay.protocol.ids import id_stringify
 
 __all__ = ["Collection", "PublishedField", "Visibility", "default_collection_name"]
 
@@ -81,6 +92,13 @@ class Collection:
     * ``rename``: ``{field name: wire name}``, e.g. ``{"author_id": "authorId"}``.
     * ``encodings``: ``{decimal field name: "string" | "number" | "Decimal"}``; default
       ``settings.DDP_DECIMAL_ENCODING`` ("string").
+    * ``related``: extra lookup paths publications and ``visible`` filter on, which every
+      change carries so that relays route it in memory: forward foreign-key paths
+      (``"author__email"``, ``"book__author__country"``), or local fields that are not
+      published (``"owner"``). The writer resolves them once per change, and a change to
+      a column such a path reads (``Author.email``) publishes the dependent rows again
+      (every book of that author) with the new value. Lookups on paths that are neither
+      published nor declared are not routable.
 
     Methods to override: ``visible(user)`` (row-level read rule, applied to every queryset
     of this collection) and the mutator rules ``allow_insert``, ``allow_update`` and
@@ -94,6 +112,7 @@ class Collection:
     exclude: ClassVar[Sequence[str]] = ()
     rename: ClassVar[Mapping[str, str]] = {}
     encodings: ClassVar[Mapping[str, str]] = {}
+    related: ClassVar[Sequence[str]] = ()
 
     def __init__(self) -> None:
         model = getattr(type(self), "model", None)
@@ -112,6 +131,16 @@ class Collection:
         for published in self.published:
             self.by_name[published.field.name] = published
             self.by_name[published.attname] = published
+        pk = opts.pk
+        assert pk is not None
+        self.pk_field: models.Field[Any, Any] = pk
+        #: Extra values every change carries (declared ``related`` paths), by key.
+        self.related_paths: tuple[LookupPath, ...] = self._resolve_related(model)
+        #: Every lookup path a route condition may test: the primary key's attname, the
+        #: published columns and the related paths.
+        self.routing_keys: frozenset[str] = frozenset(
+            [pk.attname, *(p.attname for p in self.published)] + [r.key for r in self.related_paths]
+        )
 
     # -- declaration ------------------------------------------------------------------
 
@@ -173,6 +202,26 @@ class Collection:
             )
         return published
 
+    def _resolve_related(self, model: type[models.Model]) -> tuple[LookupPath, ...]:
+        cls_name = type(self).__qualname__
+        if isinstance(self.related, str):
+            raise ImproperlyConfigured(f"{cls_name}.related must be a list of lookup paths.")
+        published = {p.attname for p in self.published}
+        assert model._meta.pk is not None
+        paths: dict[str, LookupPath] = {}
+        for name in self.related:
+            path = resolve_lookup_path(model, name.split("__")) if isinstance(name, str) else None
+            if path is None:
+                raise ImproperlyConfigured(
+                    f"{cls_name}.related: {name!r} is not a field of {model.__name__} or a"
+                    " path of forward foreign keys to one (reverse and many-to-many"
+                    " relations and transforms cannot be routed)."
+                )
+            if path.key in published or path.key == model._meta.pk.attname:
+                continue  # every change carries it anyway
+            paths.setdefault(path.key, path)
+        return tuple(paths.values())
+
     # -- documents --------------------------------------------------------------------
 
     def serialize(self, instance: models.Model) -> tuple[str | int, dict[str, Any]]:
@@ -194,6 +243,34 @@ class Collection:
         """The document as Meteor code sees it: the published fields plus ``_id``."""
         raw_id, fields = self.serialize(instance)
         return {"_id": raw_id, **fields}
+
+    def decode_change(self, change: Change) -> DecodedChange:
+        """A change-stream change of this collection as the relay needs it (no database).
+
+        ``fields`` are what ``serialize`` gives for the same row (wire names, encodings);
+        ``routing`` maps the primary key's attname, every published column's attname and
+        every ``related`` path to Python values (``Decimal``, ``date``, aware
+        ``datetime``...) comparable with the values of route conditions. A field absent
+        from the change (triggers older than this declaration) is left out of both.
+        Raises ``ValueError`` for a value that is not the JSON form of its field.
+        """
+        raw_pk = from_db_json(self.pk_field, change.pk)
+        routing: dict[str, Any] = {self.pk_field.attname: raw_pk}
+        fields: dict[str, Any] = {}
+        if change.op != "d":
+            values = change.values
+            default_encoding = ddp_settings.DECIMAL_ENCODING
+            for p in self.published:
+                if p.attname in values:
+                    value = from_db_json(p.field, values[p.attname])
+                    routing[p.attname] = value
+                    fields[p.wire_name] = to_wire(p.field, value, p.encoding or default_encoding)
+            for r in self.related_paths:
+                if r.key in values:
+                    routing[r.key] = from_db_json(r.field, values[r.key])
+        return DecodedChange(
+            self.collection_name, id_stringify(pk_to_wire(raw_pk)), change.op, fields, routing
+        )
 
     def queryset(self, user: Any) -> models.QuerySet[Any]:
         """Every row ``user`` may see: the default manager filtered by ``visible``."""

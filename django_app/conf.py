@@ -8,6 +8,7 @@ not live here: relay settings (those are ``RELAY_*`` environment variables, read
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Final
 
 from django.conf import settings
@@ -24,6 +25,10 @@ DEFAULTS: Final[dict[str, Any]] = {
     "DDP_DECIMAL_ENCODING": "string",
     #: Run every DDP method inside ``transaction.atomic()``, so a failing method writes nothing.
     "DDP_ATOMIC_METHODS": True,
+    #: How long change-stream history stays in ``ddp_changelog`` (seconds, or a timedelta)
+    #: for relays to backfill after a gap or a reconnect; ``django_app.changes.prune()``
+    #: (``manage.py ddp_prune_changelog``) deletes older rows.
+    "DDP_CHANGELOG_RETENTION": 600,
 }
 
 
@@ -37,6 +42,11 @@ class _DDPSettings:
     @property
     def ATOMIC_METHODS(self) -> bool:
         return bool(self._get("DDP_ATOMIC_METHODS"))
+
+    @property
+    def CHANGELOG_RETENTION(self) -> dt.timedelta:
+        value = self._get("DDP_CHANGELOG_RETENTION")
+        return value if isinstance(value, dt.timedelta) else dt.timedelta(seconds=value)
 
     @staticmethod
     def _get(name: str) -> Any:

@@ -11,8 +11,9 @@ which are not (the relay re-evaluates the publication, which is slower):
 ===============================================  ===========================================
 ``Cursor(Book)``, ``Book.objects.all()``         routable, no conditions: every row is in
 ``Cursor(Book, title="x")``                      routable: ``Condition("title", "exact", "x")``
-``Cursor(Book, author__email="x")``              routable: the writer resolves the forward
-                                                 path ``author__email`` once per change
+``Cursor(Book, author__email="x")``              routable when the collection declares
+                                                 ``related = ["author__email"]``: the writer
+                                                 resolves the path once per change
 ``Cursor(Book, price__gte=10, id__in=[...])``    routable; supported lookups are ``exact``,
                                                  ``in``, ``isnull``, ``gt``, ``gte``, ``lt``,
                                                  ``lte``
@@ -25,23 +26,41 @@ custom default managers that filter               limits cannot be read back rel
 
 A collection's ``visible(user)`` rule is ANDed in the same way: lookups (or a Q that is a
 plain AND of lookups) stay routable, anything else makes the route unroutable
-(``conditions=None``).
+(``conditions=None``). A condition may only test what every change carries: the primary
+key, the published columns and the collection's declared ``related`` paths; the backend
+makes a route that tests anything else unroutable (and logs a warning once).
+
+Condition values are converted like the queryset converts them (``field.to_python``:
+``"10"`` for a DecimalField becomes ``Decimal("10")``, a naive datetime becomes aware),
+so relays compare them with the Python values ``Collection.decode_change`` produces.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.db.models.expressions import Combinable
 from django.db.models.query import QuerySet
+from django.utils import timezone
 
 from relay.backend import Condition
 
-__all__ = ["ROUTABLE_LOOKUPS", "Cursor", "conditions_for_lookups", "conditions_for_rule"]
+__all__ = [
+    "ROUTABLE_LOOKUPS",
+    "Cursor",
+    "LookupPath",
+    "conditions_for_lookups",
+    "conditions_for_rule",
+    "resolve_lookup_path",
+]
 
 #: The Django lookups a relay can decide in memory.
 ROUTABLE_LOOKUPS: Final = frozenset({"exact", "in", "isnull", "gt", "gte", "lt", "lte"})
@@ -147,25 +166,45 @@ def _condition(model: type[models.Model], key: str, value: Any) -> Condition | N
     op = "exact"
     if parts[-1] in ROUTABLE_LOOKUPS and len(parts) > 1:
         op = parts.pop()
-    path = _resolve_path(model, parts)
+    path = resolve_lookup_path(model, parts)
     if path is None:
         return None
     value = _plain_value(value, op)
     if value is _UNROUTABLE:
         return None
-    if op == "isnull" and not isinstance(value, bool):
-        return None
-    return Condition(path, op, value)
+    if op == "isnull":
+        return Condition(path.key, op, value) if isinstance(value, bool) else None
+    if op == "in":
+        value = tuple(_python_value(path.field, v) for v in value)
+    else:
+        value = _python_value(path.field, value)
+    return Condition(path.key, op, value)
 
 
-def _resolve_path(model: type[models.Model], parts: list[str]) -> str | None:
+@dataclass(frozen=True, slots=True)
+class LookupPath:
+    """A routable lookup path: the key changes carry it under and how the writer reads it.
+
+    ``key`` is the normalised path (``author_id``, ``author__email``); ``hops`` are the
+    forward foreign keys crossed from the model (empty for a local field); ``field`` is
+    the field whose column holds the value (a foreign key itself when the path ends on a
+    relation, e.g. ``author`` -> ``author_id``).
+    """
+
+    key: str
+    hops: tuple[models.ForeignKey[Any, Any], ...]
+    field: models.Field[Any, Any]
+
+
+def resolve_lookup_path(model: type[models.Model], parts: list[str]) -> LookupPath | None:
     """Normalise a lookup path: ``pk`` and ``author`` (a FK) become ``id`` and ``author_id``.
 
     Paths that cross a multi-valued relation (reverse FK, many-to-many), or end on a
-    relation that is not a forward foreign key, are not routable.
+    relation that is not a forward foreign key, are not routable (None).
     """
     opts = model._meta
     resolved: list[str] = []
+    hops: list[models.ForeignKey[Any, Any]] = []
     for index, name in enumerate(parts):
         last = index == len(parts) - 1
         if name == "pk":
@@ -178,22 +217,47 @@ def _resolve_path(model: type[models.Model], parts: list[str]) -> str | None:
         if field is None or field.many_to_many or field.one_to_many or not field.concrete:
             return None
         if field.is_relation:
-            related = field.related_model
+            if not isinstance(field, models.ForeignKey):
+                return None
             if last:
                 resolved.append(field.attname)
-                break
+                return LookupPath("__".join(resolved), tuple(hops), field)
             next_name = parts[index + 1]
             target = field.target_field
             if index + 1 == len(parts) - 1 and next_name in ("pk", target.name, target.attname):
                 resolved.append(field.attname)
-                break
+                return LookupPath("__".join(resolved), tuple(hops), field)
             resolved.append(field.name)
-            opts = related._meta
+            hops.append(field)
+            opts = field.related_model._meta
             continue
         if not last:
             return None  # a transform such as date__year: not routable
         resolved.append(field.attname)
-    return "__".join(resolved)
+        return LookupPath("__".join(resolved), tuple(hops), field)
+    return None
+
+
+def _python_value(field: models.Field[Any, Any], value: Any) -> Any:
+    """``value`` as the Python type the write side decodes for ``field`` (relays compare
+    them): ``"10"`` for a DecimalField becomes ``Decimal("10")``, a naive datetime is made
+    aware. Values the field cannot convert are kept (the queryset would refuse them)."""
+    if value is None:
+        return None
+    while isinstance(field, models.ForeignKey):
+        field = field.target_field
+    try:
+        converted = field.to_python(value)
+    except (ValidationError, TypeError, ValueError):
+        return value
+    if (
+        isinstance(converted, dt.datetime)
+        and isinstance(field, models.DateTimeField)
+        and settings.USE_TZ
+        and timezone.is_naive(converted)
+    ):
+        converted = timezone.make_aware(converted, timezone.get_default_timezone())
+    return converted
 
 
 class _Unroutable:

@@ -1,7 +1,8 @@
 """The registry: every published collection, publication and method, by name.
 
 Job: one process-wide index that ``ddp.py`` modules fill at import (``DDPConfig.ready``
-autodiscovers them) and the backend reads: collections by model and by name,
+autodiscovers them) and the backend reads: collections by model, by name and by
+change-stream channel,
 publications and methods by name, and the Meteor mutator names each collection answers
 (``/<collection>/insert``, ``update``, ``remove`` and their ``...Async`` aliases).
 Registering the same model, collection name, publication or method twice is an error at
@@ -49,6 +50,7 @@ class Registry:
     def __init__(self) -> None:
         self._by_model: dict[type[models.Model], Collection] = {}
         self._by_name: dict[str, Collection] = {}
+        self._by_channel: dict[str, Collection] = {}
         self._publications: dict[str, Publication] = {}
         self._methods: dict[str, Method] = {}
 
@@ -75,6 +77,7 @@ class Registry:
             raise AlreadyRegistered(f"Methods {clash} clash with the mutators of {collection!r}.")
         self._by_model[model] = collection
         self._by_name[collection.collection_name] = collection
+        self._by_channel[collection.channel] = collection
         return collection_class
 
     def add_publication(self, publication: Publication) -> None:
@@ -93,6 +96,7 @@ class Registry:
         """Forget the collection of ``model`` (tests)."""
         collection = self._by_model.pop(model)
         del self._by_name[collection.collection_name]
+        del self._by_channel[collection.channel]
 
     @contextmanager
     def isolated(self) -> Iterator[Registry]:
@@ -100,13 +104,20 @@ class Registry:
         saved = (
             dict(self._by_model),
             dict(self._by_name),
+            dict(self._by_channel),
             dict(self._publications),
             dict(self._methods),
         )
         try:
             yield self
         finally:
-            self._by_model, self._by_name, self._publications, self._methods = saved
+            (
+                self._by_model,
+                self._by_name,
+                self._by_channel,
+                self._publications,
+                self._methods,
+            ) = saved
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -125,6 +136,10 @@ class Registry:
 
     def get_collection(self, name: str) -> Collection | None:
         return self._by_name.get(name)
+
+    def get_collection_for_channel(self, channel: str) -> Collection | None:
+        """The collection whose changes are published on change-stream ``channel``."""
+        return self._by_channel.get(channel)
 
     def get_collection_for_model(self, model: type[models.Model]) -> Collection | None:
         return self._by_model.get(model)

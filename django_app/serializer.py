@@ -3,8 +3,12 @@
 Job: the type rules of the published documents, so every collection encodes a given field
 type the same way. Outbound values are Python objects that ``relay.protocol.ejson`` can
 encode (it does the JSON/EJSON work, including ``$``-key escaping); inbound values are
-what mutators receive after EJSON decoding. What must not live here: choosing which
-fields are published or renamed (``django_app.collection``), or any database access.
+what mutators receive after EJSON decoding. It also owns both ends of the change stream's
+column encoding: ``db_json_sql`` (the SQL expression a trigger puts in a change for a
+column) and ``from_db_json`` (that JSON value back to the Python value the ORM would load),
+so a decoded change serializes exactly like the initial load. What must not live here:
+choosing which fields are published or renamed (``django_app.collection``), or any
+database access.
 
 Outbound rules (``to_wire``):
 
@@ -20,7 +24,7 @@ DecimalField              per encoding: "string" (default, ``"12.50"``), "number
 BinaryField               ``bytes`` -> EJSON ``$binary``
 UUIDField                 canonical string
 JSONField                 as is
-FileField                 the stored name (string) or None
+FileField                 the stored name (string), None when empty
 ForeignKey / OneToOne     the related primary key, encoded like that key's own field
 anything else             the Python value (str, int, float, bool, None)
 ========================  ===============================================================
@@ -29,6 +33,7 @@ anything else             the Python value (str, int, float, bool, None)
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -40,7 +45,7 @@ from django.utils import timezone
 
 from django_app.conf import DECIMAL_ENCODINGS
 
-__all__ = ["from_wire", "pk_to_wire", "to_wire"]
+__all__ = ["db_json_sql", "from_db_json", "from_wire", "pk_to_wire", "to_wire"]
 
 
 def to_wire(field: models.Field[Any, Any], value: Any, decimal_encoding: str) -> Any:
@@ -65,8 +70,81 @@ def to_wire(field: models.Field[Any, Any], value: Any, decimal_encoding: str) ->
         return bytes(value)
     if isinstance(field, models.UUIDField):
         return str(value)
-    if isinstance(value, FieldFile):
-        return value.name or None
+    if isinstance(field, models.FileField) or isinstance(value, FieldFile):
+        return (value.name if isinstance(value, FieldFile) else value) or None
+    return value
+
+
+def db_json_sql(field: models.Field[Any, Any], column: str) -> str:
+    """The SQL expression whose JSON form (``jsonb_build_object``) a change carries.
+
+    ``column`` is the quoted column reference (``NEW."price"``). Most types go as
+    PostgreSQL's own JSON form; ``bytea`` goes as hex (independent of ``bytea_output``)
+    and ``interval`` as seconds (independent of ``IntervalStyle``).
+    """
+    while isinstance(field, models.ForeignKey):
+        field = field.target_field
+    if isinstance(field, models.BinaryField):
+        return f"encode({column}, 'hex')"
+    if isinstance(field, models.DurationField):
+        return f"extract(epoch from {column})"
+    return column
+
+
+def from_db_json(field: models.Field[Any, Any], value: Any) -> Any:
+    """The Python value the ORM loads for ``field``, from the JSON form a change carries.
+
+    The JSON was decoded with non-integer numbers as ``Decimal``
+    (``relay.protocol.changestream.loads_payload``). Raises ``ValueError`` for a value
+    that is not that field's JSON form.
+    """
+    if value is None:
+        return None
+    while isinstance(field, models.ForeignKey):
+        field = field.target_field
+    try:
+        return _from_db_json(field, value)
+    except (TypeError, ArithmeticError, ValidationError) as exc:
+        raise ValueError(f"{field!r}: {value!r} is not its JSON form ({exc})") from None
+
+
+def _from_db_json(field: models.Field[Any, Any], value: Any) -> Any:
+    if isinstance(field, models.DateTimeField):
+        parsed = dt.datetime.fromisoformat(value)
+        return parsed.astimezone(dt.UTC) if timezone.is_aware(parsed) else parsed
+    if isinstance(field, models.DateField):
+        return dt.date.fromisoformat(value)
+    if isinstance(field, models.TimeField):
+        return dt.time.fromisoformat(value)
+    if isinstance(field, models.DurationField):
+        return dt.timedelta(microseconds=int((Decimal(value) * 1_000_000).to_integral_value()))
+    if isinstance(field, models.DecimalField):
+        return value if isinstance(value, Decimal) else Decimal(value)
+    if isinstance(field, models.FloatField):
+        return float(value)
+    if isinstance(field, models.BinaryField):
+        return bytes.fromhex(value)
+    if isinstance(field, models.UUIDField):
+        return uuid.UUID(value)
+    if isinstance(field, models.JSONField):
+        value = _floats(value)
+        if field.decoder is not None:
+            value = json.loads(json.dumps(value), cls=field.decoder)
+        return value
+    base_field = getattr(field, "base_field", None)  # contrib.postgres ArrayField
+    if isinstance(base_field, models.Field) and isinstance(value, list):
+        return [_from_db_json(base_field, v) if v is not None else None for v in value]
+    return value
+
+
+def _floats(value: Any) -> Any:
+    """JSON as ``json.loads`` gives it: Decimals (from ``loads_payload``) become floats."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
     return value
 
 

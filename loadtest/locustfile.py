@@ -11,8 +11,7 @@ Add ``--csv OUT/prefix`` for CSV files. Environment:
 * ``LOADTEST_SOCKJS=1``: connect over SockJS (``/sockjs/<server>/<session>/websocket``)
   instead of the raw WebSocket (``/websocket``);
 * ``LOADTEST_CHECK_LIVE=1``: also fail a write whose effect is not in the client's cache
-  when it completes (the write fence; see ``loadtest/scenario.py``). Off until the relay
-  pushes live changes.
+  when it completes (the write fence; see ``loadtest/scenario.py``).
 
 ``-H`` is the relay's HTTP base; the WebSocket URL is derived from it (locust's ``-H``
 overrides every User's ``host``, so nothing else is read). Only loopback hosts are accepted:

@@ -191,6 +191,10 @@ class Backend(Protocol):
         the listener). None when the channel or change is not one this backend publishes."""
         ...
 
+    def housekeeping(self) -> None:
+        """Periodic chores (changelog pruning); idempotent, may run on several relays."""
+        ...
+
     def close(self) -> None:
         """Release resources (database connections) when the worker stops."""
         ...

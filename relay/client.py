@@ -81,7 +81,8 @@ class DDPClient:
         self.errors: list[dict[str, Any]] = []
         self.closed = threading.Event()
         self._ws: websocket.WebSocket | None = None
-        self._lock = threading.Lock()
+        # Reentrant: wait_for() predicates may call docs() while the condition holds it.
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._calls: dict[str, _Call] = {}
         self._ids = itertools.count(1)

@@ -12,6 +12,7 @@ Must not: parse DDP or touch sockets directly.
 from __future__ import annotations
 
 import logging
+import random
 import time
 import weakref
 
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two ticks of the heartbeat/timeout ticker.
 TICK_SECONDS = 1.0
+#: Seconds between two runs of the backend's housekeeping (changelog pruning), jittered.
+HOUSEKEEPING_SECONDS = 60.0
 
 
 class Node:
@@ -47,6 +50,7 @@ class Node:
         self.sockjs_heartbeats = HeartbeatRegistry()
         self.ready = True
         self._ticker: gevent.Greenlet | None = None
+        self._housekeeper: gevent.Greenlet | None = None
         self.listener: Listener | None = None
         self.streams = Streams(backend, self._listen, self._unlisten, self.metrics)
         self.streams.on_resync = self._resync
@@ -60,6 +64,17 @@ class Node:
             self._ticker = gevent.spawn(self._tick_forever)
         if self.listener is not None:
             self.listener.start()
+            self._housekeeper = gevent.spawn(self._housekeeping_forever)
+
+    def _housekeeping_forever(self) -> None:
+        # Every worker of every relay prunes; the work is idempotent and cheap when there is
+        # nothing to delete. (With the coordinator's leader election, only the leader will.)
+        while True:
+            gevent.sleep(HOUSEKEEPING_SECONDS * random.uniform(0.5, 1.5))
+            try:
+                self.pool.run(self.backend.housekeeping)
+            except Exception:
+                log.exception("housekeeping failed")
 
     def _listen(self, channel: str) -> None:
         if self.listener is not None:
@@ -113,8 +128,9 @@ class Node:
 
     def stop(self) -> None:
         self.drain()
-        if self._ticker is not None:
-            self._ticker.kill(block=False)
+        for greenlet in (self._ticker, self._housekeeper):
+            if greenlet is not None:
+                greenlet.kill(block=False)
         if self.listener is not None:
             self.listener.stop()
         self.pool.close()

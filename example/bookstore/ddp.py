@@ -43,6 +43,9 @@ class BookCollection(Collection):
     fields = ["title", "author_id", "published", "price", "tags", "updated_at"]
     rename = {"author_id": "authorId", "updated_at": "updatedAt"}
     encodings = {"price": "string"}
+    # books.byAuthorEmail filters on it: every book change carries its author's email, and
+    # a changed email re-publishes that author's books, so relays route them in memory.
+    related = ["author__email"]
 
     # Demo: anyone may write books from the client (Meteor's allow rules, all True).
     def allow_insert(self, user: Any, doc: dict[str, Any]) -> bool:
@@ -58,6 +61,7 @@ class BookCollection(Collection):
 
 
 Publication("books.all", cursors=[Cursor(Author), Cursor(Book)])
+Publication("authors.all", cursors=[Cursor(Author)])
 
 
 @publish("books.byAuthorEmail")

@@ -97,6 +97,7 @@ def private() -> Any:
     class PrivateAuthors(Collection):
         model = Author
         fields = ["name"]
+        related = ["email"]  # not published, but visible() filters on it
 
         def visible(self, user: Any) -> Any:
             if not user.is_authenticated:

@@ -254,4 +254,4 @@ async function runScenario(sc) {
   };
 }
 
-module.exports = { transports, runScenario };
+module.exports = { transports, runScenario, boot };

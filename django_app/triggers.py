@@ -1,0 +1,447 @@
+"""Database triggers that capture every change of the published tables.
+
+Job: generate, from the registered collections, the PL/pgSQL that turns row changes into
+change-stream changes (``relay.protocol.changestream``), and install it idempotently
+(``sync_triggers``: ``manage.py ddp_sync_triggers``, and automatically after ``migrate``).
+Triggers see every write (ORM saves and deletes, ``QuerySet.update``, ``bulk_create``,
+raw SQL, other languages) inside the writing transaction, so a rollback (or a rolled-back
+savepoint) publishes nothing. What must not live here: the commit-time flush and the
+tables (``django_app/migrations/0001_initial.py``), or Python-side publishing
+(``django_app.changes``).
+
+Generated objects, all named ``ddp_g_...`` (so stale ones are found and dropped):
+
+* per collection, a function and two triggers on its table: ``AFTER INSERT OR DELETE``
+  and ``AFTER UPDATE ... WHEN`` a published column, a routed column or the key changed.
+  Each appends ``{"o", "id", "f"}`` to ``ddp_pending``, ``f`` holding the published
+  columns by attname and every ``Collection.related`` path, resolved by a subquery
+  (``author__email``: ``(SELECT email FROM bookstore_author WHERE id = NEW.author_id)``).
+  A changed primary key is a delete of the old id plus an insert of the new one.
+* per collection and related-path prefix, a dependency function with triggers on the
+  table the path reads (``bookstore_author`` for ``author__email``): when a column the
+  path reads changes (``email``), every dependent row (each book of that author) is
+  published again as a ``"u"`` change with the fresh value. The work is one indexed query
+  per changed row, bounded by the data, never by subscribers.
+
+The first pending row of a transaction and channel is ``armed``: it queues the deferred
+``ddp_flush()`` that publishes them at commit. Each function carries a digest of its SQL
+as its comment; ``sync_triggers`` leaves up-to-date objects alone (so ``migrate`` takes no
+table locks when nothing changed) and replaces the others in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from django_app.collection import Collection
+from django_app.cursor import LookupPath
+from django_app.registries import Registry
+from django_app.registries import registry as default_registry
+from django_app.serializer import db_json_sql
+
+__all__ = [
+    "PENDING_TABLE",
+    "PREFIX",
+    "SyncPlan",
+    "TriggerSet",
+    "change_sql",
+    "enqueue_sql",
+    "sync_triggers",
+    "trigger_sets",
+]
+
+logger = logging.getLogger("django_app.triggers")
+
+#: The staging table of changes not yet committed (migration 0001).
+PENDING_TABLE: Final = "ddp_pending"
+#: The name prefix of every generated function and trigger.
+PREFIX: Final = "ddp_g_"
+#: jsonb_build_object takes at most 100 arguments (FUNC_MAX_ARGS): 50 key/value pairs.
+_PAIRS_PER_CALL: Final = 50
+#: PostgreSQL types without an equality operator: compare their text form instead.
+_NO_EQUALITY: Final = ("json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle")
+
+
+@dataclass(frozen=True)
+class TriggerSet:
+    """One generated function and the triggers that call it."""
+
+    function: str
+    #: The table the triggers are on.
+    table: str
+    #: ``CREATE OR REPLACE FUNCTION ...``.
+    function_sql: str
+    #: ``(trigger name, CREATE TRIGGER ...)``.
+    triggers: tuple[tuple[str, str], ...]
+    #: What it does, for logs.
+    description: str
+
+    @property
+    def digest(self) -> str:
+        text = "\n".join([self.function_sql, *(sql for _, sql in self.triggers)])
+        return "ddp:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class SyncPlan:
+    """What ``sync_triggers`` changed (or, with ``dry_run``, would change)."""
+
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    #: Collections left without triggers, with the reason (table missing, other database).
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.dropped)
+
+
+# -- SQL generation -----------------------------------------------------------------------
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _name(kind: str, *parts: str) -> str:
+    """A generated object name under PostgreSQL's 63-byte identifier limit."""
+    wanted = f"{PREFIX}{kind}_" + "_".join(parts)
+    safe = re.sub(r"[^a-z0-9_]", "_", wanted.lower())
+    if safe == wanted and len(safe) <= 63:
+        return safe
+    digest = hashlib.sha256(wanted.encode()).hexdigest()[:8]
+    return f"{safe[:54]}_{digest}"
+
+
+def _col(f: models.Field[Any, Any]) -> str:
+    return str(f.column)
+
+
+def _table(model: type[models.Model]) -> str:
+    return model._meta.db_table
+
+
+def _own_column(model: type[models.Model], f: models.Field[Any, Any], what: str) -> str:
+    """The column of ``f`` in ``model``'s own table (inherited fields live elsewhere)."""
+    if f not in model._meta.local_concrete_fields:
+        raise ImproperlyConfigured(
+            f"{what}: {f.model.__name__}.{f.name} is stored in the table of a parent model"
+            f" of {model.__name__} (multi-table inheritance); the change stream can only"
+            " read columns of a model's own table."
+        )
+    return str(f.column)
+
+
+def _json_object(pairs: Sequence[tuple[str, str]]) -> str:
+    if not pairs:
+        return "'{}'::jsonb"
+    calls = []
+    for start in range(0, len(pairs), _PAIRS_PER_CALL):
+        chunk = pairs[start : start + _PAIRS_PER_CALL]
+        calls.append(
+            "jsonb_build_object(" + ", ".join(f"{_literal(k)}, {v}" for k, v in chunk) + ")"
+        )
+    return " || ".join(calls)
+
+
+def _related_sql(collection: Collection, path: LookupPath, alias: str) -> str:
+    """The JSON form of one related path of the row ``alias``, as a scalar subquery."""
+    model = collection.model
+    what = f"{type(collection).__qualname__}.related {path.key!r}"
+    if not path.hops:
+        return db_json_sql(path.field, f"{alias}.{_q(_own_column(model, path.field, what))}")
+    first = path.hops[0]
+    sql_from = f"{_q(_table(first.related_model))} t1"
+    source = first.related_model
+    for i, hop in enumerate(path.hops[1:], start=2):
+        target = hop.related_model
+        sql_from += (
+            f" JOIN {_q(_table(target))} t{i}"
+            f" ON t{i}.{_q(_own_column(target, hop.target_field, what))}"
+            f" = t{i - 1}.{_q(_own_column(source, hop, what))}"
+        )
+        source = target
+    last = len(path.hops)
+    value = db_json_sql(path.field, f"t{last}.{_q(_own_column(source, path.field, what))}")
+    key = _own_column(first.related_model, first.target_field, what)
+    local = _own_column(model, first, what)
+    return f"(SELECT {value} FROM {sql_from} WHERE t1.{_q(key)} = {alias}.{_q(local)})"
+
+
+def change_sql(collection: Collection, alias: str, op_sql: str) -> str:
+    """SQL for the change of row ``alias`` (``NEW``, ``r``): ``{"o", "id", "f"}``."""
+    model = collection.model
+    what = type(collection).__qualname__
+    pairs = [
+        (p.attname, db_json_sql(p.field, f"{alias}.{_q(_own_column(model, p.field, what))}"))
+        for p in collection.published
+    ]
+    pairs += [(r.key, _related_sql(collection, r, alias)) for r in collection.related_paths]
+    pk = _q(_own_column(model, collection.pk_field, what))
+    return f"jsonb_build_object('o', {op_sql}, 'id', {alias}.{pk}, 'f', {_json_object(pairs)})"
+
+
+def delete_sql(collection: Collection, alias: str) -> str:
+    """SQL for the delete change of row ``alias``."""
+    pk = _q(_col(collection.pk_field))
+    return f"jsonb_build_object('o', 'd', 'id', {alias}.{pk})"
+
+
+def _not_yet_armed(channel: str) -> str:
+    """True when this transaction has no pending change on ``channel`` yet."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM {PENDING_TABLE} p WHERE p.txid = txid_current()"
+        f" AND p.channel = {_literal(channel)})"
+    )
+
+
+def enqueue_sql(channel: str, select_changes: str) -> str:
+    """``INSERT ... SELECT`` of many changes (``select_changes`` yields a ``change``
+    column), arming the flush with the first one when the transaction has none yet."""
+    return (
+        f"INSERT INTO {PENDING_TABLE} (channel, change, armed)"
+        f" SELECT {_literal(channel)}, s.change,"
+        f" (row_number() OVER () = 1 AND {_not_yet_armed(channel)})"
+        f" FROM ({select_changes}) s"
+    )
+
+
+def _enqueue_one(channel: str, change: str) -> str:
+    return (
+        f"INSERT INTO {PENDING_TABLE} (channel, change, armed)"
+        f" VALUES ({_literal(channel)}, {change}, {_not_yet_armed(channel)});"
+    )
+
+
+def _distinct(columns: Iterable[tuple[str, models.Field[Any, Any]]], conn: Any) -> str:
+    tests = []
+    for column, f in columns:
+        db_type = (f.db_type(conn) or "").lower().split("(")[0].strip()
+        cast = "::text" if db_type in _NO_EQUALITY else ""
+        tests.append(f"OLD.{_q(column)}{cast} IS DISTINCT FROM NEW.{_q(column)}{cast}")
+    return " OR ".join(tests)
+
+
+_OP: Final = "CASE TG_OP WHEN 'UPDATE' THEN 'u' ELSE 'i' END"
+
+
+def _trigger_names(function: str) -> tuple[str, str]:
+    """The names of a function's two triggers (``..._i``, ``..._u``), at most 63 bytes."""
+    base = function[:61]
+    return base + "_i", base + "_u"
+
+
+def _row_set(collection: Collection, conn: BaseDatabaseWrapper) -> TriggerSet:
+    model = collection.model
+    table = _table(model)
+    channel = collection.channel
+    pk = _q(_col(collection.pk_field))
+    function = _name("row", table)
+    body = f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $ddp$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        {_enqueue_one(channel, delete_sql(collection, "OLD"))}
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' AND OLD.{pk} IS DISTINCT FROM NEW.{pk} THEN
+        {_enqueue_one(channel, delete_sql(collection, "OLD"))}
+        {_enqueue_one(channel, change_sql(collection, "NEW", "'i'"))}
+        RETURN NULL;
+    END IF;
+    {_enqueue_one(channel, change_sql(collection, "NEW", _OP))}
+    RETURN NULL;
+END
+$ddp$;"""
+    # An UPDATE matters when the key, a published column or a column a routed value
+    # reads (a local related field, the first foreign key of a related path) changed.
+    watched: dict[str, models.Field[Any, Any]] = {_col(collection.pk_field): collection.pk_field}
+    for p in collection.published:
+        watched.setdefault(_col(p.field), p.field)
+    for r in collection.related_paths:
+        first: models.Field[Any, Any] = r.hops[0] if r.hops else r.field
+        watched.setdefault(_col(first), first)
+    upsert, update = _trigger_names(function)
+    triggers = (
+        (
+            upsert,
+            f"CREATE TRIGGER {upsert} AFTER INSERT OR DELETE ON {_q(table)}"
+            f" FOR EACH ROW EXECUTE FUNCTION {function}()",
+        ),
+        (
+            update,
+            f"CREATE TRIGGER {update} AFTER UPDATE ON {_q(table)} FOR EACH ROW"
+            f" WHEN ({_distinct(watched.items(), conn)}) EXECUTE FUNCTION {function}()",
+        ),
+    )
+    return TriggerSet(function, table, body, triggers, f"{collection!r} row changes")
+
+
+def _dependency_sets(collection: Collection, conn: BaseDatabaseWrapper) -> list[TriggerSet]:
+    """One set per related-path prefix: re-publish dependents when what they read changes."""
+    model = collection.model
+    what = f"{type(collection).__qualname__}.related"
+    groups: dict[tuple[models.ForeignKey[Any, Any], ...], dict[str, models.Field[Any, Any]]] = {}
+    for r in collection.related_paths:
+        for j in range(1, len(r.hops) + 1):
+            prefix = r.hops[:j]
+            source = prefix[-1].related_model
+            read = r.field if j == len(r.hops) else r.hops[j]
+            groups.setdefault(prefix, {})[_own_column(source, read, what)] = read
+    sets = []
+    for prefix, watched in groups.items():
+        source = prefix[-1].related_model
+        table = _table(source)
+        # The rows of the collection that reach the changed row through ``prefix``.
+        sql_from = f"{_q(_table(model))} r"
+        previous, previous_model = "r", model
+        for i, hop in enumerate(prefix[:-1], start=1):
+            target = hop.related_model
+            sql_from += (
+                f" JOIN {_q(_table(target))} d{i}"
+                f" ON d{i}.{_q(_own_column(target, hop.target_field, what))}"
+                f" = {previous}.{_q(_own_column(previous_model, hop, what))}"
+            )
+            previous, previous_model = f"d{i}", target
+        last = prefix[-1]
+        where = (
+            f"{previous}.{_q(_own_column(previous_model, last, what))}"
+            f" = NEW.{_q(_own_column(source, last.target_field, what))}"
+        )
+        change = change_sql(collection, "r", "'u'")
+        select = f"SELECT {change} AS change FROM {sql_from} WHERE {where}"
+        path = "__".join(h.name for h in prefix)
+        function = _name("dep", _table(model), path)
+        body = f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $ddp$
+BEGIN
+    {enqueue_sql(collection.channel, select)};
+    RETURN NULL;
+END
+$ddp$;"""
+        insert, update = _trigger_names(function)
+        triggers = (
+            (
+                update,
+                f"CREATE TRIGGER {update} AFTER UPDATE ON {_q(table)} FOR EACH ROW"
+                f" WHEN ({_distinct(watched.items(), conn)}) EXECUTE FUNCTION {function}()",
+            ),
+            (
+                insert,
+                f"CREATE TRIGGER {insert} AFTER INSERT ON {_q(table)}"
+                f" FOR EACH ROW EXECUTE FUNCTION {function}()",
+            ),
+        )
+        description = f"{collection!r} rows reading {table} through {path}"
+        sets.append(TriggerSet(function, table, body, triggers, description))
+    return sets
+
+
+def trigger_sets(collection: Collection, conn: BaseDatabaseWrapper) -> list[TriggerSet]:
+    """Every generated object of ``collection``."""
+    return [_row_set(collection, conn), *_dependency_sets(collection, conn)]
+
+
+# -- installation -------------------------------------------------------------------------
+
+_EXISTING_FUNCTIONS = (
+    "SELECT p.proname, obj_description(p.oid, 'pg_proc') FROM pg_proc p"
+    " WHERE p.proname LIKE 'ddp\\_g\\_%' AND p.pronamespace = current_schema()::regnamespace"
+)
+_EXISTING_TRIGGERS = (
+    "SELECT t.tgname, c.relname, t.tgfoid::regproc::text, t.tgenabled FROM pg_trigger t"
+    " JOIN pg_class c ON c.oid = t.tgrelid"
+    " WHERE NOT t.tgisinternal AND t.tgname LIKE 'ddp\\_g\\_%'"
+    " AND c.relnamespace = current_schema()::regnamespace"
+)
+
+
+def sync_triggers(
+    using: str = DEFAULT_DB_ALIAS,
+    registry: Registry | None = None,
+    *,
+    drop_stale: bool = True,
+    dry_run: bool = False,
+) -> SyncPlan:
+    """Make the database's generated triggers match the registered collections.
+
+    Idempotent: up-to-date objects are left alone; changed ones are replaced and (with
+    ``drop_stale``) those of collections that no longer exist are dropped, all in one
+    transaction. Collections whose tables (or related tables) do not exist in ``using``,
+    or that the database router does not migrate there, are skipped. Does nothing before
+    the ``ddp`` migrations ran.
+    """
+    registry = registry if registry is not None else default_registry
+    conn = connections[using]
+    plan = SyncPlan()
+    tables = set(conn.introspection.table_names())
+    if PENDING_TABLE not in tables:
+        plan.skipped.append(f"everything: {PENDING_TABLE} does not exist (migrate ddp)")
+        return plan
+    desired: dict[str, TriggerSet] = {}
+    for collection in registry.collections:
+        if not router.allow_migrate_model(using, collection.model):
+            plan.skipped.append(f"{collection!r}: not migrated to database {using!r}")
+            continue
+        try:
+            sets = trigger_sets(collection, conn)
+        except ImproperlyConfigured as exc:
+            logger.error("%r: no change-stream triggers: %s", collection, exc)
+            plan.skipped.append(f"{collection!r}: {exc}")
+            continue
+        missing = sorted({s.table for s in sets} - tables)
+        if missing:
+            plan.skipped.append(f"{collection!r}: missing tables {missing}")
+            continue
+        for s in sets:
+            desired[s.function] = s
+    with conn.cursor() as cursor:
+        cursor.execute(_EXISTING_FUNCTIONS)
+        functions = dict(cursor.fetchall())
+        cursor.execute(_EXISTING_TRIGGERS)
+        triggers: dict[str, set[tuple[str, str, bool]]] = {}
+        for name, table, function, enabled in cursor.fetchall():
+            triggers.setdefault(function, set()).add((name, table, enabled != "D"))
+    to_drop = []
+    to_create = []
+    for name, digest in functions.items():
+        wanted = desired.get(name)
+        if wanted is None:
+            if drop_stale:
+                to_drop.append(name)
+            continue
+        present = triggers.get(name, set())
+        expected = {(trigger, wanted.table, True) for trigger, _ in wanted.triggers}
+        if digest == wanted.digest and present == expected:
+            plan.unchanged.append(name)
+        else:
+            to_drop.append(name)
+            to_create.append(wanted)
+    to_create += [s for name, s in desired.items() if name not in functions]
+    plan.dropped = sorted(to_drop)
+    plan.created = sorted(s.function for s in to_create)
+    if dry_run or not plan.changed:
+        return plan
+    with transaction.atomic(using=using), conn.cursor() as cursor:
+        for name in plan.dropped:
+            cursor.execute(f"DROP FUNCTION IF EXISTS {name}() CASCADE")
+        for s in to_create:
+            cursor.execute(s.function_sql)
+            cursor.execute(f"COMMENT ON FUNCTION {s.function}() IS {_literal(s.digest)}")
+            for trigger, sql in s.triggers:
+                cursor.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {_q(s.table)}")
+                cursor.execute(sql)
+            logger.info("installed %s (%s)", s.function, s.description)
+    return plan

@@ -1,0 +1,142 @@
+"""``python -m loadtest.bench all`` at a tiny size: it runs, reports numbers, loses nothing.
+
+The benchmark starts its own PostgreSQL and relay worker and drives them with the Node.js
+load generator (``loadtest/bench/loadgen.js``, ``ws`` from tests/e2e/node): 20 sessions,
+3 fan-out writes, 10 paced commits for the latency mode, a short trigger-overhead run.
+Every session must receive every write exactly once, and every figure must be a number.
+The real figures (1,000 to 10,000 sessions) are in docs/benchmarks.md.
+
+Needs PostgreSQL, ``node`` and ``npm ci`` in tests/e2e/node (``make deps``): without them
+the test fails in CI / under ``make test`` and is skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.embedded_postgres import PostgresNotFound, find_pg_bin
+from tests.e2e.relayproc import ROOT
+from tests.fixtures.postgres import services_required
+
+pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(60)]
+
+SESSIONS = 20
+WRITES = 3
+LATENCY_RATE = 20
+LATENCY_SECONDS = 0.5
+#: The run takes about 15 s here; the subprocess is killed well before pytest's timeout.
+SUBPROCESS_TIMEOUT_S = 45
+
+
+def _require(what: str, ok: bool) -> None:
+    if ok:
+        return
+    if services_required():
+        pytest.fail(f"{what} is required here (CI or RELAY_REQUIRE_SERVICES=1)", pytrace=False)
+    pytest.skip(f"{what} not available")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    try:
+        find_pg_bin()
+        has_pg = True
+    except PostgresNotFound:
+        has_pg = False
+    _require("PostgreSQL", has_pg)
+    _require("node", shutil.which("node") is not None)
+    _require(
+        "the ws npm package (npm ci in tests/e2e/node)",
+        (ROOT / "tests" / "e2e" / "node" / "node_modules" / "ws" / "package.json").is_file(),
+    )
+    out: Path = tmp_path_factory.mktemp("bench")
+    command = [
+        sys.executable,
+        "-m",
+        "loadtest.bench",
+        "all",
+        "--runs=1",
+        f"--sessions={SESSIONS}",
+        f"--writes={WRITES}",
+        "--interval=0.2",
+        f"--latency-sessions={SESSIONS}",
+        f"--rate={LATENCY_RATE}",
+        f"--seconds={LATENCY_SECONDS}",
+        "--transactions=50",
+        "--rounds=1",
+        "--settle=0.5",
+        f"--out={out}",
+    ]
+    proc = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        check=False,
+    )
+    report = (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-6000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    )
+    assert proc.returncode == 0, report
+    path = out / "results.json"
+    assert path.is_file(), report
+    data: dict[str, Any] = json.loads(path.read_text())
+    data["_stdout"] = proc.stdout
+    return data
+
+
+@pytest.mark.parametrize("mode", ["fanout", "latency"])
+def test_every_session_gets_every_write_once(results: dict[str, Any], mode: str) -> None:
+    (entry,) = results[mode]
+    agg = entry["aggregate"]
+    (run,) = entry["runs"]
+    expected_writes = WRITES if mode == "fanout" else int(LATENCY_RATE * LATENCY_SECONDS)
+    assert agg["sessions"] == SESSIONS
+    assert run["ready"] == SESSIONS
+    assert run["writes"] == expected_writes
+    assert run["received"] == [SESSIONS] * expected_writes
+    assert run["delivered"] == SESSIONS * expected_writes
+    assert (agg["failed"], agg["missing"], agg["duplicates"]) == (0, 0, 0)
+    assert agg["closed_after_ready"] == 0
+    assert agg["all_done"] and agg["relay_alive"]
+
+
+@pytest.mark.parametrize("mode", ["fanout", "latency"])
+def test_reports_numbers(results: dict[str, Any], mode: str) -> None:
+    agg = results[mode][0]["aggregate"]
+    for key in ("all_p50_ms", "all_p99_ms", "delivery_p50_ms", "delivery_p99_ms"):
+        assert _finite(agg[key]) and agg[key] >= 0, (key, agg[key])
+    assert agg["delivery_p50_ms"] <= agg["delivery_p99_ms"] <= agg["all_p99_ms"]
+    assert _finite(agg["deliveries_per_s_p50"]) and agg["deliveries_per_s_p50"] > 0
+    assert _finite(agg["memory_per_session_bytes"])
+    assert _finite(agg["relay_cpu_per_write_ms"])
+    assert "| sessions |" in results["_stdout"]
+
+
+def test_reports_write_overhead(results: dict[str, Any]) -> None:
+    overhead = results["overhead"]
+    assert set(overhead) == {"no listener", "bare LISTEN client", "relay listening"}
+    for row in overhead.values():
+        assert _finite(row["added_ms"])
+        assert row["enabled_ms"] > 0 and row["disabled_ms"] > 0
+        assert row["triggers"], "no user triggers on bookstore_book: the write side is missing"
+
+
+def test_reports_the_machine(results: dict[str, Any]) -> None:
+    machine = results["machine"]
+    assert machine["nproc"] >= 1
+    assert machine["postgres"].startswith("postgres")
+    assert results["command"].startswith("python -m loadtest.bench all")

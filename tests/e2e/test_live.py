@@ -1,0 +1,252 @@
+"""Live updates end to end: commits reach subscribed clients through the change stream.
+
+Real gunicorn relays, real PostgreSQL (triggers, changelog, NOTIFY), the project's DDP
+client. Writes come from other DDP clients (methods) and from plain SQL, which the relay
+never sees except through the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from relay.client import DDPClient
+from relay.embedded_postgres import EmbeddedPostgres
+from tests.e2e.relayproc import RelayProcess, manage
+
+pytestmark = pytest.mark.e2e
+
+
+def connect(url: str, **kwargs: Any) -> DDPClient:
+    client = DDPClient(url, **kwargs)
+    client.connect()
+    return client
+
+
+def book_titles(client: DDPClient) -> dict[str, str]:
+    return {k: v["title"] for k, v in client.docs("bookstore.book").items()}
+
+
+def test_method_writes_reach_other_sessions(relay_server: Any) -> None:
+    watcher, writer = connect(relay_server.ws_url), connect(relay_server.url, sockjs=True)
+    try:
+        watcher.subscribe("books.all")
+        writer.subscribe("books.byAuthorEmail", "nk.jemisin@example.org")
+        new_id = writer.call(
+            "books.create",
+            {"title": "Live", "authorId": "jemisin", "price": "1.00", "tags": []},
+        )
+        # the writer's own subscription has it before `updated` (the write fence)
+        assert new_id in writer.docs("bookstore.book")
+        watcher.wait_for(lambda: new_id in watcher.collections.get("bookstore.book", {}))
+        writer.call("books.rename", new_id, "Live 2")
+        watcher.wait_for(lambda: watcher.collections["bookstore.book"][new_id]["title"] == "Live 2")
+        # moving the book to another author takes it out of the writer's filtered sub
+        writer.call("books.setAuthor", new_id, "leguin")
+        assert new_id not in writer.docs("bookstore.book")
+        watcher.wait_for(
+            lambda: watcher.collections["bookstore.book"][new_id]["authorId"] == "leguin"
+        )
+        writer.call("books.remove", new_id)
+        watcher.wait_for(lambda: new_id not in watcher.collections["bookstore.book"])
+        assert watcher.violations == [] and writer.violations == []
+    finally:
+        watcher.close()
+        writer.close()
+
+
+def test_updated_follows_the_methods_own_data_messages(relay_server: Any) -> None:
+    client = connect(relay_server.ws_url)
+    try:
+        client.subscribe("books.all")
+        for n in range(20):
+            client.call("books.rename", "small-gods", f"Small Gods {n}")
+        client.call("books.rename", "small-gods", "Small Gods")
+        order: dict[str, list[str]] = {}
+        pending_changes: list[str] = []
+        for msg in client.received:
+            if msg["msg"] == "changed" and msg["id"] == "small-gods":
+                pending_changes.append(msg["fields"].get("title", ""))
+            elif msg["msg"] == "updated":
+                for method_id in msg["methods"]:
+                    order[method_id] = list(pending_changes)
+        # each rename's `updated` came after the change carrying its title
+        for n in range(20):
+            assert f"Small Gods {n}" in order[str(n + 1)], order[str(n + 1)]
+    finally:
+        client.close()
+
+
+def test_sql_writes_outside_django_are_published(relay_server: Any, e2e_database: str) -> None:
+    client = connect(relay_server.ws_url)
+    try:
+        client.subscribe("books.all")
+        with psycopg2.connect(e2e_database) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE bookstore_book SET title = 'Raw SQL' WHERE id = 'lathe'")
+        conn.close()
+        client.wait_for(lambda: client.collections["bookstore.book"]["lathe"]["title"] == "Raw SQL")
+        with psycopg2.connect(e2e_database) as conn, conn.cursor() as cur:
+            cur.execute(
+                "UPDATE bookstore_book SET title = 'The Lathe of Heaven' WHERE id = 'lathe'"
+            )
+        conn.close()
+        client.wait_for(
+            lambda: client.collections["bookstore.book"]["lathe"]["title"] == "The Lathe of Heaven"
+        )
+    finally:
+        client.close()
+
+
+def test_rolled_back_writes_publish_nothing(relay_server: Any, e2e_database: str) -> None:
+    client = connect(relay_server.ws_url)
+    try:
+        client.subscribe("books.all")
+        conn = psycopg2.connect(e2e_database)
+        with conn.cursor() as cur:
+            cur.execute("UPDATE bookstore_book SET title = 'Never' WHERE id = 'left-hand'")
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("UPDATE bookstore_book SET title = 'Then' WHERE id = 'left-hand'")
+        conn.commit()
+        client.wait_for(
+            lambda: client.collections["bookstore.book"]["left-hand"]["title"] == "Then"
+        )
+        titles = [
+            m["fields"].get("title")
+            for m in client.received
+            if m["msg"] == "changed" and m["id"] == "left-hand"
+        ]
+        assert "Never" not in titles
+        with conn.cursor() as cur:
+            cur.execute(
+                "UPDATE bookstore_book SET title = 'The Left Hand of Darkness'"
+                " WHERE id = 'left-hand'"
+            )
+        conn.commit()
+        conn.close()
+    finally:
+        client.close()
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (not want or want in line):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# -- a relay of our own, on a PostgreSQL we may break --------------------------------------
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, RelayProcess, str]]:
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    pg.start()
+    relay: RelayProcess | None = None
+    try:
+        url = pg.dsn("relay")
+        manage(url, "migrate", "--noinput", "-v", "0")
+        manage(url, "seed_demo")
+        relay = RelayProcess(url, tmp_path / "relay.log", workers=1).start()
+        yield pg, relay, url
+    finally:
+        if relay is not None:
+            relay.stop()
+        pg.stop()
+
+
+def storm(url: str, rounds: int, tag: str, breaker: Any = None) -> dict[str, str]:
+    """Rename every seeded book ``rounds`` times in separate transactions, riding out
+    connection loss; return the final titles the database holds."""
+    ids = ["earthsea-1", "left-hand", "lathe", "dispossessed", "guards-guards"]
+    conn = None
+    for n in range(rounds):
+        if breaker is not None and n == rounds // 2:
+            breaker()
+        for book_id in ids:
+            for _attempt in range(50):
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg2.connect(url)
+                    with conn.cursor() as cur:
+                        cur.execute(
+                            "UPDATE bookstore_book SET title = %s WHERE id = %s",
+                            (f"{tag} {book_id} {n}", book_id),
+                        )
+                    conn.commit()
+                    break
+                except psycopg2.OperationalError:
+                    conn = None
+                    time.sleep(0.2)
+    assert conn is not None
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, title FROM bookstore_book")
+        final = dict(cur.fetchall())
+    conn.close()
+    return final
+
+
+def test_listener_killed_mid_storm_loses_nothing(own_stack: Any) -> None:
+    _pg, relay, url = own_stack
+    client = connect(relay.ws_url)
+    try:
+        client.subscribe("books.all")
+
+        def kill_listener() -> None:
+            with psycopg2.connect(url) as conn, conn.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = 'ddp-relay listener'"
+                )
+                assert cur.fetchall(), "no listener backend to kill"
+            conn.close()
+
+        final = storm(url, 40, "kill", kill_listener)
+        client.wait_for(lambda: book_titles(client) == final, timeout=30)
+        assert client.violations == []
+    finally:
+        client.close()
+
+
+def test_postgres_restart_mid_storm_loses_nothing(own_stack: Any) -> None:
+    pg, relay, url = own_stack
+    client = connect(relay.ws_url)
+    try:
+        client.subscribe("books.all")
+        final = storm(url, 30, "restart", pg.restart)
+        client.wait_for(lambda: book_titles(client) == final, timeout=60)
+        assert client.violations == []
+    finally:
+        client.close()
+
+
+def test_a_relay_listens_only_to_channels_its_clients_need(own_stack: Any) -> None:
+    _pg, relay, url = own_stack
+    client = connect(relay.ws_url)
+    try:
+        client.subscribe("authors.all")
+        storm(url, 3, "unseen")
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE bookstore_author SET name = 'Ursula Le Guin' WHERE id = 'leguin'")
+        conn.close()
+        client.wait_for(
+            lambda: client.collections["bookstore.author"]["leguin"]["name"] == "Ursula Le Guin"
+        )
+        assert metric(relay.url, "ddp_relay_notifications_total", channel="ddp_bookstore_book") == 0
+        assert (
+            metric(relay.url, "ddp_relay_notifications_total", channel="ddp_bookstore_author") >= 1
+        )
+        assert json.dumps(client.docs("bookstore.book")) == "{}"
+    finally:
+        client.close()
