@@ -411,8 +411,7 @@ class Session:
         if self.closed:
             return
         if self.transport.closed:
-            slow = getattr(self.transport, "overflowed", False)
-            self.close(disconnect.SLOW if slow else disconnect.TRANSPORT_CLOSED)
+            self.close(self._why_transport_closed())
             return
         if self.conn.state is State.AWAITING_CONNECT:
             if now - self.opened_at > self.node.settings.handshake_timeout:
@@ -436,9 +435,15 @@ class Session:
         self.node.metrics.disconnects.labels(reason=reason.name).inc()
         self.transport.close(reason.code, reason.reason)
 
+    def _why_transport_closed(self) -> disconnect.Disconnect:
+        # The transport closes on its own when the client reads slower than we write.
+        if getattr(self.transport, "overflowed", False):
+            return disconnect.SLOW
+        return disconnect.TRANSPORT_CLOSED
+
     def _teardown(self) -> None:
         if not self.closed:
-            self.close(disconnect.TRANSPORT_CLOSED)
+            self.close(self._why_transport_closed())
         self._pending.clear()
         for sub in self.subs.values():
             self._detach(sub)

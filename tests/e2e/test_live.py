@@ -8,6 +8,7 @@ never sees except through the stream.
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+import websocket
 
 from relay.client import DDPClient
 from relay.embedded_postgres import EmbeddedPostgres
@@ -150,7 +152,15 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def own_stack(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, RelayProcess, str]]:
+def relay_env() -> dict[str, str]:
+    """Extra environment for ``own_stack``'s relay (tests override it)."""
+    return {}
+
+
+@pytest.fixture
+def own_stack(
+    tmp_path: Path, relay_env: dict[str, str]
+) -> Iterator[tuple[EmbeddedPostgres, RelayProcess, str]]:
     pg = EmbeddedPostgres(tmp_path / "pg")
     pg.start()
     relay: RelayProcess | None = None
@@ -158,7 +168,7 @@ def own_stack(tmp_path: Path) -> Iterator[tuple[EmbeddedPostgres, RelayProcess, 
         url = pg.dsn("relay")
         manage(url, "migrate", "--noinput", "-v", "0")
         manage(url, "seed_demo")
-        relay = RelayProcess(url, tmp_path / "relay.log", workers=1).start()
+        relay = RelayProcess(url, tmp_path / "relay.log", workers=1, env=relay_env).start()
         yield pg, relay, url
     finally:
         if relay is not None:
@@ -250,3 +260,39 @@ def test_a_relay_listens_only_to_channels_its_clients_need(own_stack: Any) -> No
         assert json.dumps(client.docs("bookstore.book")) == "{}"
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("relay_env", [{"RELAY_SEND_BUFFER_BYTES": "65536"}])
+def test_a_slow_client_is_cut_off_without_slowing_the_others(own_stack: Any) -> None:
+    _pg, relay, url = own_stack
+    # A tiny receive window set before connecting (after it, Linux keeps autotuning).
+    slow = websocket.create_connection(
+        relay.ws_url, timeout=10, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
+    )
+    slow.send(json.dumps({"msg": "connect", "version": "1", "support": ["1"]}))
+    slow.send(json.dumps({"msg": "sub", "id": "s", "name": "books.all"}))
+    fast = connect(relay.ws_url)
+    try:
+        fast.subscribe("books.all")
+        with psycopg2.connect(url) as conn:
+            for n in range(400):
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "UPDATE bookstore_book SET tags = %s::jsonb, title = %s WHERE id = 'lathe'",
+                        # 20 KB of new tags per change (spilled payloads): 8 MB in all
+                        (json.dumps([f"{n}" + "x" * 1000] * 20), f"slow {n}"),
+                    )
+                conn.commit()
+        conn.close()
+        fast.wait_for(
+            lambda: fast.docs("bookstore.book")["lathe"]["title"] == "slow 399", timeout=60
+        )
+        assert fast.violations == []
+        # the slow reader was closed with a clear reason instead of holding everyone up
+        deadline = time.monotonic() + 20
+        while metric(relay.url, "ddp_relay_disconnects_total", reason="slow") < 1:
+            assert time.monotonic() < deadline, "the slow client was never cut off"
+            time.sleep(0.2)
+    finally:
+        fast.close()
+        slow.shutdown()
