@@ -99,7 +99,7 @@ class Route:
 
     ``conditions`` all hold for a member document (AND). ``conditions is None`` means
     membership cannot be decided from the change payload; the relay must re-evaluate the
-    publication for such a route (slower, documented in docs/publications.md).
+    publication for such a route (slower, documented in docs/django-api.md).
     """
 
     channel: str

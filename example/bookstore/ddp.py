@@ -1,4 +1,4 @@
-"""What the bookstore publishes over DDP: two collections, two publications, six methods.
+"""What the bookstore publishes over DDP: two collections, three publications, seven methods.
 
 ``DDPConfig.ready`` imports this module (every installed app's ``ddp.py``). Meteor
 clients see the collections ``bookstore.author`` and ``bookstore.book``; the book
