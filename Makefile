@@ -37,6 +37,8 @@ APT_PYTHON_VENV := python3-venv
 # needs it).
 APT_ZOOKEEPER := zookeeper
 ZOOKEEPER_JAR := /usr/share/java/zookeeper.jar
+# HAProxy in front of the relays of `make cluster` (and its end-to-end test).
+APT_HAPROXY := haproxy
 
 # --- shell snippets ----------------------------------------------------------------------
 
@@ -48,6 +50,8 @@ NEED_NODE = { if ! command -v node >/dev/null 2>&1; then echo $(APT_NODE); \
 NEED_PYTHON_VENV = { $(FIND_PYTHON) if [ -z "$$py" ]; then echo python3 $(APT_PYTHON_VENV); \
 	elif ! "$$py" -c 'import ensurepip, venv' >/dev/null 2>&1; then echo $(APT_PYTHON_VENV); fi; };
 NEED_ZOOKEEPER = { [ -f $(ZOOKEEPER_JAR) ] || echo $(APT_ZOOKEEPER); };
+NEED_HAPROXY = { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] \
+	|| echo $(APT_HAPROXY); };
 
 # Sets $py to the interpreter for the virtualenv ('' if there is none).
 FIND_PYTHON = py="$(PYTHON)"; [ -n "$$py" ] || py="$$(command -v python3.11 || command -v python3 || true)";
@@ -72,10 +76,11 @@ endef
 # --- targets -----------------------------------------------------------------------------
 
 .PHONY: help deps deps-system deps-run deps-python deps-zookeeper venv lint types test \
-	pytest run clean
+	pytest run cluster clean
 
 help:
 	@echo "make run     start the demo (embedded PostgreSQL, migrations, seed data, gunicorn)"
+	@echo "make cluster PostgreSQL, 3 ZooKeeper nodes, 3 relays and HAProxy on loopback"
 	@echo "make test    install what is missing, then lint, types and the whole test suite"
 	@echo "make deps    apt packages (PostgreSQL, Node.js, npm) and the e2e npm clients"
 	@echo "make venv    $(VENV) with pip install -e '.[$(PIP_EXTRAS)]'"
@@ -89,8 +94,8 @@ deps: deps-system deps-zookeeper $(if $(NODE_INPUTS),$(NODE_STAMP)) deploy-tools
 
 # All apt packages in one go (one `apt-get update`), then check they really arrived.
 deps-system:
-	@pkgs="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) )"; $(APT_INSTALL)
-	@left="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) )"; \
+	@pkgs="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) $(NEED_HAPROXY) )"; $(APT_INSTALL)
+	@left="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) $(NEED_HAPROXY) )"; \
 	if [ -n "$$left" ]; then echo "deps: still missing after apt-get:" $$left >&2; exit 1; fi
 
 # What `make run` needs (no Node.js).
@@ -165,6 +170,12 @@ test: deps venv
 
 run: deps-run venv
 	@$(VENV_PY) -m relay.devserver
+
+## cluster: docker-compose.yml without Docker (relay/cluster.py), on 127.0.0.1:$${PORT:-8000}.
+## Ctrl-C stops it all; state and logs in $(STATE)/cluster.
+cluster: venv
+	@pkgs="$$( $(NEED_POSTGRES) $(NEED_ZOOKEEPER) $(NEED_HAPROXY) )"; $(APT_INSTALL)
+	@$(VENV_PY) -m relay.cluster
 
 clean:
 	@if [ -d $(STATE) ]; then \

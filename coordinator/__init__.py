@@ -3,9 +3,11 @@
 Depends on the standard library and kazoo only; never imports ``relay`` or Django.
 
 The interface and its types are re-exported here; pick an implementation explicitly:
-``coordinator.memory.MemoryCoordinator`` (in-process) or
-``coordinator.zk.ZooKeeperCoordinator`` (kazoo; imported only by whoever needs it, so that
-importing ``coordinator`` does not import kazoo).
+``coordinator.memory.MemoryCoordinator`` (in-process: tests, single-process runs),
+``coordinator.sqlite.SQLiteCoordinator`` (one SQLite file shared by the worker processes
+of one node: the single-node default) or ``coordinator.zk.ZooKeeperCoordinator`` (kazoo;
+imported only by whoever needs it, so that importing ``coordinator`` does not import
+kazoo).
 """
 
 from coordinator.base import (

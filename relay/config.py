@@ -73,6 +73,16 @@ class Settings:
     #: RELAY_WRITE_FENCE_TIMEOUT: seconds a method's ``updated`` waits for its writes to be
     #: routed to the session before it is sent anyway (and a warning is logged).
     write_fence_timeout: float = field(default=10.0, metadata={"env": "RELAY_WRITE_FENCE_TIMEOUT"})
+    #: RELAY_RESUME_WINDOW: seconds a parked session can be resumed (0 turns resuming off).
+    resume_window: float = field(default=300.0, metadata={"env": "RELAY_RESUME_WINDOW"})
+    #: RELAY_RESUME_LOG: messages kept per session for replaying what was lost in flight;
+    #: a client further behind than this gets a new session (and resyncs).
+    resume_log: int = field(default=500, metadata={"env": "RELAY_RESUME_LOG"})
+    #: RELAY_ZOOKEEPER: ZooKeeper connect string (host:port,...) for cluster coordination.
+    zookeeper: str = field(default="", metadata={"env": "RELAY_ZOOKEEPER"})
+    #: RELAY_COORDINATOR_PATH: without ZooKeeper, a SQLite file shared by the workers of one
+    #: node ("" = in-process only: resuming then works within one worker process).
+    coordinator_path: str = field(default="", metadata={"env": "RELAY_COORDINATOR_PATH"})
     #: RELAY_METRICS: serve Prometheus metrics on /metrics.
     metrics: bool = field(default=True, metadata={"env": "RELAY_METRICS"})
 
@@ -120,6 +130,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.resume_window < 0 or self.resume_log < 0:
+            raise ConfigError("resume settings must not be negative")
         if self.heartbeat_interval < 0 or self.heartbeat_timeout < 0:
             raise ConfigError("heartbeat settings must not be negative (0 disables)")
         if ":" not in self.backend:

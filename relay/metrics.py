@@ -42,6 +42,7 @@ class Metrics:
     disconnects: Counter
     changes_delivered: Counter
     notifications: Counter
+    resumes: Counter
     backfill_seconds: Histogram
     resyncs: Counter
     fence_timeouts: Counter
@@ -74,6 +75,11 @@ def get_metrics() -> Metrics:
         disconnects=Counter("ddp_relay_disconnects", "Sessions closed, by reason.", ["reason"]),
         changes_delivered=Counter(
             "ddp_relay_change_batches", "Change-stream transactions routed to sessions."
+        ),
+        resumes=Counter(
+            "ddp_relay_resumes",
+            "Session resumption events: resumed, parked, or why a resume was refused.",
+            ["outcome"],
         ),
         notifications=Counter(
             "ddp_relay_notifications",

@@ -24,6 +24,8 @@ from relay.config import Settings
 from relay.fanout import Attachment, Streams
 from relay.listener import Listener
 from relay.metrics import Metrics, get_metrics
+from relay.parking import ParkStore
+from relay.resume import Resumer, build_coordinator
 from relay.session import Session
 from relay.transport import HeartbeatRegistry, Transport
 from relay.workpool import WorkPool
@@ -54,8 +56,16 @@ class Node:
         self.listener: Listener | None = None
         self.streams = Streams(backend, self._listen, self._unlisten, self.metrics)
         self.streams.on_resync = self._resync
+        self.resumer: Resumer | None = None
         if settings.database_url:
             self.listener = Listener(settings.database_url, self.streams, self.metrics)
+            if settings.resume_window > 0:
+                self.resumer = Resumer(
+                    settings,
+                    build_coordinator(settings),
+                    ParkStore(settings.database_url),
+                    self.metrics,
+                )
         else:
             log.warning("no RELAY_DATABASE_URL or DATABASE_URL: live updates are off")
 
@@ -65,6 +75,8 @@ class Node:
         if self.listener is not None:
             self.listener.start()
             self._housekeeper = gevent.spawn(self._housekeeping_forever)
+        if self.resumer is not None:
+            self.resumer.start()
 
     def _housekeeping_forever(self) -> None:
         # Every worker of every relay prunes; the work is idempotent and cheap when there is
@@ -75,6 +87,8 @@ class Node:
                 self.pool.run(self.backend.housekeeping)
             except Exception:
                 log.exception("housekeeping failed")
+            if self.resumer is not None:
+                self.resumer.housekeeping()
 
     def _listen(self, channel: str) -> None:
         if self.listener is not None:
@@ -133,4 +147,6 @@ class Node:
                 greenlet.kill(block=False)
         if self.listener is not None:
             self.listener.stop()
+        if self.resumer is not None:
+            self.resumer.stop()
         self.pool.close()

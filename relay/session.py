@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -50,17 +50,21 @@ from relay.protocol.messages import (
     Sub,
     Unsub,
 )
+from relay.protocol.parked import ParkedSession, ParkedSubscription
 from relay.transport import Inbound, Oversized, SharedFrames
 
 if TYPE_CHECKING:
     from relay.fanout import Attachment
     from relay.node import Node
+    from relay.resume import Resumed
     from relay.transport import Transport
 
 log = logging.getLogger(__name__)
 
-#: Messages that do not count towards the session's sent count (Meteor 3.5 rule).
-_UNCOUNTED = frozenset(("ping", "pong"))
+#: Completed method results kept per session for re-sent methods after a resume.
+MAX_RESULTS = 100
+#: Seconds a closing session waits for its in-flight message before parking.
+PARK_DRAIN_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -95,6 +99,15 @@ class Session:
         self.mergebox = MergeBox()
         self.subs: dict[str, Subscription] = {}
         self.sent_count = 0
+        #: The last messages sent (counted ones), for replay on resume: ``log[-1]`` is
+        #: message number ``sent_count``.
+        self.log: deque[str] = deque(maxlen=node.settings.resume_log)
+        #: Completed methods' result messages, so a re-sent method is answered, not re-run.
+        self.results: OrderedDict[str, str] = OrderedDict()
+        #: The coordinator's epoch for this session; None: it cannot be parked/resumed.
+        self.epoch: int | None = None
+        self._deliberate = False
+        self._close: disconnect.Disconnect | None = None
         self.opened_at = time.monotonic()
         settings = node.settings
         self.heartbeat = Heartbeat(settings.heartbeat_interval, settings.heartbeat_timeout)
@@ -151,6 +164,7 @@ class Session:
         if isinstance(msg, Pong):
             return
         if isinstance(msg, Disconnect):
+            self._deliberate = True  # Meteor 3.5: no resume grace period wanted
             self.close(disconnect.CLIENT_DISCONNECT)
             return
         if len(self._pending) >= self.node.settings.max_pending_messages:
@@ -207,14 +221,52 @@ class Session:
             self.send([messages.error("Internal server error")])
             self.close(disconnect.SERVER_ERROR)
             return
-        # A fresh id always: clients before Meteor 3.5 wipe their cache when they get their
-        # old id back (invariant I7); resumption is decided by the coordinator.
+        resumer = self.node.resumer
+        if (
+            resumer is not None
+            and msg.session is not None
+            and msg.received_count is not None
+            and self.node.settings.resume_window > 0
+        ):
+            resumed = resumer.resume(msg.session, msg.received_count, self.identity.user_id)
+            if resumed is not None:
+                self._restore(resumed, msg.received_count)
+                return
+        # A fresh id unless resumed exactly: clients before Meteor 3.5 wipe their cache
+        # when they get their old id back (invariant I7), and send no receivedCount.
         self.id = random_id()
+        if resumer is not None:
+            self.epoch = resumer.created(self.id)
         self.send([messages.connected(self.id)])
+        self._connected()
+
+    def _connected(self) -> None:
         self.node.session_connected(self)
         if self.conn.heartbeats:
             self._heartbeat_started = True
             self.heartbeat.received(time.monotonic())
+
+    def _restore(self, resumed: Resumed, received_count: int) -> None:
+        """Carry on a parked session: same id, the messages lost in flight, then the
+        subscriptions re-run against the restored mergebox so that only what changed
+        while the client was away is sent."""
+        state = resumed.state
+        self.id, self.epoch = state.session_id, resumed.epoch
+        self.mergebox = MergeBox.from_state(state.mergebox)
+        self.results = OrderedDict(state.results)
+        connected = messages.encode(messages.connected(self.id))
+        # The client counts ``connected`` before the replayed messages: number the log the
+        # way it will, so a drop in the middle of the replay still resumes exactly.
+        kept = state.log[: len(state.log) - len(resumed.missed)]
+        self.log = deque([*kept, connected, *resumed.missed], maxlen=self.log.maxlen)
+        self.sent_count = state.sent_count + 1
+        self.transport.send([connected, *resumed.missed])
+        self.node.metrics.messages_sent.inc(1 + len(resumed.missed))
+        self._connected()
+        for parked_sub in state.subs:
+            sub = Subscription(parked_sub.id, parked_sub.name, parked_sub.params, parked_sub.ready)
+            self.subs[sub.id] = sub
+            self._rerun(sub)
 
     def _context(self, random_seed: str | None = None) -> CallContext:
         assert self.id is not None
@@ -227,8 +279,13 @@ class Session:
             err = messages.meteor_error(404, f"Subscription '{msg.name}' not found")
             self.send([messages.nosub(msg.id, err)])
             return
-        if msg.id in self.subs:
-            return  # Meteor ignores a duplicate sub id silently (it matters on reconnect).
+        known = self.subs.get(msg.id)
+        if known is not None:
+            # Not re-run (Meteor ignores a duplicate id); a resumed client re-sends its subs
+            # and a ready one is confirmed again, which clients ignore if already ready.
+            if known.ready:
+                self.send([messages.ready([msg.id])])
+            return
         if len(self.subs) >= self.node.settings.max_subs_per_session:
             metrics.subscriptions.labels(outcome="refused").inc()
             err = messages.meteor_error(
@@ -285,8 +342,13 @@ class Session:
     def _on_resync(self, sub_id: str) -> None:
         """Re-run a subscription and send only the difference (its history was lost)."""
         sub = self.subs.get(sub_id)
-        if sub is None:
-            return
+        if sub is not None:
+            self._rerun(sub)
+
+    def _rerun(self, sub: Subscription) -> None:
+        """Run ``sub``'s publication again and send only what differs from what the
+        client holds (the mergebox), then route its live changes again."""
+        sub_id = sub.id
         self._detach(sub)
         try:
             data = self.node.pool.run(
@@ -341,6 +403,12 @@ class Session:
 
     def _on_method(self, msg: Method) -> None:
         backend, metrics = self.node.backend, self.node.metrics
+        done = self.results.get(msg.id)
+        if done is not None:
+            # Re-sent after a resume: answered again, never executed twice.
+            self.send_texts([done])
+            self.send([messages.updated([msg.id])])
+            return
         if not backend.has_method(msg.method):
             metrics.method_calls.labels(outcome="not_found").inc()
             err = messages.meteor_error(404, f"Method '{msg.method}' not found")
@@ -367,6 +435,9 @@ class Session:
             outcome_label = "server_error"
         metrics.method_calls.labels(outcome=outcome_label).inc()
         metrics.method_seconds.observe(time.monotonic() - started)
+        self.results[msg.id] = reply
+        while len(self.results) > MAX_RESULTS:
+            self.results.popitem(last=False)
         self.send_texts([reply])
         if outcome is not None:
             self._write_fence(msg, outcome)
@@ -398,10 +469,15 @@ class Session:
             self.send_texts(texts)
 
     def send_texts(self, texts: list[str], shared: SharedFrames | None = None) -> None:
-        if self.closed or not texts:
+        """Send counted messages. After the socket closed they are still counted and logged
+        (not sent): a session that will be parked must replay them on resume."""
+        if not texts:
+            return
+        self.sent_count += len(texts)
+        self.log.extend(texts)
+        if self.closed:
             return
         self.transport.send(texts, shared)
-        self.sent_count += len(texts)
         self.node.metrics.messages_sent.inc(len(texts))
 
     # -- liveness and closing ---------------------------------------------------------------
@@ -430,6 +506,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
+        self._close = reason
         self.close_reason = reason.reason
         self.conn.close()
         self.node.metrics.disconnects.labels(reason=reason.name).inc()
@@ -445,9 +522,37 @@ class Session:
         if not self.closed:
             self.close(self._why_transport_closed())
         self._pending.clear()
+        processor = self._processor
+        if processor is not None:
+            # A method in flight finishes (its result is kept) before the session parks.
+            processor.join(timeout=PARK_DRAIN_SECONDS)
         for sub in self.subs.values():
             self._detach(sub)
         self.node.session_closed(self)
+        self._park_or_drop()
+
+    def _park_or_drop(self) -> None:
+        resumer = self.node.resumer
+        if resumer is None or self.id is None:
+            return
+        reason = self._close
+        if self._deliberate or (reason is not None and not reason.reconnect):
+            resumer.dropped(self.id, self.epoch)
+            return
+        if self.epoch is None or self.node.settings.resume_window <= 0:
+            return
+        state = ParkedSession(
+            session_id=self.id,
+            user_id=self.identity.user_id,
+            version=self.conn.version or "1",
+            sent_count=self.sent_count,
+            log_start=self.sent_count - len(self.log) + 1,
+            log=list(self.log),
+            subs=[ParkedSubscription(s.id, s.name, s.params, s.ready) for s in self.subs.values()],
+            mergebox=self.mergebox.to_state(),
+            results=dict(self.results),
+        )
+        resumer.park(state, self.epoch)
 
 
 def _metric_reason(reason: str) -> str:

@@ -1,10 +1,11 @@
-"""One contract suite for every ``Coordinator``: ``MemoryCoordinator`` and ZooKeeper.
+"""One contract suite for every ``Coordinator``: memory, SQLite and ZooKeeper.
 
 The ``cluster`` fixture is parametrized over a factory per backend; each call of it makes
 and starts one more coordinator (one more "relay") on the same cluster: a shared
-``MemoryStore``, or a fresh znode root on the session's ZooKeeper server (threading
-handler: this process is not monkey-patched). ZooKeeper-only behaviour (outage, session
-expiry, the gevent handler) is in ``test_zookeeper.py``.
+``MemoryStore``, one SQLite file (a coordinator per "worker process"), or a fresh znode
+root on the session's ZooKeeper server (threading handler: this process is not
+monkey-patched). Backend-only behaviour is in ``test_zookeeper.py`` (outage, session
+expiry, the gevent handler) and ``test_sqlite.py`` (several processes, SIGKILL).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from coordinator.errors import (
     SessionNotFound,
 )
 from coordinator.memory import MemoryCoordinator, MemoryStore
+from coordinator.sqlite import SQLiteCoordinator
 from tests.coordinator.util import LeaderEvents, wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.timeout(30)
 MakeCoordinator = Callable[[], Coordinator]
 
 
-@pytest.fixture(params=["memory", "zookeeper"])
+@pytest.fixture(params=["memory", "sqlite", "zookeeper"])
 def cluster(request: pytest.FixtureRequest) -> Iterator[MakeCoordinator]:
     """A factory: each call returns one more started coordinator on the same cluster."""
     made: list[Coordinator] = []
@@ -40,6 +42,14 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[MakeCoordinator]:
 
         def make() -> Coordinator:
             coordinator = MemoryCoordinator(store)
+            made.append(coordinator)
+            return coordinator
+
+    elif request.param == "sqlite":
+        path = request.getfixturevalue("tmp_path") / "coordinator.sqlite"
+
+        def make() -> Coordinator:
+            coordinator = SQLiteCoordinator(path, member_ttl=2.0, leader_ttl=2.0)
             made.append(coordinator)
             return coordinator
 

@@ -41,8 +41,8 @@ def gunicorn_envs() -> list[str]:
 
 
 def all_envs() -> list[str]:
-    """Every RELAY_* variable a relay pod may get (RELAY_ZOOKEEPER: not read yet)."""
-    return [*settings_envs(), *gunicorn_envs(), "RELAY_ZOOKEEPER"]
+    """Every RELAY_* variable a relay pod may get: the relay's settings and gunicorn's."""
+    return [*settings_envs(), *gunicorn_envs()]
 
 
 def require_tool(name: str, path: Path | None, hint: str) -> Path:

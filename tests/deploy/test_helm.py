@@ -46,6 +46,14 @@ SECRET_ENVS = {"RELAY_DATABASE_URL"}
 # Non-default test values for settings whose type alone does not give a valid one.
 SETTINGS_TEST_VALUES: dict[str, Any] = {
     "RELAY_DATABASE_URL": "postgresql://listener:pw@db-direct:5432/relay",
+    "RELAY_ZOOKEEPER": "zk1:2181,zk2:2181,zk3:2181/ddp",
+    "RELAY_COORDINATOR_PATH": "/var/run/ddp-relay/coordinator.sqlite",
+}
+
+# Chart defaults that differ from the relay's (documented in values.yaml).
+CHART_DEFAULT_EXCEPTIONS: dict[str, Any] = {
+    "wsgi_app": "example.wsgi:application",
+    "coordinator_path": "/tmp/ddp-relay/coordinator.sqlite",
 }
 
 DEV_DATABASE_URL = "postgresql://relay:relay@postgres:5432/relay"
@@ -427,8 +435,14 @@ def test_chart_defaults_are_the_relays_defaults(default: Manifests) -> None:
     # RELAY_DATABASE_URL would switch live updates off).
     assert "RELAY_DATABASE_URL" not in pod_env
     assert Settings.from_env(pod_env) == Settings(
-        wsgi_app="example.wsgi:application", database_url=DEV_DATABASE_URL
+        database_url=DEV_DATABASE_URL, **CHART_DEFAULT_EXCEPTIONS
     )
+    # The SQLite file the workers of a pod share lives on a writable emptyDir.
+    mounts = {m["mountPath"]: m["name"] for m in default.container["volumeMounts"]}
+    volumes = {v["name"]: v for v in default.pod["spec"]["volumes"]}
+    coordinator_dir = Path(data["RELAY_COORDINATOR_PATH"]).parent
+    mount = next(m for m in mounts if coordinator_dir.is_relative_to(m))
+    assert "emptyDir" in volumes[mounts[mount]]
     assert data["RELAY_ZOOKEEPER"] == ""
     # gunicorn_conf evaluated with the ConfigMap's env, then with no RELAY_* at all.
     script = (
