@@ -35,6 +35,10 @@ def _env(database_url: str, state: Path) -> dict[str, str]:
     for stale in metrics_dir.glob("*.db"):
         stale.unlink()
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # Without ZooKeeper, the workers of this node share session ownership through one
+    # SQLite file, so a reconnect that lands on another worker resumes too.
+    if not env.get("RELAY_ZOOKEEPER"):
+        env.setdefault("RELAY_COORDINATOR_PATH", str(state / "coordinator.sqlite"))
     return env
 
 

@@ -72,6 +72,8 @@ class RelayProcess:
             "RELAY_WORKERS": str(workers),
             "RELAY_GRACEFUL_TIMEOUT": "5",
             "RELAY_LOG_LEVEL": "info",
+            # The workers of one relay share session ownership (resume across workers).
+            "RELAY_COORDINATOR_PATH": str(log_path.parent / f"coordinator-{self.port}.sqlite"),
             **(env or {}),
         }
         self._env = example_env(database_url, extra)

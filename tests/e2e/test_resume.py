@@ -161,3 +161,19 @@ def test_a_deliberate_disconnect_is_not_resumable(one_worker: Any) -> None:
     second, connected = reconnect(relay, session, received)
     assert connected["session"] != session
     second.ws.close()
+
+
+def test_resume_lands_on_any_worker_of_the_node(relay_server: Any) -> None:
+    """Two gunicorn workers share session ownership through the node's SQLite file."""
+    client, session = start(relay_server)
+    received = len(client.got)  # Meteor 3.5 counts across the whole session
+    for n in range(8):  # gunicorn spreads the reconnects over both workers
+        client.drop()
+        client, connected = reconnect(relay_server, session, received)
+        assert connected["session"] == session, f"reconnect {n} was not resumed"
+        received += 1  # the new connected counts too
+        client.send(msg="method", id=f"m{n}", method="users.whoami", params=[])
+        got = client.until("updated")
+        assert [m["msg"] for m in got] == ["result", "updated"]  # nothing replayed twice
+        received += len(got)
+    client.ws.close()
