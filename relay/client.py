@@ -3,12 +3,37 @@
 Layer: a client library on top of ``relay.protocol`` (EJSON, SockJS framing, messages);
 used by the test suite and the load tests, and usable by applications. It speaks to any
 DDP server. Threads: one reader thread per connection (a greenlet under gevent's
-monkey-patching, as in locust), so calls block only their caller.
+monkey-patching, as in locust), so calls block only their caller. The reader thread also
+runs the reconnect loop, so a client never has more than one background thread.
 
 The cache applies ``added``/``changed``/``removed`` strictly, like Meteor's server-side
 client: an ``added`` for a document already present, or a ``changed``/``removed`` for a
 missing one, is recorded in ``violations`` (tests assert it stays empty) instead of
-raising. Every received message is kept in ``received`` for inspection.
+raising. Every received message is kept in ``received`` for inspection (unless
+``keep_received=False``, for long runs).
+
+Reconnect (opt-in, ``auto_reconnect=True``), as Meteor's client does it (protocol
+reference 3.2-3.4):
+
+- after an unexpected socket loss the client retries with Meteor's ``Retry`` policy
+  (:func:`retry_delay`): 10 ms for the first two attempts, then
+  ``min(max, base * 2.2**n)`` times a random factor in [0.75, 1.25);
+- on the new socket it sends ``connect`` with the last ``session`` (and ``receivedCount``
+  when ``resume=True``), then every outstanding method with the same id, params and
+  ``randomSeed``, then every active sub with the same id, name and params, all before
+  ``connected`` arrives. Like Meteor, only methods **without a ``result``** are re-sent: a
+  method that has its result but not yet its ``updated`` is not executed again;
+- ``connected`` with the same session id: the session was resumed, the cache is kept and
+  ``received_count`` goes on (the new ``connected`` counts);
+- ``connected`` with a new id: Meteor's quiescence. ``added``/``changed``/``removed``/
+  ``ready``/``updated`` are buffered until every re-sent sub is ``ready`` (or ``nosub``)
+  and every re-sent method ``updated``; then the cache is emptied and the buffer applied
+  in one batch, so a full resync never shows duplicate adds. Methods that had a result
+  but no ``updated`` complete at that point (the new session will never send it).
+  ``received_count`` restarts at 1 (the ``connected``), as in Meteor 3.5.
+
+``close()`` sends ``{"msg": "disconnect"}`` first (Meteor 3.5's deliberate disconnect: the
+server drops the session at once) and stops reconnecting.
 
 Must not: import the relay runtime (sessions, gevent, Django).
 """
@@ -30,6 +55,36 @@ import websocket
 
 from relay.protocol import ejson, sockjs
 
+#: Meteor's ``Retry`` defaults (``retry.js``), in seconds.
+RETRY_BASE = 1.0
+RETRY_EXPONENT = 2.2
+RETRY_MAX = 300.0
+RETRY_MIN_COUNT = 2
+RETRY_MIN = 0.01
+RETRY_FUZZ = 0.5
+
+#: Data messages held back while waiting for quiescence after a new session.
+_BUFFERED = frozenset({"added", "changed", "removed", "ready", "updated"})
+
+
+def retry_delay(
+    count: int,
+    *,
+    base: float = RETRY_BASE,
+    maximum: float = RETRY_MAX,
+    minimum: float = RETRY_MIN,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before reconnect attempt number ``count`` (0-based), as Meteor's
+    ``Retry._timeout``: ``minimum`` for the first two, then
+    ``min(maximum, base * 2.2**count) * uniform[0.75, 1.25)``."""
+    if count < RETRY_MIN_COUNT:
+        return minimum
+    fraction = (rng or random).random()
+    return min(maximum, base * RETRY_EXPONENT**count) * (
+        fraction * RETRY_FUZZ + (1 - RETRY_FUZZ / 2)
+    )
+
 
 class DDPClientError(Exception):
     """A method or subscription answered with a Meteor error object."""
@@ -43,6 +98,7 @@ class DDPClientError(Exception):
 
 @dataclass
 class _Call:
+    msg: dict[str, Any] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: dict[str, Any] | None = None
@@ -56,7 +112,14 @@ def _decode_fields(fields: dict[str, Any] | None) -> dict[str, Any]:
 
 class DDPClient:
     """A connection to a DDP server at ``url`` (``ws://host:port/websocket`` or ``http://host:port``
-    with ``sockjs=True``)."""
+    with ``sockjs=True``).
+
+    Reconnect options (all off by default; see the module docstring): ``auto_reconnect``,
+    ``resume`` (send ``receivedCount``), ``reconnect_base``/``reconnect_max``/
+    ``reconnect_min`` (the ``Retry`` numbers, in seconds), ``max_reconnect_attempts``
+    (give up and set ``closed`` after that many failed attempts in a row; ``None``: never)
+    and ``rng`` (the jitter's source). ``keep_received=False`` keeps no message history.
+    """
 
     def __init__(
         self,
@@ -66,12 +129,28 @@ class DDPClient:
         headers: Sequence[str] = (),
         timeout: float = 10.0,
         on_message: Callable[[dict[str, Any]], None] | None = None,
+        auto_reconnect: bool = False,
+        resume: bool = True,
+        reconnect_base: float = RETRY_BASE,
+        reconnect_max: float = RETRY_MAX,
+        reconnect_min: float = RETRY_MIN,
+        max_reconnect_attempts: int | None = None,
+        keep_received: bool = True,
+        rng: random.Random | None = None,
     ) -> None:
         self.url = url
         self.use_sockjs = sockjs
         self.headers = list(headers)
         self.timeout = timeout
         self.on_message = on_message
+        self.auto_reconnect = auto_reconnect
+        self.resume = resume
+        self.reconnect_base = reconnect_base
+        self.reconnect_max = reconnect_max
+        self.reconnect_min = reconnect_min
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.keep_received = keep_received
+        self.rng = rng or random.Random()
         self.session: str | None = None
         self.collections: dict[str, dict[str, dict[str, Any]]] = {}
         self.violations: list[str] = []
@@ -80,14 +159,38 @@ class DDPClient:
         self.nosubs: dict[str, dict[str, Any] | None] = {}
         self.errors: list[dict[str, Any]] = []
         self.closed = threading.Event()
+        #: Messages received on the current session, ping/pong excluded, ``connected`` = 1.
+        self.received_count = 0
+        #: Reconnects that reached ``connected``; of those, same session id / new session id.
+        self.reconnects = 0
+        self.resumes = 0
+        self.resyncs = 0
+        #: Per reconnect, seconds from the socket loss to ``connected``.
+        self.reconnect_latencies: list[float] = []
         self._ws: websocket.WebSocket | None = None
         # Reentrant: wait_for() predicates may call docs() while the condition holds it.
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
+        # Serialises writes and the socket swap on reconnect (never taken by the reader while
+        # it holds ``_lock``, except to answer a ping).
+        self._send_lock = threading.RLock()
         self._calls: dict[str, _Call] = {}
+        self._subs: dict[str, dict[str, Any]] = {}  # active sub id -> its ``sub`` message
         self._ids = itertools.count(1)
         self._connected = threading.Event()
         self._reader: threading.Thread | None = None
+        self._version = "1"
+        self._up = False  # the current socket is believed open
+        self._closing = False  # close() was called: no more reconnects
+        self._stop = threading.Event()
+        self._lost_at: float | None = None
+        self._resent_subs: set[str] = set()
+        self._resent_methods: set[str] = set()
+        # Quiescence after a new session: None when not waiting.
+        self._subs_reviving: set[str] | None = None
+        self._methods_blocking: set[str] = set()
+        self._buffer: list[dict[str, Any]] = []
+        self._pending_unsubs: list[str] = []
 
     # -- connection -------------------------------------------------------------------------
 
@@ -99,26 +202,43 @@ class DDPClient:
         session = "".join(random.choices(string.ascii_lowercase + string.digits, k=8))
         return f"{base}/sockjs/{server}/{session}/websocket"
 
+    def _open_socket(self) -> websocket.WebSocket:
+        ws = websocket.create_connection(self._ws_url(), timeout=self.timeout, header=self.headers)
+        try:
+            if self.use_sockjs:
+                opening = ws.recv()
+                if opening != sockjs.OPEN:
+                    raise ConnectionError(f"expected SockJS open frame, got {opening!r}")
+            ws.settimeout(None)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ws.shutdown()  # type: ignore[no-untyped-call]
+            raise
+        return ws
+
     def connect(self, *, version: str = "1", session: str | None = None) -> str:
         """Open the socket, send ``connect`` and wait for ``connected``; return the session id."""
-        self._ws = websocket.create_connection(
-            self._ws_url(), timeout=self.timeout, header=self.headers
-        )
-        if self.use_sockjs:
-            opening = self._ws.recv()
-            if opening != sockjs.OPEN:
-                raise ConnectionError(f"expected SockJS open frame, got {opening!r}")
-        self._ws.settimeout(None)
-        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._version = version
+        ws = self._open_socket()
+        with self._send_lock:
+            self._ws = ws
+            self._up = True
+        self._reader = threading.Thread(target=self._run, args=(ws,), daemon=True)
         self._reader.start()
-        msg: dict[str, Any] = {"msg": "connect", "version": version, "support": [version]}
-        if session is not None:
-            msg["session"] = session
-        self.send(msg)
+        self.send(self._connect_message(session, None))
         if not self._connected.wait(self.timeout):
             raise TimeoutError("no connected message")
         assert self.session is not None
         return self.session
+
+    def _connect_message(self, session: str | None, received_count: int | None) -> dict[str, Any]:
+        msg: dict[str, Any] = {"msg": "connect", "version": self._version}
+        msg["support"] = [self._version]
+        if session is not None:
+            msg["session"] = session
+        if received_count is not None:
+            msg["receivedCount"] = received_count
+        return msg
 
     def send(self, msg: dict[str, Any]) -> None:
         """Send one DDP message (``params`` are EJSON-encoded)."""
@@ -129,31 +249,59 @@ class DDPClient:
 
     def send_raw(self, text: str) -> None:
         """Send one DDP frame as is (wrapped in SockJS framing when on SockJS)."""
-        assert self._ws is not None
-        # Client-to-server SockJS frames are a bare JSON array of strings (no ``a`` prefix).
-        self._ws.send(json.dumps([text]) if self.use_sockjs else text)
+        with self._send_lock:
+            assert self._ws is not None
+            # Client-to-server SockJS frames are a bare JSON array of strings (no ``a`` prefix).
+            self._ws.send(json.dumps([text]) if self.use_sockjs else text)
+
+    def _send_tracked(self, msg: dict[str, Any]) -> None:
+        """Send a method or sub that a reconnect re-sends anyway: while the socket is down
+        (with ``auto_reconnect``), sending is skipped or its failure ignored."""
+        with self._send_lock:
+            if self.auto_reconnect and not self._closing:
+                if not self._up:
+                    return
+                with contextlib.suppress(OSError, websocket.WebSocketException):
+                    self.send(msg)
+                return
+            self.send(msg)
 
     def close(self) -> None:
-        if self._ws is not None:
+        """Send ``disconnect``, close the socket and stop reconnecting."""
+        with self._lock:
+            self._closing = True
+        self._stop.set()
+        with self._send_lock:
+            ws, up = self._ws, self._up
+            if ws is not None and up:
+                with contextlib.suppress(Exception):
+                    self.send({"msg": "disconnect"})
+        if self._reader is None:
+            self.closed.set()
+        if ws is not None:
+            # Send the close frame without reading here (the reader thread reads the
+            # answer); then cut the socket if the peer did not close it meanwhile.
             with contextlib.suppress(Exception):  # already closed by the peer
-                self._ws.close()
+                ws.send_close()
+            self.closed.wait(min(self.timeout, 3.0))
+            with contextlib.suppress(Exception):
+                ws.shutdown()  # type: ignore[no-untyped-call]
         self.closed.wait(self.timeout)
-        if self._ws is not None:
-            self._ws.shutdown()  # type: ignore[no-untyped-call]  # close() skips it once closed
 
     # -- calls and subscriptions ----------------------------------------------------------------
 
     def call(self, method: str, *params: Any, random_seed: str | None = None) -> Any:
         """Call ``method`` and wait for both ``result`` and ``updated``; raise DDPClientError."""
         call_id = str(next(self._ids))
-        state = _Call()
-        with self._lock:
-            self._calls[call_id] = state
         msg: dict[str, Any] = {"msg": "method", "method": method, "params": list(params)}
         msg["id"] = call_id
         if random_seed is not None:
             msg["randomSeed"] = random_seed
-        self.send(msg)
+        state = _Call(msg=msg)
+        with self._send_lock:
+            with self._lock:
+                self._calls[call_id] = state
+            self._send_tracked(msg)
         if not state.done.wait(self.timeout):
             raise TimeoutError(f"method {method} did not complete")
         if state.error is not None:
@@ -163,7 +311,11 @@ class DDPClient:
     def subscribe(self, name: str, *params: Any, wait: bool = True) -> str:
         """Subscribe; wait for ``ready`` (raise DDPClientError on ``nosub`` with an error)."""
         sub_id = "".join(random.choices(string.ascii_letters + string.digits, k=17))
-        self.send({"msg": "sub", "id": sub_id, "name": name, "params": list(params)})
+        msg: dict[str, Any] = {"msg": "sub", "id": sub_id, "name": name, "params": list(params)}
+        with self._send_lock:
+            with self._lock:
+                self._subs[sub_id] = msg
+            self._send_tracked(msg)
         if wait:
             self.wait_for(lambda: sub_id in self.ready_subs or sub_id in self.nosubs)
             if sub_id in self.nosubs and self.nosubs[sub_id] is not None:
@@ -171,7 +323,15 @@ class DDPClient:
         return sub_id
 
     def unsubscribe(self, sub_id: str, *, wait: bool = True) -> None:
-        self.send({"msg": "unsub", "id": sub_id})
+        """Send ``unsub`` (queued until after the re-sent subs while reconnecting)."""
+        msg = {"msg": "unsub", "id": sub_id}
+        with self._send_lock:
+            with self._lock:
+                self._subs.pop(sub_id, None)
+            if self.auto_reconnect and not self._closing and not self._up:
+                self._pending_unsubs.append(sub_id)
+            else:
+                self._send_tracked(msg)
         if wait:
             self.wait_for(lambda: sub_id in self.nosubs)
 
@@ -189,13 +349,37 @@ class DDPClient:
         with self._lock:
             return {k: dict(v) for k, v in self.collections.get(collection, {}).items()}
 
-    # -- reading -----------------------------------------------------------------------------------
+    # -- reading and reconnecting ------------------------------------------------------------------
 
-    def _read(self) -> None:
-        assert self._ws is not None
+    def _run(self, ws: websocket.WebSocket) -> None:
         try:
             while True:
-                frame = self._ws.recv()
+                self._read(ws)
+                with self._send_lock:
+                    self._up = False
+                    if self._ws is ws:
+                        with contextlib.suppress(Exception):
+                            ws.shutdown()  # type: ignore[no-untyped-call]
+                with self._cond:
+                    self._cond.notify_all()
+                    retry = self.auto_reconnect and not self._closing and self.session is not None
+                    if retry and self._lost_at is None:  # latency counts from the first loss
+                        self._lost_at = time.monotonic()
+                if not retry:
+                    return
+                new = self._reconnect()
+                if new is None:
+                    return
+                ws = new
+        finally:
+            self.closed.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _read(self, ws: websocket.WebSocket) -> None:
+        try:
+            while True:
+                frame = ws.recv()
                 if not frame:
                     break
                 texts = self._unframe(frame)
@@ -203,12 +387,57 @@ class DDPClient:
                     break
                 for text in texts:
                     self._handle(json.loads(text))
-        except Exception:  # the socket closed or broke: the connection is over
+        except Exception:  # the socket closed or broke: this connection is over
             pass
-        finally:
-            self.closed.set()
-            with self._cond:
-                self._cond.notify_all()
+
+    def _reconnect(self) -> websocket.WebSocket | None:
+        """Retry until a socket opens; send connect + re-sends on it. None: give up."""
+        for attempt in itertools.count():
+            if self.max_reconnect_attempts is not None and attempt >= self.max_reconnect_attempts:
+                return None
+            delay = retry_delay(
+                attempt,
+                base=self.reconnect_base,
+                maximum=self.reconnect_max,
+                minimum=self.reconnect_min,
+                rng=self.rng,
+            )
+            if self._stop.wait(delay):
+                return None
+            try:
+                ws = self._open_socket()
+            except Exception:
+                continue
+            with self._send_lock:
+                if self._closing:
+                    with contextlib.suppress(Exception):
+                        ws.shutdown()  # type: ignore[no-untyped-call]
+                    return None
+                self._ws = ws
+                self._up = True
+                # Lost again at once: the reader notices and retries.
+                with contextlib.suppress(Exception):
+                    self._send_resume(ws)
+            return ws
+        return None  # pragma: no cover  # itertools.count() never ends
+
+    def _send_resume(self, ws: websocket.WebSocket) -> None:
+        """``connect``, then outstanding methods, active subs and queued unsubs (Meteor's
+        ``onReset``). Called with ``_send_lock`` held."""
+        with self._lock:
+            count = self.received_count if self.resume else None
+            methods = [c.msg for c in self._calls.values() if not c.has_result]
+            subs = list(self._subs.values())
+            unsubs, self._pending_unsubs = self._pending_unsubs, []
+            self._resent_methods = {str(m["id"]) for m in methods}
+            self._resent_subs = {str(s["id"]) for s in subs}
+        self.send(self._connect_message(self.session, count))
+        for msg in methods:
+            self.send(msg)
+        for msg in subs:
+            self.send(msg)
+        for sub_id in unsubs:
+            self.send({"msg": "unsub", "id": sub_id})
 
     def _unframe(self, frame: str | bytes) -> list[str] | None:
         text = frame.decode() if isinstance(frame, bytes) else frame
@@ -228,45 +457,109 @@ class DDPClient:
             reply: dict[str, Any] = {"msg": "pong"}
             if "id" in msg:
                 reply["id"] = msg["id"]
-            self.send(reply)
+            with contextlib.suppress(OSError, websocket.WebSocketException):
+                self.send(reply)
             return
         with self._cond:
             if kind != "pong":
-                self.received.append(msg)
+                self.received_count += 1
+                if self.keep_received:
+                    self.received.append(msg)
             if kind == "connected":
-                self.session = msg["session"]
-                self._connected.set()
-            elif kind in ("added", "changed", "removed"):
-                self._apply(msg)
-            elif kind == "ready":
-                self.ready_subs.update(msg["subs"])
-            elif kind == "nosub":
-                self.nosubs[msg.get("id", "")] = msg.get("error")
-                self.ready_subs.discard(msg.get("id", ""))
-            elif kind == "result":
-                call = self._calls.get(msg["id"])
-                if call is not None:
-                    call.has_result = True
-                    call.error = msg.get("error")
-                    call.result = ejson.from_json_value(msg.get("result"))
-                    self._finish(call)
-            elif kind == "updated":
-                for method_id in msg["methods"]:
-                    call = self._calls.get(method_id)
-                    if call is None:
-                        self.violations.append(f"updated for unknown method {method_id}")
-                        continue
-                    call.updated = True
-                    self._finish(call)
-            elif kind == "error":
-                self.errors.append(msg)
+                self._on_connected(msg)
+            elif self._subs_reviving is not None and kind in _BUFFERED:
+                self._buffer.append(msg)
+                self._toward_quiescence(msg)
+            else:
+                if kind == "nosub" and self._subs_reviving is not None:
+                    self._toward_quiescence(msg)
+                self._dispatch(msg)
             self._cond.notify_all()
         if self.on_message is not None:
             self.on_message(msg)
 
-    @staticmethod
-    def _finish(call: _Call) -> None:
+    def _on_connected(self, msg: dict[str, Any]) -> None:
+        session = msg.get("session")
+        previous = self.session
+        reconnect = self._lost_at is not None
+        if reconnect:
+            assert self._lost_at is not None
+            self.reconnects += 1
+            self.reconnect_latencies.append(time.monotonic() - self._lost_at)
+            self._lost_at = None
+        if isinstance(session, str):
+            self.session = session
+        if reconnect and isinstance(session, str) and session == previous:
+            self.resumes += 1  # the count goes on, the cache is kept
+        elif reconnect:
+            self.resyncs += 1
+            self.received_count = 1
+            self._begin_quiescence()
+        self._connected.set()
+
+    def _begin_quiescence(self) -> None:
+        self._buffer = []
+        self._subs_reviving = set(self._resent_subs & self._subs.keys())
+        self._methods_blocking = {m for m in self._resent_methods if m in self._calls}
+        self._maybe_quiesce()
+
+    def _toward_quiescence(self, msg: dict[str, Any]) -> None:
+        assert self._subs_reviving is not None
+        kind = msg.get("msg")
+        if kind == "ready":
+            self._subs_reviving.difference_update(msg.get("subs", ()))
+        elif kind == "nosub":
+            self._subs_reviving.discard(msg.get("id", ""))
+        elif kind == "updated":
+            self._methods_blocking.difference_update(msg.get("methods", ()))
+        self._maybe_quiesce()
+
+    def _maybe_quiesce(self) -> None:
+        if self._subs_reviving or self._methods_blocking:
+            return
+        self._subs_reviving = None
+        buffered, self._buffer = self._buffer, []
+        self.collections.clear()  # Meteor resets every store, then applies the batch
+        for msg in buffered:
+            self._dispatch(msg)
+        # Results that arrived before the drop: their ``updated`` will never come.
+        for call_id, call in list(self._calls.items()):
+            if call.has_result and not call.updated and call_id not in self._resent_methods:
+                call.updated = True
+                self._finish(call_id, call)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("msg")
+        if kind in ("added", "changed", "removed"):
+            self._apply(msg)
+        elif kind == "ready":
+            self.ready_subs.update(msg["subs"])
+        elif kind == "nosub":
+            sub_id = msg.get("id", "")
+            self.nosubs[sub_id] = msg.get("error")
+            self.ready_subs.discard(sub_id)
+            self._subs.pop(sub_id, None)
+        elif kind == "result":
+            call = self._calls.get(msg["id"])
+            if call is not None and not call.has_result:
+                call.has_result = True
+                call.error = msg.get("error")
+                call.result = ejson.from_json_value(msg.get("result"))
+                self._finish(msg["id"], call)
+        elif kind == "updated":
+            for method_id in msg["methods"]:
+                call = self._calls.get(method_id)
+                if call is None:
+                    self.violations.append(f"updated for unknown method {method_id}")
+                    continue
+                call.updated = True
+                self._finish(method_id, call)
+        elif kind == "error":
+            self.errors.append(msg)
+
+    def _finish(self, call_id: str, call: _Call) -> None:
         if call.has_result and call.updated:
+            self._calls.pop(call_id, None)  # bounded memory: finished calls are forgotten
             call.done.set()
 
     def _apply(self, msg: dict[str, Any]) -> None:

@@ -43,8 +43,9 @@ from relay.protocol.parked import ParkedSession
 
 log = logging.getLogger(__name__)
 
-#: Seconds a resume waits for the old owner to finish parking the session.
-PARK_WAIT_SECONDS = 10.0
+#: Seconds a resume waits for a live old owner to finish parking the session (a park is
+#: one upsert and one coordinator write, after the session's in-flight method finished).
+PARK_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,8 @@ class Resumer:
         record = self.coordinator.get_session(session_id)
         deadline = time.monotonic() + PARK_WAIT_SECONDS
         while record is not None and not record.parked and time.monotonic() < deadline:
+            if record.owner not in {m.relay_id for m in self.coordinator.members()}:
+                return "owner_gone"  # killed before it could park: nothing to resume
             gevent.sleep(0.05)  # the old owner is still parking it
             record = self.coordinator.get_session(session_id)
         if record is None:
