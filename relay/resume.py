@@ -24,8 +24,9 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 
@@ -42,10 +43,14 @@ from relay.parking import ParkStore
 from relay.protocol.parked import ParkedSession
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Seconds a resume waits for a live old owner to finish parking the session (a park is
 #: one upsert and one coordinator write, after the session's in-flight method finished).
-PARK_WAIT_SECONDS = 5.0
+PARK_WAIT_SECONDS = 2.0
+#: Seconds a coordinator call waits out a suspended connection (a ZooKeeper leader
+#: election takes about two) before the session is treated as not resumable.
+SUSPENDED_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +113,23 @@ class Resumer:
 
     # -- the life of a session ----------------------------------------------------------------
 
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call the coordinator, riding out a short suspension (SUSPENDED is not LOST)."""
+        deadline = time.monotonic() + SUSPENDED_WAIT_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                return fn(*args)
+            except NotConnectedError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                gevent.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
     def created(self, session_id: str) -> int | None:
         """Register a new session; its epoch, or None when it cannot be resumed later."""
         try:
-            return self.coordinator.create_session(session_id, self.relay_id).epoch
+            return self._call(self.coordinator.create_session, session_id, self.relay_id).epoch
         except (CoordinatorError, OSError) as exc:
             self._count("unregistered")
             log.warning(
@@ -123,8 +141,14 @@ class Resumer:
         window = self.settings.resume_window
         try:
             self.store.save(state, window)
-            self.coordinator.park_session(
-                state.session_id, self.relay_id, epoch, state.sent_count, b"", time.time() + window
+            self._call(
+                self.coordinator.park_session,
+                state.session_id,
+                self.relay_id,
+                epoch,
+                state.sent_count,
+                b"",
+                time.time() + window,
             )
         except FencedError:
             # Someone claimed it meanwhile (a fast reconnect): theirs now.
@@ -164,7 +188,7 @@ class Resumer:
         return outcome
 
     def _resume(self, session_id: str, received_count: int, user_id: str | None) -> Resumed | str:
-        record = self.coordinator.get_session(session_id)
+        record = self._call(self.coordinator.get_session, session_id)
         deadline = time.monotonic() + PARK_WAIT_SECONDS
         while record is not None and not record.parked and time.monotonic() < deadline:
             if record.owner not in {m.relay_id for m in self.coordinator.members()}:
@@ -185,8 +209,10 @@ class Resumer:
         missed = state.missed_since(received_count)
         if missed is None:
             return "count"
-        claimed = self.coordinator.claim_session(
-            session_id, self.relay_id, record.epoch, require_parked=True
+        claimed = self._call(
+            lambda: self.coordinator.claim_session(
+                session_id, self.relay_id, record.epoch, require_parked=True
+            )
         )
         return Resumed(state, claimed.epoch, missed)
 

@@ -539,8 +539,13 @@ class Session:
         if self._deliberate or (reason is not None and not reason.reconnect):
             resumer.dropped(self.id, self.epoch)
             return
-        if self.epoch is None or self.node.settings.resume_window <= 0:
+        if self.node.settings.resume_window <= 0:
             return
+        if self.epoch is None:
+            # Connected while the coordinator was unavailable: register it now, late.
+            self.epoch = resumer.created(self.id)
+            if self.epoch is None:
+                return
         state = ParkedSession(
             session_id=self.id,
             user_id=self.identity.user_id,
