@@ -79,10 +79,12 @@ class Node:
             self.resumer.start()
 
     def _housekeeping_forever(self) -> None:
-        # Every worker of every relay prunes; the work is idempotent and cheap when there is
-        # nothing to delete. (With the coordinator's leader election, only the leader will.)
+        # Cluster chores run on the coordinator's leader only (changelog pruning, expired
+        # parked sessions). Without a coordinator every worker prunes: it is idempotent.
         while True:
             gevent.sleep(HOUSEKEEPING_SECONDS * random.uniform(0.5, 1.5))
+            if self.resumer is not None and not self.resumer.is_leader():
+                continue
             try:
                 self.pool.run(self.backend.housekeeping)
             except Exception:

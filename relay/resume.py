@@ -216,6 +216,12 @@ class Resumer:
         )
         return Resumed(state, claimed.epoch, missed)
 
+    def is_leader(self) -> bool:
+        try:
+            return self.coordinator.is_leader()
+        except Exception:
+            return False
+
     def housekeeping(self) -> None:
         """Leader only: forget sessions whose window passed."""
         try:
