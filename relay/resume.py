@@ -51,6 +51,8 @@ PARK_WAIT_SECONDS = 2.0
 #: Seconds a coordinator call waits out a suspended connection (a ZooKeeper leader
 #: election takes about two) before the session is treated as not resumable.
 SUSPENDED_WAIT_SECONDS = 5.0
+#: The same, for a resume (the client is waiting: it gets a new session after this).
+RESUME_WAIT_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +115,10 @@ class Resumer:
 
     # -- the life of a session ----------------------------------------------------------------
 
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Call the coordinator, riding out a short suspension (SUSPENDED is not LOST)."""
-        deadline = time.monotonic() + SUSPENDED_WAIT_SECONDS
+    def _call(self, fn: Callable[..., T], *args: Any, wait: float = SUSPENDED_WAIT_SECONDS) -> T:
+        """Call the coordinator, riding out a suspension of up to ``wait`` seconds
+        (SUSPENDED is not LOST: a ZooKeeper leader election takes about two)."""
+        deadline = time.monotonic() + wait
         delay = 0.05
         while True:
             try:
@@ -129,7 +132,11 @@ class Resumer:
     def created(self, session_id: str) -> int | None:
         """Register a new session; its epoch, or None when it cannot be resumed later."""
         try:
-            return self._call(self.coordinator.create_session, session_id, self.relay_id).epoch
+            # No waiting here: the client is waiting for `connected`. A session that could
+            # not be registered now is registered when it parks.
+            return self._call(
+                self.coordinator.create_session, session_id, self.relay_id, wait=0.0
+            ).epoch
         except (CoordinatorError, OSError) as exc:
             self._count("unregistered")
             log.warning(
@@ -188,7 +195,7 @@ class Resumer:
         return outcome
 
     def _resume(self, session_id: str, received_count: int, user_id: str | None) -> Resumed | str:
-        record = self._call(self.coordinator.get_session, session_id)
+        record = self._call(self.coordinator.get_session, session_id, wait=RESUME_WAIT_SECONDS)
         deadline = time.monotonic() + PARK_WAIT_SECONDS
         while record is not None and not record.parked and time.monotonic() < deadline:
             if record.owner not in {m.relay_id for m in self.coordinator.members()}:
@@ -212,7 +219,8 @@ class Resumer:
         claimed = self._call(
             lambda: self.coordinator.claim_session(
                 session_id, self.relay_id, record.epoch, require_parked=True
-            )
+            ),
+            wait=RESUME_WAIT_SECONDS,
         )
         return Resumed(state, claimed.epoch, missed)
 
