@@ -44,7 +44,8 @@ def test_a_host_that_is_not_loopback_is_refused_before_connecting(tmp_path: Path
         "-r",
         "1",
         "-t",
-        "2s",
+        # long enough for locust to spawn the user on a busy machine; it stops at once
+        "8s",
         "-H",
         "http://192.0.2.1:8000",
         "--only-summary",
