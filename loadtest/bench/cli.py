@@ -42,7 +42,7 @@ from loadtest.bench.stack import (
     make_workdir,
     raise_fd_limit,
 )
-from loadtest.bench.writer import trigger_overhead
+from loadtest.bench.writer import DrainListener, channels, trigger_overhead
 
 #: The issue's targets (shared/reference/peers.md "Measured on these machines").
 TARGETS = {
@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--fsync", action="store_true", help="PostgreSQL with fsync on")
     common.add_argument("--quiet", action="store_true", help="print only the results")
     common.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds the worker settles before each PSS reading",
+    )
+    common.add_argument(
         "--no-live-check",
         dest="live_check",
         action="store_false",
@@ -115,12 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
         "memory", parents=[common], help="PSS of the worker per idle subscribed session"
     )
     memory.add_argument("--sessions", type=_sessions, default=[5000])
+    memory.add_argument(
+        "--connect-only",
+        dest="subscribe",
+        action="store_false",
+        help="sessions connect but do not subscribe (to separate the subscription's share)",
+    )
 
     overhead = commands.add_parser(
         "overhead", parents=[common], help="ms the write side adds to a writing transaction"
     )
-    overhead.add_argument("--transactions", type=int, default=2000, help="per round")
-    overhead.add_argument("--rounds", type=int, default=5)
+    overhead.add_argument("--transactions", type=int, default=1000, help="per round")
+    overhead.add_argument("--rounds", type=int, default=10)
 
     everything = commands.add_parser("all", parents=[common], help="fanout, latency, overhead")
     everything.add_argument("--sessions", type=_sessions, default=[1000, 5000, 10000])
@@ -129,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_argument("--rate", type=float, default=100.0)
     everything.add_argument("--seconds", type=float, default=20.0)
     everything.add_argument("--latency-sessions", type=int, default=1000)
-    everything.add_argument("--transactions", type=int, default=2000)
-    everything.add_argument("--rounds", type=int, default=5)
+    everything.add_argument("--transactions", type=int, default=1000)
+    everything.add_argument("--rounds", type=int, default=10)
 
     commands.add_parser("check", parents=[common], help="do live updates reach clients?")
     return parser
@@ -156,12 +168,19 @@ def aggregate(runs: list[RunResult]) -> dict[str, Any]:
         write_rate=median([r.write_rate for r in runs]),
         ramp_s=median([r.ramp_s for r in runs]),
         relay_cpu_per_write_ms=median([r.relay_cpu_s * 1000 / r.writes for r in runs if r.writes]),
+        deliveries_per_cpu_s=median(
+            [r.delivered / r.relay_cpu_s for r in runs if r.relay_cpu_s > 0]
+        ),
         relay_cpu_share=median([r.relay_cpu_s / r.wall_s for r in runs if r.wall_s]),
         generator_cpu_share=median([r.generator_cpu_s / r.wall_s for r in runs if r.wall_s]),
         postgres_cpu_share=median([r.postgres_cpu_s / r.wall_s for r in runs if r.wall_s]),
+        other_cpu_share_max=max((r.other_cpu_share for r in runs if r.wall_s), default=0.0),
+        steal_share_max=max((r.steal_share for r in runs if r.wall_s), default=0.0),
         relay_errors=sum(r.relay_errors for r in runs),
         relay_alive=all(r.relay_alive for r in runs),
+        worker_timeouts=sum(r.worker_timeouts for r in runs),
         all_done=all(r.all_done for r in runs),
+        subscribed=all(r.subscribed for r in runs),
     )
     return out
 
@@ -169,6 +188,8 @@ def aggregate(runs: list[RunResult]) -> dict[str, Any]:
 def _ms(value: float) -> str:
     if value != value:
         return "n/a"
+    if math.isinf(value):
+        return "never (lost)"
     return f"{value / 1000:.2f} s" if value >= 10_000 else f"{value:.1f} ms"
 
 
@@ -176,21 +197,38 @@ def print_table(title: str, rows: list[dict[str, Any]], *, writes: bool) -> None
     print(f"\n{title}")
     if writes:
         print(
-            "| sessions | reaches all N p50 / p99 | delivery p50 / p99 | deliveries/s (p50) "
-            "| PSS per idle session | lost | dup | relay CPU per write |"
+            "| sessions | reaches all N p50 / p99 | delivery p50 / p99 | deliveries/s per write "
+            "(p50) | deliveries per relay CPU-second | PSS per idle session | lost | dup "
+            "| relay CPU per write | CPU relay / generator / postgres |"
         )
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for a in rows:
             print(
                 f"| {a['sessions']:,} | {_ms(a['all_p50_ms'])} / {_ms(a['all_p99_ms'])} "
                 f"| {_ms(a['delivery_p50_ms'])} / {_ms(a['delivery_p99_ms'])} "
-                f"| {a['deliveries_per_s_p50']:,.0f} "
+                f"| {a['deliveries_per_s_p50']:,.0f} | {a['deliveries_per_cpu_s']:,.0f} "
                 f"| {a['memory_per_session_bytes'] / 1024:.1f} KiB "
                 f"| {a['missing'] + a['failed']} | {a['duplicates']} "
-                f"| {a['relay_cpu_per_write_ms']:.0f} ms |"
+                f"| {a['relay_cpu_per_write_ms']:.1f} ms "
+                f"| {a['relay_cpu_share']:.0%} / {a['generator_cpu_share']:.0%} "
+                f"/ {a['postgres_cpu_share']:.0%} |"
             )
+        for a in rows:
+            if a["other_cpu_share_max"] > 0.1 or a["steal_share_max"] > 0.1:
+                print(
+                    f"NOTE: at {a['sessions']:,} sessions the machine was not quiet: other "
+                    f"processes used up to {a['other_cpu_share_max']:.0%} of a core and the "
+                    f"hypervisor stole up to {a['steal_share_max']:.0%} during the writes"
+                )
+            if not a["relay_alive"] or a["worker_timeouts"]:
+                print(
+                    f"NOTE: at {a['sessions']:,} sessions the relay worker died "
+                    f"({a['worker_timeouts']} gunicorn WORKER TIMEOUT in {a['runs']} runs): "
+                    "what it had not delivered counts as lost"
+                )
     else:
-        print("| sessions | PSS per idle subscribed session | failed |")
+        what = "subscribed" if all(a["subscribed"] for a in rows) else "connected (no sub)"
+        print(f"| sessions | PSS per idle {what} session | failed |")
         print("|---:|---:|---:|")
         for a in rows:
             print(
@@ -200,8 +238,8 @@ def print_table(title: str, rows: list[dict[str, Any]], *, writes: bool) -> None
 
 
 def _clean(value: Any) -> Any:
-    """JSON without NaN (null instead)."""
-    if isinstance(value, float) and math.isnan(value):
+    """JSON without NaN or infinity (null instead: a write that never reached all)."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
@@ -242,6 +280,8 @@ def measure(
                 label=f"[{mode} {sessions} run {i + 1}/{args.runs}] ",
                 quiet=args.quiet,
                 live=args.live_check,
+                settle=args.settle,
+                subscribe=getattr(args, "subscribe", True),
             )
         )
     return aggregate(runs), runs
@@ -274,10 +314,10 @@ def run(args: argparse.Namespace) -> int:
             results["check_ms"] = seconds * 1000
             return 0
         big = max(getattr(args, "sessions", [1]))
-        if big * 2 + 200 > fd_limit():
+        if big + 500 > fd_limit():
             raise BenchError(
-                f"the file descriptor limit ({fd_limit()}) is too low for {big} sessions; "
-                "run as root or raise `ulimit -n`"
+                f"the file descriptor limit ({fd_limit()}) is too low for {big} sessions "
+                "(the relay and the generator each hold one per session): raise `ulimit -n`"
             )
         if args.command in ("fanout", "all"):
             rows = []
@@ -291,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
                 )
                 rows.append(agg)
                 ok = ok and agg["missing"] + agg["failed"] + agg["duplicates"] == 0
+                ok = ok and agg["relay_alive"]
             print_table(
                 f"fan-out: {args.writes} writes {args.interval * 1000:.0f} ms apart, "
                 f"medians of {args.runs} runs",
@@ -311,6 +352,7 @@ def run(args: argparse.Namespace) -> int:
                 )
                 rows.append(agg)
                 ok = ok and agg["missing"] + agg["failed"] + agg["duplicates"] == 0
+                ok = ok and agg["relay_alive"]
             print_table(
                 f"latency: {args.rate:g} commits/s for {args.seconds:g} s "
                 f"(achieved {median([r['write_rate'] for r in rows]):.1f}/s), "
@@ -356,19 +398,26 @@ def run(args: argparse.Namespace) -> int:
 def overhead(
     db: Database, workdir: Path, cleanup: Cleanup, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Trigger cost per transaction: with no listener, then with a relay listening."""
+    """Trigger cost per transaction: no listener, a bare LISTEN client, a relay listening."""
     from relay.client import DDPClient
 
     out: dict[str, Any] = {}
-    for case in ("no listener", "relay listening"):
+    for case in ("no listener", "bare LISTEN client", "relay listening"):
         rows = []
-        relay = client = None
+        relay = client = drain = None
         try:
             if case == "relay listening":
                 relay = Relay(db.url, workdir, cleanup, max_sessions=10)
                 client = DDPClient(relay.ws_url)
                 client.connect()
                 client.subscribe("books.all")  # the worker LISTENs on the book channel
+            elif case == "bare LISTEN client":
+                names = channels(db.url)
+                if not names:
+                    trigger_overhead(db.url, 10, 1)  # the first write creates the channel
+                    names = channels(db.url)
+                drain = DrainListener(db.url, names)
+                cleanup.push("drain listener", drain.close)
             for _ in range(args.runs):
                 rows.append(trigger_overhead(db.url, args.transactions, args.rounds))
         finally:
@@ -376,27 +425,48 @@ def overhead(
                 client.close()
             if relay is not None:
                 relay.stop()
-        added = median([r.added_ms for r in rows])
+            if drain is not None:
+                drain.close()
         out[case] = {
-            "added_ms": added,
+            "added_ms": median([r.added_ms for r in rows]),
             "enabled_ms": median([r.enabled_ms for r in rows]),
             "disabled_ms": median([r.disabled_ms for r in rows]),
+            "added_cpu_ms": median([r.added_cpu_ms for r in rows]),
+            "enabled_cpu_ms": median([r.enabled_cpu_ms for r in rows]),
+            "disabled_cpu_ms": median([r.disabled_cpu_ms for r in rows]),
             "triggers": rows[0].triggers if rows else [],
+            "functions": rows[-1].functions if rows else {},
+            "busy_share_max": max((r.busy_share for r in rows), default=0.0),
+            "steal_share_max": max((r.steal_share for r in rows), default=0.0),
             "runs": [asdict(r) for r in rows],
         }
     print(
-        f"\nwrite-side overhead: single-row UPDATE transactions, {args.transactions} x "
-        f"{args.rounds} rounds per run, medians of {args.runs} runs"
+        f"\nwrite-side overhead: single-row UPDATE transactions back to back, "
+        f"{args.transactions} x {args.rounds} rounds per run, medians of {args.runs} runs"
     )
-    print("| case | triggers on | triggers off | added per transaction |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| case | wall: triggers on / off | wall added | backend CPU: on / off "
+        "| backend CPU added | cores busy / stolen (max) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for case, row in out.items():
         print(
-            f"| {case} | {row['enabled_ms']:.3f} ms | {row['disabled_ms']:.3f} ms "
-            f"| {row['added_ms']:.3f} ms |"
+            f"| {case} | {row['enabled_ms']:.3f} / {row['disabled_ms']:.3f} ms "
+            f"| {row['added_ms']:.3f} ms "
+            f"| {row['enabled_cpu_ms']:.3f} / {row['disabled_cpu_ms']:.3f} ms "
+            f"| {row['added_cpu_ms']:.3f} ms "
+            f"| {row['busy_share_max']:.2f} / {row['steal_share_max']:.2f} |"
         )
     triggers = next(iter(out.values()))["triggers"]
     print(f"user triggers on bookstore_book: {', '.join(triggers) or 'NONE (no write side?)'}")
+    functions = out["no listener"]["functions"]
+    if functions:
+        print(
+            "PL/pgSQL self time per transaction (track_functions, no listener): "
+            + ", ".join(
+                f"{name} {calls:g} call(s) {ms:.3f} ms" for name, (calls, ms) in functions.items()
+            )
+        )
     return out
 
 

@@ -4,7 +4,7 @@
 //
 // Started by loadtest/bench/generator.py (never by hand): `node loadgen.js '<options JSON>'`
 // with NODE_PATH pointing at a node_modules that holds `ws` (tests/e2e/node/node_modules).
-// Options: url, sessions, concurrency, deflate, prefix, maxWrites, rampTimeoutMs.
+// Options: url, sessions, concurrency, deflate, subscribe, prefix, maxWrites, rampTimeoutMs.
 //
 // Protocol: JSON lines. stdout carries events to the driver, stdin carries commands.
 //   events:   {"event":"progress",...} during the ramp, {"event":"ramped",...} once every
@@ -127,7 +127,12 @@ function open(s) {
           JSON.stringify({ msg: 'pong', id: msg.id }));
         break;
       case 'connected':
-        ws.send('{"msg":"sub","id":"b","name":"books.all","params":[]}');
+        if (opts.subscribe) {
+          ws.send('{"msg":"sub","id":"b","name":"books.all","params":[]}');
+        } else {
+          session.ready = true; // --connect-only: a DDP session without subscriptions
+          finishOne(session, true);
+        }
         break;
       case 'ready':
         if (!session.ready && Array.isArray(msg.subs) && msg.subs.includes('b')) {

@@ -21,6 +21,7 @@ differ only in those parameters.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import shutil
@@ -40,6 +41,7 @@ from loadtest.bench.stack import (
     Database,
     Relay,
     cpu_seconds,
+    machine_cpu_seconds,
     pss_bytes,
     rss_bytes,
     stop_process,
@@ -62,6 +64,7 @@ class RunResult:
     ready: int
     failed: int
     ramp_s: float
+    subscribed: bool
     pss_before: int
     pss_after: int
     rss_before: int
@@ -69,6 +72,11 @@ class RunResult:
     writes: int = 0
     write_rate: float = 0.0
     commit_ms_p50: float = 0.0
+    #: "server": commit times are PostgreSQL's commit timestamps; "client": time.time()
+    #: after COMMIT returned in the writer.
+    commit_clock: str = ""
+    client_commit_lag_ms_p50: float = float("nan")
+    client_commit_lag_ms_max: float = float("nan")
     delivered: int = 0
     missing: int = 0
     duplicates: int = 0
@@ -76,8 +84,12 @@ class RunResult:
     all_done: bool = True
     #: Per write: time from commit until the last session had it.
     all_ms: list[float] = field(default_factory=list)
+    #: Per write: time from commit until the first session had it.
+    first_ms: list[float] = field(default_factory=list)
     #: Per write: sessions that had it.
     received: list[int] = field(default_factory=list)
+    #: Deliveries over the whole series / (last delivery - first commit), in seconds.
+    sustained_per_s: float = float("nan")
     delivery_p50_ms: float = float("nan")
     delivery_p99_ms: float = float("nan")
     delivery_max_ms: float = float("nan")
@@ -85,8 +97,13 @@ class RunResult:
     generator_cpu_s: float = 0.0
     postgres_cpu_s: float = 0.0
     wall_s: float = 0.0
+    #: CPU (in cores) used during the writes by processes that are not the benchmark's.
+    other_cpu_share: float = float("nan")
+    #: CPU (in cores) the hypervisor gave to other guests during the writes.
+    steal_share: float = float("nan")
     relay_errors: int = 0
     relay_alive: bool = True
+    worker_timeouts: int = 0
     generator_errors: dict[str, int] = field(default_factory=dict)
     profile: str | None = None
 
@@ -97,7 +114,10 @@ class RunResult:
     @property
     def deliveries_per_s(self) -> list[float]:
         """Per write: sessions that had it / seconds until the last one had it."""
-        return [n * 1000 / ms for n, ms in zip(self.received, self.all_ms, strict=True) if ms > 0]
+        return [
+            n * 1000 / ms if ms > 0 else math.inf
+            for n, ms in zip(self.received, self.all_ms, strict=True)
+        ]
 
     @property
     def lost(self) -> int:
@@ -108,9 +128,11 @@ class RunResult:
         return {
             "all_p50_ms": quantile(self.all_ms, 0.5),
             "all_p99_ms": quantile(self.all_ms, 0.99),
+            "first_p50_ms": quantile(self.first_ms, 0.5),
             "delivery_p50_ms": self.delivery_p50_ms,
             "delivery_p99_ms": self.delivery_p99_ms,
             "deliveries_per_s_p50": quantile(rates, 0.5),
+            "sustained_per_s": self.sustained_per_s,
             "memory_per_session_bytes": self.memory_per_session,
         }
 
@@ -192,7 +214,7 @@ class Profiler:
                 "--pid",
                 str(pid),
                 "--rate",
-                "250",
+                "100",
                 "--duration",
                 str(max(1, int(seconds + 0.999))),
                 "--format",
@@ -221,17 +243,29 @@ class Profiler:
         return str(self.out)
 
 
-def _postgres_cpu(db: Database) -> float:
-    total = 0.0
+def _postgres_cpu(db: Database) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL process (postmaster and backends)."""
+    out = {}
     for pid in db.postgres_pids():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += cpu_seconds(pid)
-    return total
+        value = cpu_seconds(pid)
+        if value == value:  # a backend that exited meanwhile reads NaN
+            out[pid] = value
+    return out
+
+
+def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two readings by the processes alive at both (new ones: all of it)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
 
 
 def _relay_errors(relay: Relay) -> int:
     log = relay.log()
     return log.count("Traceback") + log.count(" ERROR ") + log.count("[ERROR]")
+
+
+def _worker_timeouts(relay: Relay) -> int:
+    """How often gunicorn killed the worker for not notifying it within its timeout."""
+    return relay.log().count("WORKER TIMEOUT")
 
 
 def run_once(
@@ -250,6 +284,8 @@ def run_once(
     label: str = "",
     quiet: bool = False,
     live: bool = True,
+    settle: float = SETTLE_SECONDS,
+    subscribe: bool = True,
 ) -> RunResult:
     def say(text: str) -> None:
         if not quiet:
@@ -265,7 +301,7 @@ def run_once(
         else:
             live_ms = "live check skipped"
         say(f"relay worker {relay.worker_pid} on :{relay.port}; {live_ms}")
-        time.sleep(1.0)
+        time.sleep(settle)
         pss_before, rss_before = pss_bytes(relay.worker_pid), rss_bytes(relay.worker_pid)
         prefix = f"bench {secrets.token_hex(3)} "
         started = time.monotonic()
@@ -275,14 +311,18 @@ def run_once(
             prefix=prefix,
             max_writes=max(1, writes),
             deflate=deflate,
+            subscribe=subscribe,
             concurrency=concurrency,
             ramp_timeout=ramp_timeout,
             log=gen_log,
         )
         cleanup.push("load generator", generator.close)
 
+        last_progress = [time.monotonic()]
+
         def progress(event: dict[str, Any]) -> None:
-            if event.get("event") == "progress":
+            if event.get("event") == "progress" and time.monotonic() - last_progress[0] >= 10:
+                last_progress[0] = time.monotonic()
                 say(f"  ramp: {event['ready']}/{sessions} subscribed, {event['failed']} failed")
 
         ramped = generator.ramp(progress)
@@ -291,7 +331,7 @@ def run_once(
             f"{ramped['ready']}/{sessions} sessions subscribed in {ramp_s:.1f} s"
             + (f" ({ramped['failed']} failed: {ramped['errors']})" if ramped["failed"] else "")
         )
-        time.sleep(SETTLE_SECONDS)
+        time.sleep(settle)
         pss_after, rss_after = pss_bytes(relay.worker_pid), rss_bytes(relay.worker_pid)
         result = RunResult(
             mode=mode,
@@ -302,6 +342,7 @@ def run_once(
             ready=int(ramped["ready"]),
             failed=sessions - int(ramped["ready"]),
             ramp_s=ramp_s,
+            subscribed=subscribe,
             pss_before=pss_before,
             pss_after=pss_after,
             rss_before=rss_before,
@@ -318,6 +359,8 @@ def run_once(
                 generator.cpu_seconds(),
                 _postgres_cpu(db),
                 time.monotonic(),
+                machine_cpu_seconds(),
+                cpu_seconds(os.getpid()),
             )
             profiler = None
             if profile_dir is not None:
@@ -334,10 +377,24 @@ def run_once(
                 generator.cpu_seconds(),
                 _postgres_cpu(db),
                 time.monotonic(),
+                machine_cpu_seconds(),
+                cpu_seconds(os.getpid()),
             )
             if profiler is not None:
                 result.profile = profiler.finish(timeout=writes * interval + 30)
-            report = generator.report([t * 1000 for t in writer.commits])
+            server_commits = writer.server_commit_times()
+            commits = server_commits if server_commits else writer.commits
+            result.commit_clock = "server" if server_commits else "client"
+            if server_commits:
+                # How late this process saw each COMMIT return, after the server committed.
+                result.client_commit_lag_ms_p50 = quantile(
+                    [(c - s) * 1000 for c, s in zip(writer.commits, server_commits, strict=True)],
+                    0.5,
+                )
+                result.client_commit_lag_ms_max = max(
+                    (c - s) * 1000 for c, s in zip(writer.commits, server_commits, strict=True)
+                )
+            report = generator.report([t * 1000 for t in commits])
             result.writes = len(writer.commits)
             result.write_rate = rate
             result.commit_ms_p50 = quantile([s * 1000 for s in writer.commit_seconds], 0.5)
@@ -346,27 +403,62 @@ def run_once(
             result.duplicates = int(report["duplicates"])
             result.closed_after_ready = int(report["closedAfterReady"])
             result.generator_errors = dict(report.get("errors") or {})
-            result.all_ms = [float(w["last"] or 0.0) for w in report["perWrite"]]
+            # A write that did not reach every subscribed session never "reached all".
+            result.all_ms = [
+                float(w["last"]) if w["received"] >= result.ready else math.inf
+                for w in report["perWrite"]
+            ]
+            result.first_ms = [
+                float(w["first"]) if w["first"] is not None else math.nan
+                for w in report["perWrite"]
+            ]
             result.received = [int(w["received"]) for w in report["perWrite"]]
+            ends = [
+                c * 1000 + w["last"]
+                for c, w in zip(commits, report["perWrite"], strict=False)
+                if w["last"] is not None
+            ]
+            if ends and result.delivered:
+                span_s = (max(ends) - commits[0] * 1000) / 1000
+                result.sustained_per_s = result.delivered / span_s if span_s > 0 else math.nan
             result.delivery_p50_ms = float(report["p50"] if report["p50"] is not None else "nan")
             result.delivery_p99_ms = float(report["p99"] if report["p99"] is not None else "nan")
             result.delivery_max_ms = float(report["max"] if report["max"] is not None else "nan")
             result.relay_cpu_s = cpu1[0] - cpu0[0]
             result.generator_cpu_s = cpu1[1] - cpu0[1]
-            result.postgres_cpu_s = cpu1[2] - cpu0[2]
+            result.postgres_cpu_s = _cpu_delta(cpu0[2], cpu1[2])
             result.wall_s = cpu1[3] - cpu0[3]
+            ours = result.postgres_cpu_s + sum(
+                d for d in (cpu1[i] - cpu0[i] for i in (0, 1, 5)) if d == d
+            )  # relay, generator, postgres, this driver (NaN: a process died)
+            busy = cpu1[4][0] - cpu0[4][0]
+            result.other_cpu_share = max(0.0, busy - ours) / result.wall_s
+            result.steal_share = (cpu1[4][1] - cpu0[4][1]) / result.wall_s
+            if result.other_cpu_share > 0.1 or result.steal_share > 0.1:
+                say(
+                    f"WARNING: other processes used {result.other_cpu_share:.0%} of a core and "
+                    f"the hypervisor stole {result.steal_share:.0%} during the writes: the "
+                    "machine was not quiet, figures are skewed"
+                )
             s = result.summary()
             say(
                 f"{result.writes} writes at {rate:.1f}/s: all {sessions} had a write after "
                 f"p50 {s['all_p50_ms']:.0f} / p99 {s['all_p99_ms']:.0f} ms; delivery latency "
                 f"p50 {s['delivery_p50_ms']:.1f} / p99 {s['delivery_p99_ms']:.1f} ms; "
-                f"{s['deliveries_per_s_p50']:.0f} deliveries/s; lost {result.missing}, "
+                f"{s['deliveries_per_s_p50']:.0f} deliveries/s per write, "
+                f"{result.sustained_per_s:.0f}/s over the series; lost {result.missing}, "
                 f"duplicates {result.duplicates}; CPU relay {result.relay_cpu_s:.1f} s, "
                 f"generator {result.generator_cpu_s:.1f} s, postgres {result.postgres_cpu_s:.1f} s "
                 f"in {result.wall_s:.1f} s"
             )
         result.relay_alive = relay.alive()
         result.relay_errors = _relay_errors(relay)
+        result.worker_timeouts = _worker_timeouts(relay)
+        if not result.relay_alive or result.worker_timeouts:
+            say(
+                f"the relay worker died during the run ({result.worker_timeouts} gunicorn "
+                f"WORKER TIMEOUT); see {relay.log_path}"
+            )
         return result
     finally:
         if generator is not None:

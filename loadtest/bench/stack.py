@@ -140,10 +140,26 @@ def rss_bytes(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (its own threads, not its children)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """User + system CPU time of ``pid`` so far (its own threads, not its children);
+    NaN once the process is gone (a relay worker killed mid-run)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(process time, steal time) of all cores since boot, in CPU seconds (``/proc/stat``).
+
+    Process time is user + nice + system: what processes ran, comparable with the sum of
+    their ``/proc/<pid>/stat`` times. Steal is time the hypervisor gave to someone else.
+    """
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    steal = values[7] if len(values) > 7 else 0
+    return (values[0] + values[1] + values[2]) / _CLOCK_TICKS, steal / _CLOCK_TICKS
 
 
 def children(pid: int) -> list[int]:
@@ -181,8 +197,23 @@ class Database:
         cleanup.push("postgres", self.pg.destroy)
         self.pg.create_database("bench")
         self.url = self.pg.dsn("bench")
+        self._track_commit_timestamps()
         self.manage("migrate", "--noinput", "-v", "0")
         self.manage("seed_demo")
+
+    def _track_commit_timestamps(self) -> None:
+        """Turn on ``track_commit_timestamp`` (needs a restart): the writes' commit times."""
+        import psycopg2
+
+        conn = psycopg2.connect(self.url)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+        finally:
+            conn.close()
+        self.pg.restart()
+        self.url = self.pg.dsn("bench")
 
     def manage(self, *args: str) -> str:
         proc = subprocess.run(

@@ -75,7 +75,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f"--rate={LATENCY_RATE}",
         f"--seconds={LATENCY_SECONDS}",
         "--transactions=50",
-        "--rounds=1",
+        "--rounds=2",
         "--settle=0.5",
         f"--out={out}",
     ]
@@ -130,7 +130,7 @@ def test_reports_write_overhead(results: dict[str, Any]) -> None:
     overhead = results["overhead"]
     assert set(overhead) == {"no listener", "bare LISTEN client", "relay listening"}
     for row in overhead.values():
-        assert _finite(row["added_ms"])
+        assert _finite(row["added_ms"]) and _finite(row["added_cpu_ms"])
         assert row["enabled_ms"] > 0 and row["disabled_ms"] > 0
         assert row["triggers"], "no user triggers on bookstore_book: the write side is missing"
 
