@@ -267,6 +267,10 @@ class Session:
             sub = Subscription(parked_sub.id, parked_sub.name, parked_sub.params, parked_sub.ready)
             self.subs[sub.id] = sub
             self._rerun(sub)
+            if not sub.ready and sub.id in self.subs:
+                # It was still loading when the socket died: the re-run completed it.
+                sub.ready = True
+                self.send([messages.ready([sub.id])])
 
     def _context(self, random_seed: str | None = None) -> CallContext:
         assert self.id is not None

@@ -82,7 +82,7 @@ from tests.e2e.test_multi_relay import (
     order_problems,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 HERE = Path(__file__).resolve().parent
 WRITER = HERE / "writer.py"
@@ -100,10 +100,11 @@ ZK_PHASE_DROPS = 10
 RECONNECT_MAX = 8.0
 QUIET_SECONDS = 2.0
 #: Bounds of the phases; the whole test (cluster start and stop included) stays under
-#: 4 minutes: pytest-timeout kills it at 240 s, the chaos body must end within 200 s.
-RECONNECT_TIMEOUT = 45.0
-DRAIN_TIMEOUT = 40.0
-TOTAL_LIMIT = 200.0
+#: 7 minutes even on a loaded CI machine: pytest-timeout kills it at 420 s, the chaos
+#: body must end within 360 s (about 80 s on a quiet machine).
+RECONNECT_TIMEOUT = 90.0
+DRAIN_TIMEOUT = 80.0
+TOTAL_LIMIT = 360.0
 GRACEFUL = 5
 
 SUBS: tuple[Sub, ...] = (ALL, by_email(EMAILS[0]), ALL, by_email(EMAILS[1]), by_email(EMAILS[2]))

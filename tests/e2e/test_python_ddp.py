@@ -88,6 +88,8 @@ def test_python_ddp_subscribes_and_calls(relay_server: Any) -> None:
         assert error["reason"] == "Subscription 'no.such.pub' not found"
     finally:
         rec.client.close()
+        # ws4py closes its socket from its own thread, maybe after the test: close it now.
+        rec.client.ddpsocket.close_connection()
 
 
 def test_seeded_ids_match_meteor_vectors_over_the_wire(relay_server: Any) -> None:
