@@ -152,6 +152,9 @@ class Listener:
             while conn.notifies:
                 note = conn.notifies.pop(0)
                 self._on_notify(note.channel, note.payload)
+                # Let the rest of the worker run between batches (gunicorn's heartbeat
+                # among them: a worker that never yields is killed as hung).
+                gevent.sleep(0)
 
     def _execute(self, statement: Any, params: Any = None) -> None:
         with self._conn.cursor() as cur:
@@ -233,6 +236,7 @@ class Listener:
                 changes = changestream.parse_changes(_json(raw))
                 self.streams.deliver(channel, row_seq, row_epoch, txid, changes)
                 seq, epoch = row_seq, row_epoch
+                gevent.sleep(0)
             if len(rows) < BACKFILL_BATCH:
                 break
         if self.metrics is not None:

@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     raise_fd_limit()
     cleanup = Cleanup()
     cleanup.install_signal_handlers()
-    workdir, _ = make_workdir(args.out)
+    workdir = make_workdir(args.out)
     results: dict[str, Any] = {
         "command": " ".join(["python -m loadtest.bench", *sys.argv[1:]]),
         "machine": machine(),

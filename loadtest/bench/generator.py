@@ -137,12 +137,23 @@ class Generator:
         """Wait until every session is subscribed (or failed); the ``ramped`` event."""
         return self.wait_for("ramped", self.ramp_timeout + 30, on_progress)
 
-    def wait_all(self, writes: int, timeout: float) -> bool:
-        """Wait until every live session got each of writes 0..writes-1; False on timeout."""
-        deadline = time.monotonic() + timeout
+    def wait_all(self, writes: int, stall: float, limit: float) -> bool:
+        """Wait until every live session got each of writes 0..writes-1.
+
+        Gives up (False) when no delivery arrived for ``stall`` seconds, or after ``limit``
+        seconds in all: a relay far behind still counts as delivering while it makes
+        progress, and what never arrives is then reported as lost.
+        """
+        started = time.monotonic()
+        last_total, last_change = -1, started
         try:
             while not all(w in self.all_done for w in range(writes)):
-                self._next(deadline)
+                deadline = min(started + limit, last_change + stall)
+                event = self._next(deadline)
+                if event is not None and event.get("event") == "delivered":
+                    total = int(event["total"])
+                    if total != last_total:
+                        last_total, last_change = total, time.monotonic()
         except TimeoutError:
             return False
         return True

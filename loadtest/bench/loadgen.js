@@ -8,9 +8,9 @@
 //
 // Protocol: JSON lines. stdout carries events to the driver, stdin carries commands.
 //   events:   {"event":"progress",...} during the ramp, {"event":"ramped",...} once every
-//             session is ready (or failed, or the ramp timed out), {"event":"all","w":i}
-//             when every live session has received write i, {"event":"report",...},
-//             {"event":"closed"} before exiting.
+//             session is ready (or failed, or the ramp timed out), then once a second
+//             {"event":"delivered","total":n}, {"event":"all","w":i} when every live
+//             session has received write i, {"event":"report",...}, {"event":"closed"}.
 //   commands: {"cmd":"report","commits":[epoch ms per write]} and {"cmd":"close"}.
 //
 // A write is recognised by the `changed` message of bookstore.book whose `title` is
@@ -32,6 +32,7 @@ const HOST = new URL(opts.url).host;
 const recv = new Float64Array(W * N);
 const counts = new Int32Array(W);
 const announced = new Uint8Array(W);
+let delivered = 0; // benchmark writes received, all sessions together
 let duplicates = 0;
 let foreign = 0; // benchmark-looking titles with an index outside [0, W)
 
@@ -81,6 +82,7 @@ function onWrite(s, title, t) {
   }
   recv[k] = t;
   counts[w]++;
+  delivered++;
   checkAll(w);
 }
 
@@ -182,11 +184,15 @@ let rampStarted = 0;
 let rampTimer = null;
 let progressTimer = null;
 
+let deliveredTimer = null;
+
 function finishRamp(timedOut) {
   if (ramped) return;
   ramped = true;
   clearTimeout(rampTimer);
   clearInterval(progressTimer);
+  // From now on, the deliveries so far once a second: the driver waits while they grow.
+  deliveredTimer = setInterval(() => emit({ event: 'delivered', total: delivered }), 1000);
   emit({
     event: 'ramped',
     sessions: N,
@@ -259,6 +265,7 @@ function report(commits) {
 function closeAll() {
   clearTimeout(rampTimer);
   clearInterval(progressTimer);
+  clearInterval(deliveredTimer);
   for (const session of sessions) {
     if (session && session.ws) {
       try {

@@ -370,8 +370,7 @@ def run_once(
             rate = paced_writes(
                 writer, prefix, writes, interval, max_seconds=writes * interval * 3 + 30
             )
-            wait = 30.0 + sessions / 500
-            result.all_done = generator.wait_all(len(writer.commits), wait)
+            result.all_done = generator.wait_all(len(writer.commits), stall=15.0, limit=600.0)
             cpu1 = (
                 cpu_seconds(relay.worker_pid),
                 generator.cpu_seconds(),

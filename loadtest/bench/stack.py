@@ -21,7 +21,6 @@ import atexit
 import contextlib
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -336,13 +335,10 @@ class Relay:
         stop_process(self.proc, timeout=15)
 
 
-def make_workdir(out: Path | None) -> tuple[Path, bool]:
-    """(directory for logs, postgres and results; whether we created it as a temp dir)."""
+def make_workdir(out: Path | None) -> Path:
+    """The directory for logs, PostgreSQL and results (``out``, or a new temp dir that is
+    kept: its logs and ``results.json`` are the record of the run)."""
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        return out.resolve(), False
-    return Path(tempfile.mkdtemp(prefix="ddp-bench-")), True
-
-
-def remove_workdir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+        return out.resolve()
+    return Path(tempfile.mkdtemp(prefix="ddp-bench-"))

@@ -251,7 +251,8 @@ def test_a_relay_listens_only_to_channels_its_clients_need(own_stack: Any) -> No
             cur.execute("UPDATE bookstore_author SET name = 'Ursula Le Guin' WHERE id = 'leguin'")
         conn.close()
         client.wait_for(
-            lambda: client.collections["bookstore.author"]["leguin"]["name"] == "Ursula Le Guin"
+            lambda: client.collections["bookstore.author"]["leguin"]["name"] == "Ursula Le Guin",
+            timeout=30,
         )
         assert metric(relay.url, "ddp_relay_notifications_total", channel="ddp_bookstore_book") == 0
         assert (
