@@ -66,12 +66,13 @@ class Cleanup:
                 print(f"bench: stopping {name} failed: {exc}", file=sys.stderr)
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGHUP end the run like Ctrl-C does (KeyboardInterrupt, then finally)."""
+        """SIGINT/SIGTERM/SIGHUP end the run (KeyboardInterrupt, then ``finally``), even
+        when started from a shell that ignores SIGINT for background jobs."""
 
         def handler(signum: int, frame: FrameType | None) -> None:
             raise KeyboardInterrupt(f"signal {signum}")
 
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, handler)
 
 
