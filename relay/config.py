@@ -49,6 +49,10 @@ class Settings:
     max_message_bytes: int = field(default=1_048_576, metadata={"env": "RELAY_MAX_MESSAGE_BYTES"})
     #: RELAY_PERMESSAGE_DEFLATE: accept permessage-deflate when the client offers it.
     permessage_deflate: bool = field(default=True, metadata={"env": "RELAY_PERMESSAGE_DEFLATE"})
+    #: RELAY_DEFLATE_THRESHOLD: with permessage-deflate, messages of at least this many bytes
+    #: are compressed; smaller ones go out plain (they do not shrink, and compressing costs
+    #: both ends CPU on every socket). 0 compresses everything.
+    deflate_threshold: int = field(default=1024, metadata={"env": "RELAY_DEFLATE_THRESHOLD"})
     #: RELAY_SEND_BUFFER_BYTES: outbound bytes queued for one socket before the session is
     #: disconnected as too slow (it can resume later).
     send_buffer_bytes: int = field(default=8_388_608, metadata={"env": "RELAY_SEND_BUFFER_BYTES"})
@@ -130,6 +134,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.deflate_threshold < 0:
+            raise ConfigError("deflate_threshold must not be negative")
         if self.resume_window < 0 or self.resume_log < 0:
             raise ConfigError("resume settings must not be negative")
         if self.heartbeat_interval < 0 or self.heartbeat_timeout < 0:

@@ -21,18 +21,19 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
 
 from relay.backend import Backend, DecodedChange, Route
+from relay.frames import Compression, encode_text_frame
+from relay.interning import Interner
 from relay.protocol import ejson, messages
 from relay.protocol.changestream import Change
 from relay.protocol.sockjs import encode_messages
 from relay.routing import matches
-from relay.websocket import encode_text_frame
 
 if TYPE_CHECKING:
     from relay.session import Session
@@ -54,6 +55,16 @@ class Attachment:
     cursor: int
 
 
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One committed transaction of a channel, as the listener read it."""
+
+    seq: int
+    epoch: str
+    txid: int
+    changes: Iterable[Change]
+
+
 @dataclass(slots=True)
 class Batch:
     """The decoded changes of one transaction on one channel."""
@@ -73,18 +84,23 @@ class BatchCache:
     cache lives for one batch, so the objects it keys on stay alive while it is used.
     """
 
-    __slots__ = ("_equal", "_frames", "_sockjs", "_texts")
+    __slots__ = ("_equal", "_frames", "_projections", "_sockjs", "_texts")
 
     def __init__(self) -> None:
         self._equal: dict[tuple[int, int], bool] = {}
+        self._projections: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
         self._texts: dict[tuple[Any, ...], str] = {}
-        self._frames: dict[str, bytes] = {}
+        #: compression (None: plain) -> text -> frame.
+        self._frames: dict[Compression | None, dict[str, bytes]] = {}
         self._sockjs: dict[tuple[str, ...], str] = {}
 
-    def frame(self, text: str) -> bytes:
-        frame = self._frames.get(text)
+    def frame(self, text: str, compression: Compression | None) -> bytes:
+        frames = self._frames.get(compression)
+        if frames is None:
+            frames = self._frames[compression] = {}
+        frame = frames.get(text)
         if frame is None:
-            frame = self._frames[text] = encode_text_frame(text)
+            frame = frames[text] = encode_text_frame(text, compression)
         return frame
 
     def sockjs(self, texts: Sequence[str]) -> str:
@@ -103,14 +119,24 @@ class BatchCache:
             hit = self._equal[key] = ejson.equals(a, b)
         return hit
 
+    def project(self, change: DecodedChange, names: tuple[str, ...]) -> dict[str, Any]:
+        """The change's fields limited to what a route publishes (read-only: shared)."""
+        key = (id(change), names)
+        fields = self._projections.get(key)
+        if fields is None:
+            fields = self._projections[key] = {k: v for k, v in change.fields.items() if k in names}
+        return fields
+
     def encode(self, msg: dict[str, Any]) -> str:
         fields = msg.get("fields")
+        cleared = msg.get("cleared")
         key = (
             msg["msg"],
             msg["collection"],
             msg["id"],
-            tuple((k, id(v)) for k, v in fields.items()) if fields else (),
-            tuple(msg.get("cleared", ())),
+            tuple(fields) if fields else (),
+            tuple(map(id, fields.values())) if fields else (),
+            tuple(cleared) if cleared else (),
         )
         text = self._texts.get(key)
         if text is None:
@@ -143,6 +169,8 @@ class Streams:
         self._listen = listen
         self._unlisten = unlisten
         self.streams: dict[str, ChannelStream] = {}
+        #: Field values shared by every session of the worker (``relay.interning``).
+        self.interner = Interner()
         #: Called with (channel) when a stream lost history and its subscriptions must be
         #: re-run (epoch changed, or the changelog was pruned past our position).
         self.on_resync: Callable[[str, list[Attachment]], None] | None = None
@@ -177,8 +205,7 @@ class Streams:
         if not missed or missed[0].seq != att.cursor + 1:
             self._resync(stream, [att])
             return
-        for batch in missed:
-            self._apply(att, batch, BatchCache())
+        self._apply(att, missed, BatchCache())
 
     def detach(self, att: Attachment) -> None:
         stream = self.streams.get(att.route.channel)
@@ -213,28 +240,58 @@ class Streams:
         self, channel: str, seq: int, epoch: str, txid: int, changes: Iterable[Change]
     ) -> None:
         """Route one transaction's changes; the listener guarantees ``seq`` is the next one."""
+        self.deliver_many(channel, [Transaction(seq, epoch, txid, changes)])
+
+    def deliver_many(self, channel: str, transactions: Sequence[Transaction]) -> None:
+        """Route consecutive transactions of one channel (``seq`` n, n+1, ...; the first is
+        the stream's next one) as one delivery: a session gets all of its messages from
+        them in one write, in order. The listener hands over what queued up while the
+        worker was busy, so a burst of commits costs a write per session, not one each."""
         stream = self.streams.get(channel)
         if stream is None:
             return
+        # The stream may have been re-created meanwhile (the listener read a spilled
+        # payload and other greenlets ran): what it already has is not applied twice.
+        transactions = [tx for tx in transactions if tx.seq > stream.seq]
+        if not transactions:
+            return
+        batches = []
+        for tx in transactions:
+            batch = Batch(tx.seq, tx.epoch, tx.txid, self._decode(channel, tx))
+            stream.seq, stream.epoch = tx.seq, tx.epoch
+            stream.ring.append(batch)
+            batches.append(batch)
+        cache = BatchCache()
+        last = batches[-1].seq
+        sent = 0
+        for att in list(stream.attachments):
+            if att.cursor < last:
+                sent += self._apply(att, batches, cache)
+        if self.metrics is not None:
+            self.metrics.changes_delivered.inc(len(batches))
+            if sent:
+                self.metrics.messages_sent.inc(sent)
+        self._wake(stream)
+
+    def _decode(self, channel: str, tx: Transaction) -> tuple[DecodedChange, ...]:
         decoded = []
-        for change in changes:
+        interner = self.interner
+        for change in tx.changes:
             try:
                 d = self.backend.decode_change(channel, change)
             except Exception:
-                log.exception("cannot decode a change on %s (seq %d)", channel, seq)
+                log.exception("cannot decode a change on %s (seq %d)", channel, tx.seq)
                 continue
-            if d is not None:
-                decoded.append(d)
-        batch = Batch(seq, epoch, txid, tuple(decoded))
-        stream.seq, stream.epoch = seq, epoch
-        stream.ring.append(batch)
-        if self.metrics is not None:
-            self.metrics.changes_delivered.inc()
-        cache = BatchCache()
-        for att in list(stream.attachments):
-            if att.cursor < seq:
-                self._apply(att, batch, cache)
-        self._wake(stream)
+            if d is None:
+                continue
+            if d.op == "d":
+                interner.forget(d.collection, d.id)
+            elif d.fields:
+                # Unchanged fields become the objects the sessions already hold, so each
+                # session's diff is an identity check for them (relay.interning).
+                d = replace(d, fields=interner.fields(d.collection, d.id, d.fields))
+            decoded.append(d)
+        return tuple(decoded)
 
     def lost_history(self, channel: str, seq: int, epoch: str) -> None:
         """The listener cannot fill a gap: re-run every subscription of the channel."""
@@ -261,41 +318,52 @@ class Streams:
                 keep.append((seq, event))
         stream.waiters = keep
 
-    def _apply(self, att: Attachment, batch: Batch, cache: BatchCache) -> None:
-        att.cursor = batch.seq
+    def _apply(self, att: Attachment, batches: Sequence[Batch], cache: BatchCache) -> int:
+        """Route ``batches`` (past the attachment's cursor) to one subscription; returns the
+        number of messages sent."""
         session = att.session
         if session.closed:
-            return
+            att.cursor = max(att.cursor, batches[-1].seq)
+            return 0
         route = att.route
+        sub_id = att.sub_id
         box = session.mergebox
+        equals = cache.equals
         out: list[dict[str, Any]] = []
-        for change in batch.changes:
-            if change.collection != route.collection:
+        resync = False
+        for batch in batches:
+            if batch.seq <= att.cursor:
                 continue
-            if route.conditions is None:
-                # Not decidable from the payload: the publication must be re-run.
-                self._resync_later(att)
-                return
-            member = change.op != "d" and matches(route.conditions, change.routing)
-            held = box.publishes(att.sub_id, change.collection, change.id)
-            fields = change.fields
-            if route.fields is not None:
-                fields = {k: v for k, v in fields.items() if k in route.fields}
-            if member and held:
-                out.extend(
-                    box.change(att.sub_id, change.collection, change.id, fields, (), cache.equals)
-                )
-            elif member:
-                out.extend(box.add(att.sub_id, change.collection, change.id, fields))
-            elif held:
-                out.extend(box.remove(att.sub_id, change.collection, change.id))
+            att.cursor = batch.seq
+            for change in batch.changes:
+                if change.collection != route.collection:
+                    continue
+                if route.conditions is None:
+                    # Not decidable from the payload: the publication must be re-run.
+                    resync = True
+                    break
+                fields: dict[str, Any] | None = None
+                if change.op != "d" and matches(route.conditions, change.routing):
+                    fields = change.fields
+                    if route.fields is not None:
+                        fields = cache.project(change, route.fields)
+                # Membership now (fields) against membership before (the mergebox) gives
+                # added, changed or removed.
+                out += box.update(sub_id, change.collection, change.id, fields, equals)
+            if resync:
+                break
+        sent = 0
         if out:
             try:
                 texts = [cache.encode(m) for m in out]
             except (TypeError, ValueError):
                 log.exception("a change on %s cannot be encoded", att.route.channel)
-                return
-            session.send_texts(texts, cache)
+                texts = []
+            if texts and session.send_texts(texts, cache, metered=True):
+                sent = len(texts)
+        if resync:
+            self._resync_later(att)
+        return sent
 
     def _resync_later(self, att: Attachment) -> None:
         stream = self.streams.get(att.route.channel)

@@ -37,7 +37,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from relay.fanout import Streams
+from relay.fanout import Streams, Transaction
 from relay.protocol import changestream
 from relay.protocol.changestream import Notification, PayloadError
 
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 #: Changelog rows read per backfill query.
 BACKFILL_BATCH = 500
+#: Transactions of one channel delivered together at most (one write per session for all
+#: of them); bounds how long one delivery holds the worker.
+COALESCE_MAX = 32
 #: Reconnect backoff: first delay, cap (seconds).
 RETRY_FIRST, RETRY_MAX = 0.1, 5.0
 
@@ -150,11 +153,11 @@ class Listener:
             if conn in readable or not readable:
                 conn.poll()  # raises on a dead connection, which reconnects
             while conn.notifies:
-                note = conn.notifies.pop(0)
-                self._on_notify(note.channel, note.payload)
-                # Let the rest of the worker run between batches (gunicorn's heartbeat
-                # among them: a worker that never yields is killed as hung).
-                gevent.sleep(0)
+                # Everything that queued up while the worker was busy, in one go: runs of
+                # consecutive transactions on a channel are delivered together.
+                notes = conn.notifies[:]
+                del conn.notifies[:]
+                self._on_notifies(notes)
 
     def _execute(self, statement: Any, params: Any = None) -> None:
         with self._conn.cursor() as cur:
@@ -168,40 +171,69 @@ class Listener:
         # Changes committed between the subscription's snapshot and this LISTEN.
         self._backfill(channel)
 
-    def _on_notify(self, channel: str, payload: str) -> None:
-        if self.metrics is not None:
-            self.metrics.notifications.labels(channel=channel).inc()
-        position = self.streams.position(channel)
-        if position is None:
-            return  # nobody here needs it any more
-        try:
-            note = changestream.parse_notification(channel, payload)
-        except PayloadError as exc:
-            log.error("ignoring a malformed notification on %s: %s", channel, exc)
-            return
-        seq, epoch = position
-        if epoch and note.epoch != epoch:
-            log.warning("channel %s changed epoch (%s -> %s): resync", channel, epoch, note.epoch)
-            self.streams.lost_history(channel, note.seq, note.epoch)
-            return
-        if note.seq <= seq:
-            return  # already delivered (by a backfill)
-        if note.seq == seq + 1:
-            self._deliver(note)
-        else:
-            self._backfill(channel)
+    def _on_notifies(self, notes: list[Any]) -> None:
+        """Handle notifications in arrival order. Consecutive next-in-sequence transactions
+        of one channel are collected into a run and delivered together (up to
+        ``COALESCE_MAX``); anything else (a gap, an epoch change, another channel) first
+        delivers the run, so every channel's order is kept."""
+        run: list[Transaction] = []
+        run_channel = ""
+        for raw in notes:
+            channel = raw.channel
+            if run and (channel != run_channel or len(run) >= COALESCE_MAX):
+                self._deliver_run(run_channel, run)
+                run = []
+            if self.metrics is not None:
+                self.metrics.notifications.labels(channel=channel).inc()
+            position = self.streams.position(channel)
+            if position is None:
+                continue  # nobody here needs it any more
+            try:
+                note = changestream.parse_notification(channel, raw.payload)
+            except PayloadError as exc:
+                log.error("ignoring a malformed notification on %s: %s", channel, exc)
+                continue
+            seq, epoch = (run[-1].seq, run[-1].epoch) if run else position
+            if note.seq <= seq and (not epoch or note.epoch == epoch):
+                continue  # already delivered (by a backfill)
+            if epoch and note.epoch != epoch:
+                self._deliver_run(run_channel, run)
+                run = []
+                log.warning(
+                    "channel %s changed epoch (%s -> %s): resync", channel, epoch, note.epoch
+                )
+                self.streams.lost_history(channel, note.seq, note.epoch)
+                continue
+            tx = self._transaction(note) if note.seq == seq + 1 else None
+            if tx is None:
+                # A gap (or a spilled payload already pruned): the changelog has the rest.
+                self._deliver_run(run_channel, run)
+                run = []
+                self._backfill(channel)
+                continue
+            run.append(tx)
+            run_channel = channel
+        self._deliver_run(run_channel, run)
 
-    def _deliver(self, note: Notification) -> None:
+    def _deliver_run(self, channel: str, run: list[Transaction]) -> None:
+        if run:
+            self.streams.deliver_many(channel, run)
+            # Let the rest of the worker run between deliveries (gunicorn's heartbeat
+            # among them: a worker that never yields is killed as hung).
+            gevent.sleep(0)
+
+    def _transaction(self, note: Notification) -> Transaction | None:
+        """The notified transaction with its changes (read from the changelog when the
+        writer spilled them); None when that row is gone."""
         changes = note.changes
         if changes is None:
             with self._query.cursor() as cur:
                 cur.execute(changestream.SELECT_ONE, (note.channel, note.seq))
                 row = cur.fetchone()
             if row is None:
-                self._backfill(note.channel)
-                return
+                return None
             changes = changestream.parse_changes(_json(row[0]))
-        self.streams.deliver(note.channel, note.seq, note.epoch, note.txid, changes)
+        return Transaction(note.seq, note.epoch, note.txid, changes)
 
     def _backfill(self, channel: str) -> None:
         """Deliver every changelog row after the stream's position, in order."""
@@ -222,8 +254,10 @@ class Listener:
                     continue
                 self._check_counter(channel, seq, epoch, counter_seq, counter_epoch)
                 break
+            run: list[Transaction] = []
             for row_seq, row_epoch, txid, raw in rows:
                 if (epoch and row_epoch != epoch) or row_seq != seq + 1:
+                    self._deliver_run(channel, run)
                     log.warning(
                         "channel %s: history from seq %d is gone (next %d, epoch %s): resync",
                         channel,
@@ -233,10 +267,14 @@ class Listener:
                     )
                     self.streams.lost_history(channel, *self._counter(channel))
                     return
-                changes = changestream.parse_changes(_json(raw))
-                self.streams.deliver(channel, row_seq, row_epoch, txid, changes)
+                run.append(
+                    Transaction(row_seq, row_epoch, txid, changestream.parse_changes(_json(raw)))
+                )
                 seq, epoch = row_seq, row_epoch
-                gevent.sleep(0)
+                if len(run) >= COALESCE_MAX:
+                    self._deliver_run(channel, run)
+                    run = []
+            self._deliver_run(channel, run)
             if len(rows) < BACKFILL_BATCH:
                 break
         if self.metrics is not None:

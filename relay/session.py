@@ -20,7 +20,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -60,6 +60,9 @@ if TYPE_CHECKING:
     from relay.transport import Transport
 
 log = logging.getLogger(__name__)
+
+#: The heartbeat ping, encoded once (every idle session sends one each interval).
+_PING = (messages.encode(messages.ping()),)
 
 #: Completed method results kept per session for re-sent methods after a resume.
 MAX_RESULTS = 100
@@ -313,11 +316,14 @@ class Session:
             return
         if self.subs.get(msg.id) is not sub:
             return  # unsubscribed while running
+        interner = self.node.streams.interner
         try:
             out: list[dict[str, Any]] = []
             for doc in data.documents:
-                out.extend(self.mergebox.add(msg.id, doc.collection, doc.id, doc.fields))
-            texts = [messages.encode(m) for m in out]
+                # Values and ``added`` texts equal to what other sessions got are shared.
+                fields = interner.fields(doc.collection, doc.id, doc.fields)
+                out.extend(self.mergebox.add(msg.id, doc.collection, doc.id, fields))
+            texts = [interner.encode(m) for m in out]
         except Exception:
             # A value the publication produced cannot be sent (not EJSON-encodable). The
             # client saw none of it: forget it silently, then fail the subscription.
@@ -364,7 +370,11 @@ class Session:
             self.send(self.mergebox.remove_subscription(sub_id))
             self.send([messages.nosub(sub_id, messages.INTERNAL_ERROR)])
             return
-        fresh = {(d.collection, d.id): d for d in data.documents}
+        interner = self.node.streams.interner
+        fresh = {
+            (d.collection, d.id): replace(d, fields=interner.fields(d.collection, d.id, d.fields))
+            for d in data.documents
+        }
         out: list[dict[str, Any]] = []
         for collection, ids in self.mergebox.documents_of(sub_id).items():
             for doc_id in ids:
@@ -472,17 +482,23 @@ class Session:
         if texts:
             self.send_texts(texts)
 
-    def send_texts(self, texts: list[str], shared: SharedFrames | None = None) -> None:
-        """Send counted messages. After the socket closed they are still counted and logged
-        (not sent): a session that will be parked must replay them on resume."""
+    def send_texts(
+        self, texts: list[str], shared: SharedFrames | None = None, *, metered: bool = False
+    ) -> bool:
+        """Send counted messages; True if they went to the transport. After the socket
+        closed they are still counted and logged (not sent): a session that will be parked
+        must replay them on resume. ``metered``: the caller adds them to the
+        ``messages_sent`` metric itself (fan-out does, once per delivery)."""
         if not texts:
-            return
+            return False
         self.sent_count += len(texts)
         self.log.extend(texts)
         if self.closed:
-            return
+            return False
         self.transport.send(texts, shared)
-        self.node.metrics.messages_sent.inc(len(texts))
+        if not metered:
+            self.node.metrics.messages_sent.inc(len(texts))
+        return True
 
     # -- liveness and closing ---------------------------------------------------------------
 
@@ -502,7 +518,7 @@ class Session:
         action = self.heartbeat.poll(now)
         if action is HeartbeatAction.PING:
             # Pings are not counted in sent_count (Meteor 3.5's receivedCount rule).
-            self.transport.send([messages.encode(messages.ping())])
+            self.transport.send(_PING)
         elif action is HeartbeatAction.TIMEOUT:
             self.close(disconnect.HEARTBEAT_TIMEOUT)
 

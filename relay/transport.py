@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import gevent
 import gevent.queue
 
+from relay.frames import Compression
 from relay.protocol.errors import FramingError
 from relay.protocol.sockjs import (
     HEARTBEAT,
@@ -52,8 +53,9 @@ Inbound = str | Oversized
 class SharedFrames(Protocol):
     """Encodings shared by every socket one fan-out batch reaches (``relay.fanout``)."""
 
-    def frame(self, text: str) -> bytes:
-        """The unmasked WebSocket TEXT frame for ``text``, built once."""
+    def frame(self, text: str, compression: Compression | None) -> bytes:
+        """The WebSocket TEXT frame for ``text`` on sockets with ``compression``, built
+        once (``relay.frames.encode_text_frame``)."""
         ...
 
     def sockjs(self, texts: Sequence[str]) -> str:
@@ -101,10 +103,12 @@ class RawTransport:
         return None if text is None else [text]
 
     def send(self, texts: Sequence[str], shared: SharedFrames | None = None) -> None:
-        if shared is not None and self.ws.can_share_frames:
-            self.ws.send_frames([shared.frame(t) for t in texts])
+        ws = self.ws
+        if shared is None:
+            ws.send_many(texts)
         else:
-            self.ws.send_many(texts)
+            compression = ws.compression
+            ws.send_frames([shared.frame(t, compression) for t in texts])
 
     def close(self, code: int, reason: str) -> None:
         self.ws.close(code, reason)
@@ -168,10 +172,7 @@ class SockJSTransport:
                 self.ws.send(encode_messages(texts))
             else:
                 payload = shared.sockjs(texts)
-                if self.ws.can_share_frames:
-                    self.ws.send_frames([shared.frame(payload)])
-                else:
-                    self.ws.send(payload)
+                self.ws.send_frames([shared.frame(payload, self.ws.compression)])
             self._sent = True
 
     def close(self, code: int, reason: str) -> None:

@@ -31,7 +31,6 @@ import binascii
 import contextlib
 import hashlib
 import socket
-import struct
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,13 +45,12 @@ from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opc
 from wsproto.utilities import LocalProtocolError as WsprotoLocalError
 
 from relay.config import Settings
-from relay.protocol.errors import LocalProtocolError
+from relay.frames import DEFAULT_THRESHOLD, Compression, encode_text_frame, shared_compression
 
 __all__ = [
     "HandshakeRefusal",
     "WebSocket",
     "accept",
-    "encode_text_frame",
     "origin_allowed",
 ]
 
@@ -304,6 +302,7 @@ def accept(environ: Mapping[str, Any], settings: Settings) -> WebSocket | Handsh
         max_message_bytes=settings.max_message_bytes,
         send_buffer_bytes=settings.send_buffer_bytes,
         extension=extension,
+        compress_threshold=settings.deflate_threshold,
         initial_data=_take_buffered(environ),
     )
     try:
@@ -313,32 +312,6 @@ def accept(environ: Mapping[str, Any], settings: Settings) -> WebSocket | Handsh
         # closed, so the caller's normal "receive() returned None" path cleans up.
         ws.abort()
     return ws
-
-
-def _utf8(text: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate cannot be sent as UTF-8; one "?" is better than an exception
-        # raised into fan-out, which would hurt every other session it serves.
-        return text.encode("utf-8", "replace")
-
-
-def encode_text_frame(text: str) -> bytes:
-    """An unmasked, unfragmented, uncompressed server TEXT frame carrying ``text``.
-
-    Server frames are never masked, so the same bytes can be written to every socket
-    that did not negotiate compression (``WebSocket.can_share_frames``).
-    """
-    payload = _utf8(text)
-    n = len(payload)
-    if n <= 125:
-        header = bytes((0x81, n))
-    elif n <= 0xFFFF:
-        header = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
-    return header + payload
 
 
 def _sendable_close_code(code: int) -> int:
@@ -360,8 +333,8 @@ class WebSocket:
     __slots__ = (
         "_close_queued",
         "_closing",
+        "_compression",
         "_conn",
-        "_deflate",
         "_discarding",
         "_events",
         "_inflight",
@@ -371,6 +344,7 @@ class WebSocket:
         "_message_bytes",
         "_out",
         "_out_bytes",
+        "_raw",
         "_read_done",
         "_reading",
         "_shut",
@@ -389,11 +363,21 @@ class WebSocket:
         max_message_bytes: int,
         send_buffer_bytes: int,
         extension: PerMessageDeflate | None = None,
+        compress_threshold: int = DEFAULT_THRESHOLD,
         initial_data: bytes = b"",
     ) -> None:
-        """Wrap ``sock`` (a gevent socket) whose opening handshake is already complete."""
+        """Wrap ``sock`` (a gevent socket) whose opening handshake is already complete.
+
+        With ``extension`` (permessage-deflate, negotiated without context takeover),
+        outbound messages of ``compress_threshold`` bytes or more are compressed."""
         self._sock = sock
-        self._deflate = extension is not None
+        #: The non-blocking socket under gevent's, for direct writes (None: not gevent's).
+        self._raw: Any = getattr(sock, "_sock", None)
+        self._compression = (
+            None
+            if extension is None
+            else shared_compression(int(extension.server_max_window_bits), compress_threshold)
+        )
         self._conn = Connection(
             ConnectionType.SERVER, extensions=[extension] if extension is not None else None
         )
@@ -436,12 +420,13 @@ class WebSocket:
     @property
     def deflate(self) -> bool:
         """Whether permessage-deflate was negotiated."""
-        return self._deflate
+        return self._compression is not None
 
     @property
-    def can_share_frames(self) -> bool:
-        """Whether ``send_frame`` works: frames from ``encode_text_frame`` fit this socket."""
-        return not self._deflate
+    def compression(self) -> Compression | None:
+        """What frames for this socket look like: ``encode_text_frame(text, compression)``
+        gives bytes ``send_frames`` can write, shareable with every socket of equal value."""
+        return self._compression
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -579,13 +564,9 @@ class WebSocket:
         self._enqueue(self._frame(text))
 
     def _frame(self, text: str) -> bytes:
-        if not self._deflate:
-            return encode_text_frame(text)
-        try:
-            return bytes(self._conn.send(TextMessage(data=text)))
-        except UnicodeEncodeError:
-            # wsproto encodes before touching any state, so a retry is safe.
-            return bytes(self._conn.send(TextMessage(data=_utf8(text).decode("utf-8"))))
+        # Not wsproto's send: without context takeover its compressor holds nothing
+        # between messages, and ``relay.frames`` honours the size threshold.
+        return encode_text_frame(text, self._compression)
 
     def send_many(self, texts: Sequence[str]) -> None:
         """Queue several TEXT messages, flushed together in one write; never blocks."""
@@ -596,14 +577,17 @@ class WebSocket:
         self._flush()
 
     def send_frame(self, frame: bytes) -> None:
-        """Queue a frame from ``encode_text_frame`` (shared by many sockets); never blocks."""
+        """Queue a frame built for ``self.compression`` (shared by many sockets); never
+        blocks."""
         self.send_frames((frame,))
 
     def send_frames(self, frames: Sequence[bytes]) -> None:
-        """Queue frames from ``encode_text_frame``, written together; never blocks."""
-        if self._deflate:
-            raise LocalProtocolError("send_frame on a permessage-deflate socket")
+        """Queue frames built for ``self.compression``, written together; never blocks."""
         if self._closing:
+            return
+        if not self._out and self._writer is None and self._raw is not None and not self._shut:
+            # Fan-out's common case, kept short: nothing pending, so write at once.
+            self._write_now(frames[0] if len(frames) == 1 else b"".join(frames))
             return
         for frame in frames:
             self._enqueue(frame, flush=False)
@@ -616,37 +600,50 @@ class WebSocket:
             self._flush()
 
     def _flush(self) -> None:
-        if self._out_bytes > self._max_buffer:
-            # A peer that reads slower than we write: drop what is queued (the batch in
-            # flight cannot be recalled) and close, rather than hold memory or block.
-            self.overflowed = True
-            self._out.clear()
-            self._out_bytes = self._inflight
-            self.close(1008, "too slow")
+        if self._overflowing():
             return
         if self._writer is None and self._out and not self._shut and not self._close_queued:
             self._try_direct_write()
         self._ensure_writer()
 
+    def _overflowing(self) -> bool:
+        if self._out_bytes <= self._max_buffer:
+            return False
+        # A peer that reads slower than we write: drop what is queued (the batch in
+        # flight cannot be recalled) and close, rather than hold memory or block.
+        self.overflowed = True
+        self._out.clear()
+        self._out_bytes = self._inflight
+        self.close(1008, "too slow")
+        return True
+
     def _try_direct_write(self) -> None:
         """Write at once when nothing is pending: most fan-out writes fit the kernel buffer,
         and a greenlet per socket per message would cost more than the write. The raw
         socket under gevent's is non-blocking; whatever does not fit goes to the writer."""
-        raw = getattr(self._sock, "_sock", None)
-        if raw is None:
+        if self._raw is None:
             return
         batch = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out = []
+        self._out_bytes -= len(batch)
+        self._write_now(batch)
+
+    def _write_now(self, batch: bytes) -> None:
+        """Write ``batch`` (nothing else is pending) without blocking; what the kernel does
+        not take is queued for the writer greenlet."""
         try:
-            sent = raw.send(batch)
+            sent = self._raw.send(batch)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            self._out = []
-            self._out_bytes = 0
             self.abort()
             return
-        self._out_bytes -= sent
-        self._out = [batch[sent:]] if sent < len(batch) else []
+        if sent < len(batch):
+            rest = batch[sent:]
+            self._out.append(rest)
+            self._out_bytes += len(rest)
+            if not self._overflowing():
+                self._ensure_writer()
 
     def _queue_close(self, frame: bytes) -> None:
         self._out.append(bytes(frame))

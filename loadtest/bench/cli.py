@@ -1,10 +1,12 @@
 """``python -m loadtest.bench``: the reproducible benchmark of one relay worker.
 
 Every command starts its own throwaway PostgreSQL, migrates and seeds the example app,
-and measures ONE relay worker (gunicorn, ``RELAY_WORKERS=1``) with a Node.js load
+and measures ONE relay worker (gunicorn, ``RELAY_WORKERS=1``; ``--workers N`` for N
+gevent workers, as the default deployment runs one per core) with a Node.js load
 generator on loopback; nothing else needs to run. From the repository root::
 
     .venv/bin/python -m loadtest.bench fanout --sessions 1000,5000,10000
+    .venv/bin/python -m loadtest.bench fanout --sessions 10000 --workers 2
     .venv/bin/python -m loadtest.bench latency --sessions 1000 --rate 100 --seconds 20
     .venv/bin/python -m loadtest.bench memory --sessions 5000
     .venv/bin/python -m loadtest.bench overhead
@@ -63,10 +65,21 @@ def _sessions(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.bench",
-        description="Benchmark one ddp-relay worker: fan-out, latency, memory, write overhead.",
+        description="Benchmark ddp-relay (one gunicorn worker unless --workers): fan-out, "
+        "latency, memory, write overhead.",
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported")
@@ -79,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--out", type=Path, default=None, help="workdir (default: a temp dir)")
     common.add_argument("--json", type=Path, default=None, help="also write results here")
     common.add_argument(
-        "--profile", action="store_true", help="py-spy the relay worker during the writes"
+        "--profile",
+        action="store_true",
+        help="py-spy the relay during the writes: one py-spy and one output file per worker",
     )
     common.add_argument(
         "--concurrency", type=int, default=200, help="sessions the generator opens at once"
@@ -101,24 +116,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the check that a commit reaches clients (dry runs of the harness)",
     )
+    # The modes that measure sessions on a relay (fanout, latency, memory; in ``all``:
+    # fanout and latency, not the write-side overhead).
+    relay = argparse.ArgumentParser(add_help=False)
+    relay.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="gunicorn gevent workers of the relay (RELAY_WORKERS; default 1). They share "
+        "one listening socket: the kernel spreads the sessions. PSS and relay CPU are "
+        "summed over the workers; results.json has each worker's share",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     fanout = commands.add_parser(
-        "fanout", parents=[common], help="one commit fanned out to N idle subscribed sessions"
+        "fanout",
+        parents=[common, relay],
+        help="one commit fanned out to N idle subscribed sessions",
     )
     fanout.add_argument("--sessions", type=_sessions, default=[1000, 5000, 10000])
     fanout.add_argument("--writes", type=int, default=20)
     fanout.add_argument("--interval", type=float, default=0.5, help="seconds between writes")
 
     latency = commands.add_parser(
-        "latency", parents=[common], help="commit-to-client latency at a steady commit rate"
+        "latency", parents=[common, relay], help="commit-to-client latency at a steady commit rate"
     )
     latency.add_argument("--sessions", type=_sessions, default=[1000])
     latency.add_argument("--rate", type=float, default=100.0, help="commits per second")
     latency.add_argument("--seconds", type=float, default=20.0)
 
     memory = commands.add_parser(
-        "memory", parents=[common], help="PSS of the worker per idle subscribed session"
+        "memory", parents=[common, relay], help="PSS of the worker(s) per idle subscribed session"
     )
     memory.add_argument("--sessions", type=_sessions, default=[5000])
     memory.add_argument(
@@ -134,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_argument("--transactions", type=int, default=1000, help="per round")
     overhead.add_argument("--rounds", type=int, default=10)
 
-    everything = commands.add_parser("all", parents=[common], help="fanout, latency, overhead")
+    everything = commands.add_parser(
+        "all", parents=[common, relay], help="fanout, latency, overhead"
+    )
     everything.add_argument("--sessions", type=_sessions, default=[1000, 5000, 10000])
     everything.add_argument("--writes", type=int, default=20)
     everything.add_argument("--interval", type=float, default=0.5)
@@ -178,6 +208,9 @@ def aggregate(runs: list[RunResult]) -> dict[str, Any]:
         steal_share_max=max((r.steal_share for r in runs if r.wall_s), default=0.0),
         relay_errors=sum(r.relay_errors for r in runs),
         relay_alive=all(r.relay_alive for r in runs),
+        workers=runs[0].workers if runs else 1,
+        busiest_worker_sessions_share=median([r.busiest_worker_sessions_share for r in runs]),
+        busiest_worker_cpu_share=median([r.busiest_worker_cpu_share for r in runs]),
         worker_timeouts=sum(r.worker_timeouts for r in runs),
         all_done=all(r.all_done for r in runs),
         subscribed=all(r.subscribed for r in runs),
@@ -193,15 +226,34 @@ def _ms(value: float) -> str:
     return f"{value / 1000:.2f} s" if value >= 10_000 else f"{value:.1f} ms"
 
 
+def _share(value: float) -> str:
+    return "n/a" if value != value else f"{value:.0%}"
+
+
 def print_table(title: str, rows: list[dict[str, Any]], *, writes: bool) -> None:
+    """The Markdown table of a mode. With several relay workers a line above it says so and
+    a last column gives the busiest worker's share of the sessions (and of the relay CPU);
+    with one worker the table is as docs/benchmarks.md quotes it."""
     print(f"\n{title}")
+    workers = max((a.get("workers", 1) for a in rows), default=1)
+    if workers > 1:
+        summed = "PSS and relay CPU are sums" if writes else "PSS is the sum"
+        share = "the sessions / of the relay CPU" if writes else "the sessions"
+        print(
+            f"relay: {workers} gunicorn gevent workers; {summed} over the workers"
+            + (" (CPU: % of one core)" if writes else "")
+            + f"; busiest worker: the largest share of {share} one worker had"
+        )
     if writes:
         print(
             "| sessions | reaches all N p50 / p99 | delivery p50 / p99 | deliveries/s per write "
             "(p50) | deliveries per relay CPU-second | PSS per idle session | lost | dup "
             "| relay CPU per write | CPU relay / generator / postgres |"
+            + (" busiest worker: sessions / CPU |" if workers > 1 else "")
         )
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print(
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if workers > 1 else "")
+        )
         for a in rows:
             print(
                 f"| {a['sessions']:,} | {_ms(a['all_p50_ms'])} / {_ms(a['all_p99_ms'])} "
@@ -212,6 +264,12 @@ def print_table(title: str, rows: list[dict[str, Any]], *, writes: bool) -> None
                 f"| {a['relay_cpu_per_write_ms']:.1f} ms "
                 f"| {a['relay_cpu_share']:.0%} / {a['generator_cpu_share']:.0%} "
                 f"/ {a['postgres_cpu_share']:.0%} |"
+                + (
+                    f" {_share(a['busiest_worker_sessions_share'])} "
+                    f"/ {_share(a['busiest_worker_cpu_share'])} |"
+                    if workers > 1
+                    else ""
+                )
             )
         for a in rows:
             if a["other_cpu_share_max"] > 0.1 or a["steal_share_max"] > 0.1:
@@ -222,18 +280,23 @@ def print_table(title: str, rows: list[dict[str, Any]], *, writes: bool) -> None
                 )
             if not a["relay_alive"] or a["worker_timeouts"]:
                 print(
-                    f"NOTE: at {a['sessions']:,} sessions the relay worker died "
+                    f"NOTE: at {a['sessions']:,} sessions "
+                    f"{'the relay worker' if workers == 1 else 'a relay worker'} died "
                     f"({a['worker_timeouts']} gunicorn WORKER TIMEOUT in {a['runs']} runs): "
                     "what it had not delivered counts as lost"
                 )
     else:
         what = "subscribed" if all(a["subscribed"] for a in rows) else "connected (no sub)"
-        print(f"| sessions | PSS per idle {what} session | failed |")
-        print("|---:|---:|---:|")
+        print(
+            f"| sessions | PSS per idle {what} session | failed |"
+            + (" busiest worker: sessions |" if workers > 1 else "")
+        )
+        print("|---:|---:|---:|" + ("---:|" if workers > 1 else ""))
         for a in rows:
             print(
                 f"| {a['sessions']:,} | {a['memory_per_session_bytes'] / 1024:.1f} KiB "
                 f"| {a['failed']} |"
+                + (f" {_share(a['busiest_worker_sessions_share'])} |" if workers > 1 else "")
             )
 
 
@@ -282,6 +345,7 @@ def measure(
                 live=args.live_check,
                 settle=args.settle,
                 subscribe=getattr(args, "subscribe", True),
+                workers=getattr(args, "workers", 1),
             )
         )
     return aggregate(runs), runs
@@ -296,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
         "command": " ".join(["python -m loadtest.bench", *sys.argv[1:]]),
         "machine": machine(),
         "deflate_offered": args.deflate,
+        "workers": getattr(args, "workers", 1),
         "fd_limit": fd_limit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -1,13 +1,18 @@
-"""One benchmark run: a fresh relay worker, N subscribed sessions, paced writes, figures.
+"""One benchmark run: a fresh relay, N subscribed sessions, paced writes, figures.
 
 ``run_once`` is the unit every mode is built from:
 
-1. start ONE relay worker on the benchmark's database;
+1. start a relay on the benchmark's database: ONE worker, or ``workers`` gunicorn gevent
+   workers sharing the listening socket (the kernel decides which worker accepts a
+   connection);
 2. live check (and warm-up): a Python DDP client subscribes ``books.all``, a second one
    calls ``books.rename``, the first must get the ``changed`` (else: no live updates, stop);
-3. PSS of the worker with no session, then the generator opens N sessions (each:
+   with several workers, subscribed clients are then opened until every worker has served
+   one (so no worker's first-session set-up lands in the memory per session);
+3. PSS of the worker(s) with no session, then the generator opens N sessions (each:
    connect, ``sub books.all``, wait for ``ready``), a short settle, PSS again:
-   memory per idle subscribed session = (after - before) / N;
+   memory per idle subscribed session = (after - before) / N, PSS summed over the workers;
+   the sessions each worker holds (its ``ddp_relay_sessions`` gauge);
 4. ``writes`` renames committed on a fixed schedule ``interval`` apart, each titled
    ``<prefix><index>``; the generator timestamps each session's ``changed``;
 5. wait (bounded) until every session got every write, then read the report: per write,
@@ -15,7 +20,8 @@
    commit time); deliveries per second = N / (time until all N had it).
 
 Fan-out (20 writes 500 ms apart), latency (100 writes/s for 20 s) and memory (no writes)
-differ only in those parameters.
+differ only in those parameters. Relay CPU time is summed over the workers; each worker's
+own is kept too (``relay_cpu_s_by_worker``), as are its PSS and sessions.
 """
 
 from __future__ import annotations
@@ -105,7 +111,18 @@ class RunResult:
     relay_alive: bool = True
     worker_timeouts: int = 0
     generator_errors: dict[str, int] = field(default_factory=dict)
+    #: The first profile (``--profile``); ``profiles``: one per worker.
     profile: str | None = None
+    profiles: list[str] = field(default_factory=list)
+    #: gunicorn workers of the relay, and per worker (same order as ``worker_pids``): PSS
+    #: before and after the ramp, open sessions after it (empty: the metrics files could
+    #: not be read), CPU seconds during the writes. The totals above are their sums.
+    workers: int = 1
+    worker_pids: list[int] = field(default_factory=list)
+    pss_before_by_worker: list[int] = field(default_factory=list)
+    pss_after_by_worker: list[int] = field(default_factory=list)
+    sessions_by_worker: list[int] = field(default_factory=list)
+    relay_cpu_s_by_worker: list[float] = field(default_factory=list)
 
     @property
     def memory_per_session(self) -> float:
@@ -123,6 +140,16 @@ class RunResult:
     def lost(self) -> int:
         return self.missing + self.failed
 
+    @property
+    def busiest_worker_sessions_share(self) -> float:
+        """The largest share of the sessions one worker holds (1/workers: even)."""
+        return _largest_share(self.sessions_by_worker)
+
+    @property
+    def busiest_worker_cpu_share(self) -> float:
+        """The largest share of the relay's CPU time during the writes one worker used."""
+        return _largest_share(self.relay_cpu_s_by_worker)
+
     def summary(self) -> dict[str, Any]:
         rates = self.deliveries_per_s
         return {
@@ -135,6 +162,11 @@ class RunResult:
             "sustained_per_s": self.sustained_per_s,
             "memory_per_session_bytes": self.memory_per_session,
         }
+
+
+def _largest_share(values: list[int] | list[float]) -> float:
+    total = sum(values)
+    return max(values) / total if values and total > 0 else float("nan")
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -192,6 +224,39 @@ def live_check(relay: Relay, timeout: float = 15.0) -> float:
         watcher.close()
 
 
+def warm_up_workers(relay: Relay, timeout: float = 20.0) -> dict[int, int]:
+    """Open subscribed clients (``books.all``) until every worker has connected a session,
+    then close them; returns the sessions each worker connected (empty: unknown).
+
+    With several workers the live check reaches one or two of them; this makes every worker
+    serve a subscription before the PSS is read, as the live check does with one worker.
+    Gives up quietly after ``timeout`` or 20 clients per worker.
+    """
+    from relay.client import DDPClient
+
+    clients: list[DDPClient] = []
+    deadline = time.monotonic() + timeout
+    opened = relay.opened_by_worker()
+    try:
+        while opened and not all(opened.values()) and len(clients) < 20 * relay.workers:
+            if time.monotonic() > deadline:
+                break
+            client = DDPClient(relay.ws_url, timeout=max(1.0, deadline - time.monotonic()))
+            clients.append(client)
+            try:
+                client.connect()
+                client.subscribe("books.all")
+            except Exception as exc:  # the ramp will tell whether the relay serves sessions
+                print(f"bench: warm-up client failed: {exc!r}", flush=True)
+                break
+            opened = relay.opened_by_worker()
+    finally:
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()
+    return opened
+
+
 def _py_spy() -> str | None:
     candidate = Path(sys.executable).with_name("py-spy")
     if candidate.is_file():
@@ -202,7 +267,9 @@ def _py_spy() -> str | None:
 class Profiler:
     """``py-spy record`` of the relay worker while the writes run (raw collapsed stacks)."""
 
-    def __init__(self, pid: int, out: Path, seconds: float, cleanup: Cleanup) -> None:
+    def __init__(
+        self, pid: int, out: Path, seconds: float, cleanup: Cleanup, *, wait: bool = True
+    ) -> None:
         exe = _py_spy()
         if exe is None:
             raise BenchError("--profile needs py-spy: .venv/bin/pip install py-spy")
@@ -228,8 +295,9 @@ class Profiler:
             text=True,
             start_new_session=True,
         )
-        cleanup.push("py-spy", lambda: stop_process(self.proc, 5))
-        time.sleep(0.5)  # let it attach before the writes start
+        cleanup.push(f"py-spy {pid}", lambda: stop_process(self.proc, 5))
+        if wait:
+            time.sleep(0.5)  # let it attach before the writes start
 
     def finish(self, timeout: float) -> str | None:
         try:
@@ -286,12 +354,14 @@ def run_once(
     live: bool = True,
     settle: float = SETTLE_SECONDS,
     subscribe: bool = True,
+    workers: int = 1,
 ) -> RunResult:
     def say(text: str) -> None:
         if not quiet:
             print(f"bench: {label}{text}", flush=True)
 
-    relay = Relay(db.url, workdir, cleanup, max_sessions=sessions)
+    relay = Relay(db.url, workdir, cleanup, max_sessions=sessions, workers=workers)
+    pids = relay.worker_pids
     generator: Generator | None = None
     writer: Writer | None = None
     gen_log = open(workdir / f"loadgen-{relay.port}.log", "w")  # noqa: SIM115
@@ -300,9 +370,21 @@ def run_once(
             live_ms = f"live update in {live_check(relay) * 1000:.0f} ms"
         else:
             live_ms = "live check skipped"
-        say(f"relay worker {relay.worker_pid} on :{relay.port}; {live_ms}")
+        if workers == 1:
+            say(f"relay worker {relay.worker_pid} on :{relay.port}; {live_ms}")
+        else:
+            warmed = warm_up_workers(relay)
+            cold = [str(pid) for pid, n in warmed.items() if not n]
+            if not warmed:
+                warm = "sessions per worker unknown (metrics files unreadable)"
+            elif cold:
+                warm = f"no session reached worker(s) {', '.join(cold)}"
+            else:
+                warm = "every worker served a subscription"
+            say(f"relay workers {', '.join(map(str, pids))} on :{relay.port}; {live_ms}; {warm}")
         time.sleep(settle)
-        pss_before, rss_before = pss_bytes(relay.worker_pid), rss_bytes(relay.worker_pid)
+        pss_before_by_worker = [pss_bytes(pid) for pid in pids]
+        pss_before, rss_before = sum(pss_before_by_worker), sum(rss_bytes(pid) for pid in pids)
         prefix = f"bench {secrets.token_hex(3)} "
         started = time.monotonic()
         generator = Generator(
@@ -332,7 +414,9 @@ def run_once(
             + (f" ({ramped['failed']} failed: {ramped['errors']})" if ramped["failed"] else "")
         )
         time.sleep(settle)
-        pss_after, rss_after = pss_bytes(relay.worker_pid), rss_bytes(relay.worker_pid)
+        pss_after_by_worker = [pss_bytes(pid) for pid in pids]
+        pss_after, rss_after = sum(pss_after_by_worker), sum(rss_bytes(pid) for pid in pids)
+        by_worker = relay.sessions_by_worker()
         result = RunResult(
             mode=mode,
             sessions=sessions,
@@ -347,40 +431,65 @@ def run_once(
             pss_after=pss_after,
             rss_before=rss_before,
             rss_after=rss_after,
+            workers=workers,
+            worker_pids=list(pids),
+            pss_before_by_worker=pss_before_by_worker,
+            pss_after_by_worker=pss_after_by_worker,
+            sessions_by_worker=[by_worker[pid] for pid in pids] if by_worker else [],
         )
         say(
-            f"PSS {pss_before / 2**20:.1f} -> {pss_after / 2**20:.1f} MiB: "
-            f"{result.memory_per_session / 1024:.1f} KiB per idle subscribed session"
+            f"PSS {pss_before / 2**20:.1f} -> {pss_after / 2**20:.1f} MiB"
+            + (" (sum over the workers)" if workers > 1 else "")
+            + f": {result.memory_per_session / 1024:.1f} KiB per idle subscribed session"
         )
+        if workers > 1 and result.sessions_by_worker:
+            say(
+                "sessions per worker: "
+                + ", ".join(
+                    f"{pid}: {n}" for pid, n in zip(pids, result.sessions_by_worker, strict=True)
+                )
+            )
         if writes > 0 and result.ready > 0:
             writer = Writer(db.url)
+            relay_cpu0 = [cpu_seconds(pid) for pid in pids]
             cpu0 = (
-                cpu_seconds(relay.worker_pid),
+                sum(relay_cpu0),
                 generator.cpu_seconds(),
                 _postgres_cpu(db),
                 time.monotonic(),
                 machine_cpu_seconds(),
                 cpu_seconds(os.getpid()),
             )
-            profiler = None
+            profilers = []
             if profile_dir is not None:
                 profile_dir.mkdir(parents=True, exist_ok=True)
-                out = profile_dir / f"{mode}-{sessions}-{relay.port}.txt"
-                profiler = Profiler(relay.worker_pid, out, writes * interval + 2.0, cleanup)
+                for i, pid in enumerate(pids):
+                    name = f"{mode}-{sessions}-{relay.port}"
+                    name += f"-worker{i + 1}.txt" if workers > 1 else ".txt"
+                    profilers.append(
+                        Profiler(
+                            pid, profile_dir / name, writes * interval + 2.0, cleanup, wait=False
+                        )
+                    )
+                time.sleep(0.5)  # let them attach before the writes start
             rate = paced_writes(
                 writer, prefix, writes, interval, max_seconds=writes * interval * 3 + 30
             )
             result.all_done = generator.wait_all(len(writer.commits), stall=15.0, limit=600.0)
+            relay_cpu1 = [cpu_seconds(pid) for pid in pids]
             cpu1 = (
-                cpu_seconds(relay.worker_pid),
+                sum(relay_cpu1),
                 generator.cpu_seconds(),
                 _postgres_cpu(db),
                 time.monotonic(),
                 machine_cpu_seconds(),
                 cpu_seconds(os.getpid()),
             )
-            if profiler is not None:
-                result.profile = profiler.finish(timeout=writes * interval + 30)
+            for profiler in profilers:
+                path = profiler.finish(timeout=writes * interval + 30)
+                if path is not None:
+                    result.profiles.append(path)
+            result.profile = result.profiles[0] if result.profiles else None
             server_commits = writer.server_commit_times()
             commits = server_commits if server_commits else writer.commits
             result.commit_clock = "server" if server_commits else "client"
@@ -423,13 +532,18 @@ def run_once(
             result.delivery_p50_ms = float(report["p50"] if report["p50"] is not None else "nan")
             result.delivery_p99_ms = float(report["p99"] if report["p99"] is not None else "nan")
             result.delivery_max_ms = float(report["max"] if report["max"] is not None else "nan")
-            result.relay_cpu_s = cpu1[0] - cpu0[0]
+            result.relay_cpu_s_by_worker = [
+                b - a for a, b in zip(relay_cpu0, relay_cpu1, strict=True)
+            ]
+            result.relay_cpu_s = sum(result.relay_cpu_s_by_worker)  # NaN: a worker died
             result.generator_cpu_s = cpu1[1] - cpu0[1]
             result.postgres_cpu_s = _cpu_delta(cpu0[2], cpu1[2])
             result.wall_s = cpu1[3] - cpu0[3]
             ours = result.postgres_cpu_s + sum(
-                d for d in (cpu1[i] - cpu0[i] for i in (0, 1, 5)) if d == d
-            )  # relay, generator, postgres, this driver (NaN: a process died)
+                d
+                for d in (*result.relay_cpu_s_by_worker, *(cpu1[i] - cpu0[i] for i in (1, 5)))
+                if d == d
+            )  # relay workers, generator, postgres, this driver (NaN: a process died)
             busy = cpu1[4][0] - cpu0[4][0]
             result.other_cpu_share = max(0.0, busy - ours) / result.wall_s
             result.steal_share = (cpu1[4][1] - cpu0[4][1]) / result.wall_s
@@ -440,13 +554,18 @@ def run_once(
                     "machine was not quiet, figures are skewed"
                 )
             s = result.summary()
+            split = (
+                " (" + " + ".join(f"{t:.2f}" for t in result.relay_cpu_s_by_worker) + " by worker)"
+                if workers > 1
+                else ""
+            )
             say(
                 f"{result.writes} writes at {rate:.1f}/s: all {sessions} had a write after "
                 f"p50 {s['all_p50_ms']:.0f} / p99 {s['all_p99_ms']:.0f} ms; delivery latency "
                 f"p50 {s['delivery_p50_ms']:.1f} / p99 {s['delivery_p99_ms']:.1f} ms; "
                 f"{s['deliveries_per_s_p50']:.0f} deliveries/s per write, "
                 f"{result.sustained_per_s:.0f}/s over the series; lost {result.missing}, "
-                f"duplicates {result.duplicates}; CPU relay {result.relay_cpu_s:.1f} s, "
+                f"duplicates {result.duplicates}; CPU relay {result.relay_cpu_s:.1f} s{split}, "
                 f"generator {result.generator_cpu_s:.1f} s, postgres {result.postgres_cpu_s:.1f} s "
                 f"in {result.wall_s:.1f} s"
             )
@@ -455,8 +574,8 @@ def run_once(
         result.worker_timeouts = _worker_timeouts(relay)
         if not result.relay_alive or result.worker_timeouts:
             say(
-                f"the relay worker died during the run ({result.worker_timeouts} gunicorn "
-                f"WORKER TIMEOUT); see {relay.log_path}"
+                f"{'the relay worker' if workers == 1 else 'a relay worker'} died during the "
+                f"run ({result.worker_timeouts} gunicorn WORKER TIMEOUT); see {relay.log_path}"
             )
         return result
     finally:

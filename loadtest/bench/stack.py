@@ -1,11 +1,13 @@
-"""What a benchmark runs against: its own PostgreSQL, the example app, ONE relay worker.
+"""What a benchmark runs against: its own PostgreSQL, the example app, the relay workers.
 
 ``Database`` starts a throwaway PostgreSQL (``relay.embedded_postgres``) in a temporary
 directory, creates a database, migrates and seeds the example bookstore through
 ``manage.py`` subprocesses (the driver never imports Django). ``Relay`` serves it with
-gunicorn and ``RELAY_WORKERS=1`` on a free loopback port, as ``make run`` and the Docker
-image do (``PROMETHEUS_MULTIPROC_DIR`` set), with ``worker_connections`` and the file
-descriptor limit raised for the session count.
+gunicorn and ``RELAY_WORKERS=1`` (``--workers N``: N gevent workers sharing the listening
+socket) on a free loopback port, as ``make run`` and the Docker image do
+(``PROMETHEUS_MULTIPROC_DIR`` set), with ``worker_connections`` and the file descriptor
+limit raised for the session count. The open sessions of each worker are read from its
+Prometheus multiprocess files (``/metrics`` only has their sum).
 
 Process hygiene: every child runs in its own session (Ctrl-C reaches the driver only,
 which then stops them in order), is registered with ``Cleanup`` (run from ``finally``,
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import resource
 import signal
@@ -252,7 +255,9 @@ class Database:
 
 
 class Relay:
-    """gunicorn with ONE relay worker serving the example app on a free loopback port."""
+    """gunicorn with ``workers`` relay workers (default one) serving the example app on a
+    free loopback port. ``worker_pids`` are the workers (children of the master),
+    ``worker_pid`` the first of them."""
 
     def __init__(
         self,
@@ -261,18 +266,22 @@ class Relay:
         cleanup: Cleanup,
         *,
         max_sessions: int,
+        workers: int = 1,
         env: dict[str, str] | None = None,
     ) -> None:
+        if workers < 1:
+            raise BenchError(f"a relay needs at least one worker, not {workers}")
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/websocket"
         self.log_path = workdir / f"relay-{self.port}.log"
-        metrics_dir = workdir / f"metrics-{self.port}"
+        metrics_dir = self.metrics_dir = workdir / f"metrics-{self.port}"
         metrics_dir.mkdir(parents=True, exist_ok=True)
         extra = {
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
-            "RELAY_WORKERS": "1",
+            "RELAY_WORKERS": str(workers),
             "RELAY_WORKER_CONNECTIONS": str(max_sessions + 1000),
             "RELAY_GRACEFUL_TIMEOUT": "5",
             "RELAY_LOG_LEVEL": "warning",
@@ -299,7 +308,8 @@ class Relay:
         log.close()
         cleanup.push(f"relay :{self.port}", self.stop)
         self._wait_ready(timeout=60)
-        self.worker_pid = self._worker()
+        self.worker_pids = self._workers(timeout=10 + 5 * workers)
+        self.worker_pid = self.worker_pids[0]
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -314,17 +324,54 @@ class Relay:
                 time.sleep(0.1)
         raise BenchError(f"the relay did not become ready in {timeout:.0f} s:\n{self.log()}")
 
-    def _worker(self) -> int:
-        deadline = time.monotonic() + 10
+    def _workers(self, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        pids: list[int] = []
         while time.monotonic() < deadline:
             pids = children(self.proc.pid)
-            if len(pids) == 1:
-                return pids[0]
+            if len(pids) == self.workers:
+                return sorted(pids)
             time.sleep(0.1)
-        raise BenchError(f"expected exactly one relay worker under {self.proc.pid}")
+        raise BenchError(
+            f"expected {self.workers} relay worker(s) under {self.proc.pid}, found {len(pids)}"
+        )
 
     def alive(self) -> bool:
-        return self.proc.poll() is None and os.path.exists(f"/proc/{self.worker_pid}")
+        """The master and every worker started with it still run (a worker gunicorn
+        replaced after a crash or a WORKER TIMEOUT has a new pid: not alive)."""
+        return self.proc.poll() is None and all(
+            os.path.exists(f"/proc/{pid}") for pid in self.worker_pids
+        )
+
+    def _metric_by_worker(self, prefix: str, name: str) -> dict[int, float]:
+        """``name``'s value in each worker's multiprocess files ``<prefix>_<pid>.db``
+        (workers that have not written it yet: 0); empty when the files cannot be read."""
+        try:
+            from prometheus_client.mmap_dict import MmapedDict
+        except ImportError:
+            return {}
+        out = dict.fromkeys(self.worker_pids, 0.0)
+        for path in self.metrics_dir.glob(f"{prefix}_*.db"):
+            try:
+                pid = int(path.stem.rsplit("_", 1)[1])
+                if pid not in out:
+                    continue
+                for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+                    if json.loads(key)[1] == name:
+                        out[pid] += value
+            except (OSError, ValueError, IndexError, TypeError):
+                return {}
+        return out
+
+    def sessions_by_worker(self) -> dict[int, int]:
+        """Open DDP sessions of each worker (its ``ddp_relay_sessions`` gauge)."""
+        values = self._metric_by_worker("gauge_*", "ddp_relay_sessions")
+        return {pid: round(v) for pid, v in values.items()}
+
+    def opened_by_worker(self) -> dict[int, int]:
+        """DDP sessions each worker has connected so far (``ddp_relay_sessions_opened``)."""
+        values = self._metric_by_worker("counter", "ddp_relay_sessions_opened_total")
+        return {pid: round(v) for pid, v in values.items()}
 
     def log(self) -> str:
         try:

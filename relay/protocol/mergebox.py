@@ -58,6 +58,8 @@ SubHandle = Hashable
 Message = dict[str, Any]
 
 _Precedence = list[tuple[Hashable, Any]]
+#: A field the view does not have (``None`` is a value).
+_ABSENT: Any = object()
 _STATE_VERSION = 1
 
 
@@ -256,6 +258,49 @@ class MergeBox:
         for key in clears:
             _clear_field(view, sub, key, out, gone)
         return _changed(collection, doc_id, out, gone)
+
+    def update(
+        self,
+        sub: Hashable,
+        collection: str,
+        doc_id: str,
+        fields: Mapping[str, Any] | None,
+        equals: Callable[[Any, Any], bool] = _equals,
+    ) -> list[Message]:
+        """Live routing in one call: after a change, ``sub`` publishes the document with
+        ``fields`` (``add`` or ``change``, whichever applies), or no longer publishes it
+        (``fields`` None: ``remove`` if it did, nothing otherwise).
+
+        Same messages as the separate calls; fan-out calls this once per session and
+        change, so the common case (the only publisher, a few fields changed) takes one
+        index lookup and an identity test per unchanged field.
+        """
+        index = self._by_sub.get(sub)
+        ids = None if index is None else index.get(collection)
+        held = ids is not None and doc_id in ids
+        if fields is None:
+            return self.remove(sub, collection, doc_id) if held else []
+        if not held:
+            return self.add(sub, collection, doc_id, fields)
+        view = self._docs[collection][doc_id]
+        if not isinstance(view, dict):
+            return self.change(sub, collection, doc_id, fields, (), equals)
+        out: dict[str, Any] | None = None
+        for key, value in fields.items():
+            old = view.get(key, _ABSENT)
+            if old is value or key == "_id":
+                continue
+            if old is not _ABSENT and equals(old, value):
+                if type(old) is type(value):
+                    view[key] = value  # converge on shared objects (see ``change``)
+                continue
+            view[key] = value
+            if out is None:
+                out = {}
+            out[key] = value
+        if out is None:
+            return []
+        return [{"msg": "changed", "collection": collection, "id": doc_id, "fields": out}]
 
     def remove(self, sub: Hashable, collection: str, doc_id: str) -> list[Message]:
         """``sub`` stops publishing the document.

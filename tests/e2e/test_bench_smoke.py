@@ -4,7 +4,8 @@ The benchmark starts its own PostgreSQL and relay worker and drives them with th
 load generator (``loadtest/bench/loadgen.js``, ``ws`` from tests/e2e/node): 20 sessions,
 3 fan-out writes, 10 paced commits for the latency mode, a short trigger-overhead run.
 Every session must receive every write exactly once, and every figure must be a number.
-The real figures (1,000 to 10,000 sessions) are in docs/benchmarks.md.
+Then ``fanout --workers 2`` at the same size: the sessions, PSS and CPU are accounted per
+worker and summed. The real figures (1,000 to 10,000 sessions) are in docs/benchmarks.md.
 
 Needs PostgreSQL, ``node`` and ``npm ci`` in tests/e2e/node (``make deps``): without them
 the test fails in CI / under ``make test`` and is skipped elsewhere.
@@ -48,39 +49,10 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    try:
-        find_pg_bin()
-        has_pg = True
-    except PostgresNotFound:
-        has_pg = False
-    _require("PostgreSQL", has_pg)
-    _require("node", shutil.which("node") is not None)
-    _require(
-        "the ws npm package (npm ci in tests/e2e/node)",
-        (ROOT / "tests" / "e2e" / "node" / "node_modules" / "ws" / "package.json").is_file(),
-    )
-    out: Path = tmp_path_factory.mktemp("bench")
-    command = [
-        sys.executable,
-        "-m",
-        "loadtest.bench",
-        "all",
-        "--runs=1",
-        f"--sessions={SESSIONS}",
-        f"--writes={WRITES}",
-        "--interval=0.2",
-        f"--latency-sessions={SESSIONS}",
-        f"--rate={LATENCY_RATE}",
-        f"--seconds={LATENCY_SECONDS}",
-        "--transactions=50",
-        "--rounds=2",
-        "--settle=0.5",
-        f"--out={out}",
-    ]
+def _bench(out: Path, *args: str) -> dict[str, Any]:
+    """Run ``python -m loadtest.bench *args --out=out``; its results.json and stdout."""
     proc = subprocess.run(
-        command,
+        [sys.executable, "-m", "loadtest.bench", *args, f"--out={out}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -96,6 +68,53 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
     data["_stdout"] = proc.stdout
     return data
+
+
+@pytest.fixture(scope="module")
+def requirements() -> None:
+    try:
+        find_pg_bin()
+        has_pg = True
+    except PostgresNotFound:
+        has_pg = False
+    _require("PostgreSQL", has_pg)
+    _require("node", shutil.which("node") is not None)
+    _require(
+        "the ws npm package (npm ci in tests/e2e/node)",
+        (ROOT / "tests" / "e2e" / "node" / "node_modules" / "ws" / "package.json").is_file(),
+    )
+
+
+@pytest.fixture(scope="module")
+def results(requirements: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _bench(
+        tmp_path_factory.mktemp("bench"),
+        "all",
+        "--runs=1",
+        f"--sessions={SESSIONS}",
+        f"--writes={WRITES}",
+        "--interval=0.2",
+        f"--latency-sessions={SESSIONS}",
+        f"--rate={LATENCY_RATE}",
+        f"--seconds={LATENCY_SECONDS}",
+        "--transactions=50",
+        "--rounds=2",
+        "--settle=0.5",
+    )
+
+
+@pytest.fixture(scope="module")
+def two_workers(requirements: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _bench(
+        tmp_path_factory.mktemp("bench-workers"),
+        "fanout",
+        "--runs=1",
+        "--workers=2",
+        f"--sessions={SESSIONS}",
+        f"--writes={WRITES}",
+        "--interval=0.2",
+        "--settle=0.5",
+    )
 
 
 @pytest.mark.parametrize("mode", ["fanout", "latency"])
@@ -124,6 +143,7 @@ def test_reports_numbers(results: dict[str, Any], mode: str) -> None:
     assert _finite(agg["memory_per_session_bytes"])
     assert _finite(agg["relay_cpu_per_write_ms"])
     assert "| sessions |" in results["_stdout"]
+    assert "gunicorn gevent workers" not in results["_stdout"]  # one worker: tables as before
 
 
 def test_reports_write_overhead(results: dict[str, Any]) -> None:
@@ -140,3 +160,33 @@ def test_reports_the_machine(results: dict[str, Any]) -> None:
     assert machine["nproc"] >= 1
     assert machine["postgres"].startswith("postgres")
     assert results["command"].startswith("python -m loadtest.bench all")
+
+
+def test_two_workers_every_session_gets_every_write_once(two_workers: dict[str, Any]) -> None:
+    (entry,) = two_workers["fanout"]
+    agg = entry["aggregate"]
+    (run,) = entry["runs"]
+    assert two_workers["workers"] == agg["workers"] == run["workers"] == 2
+    assert run["ready"] == SESSIONS
+    assert run["received"] == [SESSIONS] * WRITES
+    assert (agg["failed"], agg["missing"], agg["duplicates"]) == (0, 0, 0)
+    assert agg["all_done"] and agg["relay_alive"]
+
+
+def test_two_workers_are_accounted_per_worker(two_workers: dict[str, Any]) -> None:
+    (entry,) = two_workers["fanout"]
+    agg = entry["aggregate"]
+    (run,) = entry["runs"]
+    pids = run["worker_pids"]
+    assert len(set(pids)) == 2
+    # Each worker's sessions, from its ddp_relay_sessions gauge (the kernel spreads them).
+    assert len(run["sessions_by_worker"]) == 2 and sum(run["sessions_by_worker"]) == SESSIONS
+    assert run["pss_before"] == sum(run["pss_before_by_worker"])
+    assert run["pss_after"] == sum(run["pss_after_by_worker"])
+    assert len(run["relay_cpu_s_by_worker"]) == 2
+    assert run["relay_cpu_s"] == pytest.approx(sum(run["relay_cpu_s_by_worker"]))
+    assert 0.5 <= agg["busiest_worker_sessions_share"] <= 1
+    assert _finite(agg["memory_per_session_bytes"])
+    stdout = two_workers["_stdout"]
+    assert "relay: 2 gunicorn gevent workers" in stdout
+    assert "busiest worker: sessions / CPU |" in stdout

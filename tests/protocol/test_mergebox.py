@@ -651,6 +651,31 @@ class MergeBoxMachine(RuleBasedStateMachine):
         self.deliver(self.box.remove(sub, c, i))
         self.ref.remove(sub, c, i)
 
+    @rule(
+        sub=st.sampled_from(SUBS),
+        c=st.sampled_from(COLLECTIONS),
+        i=st.sampled_from(IDS),
+        fields=FIELDS,
+        member=st.booleans(),
+    )
+    def update(self, sub: Hashable, c: str, i: str, fields: dict[str, Any], member: bool) -> None:
+        """Fan-out's one-call routing gives what the separate calls give."""
+        twin = MergeBox.from_state(json.loads(json.dumps(self.box.to_state())))
+        held = self.ref.publishes(sub, c, i)
+        got = self.box.update(sub, c, i, fields if member else None)
+        if member:
+            expected = twin.change(sub, c, i, fields) if held else twin.add(sub, c, i, fields)
+        else:
+            expected = twin.remove(sub, c, i) if held else []
+        assert got == expected
+        self.deliver(got)
+        if member and held:
+            self.ref.change(sub, c, i, fields, [])
+        elif member:
+            self.ref.add(sub, c, i, fields)
+        elif held:
+            self.ref.remove(sub, c, i)
+
     @rule(sub=st.sampled_from(SUBS))
     def remove_subscription(self, sub: Hashable) -> None:
         self.deliver(self.box.remove_subscription(sub))
@@ -681,3 +706,31 @@ MergeBoxMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_mergebox_model = MergeBoxMachine.TestCase
+
+
+def test_update_routes_in_one_call() -> None:
+    box = MergeBox()
+    assert box.update("s", "books", "1", None) == []  # not a member, not held: nothing
+    assert box.update("s", "books", "1", {"title": "A", "n": 1}) == [
+        {"msg": "added", "collection": "books", "id": "1", "fields": {"title": "A", "n": 1}}
+    ]
+    assert box.update("s", "books", "1", {"title": "A", "n": 1}) == []
+    assert box.update("s", "books", "1", {"title": "B", "n": 1}) == [
+        {"msg": "changed", "collection": "books", "id": "1", "fields": {"title": "B"}}
+    ]
+    box.add("t", "books", "1", {"title": "C", "x": 2})  # shared now: the general path
+    assert box.update("t", "books", "1", {"title": "C", "x": 3}) == [
+        {"msg": "changed", "collection": "books", "id": "1", "fields": {"x": 3}}
+    ]
+    assert box.update("s", "books", "1", None) == [
+        {
+            "msg": "changed",
+            "collection": "books",
+            "id": "1",
+            "fields": {"title": "C"},
+            "cleared": ["n"],
+        }
+    ]
+    assert box.update("t", "books", "1", None) == [
+        {"msg": "removed", "collection": "books", "id": "1"}
+    ]

@@ -10,7 +10,8 @@ The app echoes every batch back, except for a few commands sent as a whole messa
 - ``flood <count> <size>``: send ``count`` messages of ``size`` bytes, yielding between
   them, so a client that does not read overflows the send buffer;
 - ``close <code> <reason>``: close the transport with that code and reason;
-- ``shared <text>``: write ``text`` as a pre-encoded shared frame when the socket allows;
+- ``shared <text>``: write ``text`` as a pre-encoded shared frame (built for the socket's
+  compression, as fan-out does);
 - ``stats``: a JSON object about this socket and the sockets closed so far.
 """
 
@@ -87,12 +88,9 @@ def _echo(transport: Any, ws: Any) -> None:
             code, _, reason = rest.partition(" ")
             transport.close(int(code), reason)
         elif head == "shared":
-            if ws.can_share_frames:
-                ws.send_frame(encode_text_frame(rest))
-            else:
-                transport.send(["cannot share"])
+            ws.send_frame(encode_text_frame(rest, ws.compression))
         elif head == "stats":
-            stats = {"deflate": ws.deflate, "share": ws.can_share_frames, "closed": _CLOSED}
+            stats = {"deflate": ws.deflate, "closed": _CLOSED}
             transport.send([json.dumps(stats)])
         else:
             transport.send(batch)

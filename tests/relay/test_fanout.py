@@ -8,7 +8,7 @@ from typing import Any
 import gevent
 
 from relay.backend import Condition, DecodedChange, Route
-from relay.fanout import RING_SIZE, Streams
+from relay.fanout import RING_SIZE, Streams, Transaction
 from relay.protocol.changestream import Change
 from relay.protocol.mergebox import MergeBox
 
@@ -19,12 +19,16 @@ class FakeSession:
         self.closed = False
         self.sent: list[dict[str, Any]] = []
         self.resyncs: list[str] = []
+        #: Messages per write, to see coalesced deliveries.
+        self.writes: list[int] = []
 
     def send(self, msgs: list[dict[str, Any]]) -> None:
         self.sent.extend(msgs)
 
-    def send_texts(self, texts: list[str], shared: Any = None) -> None:
+    def send_texts(self, texts: list[str], shared: Any = None, *, metered: bool = False) -> bool:
         self.sent.extend(json.loads(t) for t in texts)
+        self.writes.append(len(texts))
+        return True
 
     def request_resync(self, sub_id: str) -> None:
         self.resyncs.append(sub_id)
@@ -178,3 +182,65 @@ def test_closed_sessions_and_unknown_collections_are_skipped() -> None:
     streams.attach(other, "s", Route("ddp_books", "authors", ()), (0, "E"))  # type: ignore[arg-type]
     streams.deliver("ddp_books", 1, "E", 1, [ins("b1", "One")])
     assert closed.sent == [] and other.sent == []
+
+
+def test_consecutive_transactions_reach_each_session_in_one_write_in_order() -> None:
+    streams, _, _ = make()
+    sessions = [FakeSession() for _ in range(3)]
+    for s in sessions:
+        streams.attach(s, "s", BOOKS, (0, "E"))  # type: ignore[arg-type]
+    streams.deliver_many(
+        "ddp_books",
+        [
+            Transaction(1, "E", 1, [ins("b1", "One")]),
+            Transaction(2, "E", 2, [upd("b1", "Two"), ins("b2", "B")]),
+            Transaction(3, "E", 3, [Change("d", "b1", {})]),
+        ],
+    )
+    for s in sessions:
+        assert s.writes == [4]  # one write for the three transactions
+        assert [(m["msg"], m["id"]) for m in s.sent] == [
+            ("added", "b1"),
+            ("changed", "b1"),
+            ("added", "b2"),
+            ("removed", "b1"),
+        ]
+    assert streams.position("ddp_books") == (3, "E")
+    # What a stream already applied is never applied twice.
+    streams.deliver_many("ddp_books", [Transaction(3, "E", 3, [ins("b9", "x")])])
+    assert all(s.writes == [4] for s in sessions)
+
+
+def test_a_coalesced_delivery_respects_each_subscriptions_cursor() -> None:
+    streams, _, _ = make()
+    early, late = FakeSession(), FakeSession()
+    streams.attach(early, "s", BOOKS, (0, "E"))  # type: ignore[arg-type]
+    streams.attach(late, "s", BOOKS, (2, "E"))  # type: ignore[arg-type]  # snapshot at seq 2
+    late.mergebox.add("s", "books", "b1", {"title": "Two"})
+    streams.deliver_many(
+        "ddp_books",
+        [
+            Transaction(i, "E", i, [upd("b1", t) if i > 1 else ins("b1", t)])
+            for i, t in ((1, "One"), (2, "Two"), (3, "Three"))
+        ],
+    )
+    assert [m["msg"] for m in early.sent] == ["added", "changed", "changed"]
+    assert late.sent == [
+        {"msg": "changed", "collection": "books", "id": "b1", "fields": {"title": "Three"}}
+    ]
+
+
+def test_sessions_share_the_value_objects_of_a_change() -> None:
+    streams, _, _ = make()
+    a, b = FakeSession(), FakeSession()
+    for s in (a, b):
+        streams.attach(s, "s", BOOKS, (0, "E"))  # type: ignore[arg-type]
+    streams.deliver("ddp_books", 1, "E", 1, [ins("b1", "Title")])
+    streams.deliver("ddp_books", 2, "E", 2, [upd("b1", "Title")])  # equal: nothing to send
+    title_a = a.mergebox._docs["books"]["b1"]["title"]
+    title_b = b.mergebox._docs["books"]["b1"]["title"]
+    assert title_a is title_b
+    assert [m["msg"] for m in a.sent] == ["added"]
+    # Deleting the document forgets it in the worker's table too.
+    streams.deliver("ddp_books", 3, "E", 3, [Change("d", "b1", {})])
+    assert len(streams.interner) == 0

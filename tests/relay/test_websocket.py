@@ -42,14 +42,13 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 
 from relay.config import Settings
-from relay.protocol.errors import LocalProtocolError
+from relay.frames import DEFAULT_THRESHOLD, Compression, encode_text_frame
 from relay.websocket import (
     HandshakeRefusal,
     Oversized,
     WebSocket,
     _negotiate_deflate,
     accept,
-    encode_text_frame,
     origin_allowed,
 )
 from tests.relay._ws_echo_server import Server, serve
@@ -310,7 +309,6 @@ def test_initial_data_is_read_before_the_socket() -> None:
 def test_deflate_round_trip_compresses_both_ways() -> None:
     ws, peer = make(deflate=True, limit=1 << 20)
     assert ws.deflate
-    assert not ws.can_share_frames
     text = json.dumps({"msg": "added", "fields": {"text": "abc" * 1000}})
     for _ in range(3):  # no context takeover: every message stands alone
         peer.send(TextMessage(data=text))
@@ -359,10 +357,31 @@ def test_deflate_bomb_is_stopped_at_the_limit() -> None:
     assert peak < 4 * limit + len(payload) * 4  # never near the 20 MiB it inflates to
 
 
-def test_send_frame_refused_with_deflate() -> None:
-    ws, _peer = make(deflate=True)
-    with pytest.raises(LocalProtocolError):
-        ws.send_frame(encode_text_frame("x"))
+def test_deflate_socket_sends_small_messages_plain_and_large_ones_compressed() -> None:
+    ws, peer = make(deflate=True, limit=1 << 20)
+    assert ws.compression == Compression(15, DEFAULT_THRESHOLD)
+    small = '{"msg":"changed","collection":"books","id":"1","fields":{"title":"t"}}'
+    large = json.dumps({"msg": "added", "fields": {"text": "abc" * 1000}})
+    for text, first in ((small, 0x81), (large, 0xC1), (small, 0x81)):
+        ws.send(text)
+        start = len(peer.raw)
+        assert peer.text() == text  # a deflate client reads both kinds
+        assert peer.raw[start] == first
+
+
+def test_shared_compressed_frame_reaches_every_deflate_socket() -> None:
+    pairs = [make(deflate=True, limit=1 << 20) for _ in range(3)]
+    text = json.dumps({"msg": "added", "fields": {"text": "xyz" * 1000}})
+    compression = pairs[0][0].compression
+    assert compression is not None
+    assert all(ws.compression == compression for ws, _ in pairs)
+    frame = encode_text_frame(text, compression)
+    for ws, _ in pairs:
+        ws.send_frame(frame)
+    for _, peer in pairs:
+        start = len(peer.raw)
+        assert peer.text() == text
+        assert peer.raw[start] == 0xC1
 
 
 @pytest.mark.parametrize(
@@ -449,11 +468,35 @@ def test_encode_text_frame_matches_wsproto(size: int) -> None:
     assert encode_text_frame(text) == expected
 
 
+@pytest.mark.parametrize("bits", [9, 12, 15])
+@pytest.mark.parametrize("size", [0, 1, 200, 5000, 70000])
+def test_compressed_frame_matches_wsproto_without_context_takeover(bits: int, size: int) -> None:
+    text = ("ddp " * (size // 4 + 1))[:size]
+    extension = PerMessageDeflate(
+        client_no_context_takeover=True,
+        server_no_context_takeover=True,
+        server_max_window_bits=bits,
+    )
+    extension._enabled = True
+    conn = Connection(ConnectionType.SERVER, extensions=[extension])
+    for _ in range(2):  # the same bytes every time: nothing carries over between messages
+        expected = bytes(conn.send(TextMessage(data=text)))
+        assert encode_text_frame(text, Compression(bits, threshold=0)) == expected
+
+
+def test_frames_under_the_threshold_stay_plain() -> None:
+    compression = Compression(15, threshold=100)
+    assert encode_text_frame("x" * 99, compression) == encode_text_frame("x" * 99)
+    assert encode_text_frame("x" * 100, compression)[0] == 0xC1
+    with pytest.raises(ValueError):
+        Compression(8)
+
+
 def test_shared_frame_reaches_every_socket() -> None:
     frame = encode_text_frame('{"msg":"changed"}')
     pairs = [make() for _ in range(3)]
     for ws, _ in pairs:
-        assert ws.can_share_frames
+        assert ws.compression is None
         ws.send_frame(frame)
     for _, peer in pairs:
         assert peer.text() == '{"msg":"changed"}'
