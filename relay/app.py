@@ -101,6 +101,8 @@ class RelayApp:
     ) -> Iterable[bytes]:
         if not self.node.ready:
             return _text(start_response, "503 Service Unavailable", "draining\n")
+        if len(self.node.sessions) >= self.settings.worker_connections:
+            return _text(start_response, "503 Service Unavailable", "too many connections\n")
         accepted = websocket.accept(environ, self.settings)
         if isinstance(accepted, websocket.HandshakeRefusal):
             start_response(accepted.status, list(accepted.headers))
@@ -112,14 +114,13 @@ class RelayApp:
             )
         else:
             transport = RawTransport(accepted)
-        try:
-            self.node.serve(transport, handshake_of(environ))
-        finally:
-            transport.close(1000, "")
-            # close() never blocks; give the close frame its (bounded, ~1 s) chance to leave
-            # before gunicorn closes the socket under us.
-            accepted.wait_closed()
-        # The socket was taken over: tell gunicorn's async worker to write no response.
+        ended = self.node.adopt(transport, handshake_of(environ))
+        if not accepted.owns_socket:
+            # A TLS socket stays gunicorn's: keep this handler until the session is over.
+            ended.wait()
+        # The socket was taken over (or is done): gunicorn's async worker must write no
+        # response. With its own descriptor the WebSocket lives on after this handler, and
+        # the handler's greenlet, environ and request objects are freed.
         raise StopIteration()
 
 

@@ -56,6 +56,10 @@ class Settings:
     #: RELAY_SEND_BUFFER_BYTES: outbound bytes queued for one socket before the session is
     #: disconnected as too slow (it can resume later).
     send_buffer_bytes: int = field(default=8_388_608, metadata={"env": "RELAY_SEND_BUFFER_BYTES"})
+    #: RELAY_WORKER_CONNECTIONS: DDP sockets one worker process holds at most; an upgrade
+    #: past it is refused with 503 (a load balancer retries elsewhere). gunicorn's
+    #: ``worker_connections`` reads the same variable for the requests in flight.
+    worker_connections: int = field(default=10_000, metadata={"env": "RELAY_WORKER_CONNECTIONS"})
     #: RELAY_HEARTBEAT_INTERVAL: seconds of inbound silence before the server pings (Meteor: 15).
     heartbeat_interval: float = field(default=15.0, metadata={"env": "RELAY_HEARTBEAT_INTERVAL"})
     #: RELAY_HEARTBEAT_TIMEOUT: seconds to wait for any message after a ping (Meteor: 15).
@@ -124,6 +128,7 @@ class Settings:
         positive = (
             "max_message_bytes",
             "send_buffer_bytes",
+            "worker_connections",
             "max_subs_per_session",
             "max_pending_messages",
             "backend_concurrency",

@@ -1,4 +1,5 @@
-"""One worker's shared field values: equal values published to many sessions are one object.
+"""One worker's shared field values: equal values published to many sessions are one object,
+and so is the dict of one version of a document.
 
 Layer: L2 (pure: no I/O, no gevent, no clock). Every subscription's snapshot and every
 decoded change brings fresh Python objects for a document's fields. A worker with 5,000
@@ -9,17 +10,25 @@ the same value: same type and the same EJSON text (so ``Decimal("1.0")`` does no
 for ``Decimal("1.00")``, nor ``0.0`` for ``-0.0``), so that:
 
 * the sessions' mergeboxes hold the same objects (memory: one copy per worker);
+* the sessions' mergeboxes hold the same *dict* for the same version of a document:
+  ``fields`` returns the table's canonical dict itself when the incoming fields are the
+  same names, in the same order, with the same values, and the mergebox keeps a dict it is
+  given as its view (``relay.protocol.mergebox``, "Copying");
 * fan-out's per-session diff (``MergeBox.change``) sees unchanged fields as the very same
   object (``is``) and compares only the field that changed, once per batch;
 * the ``added`` text of a document is encoded once and shared by every session that loads
   it (``Interner.encode``), including the copy each keeps in its resume log.
 
 Values are treated as immutable everywhere (``relay.protocol.mergebox``), so substituting an
-object with the same type and encoding changes nothing a client can see. The table is bounded
+object with the same type and encoding changes nothing a client can see. Dicts handed out
+are immutable too, on both sides: the table never changes a canonical dict once ``fields``
+returned it (a version that differs in any value or name gets a new canonical dict,
+copy-on-write), and callers must not change it either. The table is bounded
 (``max_documents``, least recently seen first out); forgetting a document only loses
 sharing, never correctness.
 
-Must not: alter a value, keep anything per session, or grow without bound.
+Must not: alter a value or a dict it handed out, keep anything per session, or grow
+without bound.
 """
 
 from __future__ import annotations
@@ -32,17 +41,23 @@ from relay.protocol import ejson, messages
 
 __all__ = ["Interner"]
 
-#: Documents remembered per worker. Each costs its field values (shared with the sessions
-#: that hold it) plus about 300 bytes, and its ``added`` text while that is cached.
+#: Documents remembered per worker. Each costs its canonical dict and field values (both
+#: shared with the sessions that hold that version) plus about 150 bytes, and its ``added``
+#: text while that is cached.
 DEFAULT_MAX_DOCUMENTS = 32_768
 
 
 class _Entry:
-    __slots__ = ("added", "fields")
+    __slots__ = ("added", "fields", "others")
 
     def __init__(self, fields: dict[str, Any]) -> None:
-        #: field -> the shared value object.
+        #: The canonical dict: the latest version seen, field -> the shared value object.
+        #: Handed out by ``Interner.fields``, so never changed: replaced by a new dict.
         self.fields = fields
+        #: Values known for fields the canonical dict lacks (seen in another projection
+        #: of the document, or before a field was dropped), to share them still. Never
+        #: handed out; None when empty.
+        self.others: dict[str, Any] | None = None
         #: (field names, values, text) of the last ``added`` encoded for the document.
         self.added: tuple[tuple[str, ...], tuple[Any, ...], str] | None = None
 
@@ -66,26 +81,53 @@ class Interner:
         return len(self._docs)
 
     def fields(self, collection: str, doc_id: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-        """``fields`` with every value replaced by the known equal one, if any (a new dict;
-        ``fields`` itself is left alone). New values become the known ones."""
+        """``fields`` with every value replaced by the known equal one, if any.
+
+        Returns the document's canonical dict itself (the same object every time) while
+        the incoming fields are its names, in its order, with the same values; otherwise
+        a new dict, which becomes the canonical one (new values become the known ones).
+        Either way the result must not be changed, and ``fields`` itself is left alone.
+        """
         key = (collection, doc_id)
         entry = self._docs.pop(key, None)
         if entry is None:
-            entry = _Entry(dict(fields))
-            self.misses += len(fields)
-            self._remember(key, entry)
-            return dict(fields)
+            canonical = dict(fields)
+            self.misses += len(canonical)
+            self._remember(key, _Entry(canonical))
+            return canonical
         known = entry.fields
+        others = entry.others
+        #: Still the canonical dict: same names in the same order, same values so far.
+        same = len(fields) == len(known)
+        names = iter(known)
         out: dict[str, Any] = {}
         for name, value in fields.items():
+            if same and next(names, _MISSING) != name:
+                same = False
             old = known.get(name, _MISSING)
+            if old is _MISSING and others is not None:
+                old = others.get(name, _MISSING)
             if old is value or (old is not _MISSING and _same(old, value)):
                 out[name] = old
                 self.hits += 1
             else:
-                out[name] = known[name] = value
+                out[name] = value
                 self.misses += 1
+                same = False
         self._docs[key] = entry  # most recently seen
+        if same:
+            return known
+        # Copy on write: the old canonical dict may be held by sessions; ``out`` replaces it.
+        if out.keys() != known.keys():
+            dropped = {name: value for name, value in known.items() if name not in out}
+            if others is None:
+                others = dropped
+            else:
+                others.update(dropped)
+                for name in out:
+                    others.pop(name, None)
+            entry.others = others or None
+        entry.fields = out
         return out
 
     def forget(self, collection: str, doc_id: str) -> None:

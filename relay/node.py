@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import random
 import time
-import weakref
+from collections.abc import Callable
 
 import gevent
+import gevent.event
 
 from relay import disconnect
 from relay.backend import Backend, Handshake
@@ -46,7 +47,11 @@ class Node:
         self.backend = backend
         self.metrics: Metrics = get_metrics()
         self.pool = WorkPool(settings.backend_concurrency, on_exit=backend.close)
-        self.sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        #: Open sessions (strong references: a session waiting for input is referenced by
+        #: nothing else but its socket's watcher). Removed when torn down.
+        self.sessions: set[Session] = set()
+        #: Sessions whose socket ended and that are still being torn down (parked).
+        self.finishing = 0
         self.by_id: dict[str, Session] = {}
         #: SockJS transports get their ``h`` frames from the same ticker.
         self.sockjs_heartbeats = HeartbeatRegistry()
@@ -106,8 +111,12 @@ class Node:
             att.session.request_resync(att.sub_id)
 
     def serve(self, transport: Transport, handshake: Handshake) -> None:
-        """Serve one socket until it closes (runs in the socket's own greenlet)."""
+        """Serve one socket until it closes (blocks the caller's greenlet)."""
         Session(self, transport, handshake).serve()
+
+    def adopt(self, transport: Transport, handshake: Handshake) -> gevent.event.Event:
+        """Serve one socket in the background; the event is set when its session is over."""
+        return Session(self, transport, handshake).start()
 
     def session_opened(self, session: Session) -> None:
         self.sessions.add(session)
@@ -141,6 +150,16 @@ class Node:
         self.ready = False
         for session in list(self.sessions):
             session.close(disconnect.SHUTDOWN)
+
+    def wait_sessions(self, timeout: float, beat: Callable[[], None] | None = None) -> bool:
+        """Wait until every session is torn down (parked or dropped), at most ``timeout``
+        seconds; ``beat`` is called meanwhile (gunicorn's liveness notification)."""
+        deadline = time.monotonic() + timeout
+        while (self.sessions or self.finishing) and time.monotonic() < deadline:
+            if beat is not None:
+                beat()
+            gevent.sleep(0.1)
+        return not (self.sessions or self.finishing)
 
     def stop(self) -> None:
         self.drain()

@@ -1,7 +1,8 @@
 """One DDP session: a socket's protocol state, its subscriptions, mergebox and methods.
 
-Layer: L3 (runtime). The socket's own greenlet reads frames and answers ``ping`` at once
-(any inbound message counts as liveness); every other message goes into a FIFO that one
+Layer: L3 (runtime). The transport hands over inbound messages (``start``: from a reader
+greenlet that exists only while input is handled); ``ping`` is answered at once (any
+inbound message counts as liveness); every other message goes into a FIFO that one
 on-demand processor greenlet drains in arrival order, as Meteor does (a slow method delays
 later messages of the same session, never other sessions). Backend calls (publications,
 methods, authentication) run on the node's bounded work pool.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.event
 
 from relay import disconnect
 from relay.backend import (
@@ -117,25 +119,38 @@ class Session:
         self._pending: deque[ClientMessage | Resync] = deque()
         self._processor: gevent.Greenlet | None = None
         self._heartbeat_started = False
+        #: Set once the session is over (``start``).
+        self.ended = gevent.event.Event()
         self.closed = False
         self.close_reason: str | None = None
 
-    # -- the socket greenlet --------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------
+
+    def start(self) -> gevent.event.Event:
+        """Serve the socket in the background and return at once; the event is set when
+        the session is over (torn down: parked or dropped). An idle session holds no
+        greenlet: the transport calls back when input arrives."""
+        self.node.session_opened(self)
+        self.transport.start(self._on_inbound, self._on_end)
+        return self.ended
 
     def serve(self) -> None:
-        """Read until the socket closes; returns when the session is over."""
-        self.node.session_opened(self)
+        """Serve the socket; returns when the session is over."""
+        self.start().wait()
+
+    def _on_inbound(self, texts: list[Inbound]) -> None:
+        for text in texts:
+            if self.closed:
+                return  # the rest of the socket's input is drained unread
+            self.feed(text)
+
+    def _on_end(self) -> None:
+        self.node.finishing += 1  # parking outlives node.sessions: the worker waits for it
         try:
-            while not self.closed:
-                texts = self.transport.receive()
-                if texts is None:
-                    break
-                for text in texts:
-                    self.feed(text)
-                    if self.closed:
-                        break
-        finally:
             self._teardown()
+        finally:
+            self.node.finishing -= 1
+            self.ended.set()
 
     def feed(self, text: Inbound) -> None:
         """Handle one inbound DDP frame (from the socket greenlet)."""

@@ -4,8 +4,8 @@ Layer: L3. A session sees only ``Transport``: batches of DDP message texts in, b
 out, close with a code and reason. ``RawTransport`` speaks one DDP message per WebSocket
 text message (``/websocket``); ``SockJSTransport`` adds SockJS framing (``o``, ``a[...]``,
 ``h``, ``c[...]``) on ``/sockjs/<server>/<session>/websocket``; ``MemoryTransport`` is
-the in-memory twin for session unit tests. Nothing here parses DDP, spawns a greenlet
-per connection or blocks a sender.
+the in-memory twin for session unit tests. Nothing here parses DDP, keeps a greenlet per
+idle connection (``start`` reads from watcher callbacks) or blocks a sender.
 
 SockJS heartbeats: no greenlet or timer per socket. Each ``SockJSTransport`` registers
 with the worker's ``HeartbeatRegistry``, whose single ticker greenlet (``run``) calls
@@ -18,7 +18,7 @@ idle reader and tie heartbeats to whoever reads.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import gevent
@@ -48,6 +48,8 @@ __all__ = [
 
 #: One inbound item: a DDP message text, or the report of one too large to keep.
 Inbound = str | Oversized
+#: Called with each inbound batch, in order (``Transport.start``).
+OnInbound = Callable[[list[Inbound]], None]
 
 
 class SharedFrames(Protocol):
@@ -71,6 +73,11 @@ class Transport(Protocol):
 
     def receive(self) -> list[Inbound] | None:
         """Block until the next batch of inbound DDP message texts; None once closed."""
+        ...
+
+    def start(self, on_inbound: OnInbound, on_end: Callable[[], None]) -> None:
+        """Read in the background instead of ``receive``: ``on_inbound`` gets each batch,
+        ``on_end`` is called once when reading is over. An idle socket holds no greenlet."""
         ...
 
     def send(self, texts: Sequence[str], shared: SharedFrames | None = None) -> None:
@@ -101,6 +108,9 @@ class RawTransport:
     def receive(self) -> list[Inbound] | None:
         text = self.ws.receive()
         return None if text is None else [text]
+
+    def start(self, on_inbound: OnInbound, on_end: Callable[[], None]) -> None:
+        self.ws.start(lambda item: on_inbound([item]), on_end)
 
     def send(self, texts: Sequence[str], shared: SharedFrames | None = None) -> None:
         ws = self.ws
@@ -165,6 +175,27 @@ class SockJSTransport:
                 return None
             if texts:  # an empty payload or "[]" carries nothing: keep reading
                 return list[Inbound](texts)
+
+    def start(self, on_inbound: OnInbound, on_end: Callable[[], None]) -> None:
+        def on_message(item: Inbound) -> None:
+            if isinstance(item, Oversized):
+                on_inbound([item])
+                return
+            if self._closed:
+                return  # after our close frame, the rest is drained unread
+            try:
+                texts = decode_client_frame(item)
+            except FramingError as exc:
+                self.close(3000, exc.reason)
+                return
+            if texts:  # an empty payload or "[]" carries nothing
+                on_inbound(list[Inbound](texts))
+
+        def ended() -> None:
+            self._forget()
+            on_end()
+
+        self.ws.start(on_message, ended)
 
     def send(self, texts: Sequence[str], shared: SharedFrames | None = None) -> None:
         if texts and not self._closed:
@@ -270,6 +301,16 @@ class MemoryTransport:
     def disconnect(self) -> None:
         """The peer vanished: ``receive`` returns what was fed before, then None."""
         self._inbound.put(None)
+
+    def start(self, on_inbound: OnInbound, on_end: Callable[[], None]) -> None:
+        def read() -> None:
+            try:
+                while (batch := self.receive()) is not None:
+                    on_inbound(batch)
+            finally:
+                on_end()
+
+        gevent.spawn(read)
 
     def receive(self) -> list[Inbound] | None:
         if self._closed:

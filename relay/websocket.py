@@ -6,7 +6,10 @@ in a ``WebSocket`` that drives a wsproto ``Connection``. It must not monkey-patc
 anything at import, keep a greenlet or timer per idle connection, or block a caller of
 ``send``: fan-out writes to thousands of sockets from one greenlet.
 
-Reading happens in the caller's greenlet (``receive``). Writing goes through an outbound
+Reading: ``start`` waits for input with a libev watcher and handles it in a greenlet that
+lives only while there is input to handle, so an idle socket holds no greenlet (the relay's
+mode); ``receive`` blocks the caller's greenlet instead. ``accept`` duplicates gunicorn's
+descriptor so that the WebSocket can outlive the request handler. Writing goes through an outbound
 buffer flushed by a writer greenlet that exists only while there is something to flush,
 so an idle socket costs its objects and nothing else. A socket whose buffer grows past
 ``send_buffer_bytes`` is closed with 1008 "too slow" instead of slowing anyone down.
@@ -30,14 +33,18 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import logging
+import os
 import socket
+import ssl
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.socket
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 from wsproto.extensions import PerMessageDeflate
@@ -58,6 +65,16 @@ _ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: Versions sockjs-node (and so Meteor) accepts; 8 is draft-10 but frames identically.
 _VERSIONS: Final = frozenset({"13", "8"})
 _RECV_BYTES: Final = 65536
+#: ``_next``/``_fill`` without blocking: nothing to read now.
+_WOULD_BLOCK: Final = object()
+
+log = logging.getLogger(__name__)
+
+
+def _ended(item: str | Oversized) -> None:
+    """The message handler after the end: nothing more is delivered."""
+
+
 #: Longest a close may take (flush + the peer's answer) before the socket is aborted.
 CLOSE_GRACE_SECONDS: Final = 1.0
 _DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
@@ -263,6 +280,30 @@ def _take_buffered(environ: Mapping[str, Any]) -> bytes:
     return b""
 
 
+def _is_tls(sock: Any) -> bool:
+    # gevent's SSLSocket is not a subclass of the stdlib's; both have getpeercert. Under a
+    # TLS socket, ``_sock`` carries ciphertext: never read or write it directly.
+    return isinstance(sock, ssl.SSLSocket) or hasattr(sock, "getpeercert")
+
+
+def _own_descriptor(sock: Any) -> Any:
+    """A gevent socket on a duplicate of ``sock``'s descriptor, or None for TLS sockets.
+
+    gunicorn closes its socket when the request handler returns. With a descriptor of its
+    own the WebSocket outlives the handler, so the handler's greenlet, the WSGI environ and
+    gunicorn's request objects (about 10 KiB per connection) are freed while the socket
+    lives on (``WebSocket.start``). A TLS socket cannot be shared this way: it stays
+    gunicorn's, and its handler stays for the connection's life.
+    """
+    if _is_tls(sock) or not hasattr(sock, "fileno"):
+        return None
+    try:
+        fd = os.dup(sock.fileno())
+    except OSError:
+        return None
+    return gevent.socket.socket(fileno=fd)
+
+
 def accept(environ: Mapping[str, Any], settings: Settings) -> WebSocket | HandshakeRefusal:
     """Upgrade this WSGI request to a WebSocket, or say why not as an HTTP response.
 
@@ -297,8 +338,10 @@ def accept(environ: Mapping[str, Any], settings: Settings) -> WebSocket | Handsh
         if negotiated is not None:
             extension, value = negotiated
             lines.append(f"Sec-WebSocket-Extensions: {value}")
+    owned = _own_descriptor(sock)
     ws = WebSocket(
-        sock,
+        owned or sock,
+        owns_socket=owned is not None,
         max_message_bytes=settings.max_message_bytes,
         send_buffer_bytes=settings.send_buffer_bytes,
         extension=extension,
@@ -342,14 +385,18 @@ class WebSocket:
         "_max_message",
         "_message",
         "_message_bytes",
+        "_on_end",
+        "_on_message",
         "_out",
         "_out_bytes",
+        "_owned",
         "_raw",
         "_read_done",
         "_reading",
         "_shut",
         "_sock",
         "_timer",
+        "_watcher",
         "_writer",
         "close_code",
         "close_reason",
@@ -365,14 +412,20 @@ class WebSocket:
         extension: PerMessageDeflate | None = None,
         compress_threshold: int = DEFAULT_THRESHOLD,
         initial_data: bytes = b"",
+        owns_socket: bool = False,
     ) -> None:
         """Wrap ``sock`` (a gevent socket) whose opening handshake is already complete.
 
         With ``extension`` (permessage-deflate, negotiated without context takeover),
-        outbound messages of ``compress_threshold`` bytes or more are compressed."""
+        outbound messages of ``compress_threshold`` bytes or more are compressed. With
+        ``owns_socket`` the socket is closed once the WebSocket is done (``wait_closed``)."""
         self._sock = sock
+        self._owned = owns_socket
+        self._on_message: Callable[[str | Oversized], None] | None = None
+        self._on_end: Callable[[], None] | None = None
+        self._watcher: Any = None
         #: The non-blocking socket under gevent's, for direct writes (None: not gevent's).
-        self._raw: Any = getattr(sock, "_sock", None)
+        self._raw: Any = None if _is_tls(sock) else getattr(sock, "_sock", None)
         self._compression = (
             None
             if extension is None
@@ -423,6 +476,11 @@ class WebSocket:
         return self._compression is not None
 
     @property
+    def owns_socket(self) -> bool:
+        """Whether the descriptor is this object's (gunicorn's handler may then return)."""
+        return self._owned
+
+    @property
     def compression(self) -> Compression | None:
         """What frames for this socket look like: ``encode_text_frame(text, compression)``
         gives bytes ``send_frames`` can write, shareable with every socket of equal value."""
@@ -438,38 +496,122 @@ class WebSocket:
         arrives and reported as ``Oversized`` (the session answers it with a DDP error and
         goes on); a compressed one that inflates past the limit closes with 1009, since
         inflating it is the attack. Binary messages are dropped. Pings are answered, a
-        Close is echoed.
+        Close is echoed. ``start`` is the alternative that holds no greenlet while idle.
         """
         self._reading = True
         try:
-            while not self._read_done:
-                if self._events is None and not self._fill():
-                    return None
-                assert self._events is not None
-                try:
-                    for event in self._events:
-                        text = self._on_event(event)
-                        if text is not None:
-                            # The generator stays suspended here; the next call resumes it.
-                            return text
-                        if self._read_done:
-                            return None
-                except (AssertionError, ValueError, WsprotoLocalError):
-                    # wsproto reports most peer errors as a CloseConnection event, but a
-                    # few malformed inputs trip its assertions instead.
-                    self._fail(CloseReason.PROTOCOL_ERROR)
-                    return None
-                self._events = None
-            return None
+            item = self._next(block=True)
+            assert item is not _WOULD_BLOCK
+            return item  # type: ignore[return-value]
         finally:
             self._reading = False
 
-    def _fill(self) -> bool:
+    def start(
+        self, on_message: Callable[[str | Oversized], None], on_end: Callable[[], None]
+    ) -> None:
+        """Read in the background instead of calling ``receive``.
+
+        ``on_message`` gets each message ``receive`` would return, in order, from a
+        greenlet that exists only while input is being handled: an idle socket waits with
+        a libev watcher and no greenlet (a parked greenlet costs ~8 KiB). ``on_end`` is
+        called once, from such a greenlet, when the read side is over (the peer's close,
+        EOF, an error, or ``abort``); the socket is then finished (``wait_closed``) and,
+        when this object owns its descriptor, released. Exceptions from the callbacks are
+        logged, never raised into the loop.
+        """
+        if self._on_message is not None:
+            raise RuntimeError("WebSocket.start called twice")
+        self._on_message = on_message
+        self._on_end = on_end
+        if self._raw is None:
+            # No non-blocking socket underneath (TLS): one greenlet reads, as ``receive``.
+            gevent.spawn(self._pump_blocking)
+            return
+        self._watcher = gevent.get_hub().loop.io(self._raw.fileno(), 1)
+        # Input may already be buffered (bytes that came with the handshake).
+        gevent.spawn(self._pump)
+
+    def _readable(self) -> None:
+        # In the hub: hand the work to a greenlet, which may block (locks, a full queue).
+        assert self._watcher is not None
+        self._watcher.stop()
+        gevent.spawn(self._pump)
+
+    def _pump(self) -> None:
+        """Handle what can be read without waiting, then wait with the watcher again."""
+        assert self._on_message is not None and self._watcher is not None
+        while True:
+            self._reading = True
+            try:
+                item = self._next(block=False)
+            finally:
+                self._reading = False
+            if item is _WOULD_BLOCK:
+                self._watcher.start(self._readable)
+                return
+            if item is None:
+                break
+            self._dispatch(item)  # type: ignore[arg-type]  # neither sentinel nor None
+        self._end()
+
+    def _pump_blocking(self) -> None:
+        while (item := self.receive()) is not None:
+            self._dispatch(item)
+        self._end()
+
+    def _dispatch(self, item: str | Oversized) -> None:
+        assert self._on_message is not None
+        try:
+            self._on_message(item)
+        except Exception:
+            log.exception("a WebSocket message handler failed")
+
+    def _end(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        self._on_message = _ended
+        try:
+            if on_end is not None:
+                on_end()
+        except Exception:
+            log.exception("a WebSocket end handler failed")
+        finally:
+            self.wait_closed()
+
+    def _next(self, block: bool) -> str | Oversized | object | None:
+        """The next message; None once the read side is done; ``_WOULD_BLOCK`` when
+        ``block`` is false and nothing more can be read now."""
+        while not self._read_done:
+            if self._events is None:
+                filled = self._fill(block)
+                if filled is _WOULD_BLOCK:
+                    return _WOULD_BLOCK
+                if not filled:
+                    return None
+            assert self._events is not None
+            try:
+                for event in self._events:
+                    text = self._on_event(event)
+                    if text is not None:
+                        # The generator stays suspended here; the next call resumes it.
+                        return text
+                    if self._read_done:
+                        return None
+            except (AssertionError, ValueError, WsprotoLocalError):
+                # wsproto reports most peer errors as a CloseConnection event, but a
+                # few malformed inputs trip its assertions instead.
+                self._fail(CloseReason.PROTOCOL_ERROR)
+                return None
+            self._events = None
+        return None
+
+    def _fill(self, block: bool) -> bool | object:
         if self._shut:
             self._read_done = True
             return False
         try:
-            data = self._sock.recv(_RECV_BYTES)
+            data = self._sock.recv(_RECV_BYTES) if block else self._raw.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return _WOULD_BLOCK
         except OSError:
             data = b""
         if not data:
@@ -716,6 +858,13 @@ class WebSocket:
             while self.receive() is not None:  # drain to the peer's close or EOF
                 pass
         self.abort()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()
+        if self._owned:
+            self._owned = False
+            with contextlib.suppress(OSError):
+                self._sock.close()
 
     def abort(self) -> None:
         """Shut the socket down now, dropping anything queued. Idempotent; never raises.

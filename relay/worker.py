@@ -27,6 +27,16 @@ class RelayWorker(GeventWorker):  # type: ignore[misc]
 
         patch_psycopg()
 
+    def run(self) -> None:
+        super().run()
+        # gunicorn waited for its request handlers, but DDP sockets outlive theirs
+        # (``relay.websocket.WebSocket.start``): let the drained sessions finish closing
+        # and parking before the process exits.
+        node = getattr(self.wsgi, "node", None)
+        if node is not None:
+            node.drain()  # idempotent; covers exits that did not come through a signal
+            node.wait_sessions(self.cfg.graceful_timeout, self.notify)
+
     def handle_exit(self, sig: int, frame: Any) -> None:
         gevent.spawn(self._drain)
         super().handle_exit(sig, frame)

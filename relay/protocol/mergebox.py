@@ -23,7 +23,7 @@ Subscription handles are opaque hashable values chosen by the caller (a DDP sub 
 tuple for a universal sub). ``to_state`` needs them to be JSON scalars or tuples of
 them.
 
-Memory layout (the mergebox keeps a copy of every published field, per session):
+Memory layout (the mergebox holds every published field, per session):
 
 * ``_docs``: collection -> wire id -> view. A document published by exactly one
   subscription (nearly all of them) is stored as one plain ``dict`` of its fields and
@@ -32,20 +32,38 @@ Memory layout (the mergebox keeps a copy of every published field, per session):
   subscription arrives. A document published by two or more subscriptions is a
   ``_Shared`` (``existsIn`` + precedence lists); it goes back to a plain dict when a
   single publisher remains.
+* A plain-dict view is copy-on-write: the box never changes one in place, it puts a new
+  dict in its place (or the caller's, see below). So one dict may be the view of the
+  same document version in thousands of sessions' boxes: the dict a worker's
+  ``relay.interning.Interner`` hands out for a snapshot, or the fields dict of one
+  decoded change that fan-out passes to every session's ``update``. Per session, such a
+  document then costs only its entry in the collection's dict.
 * ``_by_sub``: subscription -> collection -> set of ids, so that ``remove_subscription``
   and "does this sub publish that doc" cost no scan of the documents.
 
-Copying: the box copies the top-level field mapping it is given (it changes its copy in
-place later) and builds fresh dicts for every message it returns, so neither side can
-alias the other's dicts. Field *values* are never copied: they are shared with the caller
-and with the messages, and must be treated as immutable. (Meteor clones them; sharing
-lets one decoded change feed many sessions without a copy each.)
+Copying (the contract with callers):
+
+* A field mapping given to ``add``, ``change`` or ``update`` may be kept as the view
+  itself when it is a plain ``dict`` (exact type) without an ``_id`` key; anything else
+  is copied (minus ``_id``). The caller must therefore not change a dict after giving it
+  to the box, and the box never changes a dict it was given (nor one it keeps).
+* ``add`` of a new document keeps the given dict. ``update`` keeps it whenever it holds
+  every field of the single-publisher view, even when nothing visible changed: this is
+  how the sessions reached by one change converge on one dict. (Not when a field's new
+  value is equal to the old one but of another type, ``1.0`` for ``1``: the view keeps the
+  value the client has, in a copy.) ``change`` keeps it when the resulting view has
+  exactly its fields and values, in its order.
+* Everything the box returns is fresh: the ``fields`` and ``cleared`` of every message,
+  the dicts of ``get``, ``documents`` and ``to_state``. Callers may change those.
+* Field *values* are never copied: they are shared with the caller, with the messages
+  and between sessions, and must be treated as immutable. (Meteor clones them; sharing
+  lets one decoded change feed many sessions without a copy each.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from relay.protocol.ejson import equals as _equals
 from relay.protocol.errors import LocalProtocolError
@@ -121,7 +139,21 @@ def _changed(
 
 
 def _own(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` as a view: the dict itself if it can be kept (see "Copying")."""
+    if type(fields) is dict and "_id" not in fields:
+        return fields
     return {key: value for key, value in fields.items() if key != "_id"}
+
+
+def _is_exactly(fields: Mapping[str, Any], view: dict[str, Any]) -> TypeGuard[dict[str, Any]]:
+    """Whether ``fields`` can stand for ``view``: a keepable dict with the same fields,
+    values (identity) and order."""
+    if type(fields) is not dict or len(fields) != len(view) or "_id" in fields:
+        return False
+    for (key, value), (key2, value2) in zip(view.items(), fields.items(), strict=True):
+        if key != key2 or value is not value2:
+            return False
+    return True
 
 
 class MergeBox:
@@ -148,7 +180,8 @@ class MergeBox:
         A new document gives ``added``. A document other subscriptions already publish
         gives at most one ``changed`` with the fields that had no provider; fields that
         had one get ``sub`` appended to their precedence list silently. ``_id`` in
-        ``fields`` is ignored.
+        ``fields`` is ignored. A new document's view is ``fields`` itself when it is a
+        plain dict without ``_id`` (the caller must not change it afterwards).
 
         Adding a document ``sub`` already publishes is a bug in Meteor; here it is
         treated leniently as ``change(sub, collection, doc_id, fields)`` (its fields
@@ -218,26 +251,35 @@ class MergeBox:
         out: dict[str, Any] = {}
         gone: list[str] = []
         if isinstance(view, dict):
+            new: dict[str, Any] | None = None  # the copy, made at the first difference
             for key, value in fields.items():
                 if key == "_id":
                     continue
-                if key in view:
-                    old = view[key]
-                    if old is value:
+                old = view.get(key, _ABSENT)
+                if old is value:
+                    continue
+                if old is not _ABSENT and equals(old, value):
+                    # Equal: nothing to send. Adopt the newer object when it is of the
+                    # same type (the client's representation is unchanged), so that
+                    # sessions converge on shared values and later compares are `is`.
+                    if type(old) is not type(value):
                         continue
-                    if equals(old, value):
-                        # Equal: nothing to send. Adopt the newer object when it is of the
-                        # same type (the client's representation is unchanged), so that
-                        # sessions converge on shared values and later compares are `is`.
-                        if type(old) is type(value):
-                            view[key] = value
-                        continue
-                view[key] = value
-                out[key] = value
+                else:
+                    out[key] = value
+                if new is None:
+                    new = dict(view)
+                new[key] = value
             for key in clears:
-                if key in view:
-                    del view[key]
+                if key in (view if new is None else new):
+                    if new is None:
+                        new = dict(view)
+                    del new[key]
                     gone.append(key)
+            result = view if new is None else new
+            if result is not fields and _is_exactly(fields, result):
+                result = fields  # the caller's dict: shared with other sessions' boxes
+            if result is not view:
+                self._docs[collection][doc_id] = result
             return _changed(collection, doc_id, out, gone)
         for key, value in fields.items():
             if key == "_id":
@@ -273,7 +315,10 @@ class MergeBox:
 
         Same messages as the separate calls; fan-out calls this once per session and
         change, so the common case (the only publisher, a few fields changed) takes one
-        index lookup and an identity test per unchanged field.
+        index lookup and an identity test per unchanged field. The resulting view is
+        equal to theirs, but it is ``fields`` itself whenever that holds all of the view's
+        fields (module docstring, "Copying"): every session a change reaches ends up
+        sharing that one dict, and a session that already holds it compares nothing.
         """
         index = self._by_sub.get(sub)
         ids = None if index is None else index.get(collection)
@@ -282,22 +327,47 @@ class MergeBox:
             return self.remove(sub, collection, doc_id) if held else []
         if not held:
             return self.add(sub, collection, doc_id, fields)
-        view = self._docs[collection][doc_id]
+        coll = self._docs[collection]
+        view = coll[doc_id]
+        if view is fields:
+            # Already this very dict (a write that changed no published field gives every
+            # session the dict it holds, ``relay.interning``): nothing to compare.
+            return []
         if not isinstance(view, dict):
             return self.change(sub, collection, doc_id, fields, (), equals)
         out: dict[str, Any] | None = None
+        #: Fields whose new value equals the old one but is of another type: the view
+        #: keeps the old one (the client's), as ``change`` does.
+        keep: dict[str, Any] | None = None
+        differs = False
+        absent = 0  # fields the view does not have
         for key, value in fields.items():
             old = view.get(key, _ABSENT)
             if old is value or key == "_id":
                 continue
-            if old is not _ABSENT and equals(old, value):
-                if type(old) is type(value):
-                    view[key] = value  # converge on shared objects (see ``change``)
+            differs = True
+            if old is _ABSENT:
+                absent += 1
+            elif equals(old, value):
+                if type(old) is not type(value):
+                    if keep is None:
+                        keep = {}
+                    keep[key] = old
                 continue
-            view[key] = value
             if out is None:
                 out = {}
             out[key] = value
+        # Copy on write: the new view replaces the old one, which may be shared.
+        if type(fields) is dict and len(fields) - absent == len(view) and "_id" not in fields:
+            # Every field is in ``fields`` (fan-out always sends them all): the new view
+            # is that very dict, shared with every session this change reaches.
+            coll[doc_id] = fields if keep is None else {**fields, **keep}
+        elif differs:
+            new = {**view, **fields}
+            new.pop("_id", None)
+            if keep is not None:
+                new.update(keep)
+            coll[doc_id] = new
         if out is None:
             return []
         return [{"msg": "changed", "collection": collection, "id": doc_id, "fields": out}]

@@ -48,6 +48,8 @@ SETTINGS_TEST_VALUES: dict[str, Any] = {
     "RELAY_DATABASE_URL": "postgresql://listener:pw@db-direct:5432/relay",
     "RELAY_ZOOKEEPER": "zk1:2181,zk2:2181,zk3:2181/ddp",
     "RELAY_COORDINATOR_PATH": "/var/run/ddp-relay/coordinator.sqlite",
+    # Read by the relay (its socket limit) and by gunicorn_conf.py: one value for both.
+    "RELAY_WORKER_CONNECTIONS": 12345,
 }
 
 # Chart defaults that differ from the relay's (documented in values.yaml).

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -367,20 +369,102 @@ def test_programming_errors_raise_and_change_nothing(call: Any) -> None:
 # -- copying and aliasing ----------------------------------------------------------------
 
 
-def test_caller_dict_and_messages_are_not_aliased() -> None:
+def view_of(box: MergeBox, c: str, i: str) -> Any:
+    """The box's own view object (white box: which dict it keeps)."""
+    return box._docs[c][i]
+
+
+def test_messages_and_returned_dicts_are_fresh() -> None:
     box = MergeBox()
     fields = {"a": 1}
     [msg] = box.add("A", "c", "1", fields)
-    fields["a"] = 2
+    assert msg["fields"] == fields and msg["fields"] is not fields
     msg["fields"]["a"] = 3
-    assert box.get("c", "1") == {"a": 1}
+    assert box.get("c", "1") == {"a": 1} and fields == {"a": 1}
     [msg2] = box.change("A", "c", "1", {"a": 4})
     assert msg["fields"] == {"a": 3}
     got = box.get("c", "1")
     assert got is not None
     got["a"] = 5
+    box.documents("c")["1"]["a"] = 6
     assert box.documents("c") == {"1": {"a": 4}}
     assert msg2["fields"] == {"a": 4}
+    msg2["fields"]["a"] = 7
+    [msg3] = box.update("A", "c", "1", {"a": 8, "b": 9})
+    msg3["fields"].clear()
+    assert box.get("c", "1") == {"a": 8, "b": 9}
+
+
+def test_a_given_dict_is_kept_as_the_view_and_never_changed() -> None:
+    box = MergeBox()
+    fields = {"a": 1, "b": 2}
+    box.add("A", "c", "1", fields)
+    box.add("A", "c", "2", fields)  # two documents, one dict
+    assert view_of(box, "c", "1") is fields and view_of(box, "c", "2") is fields
+    # Every later write replaces the view; the given dict stays as it was.
+    assert box.change("A", "c", "1", {"a": 10}) == [changed("c", "1", {"a": 10})]
+    assert box.change("A", "c", "2", {}, ["b"]) == [changed("c", "2", cleared=["b"])]
+    assert box.update("A", "c", "1", {"b": 20}) == [changed("c", "1", {"b": 20})]
+    assert fields == {"a": 1, "b": 2}
+    assert box.documents("c") == {"1": {"a": 10, "b": 20}, "2": {"a": 1}}
+    # An equal value of the same type is adopted, in a new view.
+    equal = {"a": 1, "l": [1]}
+    box.add("A", "c", "3", equal)
+    box.change("A", "c", "3", {"l": [1]})
+    assert equal["l"] is not view_of(box, "c", "3")["l"] and equal == {"a": 1, "l": [1]}
+    # A second publisher turns the view into precedence lists; the dict is left alone.
+    box.add("B", "c", "2", {"a": 5, "z": 6})
+    box.remove("A", "c", "2")
+    assert fields == {"a": 1, "b": 2} and box.get("c", "2") == {"a": 5, "z": 6}
+
+
+def test_a_dict_with_id_or_another_mapping_is_copied() -> None:
+    box = MergeBox()
+    with_id = {"_id": "1", "a": 1}
+    box.add("A", "c", "1", with_id)
+    assert view_of(box, "c", "1") == {"a": 1} and with_id == {"_id": "1", "a": 1}
+    proxy = MappingProxyType({"a": 1})
+    box.add("A", "c", "2", proxy)
+    assert type(view_of(box, "c", "2")) is dict
+    ordered = OrderedDict(a=1)
+    box.add("A", "c", "3", ordered)
+    assert type(view_of(box, "c", "3")) is dict
+    box.update("A", "c", "1", {"_id": "1", "a": 2})
+    assert view_of(box, "c", "1") == {"a": 2}
+    box.verify()
+
+
+def test_update_shares_the_dict_of_a_complete_change() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1, "b": "x"})
+    complete = {"a": 1, "b": "x"}
+    assert box.update("A", "c", "1", complete) == []  # nothing visible, the dict is kept
+    assert view_of(box, "c", "1") is complete
+    newer = {"a": 2, "b": complete["b"], "n": None}
+    assert box.update("A", "c", "1", newer) == [changed("c", "1", {"a": 2, "n": None})]
+    assert view_of(box, "c", "1") is newer
+    partial = {"a": 3}
+    assert box.update("A", "c", "1", partial) == [changed("c", "1", {"a": 3})]
+    assert view_of(box, "c", "1") == {"a": 3, "b": "x", "n": None} and partial == {"a": 3}
+    same = view_of(box, "c", "1")
+    assert box.update("A", "c", "1", {"a": 3}) == [] and view_of(box, "c", "1") is same
+    # An equal value of another type: the view keeps the client's value, in a copy.
+    other_type = {"a": 3.0, "b": "x", "n": None}
+    assert box.update("A", "c", "1", other_type) == []
+    assert view_of(box, "c", "1") is not other_type
+    assert type(view_of(box, "c", "1")["a"]) is int and type(other_type["a"]) is float
+
+
+def test_change_shares_the_dict_when_the_view_becomes_exactly_it() -> None:
+    box = MergeBox()
+    box.add("A", "c", "1", {"a": 1, "b": 2})
+    fresh = {"a": 1}
+    assert box.change("A", "c", "1", fresh, ["b"]) == [changed("c", "1", cleared=["b"])]
+    assert view_of(box, "c", "1") is fresh
+    reordered = {"b": 2, "a": fresh["a"]}
+    box.change("A", "c", "1", reordered)
+    assert view_of(box, "c", "1") == {"a": 1, "b": 2}
+    assert list(view_of(box, "c", "1")) == ["a", "b"]  # the view keeps its order
 
 
 # -- read access -------------------------------------------------------------------------
@@ -503,7 +587,8 @@ SUBS: list[Hashable] = ["A", "B", ("U", "u1")]
 COLLECTIONS = ["x", "y"]
 IDS = ["1", "2"]
 FIELD_NAMES = ["f", "g", "h"]
-VALUES = st.sampled_from([0, 1, None, [1, 2], {"k": 1}])
+# 1.0 equals 1 but is of another type: the view keeps the value the client has.
+VALUES = st.sampled_from([0, 1, 1.0, None, [1, 2], {"k": 1}])
 FIELDS = st.dictionaries(st.sampled_from([*FIELD_NAMES, "_id"]), VALUES, max_size=3)
 CLEARED = st.lists(st.sampled_from([*FIELD_NAMES, "_id"]), max_size=3)
 
@@ -601,10 +686,23 @@ class MergeBoxMachine(RuleBasedStateMachine):
         self.box = MergeBox()
         self.client = ClientCache()
         self.ref = Reference()
+        #: Every dict given to the box, with a copy taken then: the box may keep a given
+        #: dict as its view, but must never change it.
+        self.given: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def give(self, fields: dict[str, Any]) -> dict[str, Any]:
+        self.given.append((fields, dict(fields)))
+        return fields
 
     def deliver(self, messages: list[Message]) -> None:
         for msg in messages:
             self.client.apply(msg)
+            # Messages are the caller's to change (a session may): scribble on them.
+            if "fields" in msg:
+                msg["fields"].clear()
+                msg["fields"]["scribbled"] = object()
+            if "cleared" in msg:
+                msg["cleared"].append("scribbled")
 
     @rule(
         sub=st.sampled_from(SUBS),
@@ -613,7 +711,7 @@ class MergeBoxMachine(RuleBasedStateMachine):
         fields=FIELDS,
     )
     def add(self, sub: Hashable, c: str, i: str, fields: dict[str, Any]) -> None:
-        self.deliver(self.box.add(sub, c, i, fields))
+        self.deliver(self.box.add(sub, c, i, self.give(fields)))
         self.ref.add(sub, c, i, fields)
 
     @rule(
@@ -631,7 +729,7 @@ class MergeBoxMachine(RuleBasedStateMachine):
             with pytest.raises(LocalProtocolError):
                 self.box.change(sub, c, i, fields, cleared)
             return
-        self.deliver(self.box.change(sub, c, i, fields, cleared))
+        self.deliver(self.box.change(sub, c, i, self.give(fields), cleared))
         self.ref.change(sub, c, i, fields, cleared)
 
     @rule(data=st.data(), fields=FIELDS, cleared=CLEARED)
@@ -662,7 +760,7 @@ class MergeBoxMachine(RuleBasedStateMachine):
         """Fan-out's one-call routing gives what the separate calls give."""
         twin = MergeBox.from_state(json.loads(json.dumps(self.box.to_state())))
         held = self.ref.publishes(sub, c, i)
-        got = self.box.update(sub, c, i, fields if member else None)
+        got = self.box.update(sub, c, i, self.give(fields) if member else None)
         if member:
             expected = twin.change(sub, c, i, fields) if held else twin.add(sub, c, i, fields)
         else:
@@ -676,6 +774,27 @@ class MergeBoxMachine(RuleBasedStateMachine):
         elif held:
             self.ref.remove(sub, c, i)
 
+    @rule(
+        data=st.data(),
+        sub=st.sampled_from(SUBS),
+        c=st.sampled_from(COLLECTIONS),
+        i=st.sampled_from(IDS),
+        call=st.sampled_from(["add", "change", "update"]),
+    )
+    def give_again(self, data: st.DataObject, sub: Hashable, c: str, i: str, call: str) -> None:
+        """A dict already given (maybe a view now, here or of another document) is given
+        again, as fan-out gives one change's dict to every session."""
+        if not self.given:
+            return
+        fields = data.draw(st.sampled_from([f for f, _copy in self.given]))
+        if call == "add":
+            self.add(sub, c, i, fields)
+        elif call == "update":
+            self.update(sub, c, i, fields, True)
+        elif self.ref.provides:
+            sub, c, i = data.draw(st.sampled_from(sorted(self.ref.provides, key=repr)))
+            self.change(sub, c, i, fields, [])
+
     @rule(sub=st.sampled_from(SUBS))
     def remove_subscription(self, sub: Hashable) -> None:
         self.deliver(self.box.remove_subscription(sub))
@@ -683,9 +802,18 @@ class MergeBoxMachine(RuleBasedStateMachine):
             if s == sub:
                 self.ref.remove(s, c, i)
 
-    @rule()
-    def park_and_resume(self) -> None:
-        self.box = MergeBox.from_state(json.loads(json.dumps(self.box.to_state())))
+    @rule(through_json=st.booleans())
+    def park_and_resume(self, through_json: bool) -> None:
+        state = self.box.to_state()
+        if through_json:
+            self.box = MergeBox.from_state(json.loads(json.dumps(state)))
+            return
+        self.box = MergeBox.from_state(state)
+        for docs in state["collections"].values():  # the state is the caller's
+            for doc in docs.values():
+                for part in doc.values():
+                    if isinstance(part, dict | list):
+                        part.clear()
 
     @invariant()
     def client_sees_the_reference_view(self) -> None:
@@ -693,6 +821,19 @@ class MergeBoxMachine(RuleBasedStateMachine):
         expected = self.ref.view()
         assert self.client.docs == expected
         assert {c: self.box.documents(c) for c in self.box.collections()} == expected
+        # What the box returns is the caller's: changing it changes nothing in the box.
+        for c in self.box.collections():
+            for doc in self.box.documents(c).values():
+                doc["scribbled"] = 1
+            for i in IDS:
+                got = self.box.get(c, i)
+                if got is not None:
+                    got.clear()
+        assert {c: self.box.documents(c) for c in self.box.collections()} == expected
+        # The box never changes a dict it was given.
+        for fields, copy in self.given:
+            assert list(fields.items()) == list(copy.items())
+            assert all(fields[k] is v for k, v in copy.items())
         assert len(self.box) == sum(len(docs) for docs in expected.values())
         for c in COLLECTIONS:
             for i in IDS:

@@ -244,3 +244,55 @@ def test_sessions_share_the_value_objects_of_a_change() -> None:
     # Deleting the document forgets it in the worker's table too.
     streams.deliver("ddp_books", 3, "E", 3, [Change("d", "b1", {})])
     assert len(streams.interner) == 0
+
+
+class RowDecoder:
+    """decode_change publishing every column of the row, as a collection does."""
+
+    def decode_change(self, channel: str, change: Change) -> DecodedChange | None:
+        fields = dict(change.values) if change.op != "d" else {}
+        return DecodedChange("books", str(change.pk), change.op, fields, dict(change.values))
+
+
+def test_sessions_holding_one_version_of_a_document_share_one_dict() -> None:
+    streams = Streams(RowDecoder(), lambda channel: None, lambda channel: None)  # type: ignore[arg-type]
+    interner = streams.interner
+
+    def row(n: int, title: str) -> dict[str, Any]:
+        # Fresh objects every time, as each subscription's snapshot query gives them.
+        return {"title": "".join(title), "pages": 1000 + n * 1000, "tags": ["x", str(n)]}
+
+    ids = ["b0", "b1", "b2"]
+    sessions = [FakeSession() for _ in range(100)]
+    for k, session in enumerate(sessions):
+        for n, doc_id in enumerate(ids):
+            fields = interner.fields("books", doc_id, row(n, f"T{n}"))
+            assert session.mergebox.add("s", "books", doc_id, fields) == [
+                {"msg": "added", "collection": "books", "id": doc_id, "fields": row(n, f"T{n}")}
+            ]
+        if k % 2:  # parked and resumed: its views are its own dicts again
+            session.mergebox = MergeBox.from_state(session.mergebox.to_state())
+        streams.attach(session, "s", BOOKS, (0, "E"))  # type: ignore[arg-type]
+
+    def views(doc_id: str, of: list[FakeSession] = sessions) -> set[int]:
+        return {id(s.mergebox._docs["books"][doc_id]) for s in of}
+
+    loaded = sessions[::2]
+    assert all(len(views(doc_id, loaded)) == 1 for doc_id in ids)
+    before = {doc_id: loaded[0].mergebox._docs["books"][doc_id] for doc_id in ids}
+
+    # One transaction: b0's title changes, b1 is written unchanged (fresh objects, equal).
+    changes = [Change("u", "b0", row(0, "New")), Change("u", "b1", row(1, "T1"))]
+    streams.deliver("ddp_books", 1, "E", 1, changes)
+    for session in sessions:
+        assert session.sent == [
+            {"msg": "changed", "collection": "books", "id": "b0", "fields": {"title": "New"}}
+        ]
+    # Every session, resumed or not, now holds the change's one dict for b0 and b1.
+    for doc_id, n, title in (("b0", 0, "New"), ("b1", 1, "T1")):
+        assert views(doc_id) == {id(interner.fields("books", doc_id, row(n, title)))}
+        assert sessions[1].mergebox.get("books", doc_id) == row(n, title)
+    assert views("b2", loaded) == {id(before["b2"])}
+    assert all(len(views(doc_id, loaded)) == 1 for doc_id in ids)
+    # Dicts are replaced, never changed: the old version is still what it was.
+    assert before["b0"] == row(0, "T0") and before["b1"] == row(1, "T1")

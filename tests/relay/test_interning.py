@@ -47,6 +47,39 @@ def test_the_input_mapping_is_left_alone_and_documents_are_separate() -> None:
     assert given_fields == {"title": "x"}
 
 
+def test_the_same_version_gives_the_same_dict() -> None:
+    interner = Interner()
+    first = interner.fields("books", "1", {"title": "".join("AB"), "n": 1})
+    again = interner.fields("books", "1", {"title": "".join("AB"), "n": 1})
+    assert again is first
+    assert interner.fields("books", "1", first) is first
+    assert interner.fields("books", "2", {"title": "AB", "n": 1}) is not first
+
+
+def test_a_handed_out_dict_is_never_changed() -> None:
+    interner = Interner()
+    first = interner.fields("books", "1", {"title": "A", "n": 1})
+    newer = interner.fields("books", "1", {"title": "B", "n": 1})
+    assert first == {"title": "A", "n": 1} and newer == {"title": "B", "n": 1}
+    assert newer is not first and newer["n"] is first["n"]
+    assert interner.fields("books", "1", {"title": "B", "n": 1}) is newer  # the new canonical
+    # Other names, or the same names in another order: a new dict, in the incoming order.
+    fewer = interner.fields("books", "1", {"title": "B"})
+    assert fewer == {"title": "B"} and newer == {"title": "B", "n": 1}
+    reordered = interner.fields("books", "1", {"n": 1, "title": "B"})
+    assert list(reordered) == ["n", "title"] and reordered is not newer
+    assert list(newer) == ["title", "n"]
+
+
+def test_values_of_fields_the_latest_version_lacks_are_still_shared() -> None:
+    interner = Interner()
+    full = interner.fields("books", "1", {"title": "T", "isbn": "".join("978")})
+    interner.fields("books", "1", {"title": "T"})  # a projection
+    again = interner.fields("books", "1", {"title": "T", "isbn": "".join("978")})
+    assert again["isbn"] is full["isbn"] and again["title"] is full["title"]
+    assert interner.fields("books", "1", {"title": "T", "isbn": "978"}) is again
+
+
 def test_the_table_is_bounded_and_forgets_deleted_documents() -> None:
     interner = Interner(max_documents=3)
     for i in range(10):
@@ -99,9 +132,19 @@ VALUES = st.recursive(
 @given(st.lists(st.dictionaries(st.sampled_from("abc"), VALUES, max_size=3), max_size=6))
 def test_interning_never_changes_what_a_client_would_see(loads: list[dict[str, Any]]) -> None:
     interner = Interner(max_documents=2)
+    handed_out: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for fields in loads:
+        given = dict(fields)
         out = interner.fields("c", "1", fields)
+        assert list(fields.items()) == list(given.items())  # the input is left alone
         assert list(out) == list(fields)
+        # The same version (names, order, value objects) gives the canonical dict itself.
+        assert interner.fields("c", "1", dict(out)) is out
+        handed_out.append((out, dict(out)))
+        # A dict handed out is never changed afterwards.
+        for dict_out, copy in handed_out:
+            assert list(dict_out.items()) == list(copy.items())
+            assert all(dict_out[k] is v for k, v in copy.items())
         # What a client receives is exactly what it would have without interning.
         assert messages.encode({"msg": "added", "collection": "c", "id": "1", "fields": out}) == (
             messages.encode({"msg": "added", "collection": "c", "id": "1", "fields": fields})

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.socket
 import pytest
 import websocket as wsclient
@@ -131,6 +132,57 @@ def test_sockjs_framing(pair: tuple[WebSocket, Peer]) -> None:
     assert peer.text() == 'c[3000,"Go away!"]'
     assert peer.close_code() == 1000
     assert transport.closed
+
+
+class Batches:
+    """What ``Transport.start`` delivered."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.ended = gevent.event.Event()
+
+    def wait_for(self, count: int) -> list[list[Any]]:
+        with gevent.Timeout(3):
+            while len(self.batches) < count:
+                gevent.sleep(0.01)
+        return self.batches
+
+
+def test_sockjs_start_delivers_decoded_batches(pair: tuple[WebSocket, Peer]) -> None:
+    ws, peer = pair
+    transport = SockJSTransport(ws, 25.0)
+    got = Batches()
+    transport.start(got.batches.append, got.ended.set)
+    assert peer.text() == "o"
+    peer.send_text(json.dumps(['{"msg":"connect"}', '{"msg":"sub"}']))
+    peer.send_text("")
+    peer.send_text("[]")
+    peer.send_text('"bare"')
+    assert got.wait_for(2) == [['{"msg":"connect"}', '{"msg":"sub"}'], ["bare"]]
+    peer.send_text("not json")
+    assert peer.text() == 'c[3000,"Broken framing."]'
+    assert peer.close_code() == 1000
+    peer.sock.sendall(peer.conn.send(CloseConnection(code=1000)))
+    assert got.ended.wait(3)
+    assert transport.closed and len(got.batches) == 2
+
+
+def test_raw_and_memory_start_deliver_one_batch_per_message(pair: tuple[WebSocket, Peer]) -> None:
+    ws, peer = pair
+    raw = RawTransport(ws)
+    got = Batches()
+    raw.start(got.batches.append, got.ended.set)
+    peer.send_text("a")
+    peer.send_text("b")
+    assert got.wait_for(2) == [["a"], ["b"]]
+    peer.sock.close()
+    assert got.ended.wait(3)
+    memory = MemoryTransport()
+    got2 = Batches()
+    memory.start(got2.batches.append, got2.ended.set)
+    memory.feed("x", "y")
+    memory.disconnect()
+    assert got2.ended.wait(3) and got2.batches == [["x", "y"]]
 
 
 def test_sockjs_broken_framing_closes_3000(pair: tuple[WebSocket, Peer]) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.socket
 import pytest
 import websocket as wsclient
@@ -70,8 +71,23 @@ def socketpair() -> tuple[Any, Any]:
 @pytest.fixture(autouse=True)
 def _close_sockets() -> Iterator[None]:
     yield
+    while _ACCEPTED:
+        ws = _ACCEPTED.pop()
+        ws.abort()
+        ws.wait_closed()  # releases the descriptor accept() duplicated
     while _OPEN:
         _OPEN.pop().close()
+
+
+_ACCEPTED: list[WebSocket] = []
+
+
+def accepted(environ: dict[str, Any], settings: Settings) -> WebSocket | HandshakeRefusal:
+    """``accept``, with the WebSocket closed after the test."""
+    ws = accept(environ, settings)
+    if isinstance(ws, WebSocket):
+        _ACCEPTED.append(ws)
+    return ws
 
 
 class Peer:
@@ -639,7 +655,7 @@ def read_response(sock: Any) -> bytes:
 
 def test_accept_writes_101() -> None:
     server_sock, client_sock = socketpair()
-    ws = accept(upgrade_environ(**{"gunicorn.socket": server_sock}), Settings())
+    ws = accepted(upgrade_environ(**{"gunicorn.socket": server_sock}), Settings())
     assert isinstance(ws, WebSocket)
     assert not ws.deflate
     head = read_response(client_sock).decode()
@@ -657,7 +673,7 @@ def test_accept_negotiates_deflate_only_when_offered_and_enabled() -> None:
         (Settings(), {}, False),
     ]:
         server_sock, client_sock = socketpair()
-        ws = accept(upgrade_environ(**{"gunicorn.socket": server_sock}, **extra), settings)
+        ws = accepted(upgrade_environ(**{"gunicorn.socket": server_sock}, **extra), settings)
         assert isinstance(ws, WebSocket)
         assert ws.deflate is expected
         head = read_response(client_sock).decode()
@@ -677,7 +693,7 @@ def test_accept_takes_bytes_gunicorn_already_buffered() -> None:
 
     server_sock, _client_sock = socketpair()
     environ = upgrade_environ(**{"gunicorn.socket": server_sock, "wsgi.input": Body()})
-    ws = accept(environ, Settings())
+    ws = accepted(environ, Settings())
     assert isinstance(ws, WebSocket)
     assert ws.receive() == "pipelined"
 
@@ -686,7 +702,7 @@ def test_accept_when_the_client_left_returns_a_closed_socket() -> None:
     server_sock, client_sock = socketpair()
     client_sock.close()
     server_sock.shutdown(socket.SHUT_WR)  # sendall now fails like on a vanished peer
-    ws = accept(upgrade_environ(**{"gunicorn.socket": server_sock}), Settings())
+    ws = accepted(upgrade_environ(**{"gunicorn.socket": server_sock}), Settings())
     assert isinstance(ws, WebSocket)
     assert ws.closed
     assert ws.receive() is None
@@ -730,7 +746,7 @@ def test_accept_versions_8_and_13_and_case_insensitive_headers() -> None:
                 "HTTP_CONNECTION": "UPGRADE",
             }
         )
-        assert isinstance(accept(environ, Settings()), WebSocket)
+        assert isinstance(accepted(environ, Settings()), WebSocket)
 
 
 @pytest.mark.parametrize(
@@ -938,3 +954,123 @@ def test_live_no_traceback_logged(server: Server) -> None:
     assert "Error handling request" not in log
     assert "Closing connection." in log  # gunicorn took the StopIteration path
     assert server.process.poll() is None
+
+
+# -- reading in the background (start) -----------------------------------------------------
+
+
+class Reader:
+    """What ``WebSocket.start`` delivered, and from which greenlets."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.ended = gevent.event.Event()
+        self.ends = 0
+
+    def on_message(self, item: Any) -> None:
+        self.items.append(item)
+
+    def on_end(self) -> None:
+        self.ends += 1
+        self.ended.set()
+
+
+def idle_greenlets() -> int:
+    """Spawned greenlets that are alive (the hub and the test's own are not counted)."""
+    import gc
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and not o.dead)
+
+
+def test_start_delivers_messages_in_order_without_a_greenlet_while_idle() -> None:
+    before = idle_greenlets()
+    ws, peer = make()
+    reader = Reader()
+    ws.start(reader.on_message, reader.on_end)
+    peer.send(TextMessage(data="one"), TextMessage(data="two", message_finished=False))
+    peer.send(TextMessage(data="!"), Ping(payload=b"p"))
+    with gevent.Timeout(3):
+        while len(reader.items) < 2:
+            gevent.sleep(0.01)
+    assert reader.items == ["one", "two!"]
+    assert isinstance(peer.next_event(), Pong)  # answered while reading in the background
+    gevent.sleep(0.05)
+    assert idle_greenlets() <= before  # waiting for input holds no greenlet
+    ws.send("reply")
+    assert peer.text() == "reply"
+    assert reader.ends == 0
+
+
+def test_start_ends_once_on_the_peers_close_and_releases_an_owned_socket() -> None:
+    server_sock, client_sock = socketpair()
+    own = gevent.socket.socket(fileno=os.dup(server_sock.fileno()))
+    ws = WebSocket(own, max_message_bytes=1024, send_buffer_bytes=1 << 20, owns_socket=True)
+    peer = Peer(client_sock)
+    reader = Reader()
+    ws.start(reader.on_message, reader.on_end)
+    peer.send(TextMessage(data="last"), CloseConnection(code=1000, reason="bye"))
+    assert reader.ended.wait(3)
+    assert reader.items == ["last"] and reader.ends == 1
+    assert (ws.close_code, ws.close_reason) == (1000, "bye")
+    assert peer.close_event().code == 1000  # echoed
+    with gevent.Timeout(3):
+        while own.fileno() != -1:
+            gevent.sleep(0.01)
+    assert not ws.owns_socket
+    gevent.sleep(0.05)
+    assert reader.ends == 1
+
+
+def test_start_ends_on_eof_and_when_we_close_and_the_peer_never_answers() -> None:
+    ws, peer = make()
+    reader = Reader()
+    ws.start(reader.on_message, reader.on_end)
+    peer.sock.close()
+    assert reader.ended.wait(3)
+    assert ws.close_code == 1006
+    ws2, peer2 = make()
+    reader2 = Reader()
+    ws2.start(reader2.on_message, reader2.on_end)
+    ws2.close(4000, "go")
+    start = time.monotonic()
+    assert reader2.ended.wait(3)  # the grace timer aborts; the read side then ends
+    assert 0.5 < time.monotonic() - start < 2.5
+    assert peer2.close_event().code == 4000
+
+
+def test_start_reports_oversized_messages_and_survives_a_failing_handler() -> None:
+    ws, peer = make(limit=10)
+    seen: list[Any] = []
+
+    def on_message(item: Any) -> None:
+        seen.append(item)
+        if item == "boom":
+            raise RuntimeError("handler bug")
+
+    ended = gevent.event.Event()
+    ws.start(on_message, ended.set)
+    peer.send(TextMessage(data="boom"), TextMessage(data="x" * 50), TextMessage(data="ok"))
+    with gevent.Timeout(3):
+        while len(seen) < 3:
+            gevent.sleep(0.01)
+    assert seen[0] == "boom" and isinstance(seen[1], Oversized) and seen[2] == "ok"
+    assert not ended.is_set()
+    with pytest.raises(RuntimeError):
+        ws.start(on_message, ended.set)
+
+
+def test_start_handles_bytes_that_came_with_the_handshake() -> None:
+    server_sock, _client_sock = socketpair()
+    ws = WebSocket(
+        server_sock,
+        max_message_bytes=1024,
+        send_buffer_bytes=1 << 20,
+        initial_data=masked_frame(0x1, b"early"),
+    )
+    reader = Reader()
+    ws.start(reader.on_message, reader.on_end)
+    with gevent.Timeout(3):
+        while not reader.items:
+            gevent.sleep(0.01)
+    assert reader.items == ["early"]
