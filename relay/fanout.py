@@ -32,6 +32,7 @@ from relay.frames import Compression, encode_text_frame
 from relay.interning import Interner
 from relay.protocol import ejson, messages
 from relay.protocol.changestream import Change
+from relay.protocol.mergebox import UpdateMemo
 from relay.protocol.sockjs import encode_messages
 from relay.routing import matches
 
@@ -84,9 +85,13 @@ class BatchCache:
     cache lives for one batch, so the objects it keys on stay alive while it is used.
     """
 
-    __slots__ = ("_equal", "_frames", "_projections", "_sockjs", "_texts")
+    __slots__ = ("_by_msg", "_equal", "_frames", "_projections", "_sockjs", "_texts", "views")
 
     def __init__(self) -> None:
+        #: ``MergeBox.update``'s memo: sessions holding the same view share its outcome.
+        self.views: UpdateMemo = {}
+        #: id(message) -> (message, text), for the message objects the memo shares.
+        self._by_msg: dict[int, tuple[dict[str, Any], str]] = {}
         self._equal: dict[tuple[int, int], bool] = {}
         self._projections: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
         self._texts: dict[tuple[Any, ...], str] = {}
@@ -128,6 +133,14 @@ class BatchCache:
         return fields
 
     def encode(self, msg: dict[str, Any]) -> str:
+        hit = self._by_msg.get(id(msg))
+        if hit is not None and hit[0] is msg:
+            return hit[1]
+        text = self._encode(msg)
+        self._by_msg[id(msg)] = (msg, text)  # keeps msg alive: its id stays unique
+        return text
+
+    def _encode(self, msg: dict[str, Any]) -> str:
         fields = msg.get("fields")
         cleared = msg.get("cleared")
         key = (
@@ -329,6 +342,7 @@ class Streams:
         sub_id = att.sub_id
         box = session.mergebox
         equals = cache.equals
+        views = cache.views
         out: list[dict[str, Any]] = []
         resync = False
         for batch in batches:
@@ -349,7 +363,7 @@ class Streams:
                         fields = cache.project(change, route.fields)
                 # Membership now (fields) against membership before (the mergebox) gives
                 # added, changed or removed.
-                out += box.update(sub_id, change.collection, change.id, fields, equals)
+                out += box.update(sub_id, change.collection, change.id, fields, equals, views)
             if resync:
                 break
         sent = 0

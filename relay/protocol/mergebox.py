@@ -68,7 +68,7 @@ from typing import Any, TypeGuard
 from relay.protocol.ejson import equals as _equals
 from relay.protocol.errors import LocalProtocolError
 
-__all__ = ["MergeBox", "Message", "SubHandle"]
+__all__ = ["MergeBox", "Message", "SubHandle", "UpdateMemo"]
 
 #: An opaque subscription handle chosen by the caller.
 SubHandle = Hashable
@@ -76,6 +76,11 @@ SubHandle = Hashable
 Message = dict[str, Any]
 
 _Precedence = list[tuple[Hashable, Any]]
+#: ``update``'s shared work: (id(view), id(fields)) -> (view, fields, new view, messages).
+UpdateMemo = dict[
+    tuple[int, int],
+    tuple[dict[str, Any], Mapping[str, Any], dict[str, Any], list[dict[str, Any]]],
+]
 #: A field the view does not have (``None`` is a value).
 _ABSENT: Any = object()
 _STATE_VERSION = 1
@@ -308,6 +313,7 @@ class MergeBox:
         doc_id: str,
         fields: Mapping[str, Any] | None,
         equals: Callable[[Any, Any], bool] = _equals,
+        memo: UpdateMemo | None = None,
     ) -> list[Message]:
         """Live routing in one call: after a change, ``sub`` publishes the document with
         ``fields`` (``add`` or ``change``, whichever applies), or no longer publishes it
@@ -319,6 +325,12 @@ class MergeBox:
         equal to theirs, but it is ``fields`` itself whenever that holds all of the view's
         fields (module docstring, "Copying"): every session a change reaches ends up
         sharing that one dict, and a session that already holds it compares nothing.
+
+        ``memo`` (one dict per fan-out batch, from the caller) shares the work between
+        sessions: for a single-publisher document the outcome depends only on the view
+        and ``fields``, so a session whose view is the very dict another session had gets
+        that session's outcome without comparing a field. The messages are then the same
+        objects for all of them: with a memo, returned messages are read-only.
         """
         index = self._by_sub.get(sub)
         ids = None if index is None else index.get(collection)
@@ -335,6 +347,12 @@ class MergeBox:
             return []
         if not isinstance(view, dict):
             return self.change(sub, collection, doc_id, fields, (), equals)
+        if memo is not None:
+            hit = memo.get((id(view), id(fields)))
+            # The memo keeps both objects alive, so identity proves it is the same pair.
+            if hit is not None and hit[0] is view and hit[1] is fields:
+                coll[doc_id] = hit[2]
+                return hit[3]
         out: dict[str, Any] | None = None
         #: Fields whose new value equals the old one but is of another type: the view
         #: keeps the old one (the client's), as ``change`` does.
@@ -368,9 +386,15 @@ class MergeBox:
             if keep is not None:
                 new.update(keep)
             coll[doc_id] = new
-        if out is None:
-            return []
-        return [{"msg": "changed", "collection": collection, "id": doc_id, "fields": out}]
+        messages: list[Message] = []
+        if out is not None:
+            msg = {"msg": "changed", "collection": collection, "id": doc_id, "fields": out}
+            messages.append(msg)
+        if memo is not None:
+            new_view = coll[doc_id]
+            assert isinstance(new_view, dict)
+            memo[id(view), id(fields)] = (view, fields, new_view, messages)
+        return messages
 
     def remove(self, sub: Hashable, collection: str, doc_id: str) -> list[Message]:
         """``sub`` stops publishing the document.

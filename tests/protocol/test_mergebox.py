@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from relay.protocol.errors import LocalProtocolError
-from relay.protocol.mergebox import MergeBox, Message
+from relay.protocol.mergebox import MergeBox, Message, UpdateMemo
 
 
 def added(c: str, i: str, **fields: Any) -> Message:
@@ -684,6 +684,8 @@ class MergeBoxMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.box = MergeBox()
+        #: One memo for the whole run: an outcome must hold for as long as its dicts live.
+        self.memo: UpdateMemo = {}
         self.client = ClientCache()
         self.ref = Reference()
         #: Every dict given to the box, with a copy taken then: the box may keep a given
@@ -760,7 +762,7 @@ class MergeBoxMachine(RuleBasedStateMachine):
         """Fan-out's one-call routing gives what the separate calls give."""
         twin = MergeBox.from_state(json.loads(json.dumps(self.box.to_state())))
         held = self.ref.publishes(sub, c, i)
-        got = self.box.update(sub, c, i, self.give(fields) if member else None)
+        got = self.box.update(sub, c, i, self.give(fields) if member else None, memo=self.memo)
         if member:
             expected = twin.change(sub, c, i, fields) if held else twin.add(sub, c, i, fields)
         else:
@@ -875,3 +877,22 @@ def test_update_routes_in_one_call() -> None:
     assert box.update("t", "books", "1", None) == [
         {"msg": "removed", "collection": "books", "id": "1"}
     ]
+
+
+def test_update_memo_shares_one_outcome_between_boxes_holding_the_same_view() -> None:
+    shared = {"title": "A", "n": 1}
+    boxes = [MergeBox() for _ in range(3)]
+    for box in boxes:
+        box.add("s", "books", "1", shared)
+    alone = MergeBox()
+    alone.add("s", "books", "1", {"title": "A", "n": 1})  # equal, but its own dict
+    memo: UpdateMemo = {}
+    change = {"title": "B", "n": 1}
+    results = [box.update("s", "books", "1", change, memo=memo) for box in boxes]
+    expected = [{"msg": "changed", "collection": "books", "id": "1", "fields": {"title": "B"}}]
+    assert results[0] == expected
+    assert results[1] is results[0] and results[2] is results[0]  # computed once
+    assert all(box._docs["books"]["1"] is change for box in boxes)
+    assert alone.update("s", "books", "1", change, memo=memo) == expected
+    assert alone.update("s", "books", "1", change, memo=memo) == []  # now holds `change`
+    assert shared == {"title": "A", "n": 1}  # never mutated
