@@ -65,6 +65,8 @@ _ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #: Versions sockjs-node (and so Meteor) accepts; 8 is draft-10 but frames identically.
 _VERSIONS: Final = frozenset({"13", "8"})
 _RECV_BYTES: Final = 65536
+#: Messages one reader greenlet handles before it lets the others run.
+_PUMP_YIELD_EVERY: Final = 64
 #: ``_next``/``_fill`` without blocking: nothing to read now.
 _WOULD_BLOCK: Final = object()
 
@@ -540,6 +542,7 @@ class WebSocket:
     def _pump(self) -> None:
         """Handle what can be read without waiting, then wait with the watcher again."""
         assert self._on_message is not None and self._watcher is not None
+        handled = 0
         while True:
             self._reading = True
             try:
@@ -552,6 +555,9 @@ class WebSocket:
             if item is None:
                 break
             self._dispatch(item)  # type: ignore[arg-type]  # neither sentinel nor None
+            handled += 1
+            if handled % _PUMP_YIELD_EVERY == 0:
+                gevent.sleep(0)  # a client that never pauses must not starve the others
         self._end()
 
     def _pump_blocking(self) -> None:

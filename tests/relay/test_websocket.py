@@ -1074,3 +1074,25 @@ def test_start_handles_bytes_that_came_with_the_handshake() -> None:
         while not reader.items:
             gevent.sleep(0.01)
     assert reader.items == ["early"]
+
+
+def test_a_client_that_never_pauses_does_not_starve_other_greenlets() -> None:
+    ws, peer = make()
+    ticks = [0]
+
+    def other() -> None:
+        while True:
+            ticks[0] += 1
+            gevent.sleep(0)
+
+    seen: list[int] = []
+    ticker = gevent.spawn(other)
+    try:
+        ws.start(lambda item: seen.append(ticks[0]), lambda: None)
+        peer.sock.sendall(b"".join(peer.conn.send(TextMessage(data=str(i))) for i in range(300)))
+        with gevent.Timeout(3):
+            while len(seen) < 300:
+                gevent.sleep(0.01)
+    finally:
+        ticker.kill()
+    assert len(set(seen)) > 2  # the other greenlet ran while the 300 messages were handled
