@@ -48,9 +48,11 @@ DEFAULT_MAX_DOCUMENTS = 32_768
 
 
 class _Entry:
-    __slots__ = ("added", "fields", "others")
+    __slots__ = ("added", "fields", "id", "others")
 
-    def __init__(self, fields: dict[str, Any]) -> None:
+    def __init__(self, doc_id: str, fields: dict[str, Any]) -> None:
+        #: The id string as first seen: sessions use it as their mergebox key.
+        self.id = doc_id
         #: The canonical dict: the latest version seen, field -> the shared value object.
         #: Handed out by ``Interner.fields``, so never changed: replaced by a new dict.
         self.fields = fields
@@ -93,7 +95,7 @@ class Interner:
         if entry is None:
             canonical = dict(fields)
             self.misses += len(canonical)
-            self._remember(key, _Entry(canonical))
+            self._remember(key, _Entry(doc_id, canonical))
             return canonical
         known = entry.fields
         others = entry.others
@@ -129,6 +131,12 @@ class Interner:
             entry.others = others or None
         entry.fields = out
         return out
+
+    def canonical_id(self, collection: str, doc_id: str) -> str:
+        """The id string the table keeps for the document (one per worker, so that the
+        sessions' mergeboxes share their keys too), or ``doc_id`` if it is not known."""
+        entry = self._docs.get((collection, doc_id))
+        return doc_id if entry is None else entry.id
 
     def forget(self, collection: str, doc_id: str) -> None:
         """The document was deleted: nothing will be shared for it any more."""

@@ -149,3 +149,13 @@ def test_interning_never_changes_what_a_client_would_see(loads: list[dict[str, A
         assert messages.encode({"msg": "added", "collection": "c", "id": "1", "fields": out}) == (
             messages.encode({"msg": "added", "collection": "c", "id": "1", "fields": fields})
         )
+
+
+def test_document_ids_are_shared_too() -> None:
+    interner = Interner()
+    first = "".join(["book", "-1"])
+    again = "".join(["book", "-", "1"])
+    assert first is not again
+    assert interner.canonical_id("books", again) is again  # unknown: as given
+    interner.fields("books", first, {"t": 1})
+    assert interner.canonical_id("books", again) is first
