@@ -19,16 +19,25 @@ Fencing: ``claim_session`` is a compare-and-set on the epoch (it becomes epoch +
 relays can never both resume one session, and a slow old owner that parks after a
 reconnect already claimed the session gets ``FencedError`` instead of overwriting it.
 
-Must not: import kazoo, ``relay``, Django, or do I/O. Backends live in sibling modules.
+The checks and record changes every backend makes the same way live here too, so the
+backends agree on them to the message: ``check_owner`` (the fence of park and drop),
+``claimed`` (the fence and the new record of a claim) and ``call_quietly`` (how a
+backend's worker runs user callbacks).
+
+Must not: import kazoo, ``relay``, Django, or do I/O (beyond ``call_quietly`` logging a
+failed callback to the logger it is given). Backends live in sibling modules.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
+
+from coordinator.errors import FencedError
 
 __all__ = [
     "MAX_FACTS_BYTES",
@@ -38,12 +47,17 @@ __all__ = [
     "SessionRecord",
     "State",
     "StateListener",
+    "call_quietly",
     "check_id",
+    "check_owner",
+    "claimed",
 ]
 
 #: Upper bound for ``SessionRecord.facts``. ZooKeeper's hard limit is just under 1 MB per
 #: znode and it is meant for kilobytes; the parked state itself lives elsewhere.
 MAX_FACTS_BYTES = 64 * 1024
+
+T = TypeVar("T")
 
 _ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 
@@ -133,8 +147,47 @@ class SessionRecord:
             raise ValueError(f"facts is {len(self.facts)} bytes; the limit is {MAX_FACTS_BYTES}")
 
 
+def check_owner(current: SessionRecord, owner: str, epoch: int) -> SessionRecord:
+    """Return ``current`` if ``owner`` holds it at ``epoch``, else raise ``FencedError``.
+
+    The fence of ``park_session`` and ``drop_session``.
+    """
+    if current.owner != owner or current.epoch != epoch:
+        raise FencedError(
+            f"session {current.session_id} is owned by {current.owner} at epoch "
+            f"{current.epoch}, not {owner} at {epoch}"
+        )
+    return current
+
+
+def claimed(
+    current: SessionRecord, new_owner: str, expected_epoch: int, *, require_parked: bool
+) -> SessionRecord:
+    """The record ``claim_session`` writes over ``current``, or ``FencedError``.
+
+    Fenced if ``current`` is not at ``expected_epoch``, or if ``require_parked`` and it is
+    not parked. The new record: ``new_owner`` at the next epoch, not parked, no expiry,
+    cursor and facts kept.
+    """
+    if current.epoch != expected_epoch:
+        raise FencedError(
+            f"session {current.session_id}: epoch is {current.epoch}, expected {expected_epoch}"
+        )
+    if require_parked and not current.parked:
+        raise FencedError(f"session {current.session_id} is not parked")
+    return replace(current, owner=new_owner, epoch=current.epoch + 1, parked=False, expires_at=0.0)
+
+
+def call_quietly(log: logging.Logger, callback: Callable[[T], None], value: T) -> None:
+    """Run a user callback; its exceptions go to ``log``, never into the caller (a worker)."""
+    try:
+        callback(value)
+    except Exception:
+        log.exception("coordinator callback %r failed", callback)
+
+
 class Coordinator(Protocol):
-    """Cluster coordination, as the relay uses it. Implementations: memory, zk.
+    """Cluster coordination, as the relay uses it. Implementations: memory, sqlite, zk.
 
     Every call except ``start``/``stop``/``add_listener``/``register_member``/
     ``run_for_leader``/``is_leader``/``state`` raises ``NotConnectedError`` when not

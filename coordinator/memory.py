@@ -18,7 +18,7 @@ a shared backend (e.g. SQLite or PostgreSQL) implementing the same protocol.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from coordinator.base import (
     LeaderCallback,
@@ -27,14 +27,10 @@ from coordinator.base import (
     State,
     StateListener,
     check_id,
+    check_owner,
+    claimed,
 )
-from coordinator.errors import (
-    CoordinatorError,
-    FencedError,
-    NotConnectedError,
-    SessionExists,
-    SessionNotFound,
-)
+from coordinator.errors import CoordinatorError, NotConnectedError, SessionExists, SessionNotFound
 
 __all__ = ["MemoryCoordinator", "MemoryStore"]
 
@@ -161,15 +157,7 @@ class MemoryCoordinator:
         check_id("owner", new_owner)
         with self._store.lock:
             current = self._current(session_id)
-            if current.epoch != expected_epoch:
-                raise FencedError(
-                    f"session {session_id}: epoch is {current.epoch}, expected {expected_epoch}"
-                )
-            if require_parked and not current.parked:
-                raise FencedError(f"session {session_id} is not parked")
-            record = replace(
-                current, owner=new_owner, epoch=current.epoch + 1, parked=False, expires_at=0.0
-            )
+            record = claimed(current, new_owner, expected_epoch, require_parked=require_parked)
             self._store.sessions[session_id] = record
             return record
 
@@ -182,17 +170,15 @@ class MemoryCoordinator:
         facts: bytes,
         expires_at: float,
     ) -> SessionRecord:
+        record = SessionRecord(session_id, owner, epoch, cursor, True, expires_at, facts)
         with self._store.lock:
-            current = self._owned(session_id, owner, epoch)
-            record = replace(
-                current, cursor=cursor, facts=facts, parked=True, expires_at=expires_at
-            )
+            check_owner(self._current(session_id), owner, epoch)
             self._store.sessions[session_id] = record
             return record
 
     def drop_session(self, session_id: str, owner: str, epoch: int) -> None:
         with self._store.lock:
-            self._owned(session_id, owner, epoch)
+            check_owner(self._current(session_id), owner, epoch)
             del self._store.sessions[session_id]
 
     def expired_sessions(self, now: float) -> list[str]:
@@ -239,15 +225,6 @@ class MemoryCoordinator:
         if record is None:
             raise SessionNotFound(session_id)
         return record
-
-    def _owned(self, session_id: str, owner: str, epoch: int) -> SessionRecord:
-        current = self._current(session_id)
-        if current.owner != owner or current.epoch != epoch:
-            raise FencedError(
-                f"session {session_id} is owned by {current.owner} at epoch {current.epoch}, "
-                f"not {owner} at {epoch}"
-            )
-        return current
 
     def _withdraw_locked(self, keep_callback: bool = False) -> list[tuple[LeaderCallback, bool]]:
         """Leave the election; return the leadership callbacks to fire after unlocking."""

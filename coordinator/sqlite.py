@@ -51,7 +51,10 @@ from coordinator.base import (
     SessionRecord,
     State,
     StateListener,
+    call_quietly,
     check_id,
+    check_owner,
+    claimed,
 )
 from coordinator.errors import (
     CoordinatorError,
@@ -191,7 +194,7 @@ class SQLiteCoordinator:
             self._close_locked()
         if self._announced and self._leader_cb is not None:
             self._announced = False
-            _call_quietly(self._leader_cb, False)
+            call_quietly(log, self._leader_cb, False)
 
     def add_listener(self, listener: StateListener) -> None:
         with self._lock:
@@ -257,13 +260,9 @@ class SQLiteCoordinator:
         check_id("owner", new_owner)
 
         def op(db: sqlite3.Connection) -> SessionRecord:
-            current = _existing(db, session_id)
-            if current.epoch != expected_epoch:
-                raise FencedError(
-                    f"session {session_id}: epoch is {current.epoch}, expected {expected_epoch}"
-                )
-            if require_parked and not current.parked:
-                raise FencedError(f"session {session_id} is not parked")
+            record = claimed(
+                _existing(db, session_id), new_owner, expected_epoch, require_parked=require_parked
+            )
             changed = db.execute(
                 "UPDATE sessions SET owner = ?, epoch = epoch + 1, parked = 0, expires_at = 0.0 "
                 "WHERE session_id = ? AND epoch = ? AND (parked = 1 OR NOT ?)",
@@ -271,15 +270,7 @@ class SQLiteCoordinator:
             ).rowcount
             if changed != 1:  # cannot happen under BEGIN IMMEDIATE; the fence holds anyway
                 raise FencedError(f"session {session_id}: epoch moved during the claim")
-            return SessionRecord(
-                session_id=session_id,
-                owner=new_owner,
-                epoch=expected_epoch + 1,
-                cursor=current.cursor,
-                parked=False,
-                expires_at=0.0,
-                facts=current.facts,
-            )
+            return record
 
         return self._write(op)
 
@@ -295,7 +286,7 @@ class SQLiteCoordinator:
         record = SessionRecord(session_id, owner, epoch, cursor, True, expires_at, facts)
 
         def op(db: sqlite3.Connection) -> SessionRecord:
-            _check_owner(_existing(db, session_id), owner, epoch)
+            check_owner(_existing(db, session_id), owner, epoch)
             changed = db.execute(
                 "UPDATE sessions SET cursor = ?, facts = ?, parked = 1, expires_at = ? "
                 "WHERE session_id = ? AND owner = ? AND epoch = ?",
@@ -311,7 +302,7 @@ class SQLiteCoordinator:
         check_id("session id", session_id)
 
         def op(db: sqlite3.Connection) -> None:
-            _check_owner(_existing(db, session_id), owner, epoch)
+            check_owner(_existing(db, session_id), owner, epoch)
             changed = db.execute(
                 "DELETE FROM sessions WHERE session_id = ? AND owner = ? AND epoch = ?",
                 (session_id, owner, epoch),
@@ -464,7 +455,7 @@ class SQLiteCoordinator:
             listeners = list(self._listeners)
         for state in events:
             for listener in listeners:
-                _call_quietly(listener, state)
+                call_quietly(log, listener, state)
         with self._lock:
             if self._stopped:
                 return
@@ -473,7 +464,7 @@ class SQLiteCoordinator:
             if callback is None or now == self._announced:
                 return
             self._announced = now
-        _call_quietly(callback, now)
+        call_quietly(log, callback, now)
 
     # --- the database ----------------------------------------------------------------
 
@@ -632,19 +623,3 @@ def _existing(db: sqlite3.Connection, session_id: str) -> SessionRecord:
     if record is None:
         raise SessionNotFound(session_id)
     return record
-
-
-def _check_owner(current: SessionRecord, owner: str, epoch: int) -> None:
-    if current.owner != owner or current.epoch != epoch:
-        raise FencedError(
-            f"session {current.session_id} is owned by {current.owner} at epoch "
-            f"{current.epoch}, not {owner} at {epoch}"
-        )
-
-
-def _call_quietly(callback: Callable[[T], None], value: T) -> None:
-    """Run a user callback; its exceptions are logged, never let into the worker."""
-    try:
-        callback(value)
-    except Exception:
-        log.exception("coordinator callback %r failed", callback)

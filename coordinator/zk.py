@@ -50,12 +50,14 @@ from coordinator.base import (
     SessionRecord,
     State,
     StateListener,
+    call_quietly,
     check_id,
+    check_owner,
+    claimed,
 )
 from coordinator.codec import decode_member, decode_record, encode_member, encode_record
 from coordinator.errors import (
     CoordinatorError,
-    FencedError,
     NotConnectedError,
     SessionExists,
     SessionNotFound,
@@ -235,21 +237,7 @@ class ZooKeeperCoordinator:
         check_id("owner", new_owner)
 
         def change(current: SessionRecord) -> SessionRecord:
-            if current.epoch != expected_epoch:
-                raise FencedError(
-                    f"session {session_id}: epoch is {current.epoch}, expected {expected_epoch}"
-                )
-            if require_parked and not current.parked:
-                raise FencedError(f"session {session_id} is not parked")
-            return SessionRecord(
-                session_id=session_id,
-                owner=new_owner,
-                epoch=current.epoch + 1,
-                cursor=current.cursor,
-                parked=False,
-                expires_at=0.0,
-                facts=current.facts,
-            )
+            return claimed(current, new_owner, expected_epoch, require_parked=require_parked)
 
         return self._compare_and_set(session_id, change)
 
@@ -262,24 +250,17 @@ class ZooKeeperCoordinator:
         facts: bytes,
         expires_at: float,
     ) -> SessionRecord:
-        def change(current: SessionRecord) -> SessionRecord:
-            _check_owner(current, owner, epoch)
-            return SessionRecord(
-                session_id=session_id,
-                owner=owner,
-                epoch=epoch,
-                cursor=cursor,
-                parked=True,
-                expires_at=expires_at,
-                facts=facts,
-            )
+        record = SessionRecord(session_id, owner, epoch, cursor, True, expires_at, facts)
 
-        SessionRecord(session_id, owner, epoch, cursor, True, expires_at, facts)  # validate
+        def change(current: SessionRecord) -> SessionRecord:
+            check_owner(current, owner, epoch)
+            return record
+
         return self._compare_and_set(session_id, change)
 
     def drop_session(self, session_id: str, owner: str, epoch: int) -> None:
         def may_delete(current: SessionRecord) -> bool:
-            _check_owner(current, owner, epoch)
+            check_owner(current, owner, epoch)
             return True
 
         if not self._delete_if(session_id, may_delete):
@@ -367,7 +348,7 @@ class ZooKeeperCoordinator:
                 self._candidate = None
                 self._leading_session = None
         for listener in listeners:
-            _call_quietly(listener, state)
+            call_quietly(log, listener, state)
         if state is State.CONNECTED:
             for member in members:
                 try:
@@ -383,7 +364,7 @@ class ZooKeeperCoordinator:
         callback = self._leader_cb
         if now != self._announced and callback is not None:
             self._announced = now
-            _call_quietly(callback, now)
+            call_quietly(log, callback, now)
 
     def _elect(self) -> None:
         """One election round: ensure our candidate node; lead, or watch our predecessor."""
@@ -557,22 +538,6 @@ class ZooKeeperCoordinator:
             raise CoordinatorError(f"ZooKeeper error: {exc!r}") from exc
         except self._timeout_exc as exc:
             raise NotConnectedError(f"no ZooKeeper reply in {self._op_timeout} s") from exc
-
-
-def _call_quietly(callback: Callable[[Any], None], value: object) -> None:
-    """Run a user callback; its exceptions are logged, never let into the worker."""
-    try:
-        callback(value)
-    except Exception:
-        log.exception("coordinator callback %r failed", callback)
-
-
-def _check_owner(current: SessionRecord, owner: str, epoch: int) -> None:
-    if current.owner != owner or current.epoch != epoch:
-        raise FencedError(
-            f"session {current.session_id} is owned by {current.owner} at epoch "
-            f"{current.epoch}, not {owner} at {epoch}"
-        )
 
 
 def _make_handler(kind: str) -> Any:

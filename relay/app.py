@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from http.cookies import SimpleCookie
 from typing import Any
 
-from relay import endpoints, metrics, websocket
+from relay import endpoints, handshake, metrics
 from relay.backend import Backend, Handshake
 from relay.config import Settings
 from relay.node import Node
@@ -103,8 +103,8 @@ class RelayApp:
             return _text(start_response, "503 Service Unavailable", "draining\n")
         if len(self.node.sessions) >= self.settings.worker_connections:
             return _text(start_response, "503 Service Unavailable", "too many connections\n")
-        accepted = websocket.accept(environ, self.settings)
-        if isinstance(accepted, websocket.HandshakeRefusal):
+        accepted = handshake.accept(environ, self.settings)
+        if isinstance(accepted, handshake.HandshakeRefusal):
             start_response(accepted.status, list(accepted.headers))
             return [accepted.body]
         transport: Transport

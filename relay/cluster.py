@@ -37,18 +37,30 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from relay.embedded_postgres import EmbeddedPostgres, free_port
+from relay import local_zookeeper
+from relay.embedded_postgres import EmbeddedPostgres
+from relay.launch import ROOT, example_env, fresh_metrics_dir, gunicorn_argv, manage_argv, relay_env
+from relay.local_zookeeper import four_letter
+from relay.processes import (
+    check_alive,
+    descendants,
+    free_port,
+    http_status,
+    log_tail,
+    signal_group,
+    spawn,
+    stop_process_group,
+    wait_group_gone,
+    wait_until_ready,
+)
 
 __all__ = [
     "Cluster",
@@ -61,18 +73,12 @@ __all__ = [
     "main",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "example"
-ZOOKEEPER_JAR = Path(os.environ.get("RELAY_ZOOKEEPER_JAR", "/usr/share/java/zookeeper.jar"))
-SLF4J_JAR = Path("/usr/share/java/slf4j-simple.jar")
-ZOOKEEPER_CONF_DIR = Path("/etc/zookeeper/conf")
 HOST = "127.0.0.1"
 
 _ZK_START_TIMEOUT_S = 60.0
 _RELAY_START_TIMEOUT_S = 60.0
 _HAPROXY_START_TIMEOUT_S = 20.0
 _STOP_TIMEOUT_S = 10.0
-_LOG_TAIL_LINES = 40
 # A child that died this many times in a row (each within a minute of its start) is not
 # restarted again: main() stops the cluster instead.
 _MAX_RESTARTS = 5
@@ -84,12 +90,10 @@ class ClusterError(RuntimeError):
 
 def find_zookeeper() -> tuple[str, Path]:
     """``java`` and the ZooKeeper jar, or ``ClusterError`` saying how to get them."""
-    java = shutil.which("java")
-    if java is None:
-        raise ClusterError("no `java` on PATH (apt: `zookeeper` pulls in a JRE; `make cluster`)")
-    if not ZOOKEEPER_JAR.is_file():
-        raise ClusterError(f"{ZOOKEEPER_JAR} is missing (apt: `zookeeper`; `make cluster`)")
-    return java, ZOOKEEPER_JAR
+    try:
+        return local_zookeeper.find_zookeeper()
+    except local_zookeeper.ZooKeeperNotFound as exc:
+        raise ClusterError(f"{exc}; `make cluster` installs it") from None
 
 
 def find_haproxy() -> str:
@@ -100,124 +104,25 @@ def find_haproxy() -> str:
     return found
 
 
-def four_letter(port: int, word: bytes, timeout: float = 1.0) -> bytes:
-    """Send a ZooKeeper four-letter command (``ruok``, ``srvr``...) and return the reply."""
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
-        sock.sendall(word)
-        chunks = []
-        while chunk := sock.recv(4096):
-            chunks.append(chunk)
-        return b"".join(chunks)
+@dataclass(kw_only=True)
+class _Child:
+    """A supervised child: its process (the gunicorn master, the JVM) and restart count."""
 
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
 
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        with path.open(encoding="utf-8", errors="replace") as log:
-            return "".join(deque(log, maxlen=lines))
-    except OSError:
-        return ""
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
-
-def _http_status(url: str, timeout: float = 1.0) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (OSError, ValueError):
-        return None
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    """``sig`` to the child's process group (it leads its own session), else to the child."""
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid`` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(entry.name))
-    return found
-
-
-def _wait_group_gone(pgid: int, timeout: float = 5.0) -> None:
-    """Wait until no process of group ``pgid`` runs any more (SIGKILL is not instant)."""
-    deadline = time.monotonic() + timeout
-    while _group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    """SIGTERM the child, wait ``timeout`` s, then SIGKILL its whole process group."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout)
-    # Whatever is left of the group (gunicorn workers of a killed master, ...) goes too.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-    _wait_group_gone(proc.pid)
-
-
-def _spawn(
-    argv: list[str], log_path: Path, *, env: dict[str, str] | None = None, cwd: Path = ROOT
-) -> subprocess.Popen[bytes]:
-    """Start a child in a session of its own (a terminal's Ctrl-C is ours to handle)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (Linux /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
 
 @dataclass
-class ZooKeeperNode:
+class ZooKeeperNode(_Child):
     """One ensemble member: ``myid`` ``index + 1``, its ports, dir and process."""
 
     index: int
@@ -225,9 +130,6 @@ class ZooKeeperNode:
     peer_port: int
     election_port: int
     base_dir: Path
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    started_at: float = 0.0
 
     @property
     def myid(self) -> int:
@@ -241,36 +143,18 @@ class ZooKeeperNode:
     def log_path(self) -> Path:
         return self.base_dir / "zookeeper.log"
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def mode(self) -> str | None:
         """``leader``, ``follower``, ``standalone``... per ``srvr``; None if it won't say."""
-        try:
-            reply = four_letter(self.client_port, b"srvr").decode(errors="replace")
-        except OSError:
-            return None
-        for line in reply.splitlines():
-            if line.startswith("Mode:"):
-                return line.split(":", 1)[1].strip()
-        return None
+        return local_zookeeper.mode(self.client_port)
 
 
 @dataclass
-class RelayNode:
-    """One gunicorn relay: its port, metrics dir, log and master process."""
+class RelayNode(_Child):
+    """One gunicorn relay: its port, metrics dir, log and master process (``pid``)."""
 
     index: int
     port: int
     base_dir: Path
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    started_at: float = 0.0
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -294,17 +178,8 @@ class RelayNode:
         return self.base_dir / "metrics"
 
     @property
-    def pid(self) -> int | None:
-        """The gunicorn master's pid."""
-        return self.proc.pid if self.proc is not None else None
-
-    @property
     def worker_pids(self) -> list[int]:
-        return _descendants(self.proc.pid) if self.running and self.proc is not None else []
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return descendants(self.proc.pid) if self.running and self.proc is not None else []
 
 
 class Cluster:
@@ -423,7 +298,7 @@ class Cluster:
         haproxy, self.haproxy = self.haproxy, None
         if haproxy is not None:
             self._log("stopping HAProxy")
-        _terminate(haproxy, _STOP_TIMEOUT_S)  # SIGTERM: hard stop (SIGUSR1 would wait 1 h)
+        stop_process_group(haproxy, _STOP_TIMEOUT_S)  # SIGTERM: hard stop (SIGUSR1 would wait 1 h)
         if any(relay.running for relay in self.relays):
             self._log(f"stopping relays (graceful timeout {self.graceful_timeout} s)")
         for relay in self.relays:  # SIGTERM to all first, so they drain in parallel
@@ -433,12 +308,12 @@ class Cluster:
         deadline = time.monotonic() + self.graceful_timeout + 5
         for relay in self.relays:
             proc, relay.proc = relay.proc, None
-            _terminate(proc, max(0.0, deadline - time.monotonic()))
+            stop_process_group(proc, max(0.0, deadline - time.monotonic()))
         if any(zk.proc is not None for zk in self.zookeepers):
             self._log("stopping ZooKeeper")
         for zk in reversed(self.zookeepers):
             proc, zk.proc = zk.proc, None
-            _terminate(proc, _STOP_TIMEOUT_S)
+            stop_process_group(proc, _STOP_TIMEOUT_S)
         if self.postgres is not None and self.postgres.is_running():
             self._log("stopping PostgreSQL")
             self.postgres.stop()
@@ -464,10 +339,10 @@ class Cluster:
         if proc is None or proc.poll() is not None:
             return
         if sig == signal.SIGKILL:
-            _signal_group(proc, sig)
+            signal_group(proc, sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-            _wait_group_gone(proc.pid)
+            wait_group_gone(proc.pid)
         else:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
@@ -477,7 +352,7 @@ class Cluster:
         port and wait for its ``/readyz``."""
         relay = self.relays[i]
         proc, relay.proc = relay.proc, None
-        _terminate(proc, self.graceful_timeout + 5)
+        stop_process_group(proc, self.graceful_timeout + 5)
         self._spawn_relay(relay)
         self._wait_relay(relay, timeout)
 
@@ -497,14 +372,16 @@ class Cluster:
         it is a leader or follower."""
         zk = self.zookeepers[i]
         proc, zk.proc = zk.proc, None
-        _terminate(proc, _STOP_TIMEOUT_S)
+        stop_process_group(proc, _STOP_TIMEOUT_S)
         self._spawn_zk(zk)
-        deadline = time.monotonic() + timeout
-        while zk.mode() not in ("leader", "follower"):
-            self._check_alive(zk.proc, f"ZooKeeper {zk.myid}", zk.log_path)
-            if time.monotonic() > deadline:
-                raise ClusterError(f"ZooKeeper {zk.myid} did not rejoin:\n{_tail(zk.log_path)}")
-            time.sleep(0.1)
+        wait_until_ready(
+            zk.proc,
+            lambda: zk.mode() in ("leader", "follower"),
+            timeout,
+            name=f"ZooKeeper {zk.myid} (rejoining)",
+            log_path=zk.log_path,
+            error=ClusterError,
+        )
 
     def zk_mode(self, i: int) -> str | None:
         return self.zookeepers[i].mode()
@@ -524,7 +401,7 @@ class Cluster:
         for proc in procs:
             if proc is not None and proc.poll() is None:
                 found.append(proc.pid)
-                found.extend(_descendants(proc.pid))
+                found.extend(descendants(proc.pid))
         postmaster = self.postmaster_pid()
         if postmaster is not None:
             found.append(postmaster)
@@ -558,7 +435,7 @@ class Cluster:
             self._haproxy_restarts += 1
             self._log(f"HAProxy exited with {self.haproxy.returncode}; restarting")
             if self._haproxy_restarts > _MAX_RESTARTS:
-                raise ClusterError(f"HAProxy keeps exiting:\n{_tail(self.haproxy_log)}")
+                raise ClusterError(f"HAProxy keeps exiting:\n{log_tail(self.haproxy_log)}")
             self._spawn_haproxy()
 
     def _note_death(
@@ -566,7 +443,7 @@ class Cluster:
         name: str,
         proc: subprocess.Popen[bytes],
         log_path: Path,
-        node: ZooKeeperNode | RelayNode,
+        node: _Child,
         now: float,
     ) -> None:
         if now - node.started_at > 60:
@@ -578,7 +455,7 @@ class Cluster:
             flush=True,
         )
         if node.restarts > _MAX_RESTARTS:
-            raise ClusterError(f"{name} keeps exiting:\n{_tail(log_path)}")
+            raise ClusterError(f"{name} keeps exiting:\n{log_tail(log_path)}")
 
     def describe(self) -> str:
         """What runs where, for humans."""
@@ -612,12 +489,6 @@ class Cluster:
         if self.verbose:
             print(f"cluster: {message}", file=sys.stderr, flush=True)
 
-    @staticmethod
-    def _check_alive(proc: subprocess.Popen[bytes] | None, name: str, log_path: Path) -> None:
-        if proc is None or proc.poll() is not None:
-            code = proc.returncode if proc is not None else None
-            raise ClusterError(f"{name} exited with {code}; log {log_path}:\n{_tail(log_path)}")
-
     def _start_postgres(self) -> None:
         if self._external_database_url:
             return
@@ -628,20 +499,13 @@ class Cluster:
         self.database_url = self.postgres.dsn("relay")
 
     def _django_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["DATABASE_URL"] = self.database_url
-        env.setdefault("DJANGO_SETTINGS_MODULE", "example.settings")
-        env.setdefault("RELAY_WSGI_APP", "example.wsgi:application")
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(EXAMPLE), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-        )
-        return env
+        return example_env(self.database_url, keep_caller_settings=True)
 
     def _manage(self, *args: str) -> None:
         log_path = self.state_dir / "manage.log"
         with log_path.open("ab") as log:
             result = subprocess.run(
-                [sys.executable, str(EXAMPLE / "manage.py"), *args],
+                manage_argv(*args),
                 env=self._django_env(),
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
@@ -651,7 +515,7 @@ class Cluster:
                 check=False,
             )
         if result.returncode != 0:
-            raise ClusterError(f"manage.py {' '.join(args)} failed:\n{_tail(log_path)}")
+            raise ClusterError(f"manage.py {' '.join(args)} failed:\n{log_tail(log_path)}")
 
     def _prepare_database(self) -> None:
         self._log("migrating the example project")
@@ -665,43 +529,19 @@ class Cluster:
         data = zk.base_dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         (data / "myid").write_text(f"{zk.myid}\n")
-        servers = "".join(
-            f"server.{other.myid}={HOST}:{other.peer_port}:{other.election_port}\n"
-            for other in self.zookeepers
-        )
         zk.config_path.write_text(
-            "# Generated by relay.cluster; rewritten at every start.\n"
-            "tickTime=500\n"
-            "initLimit=20\n"
-            "syncLimit=5\n"
-            f"dataDir={data}\n"
-            f"clientPort={zk.client_port}\n"
-            f"clientPortAddress={HOST}\n"
-            "admin.enableServer=false\n"
-            "4lw.commands.whitelist=ruok,srvr,stat,mntr\n"
-            "standaloneEnabled=false\n"
-            "autopurge.snapRetainCount=3\n"
-            "autopurge.purgeInterval=1\n"
-            f"{servers}"
+            local_zookeeper.config(
+                data_dir=data,
+                client_port=zk.client_port,
+                init_limit=20,
+                servers={o.myid: (o.peer_port, o.election_port) for o in self.zookeepers},
+                header="# Generated by relay.cluster; rewritten at every start.",
+            )
         )
 
     def _spawn_zk(self, zk: ZooKeeperNode) -> None:
-        classpath = f"{self.zookeeper_jar}:{ZOOKEEPER_CONF_DIR}:{SLF4J_JAR}"
-        zk.proc = _spawn(
-            [
-                self.java,
-                "-Xmx256m",
-                "-XX:+UseSerialGC",
-                "-XX:TieredStopAtLevel=1",
-                "-Dzookeeper.jmx.log4j.disable=true",
-                "-cp",
-                classpath,
-                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
-                str(zk.config_path),
-            ],
-            zk.log_path,
-            cwd=zk.base_dir,
-        )
+        argv = local_zookeeper.command(self.java, self.zookeeper_jar, zk.config_path)
+        zk.proc = spawn(argv, zk.log_path, cwd=zk.base_dir)
         zk.started_at = time.monotonic()
 
     def _wait_quorum(self, timeout: float) -> None:
@@ -710,60 +550,44 @@ class Cluster:
         while True:
             modes = []
             for zk in self.zookeepers:
-                self._check_alive(zk.proc, f"ZooKeeper {zk.myid}", zk.log_path)
+                check_alive(zk.proc, f"ZooKeeper {zk.myid}", zk.log_path, ClusterError)
                 modes.append(zk.mode())
             if all(mode in ("leader", "follower") for mode in modes) and "leader" in modes:
                 return
             if time.monotonic() > deadline:
                 tails = "\n".join(
-                    f"--- zk{zk.myid} ({zk.log_path}):\n{_tail(zk.log_path, 15)}"
+                    f"--- zk{zk.myid} ({zk.log_path}):\n{log_tail(zk.log_path, 15)}"
                     for zk in self.zookeepers
                 )
                 raise ClusterError(f"no ZooKeeper quorum in {timeout} s (modes {modes}):\n{tails}")
             time.sleep(0.1)
 
     def _spawn_relay(self, relay: RelayNode) -> None:
-        relay.metrics_dir.mkdir(parents=True, exist_ok=True)
-        for stale in relay.metrics_dir.glob("*.db"):
-            stale.unlink()
         env = self._django_env()
         env.update(
-            {
-                "HOST": HOST,
-                "PORT": str(relay.port),
-                "RELAY_WORKERS": str(self.workers),
-                "RELAY_GRACEFUL_TIMEOUT": str(self.graceful_timeout),
-                "RELAY_LOG_LEVEL": self.log_level,
-                "RELAY_ZOOKEEPER": self.zk_connect,
-                "PROMETHEUS_MULTIPROC_DIR": str(relay.metrics_dir),
-            }
+            relay_env(
+                relay.port,
+                workers=self.workers,
+                graceful_timeout=self.graceful_timeout,
+                log_level=self.log_level,
+                metrics_dir=fresh_metrics_dir(relay.metrics_dir),
+            )
         )
+        env["RELAY_ZOOKEEPER"] = self.zk_connect
         relay.env = env
-        relay.proc = _spawn(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:relay.gunicorn_conf",
-                "--name",
-                f"ddp-{relay.name}",
-                "relay.app:create_app()",
-            ],
-            relay.log_path,
-            env=env,
-        )
+        argv = gunicorn_argv(f"ddp-{relay.name}")
+        relay.proc = spawn(argv, relay.log_path, env=env, cwd=ROOT)
         relay.started_at = time.monotonic()
 
     def _wait_relay(self, relay: RelayNode, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while _http_status(relay.url + "/readyz") != 200:
-            self._check_alive(relay.proc, relay.name, relay.log_path)
-            if time.monotonic() > deadline:
-                raise ClusterError(
-                    f"{relay.name} not ready in {timeout} s:\n{_tail(relay.log_path)}"
-                )
-            time.sleep(0.1)
+        wait_until_ready(
+            relay.proc,
+            lambda: http_status(relay.url + "/readyz") == 200,
+            timeout,
+            name=relay.name,
+            log_path=relay.log_path,
+            error=ClusterError,
+        )
 
     def _write_haproxy_config(self) -> None:
         servers = "".join(
@@ -815,9 +639,8 @@ backend relays
 
     def _spawn_haproxy(self) -> None:
         # -db: foreground, no daemon, so this process supervises (and stops) it.
-        self.haproxy = _spawn(
-            [self.haproxy_bin, "-db", "-f", str(self.haproxy_config)], self.haproxy_log
-        )
+        argv = [self.haproxy_bin, "-db", "-f", str(self.haproxy_config)]
+        self.haproxy = spawn(argv, self.haproxy_log, cwd=ROOT)
         self._haproxy_started_at = time.monotonic()
 
     def backend_status(self) -> dict[str, str]:
@@ -843,18 +666,18 @@ backend relays
         self._log("waiting for HAProxy")
         deadline = time.monotonic() + timeout
         while True:
-            self._check_alive(self.haproxy, "HAProxy", self.haproxy_log)
+            check_alive(self.haproxy, "HAProxy", self.haproxy_log, ClusterError)
             states = self.backend_status()
             if (
                 len(states) == len(self.relays)
                 and all(s == "UP" for s in states.values())
-                and _http_status(self.url + "/readyz") == 200
+                and http_status(self.url + "/readyz") == 200
             ):
                 return
             if time.monotonic() > deadline:
                 raise ClusterError(
                     f"HAProxy not serving in {timeout} s (relays {states}):\n"
-                    f"{_tail(self.haproxy_log)}"
+                    f"{log_tail(self.haproxy_log)}"
                 )
             time.sleep(0.1)
 

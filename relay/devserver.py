@@ -3,8 +3,8 @@
 Layer: L4 tool (not used in production). Starts a throwaway PostgreSQL under
 ``.state/postgres`` unless ``DATABASE_URL`` is set, migrates and seeds the example
 project, then serves it with gunicorn gevent workers on ``127.0.0.1:${PORT:-8000}``
-(Django admin over HTTP, DDP on ``/websocket`` and ``/sockjs``). Ctrl-C stops gunicorn
-and the embedded PostgreSQL. It drives Django only through ``manage.py`` subprocesses,
+(Django admin over HTTP, DDP on ``/websocket`` and ``/sockjs``). Ctrl-C or SIGTERM stops
+gunicorn and the embedded PostgreSQL. It drives Django only through ``manage.py`` subprocesses,
 so ``relay`` still never imports Django.
 """
 
@@ -13,28 +13,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from relay.embedded_postgres import EmbeddedPostgres
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "example"
+from relay.launch import ROOT, example_env, fresh_metrics_dir, gunicorn_argv, manage_argv
+from relay.processes import stop_process
 
 
 def _env(database_url: str, state: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["DATABASE_URL"] = database_url
-    env.setdefault("DJANGO_SETTINGS_MODULE", "example.settings")
-    env.setdefault("RELAY_WSGI_APP", "example.wsgi:application")
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(EXAMPLE), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
-    )
-    metrics_dir = state / "metrics"
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    for stale in metrics_dir.glob("*.db"):
-        stale.unlink()
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    env = example_env(database_url, keep_caller_settings=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(state / "metrics"))
     # Without ZooKeeper, the workers of this node share session ownership through one
     # SQLite file, so a reconnect that lands on another worker resumes too.
     if not env.get("RELAY_ZOOKEEPER"):
@@ -43,24 +31,31 @@ def _env(database_url: str, state: Path) -> dict[str, str]:
 
 
 def _manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run([sys.executable, str(EXAMPLE / "manage.py"), *args], env=env, check=True)
+    subprocess.run(manage_argv(*args), env=env, check=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> int:
+    # SIGTERM (kill, a supervisor, `timeout`) stops everything as Ctrl-C does: Python's
+    # default would exit at once and leave the embedded PostgreSQL running.
+    signal.signal(signal.SIGTERM, _interrupt)
     state = Path(os.environ.get("RELAY_STATE_DIR", ROOT / ".state")).resolve()
     state.mkdir(parents=True, exist_ok=True)
     pg: EmbeddedPostgres | None = None
-    database_url = os.environ.get("DATABASE_URL", "")
-    if not database_url:
-        pg = EmbeddedPostgres(state / "postgres")
-        pg.start()
-        pg.create_database("relay")
-        database_url = pg.dsn("relay")
-    port = os.environ.get("PORT", "8000")
-    env = _env(database_url, state)
-    env["PORT"] = port
     gunicorn: subprocess.Popen[bytes] | None = None
     try:
+        database_url = os.environ.get("DATABASE_URL", "")
+        if not database_url:
+            pg = EmbeddedPostgres(state / "postgres")
+            pg.start()
+            pg.create_database("relay")
+            database_url = pg.dsn("relay")
+        port = os.environ.get("PORT", "8000")
+        env = _env(database_url, state)
+        env["PORT"] = port
         _manage(env, "migrate", "--noinput", "-v", "0")
         _manage(env, "collectstatic", "--noinput", "-v", "0")
         _manage(env, "seed_demo")
@@ -75,27 +70,12 @@ def main() -> int:
             f"Press Ctrl-C to stop.\n",
             flush=True,
         )
-        gunicorn = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:relay.gunicorn_conf",
-                "relay.app:create_app()",
-            ],
-            env=env,
-        )
+        gunicorn = subprocess.Popen(gunicorn_argv(), env=env)
         return gunicorn.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        if gunicorn is not None and gunicorn.poll() is None:
-            gunicorn.send_signal(signal.SIGTERM)
-            try:
-                gunicorn.wait(timeout=35)
-            except subprocess.TimeoutExpired:
-                gunicorn.kill()
+        stop_process(gunicorn, timeout=35)
         if pg is not None:
             pg.stop()
 

@@ -17,8 +17,8 @@ What it must not do:
   (``/var/run/postgresql``) or any cluster of the system's (``/etc/postgresql``,
   ``pg_ctlcluster``, the ``postgresql`` service);
 - install anything (``make deps`` does that) or import anything beyond the standard
-  library (no Django, no gevent: ``python -m relay.embedded_postgres`` must run on a bare
-  interpreter);
+  library and ``relay.processes`` (no Django, no gevent: ``python -m
+  relay.embedded_postgres`` must run on a bare interpreter);
 - run the server as root (PostgreSQL refuses to): as root, ``initdb`` and ``pg_ctl`` run
   as the ``postgres`` OS user through ``runuser -u postgres --``;
 - change the owner or mode of anything it did not create.
@@ -60,10 +60,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from relay.processes import free_port, log_tail
 
 __all__ = [
     "EmbeddedPostgres",
@@ -150,13 +151,6 @@ def find_pg_bin(major: str | None = None) -> Path:
         f"`apt-get install --no-install-recommends {APT_PACKAGE}` (Debian/Ubuntu; "
         f"`make deps` does it), or put initdb and pg_ctl on PATH."
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now (bind to 0, read it back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -371,11 +365,7 @@ class EmbeddedPostgres:
 
     def log_tail(self, n: int = 50) -> str:
         """The last ``n`` lines of the server log ('' if there is none yet)."""
-        try:
-            with self.log_path.open(encoding="utf-8", errors="replace") as log:
-                return "".join(deque(log, maxlen=n))
-        except FileNotFoundError:
-            return ""
+        return log_tail(self.log_path, n)
 
     def __enter__(self) -> EmbeddedPostgres:
         self.start()

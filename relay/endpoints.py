@@ -4,7 +4,7 @@ Layer: L3 (HTTP only: no sockets, no greenlets). ``route`` classifies ``PATH_INF
 (the query string is never part of it: ``/sockjs/info?t=...`` is still INFO). The
 ``*_response`` helpers return ``(status, headers, body)`` for the SockJS endpoints that
 are plain HTTP, with the headers sockjs-node sends (reference ``ddp-protocol.md`` 2.1).
-The WebSocket upgrades are ``relay.websocket``'s job; everything else goes to Django.
+The WebSocket upgrades are ``relay.handshake``'s job; everything else goes to Django.
 
 The SockJS fallback transports (xhr, eventsource, jsonp, ...) are not implemented: they
 get a 404 that sockjs-client treats as "this transport failed".

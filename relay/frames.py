@@ -6,7 +6,7 @@ permessage-deflate). That is what makes fan-out cheap: a ``changed`` going to 5,
 sessions is encoded, and if need be compressed, once (``relay.fanout.BatchCache``).
 
 Compression is permessage-deflate (RFC 7692) without context takeover, which the relay
-always negotiates (``relay.websocket``): every compressed message stands alone, so the
+always negotiates (``relay.handshake``): every compressed message stands alone, so the
 compressed bytes depend only on the text and the window size, never on what the socket
 sent before. RFC 7692 lets the sender choose per message whether to compress (the RSV1
 bit), so messages under ``threshold`` bytes go out uncompressed: DDP's short ``changed``,

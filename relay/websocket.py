@@ -1,18 +1,24 @@
-"""Server-side RFC 6455 WebSocket on the raw socket gunicorn's gevent worker hands the app.
+"""An RFC 6455 WebSocket connection on the raw socket gunicorn's gevent worker hands the app.
 
-Layer: L3 (runtime: gevent + wsproto). ``accept`` validates the upgrade request, checks
-the Origin, writes the ``101`` itself and wraps the socket (``environ["gunicorn.socket"]``)
-in a ``WebSocket`` that drives a wsproto ``Connection``. It must not monkey-patch, spawn
-anything at import, keep a greenlet or timer per idle connection, or block a caller of
-``send``: fan-out writes to thousands of sockets from one greenlet.
+Layer: L3 (runtime: gevent + wsproto). A ``WebSocket`` wraps a socket whose opening
+handshake is complete (``relay.handshake.accept`` writes the ``101`` and builds it) and
+drives a wsproto ``Connection``: it reads messages, writes frames and closes. It must not
+monkey-patch, spawn anything at import, keep a greenlet or timer per idle connection, or
+block a caller of ``send``: fan-out writes to thousands of sockets from one greenlet. It
+knows nothing of HTTP, Origins or negotiation, and must not import ``relay.handshake``
+(which imports this module).
 
 Reading: ``start`` waits for input with a libev watcher and handles it in a greenlet that
 lives only while there is input to handle, so an idle socket holds no greenlet (the relay's
-mode); ``receive`` blocks the caller's greenlet instead. ``accept`` duplicates gunicorn's
-descriptor so that the WebSocket can outlive the request handler. Writing goes through an outbound
-buffer flushed by a writer greenlet that exists only while there is something to flush,
-so an idle socket costs its objects and nothing else. A socket whose buffer grows past
-``send_buffer_bytes`` is closed with 1008 "too slow" instead of slowing anyone down.
+mode); ``receive`` blocks the caller's greenlet instead. With ``owns_socket`` (a descriptor
+``accept`` duplicated) the WebSocket outlives the request handler. Inbound
+permessage-deflate goes through ``_BoundedDeflate``, which lives here because it is part of
+reading: it enforces ``max_message_bytes`` while inflating (1009) and keeps control frames
+from disturbing a compressed message; the handshake only decides whether to use one.
+Writing goes through an outbound buffer flushed by a writer greenlet that exists only
+while there is something to flush, so an idle socket costs its objects and nothing else.
+A socket whose buffer grows past ``send_buffer_bytes`` is closed with 1008 "too slow"
+instead of slowing anyone down.
 
 Closing is a lingering close: the close frame goes out after the pending data, then the
 write side is shut (FIN), and the read side is drained until the peer answers. Closing the
@@ -22,48 +28,36 @@ the peer has not read yet. A one-shot timer (only while closing) aborts after 1 
 Requires gunicorn's own async worker (``-k gevent``): the pywsgi worker has no
 ``gunicorn.socket`` and would write its own response on the socket.
 
-Size: past the 600-line mark because the handshake half (``accept``, the Origin check,
-deflate negotiation) shares the limit and deflate rules with the connection half; it is
-the part to move to ``relay/handshake.py`` when either grows.
+Size: past the 600-line mark because reading, writing and closing share one object's
+state (the wsproto ``Connection``, the outbound buffer, the close state); the handshake
+already lives apart, in ``relay/handshake.py``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import hashlib
 import logging
-import os
 import socket
 import ssl
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import gevent
-import gevent.socket
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping, TextMessage
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import LocalProtocolError as WsprotoLocalError
 
-from relay.config import Settings
 from relay.frames import DEFAULT_THRESHOLD, Compression, encode_text_frame, shared_compression
 
 __all__ = [
-    "HandshakeRefusal",
+    "Oversized",
     "WebSocket",
-    "accept",
-    "origin_allowed",
 ]
 
-_ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#: Versions sockjs-node (and so Meteor) accepts; 8 is draft-10 but frames identically.
-_VERSIONS: Final = frozenset({"13", "8"})
 _RECV_BYTES: Final = 65536
 #: Messages one reader greenlet handles before it lets the others run.
 _PUMP_YIELD_EVERY: Final = 64
@@ -79,101 +73,12 @@ def _ended(item: str | Oversized) -> None:
 
 #: Longest a close may take (flush + the peer's answer) before the socket is aborted.
 CLOSE_GRACE_SECONDS: Final = 1.0
-_DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 #: Reasons for the close codes raised by the frame parser (wsproto's are too chatty).
 _PARSE_REASONS: Final[dict[int, str]] = {
     CloseReason.PROTOCOL_ERROR: "protocol error",
     CloseReason.INVALID_FRAME_PAYLOAD_DATA: "invalid frame payload",
     CloseReason.MESSAGE_TOO_BIG: "message too big",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeRefusal:
-    """An upgrade request refused before any WebSocket byte was sent: an HTTP response."""
-
-    status: str
-    headers: list[tuple[str, str]]
-    body: bytes
-
-
-def _refuse(status: str, message: str, extra: Sequence[tuple[str, str]] = ()) -> HandshakeRefusal:
-    body = message.encode("utf-8") + b"\n"
-    headers = [
-        ("Content-Type", "text/plain; charset=UTF-8"),
-        ("Content-Length", str(len(body))),
-        *extra,
-    ]
-    return HandshakeRefusal(status, headers, body)
-
-
-def _tokens(value: str) -> set[str]:
-    return {part.strip().lower() for part in value.split(",") if part.strip()}
-
-
-def _normalize_origin(value: str) -> str | None:
-    """``scheme://host[:port]`` in lower case with a default port dropped; None if not one."""
-    try:
-        parts = urlsplit(value.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme, host = parts.scheme.lower(), (parts.hostname or "")
-    if not scheme or not host:
-        return None
-    if ":" in host:  # an IPv6 literal lost its brackets in urlsplit
-        host = f"[{host}]"
-    if port is None or port == _DEFAULT_PORTS.get(scheme):
-        return f"{scheme}://{host}"
-    return f"{scheme}://{host}:{port}"
-
-
-def origin_allowed(environ: Mapping[str, Any], allowed_origins: Sequence[str]) -> bool:
-    """Whether a browser on ``Origin`` may open a socket here (cross-site hijacking guard).
-
-    No Origin header: allowed, browsers always send one and other clients cannot be
-    stopped this way. An Origin naming this request's own Host (same site): allowed.
-    ``"*"`` in ``allowed_origins``: allowed. Otherwise the Origin must equal one entry
-    (``scheme://host[:port]``, case and default ports ignored).
-    """
-    raw = environ.get("HTTP_ORIGIN")
-    if not raw:
-        return True
-    if "*" in allowed_origins:
-        return True
-    origin = _normalize_origin(raw)
-    if origin is None:  # "null" (sandboxed frames, file://) and garbage
-        return raw.strip() in allowed_origins
-    host = str(environ.get("HTTP_HOST", "")).strip().lower()
-    if host:
-        scheme = origin.split("://", 1)[0]
-        if _normalize_origin(f"{scheme}://{host}") == origin:
-            return True
-    return any(_normalize_origin(entry) == origin for entry in allowed_origins)
-
-
-def _check_upgrade(environ: Mapping[str, Any]) -> HandshakeRefusal | None:
-    if environ.get("REQUEST_METHOD") != "GET" or environ.get("SERVER_PROTOCOL") != "HTTP/1.1":
-        return _refuse("400 Bad Request", "Can only upgrade a GET HTTP/1.1 request to WebSocket.")
-    if "websocket" not in _tokens(str(environ.get("HTTP_UPGRADE", ""))):
-        return _refuse("400 Bad Request", 'Can "Upgrade" only to "WebSocket".')
-    if "upgrade" not in _tokens(str(environ.get("HTTP_CONNECTION", ""))):
-        return _refuse("400 Bad Request", '"Connection" must be "Upgrade".')
-    if str(environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")).strip() not in _VERSIONS:
-        return _refuse(
-            "426 Upgrade Required",
-            "Unsupported WebSocket version.",
-            [("Sec-WebSocket-Version", "13")],
-        )
-    try:
-        key = base64.b64decode(
-            str(environ.get("HTTP_SEC_WEBSOCKET_KEY", "")).strip(), validate=True
-        )
-    except (binascii.Error, ValueError):
-        key = b""
-    if len(key) != 16:
-        return _refuse("400 Bad Request", "Invalid Sec-WebSocket-Key.")
-    return None
 
 
 #: How much of a too-large message is kept to echo in the DDP error.
@@ -202,6 +107,10 @@ class _BoundedDeflate(PerMessageDeflate):
     Both directions run without context takeover: a kept deflate context costs about
     300 KiB per socket for as long as it lives, which idle sessions cannot afford. RFC 7692
     7.1.1 lets a server ask for this even when the client did not offer it.
+
+    It lives here, not in ``relay.handshake``: what it overrides runs on the inbound frame
+    path ``WebSocket`` drives, and ``receive``'s 1009 promise rests on it. The handshake
+    only creates one per accepted offer (``relay.handshake._negotiate_deflate``).
     """
 
     def __init__(self, limit: int) -> None:
@@ -250,113 +159,11 @@ class _BoundedDeflate(PerMessageDeflate):
         return result
 
 
-def _negotiate_deflate(header: str, limit: int) -> tuple[_BoundedDeflate, str] | None:
-    """The first acceptable permessage-deflate offer: (extension, response header value)."""
-    for offer in header.split(","):
-        if offer.split(";", 1)[0].strip().lower() != PerMessageDeflate.name:
-            continue
-        extension = _BoundedDeflate(limit)  # accept() mutates: a fresh one per offer
-        try:
-            params = extension.accept(offer)
-        except ValueError:  # e.g. "client_max_window_bits=x"
-            continue
-        if params is None or params is False:
-            continue
-        if isinstance(params, str) and params:
-            return extension, f"{PerMessageDeflate.name}; {params}"
-        return extension, PerMessageDeflate.name
-    return None
-
-
-def _take_buffered(environ: Mapping[str, Any]) -> bytes:
-    # gunicorn reads the socket in 8 KiB chunks and keeps what follows the headers in the
-    # parser's unreader, reachable as wsgi.input -> Body.reader -> unreader. A client must
-    # wait for the 101 before sending frames, so this is empty in practice, but a
-    # pipelining client would otherwise lose its first frames.
-    reader = getattr(environ.get("wsgi.input"), "reader", None)
-    take = getattr(getattr(reader, "unreader", None), "take_buffered", None)
-    if callable(take):
-        data = take()
-        if isinstance(data, bytes):
-            return data
-    return b""
-
-
 def _is_tls(sock: Any) -> bool:
+    # Here because WebSocket's direct writes depend on it; relay.handshake imports it too.
     # gevent's SSLSocket is not a subclass of the stdlib's; both have getpeercert. Under a
     # TLS socket, ``_sock`` carries ciphertext: never read or write it directly.
     return isinstance(sock, ssl.SSLSocket) or hasattr(sock, "getpeercert")
-
-
-def _own_descriptor(sock: Any) -> Any:
-    """A gevent socket on a duplicate of ``sock``'s descriptor, or None for TLS sockets.
-
-    gunicorn closes its socket when the request handler returns. With a descriptor of its
-    own the WebSocket outlives the handler, so the handler's greenlet, the WSGI environ and
-    gunicorn's request objects (about 10 KiB per connection) are freed while the socket
-    lives on (``WebSocket.start``). A TLS socket cannot be shared this way: it stays
-    gunicorn's, and its handler stays for the connection's life.
-    """
-    if _is_tls(sock) or not hasattr(sock, "fileno"):
-        return None
-    try:
-        fd = os.dup(sock.fileno())
-    except OSError:
-        return None
-    return gevent.socket.socket(fileno=fd)
-
-
-def accept(environ: Mapping[str, Any], settings: Settings) -> WebSocket | HandshakeRefusal:
-    """Upgrade this WSGI request to a WebSocket, or say why not as an HTTP response.
-
-    Refusals: 400 for a malformed upgrade, 426 (with ``Sec-WebSocket-Version: 13``) for
-    an unsupported version, 403 for a foreign Origin, 500 when not run under gunicorn's
-    gevent worker. On success the ``101`` has been written; the app must not call
-    ``start_response`` and must end the request with ``raise StopIteration`` once the
-    socket is done (``WebSocket.wait_closed``), so that gunicorn writes nothing more.
-    """
-    refusal = _check_upgrade(environ)
-    if refusal is not None:
-        return refusal
-    if not origin_allowed(environ, settings.allowed_origins):
-        return _refuse("403 Forbidden", "Origin not allowed.")
-    sock = environ.get("gunicorn.socket")
-    if sock is None:
-        return _refuse("500 Internal Server Error", "No raw socket: run under gunicorn -k gevent.")
-
-    key = str(environ["HTTP_SEC_WEBSOCKET_KEY"]).strip().encode("ascii")
-    token = base64.b64encode(hashlib.sha1(key + _ACCEPT_GUID).digest()).decode("ascii")
-    lines = [
-        "HTTP/1.1 101 Switching Protocols",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Accept: {token}",
-    ]
-    extension: _BoundedDeflate | None = None
-    if settings.permessage_deflate:
-        negotiated = _negotiate_deflate(
-            str(environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")), settings.max_message_bytes
-        )
-        if negotiated is not None:
-            extension, value = negotiated
-            lines.append(f"Sec-WebSocket-Extensions: {value}")
-    owned = _own_descriptor(sock)
-    ws = WebSocket(
-        owned or sock,
-        owns_socket=owned is not None,
-        max_message_bytes=settings.max_message_bytes,
-        send_buffer_bytes=settings.send_buffer_bytes,
-        extension=extension,
-        compress_threshold=settings.deflate_threshold,
-        initial_data=_take_buffered(environ),
-    )
-    try:
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    except OSError:
-        # The client left during the handshake: hand back a socket that is already
-        # closed, so the caller's normal "receive() returned None" path cleans up.
-        ws.abort()
-    return ws
 
 
 def _sendable_close_code(code: int) -> int:

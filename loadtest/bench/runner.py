@@ -50,9 +50,9 @@ from loadtest.bench.stack import (
     machine_cpu_seconds,
     pss_bytes,
     rss_bytes,
-    stop_process,
 )
 from loadtest.bench.writer import Writer, paced_writes
+from relay.processes import stop_process
 
 #: Seconds to let the worker settle (greenlets finish, garbage collected) before reading PSS.
 SETTLE_SECONDS = 3.0

@@ -25,20 +25,18 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from relay.embedded_postgres import EmbeddedPostgres
+from relay.launch import ROOT, example_env, gunicorn_argv, manage_argv, relay_env
+from relay.processes import free_port, http_status, log_end, spawn, stop_process, wait_until_ready
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE = ROOT / "example"
 #: File descriptors wanted by the relay and the generator (each holds every session).
 FD_LIMIT = 65536
 
@@ -104,24 +102,6 @@ def fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float) -> None:
-    """SIGTERM, wait ``timeout``, then SIGKILL: never leaves a child behind."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
 # -- /proc figures --------------------------------------------------------------------------
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -176,20 +156,6 @@ def children(pid: int) -> list[int]:
 # -- the database ---------------------------------------------------------------------------
 
 
-def example_env(database_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "DATABASE_URL": database_url,
-            "DJANGO_SETTINGS_MODULE": "example.settings",
-            "RELAY_WSGI_APP": "example.wsgi:application",
-            "PYTHONPATH": os.pathsep.join([str(EXAMPLE), str(ROOT)]),
-        }
-    )
-    env.update(extra or {})
-    return env
-
-
 class Database:
     """A throwaway PostgreSQL with the example app migrated and seeded."""
 
@@ -220,7 +186,7 @@ class Database:
 
     def manage(self, *args: str) -> str:
         proc = subprocess.run(
-            [sys.executable, str(EXAMPLE / "manage.py"), *args],
+            manage_argv(*args),
             env=example_env(self.url),
             capture_output=True,
             text=True,
@@ -279,50 +245,37 @@ class Relay:
         metrics_dir = self.metrics_dir = workdir / f"metrics-{self.port}"
         metrics_dir.mkdir(parents=True, exist_ok=True)
         extra = {
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "RELAY_WORKERS": str(workers),
+            **relay_env(
+                self.port,
+                workers=workers,
+                graceful_timeout=5,
+                log_level="warning",
+                metrics_dir=metrics_dir,
+            ),
             "RELAY_WORKER_CONNECTIONS": str(max_sessions + 1000),
-            "RELAY_GRACEFUL_TIMEOUT": "5",
-            "RELAY_LOG_LEVEL": "warning",
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             **(env or {}),
         }
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:relay.gunicorn_conf",
-                "relay.app:create_app()",
-            ],
+        self.proc = spawn(
+            gunicorn_argv(),
+            self.log_path,
             env=example_env(database_url, extra),
-            stdout=log,
-            stderr=subprocess.STDOUT,
             cwd=ROOT,
             preexec_fn=raise_fd_limit,
-            start_new_session=True,
         )
-        log.close()
         cleanup.push(f"relay :{self.port}", self.stop)
         self._wait_ready(timeout=60)
         self.worker_pids = self._workers(timeout=10 + 5 * workers)
         self.worker_pid = self.worker_pids[0]
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"the relay exited early:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise BenchError(f"the relay did not become ready in {timeout:.0f} s:\n{self.log()}")
+        wait_until_ready(
+            self.proc,
+            lambda: http_status(self.url + "/readyz", timeout=2) == 200,
+            timeout,
+            name="the relay",
+            log_path=self.log_path,
+            error=BenchError,
+        )
 
     def _workers(self, timeout: float) -> list[int]:
         deadline = time.monotonic() + timeout
@@ -374,10 +327,7 @@ class Relay:
         return {pid: round(v) for pid, v in values.items()}
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-20000:]
-        except OSError:
-            return ""
+        return log_end(self.log_path)
 
     def stop(self) -> None:
         stop_process(self.proc, timeout=15)

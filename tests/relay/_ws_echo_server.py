@@ -1,4 +1,4 @@
-"""An echo relay for tests: relay.websocket + relay.transport under real ``gunicorn -k gevent``.
+"""An echo relay for tests: relay.handshake/websocket/transport under real ``gunicorn -k gevent``.
 
 Two halves. ``app`` is the WSGI app gunicorn serves in a subprocess (the only
 monkey-patched process: gunicorn's worker patches, this module does not). ``serve`` is
@@ -97,7 +97,7 @@ def _echo(transport: Any, ws: Any) -> None:
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    from relay import endpoints, websocket
+    from relay import endpoints, handshake
     from relay.transport import RawTransport, SockJSTransport
 
     kind = endpoints.route(environ)
@@ -108,8 +108,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         status, headers, body = endpoints.respond(environ, kind)
         start_response(status, headers)
         return [body]
-    accepted = websocket.accept(environ, _settings())
-    if isinstance(accepted, websocket.HandshakeRefusal):
+    accepted = handshake.accept(environ, _settings())
+    if isinstance(accepted, handshake.HandshakeRefusal):
         start_response(accepted.status, accepted.headers)
         return [accepted.body]
     transport: Any

@@ -1,18 +1,18 @@
-"""relay.websocket: the handshake, framing, limits, the on-demand writer and closing.
+"""relay.websocket: framing, limits, the on-demand writer, closing and background reading.
 
-Two kinds of test. In-process ones drive a ``WebSocket`` over a gevent socketpair:
-gevent's own sockets cooperate without monkey-patching, so this process is never
-patched. Live ones run the real thing, ``gunicorn -k gevent`` in a subprocess serving
-``tests/relay/_ws_echo_server.py``, and talk to it with websocket-client, raw sockets and
-a wsproto client (for permessage-deflate, which websocket-client lacks).
+Two kinds of test. In-process ones drive a ``WebSocket`` over a gevent socketpair
+(``_ws_helpers.py``): gevent's own sockets cooperate without monkey-patching, so this
+process is never patched. Live ones run the real thing, ``gunicorn -k gevent`` in a
+subprocess serving ``tests/relay/_ws_echo_server.py``, and talk to it with
+websocket-client, raw sockets and a wsproto client (for permessage-deflate, which
+websocket-client lacks). The handshake (``accept``, the Origin check, negotiation,
+refusals) is tested in ``test_handshake.py``.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
-import http.client
 import json
 import os
 import socket
@@ -42,52 +42,21 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from relay.config import Settings
 from relay.frames import DEFAULT_THRESHOLD, Compression, encode_text_frame
-from relay.websocket import (
-    HandshakeRefusal,
-    Oversized,
-    WebSocket,
-    _negotiate_deflate,
-    accept,
-    origin_allowed,
-)
+from relay.handshake import _negotiate_deflate
+from relay.websocket import Oversized, WebSocket
 from tests.relay._ws_echo_server import Server, serve
+from tests.relay._ws_helpers import close_sockets, masked_frame, socketpair
 
 pytestmark = pytest.mark.timeout(60)
 
 # -- in-process helpers ------------------------------------------------------------------
 
-_OPEN: list[Any] = []
-
-
-def socketpair() -> tuple[Any, Any]:
-    """A gevent socketpair closed after the test (warnings are errors here)."""
-    pair: tuple[Any, Any] = gevent.socket.socketpair()
-    _OPEN.extend(pair)
-    return pair
-
 
 @pytest.fixture(autouse=True)
 def _close_sockets() -> Iterator[None]:
     yield
-    while _ACCEPTED:
-        ws = _ACCEPTED.pop()
-        ws.abort()
-        ws.wait_closed()  # releases the descriptor accept() duplicated
-    while _OPEN:
-        _OPEN.pop().close()
-
-
-_ACCEPTED: list[WebSocket] = []
-
-
-def accepted(environ: dict[str, Any], settings: Settings) -> WebSocket | HandshakeRefusal:
-    """``accept``, with the WebSocket closed after the test."""
-    ws = accept(environ, settings)
-    if isinstance(ws, WebSocket):
-        _ACCEPTED.append(ws)
-    return ws
+    close_sockets()
 
 
 class Peer:
@@ -139,20 +108,6 @@ class Peer:
         with gevent.Timeout(timeout):
             while self.sock.recv(65536):
                 pass
-
-
-def masked_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv1: bool = False) -> bytes:
-    """A client frame built by hand, for inputs a well-behaved client library refuses."""
-    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    n = len(payload)
-    if n <= 125:
-        header = bytes((first, 0x80 | n))
-    elif n <= 0xFFFF:
-        header = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, n)
-    mask = os.urandom(4)
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def make(
@@ -400,33 +355,6 @@ def test_shared_compressed_frame_reaches_every_deflate_socket() -> None:
         assert peer.raw[start] == 0xC1
 
 
-@pytest.mark.parametrize(
-    ("offer", "expected"),
-    [
-        ("", None),
-        ("x-webkit-deflate-frame", None),
-        (
-            "permessage-deflate; client_max_window_bits",
-            "permessage-deflate; client_no_context_takeover; server_no_context_takeover; "
-            "client_max_window_bits=15",
-        ),
-        (
-            "permessage-deflate",
-            "permessage-deflate; client_no_context_takeover; server_no_context_takeover",
-        ),
-        # An unacceptable offer is skipped; the next acceptable one wins.
-        (
-            "permessage-deflate; server_max_window_bits=8, permessage-deflate",
-            "permessage-deflate; client_no_context_takeover; server_no_context_takeover",
-        ),
-        ("permessage-deflate; client_max_window_bits=abc", None),
-    ],
-)
-def test_negotiate_deflate(offer: str, expected: str | None) -> None:
-    negotiated = _negotiate_deflate(offer, 1024)
-    assert (negotiated[1] if negotiated else None) == expected
-
-
 # -- sending ---------------------------------------------------------------------------
 
 
@@ -625,163 +553,6 @@ def test_idle_socket_memory_is_small() -> None:
         assert per_socket < 16 * 1024, (deflate, per_socket)
 
 
-# -- the handshake ---------------------------------------------------------------------
-
-RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3: accepts as s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
-
-
-def upgrade_environ(**overrides: Any) -> dict[str, Any]:
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "PATH_INFO": "/websocket",
-        "HTTP_HOST": "relay.example:8000",
-        "HTTP_UPGRADE": "websocket",
-        "HTTP_CONNECTION": "keep-alive, Upgrade",
-        "HTTP_SEC_WEBSOCKET_KEY": RFC_KEY,
-        "HTTP_SEC_WEBSOCKET_VERSION": "13",
-    }
-    environ.update(overrides)
-    return {key: value for key, value in environ.items() if value is not None}
-
-
-def read_response(sock: Any) -> bytes:
-    data = b""
-    with gevent.Timeout(3):
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(4096)
-    return data
-
-
-def test_accept_writes_101() -> None:
-    server_sock, client_sock = socketpair()
-    ws = accepted(upgrade_environ(**{"gunicorn.socket": server_sock}), Settings())
-    assert isinstance(ws, WebSocket)
-    assert not ws.deflate
-    head = read_response(client_sock).decode()
-    assert head == (
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
-    )
-
-
-def test_accept_negotiates_deflate_only_when_offered_and_enabled() -> None:
-    offer = {"HTTP_SEC_WEBSOCKET_EXTENSIONS": "permessage-deflate; client_max_window_bits"}
-    for settings, extra, expected in [
-        (Settings(), offer, True),
-        (Settings(permessage_deflate=False), offer, False),
-        (Settings(), {}, False),
-    ]:
-        server_sock, client_sock = socketpair()
-        ws = accepted(upgrade_environ(**{"gunicorn.socket": server_sock}, **extra), settings)
-        assert isinstance(ws, WebSocket)
-        assert ws.deflate is expected
-        head = read_response(client_sock).decode()
-        assert ("Sec-WebSocket-Extensions: permessage-deflate;" in head) is expected
-
-
-def test_accept_takes_bytes_gunicorn_already_buffered() -> None:
-    class Unreader:
-        def take_buffered(self) -> bytes:
-            return masked_frame(0x1, b"pipelined")
-
-    class Reader:
-        unreader = Unreader()
-
-    class Body:
-        reader = Reader()
-
-    server_sock, _client_sock = socketpair()
-    environ = upgrade_environ(**{"gunicorn.socket": server_sock, "wsgi.input": Body()})
-    ws = accepted(environ, Settings())
-    assert isinstance(ws, WebSocket)
-    assert ws.receive() == "pipelined"
-
-
-def test_accept_when_the_client_left_returns_a_closed_socket() -> None:
-    server_sock, client_sock = socketpair()
-    client_sock.close()
-    server_sock.shutdown(socket.SHUT_WR)  # sendall now fails like on a vanished peer
-    ws = accepted(upgrade_environ(**{"gunicorn.socket": server_sock}), Settings())
-    assert isinstance(ws, WebSocket)
-    assert ws.closed
-    assert ws.receive() is None
-
-
-@pytest.mark.parametrize(
-    ("overrides", "status"),
-    [
-        ({"REQUEST_METHOD": "POST"}, "400 Bad Request"),
-        ({"SERVER_PROTOCOL": "HTTP/1.0"}, "400 Bad Request"),
-        ({"HTTP_UPGRADE": None}, "400 Bad Request"),
-        ({"HTTP_UPGRADE": "h2c"}, "400 Bad Request"),
-        ({"HTTP_CONNECTION": "keep-alive"}, "400 Bad Request"),
-        ({"HTTP_SEC_WEBSOCKET_KEY": None}, "400 Bad Request"),
-        ({"HTTP_SEC_WEBSOCKET_KEY": "not base64!"}, "400 Bad Request"),
-        ({"HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(b"x" * 15).decode()}, "400 Bad Request"),
-        ({"HTTP_SEC_WEBSOCKET_VERSION": "12"}, "426 Upgrade Required"),
-        ({"HTTP_SEC_WEBSOCKET_VERSION": None}, "426 Upgrade Required"),
-        ({"HTTP_ORIGIN": "https://evil.example"}, "403 Forbidden"),
-        ({}, "500 Internal Server Error"),  # no gunicorn.socket
-    ],
-)
-def test_accept_refusals(overrides: dict[str, Any], status: str) -> None:
-    refusal = accept(upgrade_environ(**overrides), Settings())
-    assert isinstance(refusal, HandshakeRefusal)
-    assert refusal.status == status
-    headers = dict(refusal.headers)
-    assert headers["Content-Length"] == str(len(refusal.body))
-    if status.startswith("426"):
-        assert headers["Sec-WebSocket-Version"] == "13"
-
-
-def test_accept_versions_8_and_13_and_case_insensitive_headers() -> None:
-    for version in ("13", "8"):
-        server_sock, _ = socketpair()
-        environ = upgrade_environ(
-            **{
-                "gunicorn.socket": server_sock,
-                "HTTP_SEC_WEBSOCKET_VERSION": version,
-                "HTTP_UPGRADE": "WebSocket",
-                "HTTP_CONNECTION": "UPGRADE",
-            }
-        )
-        assert isinstance(accepted(environ, Settings()), WebSocket)
-
-
-@pytest.mark.parametrize(
-    ("origin", "host", "allowed", "expected"),
-    [
-        (None, "relay.example", (), True),  # not a browser
-        ("https://relay.example", "relay.example", (), True),  # same site
-        ("http://relay.example:8000", "relay.example:8000", (), True),
-        ("https://relay.example", "relay.example:443", (), True),  # default port
-        ("HTTPS://Relay.Example", "relay.example", (), True),
-        ("http://[::1]:8000", "[::1]:8000", (), True),
-        ("https://relay.example:8443", "relay.example", (), False),
-        ("https://evil.example", "relay.example", (), False),
-        ("https://evil.example", "relay.example", ("*",), True),
-        ("https://app.example", "relay.example", ("https://app.example",), True),
-        ("https://app.example", "relay.example", ("https://app.example:443",), True),
-        ("https://app.example", "relay.example", ("http://app.example",), False),
-        ("https://app.example:8443", "relay.example", ("https://app.example",), False),
-        ("null", "relay.example", (), False),
-        ("null", "relay.example", ("null",), True),
-        ("https://evil.example", None, (), False),
-        ("garbage", "relay.example", (), False),
-    ],
-)
-def test_origin_allowed(
-    origin: str | None, host: str | None, allowed: tuple[str, ...], expected: bool
-) -> None:
-    environ = {"HTTP_ORIGIN": origin, "HTTP_HOST": host}
-    environ = {key: value for key, value in environ.items() if value is not None}
-    assert origin_allowed(environ, allowed) is expected
-
-
-# -- live: gunicorn -k gevent in a subprocess --------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with serve(tmp_path_factory.mktemp("ws")) as running:
@@ -841,49 +612,6 @@ def test_live_message_over_limit_is_reported_and_the_socket_survives(server: Ser
         assert ws.recv() == "oversized 65537"
         ws.send("still open")
         assert ws.recv() == "still open"
-
-
-def raw_upgrade(server: Server, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
-    base = {
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Key": RFC_KEY,
-        "Sec-WebSocket-Version": "13",
-    }
-    conn.request("GET", "/websocket", headers={**base, **headers})
-    response = conn.getresponse()
-    status = response.status
-    body = response.read() if status != 101 else b""
-    result = (status, dict(response.getheaders()), body)
-    response.close()  # it holds the socket open after conn.close()
-    conn.close()
-    return result
-
-
-def test_live_foreign_origin_is_403(server: Server) -> None:
-    status, _, body = raw_upgrade(server, {"Origin": "https://evil.example"})
-    assert status == 403
-    assert b"Origin" in body
-    assert raw_upgrade(server, {"Origin": "https://allowed.example"})[0] == 101
-    same_site = f"http://{server.host}:{server.port}"
-    assert raw_upgrade(server, {"Origin": same_site})[0] == 101
-
-
-def test_live_wrong_version_is_426(server: Server) -> None:
-    status, headers, _ = raw_upgrade(server, {"Sec-WebSocket-Version": "7"})
-    assert status == 426
-    assert headers["Sec-WebSocket-Version"] == "13"
-
-
-def test_live_plain_get_is_400(server: Server) -> None:
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
-    conn.request("GET", "/websocket")
-    response = conn.getresponse()
-    assert response.status == 400
-    assert response.read() == b'Can "Upgrade" only to "WebSocket".\n'
-    response.close()
-    conn.close()
 
 
 def test_live_permessage_deflate(server: Server) -> None:
