@@ -43,17 +43,18 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 
 from relay import local_zookeeper
 from relay.embedded_postgres import EmbeddedPostgres
 from relay.launch import ROOT, example_env, fresh_metrics_dir, gunicorn_argv, manage_argv, relay_env
-from relay.local_zookeeper import four_letter
 from relay.processes import (
     check_alive,
     descendants,
     free_port,
     http_status,
+    ignore_stop_signals,
+    interrupt_on_stop_signals,
     log_tail,
     signal_group,
     spawn,
@@ -69,7 +70,6 @@ __all__ = [
     "ZooKeeperNode",
     "find_haproxy",
     "find_zookeeper",
-    "four_letter",
     "main",
 ]
 
@@ -409,12 +409,7 @@ class Cluster:
 
     def postmaster_pid(self) -> int | None:
         """The embedded PostgreSQL's pid while it runs."""
-        if self.postgres is None:
-            return None
-        try:
-            return int((self.postgres.data_dir / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+        return None if self.postgres is None else self.postgres.running_pid()
 
     # -- supervision (main) ---------------------------------------------------------------
 
@@ -682,16 +677,6 @@ backend relays
             time.sleep(0.1)
 
 
-_stop_requested = False
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    global _stop_requested
-    if not _stop_requested:
-        _stop_requested = True
-        raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m relay.cluster",
@@ -718,8 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    interrupt_on_stop_signals()
     try:
         cluster = Cluster(
             args.state_dir,
@@ -749,9 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster: {exc}", file=sys.stderr, flush=True)
         rc = 1
     finally:
-        # A second Ctrl-C must not cut the shutdown short and leave children behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_stop_signals()
         cluster.stop()
         print("cluster: stopped", file=sys.stderr, flush=True)
     return rc

@@ -11,13 +11,12 @@ so ``relay`` still never imports Django.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 
 from relay.embedded_postgres import EmbeddedPostgres
 from relay.launch import ROOT, example_env, fresh_metrics_dir, gunicorn_argv, manage_argv
-from relay.processes import stop_process
+from relay.processes import ignore_stop_signals, interrupt_on_stop_signals, stop_process
 
 
 def _env(database_url: str, state: Path) -> dict[str, str]:
@@ -34,14 +33,8 @@ def _manage(env: dict[str, str], *args: str) -> None:
     subprocess.run(manage_argv(*args), env=env, check=True)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
-    # SIGTERM (kill, a supervisor, `timeout`) stops everything as Ctrl-C does: Python's
-    # default would exit at once and leave the embedded PostgreSQL running.
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_stop_signals()
     state = Path(os.environ.get("RELAY_STATE_DIR", ROOT / ".state")).resolve()
     state.mkdir(parents=True, exist_ok=True)
     pg: EmbeddedPostgres | None = None
@@ -75,6 +68,7 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        ignore_stop_signals()
         stop_process(gunicorn, timeout=35)
         if pg is not None:
             pg.stop()

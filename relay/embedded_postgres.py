@@ -247,7 +247,7 @@ class EmbeddedPostgres:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_cluster_dir()
 
-        running = self._running_pid()
+        running = self.running_pid()
         if running is not None:
             self._adopt(running)
             return
@@ -285,15 +285,15 @@ class EmbeddedPostgres:
         """Stop the server (``pg_ctl -m fast``). A no-op when it is not running."""
         if not (self.data_dir / "postmaster.pid").exists():
             return
-        if self._running_pid() is None:
+        if self.running_pid() is None:
             self._remove_stale_files()
             return
         result = self._run_pg_ctl_stop("fast")
-        if result.returncode == 0 or self._running_pid() is None:
+        if result.returncode == 0 or self.running_pid() is None:
             self._remove_stale_files()
             return
         result = self._run_pg_ctl_stop("immediate")
-        if self._running_pid() is None:
+        if self.running_pid() is None:
             self._remove_stale_files()
             return
         raise EmbeddedPostgresError(
@@ -317,11 +317,11 @@ class EmbeddedPostgres:
         self.port_file.unlink(missing_ok=True)
 
     def is_running(self) -> bool:
-        return self._running_pid() is not None
+        return self.running_pid() is not None
 
     def running_port(self) -> int | None:
         """The port of the server running on this state dir (any process's), else None."""
-        if self._running_pid() is None:
+        if self.running_pid() is None:
             return None
         lines = self._read_pid_file() or []
         try:
@@ -461,7 +461,7 @@ class EmbeddedPostgres:
         except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
             return None
 
-    def _running_pid(self) -> int | None:
+    def running_pid(self) -> int | None:
         """The postmaster's pid if one is really running on our data dir, else None.
 
         ``pg_ctl status`` alone is not enough: after a crash the pid in ``postmaster.pid``

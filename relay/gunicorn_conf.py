@@ -16,11 +16,15 @@ import os
 from typing import Any
 
 from relay import metrics
+from relay.config import Settings
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("RELAY_WORKERS", "2"))
 worker_class = "relay.worker.RelayWorker"
-worker_connections = int(os.environ.get("RELAY_WORKER_CONNECTIONS", "10000"))
+# The relay's own socket limit (Settings.worker_connections) reads the same variable.
+worker_connections = int(
+    os.environ.get("RELAY_WORKER_CONNECTIONS", str(Settings().worker_connections))
+)
 graceful_timeout = int(os.environ.get("RELAY_GRACEFUL_TIMEOUT", "30"))
 timeout = 30
 keepalive = 5

@@ -75,7 +75,7 @@ class Interner:
         self._max = max_documents
         #: (collection, id) -> entry; insertion order is recency (hits move to the end).
         self._docs: dict[tuple[str, str], _Entry] = {}
-        #: Values given back shared / taken as new (tests and metrics read them).
+        #: Values given back shared / taken as new (for tests and debugging).
         self.hits = 0
         self.misses = 0
 
@@ -154,10 +154,10 @@ class Interner:
         names = tuple(fields)
         values = tuple(fields.values())
         cached = entry.added
+        # Same names means as many values: compare them by identity only.
         if (
             cached is not None
             and cached[0] == names
-            and len(cached[1]) == len(values)
             and all(a is b for a, b in zip(cached[1], values, strict=True))
         ):
             return cached[2]

@@ -50,8 +50,6 @@ class Node:
         #: Open sessions (strong references: a session waiting for input is referenced by
         #: nothing else but its socket's watcher). Removed when torn down.
         self.sessions: set[Session] = set()
-        #: Sessions whose socket ended and that are still being torn down (parked).
-        self.finishing = 0
         self.by_id: dict[str, Session] = {}
         #: SockJS transports get their ``h`` frames from the same ticker.
         self.sockjs_heartbeats = HeartbeatRegistry()
@@ -110,10 +108,6 @@ class Node:
             self.metrics.resyncs.inc()
             att.session.request_resync(att.sub_id)
 
-    def serve(self, transport: Transport, handshake: Handshake) -> None:
-        """Serve one socket until it closes (blocks the caller's greenlet)."""
-        Session(self, transport, handshake).serve()
-
     def adopt(self, transport: Transport, handshake: Handshake) -> gevent.event.Event:
         """Serve one socket in the background; the event is set when its session is over."""
         return Session(self, transport, handshake).start()
@@ -155,11 +149,11 @@ class Node:
         """Wait until every session is torn down (parked or dropped), at most ``timeout``
         seconds; ``beat`` is called meanwhile (gunicorn's liveness notification)."""
         deadline = time.monotonic() + timeout
-        while (self.sessions or self.finishing) and time.monotonic() < deadline:
+        while self.sessions and time.monotonic() < deadline:
             if beat is not None:
                 beat()
             gevent.sleep(0.1)
-        return not (self.sessions or self.finishing)
+        return not self.sessions
 
     def stop(self) -> None:
         self.drain()

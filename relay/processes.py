@@ -39,6 +39,8 @@ __all__ = [
     "descendants",
     "free_port",
     "http_status",
+    "ignore_stop_signals",
+    "interrupt_on_stop_signals",
     "log_end",
     "log_tail",
     "signal_group",
@@ -228,3 +230,22 @@ def stop_process_group(proc: subprocess.Popen[bytes] | None, timeout: float) -> 
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(_KILL_WAIT_S)
     wait_group_gone(proc.pid)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_stop_signals() -> None:
+    """SIGTERM (kill, ``timeout``, a supervisor) and SIGINT raise ``KeyboardInterrupt`` in
+    the main thread, so a tool's ``finally`` stops its children whichever way it is
+    stopped: Python's default for SIGTERM exits without running it."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
+def ignore_stop_signals() -> None:
+    """From the start of a cleanup: a second Ctrl-C or SIGTERM must not cut it short and
+    leave children behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -231,10 +231,9 @@ class Resumer:
             return False
 
     def housekeeping(self) -> None:
-        """Leader only: forget sessions whose window passed."""
+        """Forget sessions whose window passed. The node calls it on the coordinator's
+        leader only (``Node._housekeeping_forever``)."""
         try:
-            if not self.coordinator.is_leader():
-                return
             now = time.time()
             for session_id in self.coordinator.expired_sessions(now):
                 self.coordinator.reap_session(session_id, now)

@@ -21,7 +21,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -32,6 +32,7 @@ from relay.backend import (
     ANONYMOUS,
     CallContext,
     ClientError,
+    Document,
     Handshake,
     Identity,
     MethodOutcome,
@@ -147,11 +148,9 @@ class Session:
             self.feed(text)
 
     def _on_end(self) -> None:
-        self.node.finishing += 1  # parking outlives node.sessions: the worker waits for it
         try:
             self._teardown()
         finally:
-            self.node.finishing -= 1
             self.ended.set()
 
     def feed(self, text: Inbound) -> None:
@@ -337,9 +336,7 @@ class Session:
         try:
             out: list[dict[str, Any]] = []
             for doc in data.documents:
-                # Values and ``added`` texts equal to what other sessions got are shared.
-                fields = interner.fields(doc.collection, doc.id, doc.fields)
-                doc_id = interner.canonical_id(doc.collection, doc.id)
+                doc_id, fields = self._shared(doc)
                 out.extend(self.mergebox.add(msg.id, doc.collection, doc_id, fields))
             texts = [interner.encode(m) for m in out]
         except Exception:
@@ -388,25 +385,31 @@ class Session:
             self.send(self.mergebox.remove_subscription(sub_id))
             self.send([messages.nosub(sub_id, messages.INTERNAL_ERROR)])
             return
-        interner = self.node.streams.interner
-        fresh = {
-            (d.collection, d.id): replace(d, fields=interner.fields(d.collection, d.id, d.fields))
-            for d in data.documents
-        }
+        fresh: dict[tuple[str, str], dict[str, Any]] = {}
+        for doc in data.documents:
+            doc_id, fields = self._shared(doc)
+            fresh[doc.collection, doc_id] = fields
         out: list[dict[str, Any]] = []
         for collection, ids in self.mergebox.documents_of(sub_id).items():
             for doc_id in ids:
                 if (collection, doc_id) not in fresh:
                     out.extend(self.mergebox.remove(sub_id, collection, doc_id))
-        for (collection, doc_id), doc in fresh.items():
+        for (collection, doc_id), fields in fresh.items():
             if self.mergebox.publishes(sub_id, collection, doc_id):
                 current = self.mergebox.get(collection, doc_id) or {}
-                cleared = [k for k in current if k not in doc.fields]
-                out.extend(self.mergebox.change(sub_id, collection, doc_id, doc.fields, cleared))
+                cleared = [k for k in current if k not in fields]
+                out.extend(self.mergebox.change(sub_id, collection, doc_id, fields, cleared))
             else:
-                out.extend(self.mergebox.add(sub_id, collection, doc_id, doc.fields))
+                out.extend(self.mergebox.add(sub_id, collection, doc_id, fields))
         self.send(out)
         self._attach(sub, data)
+
+    def _shared(self, doc: Document) -> tuple[str, dict[str, Any]]:
+        """The document's id and fields as the worker shares them between sessions
+        (``relay.interning``): equal values, versions and ids are one object each."""
+        interner = self.node.streams.interner
+        fields = interner.fields(doc.collection, doc.id, doc.fields)
+        return interner.canonical_id(doc.collection, doc.id), fields
 
     @staticmethod
     def _client_error(exc: ClientError) -> dict[str, Any]:
@@ -566,8 +569,11 @@ class Session:
             processor.join(timeout=PARK_DRAIN_SECONDS)
         for sub in self.subs.values():
             self._detach(sub)
-        self.node.session_closed(self)
-        self._park_or_drop()
+        try:
+            self._park_or_drop()
+        finally:
+            # Last: a draining worker waits until its sessions are gone, parking included.
+            self.node.session_closed(self)
 
     def _park_or_drop(self) -> None:
         resumer = self.node.resumer

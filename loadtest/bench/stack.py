@@ -35,7 +35,14 @@ from types import FrameType
 
 from relay.embedded_postgres import EmbeddedPostgres
 from relay.launch import ROOT, example_env, gunicorn_argv, manage_argv, relay_env
-from relay.processes import free_port, http_status, log_end, spawn, stop_process, wait_until_ready
+from relay.processes import (
+    free_port,
+    http_status,
+    log_end,
+    spawn,
+    stop_process_group,
+    wait_until_ready,
+)
 
 #: File descriptors wanted by the relay and the generator (each holds every session).
 FD_LIMIT = 65536
@@ -209,12 +216,8 @@ class Database:
 
     def postgres_pids(self) -> list[int]:
         """The postmaster and its backends (for CPU accounting)."""
-        pidfile = self.pg.data_dir / "postmaster.pid"
-        try:
-            master = int(pidfile.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return []
-        return [master, *children(master)]
+        master = self.pg.running_pid()
+        return [] if master is None else [master, *children(master)]
 
 
 # -- the relay ------------------------------------------------------------------------------
@@ -330,7 +333,9 @@ class Relay:
         return log_end(self.log_path)
 
     def stop(self) -> None:
-        stop_process(self.proc, timeout=15)
+        # Started in a session of its own: stop the group, workers included, even if the
+        # master was killed.
+        stop_process_group(self.proc, timeout=15)
 
 
 def make_workdir(out: Path | None) -> Path:

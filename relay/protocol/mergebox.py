@@ -386,10 +386,7 @@ class MergeBox:
             if keep is not None:
                 new.update(keep)
             coll[doc_id] = new
-        messages: list[Message] = []
-        if out is not None:
-            msg = {"msg": "changed", "collection": collection, "id": doc_id, "fields": out}
-            messages.append(msg)
+        messages = _changed(collection, doc_id, out or {}, [])
         if memo is not None:
             new_view = coll[doc_id]
             assert isinstance(new_view, dict)

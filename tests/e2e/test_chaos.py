@@ -69,6 +69,7 @@ from typing import Any
 import pytest
 
 from relay.cluster import Cluster
+from relay.processes import http_status
 from tests.e2e.relayproc import example_env
 from tests.e2e.test_cluster import _diagnostics, _require_cluster_tools
 from tests.e2e.test_multi_relay import (
@@ -273,16 +274,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def http_ok(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return int(resp.status) == 200
-    except OSError:
-        return False
-
-
 def plan(rng: random.Random) -> list[Member]:
     members: list[Member] = []
     for (resume, sockjs), count in KINDS.items():
@@ -469,7 +460,7 @@ def _chaos(
     cluster.haproxy.wait(10)
     time.sleep(0.5)
     cluster.supervise()  # restarts the dead HAProxy (relays and ZooKeeper all run)
-    wait_until(lambda: http_ok(cluster.url + "/readyz"), 20, "HAProxy to serve again")
+    wait_until(lambda: http_status(cluster.url + "/readyz") == 200, 20, "HAProxy to serve again")
     _settle(members, "every client to come back through the new HAProxy")
     time.sleep(1)
     timings["haproxy_cut"] = time.monotonic() - t

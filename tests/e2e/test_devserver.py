@@ -8,7 +8,6 @@ PostgreSQL with exit status 0 and nothing left running.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -18,12 +17,18 @@ from pathlib import Path
 import pytest
 
 from relay.client import DDPClient
-from relay.processes import free_port, http_status, log_tail, spawn
+from relay.launch import ROOT
+from relay.processes import (
+    free_port,
+    http_status,
+    log_tail,
+    spawn,
+    stop_process_group,
+    wait_until_ready,
+)
 from tests.fixtures.postgres import require_pg_bin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def running_with(marker: str) -> list[int]:
@@ -51,11 +56,16 @@ def test_make_run_serves_the_demo_and_stops_cleanly_on_sigterm(tmp_path: Path) -
     before = set(running_with("postgres -D"))
     proc = spawn([sys.executable, "-m", "relay.devserver"], log, env=env, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 120
-        while http_status(f"http://127.0.0.1:{port}/readyz") != 200:
-            assert proc.poll() is None, log_tail(log)
-            assert time.monotonic() < deadline, log_tail(log)
-            time.sleep(0.5)
+        ready = f"http://127.0.0.1:{port}/readyz"
+        wait_until_ready(
+            proc,
+            lambda: http_status(ready) == 200,
+            120,
+            name="make run",
+            log_path=log,
+            error=AssertionError,
+            interval=0.5,
+        )
         postmasters = set(running_with("postgres -D")) - before
         assert postmasters, "no embedded PostgreSQL"
         watcher = DDPClient(f"ws://127.0.0.1:{port}", sockjs=True)
@@ -89,8 +99,6 @@ def test_make_run_serves_the_demo_and_stops_cleanly_on_sigterm(tmp_path: Path) -
         # Whatever happened, nothing of the demo outlives the test: its process group
         # (the devserver leads a session of its own; gunicorn is in it), then any
         # PostgreSQL server it started.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_process_group(proc, 0)
         for pid in set(running_with("postgres -D")) - before:
             os.kill(pid, signal.SIGKILL)
