@@ -60,6 +60,9 @@ class Recorder:
 def test_python_ddp_subscribes_and_calls(relay_server: Any) -> None:
     rec = Recorder(relay_server.ws_url)
     rec.client.connect()
+    # ws4py's reader thread may drop its reference to the socket without closing it when
+    # the close handshake races our close_connection(): keep one and close it ourselves.
+    sock = rec.client.ddpsocket.sock
     try:
         assert rec.connected.wait(10)
         error, _ = rec.subscribe("books.all", [])
@@ -90,6 +93,8 @@ def test_python_ddp_subscribes_and_calls(relay_server: Any) -> None:
         rec.client.close()
         # ws4py closes its socket from its own thread, maybe after the test: close it now.
         rec.client.ddpsocket.close_connection()
+        if sock is not None:
+            sock.close()
 
 
 def test_seeded_ids_match_meteor_vectors_over_the_wire(relay_server: Any) -> None:
