@@ -27,7 +27,7 @@ COPY example ./example
 RUN groupadd --system --gid 10001 relay \
     && useradd --system --uid 10001 --gid relay --no-create-home --home-dir /app relay
 
-# HOST=0.0.0.0: reachable from outside the container (relay.gunicorn_conf binds
+# HOST=0.0.0.0: reachable from outside the container (relay.server.gunicorn_conf binds
 # 127.0.0.1 by default). PYTHONPATH: the example project's packages (example, bookstore).
 # PROMETHEUS_MULTIPROC_DIR: aggregated metrics across gunicorn workers; the Helm chart and
 # docker-compose.yml put it on a tmpfs/emptyDir.
@@ -44,4 +44,4 @@ RUN mkdir -p /tmp/prometheus-multiproc && chown relay:relay /tmp/prometheus-mult
 USER 10001:10001
 EXPOSE 8000
 
-CMD ["gunicorn", "-c", "python:relay.gunicorn_conf", "relay.app:create_app()"]
+CMD ["gunicorn", "-c", "python:relay.server.gunicorn_conf", "relay.server.app:create_app()"]

@@ -3,7 +3,7 @@
 Layer: L2. The relay never imports Django: the composition root loads a ``Backend`` by
 dotted path (``RELAY_BACKEND``, the channels BACKEND pattern) and calls it through this
 protocol. Every method here may block on the database; the relay only calls them from its
-bounded backend work pool (``relay.workpool``), never from a socket reader or the listener.
+bounded backend work pool (``relay.server.workpool``), never from a socket reader or the listener.
 
 What must not live here: sockets, gevent, DDP framing. Errors cross this seam in two kinds
 only: ``ClientError`` (safe to show the client, sent as a Meteor error object) and anything

@@ -2,7 +2,7 @@
 
 Layer: L2. Every field names its environment variable and default; helm values map onto
 these one to one (``helm/ddp-relay/values.yaml``). Nothing reads settings at import time:
-``Settings.from_env()`` is called by the composition root (``relay.app``) and the result is
+``Settings.from_env()`` is called by the composition root (``relay.server.app``) and the result is
 passed down explicitly.
 """
 

@@ -2,7 +2,7 @@
 
 Layer: L2. Metrics are created once per process by ``get_metrics()`` (not at import), on
 prometheus-client's default registry, which under gunicorn runs in multiprocess mode: the
-start script sets ``PROMETHEUS_MULTIPROC_DIR`` and ``relay.gunicorn_conf`` marks dead
+start script sets ``PROMETHEUS_MULTIPROC_DIR`` and ``relay.server.gunicorn_conf`` marks dead
 workers. ``render()`` produces the text exposition for ``/metrics``, aggregated across the
 workers of the node when multiprocess mode is on.
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.embedded_postgres import SUPERUSER, EmbeddedPostgres
+from relay.dev.embedded_postgres import SUPERUSER, EmbeddedPostgres
 
 pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.zookeeper"]
 

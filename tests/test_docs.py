@@ -24,8 +24,8 @@ DJANGO_API = DOCS / "django-api.md"
 
 #: Source files whose environment variables configuration.md must list.
 ENV_SOURCES = [
-    "relay/gunicorn_conf.py",
-    "relay/devserver.py",
+    "relay/server/gunicorn_conf.py",
+    "relay/dev/devserver.py",
     "example/example/settings.py",
     "example/bookstore/management/commands/seed_demo.py",
 ]

@@ -1,4 +1,4 @@
-"""Parked DDP sessions (``relay.protocol.parked``): where a relay leaves a session whose
+"""Parked DDP sessions (``relay.resume.parked``): where a relay leaves a session whose
 socket went away, so that any relay can resume it inside the resume window.
 
 Written and read by the relays only (their own connection); ``expires_at`` bounds the

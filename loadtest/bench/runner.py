@@ -52,7 +52,7 @@ from loadtest.bench.stack import (
     rss_bytes,
 )
 from loadtest.bench.writer import Writer, paced_writes
-from relay.processes import stop_process
+from relay.dev.processes import stop_process
 
 #: Seconds to let the worker settle (greenlets finish, garbage collected) before reading PSS.
 SETTLE_SECONDS = 3.0

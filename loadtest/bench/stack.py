@@ -1,6 +1,6 @@
 """What a benchmark runs against: its own PostgreSQL, the example app, the relay workers.
 
-``Database`` starts a throwaway PostgreSQL (``relay.embedded_postgres``) in a temporary
+``Database`` starts a throwaway PostgreSQL (``relay.dev.embedded_postgres``) in a temporary
 directory, creates a database, migrates and seeds the example bookstore through
 ``manage.py`` subprocesses (the driver never imports Django). ``Relay`` serves it with
 gunicorn and ``RELAY_WORKERS=1`` (``--workers N``: N gevent workers sharing the listening
@@ -33,9 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from relay.embedded_postgres import EmbeddedPostgres
-from relay.launch import ROOT, example_env, gunicorn_argv, manage_argv, relay_env
-from relay.processes import (
+from relay.dev.embedded_postgres import EmbeddedPostgres
+from relay.dev.launch import ROOT, example_env, gunicorn_argv, manage_argv, relay_env
+from relay.dev.processes import (
     free_port,
     http_status,
     log_end,

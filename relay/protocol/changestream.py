@@ -4,7 +4,7 @@ Layer: L1 (pure). Whatever process commits a change (Django web views, workers, 
 methods, raw SQL) publishes it through PostgreSQL in the SAME transaction, as one
 changelog row and one NOTIFY per transaction and per channel. This module is the one place
 that says what those look like; ``django_app`` writes them (database triggers generated
-from the registered collections), ``relay.listener`` reads them.
+from the registered collections), ``relay.stream.listener`` reads them.
 
 Tables (created by ``django_app``'s migrations):
 

@@ -7,7 +7,7 @@ typed client message or raises ``RemoteProtocolError`` with the reply; it tracks
 with time passed in, so it is testable without a clock.
 
 Must not: do I/O, read the clock, or decide anything about sessions, subscriptions or
-resumption (that is ``relay.session``).
+resumption (that is ``relay.server.session``).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ Memory layout (the mergebox holds every published field, per session):
 * A plain-dict view is copy-on-write: the box never changes one in place, it puts a new
   dict in its place (or the caller's, see below). So one dict may be the view of the
   same document version in thousands of sessions' boxes: the dict a worker's
-  ``relay.interning.Interner`` hands out for a snapshot, or the fields dict of one
+  ``relay.stream.interning.Interner`` hands out for a snapshot, or the fields dict of one
   decoded change that fan-out passes to every session's ``update``. Per session, such a
   document then costs only its entry in the collection's dict.
 * ``_by_sub``: subscription -> collection -> set of ids, so that ``remove_subscription``
@@ -343,7 +343,7 @@ class MergeBox:
         view = coll[doc_id]
         if view is fields:
             # Already this very dict (a write that changed no published field gives every
-            # session the dict it holds, ``relay.interning``): nothing to compare.
+            # session the dict it holds, ``relay.stream.interning``): nothing to compare.
             return []
         if not isinstance(view, dict):
             return self.change(sub, collection, doc_id, fields, (), equals)

@@ -4,7 +4,7 @@ Layer: L1 (pure). It turns DDP message texts into SockJS frames (``o``, ``h``, `
 ``c[code,"reason"]``), decodes what a client sends on the SockJS WebSocket transport, and
 classifies a request path under the SockJS prefix (reference ``ddp-protocol.md`` 2.1).
 It must not touch HTTP, sockets, greenlets or the clock: the HTTP side lives in
-``relay.endpoints`` and the socket side in ``relay.transport``.
+``relay.transport.endpoints`` and the socket side in ``relay.transport``.
 
 DDP is double-encoded on SockJS: every DDP message is a JSON *text*, and a SockJS data
 frame is a JSON array of those texts as JSON strings.

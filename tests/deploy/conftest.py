@@ -35,8 +35,8 @@ def settings_envs() -> list[str]:
 
 
 def gunicorn_envs() -> list[str]:
-    """The RELAY_* variables relay/gunicorn_conf.py reads."""
-    source = (ROOT / "relay" / "gunicorn_conf.py").read_text()
+    """The RELAY_* variables relay/server/gunicorn_conf.py reads."""
+    source = (ROOT / "relay" / "server" / "gunicorn_conf.py").read_text()
     return sorted(set(re.findall(r"""environ(?:\.get)?\(\s*["'](RELAY_[A-Z0-9_]+)""", source)))
 
 

@@ -44,7 +44,7 @@ def test_base_image_user_and_command() -> None:
     assert uid.isdigit() and int(uid) != 0, "numeric non-root USER (runAsNonRoot checks it)"
     (cmd,) = [rest for keyword, rest in parsed if keyword == "CMD"]
     assert json.loads(cmd) == [
-        "gunicorn", "-c", "python:relay.gunicorn_conf", "relay.app:create_app()",
+        "gunicorn", "-c", "python:relay.server.gunicorn_conf", "relay.server.app:create_app()",
     ]  # fmt: skip
     env = env_values()
     assert env["HOST"] == "0.0.0.0"

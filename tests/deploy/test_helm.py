@@ -3,7 +3,7 @@
 No cluster: ``helm lint --strict`` and ``helm template`` run offline, every rendered
 manifest goes through ``kubernetes-validate --strict`` against Kubernetes 1.30's schemas,
 and the manifests are then read with PyYAML to check what the chart promises: every relay
-setting (``relay.config.Settings`` and the ``RELAY_*`` that ``relay.gunicorn_conf`` reads)
+setting (``relay.config.Settings`` and the ``RELAY_*`` that ``relay.server.gunicorn_conf`` reads)
 is a value that lands in the ConfigMap, probes hit /healthz and /readyz, the pod outlives
 its drain, and values.schema.json rejects wrong types.
 """
@@ -60,7 +60,7 @@ CHART_DEFAULT_EXCEPTIONS: dict[str, Any] = {
 
 DEV_DATABASE_URL = "postgresql://relay:relay@postgres:5432/relay"
 
-# Non-default test values for the RELAY_* variables relay/gunicorn_conf.py reads.
+# Non-default test values for the RELAY_* variables relay/server/gunicorn_conf.py reads.
 GUNICORN_TEST_VALUES: dict[str, Any] = {
     "RELAY_WORKERS": 3,
     "RELAY_WORKER_CONNECTIONS": 12345,
@@ -400,7 +400,7 @@ def test_values_yaml_documents_every_env_var() -> None:
 
 def test_every_gunicorn_env_var_has_a_test_value() -> None:
     assert set(gunicorn_envs()) == set(GUNICORN_TEST_VALUES), (
-        "relay/gunicorn_conf.py reads other RELAY_* variables than this test knows: add a "
+        "relay/server/gunicorn_conf.py reads other RELAY_* variables than this test knows: add a "
         "value to the chart (values.yaml, schema, ConfigMap) and to GUNICORN_TEST_VALUES"
     )
 
@@ -454,7 +454,7 @@ def test_chart_defaults_are_the_relays_defaults(default: Manifests) -> None:
         "    for key in [k for k in os.environ if k.startswith('RELAY_')]:\n"
         "        del os.environ[key]\n"
         "    os.environ.update(env)\n"
-        "    import relay.gunicorn_conf as conf\n"
+        "    import relay.server.gunicorn_conf as conf\n"
         "    conf = importlib.reload(conf)\n"
         "    out.append({k: getattr(conf, k) for k in\n"
         "        ('workers', 'worker_connections', 'graceful_timeout', 'accesslog', 'loglevel')})\n"
@@ -528,7 +528,7 @@ def test_container_runs_gunicorn_after_raising_fd_limit(default: Manifests) -> N
     (script,) = container["args"]
     assert "ulimit -n" in script
     assert script.rstrip().endswith(
-        "exec gunicorn -c python:relay.gunicorn_conf 'relay.app:create_app()'"
+        "exec gunicorn -c python:relay.server.gunicorn_conf 'relay.server.app:create_app()'"
     )
     syntax = run(["sh", "-n", "-c", script])
     assert syntax.returncode == 0, syntax.stderr

@@ -25,7 +25,7 @@ def e2e_database(pg_server: Any) -> str:
 def relay_server(
     e2e_database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RelayProcess]:
-    """The example app under ``gunicorn -k relay.worker.RelayWorker`` with two workers."""
+    """The example app under ``gunicorn -k relay.server.worker.RelayWorker`` with two workers."""
     log_path: Path = tmp_path_factory.mktemp("relay") / "relay.log"
     relay = RelayProcess(e2e_database, log_path, workers=2).start()
     try:

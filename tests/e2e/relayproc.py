@@ -10,8 +10,15 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from relay.launch import ROOT, example_env, gunicorn_argv, manage_argv, relay_env
-from relay.processes import free_port, http_status, log_end, spawn, stop_process, wait_until_ready
+from relay.dev.launch import ROOT, example_env, gunicorn_argv, manage_argv, relay_env
+from relay.dev.processes import (
+    free_port,
+    http_status,
+    log_end,
+    spawn,
+    stop_process,
+    wait_until_ready,
+)
 
 __all__ = ["ROOT", "RelayProcess", "example_env", "free_port", "manage"]
 
@@ -30,7 +37,7 @@ def manage(database_url: str, *args: str) -> str:
 
 
 class RelayProcess:
-    """gunicorn serving ``relay.app:create_app()`` on a free loopback port."""
+    """gunicorn serving ``relay.server.app:create_app()`` on a free loopback port."""
 
     def __init__(
         self,

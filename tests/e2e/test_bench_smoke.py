@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from relay.embedded_postgres import PostgresNotFound, find_pg_bin
+from relay.dev.embedded_postgres import PostgresNotFound, find_pg_bin
 from tests.e2e.relayproc import ROOT
 from tests.fixtures.postgres import services_required
 

@@ -1,6 +1,6 @@
 """Chaos on the local cluster: 100 reconnecting clients while writes go on and things break.
 
-The setting (issue: session resumption across the cluster): ``relay.cluster.Cluster``
+The setting (issue: session resumption across the cluster): ``relay.dev.cluster.Cluster``
 (embedded PostgreSQL, a 3-node ZooKeeper ensemble, three relays of two gevent workers,
 HAProxy in round robin without stickiness). Through HAProxy:
 
@@ -68,8 +68,8 @@ from typing import Any
 
 import pytest
 
-from relay.cluster import Cluster
-from relay.processes import http_status
+from relay.dev.cluster import Cluster
+from relay.dev.processes import http_status
 from tests.e2e.relayproc import example_env
 from tests.e2e.test_cluster import _diagnostics, _require_cluster_tools
 from tests.e2e.test_multi_relay import (

@@ -1,4 +1,4 @@
-"""``make cluster`` end to end: ``relay.cluster.Cluster`` on free loopback ports.
+"""``make cluster`` end to end: ``relay.dev.cluster.Cluster`` on free loopback ports.
 
 One test drives the whole local cluster (embedded PostgreSQL, a 3-node ZooKeeper
 ensemble, three relays with two workers each, HAProxy in round robin without
@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from relay.client import DDPClient
-from relay.cluster import Cluster, ClusterError, find_haproxy, find_zookeeper
+from relay.dev.cluster import Cluster, ClusterError, find_haproxy, find_zookeeper
 from tests.fixtures.postgres import require_pg_bin, services_required
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

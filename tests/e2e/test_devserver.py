@@ -1,4 +1,4 @@
-"""``make run`` end to end: ``python -m relay.devserver`` on a free port, as a user runs it.
+"""``make run`` end to end: ``python -m relay.dev.devserver`` on a free port, as a user runs it.
 
 It starts its embedded PostgreSQL, migrates, seeds and serves; a real DDP client sees the
 seeded books and a rename made through a method; then SIGTERM (what ``kill``, ``timeout``
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from relay.client import DDPClient
-from relay.launch import ROOT
-from relay.processes import (
+from relay.dev.launch import ROOT
+from relay.dev.processes import (
     free_port,
     http_status,
     log_tail,
@@ -54,7 +54,7 @@ def test_make_run_serves_the_demo_and_stops_cleanly_on_sigterm(tmp_path: Path) -
     # As root the embedded server runs as postgres from a directory of its own: find it
     # as the postmaster that was not there before.
     before = set(running_with("postgres -D"))
-    proc = spawn([sys.executable, "-m", "relay.devserver"], log, env=env, cwd=ROOT)
+    proc = spawn([sys.executable, "-m", "relay.dev.devserver"], log, env=env, cwd=ROOT)
     try:
         ready = f"http://127.0.0.1:{port}/readyz"
         wait_until_ready(

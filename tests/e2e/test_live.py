@@ -20,7 +20,7 @@ import pytest
 import websocket
 
 from relay.client import DDPClient
-from relay.embedded_postgres import EmbeddedPostgres
+from relay.dev.embedded_postgres import EmbeddedPostgres
 from tests.e2e.relayproc import RelayProcess, manage
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 import websocket
 
-from relay.embedded_postgres import EmbeddedPostgres
+from relay.dev.embedded_postgres import EmbeddedPostgres
 from tests.e2e.relayproc import RelayProcess, manage
 
 pytestmark = pytest.mark.e2e

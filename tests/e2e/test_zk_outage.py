@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from relay.cluster import Cluster
+from relay.dev.cluster import Cluster
 from tests.e2e.test_chaos import ChaosClient, cluster, read_resume_counters  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

@@ -1,0 +1,750 @@
+"""``make cluster``: what ``docker-compose.yml`` describes, on loopback, without Docker.
+
+Layer: L4 tool (not used in production), standard library only, like ``relay.dev.devserver``.
+``python -m relay.dev.cluster`` starts, in this order:
+
+1. an embedded PostgreSQL (``relay.dev.embedded_postgres``) under ``.state/cluster/postgres``,
+   then ``manage.py migrate``, ``collectstatic`` and ``seed_demo`` of the example project;
+2. a 3-node ZooKeeper 3.8 ensemble (Debian's ``zookeeper`` package, ``java ...
+   QuorumPeerMain zoo.cfg``; ``tickTime=500``) on free loopback ports, and waits until
+   every node says ``Mode: leader`` or ``Mode: follower`` to ``srvr``;
+3. three relays (``gunicorn -c python:relay.server.gunicorn_conf 'relay.server.app:create_app()'``,
+   2 workers each) on free loopback ports, each with its own ``PROMETHEUS_MULTIPROC_DIR``
+   and ``RELAY_ZOOKEEPER`` set to the ensemble's connect string, and waits
+   for their ``/readyz``;
+4. HAProxy (``haproxy -db -f haproxy.cfg``, in the foreground, so this process supervises
+   it): round robin, no stickiness, health checks on ``/readyz``, ``timeout tunnel 1h``,
+   on ``127.0.0.1:${PORT:-8000}``, plus a stats page.
+
+It prints every URL and port, then watches its children: one that dies is restarted (as
+compose's ``restart: unless-stopped`` would) unless it keeps dying. Ctrl-C or SIGTERM
+stops everything in reverse order: HAProxy, the relays (SIGTERM, then their graceful
+timeout, then SIGKILL to the whole process group), ZooKeeper, PostgreSQL. Nothing is left
+running. State, configs and logs stay in ``.state/cluster`` (``RELAY_STATE_DIR/cluster``).
+
+The ``Cluster`` class is the same thing as an API for tests: ``start()``/``stop()``,
+``relays`` (pids, ports, URLs), ``kill_relay(i, sig)``/``restart_relay(i)``,
+``kill_zk(i, sig)``/``restart_zk(i)``, ``zk_mode(i)``, ``url``/``ws_url``.
+
+Must not: import Django or gevent (it drives Django through ``manage.py`` subprocesses),
+listen on anything but 127.0.0.1, or install anything (``make cluster`` does that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from relay.dev import local_zookeeper
+from relay.dev.embedded_postgres import EmbeddedPostgres
+from relay.dev.launch import (
+    ROOT,
+    example_env,
+    fresh_metrics_dir,
+    gunicorn_argv,
+    manage_argv,
+    relay_env,
+)
+from relay.dev.processes import (
+    check_alive,
+    descendants,
+    free_port,
+    http_status,
+    ignore_stop_signals,
+    interrupt_on_stop_signals,
+    log_tail,
+    signal_group,
+    spawn,
+    stop_process_group,
+    wait_group_gone,
+    wait_until_ready,
+)
+
+__all__ = [
+    "Cluster",
+    "ClusterError",
+    "RelayNode",
+    "ZooKeeperNode",
+    "find_haproxy",
+    "find_zookeeper",
+    "main",
+]
+
+HOST = "127.0.0.1"
+
+_ZK_START_TIMEOUT_S = 60.0
+_RELAY_START_TIMEOUT_S = 60.0
+_HAPROXY_START_TIMEOUT_S = 20.0
+_STOP_TIMEOUT_S = 10.0
+# A child that died this many times in a row (each within a minute of its start) is not
+# restarted again: main() stops the cluster instead.
+_MAX_RESTARTS = 5
+
+
+class ClusterError(RuntimeError):
+    """A piece of the local cluster could not be started (or is missing)."""
+
+
+def find_zookeeper() -> tuple[str, Path]:
+    """``java`` and the ZooKeeper jar, or ``ClusterError`` saying how to get them."""
+    try:
+        return local_zookeeper.find_zookeeper()
+    except local_zookeeper.ZooKeeperNotFound as exc:
+        raise ClusterError(f"{exc}; `make cluster` installs it") from None
+
+
+def find_haproxy() -> str:
+    """The ``haproxy`` binary (also in /usr/sbin when that is not on PATH)."""
+    found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise ClusterError("no `haproxy` (apt: `haproxy`; `make cluster` installs it)")
+    return found
+
+
+@dataclass(kw_only=True)
+class _Child:
+    """A supervised child: its process (the gunicorn master, the JVM) and restart count."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class ZooKeeperNode(_Child):
+    """One ensemble member: ``myid`` ``index + 1``, its ports, dir and process."""
+
+    index: int
+    client_port: int
+    peer_port: int
+    election_port: int
+    base_dir: Path
+
+    @property
+    def myid(self) -> int:
+        return self.index + 1
+
+    @property
+    def config_path(self) -> Path:
+        return self.base_dir / "zoo.cfg"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "zookeeper.log"
+
+    def mode(self) -> str | None:
+        """``leader``, ``follower``, ``standalone``... per ``srvr``; None if it won't say."""
+        return local_zookeeper.mode(self.client_port)
+
+
+@dataclass
+class RelayNode(_Child):
+    """One gunicorn relay: its port, metrics dir, log and master process (``pid``)."""
+
+    index: int
+    port: int
+    base_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"relay{self.index + 1}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{HOST}:{self.port}/websocket"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "relay.log"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.base_dir / "metrics"
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return descendants(self.proc.pid) if self.running and self.proc is not None else []
+
+
+class Cluster:
+    """PostgreSQL, a ZooKeeper ensemble, N relays and HAProxy on loopback, in ``state_dir``.
+
+    ``port=0`` puts HAProxy on a free port (tests); ``stats_port=0`` likewise for its stats
+    page. ``database_url`` uses an existing database instead of the embedded server (it is
+    migrated and, with ``seed``, seeded all the same). Use as a context manager, or call
+    ``start()``/``stop()``; ``stop()`` is idempotent and also cleans up a failed start.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        port: int = 8000,
+        stats_port: int = 0,
+        relays: int = 3,
+        zookeepers: int = 3,
+        workers: int = 2,
+        graceful_timeout: int = 30,
+        database_url: str | None = None,
+        seed: bool = True,
+        collectstatic: bool = False,
+        log_level: str = "info",
+        verbose: bool = False,
+    ) -> None:
+        if relays < 1 or zookeepers < 1:
+            raise ValueError("a cluster needs at least one relay and one ZooKeeper node")
+        self.state_dir = Path(state_dir).absolute()
+        self.port = port or free_port()
+        self.stats_port = stats_port or free_port()
+        self.workers = workers
+        self.graceful_timeout = graceful_timeout
+        self.seed = seed
+        self.collectstatic = collectstatic
+        self.log_level = log_level
+        self.verbose = verbose
+        self._external_database_url = database_url
+        self.database_url = database_url or ""
+        self.postgres: EmbeddedPostgres | None = None
+        self.java, self.zookeeper_jar = find_zookeeper()
+        self.haproxy_bin = find_haproxy()
+        self.zookeepers = [
+            ZooKeeperNode(
+                index=i,
+                client_port=free_port(),
+                peer_port=free_port(),
+                election_port=free_port(),
+                base_dir=self.state_dir / f"zk{i + 1}",
+            )
+            for i in range(zookeepers)
+        ]
+        self.relays = [
+            RelayNode(index=i, port=free_port(), base_dir=self.state_dir / f"relay{i + 1}")
+            for i in range(relays)
+        ]
+        self.haproxy: subprocess.Popen[bytes] | None = None
+        self._haproxy_restarts = 0
+        self._haproxy_started_at = 0.0
+
+    # -- addresses ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """HAProxy's frontend: ``http://127.0.0.1:PORT``."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{HOST}:{self.port}/websocket"
+
+    @property
+    def stats_url(self) -> str:
+        return f"http://{HOST}:{self.stats_port}/"
+
+    @property
+    def zk_connect(self) -> str:
+        """The ensemble's connect string, as ``RELAY_ZOOKEEPER`` gets it."""
+        return ",".join(f"{HOST}:{zk.client_port}" for zk in self.zookeepers)
+
+    @property
+    def haproxy_config(self) -> Path:
+        return self.state_dir / "haproxy.cfg"
+
+    @property
+    def haproxy_log(self) -> Path:
+        return self.state_dir / "haproxy.log"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Cluster:
+        """Start everything and wait until it serves; on failure stop what was started."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_postgres()
+            for zk in self.zookeepers:  # the JVMs boot while Django migrates
+                self._write_zk_config(zk)
+                self._spawn_zk(zk)
+            self._prepare_database()
+            self._wait_quorum(_ZK_START_TIMEOUT_S)
+            for relay in self.relays:
+                self._spawn_relay(relay)
+            for relay in self.relays:
+                self._wait_relay(relay, _RELAY_START_TIMEOUT_S)
+            self._write_haproxy_config()
+            self._spawn_haproxy()
+            self._wait_haproxy(_HAPROXY_START_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop everything, in reverse order. Idempotent; never leaves a child running."""
+        haproxy, self.haproxy = self.haproxy, None
+        if haproxy is not None:
+            self._log("stopping HAProxy")
+        stop_process_group(haproxy, _STOP_TIMEOUT_S)  # SIGTERM: hard stop (SIGUSR1 would wait 1 h)
+        if any(relay.running for relay in self.relays):
+            self._log(f"stopping relays (graceful timeout {self.graceful_timeout} s)")
+        for relay in self.relays:  # SIGTERM to all first, so they drain in parallel
+            if relay.proc is not None and relay.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    relay.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.graceful_timeout + 5
+        for relay in self.relays:
+            proc, relay.proc = relay.proc, None
+            stop_process_group(proc, max(0.0, deadline - time.monotonic()))
+        if any(zk.proc is not None for zk in self.zookeepers):
+            self._log("stopping ZooKeeper")
+        for zk in reversed(self.zookeepers):
+            proc, zk.proc = zk.proc, None
+            stop_process_group(proc, _STOP_TIMEOUT_S)
+        if self.postgres is not None and self.postgres.is_running():
+            self._log("stopping PostgreSQL")
+            self.postgres.stop()
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- chaos ----------------------------------------------------------------------------
+
+    def kill_relay(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Signal relay ``i``. SIGKILL goes to its whole process group (master and workers,
+        as a crashed container); any other signal to the gunicorn master only (as ``docker
+        stop``: SIGTERM drains). Returns at once; ``relays[i].proc.wait()`` to wait."""
+        proc = self.relays[i].proc
+        if proc is None or proc.poll() is not None:
+            return
+        if sig == signal.SIGKILL:
+            signal_group(proc, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            wait_group_gone(proc.pid)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+
+    def restart_relay(self, i: int, timeout: float = _RELAY_START_TIMEOUT_S) -> None:
+        """Stop relay ``i`` if it runs (SIGTERM, graceful timeout), start it on the same
+        port and wait for its ``/readyz``."""
+        relay = self.relays[i]
+        proc, relay.proc = relay.proc, None
+        stop_process_group(proc, self.graceful_timeout + 5)
+        self._spawn_relay(relay)
+        self._wait_relay(relay, timeout)
+
+    def kill_zk(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Signal ZooKeeper node ``i`` (the JVM); with SIGKILL, wait until it is gone."""
+        proc = self.zookeepers[i].proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+
+    def restart_zk(self, i: int, timeout: float = _ZK_START_TIMEOUT_S) -> None:
+        """Stop node ``i`` if it runs, start it again (same ports and data) and wait until
+        it is a leader or follower."""
+        zk = self.zookeepers[i]
+        proc, zk.proc = zk.proc, None
+        stop_process_group(proc, _STOP_TIMEOUT_S)
+        self._spawn_zk(zk)
+        wait_until_ready(
+            zk.proc,
+            lambda: zk.mode() in ("leader", "follower"),
+            timeout,
+            name=f"ZooKeeper {zk.myid} (rejoining)",
+            log_path=zk.log_path,
+            error=ClusterError,
+        )
+
+    def zk_mode(self, i: int) -> str | None:
+        return self.zookeepers[i].mode()
+
+    def zk_leader(self) -> int | None:
+        """The index of the node that says it leads, if any."""
+        for zk in self.zookeepers:
+            if zk.mode() == "leader":
+                return zk.index
+        return None
+
+    def pids(self) -> list[int]:
+        """Every live process this cluster started (with gunicorn workers and PostgreSQL's
+        postmaster); the tests check it is empty after ``stop()``."""
+        procs = [self.haproxy, *(r.proc for r in self.relays), *(z.proc for z in self.zookeepers)]
+        found: list[int] = []
+        for proc in procs:
+            if proc is not None and proc.poll() is None:
+                found.append(proc.pid)
+                found.extend(descendants(proc.pid))
+        postmaster = self.postmaster_pid()
+        if postmaster is not None:
+            found.append(postmaster)
+        return found
+
+    def postmaster_pid(self) -> int | None:
+        """The embedded PostgreSQL's pid while it runs."""
+        return None if self.postgres is None else self.postgres.running_pid()
+
+    # -- supervision (main) ---------------------------------------------------------------
+
+    def supervise(self) -> None:
+        """Restart a child that died; ``ClusterError`` when one keeps dying."""
+        now = time.monotonic()
+        for zk in self.zookeepers:
+            if zk.proc is not None and zk.proc.poll() is not None:
+                self._note_death(f"ZooKeeper {zk.myid}", zk.proc, zk.log_path, zk, now)
+                self._spawn_zk(zk)
+        for relay in self.relays:
+            if relay.proc is not None and relay.proc.poll() is not None:
+                self._note_death(relay.name, relay.proc, relay.log_path, relay, now)
+                self._spawn_relay(relay)
+        if self.haproxy is not None and self.haproxy.poll() is not None:
+            if now - self._haproxy_started_at > 60:
+                self._haproxy_restarts = 0
+            self._haproxy_restarts += 1
+            self._log(f"HAProxy exited with {self.haproxy.returncode}; restarting")
+            if self._haproxy_restarts > _MAX_RESTARTS:
+                raise ClusterError(f"HAProxy keeps exiting:\n{log_tail(self.haproxy_log)}")
+            self._spawn_haproxy()
+
+    def _note_death(
+        self,
+        name: str,
+        proc: subprocess.Popen[bytes],
+        log_path: Path,
+        node: _Child,
+        now: float,
+    ) -> None:
+        if now - node.started_at > 60:
+            node.restarts = 0
+        node.restarts += 1
+        print(
+            f"cluster: {name} exited with {proc.returncode}; restarting (log {log_path})",
+            file=sys.stderr,
+            flush=True,
+        )
+        if node.restarts > _MAX_RESTARTS:
+            raise ClusterError(f"{name} keeps exiting:\n{log_tail(log_path)}")
+
+    def describe(self) -> str:
+        """What runs where, for humans."""
+        lines = [
+            "ddp-relay local cluster (round robin, no stickiness)",
+            f"  DDP WebSocket   {self.ws_url}",
+            f"  DDP SockJS      {self.url}/sockjs",
+            f"  Django admin    {self.url}/admin/   (user admin, password "
+            f"{os.environ.get('DEMO_ADMIN_PASSWORD', 'ddp-relay-demo')})",
+            f"  HAProxy stats   {self.stats_url}",
+            f"  Database        {self.database_url}",
+            f"  ZooKeeper       {self.zk_connect}",
+        ]
+        for zk in self.zookeepers:
+            lines.append(
+                f"    zk{zk.myid}  client {zk.client_port}  peer {zk.peer_port}  election "
+                f"{zk.election_port}  pid {zk.pid}  {zk.mode() or '?'}"
+            )
+        lines.append("  Relays")
+        for relay in self.relays:
+            lines.append(
+                f"    {relay.name}  {relay.url}  (ws {relay.ws_url}, {relay.url}/metrics)  "
+                f"pid {relay.pid}"
+            )
+        lines.append(f"  State and logs  {self.state_dir}")
+        return "\n".join(lines)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _log(self, message: str) -> None:
+        if self.verbose:
+            print(f"cluster: {message}", file=sys.stderr, flush=True)
+
+    def _start_postgres(self) -> None:
+        if self._external_database_url:
+            return
+        self._log("starting PostgreSQL")
+        self.postgres = EmbeddedPostgres(self.state_dir / "postgres")
+        self.postgres.start()
+        self.postgres.create_database("relay")
+        self.database_url = self.postgres.dsn("relay")
+
+    def _django_env(self) -> dict[str, str]:
+        return example_env(self.database_url, keep_caller_settings=True)
+
+    def _manage(self, *args: str) -> None:
+        log_path = self.state_dir / "manage.log"
+        with log_path.open("ab") as log:
+            result = subprocess.run(
+                manage_argv(*args),
+                env=self._django_env(),
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=300,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise ClusterError(f"manage.py {' '.join(args)} failed:\n{log_tail(log_path)}")
+
+    def _prepare_database(self) -> None:
+        self._log("migrating the example project")
+        self._manage("migrate", "--noinput", "-v", "0")
+        if self.collectstatic:
+            self._manage("collectstatic", "--noinput", "-v", "0")
+        if self.seed:
+            self._manage("seed_demo")
+
+    def _write_zk_config(self, zk: ZooKeeperNode) -> None:
+        data = zk.base_dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "myid").write_text(f"{zk.myid}\n")
+        zk.config_path.write_text(
+            local_zookeeper.config(
+                data_dir=data,
+                client_port=zk.client_port,
+                init_limit=20,
+                servers={o.myid: (o.peer_port, o.election_port) for o in self.zookeepers},
+                header="# Generated by relay.dev.cluster; rewritten at every start.",
+            )
+        )
+
+    def _spawn_zk(self, zk: ZooKeeperNode) -> None:
+        argv = local_zookeeper.command(self.java, self.zookeeper_jar, zk.config_path)
+        zk.proc = spawn(argv, zk.log_path, cwd=zk.base_dir)
+        zk.started_at = time.monotonic()
+
+    def _wait_quorum(self, timeout: float) -> None:
+        self._log("waiting for the ZooKeeper quorum")
+        deadline = time.monotonic() + timeout
+        while True:
+            modes = []
+            for zk in self.zookeepers:
+                check_alive(zk.proc, f"ZooKeeper {zk.myid}", zk.log_path, ClusterError)
+                modes.append(zk.mode())
+            if all(mode in ("leader", "follower") for mode in modes) and "leader" in modes:
+                return
+            if time.monotonic() > deadline:
+                tails = "\n".join(
+                    f"--- zk{zk.myid} ({zk.log_path}):\n{log_tail(zk.log_path, 15)}"
+                    for zk in self.zookeepers
+                )
+                raise ClusterError(f"no ZooKeeper quorum in {timeout} s (modes {modes}):\n{tails}")
+            time.sleep(0.1)
+
+    def _spawn_relay(self, relay: RelayNode) -> None:
+        env = self._django_env()
+        env.update(
+            relay_env(
+                relay.port,
+                workers=self.workers,
+                graceful_timeout=self.graceful_timeout,
+                log_level=self.log_level,
+                metrics_dir=fresh_metrics_dir(relay.metrics_dir),
+            )
+        )
+        env["RELAY_ZOOKEEPER"] = self.zk_connect
+        relay.env = env
+        argv = gunicorn_argv(f"ddp-{relay.name}")
+        relay.proc = spawn(argv, relay.log_path, env=env, cwd=ROOT)
+        relay.started_at = time.monotonic()
+
+    def _wait_relay(self, relay: RelayNode, timeout: float) -> None:
+        wait_until_ready(
+            relay.proc,
+            lambda: http_status(relay.url + "/readyz") == 200,
+            timeout,
+            name=relay.name,
+            log_path=relay.log_path,
+            error=ClusterError,
+        )
+
+    def _write_haproxy_config(self) -> None:
+        servers = "".join(
+            f"    server {relay.name} {HOST}:{relay.port} check inter 1s fall 2 rise 2\n"
+            for relay in self.relays
+        )
+        self.haproxy_config.write_text(
+            f"""\
+# Generated by relay.dev.cluster (the loopback twin of deploy/haproxy.cfg); rewritten at
+# every start. Round robin, NO stickiness: any relay serves any DDP session.
+
+global
+    log stdout format raw local0 info
+    maxconn 4096
+
+defaults
+    mode http
+    log global
+    option httplog
+    option dontlognull
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    # An upgraded WebSocket is a tunnel: DDP heartbeats (15 s) keep it far from this.
+    timeout tunnel 1h
+    timeout client-fin 5s
+    # A relay that refuses the connection (killed, not yet marked down) costs a retry on
+    # another relay, not an error.
+    retries 3
+    option redispatch 1
+
+frontend ddp
+    bind {HOST}:{self.port}
+    default_backend relays
+
+frontend stats
+    bind {HOST}:{self.stats_port}
+    stats enable
+    stats uri /
+    stats refresh 2s
+
+backend relays
+    balance roundrobin
+    option httpchk GET /readyz
+    http-check expect status 200
+{servers}"""
+        )
+
+    def _spawn_haproxy(self) -> None:
+        # -db: foreground, no daemon, so this process supervises (and stops) it.
+        argv = [self.haproxy_bin, "-db", "-f", str(self.haproxy_config)]
+        self.haproxy = spawn(argv, self.haproxy_log, cwd=ROOT)
+        self._haproxy_started_at = time.monotonic()
+
+    def backend_status(self) -> dict[str, str]:
+        """HAProxy's view of each relay (``UP``, ``DOWN``, ``UP 1/2``...), from its stats."""
+        try:
+            with urllib.request.urlopen(self.stats_url + ";csv", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return {}
+        rows = [line.split(",") for line in text.splitlines()]
+        if not rows or not rows[0] or not rows[0][0].startswith("# pxname"):
+            return {}
+        header = rows[0]
+        header[0] = "pxname"
+        status = header.index("status")
+        return {
+            row[1]: row[status]
+            for row in rows[1:]
+            if len(row) > status and row[0] == "relays" and row[1] not in ("BACKEND", "FRONTEND")
+        }
+
+    def _wait_haproxy(self, timeout: float) -> None:
+        self._log("waiting for HAProxy")
+        deadline = time.monotonic() + timeout
+        while True:
+            check_alive(self.haproxy, "HAProxy", self.haproxy_log, ClusterError)
+            states = self.backend_status()
+            if (
+                len(states) == len(self.relays)
+                and all(s == "UP" for s in states.values())
+                and http_status(self.url + "/readyz") == 200
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"HAProxy not serving in {timeout} s (relays {states}):\n"
+                    f"{log_tail(self.haproxy_log)}"
+                )
+            time.sleep(0.1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m relay.dev.cluster",
+        description="PostgreSQL, a 3-node ZooKeeper ensemble, three relays and HAProxy on "
+        "loopback (docker-compose.yml without Docker). Ctrl-C stops them all.",
+    )
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT", "8000")), help="HAProxy's port"
+    )
+    parser.add_argument("--stats-port", type=int, default=0, help="HAProxy stats (0: free)")
+    parser.add_argument("--relays", type=int, default=3)
+    parser.add_argument("--zookeepers", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("RELAY_WORKERS", "2")))
+    parser.add_argument(
+        "--graceful-timeout",
+        type=int,
+        default=int(os.environ.get("RELAY_GRACEFUL_TIMEOUT", "30")),
+        help="seconds a stopping relay may drain (default RELAY_GRACEFUL_TIMEOUT or 30)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("RELAY_STATE_DIR", ROOT / ".state")) / "cluster",
+    )
+    args = parser.parse_args(argv)
+
+    interrupt_on_stop_signals()
+    try:
+        cluster = Cluster(
+            args.state_dir,
+            port=args.port,
+            stats_port=args.stats_port,
+            relays=args.relays,
+            zookeepers=args.zookeepers,
+            workers=args.workers,
+            graceful_timeout=args.graceful_timeout,
+            collectstatic=True,
+            verbose=True,
+        )
+    except ClusterError as exc:
+        print(f"cluster: {exc}", file=sys.stderr)
+        return 1
+    rc = 0
+    try:
+        print(f"cluster: starting in {cluster.state_dir}", file=sys.stderr, flush=True)
+        cluster.start()
+        print(f"\n{cluster.describe()}\nPress Ctrl-C to stop.\n", flush=True)
+        while True:
+            time.sleep(0.5)
+            cluster.supervise()
+    except KeyboardInterrupt:
+        pass
+    except ClusterError as exc:
+        print(f"cluster: {exc}", file=sys.stderr, flush=True)
+        rc = 1
+    finally:
+        ignore_stop_signals()
+        cluster.stop()
+        print("cluster: stopped", file=sys.stderr, flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""How a throwaway ZooKeeper server is run on loopback: its ``zoo.cfg``, its command line.
+
+Outside the layers, like ``relay.dev.embedded_postgres``: ``relay.dev.cluster`` (a 3-node
+ensemble for ``make cluster``) and ``tests/fixtures/zookeeper.py`` (one standalone server
+for the test session) both start ZooKeeper 3.8 from Debian's ``zookeeper`` package this
+way (``java ... QuorumPeerMain zoo.cfg``, no ``zkServer.sh``, so data and logs stay in the
+caller's directory). Standard library only.
+
+Its job: find ``java`` and the jar (``find_zookeeper``), write the text of a ``zoo.cfg``
+(``config``), build the JVM's argv (``command``), and ask a running server how it is
+(``four_letter``, ``mode``, ``serving``).
+
+What it must not do: start, supervise or stop a process (``relay.dev.processes`` and the
+callers do that), install anything, touch the system's ZooKeeper (``/etc/zookeeper``
+is read for its log configuration only, ``/var/lib/zookeeper`` never), or configure a
+server to listen on anything but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = [
+    "HOST",
+    "ZOOKEEPER_JAR",
+    "ZooKeeperNotFound",
+    "command",
+    "config",
+    "find_zookeeper",
+    "four_letter",
+    "mode",
+    "serving",
+]
+
+HOST = "127.0.0.1"
+ZOOKEEPER_JAR = Path(os.environ.get("RELAY_ZOOKEEPER_JAR", "/usr/share/java/zookeeper.jar"))
+SLF4J_JAR = Path("/usr/share/java/slf4j-simple.jar")
+ZOOKEEPER_CONF_DIR = Path("/etc/zookeeper/conf")
+
+
+class ZooKeeperNotFound(RuntimeError):
+    """``java`` or the ZooKeeper jar is missing."""
+
+
+def find_zookeeper() -> tuple[str, Path]:
+    """``java`` and the ZooKeeper jar, or ``ZooKeeperNotFound`` saying how to get them."""
+    java = shutil.which("java")
+    if java is None:
+        raise ZooKeeperNotFound("no `java` on PATH (apt: `zookeeper` pulls in a JRE)")
+    if not ZOOKEEPER_JAR.is_file():
+        raise ZooKeeperNotFound(f"{ZOOKEEPER_JAR} is missing (apt: `zookeeper`)")
+    return java, ZOOKEEPER_JAR
+
+
+def config(
+    *,
+    data_dir: Path,
+    client_port: int,
+    tick_ms: int = 500,
+    init_limit: int = 10,
+    servers: Mapping[int, tuple[int, int]] | None = None,
+    header: str = "",
+) -> str:
+    """The text of a ``zoo.cfg`` serving ``client_port`` on 127.0.0.1.
+
+    Without ``servers``: a standalone server. With ``servers`` (``{myid: (peer_port,
+    election_port)}``, this one included): a member of that ensemble that never falls back
+    to standalone and purges old snapshots. The caller writes ``data_dir/myid``.
+    """
+    lines = [
+        *([header] if header else []),
+        f"tickTime={tick_ms}",
+        f"initLimit={init_limit}",
+        "syncLimit=5",
+        f"dataDir={data_dir}",
+        f"clientPort={client_port}",
+        f"clientPortAddress={HOST}",
+        "admin.enableServer=false",
+        "4lw.commands.whitelist=ruok,srvr,stat,mntr",
+    ]
+    if servers:
+        lines += ["standaloneEnabled=false", "autopurge.snapRetainCount=3"]
+        lines.append("autopurge.purgeInterval=1")
+        lines += [f"server.{i}={HOST}:{peer}:{election}" for i, (peer, election) in servers.items()]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def command(java: str, jar: Path, config_path: Path) -> list[str]:
+    """The JVM's argv: a small heap, quick start-up, ``QuorumPeerMain config_path``."""
+    return [
+        java,
+        "-Xmx256m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Dzookeeper.jmx.log4j.disable=true",
+        "-cp",
+        f"{jar}:{ZOOKEEPER_CONF_DIR}:{SLF4J_JAR}",
+        "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+        str(config_path),
+    ]
+
+
+def four_letter(port: int, word: bytes, timeout: float = 1.0) -> bytes:
+    """Send a four-letter command (``ruok``, ``srvr``...) and return the reply."""
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(word)
+        chunks = []
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def mode(port: int) -> str | None:
+    """``leader``, ``follower``, ``standalone``... per ``srvr``; None if it won't say."""
+    try:
+        reply = four_letter(port, b"srvr").decode(errors="replace")
+    except OSError:
+        return None
+    for line in reply.splitlines():
+        if line.startswith("Mode:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def serving(port: int) -> bool:
+    """Whether the server answers ``imok`` and serves (``imok`` comes first; ``srvr``
+    names a mode only once it serves)."""
+    try:
+        return four_letter(port, b"ruok") == b"imok" and b"Mode:" in four_letter(port, b"srvr")
+    except OSError:
+        return False

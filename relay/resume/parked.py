@@ -1,0 +1,130 @@
+"""What a parked DDP session is: the state a relay writes when a socket goes away, and
+another relay reads to resume it exactly (DESIGN.md 5).
+
+Layer: L1 (pure). A parked session holds what the client has and what it may not have
+received yet: its id and user, the sent count, the log of recently sent messages (so the
+ones lost in flight are replayed verbatim), its subscriptions (so re-sent ``sub``s are
+recognised and live routing restarts), the mergebox (exactly the client's view once the
+log is replayed) and the results of completed methods (so a re-sent ``method`` is answered
+again, never run twice). It is stored as JSON text in ``ddp_parked_session`` (created by
+``django_app``'s migrations); values inside go through EJSON.
+
+Must not: do I/O or decide whether a resume is allowed (``relay.resume.resumer`` does).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.protocol import ejson
+
+#: Bumped when the stored shape changes; an unknown version is never resumed.
+VERSION = 1
+
+TABLE = "ddp_parked_session"
+UPSERT = (
+    "INSERT INTO ddp_parked_session (session_id, state, parked_at, expires_at)"
+    " VALUES (%s, %s, now(), now() + make_interval(secs => %s))"
+    " ON CONFLICT (session_id) DO UPDATE SET state = EXCLUDED.state,"
+    " parked_at = EXCLUDED.parked_at, expires_at = EXCLUDED.expires_at"
+)
+SELECT = "SELECT state FROM ddp_parked_session WHERE session_id = %s AND expires_at > now()"
+DELETE = "DELETE FROM ddp_parked_session WHERE session_id = %s"
+DELETE_EXPIRED = "DELETE FROM ddp_parked_session WHERE expires_at < now()"
+
+
+@dataclass(slots=True)
+class ParkedSubscription:
+    id: str
+    name: str
+    params: tuple[Any, ...]
+    ready: bool
+
+
+@dataclass(slots=True)
+class ParkedSession:
+    session_id: str
+    user_id: str | None
+    version: str
+    #: Messages sent so far (ping/pong excluded; ``connected`` counts).
+    sent_count: int
+    #: The last messages sent, as sent; ``log[i]`` was message number ``log_start + i``.
+    log_start: int
+    log: list[str]
+    subs: list[ParkedSubscription]
+    mergebox: dict[str, Any]
+    #: Completed methods: id -> the ``result`` message text.
+    results: dict[str, str] = field(default_factory=dict)
+
+    def missed_since(self, received_count: int) -> list[str] | None:
+        """The messages after ``received_count``, or None when the log does not reach back.
+
+        A client that knows the session id received ``connected`` (message 1), so a count
+        below 1 is not one it can have.
+        """
+        if (
+            received_count < 1
+            or received_count > self.sent_count
+            or received_count < self.log_start - 1
+        ):
+            return None
+        return self.log[received_count - self.log_start + 1 :]
+
+
+def dumps(state: ParkedSession) -> str:
+    return json.dumps(
+        {
+            "v": VERSION,
+            "session": state.session_id,
+            "user": state.user_id,
+            "version": state.version,
+            "sent": state.sent_count,
+            "log_start": state.log_start,
+            "log": state.log,
+            "subs": [
+                {
+                    "id": s.id,
+                    "name": s.name,
+                    "params": ejson.to_json_value(list(s.params)),
+                    "ready": s.ready,
+                }
+                for s in state.subs
+            ],
+            "mergebox": ejson.to_json_value(state.mergebox),
+            "results": state.results,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+
+
+def loads(text: str) -> ParkedSession | None:
+    """The parked session, or None if the text is not a state this code can resume."""
+    try:
+        obj = json.loads(text)
+        if obj.get("v") != VERSION:
+            return None
+        return ParkedSession(
+            session_id=str(obj["session"]),
+            user_id=obj["user"],
+            version=str(obj["version"]),
+            sent_count=int(obj["sent"]),
+            log_start=int(obj["log_start"]),
+            log=[str(t) for t in obj["log"]],
+            subs=[
+                ParkedSubscription(
+                    str(s["id"]),
+                    str(s["name"]),
+                    tuple(ejson.from_json_value(s["params"])),
+                    bool(s["ready"]),
+                )
+                for s in obj["subs"]
+            ],
+            mergebox=ejson.from_json_value(obj["mergebox"]),
+            results={str(k): str(v) for k, v in obj["results"].items()},
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -1,0 +1,246 @@
+"""Session resumption across relays: parking a session, and taking it back on reconnect.
+
+Layer: L3. The coordinator (ZooKeeper, a node-local SQLite file, or in-process) holds each
+session's owner and epoch; the park store (PostgreSQL) holds its state. Writes per
+session: one when it connects, one when it parks, one when it is claimed; none per message.
+
+- A new session is registered (``created``); if the coordinator is unavailable the
+  session works but cannot be resumed later (counted, logged).
+- When its socket goes away (not a deliberate ``disconnect``), the session is parked:
+  its state is saved, then the record is marked parked with an expiry.
+- A ``connect`` naming that session with a ``receivedCount`` is resumed only if the
+  record exists and is parked (waiting briefly for a park still under way), is not
+  expired, belongs to the same user, the log reaches back to the client's count, and
+  the compare-and-set claim on its epoch wins; two relays can never both resume it.
+  Anything else answers with a new session id and the client resyncs.
+
+Must not: touch sockets or DDP framing (the session does), or write per message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import gevent
+
+from coordinator import (
+    Coordinator,
+    CoordinatorError,
+    FencedError,
+    Member,
+    NotConnectedError,
+    SessionExists,
+)
+from relay.config import Settings
+from relay.resume.parked import ParkedSession
+from relay.resume.store import ParkStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Seconds a resume waits for a live old owner to finish parking the session (a park is
+#: one upsert and one coordinator write, after the session's in-flight method finished).
+PARK_WAIT_SECONDS = 2.0
+#: Seconds a coordinator call waits out a suspended connection (a ZooKeeper leader
+#: election takes about two) before the session is treated as not resumable.
+SUSPENDED_WAIT_SECONDS = 5.0
+#: The same, for a resume (the client is waiting: it gets a new session after this).
+RESUME_WAIT_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    state: ParkedSession
+    epoch: int
+    #: Messages sent before the socket died that the client did not receive, in order.
+    missed: list[str]
+
+
+def relay_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build_coordinator(settings: Settings) -> Coordinator:
+    """The coordinator the settings ask for (imported lazily: kazoo only when needed)."""
+    if settings.zookeeper:
+        from coordinator.zk import ZooKeeperCoordinator
+
+        return ZooKeeperCoordinator(settings.zookeeper, handler="gevent")
+    if settings.coordinator_path:
+        from coordinator.sqlite import SQLiteCoordinator
+
+        coord: Coordinator = SQLiteCoordinator(settings.coordinator_path)
+        return coord
+    from coordinator.memory import MemoryCoordinator, MemoryStore
+
+    return MemoryCoordinator(MemoryStore())
+
+
+class Resumer:
+    def __init__(
+        self, settings: Settings, coordinator: Coordinator, store: ParkStore, metrics: Any
+    ) -> None:
+        self.settings = settings
+        self.coordinator = coordinator
+        self.store = store
+        self.metrics = metrics
+        self.relay_id = relay_id()
+
+    def start(self) -> None:
+        # Never blocks the worker's start: a coordinator that is down is retried in the
+        # background, and sessions meanwhile simply cannot be resumed.
+        gevent.spawn(self._start)
+
+    def _start(self) -> None:
+        try:
+            self.coordinator.register_member(Member(self.relay_id, self.relay_id, time.time()))
+            self.coordinator.run_for_leader()
+            self.coordinator.start(timeout=10.0)
+        except Exception:
+            log.exception("coordinator did not start; sessions are not resumable for now")
+
+    def stop(self) -> None:
+        try:
+            self.coordinator.stop()
+        except Exception:
+            log.exception("coordinator stop failed")
+        self.store.close()
+
+    # -- the life of a session ----------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., T], *args: Any, wait: float = SUSPENDED_WAIT_SECONDS) -> T:
+        """Call the coordinator, riding out a suspension of up to ``wait`` seconds
+        (SUSPENDED is not LOST: a ZooKeeper leader election takes about two)."""
+        deadline = time.monotonic() + wait
+        delay = 0.05
+        while True:
+            try:
+                return fn(*args)
+            except NotConnectedError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                gevent.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def created(self, session_id: str) -> int | None:
+        """Register a new session; its epoch, or None when it cannot be resumed later."""
+        try:
+            # No waiting here: the client is waiting for `connected`. A session that could
+            # not be registered now is registered when it parks.
+            return self._call(
+                self.coordinator.create_session, session_id, self.relay_id, wait=0.0
+            ).epoch
+        except (CoordinatorError, OSError) as exc:
+            self._count("unregistered")
+            log.warning(
+                "session %s is not resumable: coordinator unavailable (%s)", session_id, exc
+            )
+            return None
+
+    def park(self, state: ParkedSession, epoch: int) -> bool:
+        window = self.settings.resume_window
+        try:
+            self.store.save(state, window)
+            self._call(
+                self.coordinator.park_session,
+                state.session_id,
+                self.relay_id,
+                epoch,
+                state.sent_count,
+                b"",
+                time.time() + window,
+            )
+        except FencedError:
+            # Someone claimed it meanwhile (a fast reconnect): theirs now.
+            self._count("park_fenced")
+            return False
+        except Exception as exc:
+            self._count("park_failed")
+            log.warning("could not park session %s: %s", state.session_id, exc)
+            return False
+        self._count("parked")
+        return True
+
+    def dropped(self, session_id: str, epoch: int | None) -> None:
+        """The client said ``disconnect``: nothing to resume."""
+        # Best effort: expiry cleans up whatever this could not.
+        with contextlib.suppress(Exception):
+            if epoch is not None:
+                self.coordinator.drop_session(session_id, self.relay_id, epoch)
+        with contextlib.suppress(Exception):
+            self.store.delete(session_id)
+
+    def resume(self, session_id: str, received_count: int, user_id: str | None) -> Resumed | None:
+        """Take over a parked session, or None (with the reason counted) to start anew."""
+        try:
+            outcome = self._resume(session_id, received_count, user_id)
+        except FencedError:
+            outcome = "fenced"
+        except (NotConnectedError, SessionExists):
+            outcome = "unavailable"
+        except Exception as exc:
+            log.warning("resume of %s failed: %s", session_id, exc)
+            outcome = "unavailable"
+        if isinstance(outcome, str):
+            self._count(outcome)
+            return None
+        self._count("resumed")
+        return outcome
+
+    def _resume(self, session_id: str, received_count: int, user_id: str | None) -> Resumed | str:
+        record = self._call(self.coordinator.get_session, session_id, wait=RESUME_WAIT_SECONDS)
+        deadline = time.monotonic() + PARK_WAIT_SECONDS
+        while record is not None and not record.parked and time.monotonic() < deadline:
+            if record.owner not in {m.relay_id for m in self.coordinator.members()}:
+                return "owner_gone"  # killed before it could park: nothing to resume
+            gevent.sleep(0.05)  # the old owner is still parking it
+            record = self.coordinator.get_session(session_id)
+        if record is None:
+            return "unknown"
+        if not record.parked:
+            return "not_parked"
+        if record.expires_at < time.time():
+            return "expired"
+        state = self.store.load(session_id)
+        if state is None:
+            return "lost"
+        if state.user_id != user_id:
+            return "other_user"
+        missed = state.missed_since(received_count)
+        if missed is None:
+            return "count"
+        claimed = self._call(
+            lambda: self.coordinator.claim_session(
+                session_id, self.relay_id, record.epoch, require_parked=True
+            ),
+            wait=RESUME_WAIT_SECONDS,
+        )
+        return Resumed(state, claimed.epoch, missed)
+
+    def is_leader(self) -> bool:
+        try:
+            return self.coordinator.is_leader()
+        except Exception:
+            return False
+
+    def housekeeping(self) -> None:
+        """Forget sessions whose window passed. The node calls it on the coordinator's
+        leader only (``Node._housekeeping_forever``)."""
+        try:
+            now = time.time()
+            for session_id in self.coordinator.expired_sessions(now):
+                self.coordinator.reap_session(session_id, now)
+            self.store.delete_expired()
+        except Exception as exc:
+            log.warning("session housekeeping failed: %s", exc)
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.resumes.labels(outcome=outcome).inc()

@@ -1,0 +1,140 @@
+"""The composition root: a WSGI application serving DDP, SockJS, metrics and health.
+
+Layer: L4. ``create_app()`` reads the settings once, loads the backend and the fallback
+WSGI app by dotted path (so ``relay`` never imports Django), starts the worker's node and
+returns the WSGI callable gunicorn serves. DDP sockets (``/websocket``, ``/sockjs/...``)
+are taken over from gunicorn; ``/metrics``, ``/healthz`` and ``/readyz`` are answered
+here; every other request goes to the fallback app (the Django project).
+
+Must not: monkey-patch (only ``relay.server.worker`` does), or hold protocol logic.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable
+from http.cookies import SimpleCookie
+from typing import Any
+
+from relay import metrics
+from relay.backend import Backend, Handshake
+from relay.config import Settings
+from relay.server.node import Node
+from relay.transport import RawTransport, SockJSTransport, Transport, endpoints, handshake
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def load(path: str) -> Any:
+    """Import ``module:attribute`` (the attribute may be dotted)."""
+    module_name, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split(".") if attr else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def _not_found(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+    return [b"Not found\n"]
+
+
+def handshake_of(environ: dict[str, Any]) -> Handshake:
+    """The parts of the upgrade request a backend may use to identify the user."""
+    headers = {
+        key[5:].replace("_", "-").lower(): str(value)
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    }
+    cookies: dict[str, str] = {}
+    raw = headers.get("cookie")
+    if raw:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(raw)
+        except Exception:  # a malformed Cookie header means no cookies, not a crash
+            jar = SimpleCookie()
+        cookies = {key: morsel.value for key, morsel in jar.items()}
+    return Handshake(
+        headers=headers,
+        cookies=cookies,
+        remote_addr=str(environ.get("REMOTE_ADDR", "")),
+        path=str(environ.get("PATH_INFO", "")),
+    )
+
+
+class RelayApp:
+    """The WSGI callable. ``node`` is exposed for the gunicorn worker's graceful drain."""
+
+    def __init__(self, settings: Settings, node: Node, fallback: WSGIApp) -> None:
+        self.settings = settings
+        self.node = node
+        self.fallback = fallback
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        route = endpoints.route(environ)
+        if route in (endpoints.Route.DDP_WEBSOCKET, endpoints.Route.SOCKJS_WEBSOCKET):
+            return self._websocket(environ, start_response, route)
+        path = environ.get("PATH_INFO", "")
+        if route is endpoints.Route.OTHER:
+            if path == "/metrics" and self.settings.metrics:
+                body, content_type = metrics.render()
+                start_response("200 OK", [("Content-Type", content_type)])
+                return [body]
+            if path == "/healthz":
+                return _text(start_response, "200 OK", "ok\n")
+            if path == "/readyz":
+                if self.node.ready:
+                    return _text(start_response, "200 OK", "ready\n")
+                return _text(start_response, "503 Service Unavailable", "draining\n")
+            return self.fallback(environ, start_response)
+        status, headers, body = endpoints.respond(environ, route)
+        start_response(status, headers)
+        return [body]
+
+    def _websocket(
+        self, environ: dict[str, Any], start_response: StartResponse, route: endpoints.Route
+    ) -> Iterable[bytes]:
+        if not self.node.ready:
+            return _text(start_response, "503 Service Unavailable", "draining\n")
+        if len(self.node.sessions) >= self.settings.worker_connections:
+            return _text(start_response, "503 Service Unavailable", "too many connections\n")
+        accepted = handshake.accept(environ, self.settings)
+        if isinstance(accepted, handshake.HandshakeRefusal):
+            start_response(accepted.status, list(accepted.headers))
+            return [accepted.body]
+        transport: Transport
+        if route is endpoints.Route.SOCKJS_WEBSOCKET:
+            transport = SockJSTransport(
+                accepted, self.settings.sockjs_heartbeat, self.node.sockjs_heartbeats
+            )
+        else:
+            transport = RawTransport(accepted)
+        ended = self.node.adopt(transport, handshake_of(environ))
+        if not accepted.owns_socket:
+            # A TLS socket stays gunicorn's: keep this handler until the session is over.
+            ended.wait()
+        # The socket was taken over (or is done): gunicorn's async worker must write no
+        # response. With its own descriptor the WebSocket lives on after this handler, and
+        # the handler's greenlet, environ and request objects are freed.
+        raise StopIteration()
+
+
+def _text(start_response: StartResponse, status: str, text: str) -> Iterable[bytes]:
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
+    return [text.encode()]
+
+
+def create_app(settings: Settings | None = None) -> RelayApp:
+    """Build the relay for this worker process (gunicorn calls this after the fork)."""
+    settings = settings or Settings.from_env()
+    backend_factory: Callable[[], Backend] = load(settings.backend)
+    backend = backend_factory()
+    fallback: WSGIApp = load(settings.wsgi_app) if settings.wsgi_app else _not_found
+    node = Node(settings, backend)
+    node.start()
+    return RelayApp(settings, node, fallback)

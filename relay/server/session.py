@@ -1,0 +1,609 @@
+"""One DDP session: a socket's protocol state, its subscriptions, mergebox and methods.
+
+Layer: L3 (runtime). The transport hands over inbound messages (``start``: from a reader
+greenlet that exists only while input is handled); ``ping`` is answered at once (any
+inbound message counts as liveness); every other message goes into a FIFO that one
+on-demand processor greenlet drains in arrival order, as Meteor does (a slow method delays
+later messages of the same session, never other sessions). Backend calls (publications,
+methods, authentication) run on the node's bounded work pool.
+
+Failure isolation (invariant I6): a malformed message gets a DDP ``error`` and the session
+goes on; an exception in a publication or method becomes a Meteor error object, with the
+traceback only in the log; nothing a client sends can raise out of ``serve``.
+
+Must not: parse frames itself (``relay.protocol``), touch sockets (``relay.transport``) or
+import Django (``relay.backend`` is the seam).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.event
+
+from relay import disconnect
+from relay.backend import (
+    ANONYMOUS,
+    CallContext,
+    ClientError,
+    Document,
+    Handshake,
+    Identity,
+    MethodOutcome,
+    SubscriptionData,
+)
+from relay.protocol import messages
+from relay.protocol.alea import random_id
+from relay.protocol.connection import Heartbeat, HeartbeatAction, ServerConnection, State
+from relay.protocol.errors import LocalProtocolError, RemoteProtocolError
+from relay.protocol.mergebox import MergeBox
+from relay.protocol.messages import (
+    ClientMessage,
+    Connect,
+    Disconnect,
+    Method,
+    Ping,
+    Pong,
+    Sub,
+    Unsub,
+)
+from relay.resume.parked import ParkedSession, ParkedSubscription
+from relay.transport import Inbound, Oversized, SharedFrames
+
+if TYPE_CHECKING:
+    from relay.resume.resumer import Resumed
+    from relay.server.node import Node
+    from relay.stream.fanout import Attachment
+    from relay.transport import Transport
+
+log = logging.getLogger(__name__)
+
+#: The heartbeat ping, encoded once (every idle session sends one each interval).
+_PING = (messages.encode(messages.ping()),)
+
+#: Completed method results kept per session for re-sent methods after a resume.
+MAX_RESULTS = 100
+#: Seconds a closing session waits for its in-flight message before parking.
+PARK_DRAIN_SECONDS = 60.0
+
+
+@dataclass(slots=True)
+class Subscription:
+    """A named subscription of this session."""
+
+    id: str
+    name: str
+    params: tuple[Any, ...]
+    ready: bool = False
+    #: Its live routes on the worker's channel streams.
+    attachments: list[Attachment] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Internal message: re-run a subscription whose change history was lost."""
+
+    sub_id: str
+
+
+class Session:
+    """Serves one DDP client over one transport until either side closes."""
+
+    def __init__(self, node: Node, transport: Transport, handshake: Handshake) -> None:
+        self.node = node
+        self.transport = transport
+        self.handshake = handshake
+        self.conn = ServerConnection()
+        self.id: str | None = None
+        self.identity: Identity = ANONYMOUS
+        self.mergebox = MergeBox()
+        self.subs: dict[str, Subscription] = {}
+        self.sent_count = 0
+        #: The last messages sent (counted ones), for replay on resume: ``log[-1]`` is
+        #: message number ``sent_count``.
+        self.log: deque[str] = deque(maxlen=node.settings.resume_log)
+        #: Completed methods' result messages, so a re-sent method is answered, not re-run.
+        self.results: OrderedDict[str, str] = OrderedDict()
+        #: The coordinator's epoch for this session; None: it cannot be parked/resumed.
+        self.epoch: int | None = None
+        self._deliberate = False
+        self._close: disconnect.Disconnect | None = None
+        self.opened_at = time.monotonic()
+        settings = node.settings
+        self.heartbeat = Heartbeat(settings.heartbeat_interval, settings.heartbeat_timeout)
+        #: A list, not a deque: it is nearly always empty, and an empty deque costs 760
+        #: bytes per session (its first block) against 56 (the queue is bounded and short).
+        self._pending: list[ClientMessage | Resync] = []
+        self._processor: gevent.Greenlet | None = None
+        self._heartbeat_started = False
+        #: Set once the session is over (``start``).
+        self.ended = gevent.event.Event()
+        self.closed = False
+        self.close_reason: str | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def start(self) -> gevent.event.Event:
+        """Serve the socket in the background and return at once; the event is set when
+        the session is over (torn down: parked or dropped). An idle session holds no
+        greenlet: the transport calls back when input arrives."""
+        self.node.session_opened(self)
+        self.transport.start(self._on_inbound, self._on_end)
+        return self.ended
+
+    def serve(self) -> None:
+        """Serve the socket; returns when the session is over."""
+        self.start().wait()
+
+    def _on_inbound(self, texts: list[Inbound]) -> None:
+        for text in texts:
+            if self.closed:
+                return  # the rest of the socket's input is drained unread
+            self.feed(text)
+
+    def _on_end(self) -> None:
+        try:
+            self._teardown()
+        finally:
+            self.ended.set()
+
+    def feed(self, text: Inbound) -> None:
+        """Handle one inbound DDP frame (from the socket greenlet)."""
+        self.heartbeat.received(time.monotonic())
+        metrics = self.node.metrics
+        if isinstance(text, Oversized):
+            # Dropped by the transport as it arrived; the session goes on (invariant I6).
+            metrics.protocol_errors.labels(reason="Message too large").inc()
+            reason = f"Message too large ({text.size} bytes; the limit is {text.limit})"
+            self.send([messages.error(reason, text.prefix)])
+            return
+        try:
+            msg = self.conn.receive(text)
+        except RemoteProtocolError as exc:
+            metrics.protocol_errors.labels(reason=_metric_reason(exc.reason)).inc()
+            if exc.reply is not None:
+                self.send([exc.reply])
+            if exc.close:
+                self.close(disconnect.PROTOCOL_ERROR)
+            return
+        except LocalProtocolError:
+            return
+        metrics.messages_received.labels(msg=type(msg).__name__.lower()).inc()
+        if isinstance(msg, Ping):
+            # Answered at once, outside the queue, and not counted (Meteor 3.5's rule).
+            if not self.closed:
+                self.transport.send([messages.encode(messages.pong(msg.id))])
+            return
+        if isinstance(msg, Pong):
+            return
+        if isinstance(msg, Disconnect):
+            self._deliberate = True  # Meteor 3.5: no resume grace period wanted
+            self.close(disconnect.CLIENT_DISCONNECT)
+            return
+        if len(self._pending) >= self.node.settings.max_pending_messages:
+            self.close(disconnect.TOO_MANY_PENDING)
+            return
+        self._pending.append(msg)
+        if self._processor is None:
+            self._processor = gevent.spawn(self._process)
+
+    # -- the processor greenlet -----------------------------------------------------------
+
+    def _process(self) -> None:
+        try:
+            while self._pending and not self.closed:
+                msg = self._pending.pop(0)
+                try:
+                    self._dispatch(msg)
+                except gevent.GreenletExit:
+                    raise
+                except Exception:
+                    # A bug in the relay itself: log it, keep the worker and the session.
+                    log.exception("session %s: unexpected error handling %r", self.id, msg)
+        finally:
+            self._processor = None
+        # A message may have arrived between the loop test and the reset above.
+        if self._pending and not self.closed:
+            self._processor = gevent.spawn(self._process)
+
+    def request_resync(self, sub_id: str) -> None:
+        """Queue a re-run of ``sub_id`` (its channel lost history), in message order."""
+        if self.closed or any(isinstance(m, Resync) and m.sub_id == sub_id for m in self._pending):
+            return
+        self._pending.append(Resync(sub_id))
+        if self._processor is None:
+            self._processor = gevent.spawn(self._process)
+
+    def _dispatch(self, msg: ClientMessage | Resync) -> None:
+        if isinstance(msg, Resync):
+            self._on_resync(msg.sub_id)
+        elif isinstance(msg, Connect):
+            self._on_connect(msg)
+        elif isinstance(msg, Sub):
+            self._on_sub(msg)
+        elif isinstance(msg, Unsub):
+            self._on_unsub(msg)
+        elif isinstance(msg, Method):
+            self._on_method(msg)
+
+    def _on_connect(self, msg: Connect) -> None:
+        try:
+            self.identity = self.node.pool.run(self.node.backend.authenticate, self.handshake)
+        except Exception:
+            log.exception("authentication failed; closing the socket")
+            self.send([messages.error("Internal server error")])
+            self.close(disconnect.SERVER_ERROR)
+            return
+        resumer = self.node.resumer
+        if (
+            resumer is not None
+            and msg.session is not None
+            and msg.received_count is not None
+            and self.node.settings.resume_window > 0
+        ):
+            resumed = resumer.resume(msg.session, msg.received_count, self.identity.user_id)
+            if resumed is not None:
+                self._restore(resumed, msg.received_count)
+                return
+        # A fresh id unless resumed exactly: clients before Meteor 3.5 wipe their cache
+        # when they get their old id back (invariant I7), and send no receivedCount.
+        self.id = random_id()
+        if resumer is not None:
+            self.epoch = resumer.created(self.id)
+        self.send([messages.connected(self.id)])
+        self._connected()
+
+    def _connected(self) -> None:
+        self.node.session_connected(self)
+        if self.conn.heartbeats:
+            self._heartbeat_started = True
+            self.heartbeat.received(time.monotonic())
+
+    def _restore(self, resumed: Resumed, received_count: int) -> None:
+        """Carry on a parked session: same id, the messages lost in flight, then the
+        subscriptions re-run against the restored mergebox so that only what changed
+        while the client was away is sent."""
+        state = resumed.state
+        self.id, self.epoch = state.session_id, resumed.epoch
+        self.mergebox = MergeBox.from_state(state.mergebox)
+        self.results = OrderedDict(state.results)
+        connected = messages.encode(messages.connected(self.id))
+        # The client counts ``connected`` before the replayed messages: number the log the
+        # way it will, so a drop in the middle of the replay still resumes exactly.
+        kept = state.log[: len(state.log) - len(resumed.missed)]
+        self.log = deque([*kept, connected, *resumed.missed], maxlen=self.log.maxlen)
+        self.sent_count = state.sent_count + 1
+        self.transport.send([connected, *resumed.missed])
+        self.node.metrics.messages_sent.inc(1 + len(resumed.missed))
+        self._connected()
+        for parked_sub in state.subs:
+            sub = Subscription(parked_sub.id, parked_sub.name, parked_sub.params, parked_sub.ready)
+            self.subs[sub.id] = sub
+            self._rerun(sub)
+            if not sub.ready and sub.id in self.subs:
+                # It was still loading when the socket died: the re-run completed it.
+                sub.ready = True
+                self.send([messages.ready([sub.id])])
+
+    def _context(self, random_seed: str | None = None) -> CallContext:
+        assert self.id is not None
+        return CallContext(self.id, self.identity, self.handshake, random_seed)
+
+    def _on_sub(self, msg: Sub) -> None:
+        backend, metrics = self.node.backend, self.node.metrics
+        if not backend.has_publication(msg.name):
+            metrics.subscriptions.labels(outcome="not_found").inc()
+            err = messages.meteor_error(404, f"Subscription '{msg.name}' not found")
+            self.send([messages.nosub(msg.id, err)])
+            return
+        known = self.subs.get(msg.id)
+        if known is not None:
+            # Not re-run (Meteor ignores a duplicate id); a resumed client re-sends its subs
+            # and a ready one is confirmed again, which clients ignore if already ready.
+            if known.ready:
+                self.send([messages.ready([msg.id])])
+            return
+        if len(self.subs) >= self.node.settings.max_subs_per_session:
+            metrics.subscriptions.labels(outcome="refused").inc()
+            err = messages.meteor_error(
+                "too-many-subscriptions",
+                f"At most {self.node.settings.max_subs_per_session} subscriptions per session",
+            )
+            self.send([messages.nosub(msg.id, err)])
+            return
+        sub = Subscription(msg.id, msg.name, msg.params)
+        self.subs[msg.id] = sub
+        try:
+            data = self.node.pool.run(backend.subscribe, self._context(), msg.name, msg.params)
+        except ClientError as exc:
+            self._fail_sub(sub, self._client_error(exc))
+            metrics.subscriptions.labels(outcome="error").inc()
+            return
+        except Exception:
+            log.exception("publication %r failed", msg.name)
+            self._fail_sub(sub, messages.INTERNAL_ERROR)
+            metrics.subscriptions.labels(outcome="error").inc()
+            return
+        if self.subs.get(msg.id) is not sub:
+            return  # unsubscribed while running
+        interner = self.node.streams.interner
+        try:
+            out: list[dict[str, Any]] = []
+            for doc in data.documents:
+                doc_id, fields = self._shared(doc)
+                out.extend(self.mergebox.add(msg.id, doc.collection, doc_id, fields))
+            texts = [interner.encode(m) for m in out]
+        except Exception:
+            # A value the publication produced cannot be sent (not EJSON-encodable). The
+            # client saw none of it: forget it silently, then fail the subscription.
+            log.exception("publication %r produced a document that cannot be sent", msg.name)
+            self.mergebox.remove_subscription(msg.id)
+            self._fail_sub(sub, messages.INTERNAL_ERROR)
+            metrics.subscriptions.labels(outcome="error").inc()
+            return
+        self.send_texts(texts)
+        self._attach(sub, data)
+        sub.ready = True
+        self.send([messages.ready([msg.id])])
+        metrics.subscriptions.labels(outcome="ready").inc()
+
+    def _attach(self, sub: Subscription, data: SubscriptionData) -> None:
+        streams = self.node.streams
+        for route in data.routes:
+            position = data.positions.get(route.channel, (0, ""))
+            sub.attachments.append(streams.attach(self, sub.id, route, position))
+
+    def _detach(self, sub: Subscription) -> None:
+        for att in sub.attachments:
+            self.node.streams.detach(att)
+        sub.attachments.clear()
+
+    def _on_resync(self, sub_id: str) -> None:
+        """Re-run a subscription and send only the difference (its history was lost)."""
+        sub = self.subs.get(sub_id)
+        if sub is not None:
+            self._rerun(sub)
+
+    def _rerun(self, sub: Subscription) -> None:
+        """Run ``sub``'s publication again and send only what differs from what the
+        client holds (the mergebox), then route its live changes again."""
+        sub_id = sub.id
+        self._detach(sub)
+        try:
+            data = self.node.pool.run(
+                self.node.backend.subscribe, self._context(), sub.name, sub.params
+            )
+        except Exception:
+            log.exception("re-running %r after lost history failed", sub.name)
+            self.subs.pop(sub_id, None)
+            self.send(self.mergebox.remove_subscription(sub_id))
+            self.send([messages.nosub(sub_id, messages.INTERNAL_ERROR)])
+            return
+        fresh: dict[tuple[str, str], dict[str, Any]] = {}
+        for doc in data.documents:
+            doc_id, fields = self._shared(doc)
+            fresh[doc.collection, doc_id] = fields
+        out: list[dict[str, Any]] = []
+        for collection, ids in self.mergebox.documents_of(sub_id).items():
+            for doc_id in ids:
+                if (collection, doc_id) not in fresh:
+                    out.extend(self.mergebox.remove(sub_id, collection, doc_id))
+        for (collection, doc_id), fields in fresh.items():
+            if self.mergebox.publishes(sub_id, collection, doc_id):
+                current = self.mergebox.get(collection, doc_id) or {}
+                cleared = [k for k in current if k not in fields]
+                out.extend(self.mergebox.change(sub_id, collection, doc_id, fields, cleared))
+            else:
+                out.extend(self.mergebox.add(sub_id, collection, doc_id, fields))
+        self.send(out)
+        self._attach(sub, data)
+
+    def _shared(self, doc: Document) -> tuple[str, dict[str, Any]]:
+        """The document's id and fields as the worker shares them between sessions
+        (``relay.stream.interning``): equal values, versions and ids are one object each."""
+        interner = self.node.streams.interner
+        fields = interner.fields(doc.collection, doc.id, doc.fields)
+        return interner.canonical_id(doc.collection, doc.id), fields
+
+    @staticmethod
+    def _client_error(exc: ClientError) -> dict[str, Any]:
+        """The Meteor error object for a ClientError; 500 if its details cannot be sent."""
+        err = messages.meteor_error(exc.error, exc.reason, exc.details)
+        try:
+            messages.encode({"msg": "result", "id": "", "error": err})
+        except (TypeError, ValueError):
+            log.error("error details of %r are not JSON; sending a 500 instead", exc)
+            return messages.INTERNAL_ERROR
+        return err
+
+    def _fail_sub(self, sub: Subscription, err: dict[str, Any]) -> None:
+        self._detach(sub)
+        self.subs.pop(sub.id, None)
+        self.send(self.mergebox.remove_subscription(sub.id))
+        self.send([messages.nosub(sub.id, err)])
+
+    def _on_unsub(self, msg: Unsub) -> None:
+        sub = self.subs.pop(msg.id, None) if isinstance(msg.id, str) else None
+        if sub is not None:
+            self._detach(sub)
+            self.send(self.mergebox.remove_subscription(sub.id))
+        # Meteor answers nosub even for an unknown id.
+        self.send([messages.nosub(msg.id)])
+
+    def _on_method(self, msg: Method) -> None:
+        backend, metrics = self.node.backend, self.node.metrics
+        done = self.results.get(msg.id)
+        if done is not None:
+            # Re-sent after a resume: answered again, never executed twice.
+            self.send_texts([done])
+            self.send([messages.updated([msg.id])])
+            return
+        if not backend.has_method(msg.method):
+            metrics.method_calls.labels(outcome="not_found").inc()
+            err = messages.meteor_error(404, f"Method '{msg.method}' not found")
+            self.send([messages.result(msg.id, err=err), messages.updated([msg.id])])
+            return
+        started = time.monotonic()
+        outcome: MethodOutcome | None = None
+        try:
+            outcome = self.node.pool.run(
+                backend.call, self._context(msg.random_seed), msg.method, msg.params
+            )
+            try:
+                reply = messages.encode(messages.result(msg.id, outcome.result))
+            except (TypeError, ValueError):
+                log.exception("method %r returned a value that cannot be sent", msg.method)
+                reply = messages.encode(messages.result(msg.id, err=messages.INTERNAL_ERROR))
+            outcome_label = "ok"
+        except ClientError as exc:
+            reply = messages.encode(messages.result(msg.id, err=self._client_error(exc)))
+            outcome_label = "client_error"
+        except Exception:
+            log.exception("method %r failed", msg.method)
+            reply = messages.encode(messages.result(msg.id, err=messages.INTERNAL_ERROR))
+            outcome_label = "server_error"
+        metrics.method_calls.labels(outcome=outcome_label).inc()
+        metrics.method_seconds.observe(time.monotonic() - started)
+        self.results[msg.id] = reply
+        while len(self.results) > MAX_RESULTS:
+            self.results.popitem(last=False)
+        self.send_texts([reply])
+        if outcome is not None:
+            self._write_fence(msg, outcome)
+        self.send([messages.updated([msg.id])])
+
+    def _write_fence(self, msg: Method, outcome: MethodOutcome) -> None:
+        """Hold ``updated`` until the method's writes were routed to this session (I5)."""
+        channels = {a.route.channel for s in self.subs.values() for a in s.attachments}
+        deadline = time.monotonic() + self.node.settings.write_fence_timeout
+        for write in outcome.writes:
+            if write.channel not in channels:
+                continue  # no subscription here can get a message from that channel
+            remaining = max(0.0, deadline - time.monotonic())
+            if not self.node.streams.wait_for(write.channel, write.seq, remaining):
+                self.node.metrics.fence_timeouts.inc()
+                log.warning(
+                    "method %r: updated sent before %s seq %d was seen (fence timeout)",
+                    msg.method,
+                    write.channel,
+                    write.seq,
+                )
+
+    # -- output ---------------------------------------------------------------------------
+
+    def send(self, msgs: Iterable[dict[str, Any]]) -> None:
+        """Encode and queue server messages for this client."""
+        texts = [messages.encode(m) for m in msgs]
+        if texts:
+            self.send_texts(texts)
+
+    def send_texts(
+        self, texts: list[str], shared: SharedFrames | None = None, *, metered: bool = False
+    ) -> bool:
+        """Send counted messages; True if they went to the transport. After the socket
+        closed they are still counted and logged (not sent): a session that will be parked
+        must replay them on resume. ``metered``: the caller adds them to the
+        ``messages_sent`` metric itself (fan-out does, once per delivery)."""
+        if not texts:
+            return False
+        self.sent_count += len(texts)
+        self.log.extend(texts)
+        if self.closed:
+            return False
+        self.transport.send(texts, shared)
+        if not metered:
+            self.node.metrics.messages_sent.inc(len(texts))
+        return True
+
+    # -- liveness and closing ---------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Called about once a second by the node's ticker greenlet."""
+        if self.closed:
+            return
+        if self.transport.closed:
+            self.close(self._why_transport_closed())
+            return
+        if self.conn.state is State.AWAITING_CONNECT:
+            if now - self.opened_at > self.node.settings.handshake_timeout:
+                self.close(disconnect.HANDSHAKE_TIMEOUT)
+            return
+        if not self._heartbeat_started:
+            return
+        action = self.heartbeat.poll(now)
+        if action is HeartbeatAction.PING:
+            # Pings are not counted in sent_count (Meteor 3.5's receivedCount rule).
+            self.transport.send(_PING)
+        elif action is HeartbeatAction.TIMEOUT:
+            self.close(disconnect.HEARTBEAT_TIMEOUT)
+
+    def close(self, reason: disconnect.Disconnect) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._close = reason
+        self.close_reason = reason.reason
+        self.conn.close()
+        self.node.metrics.disconnects.labels(reason=reason.name).inc()
+        self.transport.close(reason.code, reason.reason)
+
+    def _why_transport_closed(self) -> disconnect.Disconnect:
+        # The transport closes on its own when the client reads slower than we write.
+        if getattr(self.transport, "overflowed", False):
+            return disconnect.SLOW
+        return disconnect.TRANSPORT_CLOSED
+
+    def _teardown(self) -> None:
+        if not self.closed:
+            self.close(self._why_transport_closed())
+        self._pending.clear()
+        processor = self._processor
+        if processor is not None:
+            # A method in flight finishes (its result is kept) before the session parks.
+            processor.join(timeout=PARK_DRAIN_SECONDS)
+        for sub in self.subs.values():
+            self._detach(sub)
+        try:
+            self._park_or_drop()
+        finally:
+            # Last: a draining worker waits until its sessions are gone, parking included.
+            self.node.session_closed(self)
+
+    def _park_or_drop(self) -> None:
+        resumer = self.node.resumer
+        if resumer is None or self.id is None:
+            return
+        reason = self._close
+        if self._deliberate or (reason is not None and not reason.reconnect):
+            resumer.dropped(self.id, self.epoch)
+            return
+        if self.node.settings.resume_window <= 0:
+            return
+        if self.epoch is None:
+            # Connected while the coordinator was unavailable: register it now, late.
+            self.epoch = resumer.created(self.id)
+            if self.epoch is None:
+                return
+        state = ParkedSession(
+            session_id=self.id,
+            user_id=self.identity.user_id,
+            version=self.conn.version or "1",
+            sent_count=self.sent_count,
+            log_start=self.sent_count - len(self.log) + 1,
+            log=list(self.log),
+            subs=[ParkedSubscription(s.id, s.name, s.params, s.ready) for s in self.subs.values()],
+            mergebox=self.mergebox.to_state(),
+            results=dict(self.results),
+        )
+        resumer.park(state, self.epoch)
+
+
+def _metric_reason(reason: str) -> str:
+    # Keep label cardinality bounded: "Parse error: <detail>" -> "Parse error".
+    return reason.split(":", 1)[0][:40]

@@ -1,0 +1,58 @@
+"""The gunicorn worker class for relays: gunicorn's gevent worker, plus two duties.
+
+Layer: L4. This is the only module that monkey-patches (through gunicorn's GeventWorker,
+before the application is loaded) and it makes psycopg2 cooperative with
+``psycogreen``, so ORM queries and the LISTEN connection yield to other greenlets instead
+of blocking the worker. On SIGTERM it drains the node first (readiness false, sessions
+closed as "going away") and then lets gunicorn's graceful shutdown finish; SIGINT/SIGQUIT do
+the same without waiting for the graceful timeout.
+
+Run with ``gunicorn -k relay.server.worker.RelayWorker`` (``relay.server.gunicorn_conf`` sets it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+from gunicorn.workers.ggevent import GeventWorker
+
+
+class RelayWorker(GeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker with a cooperative psycopg2 and a DDP-aware drain."""
+
+    def patch(self) -> None:
+        super().patch()
+        from psycogreen.gevent import patch_psycopg
+
+        patch_psycopg()
+
+    def run(self) -> None:
+        super().run()
+        # gunicorn waited for its request handlers, but DDP sockets outlive theirs
+        # (``relay.transport.websocket.WebSocket.start``): let the drained sessions finish closing
+        # and parking before the process exits.
+        node = getattr(self.wsgi, "node", None)
+        if node is not None:
+            node.drain()  # idempotent; covers exits that did not come through a signal
+            node.wait_sessions(self.cfg.graceful_timeout, self.notify)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        gevent.spawn(self._drain)
+        super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        # gunicorn's quick shutdown (SIGINT/SIGQUIT) would sys.exit() from a greenlet, which
+        # gevent reports as a failure at interpreter exit. Close the sessions as "going
+        # away" instead and leave the serving loop; the sockets are done within a second.
+        gevent.spawn(self._quit)
+
+    def _quit(self) -> None:
+        self._drain()
+        self.alive = False
+        self.cfg.worker_int(self)
+
+    def _drain(self) -> None:
+        node = getattr(self.wsgi, "node", None)
+        if node is not None:
+            node.drain()

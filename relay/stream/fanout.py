@@ -1,0 +1,400 @@
+"""Channel streams of one worker: who listens to what, in order, and applying changes.
+
+Layer: L3. For every change-stream channel that at least one local subscription needs,
+a ``ChannelStream`` keeps the position (seq, epoch) up to which changes were applied, a
+short ring of recent changes (so a subscription that starts a little behind catches up
+without a query), and the attached subscriptions with their own cursors. The listener
+feeds it committed changes strictly in sequence order; each change is decoded ONCE by the
+backend and then routed in memory to every attached subscription (``relay.stream.routing``):
+membership now versus membership before (the session's mergebox) gives ``added``,
+``changed`` or ``removed``. Nothing here queries the database or blocks: a slow session is
+cut off by its transport's send buffer, never by the stream.
+
+The write fence (invariant I5): ``wait_for(channel, seq)`` returns once every change up to
+``seq`` was routed to the sessions, which is when a method's ``updated`` may go out.
+
+Must not: read the database (the listener does), or write to sockets directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.event
+
+from relay.backend import Backend, DecodedChange, Route
+from relay.protocol import ejson, messages
+from relay.protocol.changestream import Change
+from relay.protocol.mergebox import UpdateMemo
+from relay.protocol.sockjs import encode_messages
+from relay.stream.interning import Interner
+from relay.stream.routing import matches
+from relay.transport.frames import Compression, encode_text_frame
+
+if TYPE_CHECKING:
+    from relay.server.session import Session
+
+log = logging.getLogger(__name__)
+
+#: Recent changes kept per channel for late attachers (count of transactions).
+RING_SIZE = 256
+
+
+@dataclass(eq=False, slots=True)
+class Attachment:
+    """One subscription's route on one channel."""
+
+    session: Session
+    sub_id: str
+    route: Route
+    #: The last seq applied to this subscription (its snapshot position at first).
+    cursor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One committed transaction of a channel, as the listener read it."""
+
+    seq: int
+    epoch: str
+    txid: int
+    changes: Iterable[Change]
+
+
+@dataclass(slots=True)
+class Batch:
+    """The decoded changes of one transaction on one channel."""
+
+    seq: int
+    epoch: str
+    txid: int
+    changes: tuple[DecodedChange, ...]
+
+
+class BatchCache:
+    """Work shared by every session a batch reaches: each comparison and each encoding is
+    done once per distinct input, not once per session.
+
+    Sessions' mergeboxes hold the very value objects the stream delivered, so identical
+    inputs are recognised by object identity (cheap, and identity implies equality). The
+    cache lives for one batch, so the objects it keys on stay alive while it is used.
+    """
+
+    __slots__ = ("_by_msg", "_equal", "_frames", "_projections", "_sockjs", "_texts", "views")
+
+    def __init__(self) -> None:
+        #: ``MergeBox.update``'s memo: sessions holding the same view share its outcome.
+        self.views: UpdateMemo = {}
+        #: id(message) -> (message, text), for the message objects the memo shares.
+        self._by_msg: dict[int, tuple[dict[str, Any], str]] = {}
+        self._equal: dict[tuple[int, int], bool] = {}
+        self._projections: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
+        self._texts: dict[tuple[Any, ...], str] = {}
+        #: compression (None: plain) -> text -> frame.
+        self._frames: dict[Compression | None, dict[str, bytes]] = {}
+        self._sockjs: dict[tuple[str, ...], str] = {}
+
+    def frame(self, text: str, compression: Compression | None) -> bytes:
+        frames = self._frames.get(compression)
+        if frames is None:
+            frames = self._frames[compression] = {}
+        frame = frames.get(text)
+        if frame is None:
+            frame = frames[text] = encode_text_frame(text, compression)
+        return frame
+
+    def sockjs(self, texts: Sequence[str]) -> str:
+        key = tuple(texts)
+        text = self._sockjs.get(key)
+        if text is None:
+            text = self._sockjs[key] = encode_messages(texts)
+        return text
+
+    def equals(self, a: Any, b: Any) -> bool:
+        if a is b:
+            return True
+        key = (id(a), id(b))
+        hit = self._equal.get(key)
+        if hit is None:
+            hit = self._equal[key] = ejson.equals(a, b)
+        return hit
+
+    def project(self, change: DecodedChange, names: tuple[str, ...]) -> dict[str, Any]:
+        """The change's fields limited to what a route publishes (read-only: shared)."""
+        key = (id(change), names)
+        fields = self._projections.get(key)
+        if fields is None:
+            fields = self._projections[key] = {k: v for k, v in change.fields.items() if k in names}
+        return fields
+
+    def encode(self, msg: dict[str, Any]) -> str:
+        hit = self._by_msg.get(id(msg))
+        if hit is not None and hit[0] is msg:
+            return hit[1]
+        text = self._encode(msg)
+        self._by_msg[id(msg)] = (msg, text)  # keeps msg alive: its id stays unique
+        return text
+
+    def _encode(self, msg: dict[str, Any]) -> str:
+        fields = msg.get("fields")
+        cleared = msg.get("cleared")
+        key = (
+            msg["msg"],
+            msg["collection"],
+            msg["id"],
+            tuple(fields) if fields else (),
+            tuple(map(id, fields.values())) if fields else (),
+            tuple(cleared) if cleared else (),
+        )
+        text = self._texts.get(key)
+        if text is None:
+            text = self._texts[key] = messages.encode(msg)
+        return text
+
+
+@dataclass(eq=False)
+class ChannelStream:
+    channel: str
+    seq: int
+    epoch: str
+    attachments: set[Attachment] = field(default_factory=set)
+    ring: deque[Batch] = field(default_factory=lambda: deque(maxlen=RING_SIZE))
+    waiters: list[tuple[int, gevent.event.Event]] = field(default_factory=list)
+
+
+class Streams:
+    """All channel streams of a worker. The listener calls ``deliver``; sessions attach."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        listen: Callable[[str], None],
+        unlisten: Callable[[str], None],
+        metrics: Any = None,
+    ) -> None:
+        self.backend = backend
+        self.metrics = metrics
+        self._listen = listen
+        self._unlisten = unlisten
+        self.streams: dict[str, ChannelStream] = {}
+        #: Field values shared by every session of the worker (``relay.stream.interning``).
+        self.interner = Interner()
+        #: Called with (channel) when a stream lost history and its subscriptions must be
+        #: re-run (epoch changed, or the changelog was pruned past our position).
+        self.on_resync: Callable[[str, list[Attachment]], None] | None = None
+
+    # -- attaching ----------------------------------------------------------------------------
+
+    def attach(
+        self, session: Session, sub_id: str, route: Route, position: tuple[int, str]
+    ) -> Attachment:
+        """Start routing ``route``'s channel to a subscription whose data is at ``position``."""
+        seq, epoch = position
+        stream = self.streams.get(route.channel)
+        att = Attachment(session, sub_id, route, seq)
+        if stream is None:
+            stream = ChannelStream(route.channel, seq, epoch)
+            self.streams[route.channel] = stream
+            stream.attachments.add(att)
+            # LISTEN first, then the listener backfills everything after ``seq`` from the
+            # changelog: a change committed between the snapshot and the LISTEN is not lost.
+            self._listen(route.channel)
+            return att
+        stream.attachments.add(att)
+        if epoch and stream.epoch and epoch != stream.epoch:
+            self._resync(stream, [att])
+        elif seq < stream.seq:
+            self._catch_up(stream, att)
+        return att
+
+    def _catch_up(self, stream: ChannelStream, att: Attachment) -> None:
+        """Apply to a late attacher the batches it missed, from the ring."""
+        missed = [b for b in stream.ring if b.seq > att.cursor]
+        if not missed or missed[0].seq != att.cursor + 1:
+            self._resync(stream, [att])
+            return
+        self._apply(att, missed, BatchCache())
+
+    def detach(self, att: Attachment) -> None:
+        stream = self.streams.get(att.route.channel)
+        if stream is None:
+            return
+        stream.attachments.discard(att)
+        if not stream.attachments:
+            del self.streams[att.route.channel]
+            self._release(stream)
+            self._unlisten(att.route.channel)
+
+    def detach_session(self, session: Session) -> None:
+        for stream in list(self.streams.values()):
+            for att in [a for a in stream.attachments if a.session is session]:
+                self.detach(att)
+
+    def _release(self, stream: ChannelStream) -> None:
+        for _, event in stream.waiters:
+            event.set()
+        stream.waiters.clear()
+
+    # -- delivering ---------------------------------------------------------------------------
+
+    def position(self, channel: str) -> tuple[int, str] | None:
+        stream = self.streams.get(channel)
+        return None if stream is None else (stream.seq, stream.epoch)
+
+    def channels(self) -> list[str]:
+        return list(self.streams)
+
+    def deliver(
+        self, channel: str, seq: int, epoch: str, txid: int, changes: Iterable[Change]
+    ) -> None:
+        """Route one transaction's changes; the listener guarantees ``seq`` is the next one."""
+        self.deliver_many(channel, [Transaction(seq, epoch, txid, changes)])
+
+    def deliver_many(self, channel: str, transactions: Sequence[Transaction]) -> None:
+        """Route consecutive transactions of one channel (``seq`` n, n+1, ...; the first is
+        the stream's next one) as one delivery: a session gets all of its messages from
+        them in one write, in order. The listener hands over what queued up while the
+        worker was busy, so a burst of commits costs a write per session, not one each."""
+        stream = self.streams.get(channel)
+        if stream is None:
+            return
+        # The stream may have been re-created meanwhile (the listener read a spilled
+        # payload and other greenlets ran): what it already has is not applied twice.
+        transactions = [tx for tx in transactions if tx.seq > stream.seq]
+        if not transactions:
+            return
+        batches = []
+        for tx in transactions:
+            batch = Batch(tx.seq, tx.epoch, tx.txid, self._decode(channel, tx))
+            stream.seq, stream.epoch = tx.seq, tx.epoch
+            stream.ring.append(batch)
+            batches.append(batch)
+        cache = BatchCache()
+        last = batches[-1].seq
+        sent = 0
+        for att in list(stream.attachments):
+            if att.cursor < last:
+                sent += self._apply(att, batches, cache)
+        if self.metrics is not None:
+            self.metrics.changes_delivered.inc(len(batches))
+            if sent:
+                self.metrics.messages_sent.inc(sent)
+        self._wake(stream)
+
+    def _decode(self, channel: str, tx: Transaction) -> tuple[DecodedChange, ...]:
+        decoded = []
+        interner = self.interner
+        for change in tx.changes:
+            try:
+                d = self.backend.decode_change(channel, change)
+            except Exception:
+                log.exception("cannot decode a change on %s (seq %d)", channel, tx.seq)
+                continue
+            if d is None:
+                continue
+            if d.op == "d":
+                interner.forget(d.collection, d.id)
+            elif d.fields:
+                # Unchanged fields become the objects the sessions already hold, so each
+                # session's diff is an identity check for them (relay.stream.interning).
+                d = replace(d, fields=interner.fields(d.collection, d.id, d.fields))
+            decoded.append(d)
+        return tuple(decoded)
+
+    def lost_history(self, channel: str, seq: int, epoch: str) -> None:
+        """The listener cannot fill a gap: re-run every subscription of the channel."""
+        stream = self.streams.get(channel)
+        if stream is None:
+            return
+        stream.seq, stream.epoch = seq, epoch
+        stream.ring.clear()
+        self._resync(stream, list(stream.attachments))
+        self._wake(stream)
+
+    def _resync(self, stream: ChannelStream, atts: list[Attachment]) -> None:
+        if self.on_resync is not None and atts:
+            self.on_resync(stream.channel, atts)
+
+    def _wake(self, stream: ChannelStream) -> None:
+        if not stream.waiters:
+            return
+        keep = []
+        for seq, event in stream.waiters:
+            if stream.seq >= seq:
+                event.set()
+            else:
+                keep.append((seq, event))
+        stream.waiters = keep
+
+    def _apply(self, att: Attachment, batches: Sequence[Batch], cache: BatchCache) -> int:
+        """Route ``batches`` (past the attachment's cursor) to one subscription; returns the
+        number of messages sent."""
+        session = att.session
+        if session.closed:
+            att.cursor = max(att.cursor, batches[-1].seq)
+            return 0
+        route = att.route
+        sub_id = att.sub_id
+        box = session.mergebox
+        equals = cache.equals
+        views = cache.views
+        out: list[dict[str, Any]] = []
+        resync = False
+        for batch in batches:
+            if batch.seq <= att.cursor:
+                continue
+            att.cursor = batch.seq
+            for change in batch.changes:
+                if change.collection != route.collection:
+                    continue
+                if route.conditions is None:
+                    # Not decidable from the payload: the publication must be re-run.
+                    resync = True
+                    break
+                fields: dict[str, Any] | None = None
+                if change.op != "d" and matches(route.conditions, change.routing):
+                    fields = change.fields
+                    if route.fields is not None:
+                        fields = cache.project(change, route.fields)
+                # Membership now (fields) against membership before (the mergebox) gives
+                # added, changed or removed.
+                out += box.update(sub_id, change.collection, change.id, fields, equals, views)
+            if resync:
+                break
+        sent = 0
+        if out:
+            try:
+                texts = [cache.encode(m) for m in out]
+            except (TypeError, ValueError):
+                log.exception("a change on %s cannot be encoded", att.route.channel)
+                texts = []
+            if texts and session.send_texts(texts, cache, metered=True):
+                sent = len(texts)
+        if resync:
+            self._resync_later(att)
+        return sent
+
+    def _resync_later(self, att: Attachment) -> None:
+        stream = self.streams.get(att.route.channel)
+        if stream is not None:
+            self._resync(stream, [att])
+
+    # -- the write fence ----------------------------------------------------------------------
+
+    def wait_for(self, channel: str, seq: int, timeout: float) -> bool:
+        """Block until ``channel`` was routed up to ``seq`` (True), or ``timeout`` (False).
+
+        A channel this worker does not stream has no local subscription that could get a
+        message from it: nothing to wait for.
+        """
+        stream = self.streams.get(channel)
+        if stream is None or stream.seq >= seq:
+            return True
+        event = gevent.event.Event()
+        stream.waiters.append((seq, event))
+        return bool(event.wait(timeout))
