@@ -32,9 +32,8 @@ NODE_INPUTS := $(wildcard $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 APT_POSTGRES := postgresql
 APT_NODE := nodejs npm
 APT_PYTHON_VENV := python3-venv
-# ZooKeeper for the coordinator's integration tests. NOT installed yet: when those tests
-# land, add `deps-zookeeper` to the prerequisites of `deps` (and of `run` if the demo
-# needs it).
+# ZooKeeper for the coordinator's contract tests, the cluster and the chaos test (`make
+# run` does not need it: its coordinator is a node-local SQLite file).
 APT_ZOOKEEPER := zookeeper
 ZOOKEEPER_JAR := /usr/share/java/zookeeper.jar
 # HAProxy in front of the relays of `make cluster` (and its end-to-end test).
@@ -75,8 +74,8 @@ endef
 
 # --- targets -----------------------------------------------------------------------------
 
-.PHONY: help deps deps-system deps-run deps-python deps-zookeeper venv lint types test \
-	pytest run cluster clean
+.PHONY: help deps deps-system deps-run deps-python deps-zookeeper venv lint imports types \
+	test pytest run cluster clean
 
 help:
 	@echo "make run     start the demo (embedded PostgreSQL, migrations, seed data, gunicorn)"
@@ -85,6 +84,7 @@ help:
 	@echo "make deps    apt packages (PostgreSQL, Node.js, npm) and the e2e npm clients"
 	@echo "make venv    $(VENV) with pip install -e '.[$(PIP_EXTRAS)]'"
 	@echo "make lint    ruff check + ruff format --check"
+	@echo "make imports the layer contracts (import-linter, [tool.importlinter] in pyproject.toml)"
 	@echo "make types   mypy (strict; packages from pyproject.toml)"
 	@echo "make pytest  the test suite only (PYTEST_ARGS=... to pass options)"
 	@echo "make clean   stop embedded servers, remove $(STATE)/ and caches (keeps $(VENV))"
@@ -148,21 +148,30 @@ lint: venv
 	@rc=0; $(VENV)/bin/ruff check --quiet --output-format=concise . || rc=1; \
 	$(VENV)/bin/ruff format --check --quiet --output-format=concise . || rc=1; exit $$rc
 
+# The layers of docs/architecture.md, as contracts (the example project's packages are
+# checked too: it may use django_app's public API only).
+imports: venv
+	@echo "imports: lint-imports"
+	@PYTHONPATH=example $(VENV)/bin/lint-imports --no-cache
+
 types: venv
 	@echo "types: mypy"
 	@$(VENV)/bin/mypy
 
 # The suite alone. Missing PostgreSQL/Node.js fails (RELAY_REQUIRE_SERVICES=1) instead of
-# skipping; "no tests collected" (exit 5) fails too.
+# skipping; "no tests collected" (exit 5) fails too. Coverage of the test process is
+# reported (relays and tools started as subprocesses are not measured); no threshold.
+COVERAGE ?= --cov --cov-report=term:skip-covered
 pytest: venv
 	@echo "test: pytest"
-	@rc=0; RELAY_REQUIRE_SERVICES=1 $(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; RELAY_REQUIRE_SERVICES=1 $(VENV)/bin/pytest -p no:cacheprovider $(COVERAGE) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Lint, types and tests all run even when one fails, so one CI run reports everything.
 test: deps venv
 	@failed=""; \
 	$(MAKE) lint || failed="$$failed lint"; \
+	$(MAKE) imports || failed="$$failed imports"; \
 	$(MAKE) types || failed="$$failed types"; \
 	$(MAKE) pytest || failed="$$failed pytest"; \
 	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed" >&2; exit 1; fi; \
