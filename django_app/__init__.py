@@ -7,7 +7,20 @@ installed app, the collections, publications and methods::
 
 The public names are loaded lazily (PEP 562), so ``import django_app`` works before
 Django is set up; none of them touches a model at import. What must not live here: any
-import with side effects.
+import with side effects, or anything but this re-export.
+
+Inside, a module imports only modules listed before it here, function-level imports
+included (no circles; ``tests/django_app/test_layers.py`` keeps it so):
+
+1. leaves: ``conf`` (``DDP_*`` settings), ``channel``, ``exceptions``, ``cursor``,
+   ``models``, then ``serializer`` and ``signature``;
+2. ``collection`` (one published model), then ``mutator`` (its Meteor mutators);
+3. ``registries``: the index of collections, publications and methods, and the project's
+   ``registry``; it knows methods and publications only by protocol;
+4. what fills or reads it: ``context`` (``ctx``), ``methods`` (``@method``),
+   ``publications`` (``@publish``, ``Publication``), ``triggers``, ``checks``;
+5. ``fields`` (``MeteorIdField``), ``changes`` (``touch``, ``prune``);
+6. on top: ``backend`` (the relay's ``Backend``), ``apps`` and the management commands.
 """
 
 from __future__ import annotations

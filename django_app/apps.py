@@ -27,6 +27,8 @@ class DDPConfig(AppConfig):
     verbose_name = "DDP"
 
     def ready(self) -> None:
+        # Imported when the app registry is ready, not when Django imports this module
+        # to populate it: Django's rule for app configs (no cycle is involved).
         from django_app.checks import register_checks
 
         register_checks()
@@ -39,7 +41,7 @@ class DDPConfig(AppConfig):
 def _sync_triggers_after_migrate(
     sender: AppConfig, using: str, verbosity: int = 1, stdout: Any = None, **kwargs: Any
 ) -> None:
-    from django_app.triggers import sync_triggers
+    from django_app.triggers import sync_triggers  # as in ready(): after populate
 
     plan = sync_triggers(using=using)
     if verbosity >= 1 and stdout is not None and plan.changed:

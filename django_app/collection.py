@@ -316,7 +316,7 @@ def apply_visibility(qs: models.QuerySet[Any], rule: Visibility) -> models.Query
         return qs
     low, high = qs.query.low_mark, qs.query.high_mark
     if qs.query.is_sliced:
-        qs = qs._chain()  # type: ignore[attr-defined]
+        qs = qs.all()  # a copy: clearing its limits leaves the caller's queryset alone
         qs.query.clear_limits()
     qs = qs.filter(rule) if isinstance(rule, Q) else qs.filter(**rule)
     if low or high is not None:

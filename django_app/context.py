@@ -3,7 +3,11 @@
 Job: ``SubscriptionContext`` and ``MethodContext`` (user, session, and for methods the
 ``randomSeed`` stream that makes server ids equal the client stub's ids), plus the context
 variable that tells code deep inside a method (``MeteorIdField``'s default, later the
-change stream) which invocation it runs in. What must not live here: running methods,
+change stream) which invocation it runs in.
+
+Where it sits: above the registry, which ``MethodContext.new_id(Book)`` asks for the
+model's collection name; the modules below the registry (``django_app.mutator``) name
+these classes in annotations only. What must not live here: running methods,
 transactions or registry lookups beyond naming a model's collection.
 """
 
@@ -16,6 +20,7 @@ from typing import Any
 
 from django.db import models
 
+from django_app.registries import registry
 from relay.backend import Handshake
 from relay.protocol.alea import RandomStream, collection_stream_name
 
@@ -94,8 +99,8 @@ class MethodContext(SubscriptionContext):
 
 def collection_name_of(model: type[models.Model]) -> str:
     """The collection name of ``model``: its registered Collection's, else the default."""
-    from django_app.registries import registry  # a model's field may ask before ddp.py runs
-
+    # The project's registry, read at call time: a model's field may ask before (or
+    # without) its ddp.py registering a Collection, and then gets the default name.
     collection = registry.get_collection_for_model(model)
     return collection.collection_name if collection is not None else model._meta.label_lower
 

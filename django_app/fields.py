@@ -18,6 +18,7 @@ from typing import Any
 from django.db import models
 from django.db.models.expressions import Combinable
 
+from django_app.context import current_method
 from relay.protocol.alea import random_id
 
 __all__ = ["MeteorIdField", "random_meteor_id"]
@@ -30,6 +31,8 @@ def random_meteor_id() -> str:
     return str(random_id(METEOR_ID_LENGTH))
 
 
+# CharField is generic only in django-stubs (it cannot be subscripted at run time): the
+# ``_pyi_private_*`` annotations below give its types, as django-stubs documents.
 class MeteorIdField(models.CharField):  # type: ignore[type-arg]
     """``CharField(max_length=17)`` whose default is the next Meteor id (see module doc).
 
@@ -50,8 +53,6 @@ class MeteorIdField(models.CharField):  # type: ignore[type-arg]
 
     def get_default(self) -> Any:
         if self.default is random_meteor_id and self.primary_key:
-            from django_app.context import current_method
-
             ctx = current_method()
             if ctx is not None and hasattr(self, "model"):
                 return ctx.new_id(self.model)

@@ -3,9 +3,13 @@
 Job: hold a method's name, function and compiled parameter checks, and run it with a
 ``MethodContext``. The function receives ``(ctx, *params)``; wrong argument counts or
 types are refused with 400 "Match failed" before it runs. Raise ``DDPError`` for an error
-the client may see; any other exception is logged by the relay and sent as 500. What must
-not live here: transactions, the current-invocation context variable or error
-translation (``django_app.backend`` wraps every call).
+the client may see; any other exception is logged by the relay and sent as 500.
+
+Where it sits: above the registry (``@method`` adds to the ``registry=`` it is given,
+default the project's ``django_app.registries.registry``), which stores a ``Method`` only
+as a ``RegisteredMethod``. What must not live here: transactions, the current-invocation
+context variable or error translation (``django_app.backend`` wraps every call), or the
+collection mutators (``django_app.mutator``).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from django_app.conf import ddp_settings
+from django_app.registries import Registry
+from django_app.registries import registry as default_registry
 from django_app.signature import ParamsValidator
 
 if TYPE_CHECKING:
     from django_app.context import MethodContext
-    from django_app.registries import Registry
 
 __all__ = ["Method", "method"]
 
@@ -71,9 +76,8 @@ def method(
     """
 
     def decorator(func: F) -> F:
-        from django_app.registries import registry as default_registry
-
-        (registry or default_registry).add_method(Method(name, func, atomic=atomic))
+        target = registry if registry is not None else default_registry
+        target.add_method(Method(name, func, atomic=atomic))
         return func
 
     return decorator

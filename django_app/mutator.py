@@ -17,25 +17,43 @@ aliases), checked against the collection's ``allow_*`` rules with Meteor's own e
 * model validation (``full_clean``) failures are 400 with the messages; database
   integrity errors are 409, as Meteor reports Mongo errors.
 
-Only published fields can be written. What must not live here: the rules themselves
-(``Collection.allow_*``) or the transaction around the whole call (the backend's).
+Only published fields can be written.
+
+Where it sits: below the registry, which answers every mutator name with a ``Mutator``.
+A mutator is not declared with ``@method`` (``django_app.methods``): it has the same shape
+(``name``, ``is_atomic``, ``run``: the registry's ``RegisteredMethod`` protocol) but no
+function or parameter signature of its own. What must not live here: the rules themselves
+(``Collection.allow_*``), the transaction around the whole call (the backend's), or any
+registry lookup.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, router, transaction
 
 from django_app.collection import Collection, PublishedField
-from django_app.context import MethodContext
+from django_app.conf import ddp_settings
 from django_app.exceptions import AccessDenied, DDPError, MatchFailed
-from django_app.methods import Method
 from django_app.serializer import from_wire, pk_to_wire
 
-__all__ = ["Mutator"]
+if TYPE_CHECKING:
+    from django_app.context import MethodContext
+
+__all__ = ["MUTATOR_OPERATIONS", "Mutator"]
+
+#: Mutator method suffixes and the operation each performs (Meteor's allow-deny.js names).
+MUTATOR_OPERATIONS: Final = {
+    "insert": "insert",
+    "update": "update",
+    "remove": "remove",
+    "insertAsync": "insert",
+    "updateAsync": "update",
+    "removeAsync": "remove",
+}
 
 _NO_REPLACE: Final = (
     "Access denied. In a restricted collection you can only update documents, not replace"
@@ -44,13 +62,22 @@ _NO_REPLACE: Final = (
 _UPDATE_OPERATORS: Final = ("$set", "$unset")
 
 
-class Mutator(Method):
+class Mutator:
     """The mutator method ``name`` of ``collection``, performing ``operation``."""
 
     def __init__(self, name: str, collection: Collection, operation: str) -> None:
-        super().__init__(name)
+        self.name = name
         self.collection = collection
         self.operation = operation
+
+    @property
+    def is_atomic(self) -> bool:
+        """Like a method without ``atomic=``: ``settings.DDP_ATOMIC_METHODS`` decides.
+
+        ``run`` opens its own atomic block on the model's database either way, so one
+        mutator call is all or nothing.
+        """
+        return ddp_settings.ATOMIC_METHODS
 
     def run(self, ctx: MethodContext, params: Sequence[Any]) -> Any:
         model = self.collection.model
@@ -65,6 +92,9 @@ class Mutator(Method):
                 raise DDPError.from_validation_error(exc, _wire_names(self.collection)) from exc
             except IntegrityError as exc:
                 raise DDPError(409, str(exc).strip().splitlines()[0]) from exc
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
 
 
 def _insert(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -> Any:

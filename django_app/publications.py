@@ -4,8 +4,12 @@ Job: ``@publish("name")`` for publish functions ``(ctx, *params)`` that return a
 a QuerySet, or a list of them, and ``Publication("name", cursors=[...])`` for static
 ones; both register themselves in the registry when declared, like ``Meteor.publish``.
 Running one validates the params (400 "Match failed"), calls the function and returns
-fresh cursors. What must not live here: visibility rules, serialization or routes
-(``django_app.backend`` turns cursors into documents and routes).
+fresh cursors.
+
+Where it sits: above the registry (a publication adds itself to the ``registry=`` it is
+given, default the project's ``django_app.registries.registry``), which stores it only as
+a ``RegisteredPublication``. What must not live here: visibility rules, serialization or
+routes (``django_app.backend`` turns cursors into documents and routes).
 
 Two cursors on one collection in a publication are refused as Meteor refuses them
 ("Publish function returned multiple cursors for collection X"): the relay merges
@@ -23,11 +27,12 @@ from django.db.models.query import QuerySet
 
 from django_app.cursor import Cursor
 from django_app.exceptions import MatchFailed
+from django_app.registries import Registry
+from django_app.registries import registry as default_registry
 from django_app.signature import ParamsValidator
 
 if TYPE_CHECKING:
     from django_app.context import SubscriptionContext
-    from django_app.registries import Registry
 
 __all__ = ["Publication", "PublicationResult", "publish"]
 
@@ -60,8 +65,6 @@ class Publication:
         func: Callable[..., PublicationResult] | None = None,
         registry: Registry | None = None,
     ) -> None:
-        from django_app.registries import registry as default_registry
-
         if not isinstance(name, str) or not name:
             raise TypeError("a publication name must be a non-empty string")
         if func is not None and cursors is not None:

@@ -2,42 +2,72 @@
 
 Job: one process-wide index that ``ddp.py`` modules fill at import (``DDPConfig.ready``
 autodiscovers them) and the backend reads: collections by model, by name and by
-change-stream channel,
-publications and methods by name, and the Meteor mutator names each collection answers
-(``/<collection>/insert``, ``update``, ``remove`` and their ``...Async`` aliases).
-Registering the same model, collection name, publication or method twice is an error at
-import time, like the admin's ``AlreadyRegistered``. What must not live here: running
-anything, or touching the database (``has_method``/``has_publication`` must not).
+change-stream channel, publications and methods by name, and the Meteor mutator names each
+collection answers (``/<collection>/insert``, ``update``, ``remove`` and their
+``...Async`` aliases), each answered by a ``django_app.mutator.Mutator``. Registering the
+same model, collection name, publication or method twice is an error at import time, like
+the admin's ``AlreadyRegistered``.
+
+Where it sits: below the declarations that fill it. ``@method`` (``django_app.methods``),
+``@publish`` and ``Publication`` (``django_app.publications``) take a registry (default:
+``registry`` below) and add themselves to it; the registry knows what it stores only by
+the protocols ``RegisteredMethod`` and ``RegisteredPublication``, so it imports neither
+module. What must not live here: running anything, touching the database
+(``has_method``/``has_publication`` must not), or the declaration API.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 
 from django_app.collection import Collection
+from django_app.mutator import MUTATOR_OPERATIONS, Mutator
 
 if TYPE_CHECKING:
-    from django_app.methods import Method
-    from django_app.publications import Publication
+    from django_app.context import MethodContext, SubscriptionContext
+    from django_app.cursor import Cursor
 
-__all__ = ["MUTATOR_OPERATIONS", "AlreadyRegistered", "Registry", "registry"]
-
-#: Mutator method suffixes and the operation each performs (Meteor's allow-deny.js names).
-MUTATOR_OPERATIONS: Final = {
-    "insert": "insert",
-    "update": "update",
-    "remove": "remove",
-    "insertAsync": "insert",
-    "updateAsync": "update",
-    "removeAsync": "remove",
-}
+__all__ = [
+    "AlreadyRegistered",
+    "RegisteredMethod",
+    "RegisteredPublication",
+    "Registry",
+    "registry",
+]
 
 C = TypeVar("C", bound=type[Collection])
+
+
+class RegisteredMethod(Protocol):
+    """What the registry and the backend need of a method: ``Method``, ``Mutator``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def is_atomic(self) -> bool:
+        """Whether the backend wraps the call in ``transaction.atomic()``."""
+        ...
+
+    def run(self, ctx: MethodContext, params: Sequence[Any]) -> Any:
+        """Validate ``params`` and perform the call; returns the method's result."""
+        ...
+
+
+class RegisteredPublication(Protocol):
+    """What the registry and the backend need of a publication: ``Publication``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def cursors(self, ctx: SubscriptionContext, params: Sequence[Any]) -> list[Cursor]:
+        """Validate ``params`` and run the publication: fresh cursors."""
+        ...
 
 
 class AlreadyRegistered(ImproperlyConfigured):
@@ -51,8 +81,8 @@ class Registry:
         self._by_model: dict[type[models.Model], Collection] = {}
         self._by_name: dict[str, Collection] = {}
         self._by_channel: dict[str, Collection] = {}
-        self._publications: dict[str, Publication] = {}
-        self._methods: dict[str, Method] = {}
+        self._publications: dict[str, RegisteredPublication] = {}
+        self._methods: dict[str, RegisteredMethod] = {}
 
     # -- registration -------------------------------------------------------------------
 
@@ -80,13 +110,13 @@ class Registry:
         self._by_channel[collection.channel] = collection
         return collection_class
 
-    def add_publication(self, publication: Publication) -> None:
+    def add_publication(self, publication: RegisteredPublication) -> None:
         """Record a publication (``Publication`` and ``@publish`` call this)."""
         if publication.name in self._publications:
             raise AlreadyRegistered(f"Publication {publication.name!r} is already registered.")
         self._publications[publication.name] = publication
 
-    def add_method(self, method: Method) -> None:
+    def add_method(self, method: RegisteredMethod) -> None:
         """Record a method (``@method`` calls this)."""
         if method.name in self._methods or self._mutator(method.name) is not None:
             raise AlreadyRegistered(f"Method {method.name!r} is already registered.")
@@ -126,11 +156,11 @@ class Registry:
         return tuple(self._by_model.values())
 
     @property
-    def publications(self) -> tuple[Publication, ...]:
+    def publications(self) -> tuple[RegisteredPublication, ...]:
         return tuple(self._publications.values())
 
     @property
-    def methods(self) -> tuple[Method, ...]:
+    def methods(self) -> tuple[RegisteredMethod, ...]:
         """The registered methods (mutators excluded)."""
         return tuple(self._methods.values())
 
@@ -154,10 +184,10 @@ class Registry:
             )
         return collection
 
-    def get_publication(self, name: str) -> Publication | None:
+    def get_publication(self, name: str) -> RegisteredPublication | None:
         return self._publications.get(name)
 
-    def get_method(self, name: str) -> Method | None:
+    def get_method(self, name: str) -> RegisteredMethod | None:
         """A registered method, or the mutator ``name`` designates, or None."""
         return self._methods.get(name) or self._mutator(name)
 
@@ -186,12 +216,10 @@ class Registry:
             return MUTATOR_OPERATIONS[name[len(prefix) :]]
         return None
 
-    def _mutator(self, name: str) -> Method | None:
+    def _mutator(self, name: str) -> Mutator | None:
         found = self._split_mutator(name)
         if found is None:
             return None
-        from django_app.mutator import Mutator  # mutator -> method -> registry
-
         return Mutator(name, *found)
 
 

@@ -8,6 +8,7 @@ passed down explicitly.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -24,6 +25,24 @@ def _parse_bool(raw: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"not an integer: {raw!r}") from None
+
+
+def _parse_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"not a number: {raw!r}") from None
+    # float() takes "nan" and "inf"; no timeout or window of the relay means either.
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {raw!r}")
+    return value
 
 
 def _parse_list(raw: str) -> tuple[str, ...]:
@@ -108,9 +127,9 @@ class Settings:
                 if isinstance(f.default, bool):
                     values[f.name] = _parse_bool(raw)
                 elif isinstance(f.default, int):
-                    values[f.name] = int(raw)
+                    values[f.name] = _parse_int(raw)
                 elif isinstance(f.default, float):
-                    values[f.name] = float(raw)
+                    values[f.name] = _parse_float(raw)
                 elif isinstance(f.default, tuple):
                     values[f.name] = _parse_list(raw)
                 else:
@@ -124,7 +143,9 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        """Raise ConfigError for values the relay cannot run with."""
+        """Raise ConfigError for values the relay cannot run with. The message names the
+        environment variable, which is what an operator sets."""
+        env = {f.name: f.metadata["env"] for f in fields(self)}
         positive = (
             "max_message_bytes",
             "send_buffer_bytes",
@@ -137,13 +158,21 @@ class Settings:
             "write_fence_timeout",
         )
         for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
-        if self.deflate_threshold < 0:
-            raise ConfigError("deflate_threshold must not be negative")
-        if self.resume_window < 0 or self.resume_log < 0:
-            raise ConfigError("resume settings must not be negative")
-        if self.heartbeat_interval < 0 or self.heartbeat_timeout < 0:
-            raise ConfigError("heartbeat settings must not be negative (0 disables)")
+            value = getattr(self, name)
+            if not value > 0:  # also refuses NaN, which compares false with everything
+                raise ConfigError(f"{env[name]} must be positive (got {value!r})")
+        not_negative = (
+            ("deflate_threshold", ""),
+            ("resume_window", " (0 turns resuming off)"),
+            ("resume_log", ""),
+            ("heartbeat_interval", " (0 disables heartbeats)"),
+            ("heartbeat_timeout", " (0 disables heartbeats)"),
+        )
+        for name, hint in not_negative:
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ConfigError(f"{env[name]} must not be negative{hint} (got {value!r})")
         if ":" not in self.backend:
-            raise ConfigError("RELAY_BACKEND must look like 'module:attribute'")
+            raise ConfigError(
+                f"RELAY_BACKEND must look like 'module:attribute' (got {self.backend!r})"
+            )

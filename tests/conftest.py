@@ -16,6 +16,12 @@ How a Django test reaches PostgreSQL (pytest-django, ``DJANGO_SETTINGS_MODULE =
 
 Tests that never touch the database never start the server. ``django_database_url`` gives
 subprocesses (gunicorn relays, manage.py) a DSN for the test database Django created.
+
+The fixture plugins: ``tests/fixtures/postgres.py`` (``pg_server``),
+``tests/fixtures/zookeeper.py`` (``zk_server``, ``zk_outage``) and
+``tests/fixtures/relays.py`` (``relay_stack``, ``module_relay_stack``, ``relay_server``,
+``e2e_database``, ``cluster``: real relays on a migrated, seeded database). Test modules
+take these fixtures; they never import another test module.
 """
 
 from __future__ import annotations
@@ -24,7 +30,11 @@ import pytest
 
 from relay.dev.embedded_postgres import SUPERUSER, EmbeddedPostgres
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.zookeeper"]
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.zookeeper",
+    "tests.fixtures.relays",
+]
 
 
 @pytest.fixture(scope="session")

@@ -115,7 +115,7 @@ DROP TABLE ddp_channel;
 class Migration(migrations.Migration):
     initial = True
 
-    dependencies: list[tuple[str, str]] = []
+    dependencies = []
 
     operations = [
         migrations.RunSQL(SQL, REVERSE_SQL),

@@ -1,41 +1,27 @@
-"""A Python DDP client: raw WebSocket or SockJS, a local cache with Meteor's merge rules.
+"""The DDP client's connection: the socket, its reader thread, calls and subscriptions.
 
-Layer: a client library on top of ``relay.protocol`` (EJSON, SockJS framing, messages);
-used by the test suite and the load tests, and usable by applications. It speaks to any
-DDP server. Threads: one reader thread per connection (a greenlet under gevent's
-monkey-patching, as in locust), so calls block only their caller. The reader thread also
-runs the reconnect loop, so a client never has more than one background thread.
+Layer: a client library on top of ``relay.protocol`` (EJSON, SockJS framing); used by the
+test suite and the load tests, and usable by applications. It speaks to any DDP server,
+over a raw WebSocket or SockJS. Threads: one reader thread per connection (a greenlet
+under gevent's monkey-patching, as in locust), so calls block only their caller. The
+reader thread also runs the reconnect loop, so a client never has more than one
+background thread.
 
-The cache applies ``added``/``changed``/``removed`` strictly, like Meteor's server-side
-client: an ``added`` for a document already present, or a ``changed``/``removed`` for a
-missing one, is recorded in ``violations`` (tests assert it stays empty) instead of
-raising. Every received message is kept in ``received`` for inspection (unless
-``keep_received=False``, for long runs).
+:class:`DDPClient` owns the socket, the lock, the outstanding calls (``call`` blocks until
+both ``result`` and ``updated``), the subscriptions (``ready_subs``, ``nosubs``) and the
+counters. It wires the pure parts: the document cache and quiescence buffer
+(``relay.client.cache``) and Meteor's reconnect rules (``relay.client.reconnect``, whose
+docstring says what is re-sent and when). Every received message is kept in ``received``
+for inspection (unless ``keep_received=False``, for long runs). ``received_count`` counts
+the messages of the current session, ping/pong excluded; after a new session it restarts
+at 1 (the ``connected``), as in Meteor 3.5.
 
-Reconnect (opt-in, ``auto_reconnect=True``), as Meteor's client does it (protocol
-reference 3.2-3.4):
+Reconnect is opt-in (``auto_reconnect=True``). ``close()`` sends ``{"msg": "disconnect"}``
+first (Meteor 3.5's deliberate disconnect: the server drops the session at once) and stops
+reconnecting.
 
-- after an unexpected socket loss the client retries with Meteor's ``Retry`` policy
-  (:func:`retry_delay`): 10 ms for the first two attempts, then
-  ``min(max, base * 2.2**n)`` times a random factor in [0.75, 1.25);
-- on the new socket it sends ``connect`` with the last ``session`` (and ``receivedCount``
-  when ``resume=True``), then every outstanding method with the same id, params and
-  ``randomSeed``, then every active sub with the same id, name and params, all before
-  ``connected`` arrives. Like Meteor, only methods **without a ``result``** are re-sent: a
-  method that has its result but not yet its ``updated`` is not executed again;
-- ``connected`` with the same session id: the session was resumed, the cache is kept and
-  ``received_count`` goes on (the new ``connected`` counts);
-- ``connected`` with a new id: Meteor's quiescence. ``added``/``changed``/``removed``/
-  ``ready``/``updated`` are buffered until every re-sent sub is ``ready`` (or ``nosub``)
-  and every re-sent method ``updated``; then the cache is emptied and the buffer applied
-  in one batch, so a full resync never shows duplicate adds. Methods that had a result
-  but no ``updated`` complete at that point (the new session will never send it).
-  ``received_count`` restarts at 1 (the ``connected``), as in Meteor 3.5.
-
-``close()`` sends ``{"msg": "disconnect"}`` first (Meteor 3.5's deliberate disconnect: the
-server drops the session at once) and stops reconnecting.
-
-Must not: import the relay runtime (sessions, gevent, Django).
+Must not: import the relay runtime (sessions, gevent, Django); hold merge, retry or resume
+rules of its own (they live in ``cache`` and ``reconnect``, testable without a socket).
 """
 
 from __future__ import annotations
@@ -51,49 +37,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import websocket
+try:
+    import websocket
+except ModuleNotFoundError as exc:  # pragma: no cover - only without the ``client`` extra
+    if exc.name != "websocket":
+        raise
+    raise ModuleNotFoundError(
+        "relay.client.DDPClient needs websocket-client, the 'client' extra: "
+        "pip install 'ddp-relay[client]'",
+        name=exc.name,
+    ) from exc
 
+from relay.client.cache import Collections, DocumentCache, QuiescenceBuffer
+from relay.client.errors import DDPClientError
+from relay.client.reconnect import (
+    RETRY_BASE,
+    RETRY_MAX,
+    RETRY_MIN,
+    calls_done_at_quiescence,
+    connect_message,
+    connected_outcome,
+    plan_resume,
+    retry_delays,
+    should_reconnect,
+)
 from relay.protocol import ejson, sockjs
-
-#: Meteor's ``Retry`` defaults (``retry.js``), in seconds.
-RETRY_BASE = 1.0
-RETRY_EXPONENT = 2.2
-RETRY_MAX = 300.0
-RETRY_MIN_COUNT = 2
-RETRY_MIN = 0.01
-RETRY_FUZZ = 0.5
-
-#: Data messages held back while waiting for quiescence after a new session.
-_BUFFERED = frozenset({"added", "changed", "removed", "ready", "updated"})
-
-
-def retry_delay(
-    count: int,
-    *,
-    base: float = RETRY_BASE,
-    maximum: float = RETRY_MAX,
-    minimum: float = RETRY_MIN,
-    rng: random.Random | None = None,
-) -> float:
-    """Seconds to wait before reconnect attempt number ``count`` (0-based), as Meteor's
-    ``Retry._timeout``: ``minimum`` for the first two, then
-    ``min(maximum, base * 2.2**count) * uniform[0.75, 1.25)``."""
-    if count < RETRY_MIN_COUNT:
-        return minimum
-    fraction = (rng or random).random()
-    return min(maximum, base * RETRY_EXPONENT**count) * (
-        fraction * RETRY_FUZZ + (1 - RETRY_FUZZ / 2)
-    )
-
-
-class DDPClientError(Exception):
-    """A method or subscription answered with a Meteor error object."""
-
-    def __init__(self, error: dict[str, Any]) -> None:
-        super().__init__(f"{error.get('error')}: {error.get('reason')}")
-        self.error = error.get("error")
-        self.reason = error.get("reason")
-        self.details = error.get("details")
 
 
 @dataclass
@@ -106,19 +74,16 @@ class _Call:
     updated: bool = False
 
 
-def _decode_fields(fields: dict[str, Any] | None) -> dict[str, Any]:
-    return ejson.from_json_value(fields or {})  # type: ignore[no-any-return]
-
-
 class DDPClient:
     """A connection to a DDP server at ``url`` (``ws://host:port/websocket`` or ``http://host:port``
     with ``sockjs=True``).
 
-    Reconnect options (all off by default; see the module docstring): ``auto_reconnect``,
-    ``resume`` (send ``receivedCount``), ``reconnect_base``/``reconnect_max``/
-    ``reconnect_min`` (the ``Retry`` numbers, in seconds), ``max_reconnect_attempts``
-    (give up and set ``closed`` after that many failed attempts in a row; ``None``: never)
-    and ``rng`` (the jitter's source). ``keep_received=False`` keeps no message history.
+    Reconnect options (all off by default; the rules are ``relay.client.reconnect``'s):
+    ``auto_reconnect``, ``resume`` (send ``receivedCount``), ``reconnect_base``/
+    ``reconnect_max``/``reconnect_min`` (the ``Retry`` numbers, in seconds),
+    ``max_reconnect_attempts`` (give up and set ``closed`` after that many failed attempts
+    in a row; ``None``: never) and ``rng`` (the jitter's source). ``keep_received=False``
+    keeps no message history.
     """
 
     def __init__(
@@ -152,8 +117,7 @@ class DDPClient:
         self.keep_received = keep_received
         self.rng = rng or random.Random()
         self.session: str | None = None
-        self.collections: dict[str, dict[str, dict[str, Any]]] = {}
-        self.violations: list[str] = []
+        self._cache = DocumentCache()
         self.received: list[dict[str, Any]] = []
         self.ready_subs: set[str] = set()
         self.nosubs: dict[str, dict[str, Any] | None] = {}
@@ -184,13 +148,36 @@ class DDPClient:
         self._closing = False  # close() was called: no more reconnects
         self._stop = threading.Event()
         self._lost_at: float | None = None
-        self._resent_subs: set[str] = set()
-        self._resent_methods: set[str] = set()
-        # Quiescence after a new session: None when not waiting.
-        self._subs_reviving: set[str] | None = None
-        self._methods_blocking: set[str] = set()
-        self._buffer: list[dict[str, Any]] = []
+        self._resent_subs: frozenset[str] = frozenset()
+        self._resent_methods: frozenset[str] = frozenset()
+        self._quiescence = QuiescenceBuffer()
         self._pending_unsubs: list[str] = []
+
+    # -- the cache, seen as attributes ----------------------------------------------------------
+
+    @property
+    def collections(self) -> Collections:
+        """collection -> id -> fields: the live cache (read it under ``wait_for`` or
+        ``docs()``; the reader thread changes it)."""
+        return self._cache.collections
+
+    @collections.setter
+    def collections(self, value: Collections) -> None:
+        self._cache.collections = value
+
+    @property
+    def violations(self) -> list[str]:
+        """Merge-rule breaks (and ``updated`` for unknown methods) seen; tests assert none."""
+        return self._cache.violations
+
+    @violations.setter
+    def violations(self, value: list[str]) -> None:
+        self._cache.violations = value
+
+    @property
+    def _subs_reviving(self) -> set[str] | None:
+        # Subclasses (tests/e2e) read this to tell whether quiescence is still awaited.
+        return self._quiescence.subs_reviving
 
     # -- connection -------------------------------------------------------------------------
 
@@ -225,20 +212,11 @@ class DDPClient:
             self._up = True
         self._reader = threading.Thread(target=self._run, args=(ws,), daemon=True)
         self._reader.start()
-        self.send(self._connect_message(session, None))
+        self.send(connect_message(version, session, None))
         if not self._connected.wait(self.timeout):
             raise TimeoutError("no connected message")
         assert self.session is not None
         return self.session
-
-    def _connect_message(self, session: str | None, received_count: int | None) -> dict[str, Any]:
-        msg: dict[str, Any] = {"msg": "connect", "version": self._version}
-        msg["support"] = [self._version]
-        if session is not None:
-            msg["session"] = session
-        if received_count is not None:
-            msg["receivedCount"] = received_count
-        return msg
 
     def send(self, msg: dict[str, Any]) -> None:
         """Send one DDP message (``params`` are EJSON-encoded)."""
@@ -347,7 +325,7 @@ class DDPClient:
 
     def docs(self, collection: str) -> dict[str, dict[str, Any]]:
         with self._lock:
-            return {k: dict(v) for k, v in self.collections.get(collection, {}).items()}
+            return self._cache.docs(collection)
 
     # -- reading and reconnecting ------------------------------------------------------------------
 
@@ -362,7 +340,11 @@ class DDPClient:
                             ws.shutdown()  # type: ignore[no-untyped-call]
                 with self._cond:
                     self._cond.notify_all()
-                    retry = self.auto_reconnect and not self._closing and self.session is not None
+                    retry = should_reconnect(
+                        auto_reconnect=self.auto_reconnect,
+                        closing=self._closing,
+                        session=self.session,
+                    )
                     if retry and self._lost_at is None:  # latency counts from the first loss
                         self._lost_at = time.monotonic()
                 if not retry:
@@ -392,16 +374,14 @@ class DDPClient:
 
     def _reconnect(self) -> websocket.WebSocket | None:
         """Retry until a socket opens; send connect + re-sends on it. None: give up."""
-        for attempt in itertools.count():
-            if self.max_reconnect_attempts is not None and attempt >= self.max_reconnect_attempts:
-                return None
-            delay = retry_delay(
-                attempt,
-                base=self.reconnect_base,
-                maximum=self.reconnect_max,
-                minimum=self.reconnect_min,
-                rng=self.rng,
-            )
+        delays = retry_delays(
+            base=self.reconnect_base,
+            maximum=self.reconnect_max,
+            minimum=self.reconnect_min,
+            max_attempts=self.max_reconnect_attempts,
+            rng=self.rng,
+        )
+        for delay in delays:
             if self._stop.wait(delay):
                 return None
             try:
@@ -419,25 +399,27 @@ class DDPClient:
                 with contextlib.suppress(Exception):
                     self._send_resume(ws)
             return ws
-        return None  # pragma: no cover  # itertools.count() never ends
+        return None  # max_reconnect_attempts failed in a row
 
     def _send_resume(self, ws: websocket.WebSocket) -> None:
         """``connect``, then outstanding methods, active subs and queued unsubs (Meteor's
         ``onReset``). Called with ``_send_lock`` held."""
         with self._lock:
-            count = self.received_count if self.resume else None
-            methods = [c.msg for c in self._calls.values() if not c.has_result]
-            subs = list(self._subs.values())
-            unsubs, self._pending_unsubs = self._pending_unsubs, []
-            self._resent_methods = {str(m["id"]) for m in methods}
-            self._resent_subs = {str(s["id"]) for s in subs}
-        self.send(self._connect_message(self.session, count))
-        for msg in methods:
+            plan = plan_resume(
+                version=self._version,
+                session=self.session,
+                received_count=self.received_count,
+                resume=self.resume,
+                calls=self._calls,
+                subs=self._subs.values(),
+                unsubs=self._pending_unsubs,
+            )
+            self._pending_unsubs = []
+            self._resent_methods = plan.method_ids
+            self._resent_subs = plan.sub_ids
+        # One by one through send(): subclasses (tests/e2e) watch what goes out there.
+        for msg in plan.messages:
             self.send(msg)
-        for msg in subs:
-            self.send(msg)
-        for sub_id in unsubs:
-            self.send({"msg": "unsub", "id": sub_id})
 
     def _unframe(self, frame: str | bytes) -> list[str] | None:
         text = frame.decode() if isinstance(frame, bytes) else frame
@@ -467,13 +449,12 @@ class DDPClient:
                     self.received.append(msg)
             if kind == "connected":
                 self._on_connected(msg)
-            elif self._subs_reviving is not None and kind in _BUFFERED:
-                self._buffer.append(msg)
-                self._toward_quiescence(msg)
             else:
-                if kind == "nosub" and self._subs_reviving is not None:
-                    self._toward_quiescence(msg)
-                self._dispatch(msg)
+                held, batch = self._quiescence.receive(msg)
+                if batch is not None:
+                    self._quiesce(batch)
+                if not held:
+                    self._dispatch(msg)
             self._cond.notify_all()
         if self.on_message is not None:
             self.on_message(msg)
@@ -481,57 +462,45 @@ class DDPClient:
     def _on_connected(self, msg: dict[str, Any]) -> None:
         session = msg.get("session")
         previous = self.session
-        reconnect = self._lost_at is not None
-        if reconnect:
+        reconnecting = self._lost_at is not None
+        if reconnecting:
             assert self._lost_at is not None
             self.reconnects += 1
             self.reconnect_latencies.append(time.monotonic() - self._lost_at)
             self._lost_at = None
         if isinstance(session, str):
             self.session = session
-        if reconnect and isinstance(session, str) and session == previous:
+        outcome = connected_outcome(reconnecting=reconnecting, previous=previous, session=session)
+        if outcome == "resumed":
             self.resumes += 1  # the count goes on, the cache is kept
-        elif reconnect:
+        elif outcome == "new":
             self.resyncs += 1
             self.received_count = 1
-            self._begin_quiescence()
+            # Wait for what was re-sent and is still wanted (unsubscribed or finished since:
+            # nothing will come for it).
+            batch = self._quiescence.begin(
+                subs=self._resent_subs & self._subs.keys(),
+                methods=self._resent_methods & self._calls.keys(),
+            )
+            if batch is not None:
+                self._quiesce(batch)
         self._connected.set()
 
-    def _begin_quiescence(self) -> None:
-        self._buffer = []
-        self._subs_reviving = set(self._resent_subs & self._subs.keys())
-        self._methods_blocking = {m for m in self._resent_methods if m in self._calls}
-        self._maybe_quiesce()
-
-    def _toward_quiescence(self, msg: dict[str, Any]) -> None:
-        assert self._subs_reviving is not None
-        kind = msg.get("msg")
-        if kind == "ready":
-            self._subs_reviving.difference_update(msg.get("subs", ()))
-        elif kind == "nosub":
-            self._subs_reviving.discard(msg.get("id", ""))
-        elif kind == "updated":
-            self._methods_blocking.difference_update(msg.get("methods", ()))
-        self._maybe_quiesce()
-
-    def _maybe_quiesce(self) -> None:
-        if self._subs_reviving or self._methods_blocking:
-            return
-        self._subs_reviving = None
-        buffered, self._buffer = self._buffer, []
-        self.collections.clear()  # Meteor resets every store, then applies the batch
-        for msg in buffered:
+    def _quiesce(self, batch: list[dict[str, Any]]) -> None:
+        """Quiescence reached: a fresh cache from the held batch, then the calls whose
+        ``updated`` the old session owed."""
+        self._cache.reset()  # Meteor resets every store, then applies the batch
+        for msg in batch:
             self._dispatch(msg)
-        # Results that arrived before the drop: their ``updated`` will never come.
-        for call_id, call in list(self._calls.items()):
-            if call.has_result and not call.updated and call_id not in self._resent_methods:
-                call.updated = True
-                self._finish(call_id, call)
+        for call_id in calls_done_at_quiescence(self._calls, self._resent_methods):
+            call = self._calls[call_id]
+            call.updated = True
+            self._finish(call_id, call)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg.get("msg")
         if kind in ("added", "changed", "removed"):
-            self._apply(msg)
+            self._cache.apply(msg)
         elif kind == "ready":
             self.ready_subs.update(msg["subs"])
         elif kind == "nosub":
@@ -561,22 +530,3 @@ class DDPClient:
         if call.has_result and call.updated:
             self._calls.pop(call_id, None)  # bounded memory: finished calls are forgotten
             call.done.set()
-
-    def _apply(self, msg: dict[str, Any]) -> None:
-        coll = self.collections.setdefault(msg["collection"], {})
-        doc_id = msg["id"]
-        if msg["msg"] == "added":
-            if doc_id in coll:
-                self.violations.append(f"duplicate added {msg['collection']}/{doc_id}")
-            coll[doc_id] = _decode_fields(msg.get("fields"))
-        elif msg["msg"] == "changed":
-            doc = coll.get(doc_id)
-            if doc is None:
-                self.violations.append(f"changed for missing {msg['collection']}/{doc_id}")
-                return
-            doc.update(_decode_fields(msg.get("fields")))
-            for name in msg.get("cleared", ()):
-                doc.pop(name, None)
-        else:
-            if coll.pop(doc_id, None) is None:
-                self.violations.append(f"removed for missing {msg['collection']}/{doc_id}")

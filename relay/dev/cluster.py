@@ -17,17 +17,23 @@ Layer: L4 tool (not used in production), standard library only, like ``relay.dev
    on ``127.0.0.1:${PORT:-8000}``, plus a stats page.
 
 It prints every URL and port, then watches its children: one that dies is restarted (as
-compose's ``restart: unless-stopped`` would) unless it keeps dying. Ctrl-C or SIGTERM
-stops everything in reverse order: HAProxy, the relays (SIGTERM, then their graceful
-timeout, then SIGKILL to the whole process group), ZooKeeper, PostgreSQL. Nothing is left
-running. State, configs and logs stay in ``.state/cluster`` (``RELAY_STATE_DIR/cluster``).
+compose's ``restart: unless-stopped`` would) unless it keeps dying. SIGTERM (``kill``, a
+supervisor, GNU make forwarding its own), SIGINT (Ctrl-C) or SIGHUP, once or many times,
+at any point of the start-up or while serving, stops everything started so far in
+reverse order: HAProxy, the relays (SIGTERM, then their graceful timeout, then SIGKILL to
+the whole process group), ZooKeeper, PostgreSQL; then it exits with status 0. The cleanup
+runs once, to its end: later signals are only noted (``relay.dev.processes.stoppable``),
+and a signal that comes while a child is being started takes effect once its handle is
+kept, so it is stopped too. Nothing is left running. State, configs and logs stay in
+``.state/cluster`` (``RELAY_STATE_DIR/cluster``).
 
 The ``Cluster`` class is the same thing as an API for tests: ``start()``/``stop()``,
 ``relays`` (pids, ports, URLs), ``kill_relay(i, sig)``/``restart_relay(i)``,
 ``kill_zk(i, sig)``/``restart_zk(i)``, ``zk_mode(i)``, ``url``/``ws_url``.
 
 Must not: import Django or gevent (it drives Django through ``manage.py`` subprocesses),
-listen on anything but 127.0.0.1, or install anything (``make cluster`` does that).
+listen on anything but 127.0.0.1, install anything (``make cluster`` does that), or drop
+the handle of a child before that child is gone.
 """
 
 from __future__ import annotations
@@ -65,7 +71,10 @@ from relay.dev.processes import (
     log_tail,
     signal_group,
     spawn,
+    stop_deferred,
     stop_process_group,
+    stop_requested,
+    stoppable,
     wait_group_gone,
     wait_until_ready,
 )
@@ -93,6 +102,12 @@ _MAX_RESTARTS = 5
 
 class ClusterError(RuntimeError):
     """A piece of the local cluster could not be started (or is missing)."""
+
+
+def _say(message: str) -> None:
+    # A closed terminal (SIGHUP) makes writing fail; that must not cut a cleanup short.
+    with contextlib.suppress(OSError, ValueError):
+        print(f"cluster: {message}", file=sys.stderr, flush=True)
 
 
 def find_zookeeper() -> tuple[str, Path]:
@@ -301,11 +316,21 @@ class Cluster:
         return self
 
     def stop(self) -> None:
-        """Stop everything, in reverse order. Idempotent; never leaves a child running."""
-        haproxy, self.haproxy = self.haproxy, None
-        if haproxy is not None:
+        """Stop everything, in reverse order. Idempotent; never leaves a child running.
+
+        No stop signal cuts it short (``stop_deferred``: ``start()`` calls it on failure,
+        still inside ``main()``'s ``stoppable()``), and a handle is dropped only once its
+        child is gone, so even a stop cut short otherwise (an exception) is finished by the
+        next call."""
+        with stop_deferred():
+            self._stop()
+
+    def _stop(self) -> None:
+        if self.haproxy is not None:
             self._log("stopping HAProxy")
-        stop_process_group(haproxy, _STOP_TIMEOUT_S)  # SIGTERM: hard stop (SIGUSR1 would wait 1 h)
+            # SIGTERM: hard stop (SIGUSR1 would wait 1 h).
+            stop_process_group(self.haproxy, _STOP_TIMEOUT_S)
+            self.haproxy = None
         if any(relay.running for relay in self.relays):
             self._log(f"stopping relays (graceful timeout {self.graceful_timeout} s)")
         for relay in self.relays:  # SIGTERM to all first, so they drain in parallel
@@ -314,13 +339,15 @@ class Cluster:
                     relay.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.graceful_timeout + 5
         for relay in self.relays:
-            proc, relay.proc = relay.proc, None
-            stop_process_group(proc, max(0.0, deadline - time.monotonic()))
+            if relay.proc is not None:
+                stop_process_group(relay.proc, max(0.0, deadline - time.monotonic()))
+                relay.proc = None
         if any(zk.proc is not None for zk in self.zookeepers):
             self._log("stopping ZooKeeper")
         for zk in reversed(self.zookeepers):
-            proc, zk.proc = zk.proc, None
-            stop_process_group(proc, _STOP_TIMEOUT_S)
+            if zk.proc is not None:
+                stop_process_group(zk.proc, _STOP_TIMEOUT_S)
+                zk.proc = None
         if self.postgres is not None and self.postgres.is_running():
             self._log("stopping PostgreSQL")
             self.postgres.stop()
@@ -358,8 +385,7 @@ class Cluster:
         """Stop relay ``i`` if it runs (SIGTERM, graceful timeout), start it on the same
         port and wait for its ``/readyz``."""
         relay = self.relays[i]
-        proc, relay.proc = relay.proc, None
-        stop_process_group(proc, self.graceful_timeout + 5)
+        stop_process_group(relay.proc, self.graceful_timeout + 5)
         self._spawn_relay(relay)
         self._wait_relay(relay, timeout)
 
@@ -378,8 +404,7 @@ class Cluster:
         """Stop node ``i`` if it runs, start it again (same ports and data) and wait until
         it is a leader or follower."""
         zk = self.zookeepers[i]
-        proc, zk.proc = zk.proc, None
-        stop_process_group(proc, _STOP_TIMEOUT_S)
+        stop_process_group(zk.proc, _STOP_TIMEOUT_S)
         self._spawn_zk(zk)
         wait_until_ready(
             zk.proc,
@@ -426,10 +451,14 @@ class Cluster:
         for zk in self.zookeepers:
             if zk.proc is not None and zk.proc.poll() is not None:
                 self._note_death(f"ZooKeeper {zk.myid}", zk.proc, zk.log_path, zk, now)
+                stop_process_group(zk.proc, 0)  # see below
                 self._spawn_zk(zk)
         for relay in self.relays:
             if relay.proc is not None and relay.proc.poll() is not None:
                 self._note_death(relay.name, relay.proc, relay.log_path, relay, now)
+                # What is left of its process group (a dead master's workers) goes too:
+                # once the handle is replaced, nothing would stop it.
+                stop_process_group(relay.proc, 0)
                 self._spawn_relay(relay)
         if self.haproxy is not None and self.haproxy.poll() is not None:
             if now - self._haproxy_started_at > 60:
@@ -438,6 +467,7 @@ class Cluster:
             self._log(f"HAProxy exited with {self.haproxy.returncode}; restarting")
             if self._haproxy_restarts > _MAX_RESTARTS:
                 raise ClusterError(f"HAProxy keeps exiting:\n{log_tail(self.haproxy_log)}")
+            stop_process_group(self.haproxy, 0)  # see above
             self._spawn_haproxy()
 
     def _note_death(
@@ -451,11 +481,7 @@ class Cluster:
         if now - node.started_at > 60:
             node.restarts = 0
         node.restarts += 1
-        print(
-            f"cluster: {name} exited with {proc.returncode}; restarting (log {log_path})",
-            file=sys.stderr,
-            flush=True,
-        )
+        _say(f"{name} exited with {proc.returncode}; restarting (log {log_path})")
         if node.restarts > _MAX_RESTARTS:
             raise ClusterError(f"{name} keeps exiting:\n{log_tail(log_path)}")
 
@@ -489,14 +515,17 @@ class Cluster:
 
     def _log(self, message: str) -> None:
         if self.verbose:
-            print(f"cluster: {message}", file=sys.stderr, flush=True)
+            _say(message)
 
     def _start_postgres(self) -> None:
         if self._external_database_url:
             return
         self._log("starting PostgreSQL")
-        self.postgres = EmbeddedPostgres(self.state_dir / "postgres")
-        self.postgres.start()
+        # Deferred: a stop signal during pg_ctl start would otherwise leave a postmaster
+        # coming up that no one stops. It takes effect once the server runs.
+        with stop_deferred():
+            self.postgres = EmbeddedPostgres(self.state_dir / "postgres")
+            self.postgres.start()
         self.postgres.create_database("relay")
         self.database_url = self.postgres.dsn("relay")
 
@@ -543,7 +572,8 @@ class Cluster:
 
     def _spawn_zk(self, zk: ZooKeeperNode) -> None:
         argv = local_zookeeper.command(self.java, self.zookeeper_jar, zk.config_path)
-        zk.proc = spawn(argv, zk.log_path, cwd=zk.base_dir)
+        with stop_deferred():  # see _spawn_relay
+            zk.proc = spawn(argv, zk.log_path, cwd=zk.base_dir)
         zk.started_at = time.monotonic()
 
     def _wait_quorum(self, timeout: float) -> None:
@@ -578,7 +608,11 @@ class Cluster:
         env["RELAY_ZOOKEEPER"] = self.zk_connect
         relay.env = env
         argv = gunicorn_argv(f"ddp-{relay.name}")
-        relay.proc = spawn(argv, relay.log_path, env=env, cwd=ROOT)
+        # Deferred: the child leads a session of its own, out of reach of the signals
+        # sent to this one's group; an interrupt between its fork and the assignment
+        # would leave it running with no handle to stop it by.
+        with stop_deferred():
+            relay.proc = spawn(argv, relay.log_path, env=env, cwd=ROOT)
         relay.started_at = time.monotonic()
 
     def _wait_relay(self, relay: RelayNode, timeout: float) -> None:
@@ -642,7 +676,8 @@ backend relays
     def _spawn_haproxy(self) -> None:
         # -db: foreground, no daemon, so this process supervises (and stops) it.
         argv = [self.haproxy_bin, "-db", "-f", str(self.haproxy_config)]
-        self.haproxy = spawn(argv, self.haproxy_log, cwd=ROOT)
+        with stop_deferred():  # see _spawn_relay
+            self.haproxy = spawn(argv, self.haproxy_log, cwd=ROOT)
         self._haproxy_started_at = time.monotonic()
 
     def backend_status(self) -> dict[str, str]:
@@ -685,6 +720,7 @@ backend relays
 
 
 def main(argv: list[str] | None = None) -> int:
+    interrupt_on_stop_signals()  # first: from here on, a stop signal is at least noted
     parser = argparse.ArgumentParser(
         prog="python -m relay.dev.cluster",
         description="PostgreSQL, a 3-node ZooKeeper ensemble, three relays and HAProxy on "
@@ -710,40 +746,46 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    interrupt_on_stop_signals()
-    try:
-        cluster = Cluster(
-            args.state_dir,
-            port=args.port,
-            stats_port=args.stats_port,
-            relays=args.relays,
-            zookeepers=args.zookeepers,
-            workers=args.workers,
-            graceful_timeout=args.graceful_timeout,
-            collectstatic=True,
-            verbose=True,
-        )
-    except ClusterError as exc:
-        print(f"cluster: {exc}", file=sys.stderr)
-        return 1
+    cluster: Cluster | None = None
     rc = 0
     try:
-        print(f"cluster: starting in {cluster.state_dir}", file=sys.stderr, flush=True)
-        cluster.start()
-        print(f"\n{cluster.describe()}\nPress Ctrl-C to stop.\n", flush=True)
-        while True:
-            time.sleep(0.5)
-            cluster.supervise()
+        with stoppable():
+            cluster = Cluster(
+                args.state_dir,
+                port=args.port,
+                stats_port=args.stats_port,
+                relays=args.relays,
+                zookeepers=args.zookeepers,
+                workers=args.workers,
+                graceful_timeout=args.graceful_timeout,
+                collectstatic=True,
+                verbose=True,
+            )
+            _say(f"starting in {cluster.state_dir}")
+            cluster.start()
+            print(f"\n{cluster.describe()}\nPress Ctrl-C to stop.\n", flush=True)
+            while True:
+                time.sleep(0.5)
+                cluster.supervise()
     except KeyboardInterrupt:
         pass
-    except ClusterError as exc:
-        print(f"cluster: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:
+        # After a stop signal, a failed step is most likely one the signal killed too
+        # (manage.py is in this process group): said, but the stop was asked for.
+        if not isinstance(exc, ClusterError) and stop_requested() is None:
+            raise
+        _say(str(exc))
         rc = 1
     finally:
+        if cluster is not None:
+            cluster.stop()
+        stopping = stop_requested()
+        if stopping is not None:
+            _say(f"stopped ({signal.Signals(stopping).name})")
+        elif cluster is not None:
+            _say("stopped")
         ignore_stop_signals()
-        cluster.stop()
-        print("cluster: stopped", file=sys.stderr, flush=True)
-    return rc
+    return 0 if stop_requested() is not None else rc
 
 
 if __name__ == "__main__":

@@ -1,22 +1,42 @@
 """``make run``: the demo on an embedded default, in one command.
 
 Layer: L4 tool (not used in production). Starts a throwaway PostgreSQL under
-``.state/postgres`` unless ``DATABASE_URL`` is set, migrates and seeds the example
-project, then serves it with gunicorn gevent workers on ``127.0.0.1:${PORT:-8000}``
-(Django admin over HTTP, DDP on ``/websocket`` and ``/sockjs``). Ctrl-C or SIGTERM stops
-gunicorn and the embedded PostgreSQL. It drives Django only through ``manage.py`` subprocesses,
-so ``relay`` still never imports Django.
+``.state/postgres`` (``RELAY_STATE_DIR/postgres``) unless ``DATABASE_URL`` is set, migrates
+and seeds the example project, then serves it with gunicorn gevent workers on
+``127.0.0.1:${PORT:-8000}`` (Django admin over HTTP, DDP on ``/websocket`` and ``/sockjs``).
+It drives Django only through ``manage.py`` subprocesses, so ``relay`` still never imports
+Django.
+
+Stopping: SIGTERM (``kill``, a supervisor, GNU make forwarding its own), SIGINT (Ctrl-C)
+or SIGHUP, once or many times, at any point of the start-up or while serving, stops
+gunicorn (and its workers) and then the embedded PostgreSQL, and exits with status 0.
+The cleanup runs once, to its end: later signals are only noted
+(``relay.dev.processes.stoppable``); a signal that comes while PostgreSQL or gunicorn is
+being started takes effect once it has started, so it is stopped too.
+
+Must not: import Django, gevent or anything beyond the standard library and ``relay.dev``;
+exit while gunicorn, one of its workers or the embedded PostgreSQL it started still runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from relay.dev.embedded_postgres import EmbeddedPostgres
 from relay.dev.launch import ROOT, example_env, fresh_metrics_dir, gunicorn_argv, manage_argv
-from relay.dev.processes import ignore_stop_signals, interrupt_on_stop_signals, stop_process
+from relay.dev.processes import (
+    ignore_stop_signals,
+    interrupt_on_stop_signals,
+    stop_deferred,
+    stop_process_tree,
+    stop_requested,
+    stoppable,
+)
 
 
 def _env(database_url: str, state: Path) -> dict[str, str]:
@@ -33,21 +53,35 @@ def _manage(env: dict[str, str], *args: str) -> None:
     subprocess.run(manage_argv(*args), env=env, check=True)
 
 
-def main() -> int:
-    interrupt_on_stop_signals()
-    state = Path(os.environ.get("RELAY_STATE_DIR", ROOT / ".state")).resolve()
-    state.mkdir(parents=True, exist_ok=True)
-    pg: EmbeddedPostgres | None = None
-    gunicorn: subprocess.Popen[bytes] | None = None
-    try:
+def _say(message: str) -> None:
+    # A closed terminal (SIGHUP) makes writing fail; that must not cut the cleanup short.
+    with contextlib.suppress(OSError, ValueError):
+        print(message, file=sys.stderr, flush=True)
+
+
+class _DevServer:
+    """What ``make run`` started, so that ``stop()`` stops exactly that, once."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.pg: EmbeddedPostgres | None = None
+        self.gunicorn: subprocess.Popen[bytes] | None = None
+        # gunicorn drains for RELAY_GRACEFUL_TIMEOUT s, then kills its workers itself.
+        self.stop_timeout = int(os.environ.get("RELAY_GRACEFUL_TIMEOUT", "30")) + 5
+
+    def serve(self) -> int:
+        """Start everything, then wait for gunicorn; its exit status."""
         database_url = os.environ.get("DATABASE_URL", "")
         if not database_url:
-            pg = EmbeddedPostgres(state / "postgres")
-            pg.start()
-            pg.create_database("relay")
-            database_url = pg.dsn("relay")
+            # Deferred: a stop signal during pg_ctl start would otherwise leave a
+            # postmaster coming up that no one stops. It takes effect once it runs.
+            with stop_deferred():
+                self.pg = EmbeddedPostgres(self.state / "postgres")
+                self.pg.start()
+            self.pg.create_database("relay")
+            database_url = self.pg.dsn("relay")
         port = os.environ.get("PORT", "8000")
-        env = _env(database_url, state)
+        env = _env(database_url, self.state)
         env["PORT"] = port
         _manage(env, "migrate", "--noinput", "-v", "0")
         _manage(env, "collectstatic", "--noinput", "-v", "0")
@@ -63,15 +97,48 @@ def main() -> int:
             f"Press Ctrl-C to stop.\n",
             flush=True,
         )
-        gunicorn = subprocess.Popen(gunicorn_argv(), env=env)
-        return gunicorn.wait()
+        # Deferred: an interrupt between the fork and the assignment would lose the
+        # handle. gunicorn stays in this process group, so a terminal's Ctrl-C (or a
+        # supervisor's group signal) also reaches it and its workers directly.
+        with stop_deferred():
+            self.gunicorn = subprocess.Popen(gunicorn_argv(), env=env)
+        return self.gunicorn.wait()
+
+    def stop(self) -> None:
+        """Stop gunicorn, then PostgreSQL. Idempotent: each handle is dropped only once
+        what it names is gone, so a second call stops what a first one could not."""
+        with stop_deferred():
+            if self.gunicorn is not None:
+                stop_process_tree(self.gunicorn, self.stop_timeout)
+                self.gunicorn = None
+            if self.pg is not None:
+                self.pg.stop()
+                self.pg = None
+
+
+def main() -> int:
+    interrupt_on_stop_signals()
+    state = Path(os.environ.get("RELAY_STATE_DIR", ROOT / ".state")).resolve()
+    server = _DevServer(state)
+    rc = 0
+    try:
+        with stoppable():
+            state.mkdir(parents=True, exist_ok=True)
+            rc = server.serve()
     except KeyboardInterrupt:
-        return 0
+        pass
+    except Exception:
+        # A start-up step that failed because the stop signal killed it too (manage.py
+        # is in this process group) is part of the stop, not an error of its own.
+        if stop_requested() is None:
+            raise
     finally:
+        server.stop()
+        stopping = stop_requested()
+        if stopping is not None:
+            _say(f"devserver: stopped ({signal.Signals(stopping).name})")
         ignore_stop_signals()
-        stop_process(gunicorn, timeout=35)
-        if pg is not None:
-            pg.stop()
+    return 0 if stop_requested() is not None else rc
 
 
 if __name__ == "__main__":

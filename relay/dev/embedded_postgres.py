@@ -21,7 +21,10 @@ What it must not do:
   relay.dev.embedded_postgres`` must run on a bare interpreter);
 - run the server as root (PostgreSQL refuses to): as root, ``initdb`` and ``pg_ctl`` run
   as the ``postgres`` OS user through ``runuser -u postgres --``;
-- change the owner or mode of anything it did not create.
+- change the owner or mode of anything it did not create;
+- let a stop signal sent to its caller's process group (a supervisor, GNU make, Ctrl-C)
+  kill ``initdb``, ``pg_ctl`` or ``createdb`` halfway: they run in a session of their own,
+  and the caller decides when the server stops.
 
 Layout of a state directory ``S``::
 
@@ -84,6 +87,11 @@ SUPERUSER = "relay"
 DEFAULT_DBNAME = "relay"
 
 _DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
+# _OWN_SESSION: initdb, pg_ctl and createdb run in a session of their own. A stop signal
+# sent to the caller's process group (a supervisor, GNU make forwarding SIGTERM, Ctrl-C)
+# would otherwise kill pg_ctl halfway: a postmaster it already forked comes up after
+# start() gave up (no postmaster.pid yet, so stop() saw nothing to stop), or keeps running
+# after stop() gave up. The caller decides when the server stops, and it waits for that.
 _START_TIMEOUT_S = 60
 _LOG_ROTATE_BYTES = 5 * 1024 * 1024
 # Unix socket paths are limited to 107 bytes; ".s.PGSQL.65535" plus a slash is 15.
@@ -354,6 +362,7 @@ class EmbeddedPostgres:
             ],
             env=_clean_env(),
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # see _OWN_SESSION
             capture_output=True,
             text=True,
             timeout=60,
@@ -409,6 +418,7 @@ class EmbeddedPostgres:
             ),
             cwd="/",
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # see _OWN_SESSION
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             check=False,
@@ -572,6 +582,7 @@ class EmbeddedPostgres:
                 cwd="/",
                 env=_clean_env(),
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # see _OWN_SESSION
                 stdout=subprocess.PIPE if quiet else log,
                 stderr=subprocess.STDOUT,
                 timeout=timeout,
@@ -665,6 +676,7 @@ class EmbeddedPostgres:
             cwd="/",
             env=_clean_env(),
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # see _OWN_SESSION
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -8,14 +8,31 @@ Its job: a free loopback port (``free_port``); a child started in a session of i
 with its output appended to a log (``spawn``); waiting, with a deadline, until a child
 serves, failing at once with its log tail when it exits first (``wait_until_ready``,
 ``check_alive``, ``http_status``); stopping it within a deadline, SIGTERM then SIGKILL
-(``stop_process``; ``stop_process_group`` also kills what is left of its process group and
-waits until that is gone); and the ``/proc`` look-ups those need (``descendants``).
+(``stop_process``; ``stop_process_tree`` also kills the descendants of a child it had to
+kill; ``stop_process_group`` also kills what is left of its process group and waits until
+that is gone); the ``/proc`` look-ups those need (``descendants``); and how a launcher
+(``make run``, ``make cluster``) is stopped by signals (``interrupt_on_stop_signals``,
+``stoppable``, ``stop_deferred``, ``stop_requested``, ``ignore_stop_signals``).
+
+Stop signals. SIGTERM (``kill``, ``timeout``, a supervisor), SIGINT (Ctrl-C) and SIGHUP (a
+closed terminal) ask a launcher to stop, often more than once: GNU make forwards the
+SIGTERM its process group got, so the launcher gets two within microseconds; a supervisor
+repeats them. A launcher's start-up and serving run inside ``stoppable()``, where the first
+stop signal raises ``KeyboardInterrupt``; that is the only one ever raised. Every later
+signal, and any signal outside ``stoppable()`` (its cleanup), is only noted
+(``stop_requested``), so nothing can raise into a cleanup, a ``finally`` or an ``except``.
+Within ``stop_deferred()`` (starting a child and recording it, starting PostgreSQL, a
+cleanup called during start-up) the interrupt waits until the section ends, so a child is
+never started without its launcher knowing it has to be stopped. Once its cleanup is
+over, a launcher ignores them (``ignore_stop_signals``) so that one arriving while the
+interpreter exits cannot turn a clean stop into a death by signal.
 
 What it must not do: know what it starts (the recipes for gunicorn relays and ZooKeeper
 are in ``relay.dev.launch`` and ``relay.dev.local_zookeeper``), import anything beyond the
 standard library (``python -m relay.dev.cluster`` and ``python -m relay.dev.embedded_postgres``
 run on a bare interpreter), bind anything but the host it is given (127.0.0.1 by
-default), or return from a stop while the child it stopped may still run.
+default), return from a stop while the child it stopped may still run, or raise a second
+``KeyboardInterrupt`` for a second stop signal.
 """
 
 from __future__ import annotations
@@ -29,12 +46,14 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 __all__ = [
     "LOG_TAIL_LINES",
+    "STOP_SIGNALS",
     "check_alive",
     "descendants",
     "free_port",
@@ -45,8 +64,12 @@ __all__ = [
     "log_tail",
     "signal_group",
     "spawn",
+    "stop_deferred",
     "stop_process",
     "stop_process_group",
+    "stop_process_tree",
+    "stop_requested",
+    "stoppable",
     "wait_group_gone",
     "wait_until_ready",
 ]
@@ -165,6 +188,33 @@ def stop_process(proc: subprocess.Popen[Any] | None, timeout: float) -> None:
         proc.wait(timeout=_KILL_WAIT_S)
 
 
+def stop_process_tree(proc: subprocess.Popen[Any] | None, timeout: float) -> None:
+    """``stop_process`` for a child that has children of its own in the caller's process
+    group (a gunicorn master and its workers): when it does not exit within ``timeout`` s,
+    its descendants are SIGKILLed with it and waited for."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    # Listed while the parent still runs: once it is dead they are orphans that nothing
+    # links to it any more.
+    left = descendants(proc.pid)
+    proc.kill()
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=_KILL_WAIT_S)
+    deadline = time.monotonic() + _KILL_WAIT_S
+    while _alive(left) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     """``sig`` to the child's process group (it leads its own session), else to the child."""
     try:
@@ -203,6 +253,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that still run (not zombies)."""
+    wanted = set(pids)
+    return [pid for pid, fields in _proc_stats() if pid in wanted and fields[0] != "Z"]
+
+
 def _group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of process group ``pgid``."""
     return [pid for pid, fields in _proc_stats() if fields[0] != "Z" and int(fields[2]) == pgid]
@@ -232,20 +288,99 @@ def stop_process_group(proc: subprocess.Popen[bytes] | None, timeout: float) -> 
     wait_group_gone(proc.pid)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+# -- stop signals ---------------------------------------------------------------------------
+
+#: What asks a launcher to stop: ``kill``/``timeout``/a supervisor, Ctrl-C, a closed terminal.
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class _StopState:
+    """What the stop-signal handler knows. Module state: signals belong to the process."""
+
+    requested: int | None = None  # the first stop signal received
+    raised = False  # the one KeyboardInterrupt has been raised
+    interruptible = False  # inside stoppable()
+    deferred = 0  # how many stop_deferred() sections are open
+
+
+_stop = _StopState()
+
+
+def _raise_if_due() -> None:
+    # Set ``raised`` before raising: a handler that runs between the test and the raise
+    # (handlers run between any two bytecodes, even inside another handler) then raises
+    # itself and this raise is skipped, or finds ``raised`` set and returns. Either way
+    # exactly one KeyboardInterrupt leaves here.
+    if (
+        _stop.requested is not None
+        and _stop.interruptible
+        and not _stop.deferred
+        and not _stop.raised
+    ):
+        _stop.raised = True
+        raise KeyboardInterrupt(f"signal {_stop.requested}")
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    if _stop.requested is None:
+        _stop.requested = signum
+    _raise_if_due()
 
 
 def interrupt_on_stop_signals() -> None:
-    """SIGTERM (kill, ``timeout``, a supervisor) and SIGINT raise ``KeyboardInterrupt`` in
-    the main thread, so a tool's ``finally`` stops its children whichever way it is
-    stopped: Python's default for SIGTERM exits without running it."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    """Handle ``STOP_SIGNALS`` from now on: noted, and raised once as ``KeyboardInterrupt``
+    inside ``stoppable()`` (Python's default for SIGTERM and SIGHUP exits without running
+    a ``finally``; its SIGINT handler raises at every Ctrl-C, into the cleanup too).
+
+    Call it first thing, before anything is started: until then a stop signal's default
+    action ends the process, which has nothing to clean up yet. SIGINT and SIGHUP that
+    this process inherited as ignored (``nohup``, a shell's background job) stay ignored.
+    """
+    _stop.requested = None
+    _stop.raised = False
+    _stop.interruptible = False
+    _stop.deferred = 0
+    for sig in STOP_SIGNALS:
+        if sig != signal.SIGTERM and signal.getsignal(sig) == signal.SIG_IGN:
+            continue
+        signal.signal(sig, _on_stop_signal)
+
+
+def stop_requested() -> int | None:
+    """The first stop signal received since ``interrupt_on_stop_signals()``, else None."""
+    return _stop.requested
+
+
+@contextlib.contextmanager
+def stoppable() -> Iterator[None]:
+    """A launcher's start-up and serving: the first stop signal raises ``KeyboardInterrupt``
+    here (at once on entry for one that came before). Its cleanup goes after the block, in
+    an ``except``/``finally``, where no stop signal raises."""
+    _stop.interruptible = True
+    try:
+        _raise_if_due()
+        yield
+    finally:
+        _stop.interruptible = False
+
+
+@contextlib.contextmanager
+def stop_deferred() -> Iterator[None]:
+    """A section no stop signal may cut short (starting a child and keeping its handle,
+    starting PostgreSQL, a cleanup): inside ``stoppable()``, a stop signal that arrives
+    meanwhile raises ``KeyboardInterrupt`` when the section ends, not before."""
+    _stop.deferred += 1
+    try:
+        yield
+    finally:
+        _stop.deferred -= 1
+    _raise_if_due()
 
 
 def ignore_stop_signals() -> None:
-    """From the start of a cleanup: a second Ctrl-C or SIGTERM must not cut it short and
-    leave children behind."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Once the cleanup is over: ignore stop signals until the process exits. At exit
+    Python puts back the default action of every signal it handled, so a supervisor's
+    next SIGTERM would turn a clean stop into a death by signal (status -15, not 0).
+    Not earlier: a child started meanwhile (``pg_ctl stop``) would inherit the ignoring."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -6,10 +6,11 @@ received yet: its id and user, the sent count, the log of recently sent messages
 ones lost in flight are replayed verbatim), its subscriptions (so re-sent ``sub``s are
 recognised and live routing restarts), the mergebox (exactly the client's view once the
 log is replayed) and the results of completed methods (so a re-sent ``method`` is answered
-again, never run twice). It is stored as JSON text in ``ddp_parked_session`` (created by
-``django_app``'s migrations); values inside go through EJSON.
+again, never run twice). ``dumps`` and ``loads`` give its JSON text, the form a park store
+keeps (``relay.resume.store``); values inside go through EJSON.
 
-Must not: do I/O or decide whether a resume is allowed (``relay.resume.resumer`` does).
+Must not: do I/O, know where states are kept (``relay.resume.store``), or decide whether a
+resume is allowed (``relay.resume.resumer`` does).
 """
 
 from __future__ import annotations
@@ -22,17 +23,6 @@ from relay.protocol import ejson
 
 #: Bumped when the stored shape changes; an unknown version is never resumed.
 VERSION = 1
-
-TABLE = "ddp_parked_session"
-UPSERT = (
-    "INSERT INTO ddp_parked_session (session_id, state, parked_at, expires_at)"
-    " VALUES (%s, %s, now(), now() + make_interval(secs => %s))"
-    " ON CONFLICT (session_id) DO UPDATE SET state = EXCLUDED.state,"
-    " parked_at = EXCLUDED.parked_at, expires_at = EXCLUDED.expires_at"
-)
-SELECT = "SELECT state FROM ddp_parked_session WHERE session_id = %s AND expires_at > now()"
-DELETE = "DELETE FROM ddp_parked_session WHERE session_id = %s"
-DELETE_EXPIRED = "DELETE FROM ddp_parked_session WHERE expires_at < now()"
 
 
 @dataclass(slots=True)

@@ -1,8 +1,10 @@
 """Session resumption across relays: parking a session, and taking it back on reconnect.
 
 Layer: L3. The coordinator (ZooKeeper, a node-local SQLite file, or in-process) holds each
-session's owner and epoch; the park store (PostgreSQL) holds its state. Writes per
-session: one when it connects, one when it parks, one when it is claimed; none per message.
+session's owner and epoch; the park store (``relay.resume.store.ParkedStore``: PostgreSQL,
+or its in-memory twin) holds its state. Writes per session: one when it connects, one when
+it parks, one when it is claimed; none per message. Every decision is counted in
+``ddp_relay_resumes_total{outcome}``, with an outcome from ``OUTCOMES``.
 
 - A new session is registered (``created``); if the coordinator is unavailable the
   session works but cannot be resumed later (counted, logged).
@@ -12,7 +14,10 @@ session: one when it connects, one when it parks, one when it is claimed; none p
   record exists and is parked (waiting briefly for a park still under way), is not
   expired, belongs to the same user, the log reaches back to the client's count, and
   the compare-and-set claim on its epoch wins; two relays can never both resume it.
-  Anything else answers with a new session id and the client resyncs.
+  Anything else answers with a new session id and the client resyncs. The session id is
+  the client's word: one that cannot be a session id is simply ``unknown``.
+- Housekeeping (on the coordinator's leader) forgets the records and the stored states
+  whose window passed.
 
 Must not: touch sockets or DDP framing (the session does), or write per message.
 """
@@ -26,7 +31,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import gevent
 
@@ -37,10 +42,13 @@ from coordinator import (
     Member,
     NotConnectedError,
     SessionExists,
+    SessionNotFound,
 )
+from coordinator.base import check_id
 from relay.config import Settings
+from relay.metrics import Metrics
 from relay.resume.parked import ParkedSession
-from relay.resume.store import ParkStore
+from relay.resume.store import ParkedStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +61,26 @@ PARK_WAIT_SECONDS = 2.0
 SUSPENDED_WAIT_SECONDS = 5.0
 #: The same, for a resume (the client is waiting: it gets a new session after this).
 RESUME_WAIT_SECONDS = 2.0
+
+#: The label values of ``ddp_relay_resumes_total{outcome}`` (a fixed table: the metric's
+#: cardinality never depends on what clients send).
+Outcome = Literal[
+    "resumed",  # a reconnect took its session back
+    "parked",  # a session whose socket went away can be resumed
+    "park_fenced",  # ...could not be parked: someone claimed it meanwhile
+    "park_failed",  # ...could not be parked: store or coordinator failed
+    "unregistered",  # a session the coordinator could not record: never resumable
+    "unknown",  # resume refused: no such session (never was, dropped, or reaped)
+    "owner_gone",  # ...its owner died before parking it
+    "not_parked",  # ...its owner did not park it within the wait
+    "expired",  # ...its window passed
+    "lost",  # ...its state is missing or of a format this code cannot read
+    "other_user",  # ...it belongs to another user
+    "count",  # ...the client's receivedCount is outside what the log can replay
+    "fenced",  # ...another relay claimed it first
+    "unavailable",  # ...the coordinator or the store is down or failed
+]
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +112,17 @@ def build_coordinator(settings: Settings) -> Coordinator:
 
 
 class Resumer:
+    #: The waits, per instance so that tests can shorten them (defaults: the constants).
+    park_wait: float = PARK_WAIT_SECONDS
+    suspended_wait: float = SUSPENDED_WAIT_SECONDS
+    resume_wait: float = RESUME_WAIT_SECONDS
+
     def __init__(
-        self, settings: Settings, coordinator: Coordinator, store: ParkStore, metrics: Any
+        self,
+        settings: Settings,
+        coordinator: Coordinator,
+        store: ParkedStore,
+        metrics: Metrics | None,
     ) -> None:
         self.settings = settings
         self.coordinator = coordinator
@@ -115,10 +152,11 @@ class Resumer:
 
     # -- the life of a session ----------------------------------------------------------------
 
-    def _call(self, fn: Callable[..., T], *args: Any, wait: float = SUSPENDED_WAIT_SECONDS) -> T:
-        """Call the coordinator, riding out a suspension of up to ``wait`` seconds
-        (SUSPENDED is not LOST: a ZooKeeper leader election takes about two)."""
-        deadline = time.monotonic() + wait
+    def _call(self, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
+        """Call the coordinator, riding out a suspension of up to ``wait`` seconds (default
+        ``suspended_wait``; SUSPENDED is not LOST: a ZooKeeper leader election takes about
+        two)."""
+        deadline = time.monotonic() + (self.suspended_wait if wait is None else wait)
         delay = 0.05
         while True:
             try:
@@ -179,10 +217,20 @@ class Resumer:
 
     def resume(self, session_id: str, received_count: int, user_id: str | None) -> Resumed | None:
         """Take over a parked session, or None (with the reason counted) to start anew."""
+        outcome: Resumed | Outcome
+        try:
+            check_id("session id", session_id)
+        except ValueError:
+            # Not an id this cluster ever gave out (the client says anything it likes):
+            # unknown, not a coordinator failure, and not worth a log line.
+            self._count("unknown")
+            return None
         try:
             outcome = self._resume(session_id, received_count, user_id)
         except FencedError:
             outcome = "fenced"
+        except SessionNotFound:
+            outcome = "unknown"  # reaped (or dropped) between the read and the claim
         except (NotConnectedError, SessionExists):
             outcome = "unavailable"
         except Exception as exc:
@@ -194,12 +242,20 @@ class Resumer:
         self._count("resumed")
         return outcome
 
-    def _resume(self, session_id: str, received_count: int, user_id: str | None) -> Resumed | str:
-        record = self._call(self.coordinator.get_session, session_id, wait=RESUME_WAIT_SECONDS)
-        deadline = time.monotonic() + PARK_WAIT_SECONDS
+    def _resume(
+        self, session_id: str, received_count: int, user_id: str | None
+    ) -> Resumed | Outcome:
+        record = self._call(self.coordinator.get_session, session_id, wait=self.resume_wait)
+        deadline = time.monotonic() + self.park_wait
         while record is not None and not record.parked and time.monotonic() < deadline:
             if record.owner not in {m.relay_id for m in self.coordinator.members()}:
-                return "owner_gone"  # killed before it could park: nothing to resume
+                # Read once more: a relay shutting down gracefully parks its sessions and
+                # then leaves, possibly between the read above and the membership check.
+                again = self.coordinator.get_session(session_id)
+                if again == record:
+                    return "owner_gone"  # killed before it could park: nothing to resume
+                record = again
+                continue
             gevent.sleep(0.05)  # the old owner is still parking it
             record = self.coordinator.get_session(session_id)
         if record is None:
@@ -220,7 +276,7 @@ class Resumer:
             lambda: self.coordinator.claim_session(
                 session_id, self.relay_id, record.epoch, require_parked=True
             ),
-            wait=RESUME_WAIT_SECONDS,
+            wait=self.resume_wait,
         )
         return Resumed(state, claimed.epoch, missed)
 
@@ -233,14 +289,18 @@ class Resumer:
     def housekeeping(self) -> None:
         """Forget sessions whose window passed. The node calls it on the coordinator's
         leader only (``Node._housekeeping_forever``)."""
+        # Two independent chores: one failing does not hold up the other.
         try:
             now = time.time()
             for session_id in self.coordinator.expired_sessions(now):
                 self.coordinator.reap_session(session_id, now)
+        except Exception as exc:
+            log.warning("session housekeeping failed (coordinator): %s", exc)
+        try:
             self.store.delete_expired()
         except Exception as exc:
-            log.warning("session housekeeping failed: %s", exc)
+            log.warning("session housekeeping failed (park store): %s", exc)
 
-    def _count(self, outcome: str) -> None:
+    def _count(self, outcome: Outcome) -> None:
         if self.metrics is not None:
             self.metrics.resumes.labels(outcome=outcome).inc()

@@ -1,9 +1,24 @@
-"""Where parked sessions are kept: the ``ddp_parked_session`` table in PostgreSQL.
+"""Where parked sessions are kept: the ``ParkedStore`` seam, and its PostgreSQL
+implementation over the ``ddp_parked_session`` table (created by ``django_app``'s migrations).
 
-Layer: L3 (gevent + psycopg2). One connection per worker process, used by one greenlet
-at a time (parking and resuming are rare next to messages: a few per connection). A
-failure is reported to the caller, which then treats the session as not resumable; the
-connection is reopened on the next use.
+Layer: L3 (gevent + psycopg2). The resumer is written against ``ParkedStore``; every
+implementation passes one contract suite (``tests/relay/resume/test_store_contract.py``):
+this one and the in-memory twin ``relay.resume.memory.MemoryParkStore``. What the seam
+promises:
+
+- ``save`` writes a session's state (replacing any earlier one) resumable for ``window``
+  seconds; ``load`` gives it back, or None when there is none, its window passed, or it is
+  not a state this code can resume (another format version); ``delete`` and
+  ``delete_expired`` forget, and neither minds an id that is not there.
+- Any failure of the storage (database unreachable, connection lost twice in a row, an
+  SQL error) is raised as ``ParkStoreError``, never as a driver type. It may or may not
+  have taken effect; the caller treats the session as not resumable. The next call tries
+  again (a lost connection is reopened). ``close`` never raises.
+
+``PostgresParkStore`` (also importable as ``ParkStore``, the name ``relay.server.node``
+uses): one connection per worker process, in autocommit, used by one greenlet at a time
+(parking and resuming are rare next to messages: a few per connection). Row expiry uses the
+database's clock (``now()``), so every relay agrees on it.
 
 Must not: decide anything about resumption (``relay.resume.resumer``), or be used per message.
 """
@@ -11,8 +26,7 @@ Must not: decide anything about resumption (``relay.resume.resumer``), or be use
 from __future__ import annotations
 
 import contextlib
-import logging
-from typing import Any
+from typing import Any, Protocol
 
 import gevent.lock
 import psycopg2
@@ -21,10 +35,51 @@ import psycopg2.extensions
 from relay.resume import parked
 from relay.resume.parked import ParkedSession
 
-log = logging.getLogger(__name__)
+__all__ = ["ParkStore", "ParkStoreError", "ParkedStore", "PostgresParkStore"]
+
+TABLE = "ddp_parked_session"
+UPSERT = (
+    "INSERT INTO ddp_parked_session (session_id, state, parked_at, expires_at)"
+    " VALUES (%s, %s, now(), now() + make_interval(secs => %s))"
+    " ON CONFLICT (session_id) DO UPDATE SET state = EXCLUDED.state,"
+    " parked_at = EXCLUDED.parked_at, expires_at = EXCLUDED.expires_at"
+)
+SELECT = "SELECT state FROM ddp_parked_session WHERE session_id = %s AND expires_at > now()"
+DELETE = "DELETE FROM ddp_parked_session WHERE session_id = %s"
+DELETE_EXPIRED = "DELETE FROM ddp_parked_session WHERE expires_at < now()"
 
 
-class ParkStore:
+class ParkStoreError(Exception):
+    """The park store could not do what it was asked (the cause is chained)."""
+
+
+class ParkedStore(Protocol):
+    """Durable storage of parked session states, keyed by session id."""
+
+    def save(self, state: ParkedSession, window: float) -> None:
+        """Keep ``state`` (replacing any earlier one) until ``window`` seconds from now."""
+        ...
+
+    def load(self, session_id: str) -> ParkedSession | None:
+        """The state, or None: never saved, deleted, expired, or of an unknown format."""
+        ...
+
+    def delete(self, session_id: str) -> None:
+        """Forget the session's state (nothing happens when there is none)."""
+        ...
+
+    def delete_expired(self) -> None:
+        """Forget every state whose window has passed (housekeeping)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the store holds; it may be used again afterwards. Never raises."""
+        ...
+
+
+class PostgresParkStore:
+    """``ParkedStore`` on the ``ddp_parked_session`` table of the database at ``dsn``."""
+
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self._conn: Any = None
@@ -44,27 +99,37 @@ class ParkStore:
                     with self._conn.cursor() as cur:
                         cur.execute(statement, params)
                         return list(cur.fetchall()) if cur.description else []
-                except psycopg2.OperationalError:
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                    # The connection may just be stale (the database restarted since the
+                    # last park): one more try on a new one. Every statement here is
+                    # idempotent, so running it twice is harmless.
                     self.close()
                     if attempt == 2:
-                        raise
+                        raise ParkStoreError(f"park store unavailable: {exc}") from exc
+                except psycopg2.Error as exc:
+                    # Autocommit: no transaction was left open, the connection stays usable.
+                    raise ParkStoreError(f"park store failed: {exc}") from exc
             raise AssertionError("unreachable")
 
     def save(self, state: ParkedSession, window: float) -> None:
-        self._execute(parked.UPSERT, (state.session_id, parked.dumps(state), window))
+        self._execute(UPSERT, (state.session_id, parked.dumps(state), window))
 
     def load(self, session_id: str) -> ParkedSession | None:
-        rows = self._execute(parked.SELECT, (session_id,))
+        rows = self._execute(SELECT, (session_id,))
         return parked.loads(rows[0][0]) if rows else None
 
     def delete(self, session_id: str) -> None:
-        self._execute(parked.DELETE, (session_id,))
+        self._execute(DELETE, (session_id,))
 
     def delete_expired(self) -> None:
-        self._execute(parked.DELETE_EXPIRED, ())
+        self._execute(DELETE_EXPIRED, ())
 
     def close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
         self._conn = None
+
+
+#: The name ``relay.server.node`` imports.
+ParkStore = PostgresParkStore

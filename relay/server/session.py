@@ -5,14 +5,17 @@ greenlet that exists only while input is handled); ``ping`` is answered at once 
 inbound message counts as liveness); every other message goes into a FIFO that one
 on-demand processor greenlet drains in arrival order, as Meteor does (a slow method delays
 later messages of the same session, never other sessions). Backend calls (publications,
-methods, authentication) run on the node's bounded work pool.
+methods, authentication) run through the context's ``run`` (the worker's bounded work
+pool). A session knows the worker only through its ``SessionContext``
+(``relay.server.context``): settings, metrics, backend, streams, resumer and the hub's
+callbacks; so it can be served, and tested, without a node.
 
 Failure isolation (invariant I6): a malformed message gets a DDP ``error`` and the session
 goes on; an exception in a publication or method becomes a Meteor error object, with the
 traceback only in the log; nothing a client sends can raise out of ``serve``.
 
-Must not: parse frames itself (``relay.protocol``), touch sockets (``relay.transport``) or
-import Django (``relay.backend`` is the seam).
+Must not: parse frames itself (``relay.protocol``), touch sockets (``relay.transport``),
+import Django (``relay.backend`` is the seam) or import ``relay.server.node``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from relay.transport import Inbound, Oversized, SharedFrames
 
 if TYPE_CHECKING:
     from relay.resume.resumer import Resumed
-    from relay.server.node import Node
+    from relay.server.context import SessionContext
     from relay.stream.fanout import Attachment
     from relay.transport import Transport
 
@@ -95,8 +98,9 @@ class Resync:
 class Session:
     """Serves one DDP client over one transport until either side closes."""
 
-    def __init__(self, node: Node, transport: Transport, handshake: Handshake) -> None:
-        self.node = node
+    def __init__(self, ctx: SessionContext, transport: Transport, handshake: Handshake) -> None:
+        #: The worker as this session sees it (one shared object: no per-session cost).
+        self.ctx = ctx
         self.transport = transport
         self.handshake = handshake
         self.conn = ServerConnection()
@@ -107,7 +111,7 @@ class Session:
         self.sent_count = 0
         #: The last messages sent (counted ones), for replay on resume: ``log[-1]`` is
         #: message number ``sent_count``.
-        self.log: deque[str] = deque(maxlen=node.settings.resume_log)
+        self.log: deque[str] = deque(maxlen=ctx.settings.resume_log)
         #: Completed methods' result messages, so a re-sent method is answered, not re-run.
         self.results: OrderedDict[str, str] = OrderedDict()
         #: The coordinator's epoch for this session; None: it cannot be parked/resumed.
@@ -115,7 +119,7 @@ class Session:
         self._deliberate = False
         self._close: disconnect.Disconnect | None = None
         self.opened_at = time.monotonic()
-        settings = node.settings
+        settings = ctx.settings
         self.heartbeat = Heartbeat(settings.heartbeat_interval, settings.heartbeat_timeout)
         #: A list, not a deque: it is nearly always empty, and an empty deque costs 760
         #: bytes per session (its first block) against 56 (the queue is bounded and short).
@@ -133,7 +137,7 @@ class Session:
         """Serve the socket in the background and return at once; the event is set when
         the session is over (torn down: parked or dropped). An idle session holds no
         greenlet: the transport calls back when input arrives."""
-        self.node.session_opened(self)
+        self.ctx.session_opened(self)
         self.transport.start(self._on_inbound, self._on_end)
         return self.ended
 
@@ -156,7 +160,7 @@ class Session:
     def feed(self, text: Inbound) -> None:
         """Handle one inbound DDP frame (from the socket greenlet)."""
         self.heartbeat.received(time.monotonic())
-        metrics = self.node.metrics
+        metrics = self.ctx.metrics
         if isinstance(text, Oversized):
             # Dropped by the transport as it arrived; the session goes on (invariant I6).
             metrics.protocol_errors.labels(reason="Message too large").inc()
@@ -186,7 +190,7 @@ class Session:
             self._deliberate = True  # Meteor 3.5: no resume grace period wanted
             self.close(disconnect.CLIENT_DISCONNECT)
             return
-        if len(self._pending) >= self.node.settings.max_pending_messages:
+        if len(self._pending) >= self.ctx.settings.max_pending_messages:
             self.close(disconnect.TOO_MANY_PENDING)
             return
         self._pending.append(msg)
@@ -234,18 +238,18 @@ class Session:
 
     def _on_connect(self, msg: Connect) -> None:
         try:
-            self.identity = self.node.pool.run(self.node.backend.authenticate, self.handshake)
+            self.identity = self.ctx.run(self.ctx.backend.authenticate, self.handshake)
         except Exception:
             log.exception("authentication failed; closing the socket")
             self.send([messages.error("Internal server error")])
             self.close(disconnect.SERVER_ERROR)
             return
-        resumer = self.node.resumer
+        resumer = self.ctx.resumer
         if (
             resumer is not None
             and msg.session is not None
             and msg.received_count is not None
-            and self.node.settings.resume_window > 0
+            and self.ctx.settings.resume_window > 0
         ):
             resumed = resumer.resume(msg.session, msg.received_count, self.identity.user_id)
             if resumed is not None:
@@ -260,7 +264,7 @@ class Session:
         self._connected()
 
     def _connected(self) -> None:
-        self.node.session_connected(self)
+        self.ctx.session_connected(self)
         if self.conn.heartbeats:
             self._heartbeat_started = True
             self.heartbeat.received(time.monotonic())
@@ -280,7 +284,7 @@ class Session:
         self.log = deque([*kept, connected, *resumed.missed], maxlen=self.log.maxlen)
         self.sent_count = state.sent_count + 1
         self.transport.send([connected, *resumed.missed])
-        self.node.metrics.messages_sent.inc(1 + len(resumed.missed))
+        self.ctx.metrics.messages_sent.inc(1 + len(resumed.missed))
         self._connected()
         for parked_sub in state.subs:
             sub = Subscription(parked_sub.id, parked_sub.name, parked_sub.params, parked_sub.ready)
@@ -291,12 +295,12 @@ class Session:
                 sub.ready = True
                 self.send([messages.ready([sub.id])])
 
-    def _context(self, random_seed: str | None = None) -> CallContext:
+    def _call_context(self, random_seed: str | None = None) -> CallContext:
         assert self.id is not None
         return CallContext(self.id, self.identity, self.handshake, random_seed)
 
     def _on_sub(self, msg: Sub) -> None:
-        backend, metrics = self.node.backend, self.node.metrics
+        backend, metrics = self.ctx.backend, self.ctx.metrics
         if not backend.has_publication(msg.name):
             metrics.subscriptions.labels(outcome="not_found").inc()
             err = messages.meteor_error(404, f"Subscription '{msg.name}' not found")
@@ -309,18 +313,18 @@ class Session:
             if known.ready:
                 self.send([messages.ready([msg.id])])
             return
-        if len(self.subs) >= self.node.settings.max_subs_per_session:
+        if len(self.subs) >= self.ctx.settings.max_subs_per_session:
             metrics.subscriptions.labels(outcome="refused").inc()
             err = messages.meteor_error(
                 "too-many-subscriptions",
-                f"At most {self.node.settings.max_subs_per_session} subscriptions per session",
+                f"At most {self.ctx.settings.max_subs_per_session} subscriptions per session",
             )
             self.send([messages.nosub(msg.id, err)])
             return
         sub = Subscription(msg.id, msg.name, msg.params)
         self.subs[msg.id] = sub
         try:
-            data = self.node.pool.run(backend.subscribe, self._context(), msg.name, msg.params)
+            data = self.ctx.run(backend.subscribe, self._call_context(), msg.name, msg.params)
         except ClientError as exc:
             self._fail_sub(sub, self._client_error(exc))
             metrics.subscriptions.labels(outcome="error").inc()
@@ -332,7 +336,7 @@ class Session:
             return
         if self.subs.get(msg.id) is not sub:
             return  # unsubscribed while running
-        interner = self.node.streams.interner
+        interner = self.ctx.streams.interner
         try:
             out: list[dict[str, Any]] = []
             for doc in data.documents:
@@ -354,14 +358,14 @@ class Session:
         metrics.subscriptions.labels(outcome="ready").inc()
 
     def _attach(self, sub: Subscription, data: SubscriptionData) -> None:
-        streams = self.node.streams
+        streams = self.ctx.streams
         for route in data.routes:
             position = data.positions.get(route.channel, (0, ""))
             sub.attachments.append(streams.attach(self, sub.id, route, position))
 
     def _detach(self, sub: Subscription) -> None:
         for att in sub.attachments:
-            self.node.streams.detach(att)
+            self.ctx.streams.detach(att)
         sub.attachments.clear()
 
     def _on_resync(self, sub_id: str) -> None:
@@ -376,8 +380,8 @@ class Session:
         sub_id = sub.id
         self._detach(sub)
         try:
-            data = self.node.pool.run(
-                self.node.backend.subscribe, self._context(), sub.name, sub.params
+            data = self.ctx.run(
+                self.ctx.backend.subscribe, self._call_context(), sub.name, sub.params
             )
         except Exception:
             log.exception("re-running %r after lost history failed", sub.name)
@@ -407,7 +411,7 @@ class Session:
     def _shared(self, doc: Document) -> tuple[str, dict[str, Any]]:
         """The document's id and fields as the worker shares them between sessions
         (``relay.stream.interning``): equal values, versions and ids are one object each."""
-        interner = self.node.streams.interner
+        interner = self.ctx.streams.interner
         fields = interner.fields(doc.collection, doc.id, doc.fields)
         return interner.canonical_id(doc.collection, doc.id), fields
 
@@ -437,7 +441,7 @@ class Session:
         self.send([messages.nosub(msg.id)])
 
     def _on_method(self, msg: Method) -> None:
-        backend, metrics = self.node.backend, self.node.metrics
+        backend, metrics = self.ctx.backend, self.ctx.metrics
         done = self.results.get(msg.id)
         if done is not None:
             # Re-sent after a resume: answered again, never executed twice.
@@ -452,8 +456,8 @@ class Session:
         started = time.monotonic()
         outcome: MethodOutcome | None = None
         try:
-            outcome = self.node.pool.run(
-                backend.call, self._context(msg.random_seed), msg.method, msg.params
+            outcome = self.ctx.run(
+                backend.call, self._call_context(msg.random_seed), msg.method, msg.params
             )
             try:
                 reply = messages.encode(messages.result(msg.id, outcome.result))
@@ -481,13 +485,13 @@ class Session:
     def _write_fence(self, msg: Method, outcome: MethodOutcome) -> None:
         """Hold ``updated`` until the method's writes were routed to this session (I5)."""
         channels = {a.route.channel for s in self.subs.values() for a in s.attachments}
-        deadline = time.monotonic() + self.node.settings.write_fence_timeout
+        deadline = time.monotonic() + self.ctx.settings.write_fence_timeout
         for write in outcome.writes:
             if write.channel not in channels:
                 continue  # no subscription here can get a message from that channel
             remaining = max(0.0, deadline - time.monotonic())
-            if not self.node.streams.wait_for(write.channel, write.seq, remaining):
-                self.node.metrics.fence_timeouts.inc()
+            if not self.ctx.streams.wait_for(write.channel, write.seq, remaining):
+                self.ctx.metrics.fence_timeouts.inc()
                 log.warning(
                     "method %r: updated sent before %s seq %d was seen (fence timeout)",
                     msg.method,
@@ -518,20 +522,20 @@ class Session:
             return False
         self.transport.send(texts, shared)
         if not metered:
-            self.node.metrics.messages_sent.inc(len(texts))
+            self.ctx.metrics.messages_sent.inc(len(texts))
         return True
 
     # -- liveness and closing ---------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Called about once a second by the node's ticker greenlet."""
+        """Called about once a second by the worker's ticker (``relay.server.ticker``)."""
         if self.closed:
             return
         if self.transport.closed:
             self.close(self._why_transport_closed())
             return
         if self.conn.state is State.AWAITING_CONNECT:
-            if now - self.opened_at > self.node.settings.handshake_timeout:
+            if now - self.opened_at > self.ctx.settings.handshake_timeout:
                 self.close(disconnect.HANDSHAKE_TIMEOUT)
             return
         if not self._heartbeat_started:
@@ -550,7 +554,7 @@ class Session:
         self._close = reason
         self.close_reason = reason.reason
         self.conn.close()
-        self.node.metrics.disconnects.labels(reason=reason.name).inc()
+        self.ctx.metrics.disconnects.labels(reason=reason.name).inc()
         self.transport.close(reason.code, reason.reason)
 
     def _why_transport_closed(self) -> disconnect.Disconnect:
@@ -573,17 +577,17 @@ class Session:
             self._park_or_drop()
         finally:
             # Last: a draining worker waits until its sessions are gone, parking included.
-            self.node.session_closed(self)
+            self.ctx.session_closed(self)
 
     def _park_or_drop(self) -> None:
-        resumer = self.node.resumer
+        resumer = self.ctx.resumer
         if resumer is None or self.id is None:
             return
         reason = self._close
         if self._deliberate or (reason is not None and not reason.reconnect):
             resumer.dropped(self.id, self.epoch)
             return
-        if self.node.settings.resume_window <= 0:
+        if self.ctx.settings.resume_window <= 0:
             return
         if self.epoch is None:
             # Connected while the coordinator was unavailable: register it now, late.

@@ -22,7 +22,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 import gevent.event
@@ -34,10 +34,8 @@ from relay.protocol.mergebox import UpdateMemo
 from relay.protocol.sockjs import encode_messages
 from relay.stream.interning import Interner
 from relay.stream.routing import matches
+from relay.stream.subscriber import Subscriber
 from relay.transport.frames import Compression, encode_text_frame
-
-if TYPE_CHECKING:
-    from relay.server.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,8 @@ RING_SIZE = 256
 class Attachment:
     """One subscription's route on one channel."""
 
-    session: Session
+    #: The session that owns the subscription, as fan-out may use it (``Subscriber``).
+    session: Subscriber
     sub_id: str
     route: Route
     #: The last seq applied to this subscription (its snapshot position at first).
@@ -191,7 +190,7 @@ class Streams:
     # -- attaching ----------------------------------------------------------------------------
 
     def attach(
-        self, session: Session, sub_id: str, route: Route, position: tuple[int, str]
+        self, session: Subscriber, sub_id: str, route: Route, position: tuple[int, str]
     ) -> Attachment:
         """Start routing ``route``'s channel to a subscription whose data is at ``position``."""
         seq, epoch = position
@@ -230,7 +229,7 @@ class Streams:
             self._release(stream)
             self._unlisten(att.route.channel)
 
-    def detach_session(self, session: Session) -> None:
+    def detach_session(self, session: Subscriber) -> None:
         for stream in list(self.streams.values()):
             for att in [a for a in stream.attachments if a.session is session]:
                 self.detach(att)
@@ -248,6 +247,18 @@ class Streams:
 
     def channels(self) -> list[str]:
         return list(self.streams)
+
+    def has(self, channel: str) -> bool:
+        """A local subscription needs ``channel`` (the listener LISTENs to it)."""
+        return channel in self.streams
+
+    def adopt_epoch(self, channel: str, epoch: str) -> None:
+        """The listener learnt ``channel``'s epoch from its counter: a stream that started
+        before anything was published (no epoch) takes it, so a later change of epoch is
+        noticed. A stream that has an epoch keeps it."""
+        stream = self.streams.get(channel)
+        if stream is not None and not stream.epoch:
+            stream.epoch = epoch
 
     def deliver(
         self, channel: str, seq: int, epoch: str, txid: int, changes: Iterable[Change]

@@ -1,12 +1,14 @@
-"""DjangoBackend.authenticate: the Django session cookie of the WebSocket handshake."""
+"""DjangoBackend.authenticate (the Django session cookie of the WebSocket handshake), close."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.test import Client
 
 from django_app.backend import DjangoBackend
@@ -116,4 +118,30 @@ def test_the_session_user_reaches_methods(
 
 
 def test_close_closes_connections(backend: DjangoBackend) -> None:
-    backend.close()
+    """A stopping relay worker calls ``close()`` on its own thread: that thread's Django
+    connections are closed for good (the server sees the session end), and a connection
+    another thread holds is left alone."""
+    here = connections[DEFAULT_DB_ALIAS]
+    here.ensure_connection()
+    here_raw = here.connection
+    seen: dict[str, Any] = {}
+
+    def worker() -> None:
+        try:
+            conn = connections[DEFAULT_DB_ALIAS]  # this thread's own wrapper
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            raw = conn.connection
+            backend.close()
+            seen["raw closed"] = raw.closed  # psycopg2: 0 while open
+            seen["wrapper connection"] = conn.connection
+        except BaseException as exc:  # reported by the assertion below, not lost in a thread
+            seen["error"] = exc
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(timeout=30)
+    assert "error" not in seen, seen
+    assert seen["raw closed"]
+    assert seen["wrapper connection"] is None
+    assert not here_raw.closed

@@ -1,45 +1,45 @@
-"""End-to-end fixtures: the example app migrated, seeded and served by real gunicorn relays."""
+"""End-to-end fixtures of this directory only: the Node.js DDP clients' toolchain.
+
+Relays, databases and the local cluster come from ``tests/fixtures/relays.py`` (registered
+in ``tests/conftest.py``); helpers the modules share are in ``tests/e2e/convergence.py``
+and ``tests/e2e/reconnects.py``. This file must not start servers or define helpers that
+test modules import (pytest owns conftest modules).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.e2e.relayproc import RelayProcess, manage
+from tests.fixtures.postgres import services_required
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+#: What ``npm ci`` in tests/e2e/node installs (``make deps``) and the node clients need.
+NPM_PACKAGES = ("ddp", "simpleddp", "ddp.js", "meteor-client-side", "jsdom", "ws", "isomorphic-ws")
+
+
+def _missing_node() -> str:
+    if shutil.which("node") is None:
+        return "`node` is not on PATH (apt-get install nodejs npm, or `make deps`)"
+    modules = NODE_DIR / "node_modules"
+    missing = [p for p in NPM_PACKAGES if not (modules / p / "package.json").exists()]
+    if missing:
+        return (
+            f"npm packages {', '.join(missing)} are not installed in {NODE_DIR} "
+            "(run `make deps`, i.e. `npm ci` there)"
+        )
+    return ""
 
 
 @pytest.fixture(scope="session")
-def e2e_database(pg_server: Any) -> str:
-    """A database of its own for the end-to-end relays, migrated and seeded once."""
-    pg_server.create_database("e2e")
-    url = str(pg_server.dsn("e2e"))
-    manage(url, "migrate", "--noinput", "-v", "0")
-    manage(url, "seed_demo")
-    return url
-
-
-@pytest.fixture(scope="session")
-def relay_server(
-    e2e_database: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RelayProcess]:
-    """The example app under ``gunicorn -k relay.server.worker.RelayWorker`` with two workers."""
-    log_path: Path = tmp_path_factory.mktemp("relay") / "relay.log"
-    relay = RelayProcess(e2e_database, log_path, workers=2).start()
-    try:
-        yield relay
-    finally:
-        relay.stop()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """On an end-to-end failure, attach the relay's log to the report."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "call" and report.failed:
-        relay = item.funcargs.get("relay_server") if hasattr(item, "funcargs") else None
-        if isinstance(relay, RelayProcess):
-            report.sections.append(("relay log", relay.log()[-8000:]))
+def node_toolchain() -> Path:
+    """``tests/e2e/node``, once node and the npm DDP clients are known to be there; else
+    the test fails (CI, ``RELAY_REQUIRE_SERVICES=1``) or is skipped."""
+    missing = _missing_node()
+    if missing:
+        if services_required():
+            pytest.fail(f"node DDP clients required (CI, RELAY_REQUIRE_SERVICES): {missing}")
+        pytest.skip(f"NODE DDP CLIENT TESTS SKIPPED: {missing}")
+    return NODE_DIR

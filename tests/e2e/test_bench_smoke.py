@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from relay.dev.embedded_postgres import PostgresNotFound, find_pg_bin
-from tests.e2e.relayproc import ROOT
+from relay.dev.launch import ROOT
 from tests.fixtures.postgres import services_required
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(60)]

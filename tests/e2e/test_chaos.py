@@ -1,8 +1,9 @@
 """Chaos on the local cluster: 100 reconnecting clients while writes go on and things break.
 
-The setting (issue: session resumption across the cluster): ``relay.dev.cluster.Cluster``
-(embedded PostgreSQL, a 3-node ZooKeeper ensemble, three relays of two gevent workers,
-HAProxy in round robin without stickiness). Through HAProxy:
+The setting (issue: session resumption across the cluster): ``relay.dev.cluster.Cluster``,
+the ``cluster`` fixture of ``tests/fixtures/relays.py`` (embedded PostgreSQL, a 3-node
+ZooKeeper ensemble, three relays of two gevent workers, HAProxy in round robin without
+stickiness). Through HAProxy:
 
 * 80 ``DDPClient(auto_reconnect=True, resume=True)`` (Meteor 3.5: ``session`` +
   ``receivedCount`` on reconnect), 64 raw WebSocket and 16 SockJS;
@@ -55,12 +56,11 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,19 +69,19 @@ from typing import Any
 import pytest
 
 from relay.dev.cluster import Cluster
+from relay.dev.launch import example_env
 from relay.dev.processes import http_status
-from tests.e2e.relayproc import example_env
-from tests.e2e.test_cluster import _diagnostics, _require_cluster_tools
-from tests.e2e.test_multi_relay import (
+from tests.e2e.convergence import (
     ALL,
     EMAILS,
     Sub,
-    WireClient,
     by_email,
     cache_problems,
     database_state,
+    expected_view,
     order_problems,
 )
+from tests.e2e.reconnects import ChaosClient, Phase, read_resume_counters
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -106,71 +106,8 @@ QUIET_SECONDS = 2.0
 RECONNECT_TIMEOUT = 90.0
 DRAIN_TIMEOUT = 80.0
 TOTAL_LIMIT = 360.0
-GRACEFUL = 5
 
 SUBS: tuple[Sub, ...] = (ALL, by_email(EMAILS[0]), ALL, by_email(EMAILS[1]), by_email(EMAILS[2]))
-
-
-class Phase:
-    """The chaos step under way: a lost socket is attributed to it."""
-
-    name = "setup"
-
-
-class ChaosClient(WireClient):
-    """A WireClient that records, per reconnect, its cause, outcome and latency."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pending_cause: str | None = None
-        self.loss_cause: str | None = None
-        self._opened_at = 0.0
-        #: (cause, "resumed" | "new", seconds from socket loss to ``connected``, seconds
-        #: from the new socket's WebSocket handshake to ``connected``, old id, new id)
-        self.events: list[tuple[str, str, float, float, str | None, str | None]] = []
-
-    def _open_socket(self) -> Any:
-        ws = super()._open_socket()
-        self._opened_at = time.monotonic()
-        return ws
-
-    def _reconnect(self) -> Any:
-        with self._lock:
-            if self.loss_cause is None:
-                self.loss_cause = self.pending_cause or Phase.name
-                self.pending_cause = None
-        return super()._reconnect()
-
-    def _on_connected(self, msg: dict[str, Any]) -> None:
-        reconnect = self._lost_at is not None
-        before = self.session
-        super()._on_connected(msg)
-        if reconnect:
-            after = msg.get("session")
-            outcome = "resumed" if after == before else "new"
-            cause = self.loss_cause or "?"
-            server = time.monotonic() - self._opened_at
-            self.events.append(
-                (cause, outcome, self.reconnect_latencies[-1], server, before, after)
-            )
-            self.loss_cause = None
-
-    def settled(self) -> bool:
-        """Connected, not reconnecting, not waiting for quiescence."""
-        with self._lock:
-            return self._up and self._lost_at is None and self._subs_reviving is None
-
-    def drop(self, cause: str) -> bool:
-        """Shut the TCP socket from the client side (no close frame, no ``disconnect``)."""
-        with self._send_lock:
-            ws = self._ws
-            if ws is None or not self._up or ws.sock is None:
-                return False
-            with self._lock:
-                self.pending_cause = cause
-            with contextlib.suppress(OSError):
-                ws.sock.shutdown(socket.SHUT_RDWR)
-        return True
 
 
 @dataclass
@@ -197,24 +134,6 @@ class Member:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def read_resume_counters(metrics_dir: Path) -> Counter[str]:
-    """``ddp_relay_resumes_total`` by outcome, from a relay's multiprocess files (they
-    outlive the relay, even a SIGKILLed one, until its next start wipes them)."""
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    counts: Counter[str] = Counter()
-    if not metrics_dir.is_dir() or not any(metrics_dir.glob("*.db")):
-        return counts
-    collector = MultiProcessCollector(None, path=str(metrics_dir))  # type: ignore[no-untyped-call]
-    for metric in collector.collect():  # type: ignore[no-untyped-call]
-        if metric.name != "ddp_relay_resumes":
-            continue
-        for sample in metric.samples:
-            if sample.name == "ddp_relay_resumes_total":
-                counts[sample.labels["outcome"]] += int(sample.value)
-    return counts
 
 
 class ServerCounters:
@@ -286,22 +205,6 @@ def plan(rng: random.Random) -> list[Member]:
     return members
 
 
-# -- fixture -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    _require_cluster_tools()
-    the_cluster = Cluster(tmp_path / "cluster", port=0, graceful_timeout=GRACEFUL)
-    try:
-        the_cluster.start()
-        yield the_cluster
-    finally:
-        the_cluster.stop()
-        if the_cluster.postgres is not None:
-            the_cluster.postgres.destroy()
-
-
 # -- the test ------------------------------------------------------------------------------
 
 
@@ -316,11 +219,9 @@ def test_chaos(cluster: Cluster, tmp_path: Path) -> None:
     counters = ServerCounters(cluster)
     Phase.name = "setup"
     stop_file = tmp_path / "stop-writer"
+    # On failure the report gets the cluster's layout and log tails (tests/fixtures/relays.py).
     try:
         _run(cluster, members, rng, seed, counters, timings, stop_file, t0, tmp_path)
-    except BaseException:
-        print(_diagnostics(cluster))
-        raise
     finally:
         stop_file.touch()
         with ThreadPoolExecutor(16) as pool:
@@ -472,7 +373,7 @@ def _chaos(
     proc = cluster.relays[0].proc
     assert proc is not None
     cluster.kill_relay(0, signal.SIGTERM)
-    proc.wait(GRACEFUL + 15)
+    proc.wait(cluster.graceful_timeout + 15)
     counters.archive(0)
     cluster.restart_relay(0)
     _settle(members, "relay 0's clients to reconnect")
@@ -510,8 +411,6 @@ def _chaos(
 
 
 def _problems(m: Member, books: dict[str, Any], authors: dict[str, Any]) -> list[str]:
-    from tests.e2e.test_multi_relay import expected_view
-
     assert m.client is not None
     received, cache = m.client.snapshot()
     out = cache_problems(cache, expected_view(m.sub, books, authors))

@@ -1,4 +1,5 @@
-"""``make cluster`` end to end: ``relay.dev.cluster.Cluster`` on free loopback ports.
+"""``make cluster`` end to end: ``relay.dev.cluster.Cluster`` on free loopback ports (the
+``cluster`` fixture of ``tests/fixtures/relays.py``).
 
 One test drives the whole local cluster (embedded PostgreSQL, a 3-node ZooKeeper
 ensemble, three relays with two workers each, HAProxy in round robin without
@@ -25,37 +26,18 @@ import signal
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from relay.client import DDPClient
-from relay.dev.cluster import Cluster, ClusterError, find_haproxy, find_zookeeper
-from tests.fixtures.postgres import require_pg_bin, services_required
+from relay.dev.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 CLIENTS = 12
 BOOKS = "bookstore.book"
-
-
-def _require_cluster_tools() -> None:
-    require_pg_bin()
-    missing = []
-    for find in (find_zookeeper, find_haproxy):
-        try:
-            find()
-        except ClusterError as exc:
-            missing.append(str(exc))
-    if not missing:
-        return
-    reason = "; ".join(missing)
-    if services_required():
-        pytest.fail(
-            f"the local cluster needs (CI or RELAY_REQUIRE_SERVICES=1): {reason}", pytrace=False
-        )
-    pytest.skip(f"SKIPPED FOR LACK OF ZOOKEEPER/HAPROXY (run `make deps`): {reason}")
 
 
 def _sessions(port: int) -> int:
@@ -93,37 +75,11 @@ def _alive(pid: int) -> bool:
     return state[state.rfind(")") + 2] != "Z"
 
 
-def _diagnostics(cluster: Cluster) -> str:
-    parts = [cluster.describe(), f"HAProxy sees {cluster.backend_status()}"]
-    logs = [cluster.haproxy_log, *(r.log_path for r in cluster.relays)]
-    logs += [z.log_path for z in cluster.zookeepers]
-    for log in logs:
-        with contextlib.suppress(OSError):
-            lines = log.read_text(errors="replace").splitlines()[-15:]
-            parts.append(f"--- {log}\n" + "\n".join(lines))
-    return "\n".join(parts)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    _require_cluster_tools()
-    the_cluster = Cluster(tmp_path / "cluster", port=0, graceful_timeout=5)
-    try:
-        the_cluster.start()
-        yield the_cluster
-    finally:
-        the_cluster.stop()
-        if the_cluster.postgres is not None:
-            the_cluster.postgres.destroy()
-
-
 def test_cluster(cluster: Cluster) -> None:
     clients: list[DDPClient] = []
+    # On failure the report gets the cluster's layout and log tails (tests/fixtures/relays.py).
     try:
         _run(cluster, clients)
-    except BaseException:
-        print(_diagnostics(cluster))
-        raise
     finally:
         for client in clients:
             with contextlib.suppress(Exception):

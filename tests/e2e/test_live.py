@@ -11,8 +11,6 @@ import json
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -20,8 +18,7 @@ import pytest
 import websocket
 
 from relay.client import DDPClient
-from relay.dev.embedded_postgres import EmbeddedPostgres
-from tests.e2e.relayproc import RelayProcess, manage
+from tests.fixtures.relays import RelayStack, RelayStacks
 
 pytestmark = pytest.mark.e2e
 
@@ -158,22 +155,10 @@ def relay_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def own_stack(
-    tmp_path: Path, relay_env: dict[str, str]
-) -> Iterator[tuple[EmbeddedPostgres, RelayProcess, str]]:
-    pg = EmbeddedPostgres(tmp_path / "pg")
-    pg.start()
-    relay: RelayProcess | None = None
-    try:
-        url = pg.dsn("relay")
-        manage(url, "migrate", "--noinput", "-v", "0")
-        manage(url, "seed_demo")
-        relay = RelayProcess(url, tmp_path / "relay.log", workers=1, env=relay_env).start()
-        yield pg, relay, url
-    finally:
-        if relay is not None:
-            relay.stop()
-        pg.stop()
+def own_stack(relay_stack: RelayStacks, relay_env: dict[str, str]) -> RelayStack:
+    """One relay of one worker on a PostgreSQL of its own: these tests kill its listener's
+    backend and restart the server, which must not hit the session's shared relays."""
+    return relay_stack(workers=1, env=relay_env, database="own")
 
 
 def storm(url: str, rounds: int, tag: str, breaker: Any = None) -> dict[str, str]:
@@ -207,8 +192,8 @@ def storm(url: str, rounds: int, tag: str, breaker: Any = None) -> dict[str, str
     return final
 
 
-def test_listener_killed_mid_storm_loses_nothing(own_stack: Any) -> None:
-    _pg, relay, url = own_stack
+def test_listener_killed_mid_storm_loses_nothing(own_stack: RelayStack) -> None:
+    relay, url = own_stack.relay, own_stack.database_url
     client = connect(relay.ws_url)
     try:
         client.subscribe("books.all")
@@ -229,8 +214,9 @@ def test_listener_killed_mid_storm_loses_nothing(own_stack: Any) -> None:
         client.close()
 
 
-def test_postgres_restart_mid_storm_loses_nothing(own_stack: Any) -> None:
-    pg, relay, url = own_stack
+def test_postgres_restart_mid_storm_loses_nothing(own_stack: RelayStack) -> None:
+    pg, relay, url = own_stack.postgres, own_stack.relay, own_stack.database_url
+    assert pg is not None
     client = connect(relay.ws_url)
     try:
         client.subscribe("books.all")
@@ -241,8 +227,8 @@ def test_postgres_restart_mid_storm_loses_nothing(own_stack: Any) -> None:
         client.close()
 
 
-def test_a_relay_listens_only_to_channels_its_clients_need(own_stack: Any) -> None:
-    _pg, relay, url = own_stack
+def test_a_relay_listens_only_to_channels_its_clients_need(own_stack: RelayStack) -> None:
+    relay, url = own_stack.relay, own_stack.database_url
     client = connect(relay.ws_url)
     try:
         client.subscribe("authors.all")
@@ -264,8 +250,8 @@ def test_a_relay_listens_only_to_channels_its_clients_need(own_stack: Any) -> No
 
 
 @pytest.mark.parametrize("relay_env", [{"RELAY_SEND_BUFFER_BYTES": "1048576"}])
-def test_a_slow_client_is_cut_off_without_slowing_the_others(own_stack: Any) -> None:
-    _pg, relay, url = own_stack
+def test_a_slow_client_is_cut_off_without_slowing_the_others(own_stack: RelayStack) -> None:
+    relay, url = own_stack.relay, own_stack.database_url
     # A tiny receive window set before connecting (after it, Linux keeps autotuning).
     slow = websocket.create_connection(
         relay.ws_url, timeout=10, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)

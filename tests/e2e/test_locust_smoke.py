@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from relay.client import DDPClient
-from tests.e2e.relayproc import ROOT, RelayProcess
+from relay.dev.launch import ROOT
+from tests.fixtures.relays import RelayProcess
 
 pytestmark = pytest.mark.e2e
 

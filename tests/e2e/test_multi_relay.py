@@ -31,29 +31,37 @@ errors; the full relay logs and a JSON report stay in the test's temporary direc
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 
-from relay.client import DDPClient
-from relay.protocol import ejson
-from tests.e2e.relayproc import RelayProcess, example_env, manage
-from tests.fixtures.postgres import services_required
+from relay.dev.launch import example_env
+from tests.e2e.convergence import (
+    ALL,
+    AUTHOR_IDS,
+    AUTHORS,
+    BOOKS,
+    EMAILS,
+    Sub,
+    WireClient,
+    by_email,
+    cache_problems,
+    database_state,
+    expected_view,
+    order_problems,
+)
+from tests.fixtures.relays import RelayProcess, RelayStack, RelayStacks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(280)]
 
@@ -61,17 +69,7 @@ HERE = Path(__file__).resolve().parent
 NODE_DIR = HERE / "node"
 WATCH = NODE_DIR / "watch.js"
 WRITER = HERE / "writer.py"
-NPM_PACKAGES = ("ddp", "simpleddp", "ddp.js", "meteor-client-side", "jsdom", "ws", "isomorphic-ws")
 
-BOOKS = "bookstore.book"
-AUTHORS = "bookstore.author"
-#: The seeded authors (example/bookstore/management/commands/seed_demo.py).
-EMAILS = ("ursula.leguin@example.org", "terry.pratchett@example.org", "nk.jemisin@example.org")
-AUTHOR_IDS = {
-    "ursula.leguin@example.org": "leguin",
-    "terry.pratchett@example.org": "pratchett",
-    "nk.jemisin@example.org": "jemisin",
-}
 #: Workers per relay process.
 RELAY_WORKERS = (2, 1, 2)
 #: Writer processes and operations each (the total is a few thousand).
@@ -83,9 +81,6 @@ QUIET_SECONDS = 2.0
 SUBSCRIBE_TIMEOUT = 60.0
 WRITE_TIMEOUT = 90.0
 DRAIN_TIMEOUT = 30.0
-
-#: Title revision suffix written by writer.py.
-REVISION = re.compile(r"\sr(\d+)$")
 
 #: Node client kinds in watch mode: (library, transport) -> how many.
 NODE_KINDS: dict[tuple[str, str], int] = {
@@ -101,249 +96,13 @@ PY_KINDS: dict[tuple[str, str], int] = {("python", "raw"): 20, ("python", "sockj
 # -- fixtures ------------------------------------------------------------------------------
 
 
-def _missing_node() -> str:
-    if shutil.which("node") is None:
-        return "`node` is not on PATH (apt-get install nodejs npm, or `make deps`)"
-    missing = [
-        p for p in NPM_PACKAGES if not (NODE_DIR / "node_modules" / p / "package.json").exists()
-    ]
-    if missing:
-        return f"npm packages {', '.join(missing)} are not installed in {NODE_DIR} (make deps)"
-    return ""
-
-
 @pytest.fixture(scope="module")
-def node_toolchain() -> None:
-    missing = _missing_node()
-    if missing:
-        if services_required():
-            pytest.fail(f"node DDP clients required (CI, RELAY_REQUIRE_SERVICES): {missing}")
-        pytest.skip(f"NODE DDP CLIENT TESTS SKIPPED: {missing}")
-
-
-@dataclass
-class Cluster:
-    database_url: str
-    relays: list[RelayProcess]
-    log_dir: Path
-
-    def evidence(self, limit: int = 25) -> str:
-        """Warnings, errors and tracebacks from every relay log (they must stay quiet)."""
-        out = []
-        for index, relay in enumerate(self.relays):
-            try:
-                text = relay.log_path.read_text(errors="replace")
-            except OSError:
-                text = ""
-            lines = [
-                line
-                for line in text.splitlines()
-                if re.search(r"WARNING|ERROR|CRITICAL|Traceback|Error:|Exception", line)
-            ]
-            out.append(f"relay {index} ({relay.url}, {relay.log_path}): {len(lines)} lines")
-            out.extend(f"  {line[:400]}" for line in lines[:limit])
-        return "\n".join(out)
-
-    def metrics(self, pattern: str = r"fence|disconnect|resync|backfill_seconds_count") -> str:
-        import urllib.request
-
-        out = []
-        for index, relay in enumerate(self.relays):
-            try:
-                with urllib.request.urlopen(relay.url + "/metrics", timeout=5) as resp:
-                    text = resp.read().decode()
-            except OSError as exc:
-                out.append(f"relay {index}: /metrics failed: {exc}")
-                continue
-            lines = [
-                line
-                for line in text.splitlines()
-                if not line.startswith("#") and re.search(pattern, line)
-            ]
-            out.append(f"relay {index}: " + "; ".join(lines[:20]))
-        return "\n".join(out)
-
-
-@pytest.fixture(scope="module")
-def cluster(
-    node_toolchain: None, pg_server: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
+def stack(node_toolchain: Path, module_relay_stack: RelayStacks) -> RelayStack:
     """A dedicated database (migrated, seeded) and three relays of 2, 1 and 2 workers."""
-    pg_server.create_database("multi_relay")
-    url = str(pg_server.dsn("multi_relay"))
-    manage(url, "migrate", "--noinput", "-v", "0")
-    manage(url, "seed_demo")
-    log_dir = tmp_path_factory.mktemp("multi_relay")
-    relays: list[RelayProcess] = []
-    try:
-        for index, workers in enumerate(RELAY_WORKERS):
-            relays.append(RelayProcess(url, log_dir / f"relay{index}.log", workers=workers))
-        # Start them side by side: each start() waits for its /readyz.
-        with ThreadPoolExecutor(len(relays)) as pool:
-            list(pool.map(lambda r: r.start(), relays))
-        yield Cluster(url, relays, log_dir)
-    finally:
-        for relay in relays:
-            relay.stop()
-
-
-# -- the database as clients must see it -------------------------------------------------
-
-
-def _wire(value: Any) -> Any:
-    return ejson.to_json_value(value)
-
-
-def database_state(
-    database_url: str,
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(books, authors): id -> published fields as EJSON-JSON, read straight from SQL."""
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT b.id, b.title, b.author_id, b.published, b.price, b.tags, b.updated_at"
-            " FROM bookstore_book b"
-        )
-        books = {}
-        for book_id, title, author_id, published, price, tags, updated_at in cur.fetchall():
-            books[book_id] = {
-                "title": title,
-                "authorId": author_id,
-                "published": None
-                if published is None
-                else _wire(
-                    dt.datetime(published.year, published.month, published.day, tzinfo=dt.UTC)
-                ),
-                "price": str(price),
-                "tags": tags,
-                "updatedAt": _wire(updated_at),
-            }
-        cur.execute("SELECT id, name, email FROM bookstore_author")
-        authors = {a_id: {"name": name, "email": email} for a_id, name, email in cur.fetchall()}
-    conn.close()
-    return books, authors
-
-
-@dataclass(frozen=True)
-class Sub:
-    name: str
-    params: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        return self.name if not self.params else f"{self.name}({self.params[0]})"
-
-
-ALL = Sub("books.all")
-
-
-def by_email(email: str) -> Sub:
-    return Sub("books.byAuthorEmail", (email,))
-
-
-def expected_view(
-    sub: Sub, books: dict[str, dict[str, Any]], authors: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, dict[str, Any]]]:
-    if sub.name == "books.all":
-        return {BOOKS: books, AUTHORS: authors}
-    email = sub.params[0]
-    author_ids = {a for a, doc in authors.items() if doc["email"] == email}
-    return {
-        BOOKS: {b: doc for b, doc in books.items() if doc["authorId"] in author_ids},
-        AUTHORS: {a: doc for a, doc in authors.items() if a in author_ids},
-    }
-
-
-def cache_problems(
-    actual: dict[str, dict[str, dict[str, Any]]],
-    expected: dict[str, dict[str, dict[str, Any]]],
-    fields: Sequence[str] | None = None,
-) -> list[str]:
-    """How a client's cache differs from the expected view (empty: equal)."""
-    problems = []
-    for collection in sorted(set(actual) | set(expected)):
-        have = actual.get(collection, {})
-        want = expected.get(collection, {})
-        missing = sorted(set(want) - set(have))
-        extra = sorted(set(have) - set(want))
-        if missing:
-            problems.append(f"{collection}: {len(missing)} missing, e.g. {missing[:5]}")
-        if extra:
-            problems.append(f"{collection}: {len(extra)} not in the database, e.g. {extra[:5]}")
-        wrong = []
-        for doc_id in sorted(set(have) & set(want)):
-            got, exp = have[doc_id], want[doc_id]
-            if fields is not None:
-                got = {k: got.get(k) for k in fields if k in exp}
-                exp = {k: exp[k] for k in fields if k in exp}
-            if got != exp:
-                keys = sorted(
-                    k
-                    for k in set(got) | set(exp)
-                    if got.get(k, "<absent>") != exp.get(k, "<absent>")
-                )
-                diff = {k: (got.get(k, "<absent>"), exp.get(k, "<absent>")) for k in keys}
-                wrong.append(f"{doc_id} {diff}")
-        if wrong:
-            problems.append(
-                f"{collection}: {len(wrong)} documents differ (client, database): {wrong[:4]}"
-            )
-    return problems
-
-
-def order_problems(received: Sequence[dict[str, Any]]) -> list[str]:
-    """Per document: title revisions and updatedAt never go backwards (across re-adds)."""
-    last_rev: dict[tuple[str, str], int] = {}
-    last_ts: dict[tuple[str, str], int] = {}
-    problems = []
-    for msg in received:
-        if msg.get("msg") not in ("added", "changed"):
-            continue
-        key = (msg.get("collection", ""), msg.get("id", ""))
-        fields = msg.get("fields") or {}
-        title = fields.get("title")
-        match = REVISION.search(title) if isinstance(title, str) else None
-        if match:
-            rev = int(match.group(1))
-            if key in last_rev and rev < last_rev[key]:
-                problems.append(f"title revision went backwards r{last_rev[key]} -> {msg}")
-            last_rev[key] = max(rev, last_rev.get(key, rev))
-        stamp = fields.get("updatedAt")
-        if isinstance(stamp, dict) and isinstance(stamp.get("$date"), int):
-            ms = stamp["$date"]
-            if key in last_ts and ms < last_ts[key]:
-                problems.append(f"updatedAt went backwards {last_ts[key]} -> {msg}")
-            last_ts[key] = max(ms, last_ts.get(key, ms))
-    return problems
+    return module_relay_stack(workers=RELAY_WORKERS)
 
 
 # -- the clients ---------------------------------------------------------------------------
-
-
-class WireClient(DDPClient):
-    """DDPClient that also keeps the raw (EJSON-JSON) inbound messages, in order."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.last_data = time.monotonic()
-        self.sent_methods: list[str] = []
-
-    def _handle(self, msg: dict[str, Any]) -> None:
-        if msg.get("msg") not in ("ping", "pong"):
-            self.last_data = time.monotonic()
-        super()._handle(msg)
-
-    def send(self, msg: dict[str, Any]) -> None:
-        if msg.get("msg") == "method":
-            self.sent_methods.append(str(msg["id"]))
-        super().send(msg)
-
-    def snapshot(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
-        """(received messages, cache as EJSON-JSON) taken under the client's lock."""
-        with self._lock:
-            received = list(self.received)
-            cache = {
-                c: {i: _wire(f) for i, f in docs.items()} for c, docs in self.collections.items()
-            }
-        return received, cache
 
 
 @dataclass
@@ -539,9 +298,9 @@ def plan_clients(relays: int) -> list[Watcher]:
 
 
 def start_writers(
-    cluster: Cluster, seed: int, *extra: str, count: int = WRITERS
+    stack: RelayStack, seed: int, *extra: str, count: int = WRITERS
 ) -> list[subprocess.Popen[str]]:
-    env = example_env(cluster.database_url)
+    env = example_env(stack.database_url)
     return [
         subprocess.Popen(
             [sys.executable, str(WRITER), "--seed", str(seed), "--shard", f"{i}/{count}", *extra],
@@ -588,10 +347,10 @@ def wait_quiet(clients: Sequence[WireClient], quiet: float, timeout: float) -> f
 # -- the tests -----------------------------------------------------------------------------
 
 
-def test_sixty_clients_converge_over_three_relays(cluster: Cluster) -> None:
+def test_sixty_clients_converge_over_three_relays(stack: RelayStack) -> None:
     t0 = time.monotonic()
     timings: dict[str, float] = {}
-    watchers = plan_clients(len(cluster.relays))
+    watchers = plan_clients(len(stack.relays))
     assert len(watchers) == 60
     python = [w for w in watchers if w.library == "python"]
     node = [w for w in watchers if w.library != "python"]
@@ -604,9 +363,9 @@ def test_sixty_clients_converge_over_three_relays(cluster: Cluster) -> None:
     try:
         # Subscribe everyone: node processes boot in parallel with the Python clients.
         for w in node:
-            w.start_node(cluster.relays[w.relay])
+            w.start_node(stack.relays[w.relay])
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda w: w.start_python(cluster.relays[w.relay]), python))
+            list(pool.map(lambda w: w.start_python(stack.relays[w.relay]), python))
         deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
         for w in node:
             w.ready.wait(max(0.0, deadline - time.monotonic()))
@@ -620,18 +379,18 @@ def test_sixty_clients_converge_over_three_relays(cluster: Cluster) -> None:
 
         # The writes, from concurrent writer processes; late subscribers join meanwhile.
         t_write = time.monotonic()
-        writers = start_writers(cluster, seed, "--ops", str(OPS_PER_WRITER), "--max-seconds", "80")
+        writers = start_writers(stack, seed, "--ops", str(OPS_PER_WRITER), "--max-seconds", "80")
         for index in range(6):
             time.sleep(0.5)
             w = Watcher(
                 name=f"late-{index}",
                 library="python",
                 transport="raw" if index % 2 == 0 else "sockjs",
-                relay=index % len(cluster.relays),
+                relay=index % len(stack.relays),
                 sub=ALL if index < 3 else by_email(EMAILS[index % 3]),
                 late=True,
             )
-            w.start_python(cluster.relays[w.relay])
+            w.start_python(stack.relays[w.relay])
             late.append(w)
         summaries = finish_writers(writers, WRITE_TIMEOUT)
         timings["write"] = time.monotonic() - t_write
@@ -654,7 +413,7 @@ def test_sixty_clients_converge_over_three_relays(cluster: Cluster) -> None:
         for w in python + late:
             w.collect_python()
 
-        books, authors = database_state(cluster.database_url)
+        books, authors = database_state(stack.database_url)
         everyone = watchers + late
         for w in everyone:
             problems = w.problems(books, authors)
@@ -666,7 +425,7 @@ def test_sixty_clients_converge_over_three_relays(cluster: Cluster) -> None:
         # Late check: did wrong Python caches converge later after all (slow), or never?
         if failures:
             time.sleep(5)
-            later = database_state(cluster.database_url)
+            later = database_state(stack.database_url)
             for w in python + late:
                 assert w.client is not None
                 _, cache = w.client.snapshot()
@@ -676,7 +435,7 @@ def test_sixty_clients_converge_over_three_relays(cluster: Cluster) -> None:
         timings["total"] = time.monotonic() - t0
         summary = run_summary(everyone, summaries, books, timings)
         print(summary)
-        (cluster.log_dir / "multi_relay_report.json").write_text(
+        (stack.log_dir / "multi_relay_report.json").write_text(
             json.dumps(
                 {
                     "seed": seed,
@@ -704,8 +463,8 @@ def test_sixty_clients_converge_over_three_relays(cluster: Cluster) -> None:
         f"{len(failures)} of {len(everyone)} clients do not match the database "
         f"(writer seed {seed}):\n"
         + "\n".join(failures[:20])
-        + f"\n\nrelay evidence:\n{cluster.evidence()}\n\nmetrics:\n{cluster.metrics()}"
-        + f"\n\nlogs and report: {cluster.log_dir}"
+        + f"\n\nrelay evidence:\n{stack.evidence()}\n\nmetrics:\n{stack.metrics()}"
+        + f"\n\nlogs and report: {stack.log_dir}"
     )
     assert timings["total"] < 180, f"the run took {timings['total']:.0f}s (limit 180 s)"
 
@@ -799,9 +558,9 @@ def is_msg(kind: str, doc_id: str | None = None, **fields: Any) -> Callable[[dic
     return test
 
 
-def test_write_fence(cluster: Cluster, tmp_path: Path) -> None:
+def test_write_fence(stack: RelayStack, tmp_path: Path) -> None:
     """I5: `updated` for a method only after the data messages its writes caused."""
-    relays = cluster.relays
+    relays = stack.relays
     n = len(relays)
     # Two books.all clients per relay (raw and SockJS), one books.byAuthorEmail per relay.
     all_clients = [
@@ -834,7 +593,7 @@ def test_write_fence(cluster: Cluster, tmp_path: Path) -> None:
             targets.append(book_id)
         excludes = [arg for t in targets for arg in ("--exclude", t)]
         writer = start_writers(
-            cluster,
+            stack,
             7,
             "--only",
             "rename",
@@ -950,6 +709,6 @@ def test_write_fence(cluster: Cluster, tmp_path: Path) -> None:
     assert not problems, (
         f"{len(problems)} write-fence / order problems:\n"
         + "\n".join(problems[:30])
-        + f"\n\nrelay evidence:\n{cluster.evidence()}\n\nmetrics:\n{cluster.metrics()}"
+        + f"\n\nrelay evidence:\n{stack.evidence()}\n\nmetrics:\n{stack.metrics()}"
     )
     assert sum(calls.values()) >= 300

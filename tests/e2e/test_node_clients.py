@@ -24,7 +24,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +32,11 @@ from typing import Any
 import pytest
 
 from relay.protocol.alea import RandomStream
-from tests.e2e.relayproc import RelayProcess
-from tests.fixtures.postgres import services_required
+from tests.fixtures.relays import RelayProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
-SCENARIO = NODE_DIR / "scenario.js"
-NPM_PACKAGES = ("ddp", "simpleddp", "ddp.js", "meteor-client-side", "jsdom", "ws", "isomorphic-ws")
 #: The scenario's own hard limit; the subprocess gets a little more on top.
 SCENARIO_TIMEOUT_MS = 25_000
 
@@ -78,28 +74,10 @@ CASES = [
 ]
 
 
-def _missing_toolchain() -> str:
-    if shutil.which("node") is None:
-        return "`node` is not on PATH (apt-get install nodejs npm, or `make deps`)"
-    modules = NODE_DIR / "node_modules"
-    missing = [p for p in NPM_PACKAGES if not (modules / p / "package.json").exists()]
-    if missing:
-        return (
-            f"npm packages {', '.join(missing)} are not installed in {NODE_DIR} "
-            "(run `make deps`, i.e. `npm ci` there)"
-        )
-    return ""
-
-
 @pytest.fixture(scope="session")
-def node_clients() -> Path:
+def node_clients(node_toolchain: Path) -> Path:
     """The scenario script, once node and the npm clients are known to be there."""
-    missing = _missing_toolchain()
-    if missing:
-        if services_required():
-            pytest.fail(f"node DDP clients required (CI, RELAY_REQUIRE_SERVICES): {missing}")
-        pytest.skip(f"NODE DDP CLIENT TESTS SKIPPED: {missing}")
-    return SCENARIO
+    return node_toolchain / "scenario.js"
 
 
 def run_scenario(script: Path, case: Case, relay: RelayProcess, seed: str) -> dict[str, Any]:

@@ -1,41 +1,29 @@
-"""Session resumption on one relay process: Meteor 3.5's ``session`` + ``receivedCount``.
+"""Session resumption without a load balancer: Meteor 3.5's ``session`` + ``receivedCount``.
 
-Driven with raw frames so every count is exact. Cross-worker and cross-relay resumption
-(the coordinator's SQLite file and ZooKeeper) are tested with the local cluster.
+Driven with raw frames so every count is exact: on one relay of one worker, across the
+two workers of the shared relay (the coordinator's SQLite file), and across two relays
+that share the session's ZooKeeper. Resumption under chaos (HAProxy, relays and
+ZooKeeper nodes killed) is ``tests/e2e/test_chaos.py``, on the local cluster.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
 import pytest
 import websocket
 
-from relay.dev.embedded_postgres import EmbeddedPostgres
-from tests.e2e.relayproc import RelayProcess, manage
+from tests.fixtures.relays import RelayProcess, RelayStack, RelayStacks
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def one_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RelayProcess, str]]:
-    tmp = tmp_path_factory.mktemp("resume")
-    pg = EmbeddedPostgres(tmp / "pg")
-    pg.start()
-    relay: RelayProcess | None = None
-    try:
-        url = pg.dsn("relay")
-        manage(url, "migrate", "--noinput", "-v", "0")
-        manage(url, "seed_demo")
-        relay = RelayProcess(url, tmp / "relay.log", workers=1).start()
-        yield relay, url
-    finally:
-        if relay is not None:
-            relay.stop()
-        pg.stop()
+def one_worker(module_relay_stack: RelayStacks) -> RelayStack:
+    """One relay of one worker on a database of its own (the tests write to it)."""
+    return module_relay_stack(workers=1)
 
 
 class Raw:
@@ -87,8 +75,8 @@ def reconnect(
     return client, client.recv()
 
 
-def test_resume_replays_what_was_lost_in_flight(one_worker: Any) -> None:
-    relay, _ = one_worker
+def test_resume_replays_what_was_lost_in_flight(one_worker: RelayStack) -> None:
+    relay = one_worker.relay
     first, session = start(relay)
     received = len(first.got)  # connected + 13 added + ready
     first.drop()
@@ -102,8 +90,8 @@ def test_resume_replays_what_was_lost_in_flight(one_worker: Any) -> None:
     second.ws.close()
 
 
-def test_changes_made_while_away_arrive_once(one_worker: Any) -> None:
-    relay, url = one_worker
+def test_changes_made_while_away_arrive_once(one_worker: RelayStack) -> None:
+    relay, url = one_worker.relay, one_worker.database_url
     first, session = start(relay)
     received = len(first.got)
     first.drop()
@@ -122,8 +110,8 @@ def test_changes_made_while_away_arrive_once(one_worker: Any) -> None:
     second.ws.close()
 
 
-def test_completed_methods_are_answered_again_not_rerun(one_worker: Any) -> None:
-    relay, _ = one_worker
+def test_completed_methods_are_answered_again_not_rerun(one_worker: RelayStack) -> None:
+    relay = one_worker.relay
     first, session = start(relay)
     doc = {"title": "Once", "authorId": "jemisin", "price": "1.00", "tags": []}
     first.send(msg="method", id="1", method="books.create", params=[doc], randomSeed="resume-1")
@@ -143,8 +131,8 @@ def test_completed_methods_are_answered_again_not_rerun(one_worker: Any) -> None
 
 
 @pytest.mark.parametrize("received", [None, 10_000, 0])
-def test_no_exact_resume_means_a_new_session(one_worker: Any, received: int | None) -> None:
-    relay, _ = one_worker
+def test_no_exact_resume_means_a_new_session(one_worker: RelayStack, received: int | None) -> None:
+    relay = one_worker.relay
     first, session = start(relay)
     first.drop()
     second, connected = reconnect(relay, session, received)
@@ -152,8 +140,8 @@ def test_no_exact_resume_means_a_new_session(one_worker: Any, received: int | No
     second.ws.close()
 
 
-def test_a_deliberate_disconnect_is_not_resumable(one_worker: Any) -> None:
-    relay, _ = one_worker
+def test_a_deliberate_disconnect_is_not_resumable(one_worker: RelayStack) -> None:
+    relay = one_worker.relay
     first, session = start(relay)
     received = len(first.got)
     first.send(msg="disconnect")
@@ -177,3 +165,17 @@ def test_resume_lands_on_any_worker_of_the_node(relay_server: Any) -> None:
         assert [m["msg"] for m in got] == ["result", "updated"]  # nothing replayed twice
         received += len(got)
     client.ws.close()
+
+
+def test_resume_lands_on_another_relay_through_zookeeper(relay_stack: RelayStacks) -> None:
+    """Two relays with ``RELAY_ZOOKEEPER``: a session parked by one is claimed by the other."""
+    stack = relay_stack(2, workers=1, zookeeper=True)
+    here, there = stack.relays
+    first, session = start(here)
+    received = len(first.got)
+    first.drop()
+    second, connected = reconnect(there, session, received)
+    assert connected == {"msg": "connected", "session": session}
+    second.send(msg="sub", id="all", name="books.all", params=[])
+    assert second.recv() == {"msg": "ready", "subs": ["all"]}  # known: not re-run
+    second.ws.close()

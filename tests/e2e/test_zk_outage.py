@@ -1,5 +1,6 @@
 """ZooKeeper unavailable: new sessions keep working, resumes degrade to new sessions with
-a metric, and resuming recovers when ZooKeeper returns (the local cluster)."""
+a metric, and resuming recovers when ZooKeeper returns (the local cluster, the ``cluster``
+fixture of ``tests/fixtures/relays.py``)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from relay.dev.cluster import Cluster
-from tests.e2e.test_chaos import ChaosClient, cluster, read_resume_counters  # noqa: F401
+from tests.e2e.reconnects import ChaosClient, read_resume_counters
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -35,7 +35,7 @@ def reconnect_once(client: ChaosClient, cause: str, timeout: float = 60.0) -> st
     return client.events[-1][1]
 
 
-def test_zookeeper_outage_degrades_resumes_and_recovers(cluster: Any) -> None:  # noqa: F811
+def test_zookeeper_outage_degrades_resumes_and_recovers(cluster: Cluster) -> None:
     for i in range(len(cluster.zookeepers)):
         cluster.kill_zk(i)
     client = ChaosClient(cluster.ws_url, timeout=30, auto_reconnect=True, reconnect_max=2.0)

@@ -2,7 +2,8 @@
 
 Run it periodically (every minute or so: cron, a Kubernetes CronJob). It deletes in small
 batches and never blocks writers. ``--older-than SECONDS`` overrides
-``DDP_CHANGELOG_RETENTION`` (default 600 seconds).
+``DDP_CHANGELOG_RETENTION`` (default 600 seconds). What must not live here: the deleting
+itself (``django_app.changes.prune``).
 """
 
 from __future__ import annotations

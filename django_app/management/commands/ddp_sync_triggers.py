@@ -2,7 +2,8 @@
 
 ``migrate`` runs the same sync at its end; run this after changing a ``Collection``'s
 ``fields``/``related`` without a migration, or with ``--check`` in CI or a readiness
-probe (exit status 1 when the database's triggers differ from the code's).
+probe (exit status 1 when the database's triggers differ from the code's). What must not
+live here: generating or installing the triggers (``django_app.triggers.sync_triggers``).
 """
 
 from __future__ import annotations

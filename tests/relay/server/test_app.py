@@ -7,7 +7,7 @@ from typing import Any
 from relay.config import Settings
 from relay.server.app import RelayApp
 from relay.server.node import Node
-from tests.relay.server.test_session import FakeBackend
+from tests.relay.server.helpers import FakeBackend, FakeMember
 
 
 def call(app: RelayApp, path: str = "/websocket") -> tuple[str, bytes]:
@@ -33,8 +33,11 @@ def test_upgrades_past_the_connection_limit_are_refused_with_503() -> None:
     settings = Settings(worker_connections=2)
     node = Node(settings, FakeBackend())  # type: ignore[arg-type]
     app = RelayApp(settings, node, lambda environ, start_response: [])
-    node.sessions.update({object(), object()})  # type: ignore[arg-type]
+    open_ = [FakeMember(), FakeMember()]
+    for member in open_:
+        node.hub.opened(member)
     assert call(app) == ("503 Service Unavailable", b"too many connections\n")
-    node.sessions.clear()
-    node.ready = False
+    for member in open_:
+        node.hub.closed(member)
+    node.drain()
     assert call(app) == ("503 Service Unavailable", b"draining\n")

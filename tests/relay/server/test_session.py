@@ -1,9 +1,12 @@
-"""Sessions against the in-memory transport and a fake backend: Meteor's behaviour, no socket."""
+"""Sessions against the in-memory transport, a fake backend and a fake context: Meteor's
+behaviour, no socket and no node (``relay.server.context.SessionContext`` is the seam)."""
 
 from __future__ import annotations
 
+import ast
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -14,117 +17,31 @@ from relay.backend import (
     CallContext,
     ClientError,
     Document,
-    Handshake,
-    Identity,
     MethodOutcome,
     SubscriptionData,
 )
 from relay.config import Settings
-from relay.server.node import Node
-from relay.server.session import Session
-from relay.transport import MemoryTransport
-
-HANDSHAKE = Handshake(headers={}, cookies={}, remote_addr="127.0.0.1", path="/websocket")
-
-
-class FakeBackend:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-        self.docs = {
-            "all": [
-                Document("things", "a", {"n": 1, "tag": "x"}),
-                Document("things", "b", {"n": 2}),
-            ],
-            "some": [Document("things", "a", {"n": 1, "extra": True})],
-        }
-
-    def authenticate(self, handshake: Handshake) -> Identity:
-        return Identity(user="u", user_id="42")
-
-    def has_publication(self, name: str) -> bool:
-        return name in self.docs or name in ("boom", "denied", "slow")
-
-    def has_method(self, name: str) -> bool:
-        return name in ("echo", "boom", "denied", "sleep", "seed")
-
-    def subscribe(self, ctx: CallContext, name: str, params: Sequence[Any]) -> SubscriptionData:
-        if name == "boom":
-            raise RuntimeError("publication bug")
-        if name == "denied":
-            raise ClientError(403, "Access denied")
-        if name == "slow":
-            gevent.sleep(0.2)
-        return SubscriptionData(documents=self.docs.get(name, []))
-
-    def call(self, ctx: CallContext, name: str, params: Sequence[Any]) -> MethodOutcome:
-        self.calls.append((name, tuple(params)))
-        if name == "boom":
-            raise ValueError("secret internals")
-        if name == "denied":
-            raise ClientError("not-allowed", "No", {"why": 1})
-        if name == "sleep":
-            gevent.sleep(params[0])
-        if name == "seed":
-            return MethodOutcome(result=[ctx.random_seed, ctx.identity.user_id])
-        return MethodOutcome(result=params[0] if params else None)
-
-    def close(self) -> None:
-        pass
+from relay.protocol.changestream import Change
+from relay.resume.resumer import Resumed
+from relay.server import session as session_module
+from tests.relay.server.helpers import FakeBackend, FakeContext, FakeResumer, Peer
 
 
 @pytest.fixture
-def node() -> Iterator[Node]:
-    n = Node(Settings(heartbeat_interval=0.2, heartbeat_timeout=0.2), FakeBackend())
-    n.start()
-    yield n
-    n.stop()
+def ctx() -> FakeContext:
+    return FakeContext(Settings(heartbeat_interval=0.2, heartbeat_timeout=0.2))
 
 
-class Peer:
-    """Drives one session over a MemoryTransport."""
-
-    def __init__(self, node: Node) -> None:
-        self.transport = MemoryTransport()
-        self.session = Session(node, self.transport, HANDSHAKE)
-        self.greenlet = gevent.spawn(self.session.serve)
-        self.seen = 0
-
-    def send(self, *msgs: Any) -> None:
-        self.transport.feed(*(m if isinstance(m, str) else json.dumps(m) for m in msgs))
-
-    def connect(self) -> dict[str, Any]:
-        self.send({"msg": "connect", "version": "1", "support": ["1", "pre2", "pre1"]})
-        return self.expect("connected")
-
-    def messages(self) -> list[dict[str, Any]]:
-        return [json.loads(t) for t in self.transport.sent]
-
-    def expect(self, kind: str, timeout: float = 2.0) -> dict[str, Any]:
-        with gevent.Timeout(timeout):
-            while True:
-                msgs = self.messages()
-                for i in range(self.seen, len(msgs)):
-                    if msgs[i]["msg"] == kind:
-                        self.seen = i + 1
-                        return msgs[i]
-                gevent.sleep(0.005)
-
-    def new(self) -> list[dict[str, Any]]:
-        msgs = self.messages()[self.seen :]
-        self.seen += len(msgs)
-        return msgs
-
-
-def test_connect_gets_a_fresh_session_even_when_one_is_named(node: Node) -> None:
-    peer = Peer(node)
+def test_connect_gets_a_fresh_session_even_when_one_is_named(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.send({"msg": "connect", "version": "1", "support": ["1"], "session": "old"})
     connected = peer.expect("connected")
     assert connected["session"] != "old" and len(connected["session"]) == 17
     assert peer.session.identity.user_id == "42"
 
 
-def test_messages_pipelined_behind_connect_are_processed_in_order(node: Node) -> None:
-    peer = Peer(node)
+def test_messages_pipelined_behind_connect_are_processed_in_order(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.send(
         {"msg": "connect", "version": "1", "support": ["1"]},
         {"msg": "method", "id": "1", "method": "echo", "params": [1]},
@@ -135,8 +52,8 @@ def test_messages_pipelined_behind_connect_are_processed_in_order(node: Node) ->
     assert kinds == ["connected", "result", "updated", "added", "added", "ready"]
 
 
-def test_sub_sends_added_then_ready_and_duplicate_id_is_not_rerun(node: Node) -> None:
-    peer = Peer(node)
+def test_sub_sends_added_then_ready_and_duplicate_id_is_not_rerun(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.connect()
     peer.send({"msg": "sub", "id": "s1", "name": "all"})
     assert peer.expect("ready") == {"msg": "ready", "subs": ["s1"]}
@@ -156,8 +73,8 @@ def test_sub_sends_added_then_ready_and_duplicate_id_is_not_rerun(node: Node) ->
     assert [m["msg"] for m in peer.messages()[before:]] == ["ready", "result", "updated"]
 
 
-def test_overlapping_subs_merge_and_unsub_keeps_shared_docs(node: Node) -> None:
-    peer = Peer(node)
+def test_overlapping_subs_merge_and_unsub_keeps_shared_docs(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.connect()
     peer.send({"msg": "sub", "id": "s1", "name": "all"})
     peer.expect("ready")
@@ -174,8 +91,8 @@ def test_overlapping_subs_merge_and_unsub_keeps_shared_docs(node: Node) -> None:
     assert {"msg": "changed", "collection": "things", "id": "a", "cleared": ["tag"]} in tail
 
 
-def test_unknown_publication_and_unknown_unsub(node: Node) -> None:
-    peer = Peer(node)
+def test_unknown_publication_and_unknown_unsub(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.connect()
     peer.send({"msg": "sub", "id": "x", "name": "nope"})
     nosub = peer.expect("nosub")
@@ -185,8 +102,8 @@ def test_unknown_publication_and_unknown_unsub(node: Node) -> None:
     assert peer.expect("nosub") == {"msg": "nosub", "id": "never"}
 
 
-def test_publication_errors_become_nosub_with_safe_errors(node: Node) -> None:
-    peer = Peer(node)
+def test_publication_errors_become_nosub_with_safe_errors(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.connect()
     peer.send(
         {"msg": "sub", "id": "b", "name": "boom"}, {"msg": "sub", "id": "d", "name": "denied"}
@@ -198,8 +115,8 @@ def test_publication_errors_become_nosub_with_safe_errors(node: Node) -> None:
     assert not peer.session.subs
 
 
-def test_methods_results_errors_and_unknown(node: Node) -> None:
-    peer = Peer(node)
+def test_methods_results_errors_and_unknown(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.connect()
     peer.send(
         {"msg": "method", "id": "1", "method": "echo", "params": [{"$date": 1000}]},
@@ -220,8 +137,8 @@ def test_methods_results_errors_and_unknown(node: Node) -> None:
     assert results["5"]["result"] == ["abc", "42"]
 
 
-def test_ping_is_answered_while_a_slow_method_runs(node: Node) -> None:
-    peer = Peer(node)
+def test_ping_is_answered_while_a_slow_method_runs(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.connect()
     peer.send({"msg": "method", "id": "1", "method": "sleep", "params": [0.3]})
     gevent.sleep(0.05)
@@ -230,8 +147,8 @@ def test_ping_is_answered_while_a_slow_method_runs(node: Node) -> None:
     peer.expect("updated")
 
 
-def test_bad_input_gets_errors_and_the_session_survives(node: Node) -> None:
-    peer = Peer(node)
+def test_bad_input_gets_errors_and_the_session_survives(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.connect()
     peer.send("not json", "[1]", {"msg": "what"}, {"msg": "sub", "id": 5, "name": "all"})
     peer.send({"msg": "method", "id": "1", "method": "echo", "params": ["still here"]})
@@ -247,8 +164,8 @@ def test_bad_input_gets_errors_and_the_session_survives(node: Node) -> None:
     assert not peer.session.closed
 
 
-def test_must_connect_first_and_version_failure_closes(node: Node) -> None:
-    peer = Peer(node)
+def test_must_connect_first_and_version_failure_closes(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.send({"msg": "sub", "id": "s", "name": "all"})
     assert peer.expect("error")["reason"] == "Must connect first"
     peer.send({"msg": "connect", "version": "9", "support": ["9"]})
@@ -257,19 +174,19 @@ def test_must_connect_first_and_version_failure_closes(node: Node) -> None:
     assert peer.transport.close_code == disconnect.PROTOCOL_ERROR.code
 
 
-def test_heartbeat_pings_and_closes_a_silent_client(node: Node) -> None:
-    peer = Peer(node)
+def test_heartbeat_pings_and_closes_a_silent_client(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.connect()
-    # ticker runs once a second: one ping, then close after interval + timeout
-    with gevent.Timeout(5):
-        peer.greenlet.join()
+    # the test plays the ticker: one ping, then close after interval + timeout
+    peer.tick_until_over(5)
+    peer.greenlet.join(timeout=1)
     kinds = [m["msg"] for m in peer.messages()]
     assert "ping" in kinds
     assert peer.transport.close_code == disconnect.HEARTBEAT_TIMEOUT.code
 
 
-def test_sent_count_excludes_ping_and_pong(node: Node) -> None:
-    peer = Peer(node)
+def test_sent_count_excludes_ping_and_pong(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.connect()
     peer.send({"msg": "ping"}, {"msg": "method", "id": "1", "method": "echo"})
     peer.expect("updated")
@@ -277,31 +194,25 @@ def test_sent_count_excludes_ping_and_pong(node: Node) -> None:
     assert peer.session.sent_count == 3
 
 
-def test_disconnect_message_closes_normally(node: Node) -> None:
-    peer = Peer(node)
+def test_disconnect_message_closes_normally(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
     peer.connect()
     peer.send({"msg": "disconnect"})
     peer.greenlet.join(timeout=1)
     assert peer.transport.close_code == 1000
-    assert not node.by_id
+    assert not ctx.by_id
 
 
-def test_subscription_limit(node: Node) -> None:
-    small = Node(Settings(max_subs_per_session=1), FakeBackend())
-    try:
-        peer = Peer(small)
-        peer.connect()
-        peer.send(
-            {"msg": "sub", "id": "1", "name": "all"}, {"msg": "sub", "id": "2", "name": "some"}
-        )
-        nosub = peer.expect("nosub")
-        assert nosub["id"] == "2" and nosub["error"]["error"] == "too-many-subscriptions"
-    finally:
-        small.stop()
+def test_subscription_limit() -> None:
+    peer = Peer(FakeContext(Settings(max_subs_per_session=1)))
+    peer.connect()
+    peer.send({"msg": "sub", "id": "1", "name": "all"}, {"msg": "sub", "id": "2", "name": "some"})
+    nosub = peer.expect("nosub")
+    assert nosub["id"] == "2" and nosub["error"]["error"] == "too-many-subscriptions"
 
 
-def test_a_broken_session_does_not_touch_another(node: Node) -> None:
-    good, bad = Peer(node), Peer(node)
+def test_a_broken_session_does_not_touch_another(ctx: FakeContext) -> None:
+    good, bad = Peer(ctx), Peer(ctx)
     good.connect()
     bad.connect()
     bad.send("\x00garbage", {"msg": "sub", "id": "b", "name": "boom"})
@@ -311,10 +222,10 @@ def test_a_broken_session_does_not_touch_another(node: Node) -> None:
     assert not good.session.closed
 
 
-def test_oversized_message_gets_an_error_and_the_session_survives(node: Node) -> None:
+def test_oversized_message_gets_an_error_and_the_session_survives(ctx: FakeContext) -> None:
     from relay.transport import Oversized
 
-    peer = Peer(node)
+    peer = Peer(ctx)
     peer.connect()
     peer.transport.feed(Oversized(size=2_000_000, limit=1_048_576, prefix='{"msg":"method"'))
     err = peer.expect("error")
@@ -344,22 +255,185 @@ class OddBackend(FakeBackend):
 
 
 def test_unsendable_values_become_500s_and_never_leak_removed() -> None:
-    odd = Node(Settings(), OddBackend())
-    try:
-        peer = Peer(odd)
-        peer.connect()
-        peer.send(
-            {"msg": "sub", "id": "u", "name": "unsendable"},
-            {"msg": "sub", "id": "o", "name": "odd-error"},
-            {"msg": "method", "id": "1", "method": "unsendable", "params": []},
-            {"msg": "method", "id": "2", "method": "odd-error", "params": []},
-        )
-        peer.expect("updated")
-        peer.expect("updated")
-        kinds = [m["msg"] for m in peer.messages()]
-        assert "added" not in kinds and "removed" not in kinds
-        errors = [m["error"]["error"] for m in peer.messages() if "error" in m]
-        assert errors == [500, 500, 500, 500]
-        assert not peer.session.mergebox.documents("things")
-    finally:
-        odd.stop()
+    peer = Peer(FakeContext(Settings(), OddBackend()))
+    peer.connect()
+    peer.send(
+        {"msg": "sub", "id": "u", "name": "unsendable"},
+        {"msg": "sub", "id": "o", "name": "odd-error"},
+        {"msg": "method", "id": "1", "method": "unsendable", "params": []},
+        {"msg": "method", "id": "2", "method": "odd-error", "params": []},
+    )
+    peer.expect("updated")
+    peer.expect("updated")
+    kinds = [m["msg"] for m in peer.messages()]
+    assert "added" not in kinds and "removed" not in kinds
+    errors = [m["error"]["error"] for m in peer.messages() if "error" in m]
+    assert errors == [500, 500, 500, 500]
+    assert not peer.session.mergebox.documents("things")
+
+
+# -- the session and its context --------------------------------------------------------------
+
+
+def test_the_session_module_does_not_know_the_node() -> None:
+    """A session sees the worker through its SessionContext only (no import of the node,
+    not even for typing)."""
+    tree = ast.parse(Path(session_module.__file__).read_text(encoding="utf-8"))
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert "relay.server.node" not in imported
+    assert "relay.server.context" in imported
+
+
+def test_the_session_reports_its_life_to_the_context(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
+    gevent.sleep(0)
+    assert ctx.opened == [peer.session] and not ctx.by_id
+    session_id = peer.connect()["session"]
+    assert ctx.by_id == {session_id: peer.session}
+    peer.send({"msg": "disconnect"})
+    peer.greenlet.join(timeout=1)
+    assert ctx.closed == [peer.session] and not ctx.by_id
+
+
+def test_close_closes_the_transport_once_and_ends_the_session(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
+    peer.connect()
+    peer.session.close(disconnect.SHUTDOWN)
+    peer.session.close(disconnect.PROTOCOL_ERROR)  # idempotent: the first reason stays
+    peer.greenlet.join(timeout=1)
+    assert peer.session.ended.is_set()
+    assert (peer.transport.close_code, peer.transport.close_reason) == (1001, "Relay shutting down")
+    assert peer.session.close_reason == "Relay shutting down"
+    assert ctx.closed == [peer.session]
+
+
+def test_a_socket_that_never_connects_is_closed_by_the_handshake_timeout() -> None:
+    peer = Peer(FakeContext(Settings(handshake_timeout=0.1)))
+    peer.tick_until_over(2)
+    assert peer.transport.close_code == disconnect.HANDSHAKE_TIMEOUT.code
+
+
+def test_live_changes_reach_the_session_through_the_streams(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
+    peer.connect()
+    peer.send({"msg": "sub", "id": "s", "name": "live"})
+    peer.expect("ready")
+    assert ctx.listened == ["ddp_things"]
+    ctx.streams.deliver("ddp_things", 6, "E", 100, [Change("u", "a", {"n": 2})])
+    ctx.streams.deliver("ddp_things", 7, "E", 101, [Change("i", "c", {"n": 3})])
+    assert peer.new()[-2:] == [
+        {"msg": "changed", "collection": "things", "id": "a", "fields": {"n": 2}},
+        {"msg": "added", "collection": "things", "id": "c", "fields": {"n": 3}},
+    ]
+    peer.send({"msg": "unsub", "id": "s"})
+    peer.expect("nosub")
+    assert ctx.unlistened == ["ddp_things"]
+
+
+def test_updated_waits_for_the_methods_writes_to_be_routed(ctx: FakeContext) -> None:
+    """The write fence (I5): ``updated`` follows the data messages of the method's writes."""
+    peer = Peer(ctx)
+    peer.connect()
+    peer.send({"msg": "sub", "id": "s", "name": "live"})
+    peer.expect("ready")
+    peer.send({"msg": "method", "id": "1", "method": "write", "params": [6]})
+    peer.expect("result")
+    gevent.sleep(0.05)
+    assert [m["msg"] for m in peer.new()] == []  # no updated before seq 6 was routed
+    ctx.streams.deliver("ddp_things", 6, "E", 100, [Change("u", "a", {"n": 9})])
+    peer.expect("updated")
+    assert [m["msg"] for m in peer.messages()[-2:]] == ["changed", "updated"]
+
+
+def test_resync_reruns_the_publication_and_sends_only_the_difference(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
+    peer.connect()
+    peer.send({"msg": "sub", "id": "s1", "name": "all"})
+    peer.expect("ready")
+    peer.new()
+    ctx.backend.docs["all"] = [
+        Document("things", "a", {"n": 1}),  # tag gone
+        Document("things", "c", {"n": 3}),  # b gone, c new
+    ]
+    peer.session.request_resync("s1")
+    peer.session.request_resync("s1")  # a second request while one is queued is merged
+    with gevent.Timeout(2):
+        while len(peer.messages()) < peer.seen + 3:
+            gevent.sleep(0.005)
+    gevent.sleep(0.05)
+    assert peer.new() == [
+        {"msg": "removed", "collection": "things", "id": "b"},
+        {"msg": "changed", "collection": "things", "id": "a", "cleared": ["tag"]},
+        {"msg": "added", "collection": "things", "id": "c", "fields": {"n": 3}},
+    ]
+    assert ctx.backend.subscribed == ["all", "all"]
+
+
+def test_an_undecidable_change_makes_fanout_ask_the_session_to_resync(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
+    peer.connect()
+    peer.send({"msg": "sub", "id": "o", "name": "opaque"})
+    peer.expect("ready")
+    ctx.backend.docs["live"] = [Document("things", "a", {"n": 5})]
+    ctx.streams.deliver("ddp_things", 6, "E", 100, [Change("u", "a", {"n": 5})])
+    assert peer.expect("changed") == {
+        "msg": "changed",
+        "collection": "things",
+        "id": "a",
+        "fields": {"n": 5},
+    }
+    assert ctx.backend.subscribed == ["opaque", "opaque"]
+    assert ctx.listened == ["ddp_things", "ddp_things"]  # detached, then attached again
+
+
+def test_a_lost_socket_parks_the_session_and_a_disconnect_drops_it() -> None:
+    resumer = FakeResumer()
+    ctx = FakeContext(Settings(), resumer=resumer)
+    lost = Peer(ctx)
+    session_id = lost.connect()["session"]
+    lost.send({"msg": "sub", "id": "s", "name": "all"})
+    lost.expect("ready")
+    lost.transport.disconnect()
+    lost.greenlet.join(timeout=1)
+    ((state, epoch),) = resumer.parked
+    assert (state.session_id, epoch, state.user_id) == (session_id, 1, "42")
+    assert state.sent_count == 4 and len(state.log) == 4  # connected, 2 added, ready
+    assert [(s.id, s.name, s.ready) for s in state.subs] == [("s", "all", True)]
+
+    left = Peer(ctx)
+    left_id = left.connect()["session"]
+    left.send({"msg": "disconnect"})
+    left.greenlet.join(timeout=1)
+    assert resumer.dropped_ids == [(left_id, 2)]
+    assert len(resumer.parked) == 1
+
+
+def test_resume_answers_the_same_id_replays_what_was_missed_and_does_not_rerun() -> None:
+    resumer = FakeResumer()
+    ctx = FakeContext(Settings(), resumer=resumer)
+    first = Peer(ctx)
+    session_id = first.connect()["session"]
+    first.send({"msg": "sub", "id": "s", "name": "all"})
+    first.expect("ready")
+    first.transport.disconnect()
+    first.greenlet.join(timeout=1)
+    ((state, epoch),) = resumer.parked
+    # The client received ``connected`` and the first ``added`` only.
+    resumer.resumed = Resumed(state, epoch + 1, state.missed_since(2) or [])
+    again = Peer(ctx)
+    again.connect(session=session_id, receivedCount=2)
+    assert resumer.asked == [(session_id, 2, "42")]
+    replayed = again.messages()
+    assert [m["msg"] for m in replayed] == ["connected", "added", "ready"]
+    assert replayed[0]["session"] == session_id
+    assert replayed[1:] == first.messages()[2:]  # verbatim: what the client missed
+    again.seen = len(replayed)
+    again.send({"msg": "sub", "id": "s", "name": "all"})
+    assert again.expect("ready") == {"msg": "ready", "subs": ["s"]}
+    assert again.session.sent_count == state.sent_count + 1 + 1
+    assert ctx.backend.subscribed == [
+        "all",
+        "all",
+    ]  # re-run once on resume, not for the re-sent sub

@@ -1,20 +1,32 @@
-"""The listener's handling of what one drain of the LISTEN connection brings: coalesced runs
-per channel, gaps, duplicates and epoch changes (no database: the backfill is recorded).
+"""The listener: what one drain of the LISTEN connection brings (coalesced runs per
+channel, gaps, duplicates, epoch changes), then the whole listener over ``MemorySource``
+(backfills, spilled payloads, pruned history, reconnects), and I1/I3 as properties.
 
-The same code against a real PostgreSQL, with the listener's backend killed and the server
-restarted mid-storm, is in ``tests/e2e/test_live.py``.
+The first tests stub the backfill out and feed notifications straight in. The rest drive
+the listener against the in-memory twin of PostgreSQL (``relay.stream.source``), which
+passes the same contract suite as the real one (``test_source_contract.py``). The same code
+against a real PostgreSQL, with the listener's backend killed and the server restarted
+mid-storm, is in ``tests/e2e/test_live.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import gevent
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from relay.protocol.changestream import encode_notification
+from relay.backend import DecodedChange, Route
+from relay.protocol.changestream import Change, encode_notification
+from relay.stream.fanout import Streams, Transaction
 from relay.stream.listener import COALESCE_MAX, Listener
-from tests.relay.stream.test_fanout import BOOKS, FakeSession, make
+from relay.stream.source import MemorySource, SourceError
+from tests.relay.stream.helpers import BOOKS, FakeSession, make
 
 
 @dataclass
@@ -91,3 +103,374 @@ def test_channels_nobody_needs_and_malformed_payloads_are_skipped(setup: Setup) 
         [Note("ddp_books", "not json"), note(1, "x", channel="ddp_authors"), note(1, "a")]
     )
     assert titles(session) == ["a"] and backfills == []
+
+
+# -- driven by the in-memory source ---------------------------------------------------------
+#
+# ``MemorySource`` (relay.stream.source) stands in for PostgreSQL: commits go into its
+# changelog and, when the listener LISTENs, its notification queue. The listener is
+# driven turn by turn (``_step``), or as its own greenlet where reconnecting is the point.
+# Every ``deliver_many`` is checked against the contract the listener owes the streams:
+# the next seqs, consecutive, at most COALESCE_MAX.
+
+AUTHORS = Route("ddp_authors", "authors", ())
+
+
+class TwoChannels:
+    """decode_change for 'ddp_books' and 'ddp_authors': values carry a title."""
+
+    def decode_change(self, channel: str, change: Change) -> DecodedChange | None:
+        collection = {"ddp_books": "books", "ddp_authors": "authors"}.get(channel)
+        if collection is None:
+            return None
+        fields = {"title": change.values.get("title")} if change.op != "d" else {}
+        return DecodedChange(collection, str(change.pk), change.op, fields, dict(change.values))
+
+
+@dataclass
+class Wired:
+    source: MemorySource
+    streams: Streams
+    listener: Listener
+    #: (channel, seqs) of every delivery.
+    deliveries: list[tuple[str, list[int]]] = field(default_factory=list)
+    #: (channel, seq, epoch) of every resync.
+    lost: list[tuple[str, int, str]] = field(default_factory=list)
+    #: Both, in order: (channel, seqs delivered) or (channel, seq resynced at).
+    events: list[tuple[str, list[int] | int]] = field(default_factory=list)
+
+    def step(self) -> None:
+        self.listener._step(0)
+
+    def reconnect(self) -> None:
+        """What the listener's greenlet does when the connection was lost."""
+        with pytest.raises(SourceError):
+            self.listener._step(0)
+        self.source.close()
+        self.listener._connect()
+
+    def subscribe(self, route: Route = BOOKS) -> FakeSession:
+        """A session subscribed at the channel's current position, as a publication's
+        snapshot would be; the listener then LISTENs (and backfills)."""
+        session = FakeSession()
+        position = self.source.read_counter(route.channel)
+        self.streams.attach(session, "s", route, position)  # type: ignore[arg-type]
+        self.step()
+        return session
+
+    def seqs(self, channel: str = "ddp_books") -> list[int]:
+        return [s for c, seqs in self.deliveries if c == channel for s in seqs]
+
+    def commit(self, title: str, channel: str = "ddp_books", **kwargs: bool) -> int:
+        change = {"o": "u", "id": "b1", "f": {"title": title}}
+        return self.source.commit(channel, [change], **kwargs)
+
+
+def wire() -> Wired:
+    source = MemorySource()
+    listener: Listener | None = None
+
+    def listen(channel: str) -> None:
+        assert listener is not None
+        listener.listen(channel)
+
+    def unlisten(channel: str) -> None:
+        assert listener is not None
+        listener.unlisten(channel)
+
+    streams = Streams(TwoChannels(), listen, unlisten)  # type: ignore[arg-type]
+    streams.on_resync = lambda channel, atts: [
+        a.session.request_resync(a.sub_id)  # type: ignore[attr-defined]
+        for a in atts
+    ]
+    listener = Listener("", streams, source=source)
+    wired = Wired(source, streams, listener)
+    deliver_many, lost_history = streams.deliver_many, streams.lost_history
+
+    def checked_deliver_many(channel: str, transactions: Sequence[Transaction]) -> None:
+        position = streams.position(channel)
+        assert position is not None
+        seq, epoch = position
+        got = [tx.seq for tx in transactions]
+        assert got == list(range(seq + 1, seq + 1 + len(got))), (channel, position, got)
+        assert not epoch or {tx.epoch for tx in transactions} == {epoch}
+        assert 0 < len(got) <= COALESCE_MAX
+        wired.deliveries.append((channel, got))
+        wired.events.append((channel, got))
+        deliver_many(channel, transactions)
+
+    def recorded_lost_history(channel: str, seq: int, epoch: str) -> None:
+        wired.lost.append((channel, seq, epoch))
+        wired.events.append((channel, seq))
+        lost_history(channel, seq, epoch)
+
+    streams.deliver_many = checked_deliver_many  # type: ignore[method-assign]
+    streams.lost_history = recorded_lost_history  # type: ignore[method-assign]
+    listener._connect()
+    return wired
+
+
+@pytest.fixture
+def wired() -> Wired:
+    return wire()
+
+
+def test_a_fresh_listen_backfills_what_committed_since_the_snapshot(wired: Wired) -> None:
+    wired.commit("t1")
+    position = wired.source.read_counter("ddp_books")
+    session = FakeSession()
+    wired.commit("t2")  # unheard: nobody LISTENs yet
+    wired.commit("t3")
+    wired.streams.attach(session, "s", BOOKS, position)  # type: ignore[arg-type]
+    wired.step()
+    assert wired.source.listening == {"ddp_books"}
+    assert wired.deliveries == [("ddp_books", [2, 3])]
+    assert titles(session) == ["t2", "t3"] and session.writes == [2]
+
+
+def test_a_gap_is_backfilled_from_the_changelog(wired: Wired) -> None:
+    session = wired.subscribe()
+    wired.commit("t1")
+    wired.commit("t2", notify=False)  # lost
+    wired.commit("t3")
+    wired.step()
+    assert wired.deliveries == [("ddp_books", [1]), ("ddp_books", [2, 3])]
+    assert titles(session) == ["t1", "t2", "t3"] and wired.lost == []
+
+
+def test_a_duplicate_is_dropped(wired: Wired) -> None:
+    session = wired.subscribe()
+    wired.commit("t1")
+    wired.commit("t2")
+    wired.step()
+    wired.source.renotify("ddp_books", 2)
+    wired.source.renotify("ddp_books", 1, spill=True)
+    wired.step()
+    wired.commit("t3")
+    wired.step()
+    assert wired.seqs() == [1, 2, 3] and titles(session) == ["t1", "t2", "t3"]
+
+
+def test_a_spilled_payload_is_read_from_the_changelog(wired: Wired) -> None:
+    session = wired.subscribe()
+    wired.commit("t1", spill=True)
+    wired.commit("t2")
+    wired.commit("t3", spill=True)
+    wired.step()
+    assert wired.deliveries == [("ddp_books", [1, 2, 3])]  # still one run, one write
+    assert titles(session) == ["t1", "t2", "t3"] and session.writes == [3]
+
+
+def test_a_spilled_row_pruned_before_it_is_read_resyncs(wired: Wired) -> None:
+    session = wired.subscribe()
+    wired.commit("t1", spill=True)
+    epoch = wired.source.read_counter("ddp_books")[1]
+    wired.source.prune("ddp_books", 1)
+    wired.step()
+    assert wired.lost == [("ddp_books", 1, epoch)] and session.resyncs == ["s"]
+    assert wired.deliveries == []
+
+
+def test_history_pruned_past_the_position_resyncs_instead_of_skipping(wired: Wired) -> None:
+    session = wired.subscribe()
+    wired.commit("t1")
+    wired.step()
+    wired.commit("t2", notify=False)
+    wired.commit("t3", notify=False)
+    wired.source.prune("ddp_books", 2)
+    wired.commit("t4")
+    wired.step()
+    epoch = wired.source.read_counter("ddp_books")[1]
+    assert wired.lost == [("ddp_books", 4, epoch)] and session.resyncs == ["s"]
+    wired.commit("t5")
+    wired.step()
+    assert wired.seqs() == [1, 5]
+
+
+def test_an_epoch_change_resyncs_at_the_notification(wired: Wired) -> None:
+    session = wired.subscribe()
+    wired.commit("t1")
+    wired.commit("t2")
+    wired.step()
+    wired.source.reset("ddp_books", "F")
+    wired.commit("f1")
+    wired.commit("f2")
+    wired.step()
+    assert wired.lost == [("ddp_books", 1, "F")] and session.resyncs == ["s"]
+    assert wired.streams.position("ddp_books") == (2, "F")
+    assert wired.deliveries == [("ddp_books", [1, 2]), ("ddp_books", [2])]
+
+
+def test_an_epoch_change_found_by_a_backfill_resyncs_at_the_counter(wired: Wired) -> None:
+    session = wired.subscribe()
+    wired.commit("t1")
+    wired.step()
+    wired.source.drop_connection()
+    wired.source.reset("ddp_books", "F")
+    for n in range(3):
+        wired.commit(f"f{n}")
+    wired.reconnect()
+    assert wired.lost == [("ddp_books", 3, "F")] and session.resyncs == ["s"]
+    assert wired.seqs() == [1]
+
+
+def test_a_reconnect_backfills_every_channel(wired: Wired) -> None:
+    books, authors = wired.subscribe(BOOKS), wired.subscribe(AUTHORS)
+    wired.commit("b1")
+    wired.commit("a1", channel="ddp_authors")
+    wired.step()
+    wired.source.drop_connection()
+    wired.commit("b2")  # sent while the connection is down: never notified
+    wired.commit("b3")
+    wired.commit("a2", channel="ddp_authors")
+    wired.reconnect()
+    assert wired.source.listening == {"ddp_books", "ddp_authors"}
+    assert wired.seqs("ddp_books") == [1, 2, 3] and wired.seqs("ddp_authors") == [1, 2]
+    assert titles(books) == ["b1", "b2", "b3"] and titles(authors) == ["a1", "a2"]
+    assert wired.lost == []
+
+
+def test_the_last_detach_unlistens(wired: Wired) -> None:
+    session = FakeSession()
+    att = wired.streams.attach(session, "s", BOOKS, (0, ""))  # type: ignore[arg-type]
+    wired.step()
+    assert wired.source.listening == {"ddp_books"}
+    wired.streams.detach(att)
+    wired.step()
+    assert wired.source.listening == frozenset()
+    wired.commit("unheard")
+    wired.step()
+    assert wired.deliveries == [] and session.sent == []
+
+
+def test_an_unknown_epoch_is_adopted_from_the_counter(wired: Wired) -> None:
+    wired.source.set_counter("ddp_books", 0, "E")
+    session = FakeSession()
+    wired.streams.attach(session, "s", BOOKS, (0, ""))  # type: ignore[arg-type]
+    wired.step()
+    assert wired.streams.position("ddp_books") == (0, "E")
+    wired.source.notify("ddp_books", encode_notification(1, "F", 1, []))
+    wired.step()
+    assert wired.lost == [("ddp_books", 1, "F")]  # now a change of epoch is noticed
+
+
+def test_the_listener_greenlet_rides_out_a_dropped_connection() -> None:
+    source = MemorySource()
+    listener: Listener | None = None
+    streams = Streams(
+        TwoChannels(),  # type: ignore[arg-type]
+        lambda channel: listener.listen(channel) if listener else None,
+        lambda channel: listener.unlisten(channel) if listener else None,
+    )
+    listener = Listener("", streams, source=source)
+    listener.start()
+    try:
+        session = FakeSession()
+        streams.attach(session, "s", BOOKS, (0, ""))  # type: ignore[arg-type]
+        wait_until(lambda: source.listening == {"ddp_books"})
+        source.commit("ddp_books", [{"o": "i", "id": "b1", "f": {"title": "t1"}}])
+        wait_until(lambda: titles(session) == ["t1"])
+        source.drop_connection()
+        source.commit("ddp_books", [{"o": "u", "id": "b1", "f": {"title": "t2"}}])
+        wait_until(lambda: listener is not None and listener.connected and listener.reconnects)
+        source.commit("ddp_books", [{"o": "u", "id": "b1", "f": {"title": "t3"}}])
+        wait_until(lambda: titles(session) == ["t1", "t2", "t3"])
+        assert listener.reconnects == 1 and source.connects == 2
+    finally:
+        listener.stop()
+    assert not source.connected
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        gevent.sleep(0.01)
+
+
+# -- I1/I3 through the real listener --------------------------------------------------------
+
+OPS = st.one_of(
+    st.tuples(st.just("commit"), st.sampled_from(["ddp_books", "ddp_authors"]), st.booleans()),
+    st.tuples(st.just("lost"), st.sampled_from(["ddp_books", "ddp_authors"]), st.just(False)),
+    st.tuples(st.just("dup"), st.sampled_from(["ddp_books", "ddp_authors"]), st.booleans()),
+    st.tuples(st.just("step"), st.just(""), st.just(False)),
+    st.tuples(st.just("drop"), st.just(""), st.just(False)),
+)
+FAILING_OPS = st.one_of(
+    OPS,
+    st.tuples(st.just("reset"), st.sampled_from(["ddp_books", "ddp_authors"]), st.just(False)),
+    st.tuples(st.just("prune"), st.sampled_from(["ddp_books", "ddp_authors"]), st.just(False)),
+)
+CHANNELS = ("ddp_books", "ddp_authors")
+
+
+def play(ops: list[tuple[str, str, bool]]) -> tuple[Wired, dict[str, FakeSession], set[str]]:
+    """Run ``ops`` against a wired listener, then reconnect (a last backfill of every
+    channel); returns the sessions by channel and the channels whose history was cut."""
+    wired = wire()
+    sessions = {"ddp_books": wired.subscribe(BOOKS), "ddp_authors": wired.subscribe(AUTHORS)}
+    cut: set[str] = set()
+    for op, channel, flag in ops:
+        if op == "commit":
+            n = wired.source.read_counter(channel)[0] + 1
+            wired.commit(f"{channel}-{n}", channel, spill=flag)
+        elif op == "lost":
+            wired.commit("lost", channel, notify=False)
+        elif op == "dup":
+            seq = wired.source.read_counter(channel)[0]
+            if wired.source.read_since(channel, seq - 1, 1):
+                wired.source.renotify(channel, seq, spill=flag)
+        elif op == "step":
+            wired.step()
+        elif op == "drop":
+            wired.source.drop_connection()
+            wired.reconnect()
+        elif op == "reset":
+            wired.source.reset(channel)
+            cut.add(channel)
+        elif op == "prune":
+            wired.source.prune(channel, wired.source.read_counter(channel)[0] - 1)
+            cut.add(channel)
+    wired.step()
+    wired.source.drop_connection()
+    wired.reconnect()
+    return wired, sessions, cut
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(OPS, max_size=40))
+def test_whatever_is_lost_duplicated_spilled_or_dropped_each_seq_arrives_once_in_order(
+    ops: list[tuple[str, str, bool]],
+) -> None:
+    wired, sessions, _ = play(ops)
+    assert wired.lost == []
+    for channel in CHANNELS:
+        seq, epoch = wired.source.read_counter(channel)
+        assert wired.seqs(channel) == list(range(1, seq + 1))
+        assert wired.streams.position(channel) == (seq, epoch)
+        assert sessions[channel].resyncs == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(FAILING_OPS, max_size=40))
+def test_a_new_epoch_or_pruned_history_resyncs_and_the_stream_ends_at_the_counter(
+    ops: list[tuple[str, str, bool]],
+) -> None:
+    wired, sessions, cut = play(ops)
+    for channel in CHANNELS:
+        seq, epoch = wired.source.read_counter(channel)
+        assert wired.streams.position(channel) == (seq, epoch)
+        if channel not in cut:
+            assert sessions[channel].resyncs == [] and wired.seqs(channel) == list(
+                range(1, seq + 1)
+            )
+        # Since the last resync (or the start), every seq was delivered once, in order.
+        start, since = 0, []
+        for c, what in wired.events:
+            if c == channel and isinstance(what, int):
+                start, since = what, []
+            elif c == channel:
+                since += what
+        assert since == list(range(start + 1, seq + 1))
+        assert bool(sessions[channel].resyncs) == any(c == channel for c, _, _ in wired.lost)

@@ -1,0 +1,146 @@
+"""What a session needs from the worker around it: the ``SessionContext`` seam.
+
+Layer: L3. A ``Session`` is given one ``SessionContext`` instead of the node: the settings,
+the metrics, the backend and a way to run its (blocking) calls, the channel streams as a
+session sees them, the resumer when sessions can be resumed, and the hub's bookkeeping
+callbacks. ``relay.server.node`` builds the real one (``NodeContext``); a test builds a
+small fake and drives a session over a ``MemoryTransport``, without a node.
+
+Must not: import ``relay.server.node`` or ``relay.server.session`` at run time (the
+session is only named in types), start greenlets, or hold per-session state: one context
+serves every session of a worker, which keeps a single reference to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from relay.backend import Backend, Route
+    from relay.config import Settings
+    from relay.metrics import Metrics
+    from relay.resume.parked import ParkedSession
+    from relay.resume.resumer import Resumed
+    from relay.server.hub import Hub
+    from relay.server.session import Session
+    from relay.server.workpool import WorkPool
+    from relay.stream.fanout import Attachment
+    from relay.stream.interning import Interner
+    from relay.stream.subscriber import Subscriber
+
+T = TypeVar("T")
+
+
+class SessionStreams(Protocol):
+    """The worker's channel streams (``relay.stream.fanout.Streams``) as a session uses
+    them: attach and detach its routes, wait for the write fence, share values."""
+
+    @property
+    def interner(self) -> Interner: ...
+
+    def attach(
+        self, session: Subscriber, sub_id: str, route: Route, position: tuple[int, str]
+    ) -> Attachment: ...
+
+    def detach(self, att: Attachment) -> None: ...
+
+    def wait_for(self, channel: str, seq: int, timeout: float) -> bool: ...
+
+
+class SessionResumer(Protocol):
+    """The resumer (``relay.resume.resumer.Resumer``) as a session uses it: register,
+    resume, park or drop its id in the coordinator."""
+
+    def created(self, session_id: str) -> int | None: ...
+
+    def resume(
+        self, session_id: str, received_count: int, user_id: str | None
+    ) -> Resumed | None: ...
+
+    def park(self, state: ParkedSession, epoch: int) -> bool: ...
+
+    def dropped(self, session_id: str, epoch: int | None) -> None: ...
+
+
+class SessionContext(Protocol):
+    """Everything a session may use of the worker. Read-only for the session."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def backend(self) -> Backend:
+        """Call its blocking methods through ``run`` only (``has_*`` may be called directly:
+        they must not touch the database)."""
+        ...
+
+    @property
+    def streams(self) -> SessionStreams: ...
+
+    @property
+    def resumer(self) -> SessionResumer | None:
+        """None when sessions cannot be parked or resumed (no database, or window 0)."""
+        ...
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking backend call off the session's greenlet (the bounded work pool)
+        and return its result or raise its exception; blocks the caller cooperatively."""
+        ...
+
+    def session_opened(self, session: Session) -> None:
+        """A socket became a session (it may be closed at once when the worker drains)."""
+        ...
+
+    def session_connected(self, session: Session) -> None:
+        """The session answered ``connected``: ``session.id`` is set."""
+        ...
+
+    def session_closed(self, session: Session) -> None:
+        """The session is torn down (parked or dropped); called last, exactly once."""
+        ...
+
+
+class NodeContext:
+    """The real ``SessionContext`` of a worker: what ``relay.server.node.Node`` composed.
+
+    Plain attributes, read by every session call; the hub callbacks are the hub's own
+    bound methods (no wrapper between a session and the hub)."""
+
+    __slots__ = (
+        "_pool",
+        "backend",
+        "metrics",
+        "resumer",
+        "session_closed",
+        "session_connected",
+        "session_opened",
+        "settings",
+        "streams",
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        backend: Backend,
+        pool: WorkPool,
+        streams: SessionStreams,
+        resumer: SessionResumer | None,
+        hub: Hub,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.backend = backend
+        self._pool = pool
+        self.streams = streams
+        self.resumer = resumer
+        self.session_opened: Callable[[Session], None] = hub.opened
+        self.session_connected: Callable[[Session], None] = hub.connected
+        self.session_closed: Callable[[Session], None] = hub.closed
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._pool.run(fn, *args)

@@ -1,0 +1,118 @@
+"""The open sessions of one worker process: who is open, who is connected, and draining.
+
+Layer: L3. Sessions report their life to the hub (``opened``, ``connected``, ``closed``,
+through their ``SessionContext``); the hub keeps them referenced while open, indexes the
+connected ones by id, keeps the sessions gauge, and turns the worker's readiness off and
+closes every session as "going away" on ``drain``. The ticker walks its members; the
+channel streams ask it to re-run subscriptions whose history was lost (``resync``).
+
+Must not: parse DDP, touch sockets, run backend calls, or start greenlets (it is
+bookkeeping only; the ticker and the housekeeper are their own modules).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import gevent
+
+from relay import disconnect
+
+if TYPE_CHECKING:
+    from relay.metrics import Metrics
+    from relay.stream.fanout import Attachment
+
+
+class Member(Protocol):
+    """A session as the hub and the ticker see it (``relay.server.session.Session``)."""
+
+    @property
+    def id(self) -> str | None:
+        """Its DDP session id once connected, else None."""
+        ...
+
+    def close(self, reason: disconnect.Disconnect) -> None:
+        """Close the socket (idempotent, never blocks); ``closed`` follows later."""
+        ...
+
+    def tick(self, now: float) -> None:
+        """About once a second: heartbeats and the handshake timeout."""
+        ...
+
+
+class Hub:
+    """Bookkeeping of a worker's sessions, from socket accepted to torn down."""
+
+    __slots__ = ("_metrics", "by_id", "ready", "sessions")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        #: Open sessions (strong references: a session waiting for input is referenced by
+        #: nothing else but its socket's watcher). Removed when torn down.
+        self.sessions: set[Member] = set()
+        #: Connected sessions by DDP session id.
+        self.by_id: dict[str, Member] = {}
+        #: False once draining: new sockets are refused (``/readyz`` says 503).
+        self.ready = True
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def members(self) -> list[Member]:
+        """A snapshot of the open sessions (they may close while it is walked)."""
+        return list(self.sessions)
+
+    # -- the life of a session (its SessionContext's callbacks) ------------------------------
+
+    def opened(self, session: Member) -> None:
+        self.sessions.add(session)
+        if not self.ready:
+            session.close(disconnect.SHUTDOWN)
+
+    def connected(self, session: Member) -> None:
+        session_id = session.id
+        assert session_id is not None
+        # A session resumed here while its previous socket's session is still tearing down
+        # (parking) takes over the id: the gauge counts ids, so it stays len(by_id).
+        if self.by_id.get(session_id) is None:
+            self._metrics.sessions.inc()
+        self.by_id[session_id] = session
+        self._metrics.sessions_opened.inc()
+
+    def closed(self, session: Member) -> None:
+        self.sessions.discard(session)
+        session_id = session.id
+        # Only the id's current holder is forgotten: the late teardown of a session whose
+        # id was resumed meanwhile must not evict (nor uncount) the one that resumed it.
+        if session_id is not None and self.by_id.get(session_id) is session:
+            del self.by_id[session_id]
+            self._metrics.sessions.dec()
+
+    # -- the channel streams' callback ---------------------------------------------------------
+
+    def resync(self, channel: str, attachments: Sequence[Attachment]) -> None:
+        """``Streams.on_resync``: these subscriptions lost history; their sessions re-run
+        them in their own message order (``Session.request_resync`` only queues)."""
+        for att in attachments:
+            self._metrics.resyncs.inc()
+            att.session.request_resync(att.sub_id)
+
+    # -- shutting down --------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Graceful shutdown: not ready any more, then every session closed as going away."""
+        self.ready = False
+        for session in self.members():
+            session.close(disconnect.SHUTDOWN)
+
+    def wait_empty(self, timeout: float, beat: Callable[[], None] | None = None) -> bool:
+        """Wait until every session is torn down (parked or dropped), at most ``timeout``
+        seconds; ``beat`` is called meanwhile (gunicorn's liveness notification)."""
+        deadline = time.monotonic() + timeout
+        while self.sessions and time.monotonic() < deadline:
+            if beat is not None:
+                beat()
+            gevent.sleep(0.1)
+        return not self.sessions

@@ -1,0 +1,65 @@
+"""The worker's one ticker: heartbeats and handshake timeouts of every session, once a second.
+
+Layer: L3 (gevent). One greenlet per worker process ticks every open session
+(``Session.tick``: heartbeat pings, heartbeat and handshake timeouts, noticing a socket
+that closed under it) and beats the SockJS transports (their ``h`` frames). There is no
+timer per session: memory per idle session is a product target.
+
+Must not: keep state about sessions (the hub does), or let one session's failure stop
+the others' ticks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import gevent
+
+if TYPE_CHECKING:
+    from relay.server.hub import Hub
+    from relay.transport import HeartbeatRegistry
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two ticks of the heartbeat/timeout ticker.
+TICK_SECONDS = 1.0
+
+
+class Ticker:
+    """Ticks the hub's sessions and the SockJS heartbeats every ``interval`` seconds."""
+
+    __slots__ = ("_greenlet", "_heartbeats", "_hub", "interval")
+
+    def __init__(
+        self, hub: Hub, heartbeats: HeartbeatRegistry, interval: float = TICK_SECONDS
+    ) -> None:
+        self._hub = hub
+        self._heartbeats = heartbeats
+        self.interval = interval
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        """Start ticking in the background (idempotent)."""
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._forever)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+    def tick(self, now: float) -> None:
+        """One tick at monotonic time ``now``."""
+        self._heartbeats.tick(now)
+        for session in self._hub.members():
+            try:
+                session.tick(now)
+            except Exception:
+                log.exception("tick failed for session %s", session.id)
+
+    def _forever(self) -> None:
+        while True:
+            gevent.sleep(self.interval)
+            self.tick(time.monotonic())

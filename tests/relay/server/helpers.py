@@ -1,0 +1,241 @@
+"""Shared fakes for the server tests: a backend, a session context without a node, a peer.
+
+``FakeContext`` is what ``relay.server.context.SessionContext`` asks for and nothing more:
+backend calls run inline (no work pool), the channel streams are the real in-memory ones
+without a listener, and the hub callbacks only record. A ``Peer`` drives one session over
+a ``MemoryTransport``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import gevent
+
+from relay import disconnect
+from relay.backend import (
+    CallContext,
+    ClientError,
+    DecodedChange,
+    Document,
+    Handshake,
+    Identity,
+    MethodOutcome,
+    Route,
+    SubscriptionData,
+    WritePosition,
+)
+from relay.config import Settings
+from relay.metrics import Metrics, get_metrics
+from relay.protocol.changestream import Change
+from relay.resume.parked import ParkedSession
+from relay.resume.resumer import Resumed
+from relay.server.context import SessionContext
+from relay.server.session import Session
+from relay.stream.fanout import Attachment, Streams
+from relay.transport import MemoryTransport
+
+T = TypeVar("T")
+
+HANDSHAKE = Handshake(headers={}, cookies={}, remote_addr="127.0.0.1", path="/websocket")
+
+#: The live route of the "live" publication: every document of ``things``.
+THINGS = Route("ddp_things", "things", ())
+#: The route of the "opaque" publication: membership not decidable from a change.
+OPAQUE = Route("ddp_things", "things", None)
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.subscribed: list[str] = []
+        self.housekept = 0
+        self.closed = 0
+        self.docs = {
+            "all": [
+                Document("things", "a", {"n": 1, "tag": "x"}),
+                Document("things", "b", {"n": 2}),
+            ],
+            "some": [Document("things", "a", {"n": 1, "extra": True})],
+            "live": [Document("things", "a", {"n": 1})],
+        }
+
+    def authenticate(self, handshake: Handshake) -> Identity:
+        return Identity(user="u", user_id="42")
+
+    def has_publication(self, name: str) -> bool:
+        return name in self.docs or name in ("boom", "denied", "slow", "opaque")
+
+    def has_method(self, name: str) -> bool:
+        return name in ("echo", "boom", "denied", "sleep", "seed", "write")
+
+    def subscribe(self, ctx: CallContext, name: str, params: Sequence[Any]) -> SubscriptionData:
+        self.subscribed.append(name)
+        if name == "boom":
+            raise RuntimeError("publication bug")
+        if name == "denied":
+            raise ClientError(403, "Access denied")
+        if name == "slow":
+            gevent.sleep(0.2)
+        if name in ("live", "opaque"):
+            route = THINGS if name == "live" else OPAQUE
+            return SubscriptionData(
+                documents=self.docs["live"], routes=[route], positions={"ddp_things": (5, "E")}
+            )
+        return SubscriptionData(documents=self.docs.get(name, []))
+
+    def call(self, ctx: CallContext, name: str, params: Sequence[Any]) -> MethodOutcome:
+        self.calls.append((name, tuple(params)))
+        if name == "boom":
+            raise ValueError("secret internals")
+        if name == "denied":
+            raise ClientError("not-allowed", "No", {"why": 1})
+        if name == "sleep":
+            gevent.sleep(params[0])
+        if name == "seed":
+            return MethodOutcome(result=[ctx.random_seed, ctx.identity.user_id])
+        if name == "write":
+            # As if the method's transaction published change ``params[0]`` on ddp_things.
+            return MethodOutcome(result="ok", writes=[WritePosition("ddp_things", params[0])])
+        return MethodOutcome(result=params[0] if params else None)
+
+    def decode_change(self, channel: str, change: Change) -> DecodedChange | None:
+        if channel != "ddp_things":
+            return None
+        fields = dict(change.values) if change.op != "d" else {}
+        return DecodedChange("things", str(change.pk), change.op, fields, dict(change.values))
+
+    def housekeeping(self) -> None:
+        self.housekept += 1
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class FakeResumer:
+    """``SessionResumer``: epochs from a counter, parked states kept in a list."""
+
+    def __init__(self, resumed: Resumed | None = None) -> None:
+        self.resumed = resumed
+        self.created_ids: list[str] = []
+        self.parked: list[tuple[ParkedSession, int]] = []
+        self.dropped_ids: list[tuple[str, int | None]] = []
+        self.asked: list[tuple[str, int, str | None]] = []
+
+    def created(self, session_id: str) -> int | None:
+        self.created_ids.append(session_id)
+        return len(self.created_ids)
+
+    def resume(self, session_id: str, received_count: int, user_id: str | None) -> Resumed | None:
+        self.asked.append((session_id, received_count, user_id))
+        return self.resumed
+
+    def park(self, state: ParkedSession, epoch: int) -> bool:
+        self.parked.append((state, epoch))
+        return True
+
+    def dropped(self, session_id: str, epoch: int | None) -> None:
+        self.dropped_ids.append((session_id, epoch))
+
+
+class FakeMember:
+    """``relay.server.hub.Member``: records what the hub and the ticker did to it."""
+
+    def __init__(self, session_id: str | None = None) -> None:
+        self.id = session_id
+        self.closed_with: list[disconnect.Disconnect] = []
+        self.ticks: list[float] = []
+
+    def close(self, reason: disconnect.Disconnect) -> None:
+        self.closed_with.append(reason)
+
+    def tick(self, now: float) -> None:
+        self.ticks.append(now)
+
+
+class FakeContext:
+    """A ``SessionContext`` without a node (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        backend: Any = None,
+        resumer: FakeResumer | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.metrics: Metrics = get_metrics()
+        self.backend: Any = backend if backend is not None else FakeBackend()
+        self.listened: list[str] = []
+        self.unlistened: list[str] = []
+        self.streams = Streams(
+            self.backend, self.listened.append, self.unlistened.append, self.metrics
+        )
+        self.streams.on_resync = self._resync
+        self.resumer = resumer
+        self.opened: list[Session] = []
+        self.closed: list[Session] = []
+        self.by_id: dict[str, Session] = {}
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args)
+
+    def session_opened(self, session: Session) -> None:
+        self.opened.append(session)
+
+    def session_connected(self, session: Session) -> None:
+        assert session.id is not None
+        self.by_id[session.id] = session
+
+    def session_closed(self, session: Session) -> None:
+        self.closed.append(session)
+        if session.id is not None:
+            self.by_id.pop(session.id, None)
+
+    def _resync(self, channel: str, attachments: list[Attachment]) -> None:
+        for att in attachments:
+            att.session.request_resync(att.sub_id)
+
+
+class Peer:
+    """Drives one session over a MemoryTransport."""
+
+    def __init__(self, ctx: SessionContext) -> None:
+        self.transport = MemoryTransport()
+        self.session = Session(ctx, self.transport, HANDSHAKE)
+        self.greenlet = gevent.spawn(self.session.serve)
+        self.seen = 0
+
+    def send(self, *msgs: Any) -> None:
+        self.transport.feed(*(m if isinstance(m, str) else json.dumps(m) for m in msgs))
+
+    def connect(self, **extra: Any) -> dict[str, Any]:
+        self.send({"msg": "connect", "version": "1", "support": ["1", "pre2", "pre1"], **extra})
+        return self.expect("connected")
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [json.loads(t) for t in self.transport.sent]
+
+    def expect(self, kind: str, timeout: float = 2.0) -> dict[str, Any]:
+        with gevent.Timeout(timeout):
+            while True:
+                msgs = self.messages()
+                for i in range(self.seen, len(msgs)):
+                    if msgs[i]["msg"] == kind:
+                        self.seen = i + 1
+                        return msgs[i]
+                gevent.sleep(0.005)
+
+    def new(self) -> list[dict[str, Any]]:
+        msgs = self.messages()[self.seen :]
+        self.seen += len(msgs)
+        return msgs
+
+    def tick_until_over(self, timeout: float, every: float = 0.05) -> None:
+        """Play the worker's ticker for this session until it is over."""
+        with gevent.Timeout(timeout):
+            while not self.session.ended.is_set():
+                self.session.tick(time.monotonic())
+                gevent.sleep(every)
