@@ -1,6 +1,6 @@
 """The seam between the relay and the application that owns the data (Django, in practice).
 
-Layer: L2. The relay never imports Django: the composition root loads a ``Backend`` by
+Layer: core. The relay never imports Django: the composition root loads a ``Backend`` by
 dotted path (``RELAY_BACKEND``, the channels BACKEND pattern) and calls it through this
 protocol. Every method here may block on the database; the relay only calls them from its
 bounded backend work pool (``relay.server.workpool``), never from a socket reader or the listener.

@@ -1,6 +1,6 @@
 """One frozen settings object for a relay process, read once at start from ``RELAY_*`` env.
 
-Layer: L2. Every field names its environment variable and default; helm values map onto
+Layer: core. Every field names its environment variable and default; helm values map onto
 these one to one (``helm/ddp-relay/values.yaml``). Nothing reads settings at import time:
 ``Settings.from_env()`` is called by the composition root (``relay.server.app``) and the result is
 passed down explicitly.

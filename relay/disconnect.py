@@ -1,6 +1,6 @@
 """Why a relay closes a socket: WebSocket close code, reason text, and whether to reconnect.
 
-Layer: L2. One table, as centrifuge's ``disconnect.go``: codes 4000-4499 ask the client to
+Layer: core. One table, as centrifuge's ``disconnect.go``: codes 4000-4499 ask the client to
 reconnect (its session may resume), 4500-4999 are terminal. Standard WebSocket codes are
 used where one fits (1000 normal, 1001 going away, 1008 policy, 1011 server error). Every
 close the relay makes names one of these, so logs and the ``ddp_relay_disconnects_total``

@@ -1,6 +1,6 @@
 """Every Prometheus metric of a relay process, in one place (prefix ``ddp_relay_``).
 
-Layer: L2. Metrics are created once per process by ``get_metrics()`` (not at import), on
+Layer: core. Metrics are created once per process by ``get_metrics()`` (not at import), on
 prometheus-client's default registry, which under gunicorn runs in multiprocess mode: the
 start script sets ``PROMETHEUS_MULTIPROC_DIR`` and ``relay.server.gunicorn_conf`` marks dead
 workers. ``render()`` produces the text exposition for ``/metrics``, aggregated across the

@@ -229,18 +229,7 @@ _COMMAND_FENCES = {"", "sh", "bash", "shell", "console", "text"}
 
 #: Known problems in docs that are not fixed here: (check, doc, what it says) -> why. Each
 #: entry must still be found; once the doc is fixed, the entry must go too.
-PENDING: dict[tuple[str, str, str], str] = {
-    (
-        "paths",
-        "docs/architecture.md",
-        "`../shared/DESIGN.md` is not a file of this repository",
-    ): "architecture.md is being rewritten by its owner",
-    (
-        "paths",
-        "docs/architecture.md",
-        "`DESIGN.md` is not a file of this repository",
-    ): "architecture.md is being rewritten by its owner",
-}
+PENDING: dict[tuple[str, str, str], str] = {}
 
 _FENCED_BLOCK = re.compile(r"^(```|~~~)[ \t]*([\w+-]*)[^\n]*\n(.*?)^\1[^\n]*$", re.M | re.S)
 _HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)

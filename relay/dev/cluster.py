@@ -1,6 +1,6 @@
 """``make cluster``: what ``docker-compose.yml`` describes, on loopback, without Docker.
 
-Layer: L4 tool (not used in production), standard library only, like ``relay.dev.devserver``.
+Local tool (not used in production), standard library only, like ``relay.dev.devserver``.
 ``python -m relay.dev.cluster`` starts, in this order:
 
 1. an embedded PostgreSQL (``relay.dev.embedded_postgres``) under ``.state/cluster/postgres``,

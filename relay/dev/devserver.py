@@ -1,6 +1,6 @@
 """``make run``: the demo on an embedded default, in one command.
 
-Layer: L4 tool (not used in production). Starts a throwaway PostgreSQL under
+Local tool (not used in production). Starts a throwaway PostgreSQL under
 ``.state/postgres`` (``RELAY_STATE_DIR/postgres``) unless ``DATABASE_URL`` is set, migrates
 and seeds the example project, then serves it with gunicorn gevent workers on
 ``127.0.0.1:${PORT:-8000}`` (Django admin over HTTP, DDP on ``/websocket`` and ``/sockjs``).

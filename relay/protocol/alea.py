@@ -1,6 +1,6 @@
 """Meteor-compatible random ids: the Alea generator, ``RandomStream`` and ``makeRpcSeed``.
 
-Layer: L1 (pure, stdlib only). A method call carries a ``randomSeed``; the client's stub and
+Layer: pure core (stdlib only). A method call carries a ``randomSeed``; the client's stub and
 the server both draw document ids from ``Alea(randomSeed, "/collection/<name>")``, so an
 insert gets the same ``_id`` on both sides (reference ``ddp-protocol.md`` section 4). This is a
 port from the written description of Johannes Baagøe's Alea and Mash as Meteor uses them

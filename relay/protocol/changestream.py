@@ -1,6 +1,6 @@
 """The change-stream contract between the write side and the relays (pure data + SQL text).
 
-Layer: L1 (pure). Whatever process commits a change (Django web views, workers, relay
+Layer: pure core. Whatever process commits a change (Django web views, workers, relay
 methods, raw SQL) publishes it through PostgreSQL in the SAME transaction, as one
 changelog row and one NOTIFY per transaction and per channel. This module is the one place
 that says what those look like; ``django_app`` writes them (database triggers generated

@@ -1,6 +1,6 @@
 """The server side of one DDP connection as a pure state machine, plus the heartbeat.
 
-Layer: L1 (pure). ``ServerConnection.receive(text)`` turns one inbound DDP frame into a
+Layer: pure core. ``ServerConnection.receive(text)`` turns one inbound DDP frame into a
 typed client message or raises ``RemoteProtocolError`` with the reply; it tracks whether
 ``connect`` happened and which version was negotiated. Every state transition lives in
 ``_TRANSITIONS`` below (the h11 rule). ``Heartbeat`` is Meteor's ping/timeout algorithm

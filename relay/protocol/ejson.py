@@ -1,6 +1,6 @@
 """EJSON, Meteor's extended JSON, to and from Python values.
 
-Layer: L1 (pure, stdlib only). This module converts Python values into plain JSON structures
+Layer: pure core (stdlib only). This module converts Python values into plain JSON structures
 that a Meteor peer decodes into the same values, and back, following ``packages/ejson/ejson.js``
 (ejson 1.1.4; reference ``ddp-protocol.md`` section 5). It also holds how JavaScript writes a
 number, because ids and Alea seeds must be formatted exactly as JS would.

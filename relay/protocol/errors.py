@@ -1,6 +1,6 @@
 """Protocol errors, split the h11 way: the peer broke the protocol, or we misused the API.
 
-Layer: L1 (pure). A ``RemoteProtocolError`` carries the DDP reply the caller should send
+Layer: pure core. A ``RemoteProtocolError`` carries the DDP reply the caller should send
 (``reply``) and whether the transport must then be closed (``close``). Nothing here
 formats tracebacks or logs.
 """

@@ -1,6 +1,6 @@
 """The per-session mergebox: what one DDP client currently sees, and who provides it.
 
-Layer: L1 (pure). One ``MergeBox`` per session merges what the session's subscriptions
+Layer: pure core. One ``MergeBox`` per session merges what the session's subscriptions
 publish into the single view the client keeps, with Meteor's ``SERVER_MERGE`` rules
 (``SessionCollectionView`` / ``SessionDocumentView``, reference ``ddp-protocol.md`` 2.6):
 

@@ -1,6 +1,6 @@
 """DDP messages: inbound text to typed client messages, outbound messages to text.
 
-Layer: L1 (pure). Validation follows Meteor's server (``reference/ddp-protocol.md`` 1.2,
+Layer: pure core. Validation follows Meteor's server (``reference/ddp-protocol.md`` 1.2,
 1.8 and 2.4-2.5) with the error ``reason`` strings Meteor uses; every rejection raises a
 ``RemoteProtocolError`` carrying the ``error`` reply to send, so a bad message never
 crashes a session. Only ``fields``, ``params`` and ``result`` go through EJSON, as in

@@ -1,6 +1,6 @@
 """SockJS framing and path classification, as Meteor's sockjs-node 0.3.24 speaks it.
 
-Layer: L1 (pure). It turns DDP message texts into SockJS frames (``o``, ``h``, ``a[...]``,
+Layer: pure core. It turns DDP message texts into SockJS frames (``o``, ``h``, ``a[...]``,
 ``c[code,"reason"]``), decodes what a client sends on the SockJS WebSocket transport, and
 classifies a request path under the SockJS prefix (reference ``ddp-protocol.md`` 2.1).
 It must not touch HTTP, sockets, greenlets or the clock: the HTTP side lives in

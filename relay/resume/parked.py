@@ -1,7 +1,7 @@
 """What a parked DDP session is: the state a relay writes when a socket goes away, and
 another relay reads to resume it exactly (DESIGN.md 5).
 
-Layer: L1 (pure). A parked session holds what the client has and what it may not have
+Layer: pure. A parked session holds what the client has and what it may not have
 received yet: its id and user, the sent count, the log of recently sent messages (so the
 ones lost in flight are replayed verbatim), its subscriptions (so re-sent ``sub``s are
 recognised and live routing restarts), the mergebox (exactly the client's view once the

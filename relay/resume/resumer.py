@@ -1,6 +1,6 @@
 """Session resumption across relays: parking a session, and taking it back on reconnect.
 
-Layer: L3. The coordinator (ZooKeeper, a node-local SQLite file, or in-process) holds each
+Layer: runtime. The coordinator (ZooKeeper, a node-local SQLite file, or in-process) holds each
 session's owner and epoch; the park store (``relay.resume.store.ParkedStore``: PostgreSQL,
 or its in-memory twin) holds its state. Writes per session: one when it connects, one when
 it parks, one when it is claimed; none per message. Every decision is counted in

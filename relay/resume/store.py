@@ -1,7 +1,7 @@
 """Where parked sessions are kept: the ``ParkedStore`` seam, and its PostgreSQL
 implementation over the ``ddp_parked_session`` table (created by ``django_app``'s migrations).
 
-Layer: L3 (gevent + psycopg2). The resumer is written against ``ParkedStore``; every
+Layer: runtime (gevent + psycopg2). The resumer is written against ``ParkedStore``; every
 implementation passes one contract suite (``tests/relay/resume/test_store_contract.py``):
 this one and the in-memory twin ``relay.resume.memory.MemoryParkStore``. What the seam
 promises:

@@ -1,6 +1,6 @@
 """The composition root: a WSGI application serving DDP, SockJS, metrics and health.
 
-Layer: L4. ``create_app()`` reads the settings once, loads the backend and the fallback
+Layer: composition. ``create_app()`` reads the settings once, loads the backend and the fallback
 WSGI app by dotted path (so ``relay`` never imports Django), starts the worker's node and
 returns the WSGI callable gunicorn serves. DDP sockets (``/websocket``, ``/sockjs/...``)
 are taken over from gunicorn; ``/metrics``, ``/healthz`` and ``/readyz`` are answered

@@ -1,6 +1,6 @@
 """What a session needs from the worker around it: the ``SessionContext`` seam.
 
-Layer: L3. A ``Session`` is given one ``SessionContext`` instead of the node: the settings,
+Layer: runtime. A ``Session`` is given one ``SessionContext`` instead of the node: the settings,
 the metrics, the backend and a way to run its (blocking) calls, the channel streams as a
 session sees them, the resumer when sessions can be resumed, and the hub's bookkeeping
 callbacks. ``relay.server.node`` builds the real one (``NodeContext``); a test builds a

@@ -2,7 +2,7 @@
 
 Run: ``gunicorn -c python:relay.server.gunicorn_conf 'relay.server.app:create_app()'``.
 
-Layer: L4. Values come from the environment so the same file serves ``make run``, the
+Layer: composition. Values come from the environment so the same file serves ``make run``, the
 tests, the local cluster and the Helm chart: ``HOST`` and ``PORT`` (bind, default
 127.0.0.1:8000), ``RELAY_WORKERS`` (default 2), ``RELAY_WORKER_CONNECTIONS`` (default
 10000: gevent's default of 1000 is far below what one relay process holds),

@@ -1,6 +1,6 @@
 """Cluster chores of the relays, run by the coordinator's leader only, about once a minute.
 
-Layer: L3 (gevent). One greenlet per worker process wakes at a jittered interval (workers
+Layer: runtime (gevent). One greenlet per worker process wakes at a jittered interval (workers
 started together do not wake together) and, when this relay leads the cluster, prunes the
 changelog (the backend's ``housekeeping``, on the work pool: it is ORM work) and forgets
 parked sessions whose resume window passed (the resumer's ``housekeeping``). Without a
@@ -13,11 +13,10 @@ work pool, or die on a failed chore (it is logged and retried next round).
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from typing import Protocol
 
-import gevent
+from relay.server.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +32,10 @@ class Leadership(Protocol):
     def housekeeping(self) -> None: ...
 
 
-class Housekeeper:
+class Housekeeper(Periodic):
     """Runs ``chore`` through ``run`` (the work pool), then the leader's own chores."""
 
-    __slots__ = ("_chore", "_greenlet", "_leadership", "_run", "interval")
+    __slots__ = ("_chore", "_leadership", "_run")
 
     def __init__(
         self,
@@ -45,21 +44,10 @@ class Housekeeper:
         leadership: Leadership | None,
         interval: float = HOUSEKEEPING_SECONDS,
     ) -> None:
+        super().__init__(interval, jitter=0.5)
         self._run = run
         self._chore = chore
         self._leadership = leadership
-        self.interval = interval
-        self._greenlet: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        """Start the loop in the background (idempotent)."""
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._forever)
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
 
     def run_once(self) -> bool:
         """One round of chores; False when skipped because another relay leads."""
@@ -74,10 +62,5 @@ class Housekeeper:
             leadership.housekeeping()
         return True
 
-    def _forever(self) -> None:
-        while True:
-            gevent.sleep(self.interval * random.uniform(0.5, 1.5))
-            try:
-                self.run_once()
-            except Exception:  # the leader's own chores; the loop must outlive them
-                log.exception("housekeeping failed")
+    def run_round(self) -> None:
+        self.run_once()

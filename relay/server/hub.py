@@ -1,6 +1,6 @@
 """The open sessions of one worker process: who is open, who is connected, and draining.
 
-Layer: L3. Sessions report their life to the hub (``opened``, ``connected``, ``closed``,
+Layer: runtime. Sessions report their life to the hub (``opened``, ``connected``, ``closed``,
 through their ``SessionContext``); the hub keeps them referenced while open, indexes the
 connected ones by id, keeps the sessions gauge, and turns the worker's readiness off and
 closes every session as "going away" on ``drain``. The ticker walks its members; the

@@ -1,6 +1,6 @@
 """The relay node of one worker process: it composes the worker's parts and serves sockets.
 
-Layer: L3. The composition root (``relay.server.app``) builds one ``Node`` per worker
+Layer: runtime. The composition root (``relay.server.app``) builds one ``Node`` per worker
 process. The node wires, once: the work pool, the channel streams and their listener, the
 resumer, the hub (``relay.server.hub``: open sessions, readiness, drain), the ticker
 (``relay.server.ticker``: heartbeats and handshake timeouts) and the housekeeper

@@ -1,6 +1,6 @@
 """One DDP session: a socket's protocol state, its subscriptions, mergebox and methods.
 
-Layer: L3 (runtime). The transport hands over inbound messages (``start``: from a reader
+Layer: runtime. The transport hands over inbound messages (``start``: from a reader
 greenlet that exists only while input is handled); ``ping`` is answered at once (any
 inbound message counts as liveness); every other message goes into a FIFO that one
 on-demand processor greenlet drains in arrival order, as Meteor does (a slow method delays

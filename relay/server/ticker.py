@@ -1,6 +1,6 @@
 """The worker's one ticker: heartbeats and handshake timeouts of every session, once a second.
 
-Layer: L3 (gevent). One greenlet per worker process ticks every open session
+Layer: runtime (gevent). One greenlet per worker process ticks every open session
 (``Session.tick``: heartbeat pings, heartbeat and handshake timeouts, noticing a socket
 that closed under it) and beats the SockJS transports (their ``h`` frames). There is no
 timer per session: memory per idle session is a product target.
@@ -15,7 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import gevent
+from relay.server.periodic import Periodic
 
 if TYPE_CHECKING:
     from relay.server.hub import Hub
@@ -27,28 +27,17 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 
 
-class Ticker:
+class Ticker(Periodic):
     """Ticks the hub's sessions and the SockJS heartbeats every ``interval`` seconds."""
 
-    __slots__ = ("_greenlet", "_heartbeats", "_hub", "interval")
+    __slots__ = ("_heartbeats", "_hub")
 
     def __init__(
         self, hub: Hub, heartbeats: HeartbeatRegistry, interval: float = TICK_SECONDS
     ) -> None:
+        super().__init__(interval)
         self._hub = hub
         self._heartbeats = heartbeats
-        self.interval = interval
-        self._greenlet: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        """Start ticking in the background (idempotent)."""
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._forever)
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
 
     def tick(self, now: float) -> None:
         """One tick at monotonic time ``now``."""
@@ -59,7 +48,5 @@ class Ticker:
             except Exception:
                 log.exception("tick failed for session %s", session.id)
 
-    def _forever(self) -> None:
-        while True:
-            gevent.sleep(self.interval)
-            self.tick(time.monotonic())
+    def run_round(self) -> None:
+        self.tick(time.monotonic())

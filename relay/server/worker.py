@@ -1,6 +1,6 @@
 """The gunicorn worker class for relays: gunicorn's gevent worker, plus two duties.
 
-Layer: L4. This is the only module that monkey-patches (through gunicorn's GeventWorker,
+Layer: composition. This is the only module that monkey-patches (through gunicorn's GeventWorker,
 before the application is loaded) and it makes psycopg2 cooperative with
 ``psycogreen``, so ORM queries and the LISTEN connection yield to other greenlets instead
 of blocking the worker. On SIGTERM it drains the node first (readiness false, sessions

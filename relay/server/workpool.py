@@ -1,6 +1,6 @@
 """A bounded set of long-lived greenlets that run blocking backend (ORM) calls.
 
-Layer: L3 (gevent). Django keeps one database connection per thread, which under gevent's
+Layer: runtime (gevent). Django keeps one database connection per thread, which under gevent's
 monkey-patching means one per greenlet. Running publications and methods in the socket
 greenlets would open a connection per session; running them here bounds a worker process
 to ``size`` connections, however many sessions it serves. Callers block cooperatively

@@ -1,6 +1,6 @@
 """Where a channel stands, and what to do with the next thing heard about it (pure).
 
-Layer: L2 (pure: no I/O, no gevent, no clock). The listener (``relay.stream.listener``)
+Layer: pure (no I/O, no gevent, no clock). The listener (``relay.stream.listener``)
 owns the I/O; this module owns the decisions it takes, so they can be tested exhaustively
 without a database or a hub. A channel's position is ``(seq, epoch)``: the last
 transaction applied and the counter's epoch (``""`` while none is known: nothing was

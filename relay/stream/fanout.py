@@ -1,6 +1,6 @@
 """Channel streams of one worker: who listens to what, in order, and applying changes.
 
-Layer: L3. For every change-stream channel that at least one local subscription needs,
+Layer: runtime. For every change-stream channel that at least one local subscription needs,
 a ``ChannelStream`` keeps the position (seq, epoch) up to which changes were applied, a
 short ring of recent changes (so a subscription that starts a little behind catches up
 without a query), and the attached subscriptions with their own cursors. The listener

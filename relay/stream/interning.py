@@ -1,7 +1,7 @@
 """One worker's shared field values: equal values published to many sessions are one object,
 and so is the dict of one version of a document.
 
-Layer: L2 (pure: no I/O, no gevent, no clock). Every subscription's snapshot and every
+Layer: pure (no I/O, no gevent, no clock). Every subscription's snapshot and every
 decoded change brings fresh Python objects for a document's fields. A worker with 5,000
 sessions subscribed to the same books would keep 5,000 equal copies of every title and
 date, and fan-out would compare them 5,000 times per change. ``Interner.fields`` swaps each

@@ -1,6 +1,6 @@
 """The worker's one LISTEN connection: committed changes in, in sequence order, nothing lost.
 
-Layer: L3 (gevent). Delivery guarantee, written down as centrifuge does: PostgreSQL's
+Layer: runtime (gevent). Delivery guarantee, written down as centrifuge does: PostgreSQL's
 NOTIFY is at-most-once (a notification sent while this connection is down is gone), so
 NOTIFY is only the doorbell. Every change carries its channel's sequence number and
 epoch; the changelog table is the history (``relay.protocol.changestream``). For each

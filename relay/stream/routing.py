@@ -1,6 +1,6 @@
 """Deciding in memory whether a changed document belongs to a subscription.
 
-Layer: L2 (pure; no I/O, no gevent). A route's conditions come from the publication
+Layer: pure (no I/O, no gevent). A route's conditions come from the publication
 (``relay.backend.Route``); a change carries the values they test, resolved once by the
 writer (``DecodedChange.routing``). Membership is decided per local subscription without a
 database query (invariant I2); combined with whether the subscription already holds the

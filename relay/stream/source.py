@@ -1,6 +1,6 @@
 """Where the listener hears of commits and reads the changelog: the seam and its two sides.
 
-Layer: L3 (gevent + psycopg2). ``ChangeSource`` is everything the listener
+Layer: runtime (gevent + psycopg2). ``ChangeSource`` is everything the listener
 (``relay.stream.listener``) needs of the database: LISTEN and UNLISTEN, waiting for
 notifications (``wake`` ends a wait early), and three reads with
 ``relay.protocol.changestream``'s SQL: the changelog rows after a seq, the changes of one

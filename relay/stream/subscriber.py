@@ -1,6 +1,6 @@
 """What fan-out may use of a session: the ``Subscriber`` protocol.
 
-Layer: L3. The channel streams (``relay.stream.fanout``) route committed changes to the
+Layer: runtime. The channel streams (``relay.stream.fanout``) route committed changes to the
 subscriptions attached to them; this is the whole of what they see of the session that
 owns a subscription. ``relay.server.session.Session`` implements it; stream tests use a
 small fake.

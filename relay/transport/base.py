@@ -1,6 +1,6 @@
 """The transport seam: how a DDP session reads and writes message texts (centrifuge style).
 
-Layer: L3. A session sees only ``Transport``: batches of DDP message texts in, batches
+Layer: runtime. A session sees only ``Transport``: batches of DDP message texts in, batches
 out, close with a code and reason. The implementations: ``relay.transport.raw`` (one DDP
 message per WebSocket text message, ``/websocket``), ``relay.transport.sockjs`` (SockJS
 framing on ``/sockjs/<server>/<session>/websocket``) and ``MemoryTransport`` here, the

@@ -1,6 +1,6 @@
 """Which relay endpoint a WSGI request is for, and the plain-HTTP SockJS answers.
 
-Layer: L3 (HTTP only: no sockets, no greenlets). ``route`` classifies ``PATH_INFO``
+Layer: runtime (HTTP only: no sockets, no greenlets). ``route`` classifies ``PATH_INFO``
 (the query string is never part of it: ``/sockjs/info?t=...`` is still INFO). The
 ``*_response`` helpers return ``(status, headers, body)`` for the SockJS endpoints that
 are plain HTTP, with the headers sockjs-node sends (reference ``ddp-protocol.md`` 2.1).

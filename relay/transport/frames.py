@@ -1,6 +1,6 @@
 """Server WebSocket TEXT frames, built once and written as the same bytes to many sockets.
 
-Layer: L2 (pure: bytes in, bytes out; no sockets, no gevent). Server frames are never
+Layer: pure (bytes in, bytes out; no sockets, no gevent). Server frames are never
 masked, so one frame serves every socket that shares its ``Compression`` (None: no
 permessage-deflate). That is what makes fan-out cheap: a ``changed`` going to 5,000
 sessions is encoded, and if need be compressed, once (``relay.stream.fanout.BatchCache``).

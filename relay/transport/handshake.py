@@ -1,6 +1,6 @@
 """The WebSocket opening handshake: turn a WSGI upgrade request into a ``WebSocket``.
 
-Layer: L3 (runtime: gevent + wsproto). ``accept`` validates the upgrade request (method,
+Layer: runtime (gevent + wsproto). ``accept`` validates the upgrade request (method,
 ``Upgrade``/``Connection`` tokens, version, key), checks the Origin (``origin_allowed``),
 negotiates permessage-deflate, writes the ``101`` itself on gunicorn's raw socket
 (``environ["gunicorn.socket"]``) and hands the socket to ``relay.transport.websocket.WebSocket``.

@@ -1,6 +1,6 @@
 """DDP straight on a WebSocket (``/websocket``): one text message is one DDP message.
 
-Layer: L3 (runtime). Must not: parse DDP, or block a sender.
+Layer: runtime. Must not: parse DDP, or block a sender.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SockJS framing on a WebSocket (``/sockjs/<server>/<session>/websocket``).
 
-Layer: L3 (runtime). ``SockJSTransport`` adds SockJS framing (``o``, ``a[...]``, ``h``,
+Layer: runtime. ``SockJSTransport`` adds SockJS framing (``o``, ``a[...]``, ``h``,
 ``c[...]``, ``relay.protocol.sockjs``) around DDP message texts.
 
 SockJS heartbeats: no greenlet or timer per socket. Each ``SockJSTransport`` registers

@@ -1,6 +1,6 @@
 """An RFC 6455 WebSocket connection on the raw socket gunicorn's gevent worker hands the app.
 
-Layer: L3 (runtime: gevent + wsproto). A ``WebSocket`` wraps a socket whose opening
+Layer: runtime (gevent + wsproto). A ``WebSocket`` wraps a socket whose opening
 handshake is complete (``relay.transport.handshake.accept`` writes the ``101`` and builds it) and
 drives a wsproto ``Connection``: it reads messages, writes frames and closes. It must not
 monkey-patch, spawn anything at import, keep a greenlet or timer per idle connection, or

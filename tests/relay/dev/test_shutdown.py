@@ -33,11 +33,11 @@ from pathlib import Path
 
 import pytest
 
-from relay.dev.cluster import ClusterError, find_haproxy, find_zookeeper
 from relay.dev.embedded_postgres import EmbeddedPostgres
 from relay.dev.launch import ROOT
 from relay.dev.processes import free_port, http_status, log_tail, spawn
-from tests.fixtures.postgres import require_pg_bin, services_required
+from tests.fixtures.postgres import require_pg_bin
+from tests.fixtures.relays import require_cluster_tools
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -210,22 +210,6 @@ def stop_and_check(
     assert http_status(launcher.readyz) is None, "something still answers on its port"
 
 
-def _require_cluster_tools() -> None:
-    require_pg_bin()
-    missing = []
-    for find in (find_zookeeper, find_haproxy):
-        try:
-            find()
-        except ClusterError as exc:
-            missing.append(str(exc))
-    if not missing:
-        return
-    reason = "; ".join(missing)
-    if services_required():
-        pytest.fail(f"the local cluster needs: {reason}", pytrace=False)
-    pytest.skip(f"SKIPPED FOR LACK OF ZOOKEEPER/HAPROXY (run `make deps`): {reason}")
-
-
 # -- make run -------------------------------------------------------------------------------
 
 
@@ -266,7 +250,7 @@ def test_make_run_signal_burst_while_postgres_starts(launch: Callable[[str], Lau
 def test_make_cluster_two_sigterms_then_more_while_serving(
     launch: Callable[[str], Launcher],
 ) -> None:
-    _require_cluster_tools()
+    require_cluster_tools()
     cluster = launch("relay.dev.cluster")
     cluster.wait_serving()
     stop_and_check(
@@ -280,7 +264,7 @@ def test_make_cluster_two_sigterms_then_more_while_serving(
 def test_make_cluster_sigint_then_sigterm_while_relays_start(
     launch: Callable[[str], Launcher],
 ) -> None:
-    _require_cluster_tools()
+    require_cluster_tools()
     cluster = launch("relay.dev.cluster")
     last_relay_log = cluster.state / "cluster" / "relay3" / "relay.log"
     cluster.wait_for(last_relay_log.exists, "starting the relays", _SERVE_TIMEOUT_S)
