@@ -22,6 +22,8 @@ def _exact(actual: Any, expected: Any) -> bool:
 
 
 def _in(actual: Any, expected: Any) -> bool:
+    if actual is None:
+        return False  # SQL: NULL IN (...) is never true (and Django drops None from the list)
     try:
         return actual in expected
     except TypeError:
