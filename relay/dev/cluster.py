@@ -777,14 +777,18 @@ def main(argv: list[str] | None = None) -> int:
         _say(str(exc))
         rc = 1
     finally:
-        if cluster is not None:
-            cluster.stop()
-        stopping = stop_requested()
-        if stopping is not None:
-            _say(f"stopped ({signal.Signals(stopping).name})")
-        elif cluster is not None:
-            _say("stopped")
-        ignore_stop_signals()
+        try:
+            if cluster is not None:
+                cluster.stop()
+        finally:
+            # Even when stopping failed (its error propagates): signals arriving during
+            # the interpreter's exit must not turn a requested stop into a death by signal.
+            stopping = stop_requested()
+            if stopping is not None:
+                _say(f"stopped ({signal.Signals(stopping).name})")
+            elif cluster is not None:
+                _say("stopped")
+            ignore_stop_signals()
     return 0 if stop_requested() is not None else rc
 
 

@@ -133,11 +133,15 @@ def main() -> int:
         if stop_requested() is None:
             raise
     finally:
-        server.stop()
-        stopping = stop_requested()
-        if stopping is not None:
-            _say(f"devserver: stopped ({signal.Signals(stopping).name})")
-        ignore_stop_signals()
+        try:
+            server.stop()
+        finally:
+            # Even when stopping failed (its error propagates): signals arriving during
+            # the interpreter's exit must not turn a requested stop into a death by signal.
+            stopping = stop_requested()
+            if stopping is not None:
+                _say(f"devserver: stopped ({signal.Signals(stopping).name})")
+            ignore_stop_signals()
     return 0 if stop_requested() is not None else rc
 
 

@@ -279,6 +279,12 @@ class Streams:
         transactions = [tx for tx in transactions if tx.seq > stream.seq]
         if not transactions:
             return
+        if transactions[0].seq != stream.seq + 1:
+            # Not the stream's next: it was created again, at an older snapshot's position,
+            # while the listener held these. Applying them would skip what lies between:
+            # the listener backfills it from the changelog instead (I1, I3).
+            self._listen(channel)
+            return
         batches = []
         for tx in transactions:
             batch = Batch(tx.seq, tx.epoch, tx.txid, self._decode(channel, tx))

@@ -184,11 +184,15 @@ class Listener:
             self._on_notifies(notes)
 
     def _do_listen(self, channel: str) -> None:
-        if not self.streams.has(channel) or channel in self._listening:
+        if not self.streams.has(channel):
             return
-        self.source.listen(channel)
-        self._listening.add(channel)
-        # Changes committed between the subscription's snapshot and this LISTEN.
+        if channel not in self._listening:
+            self.source.listen(channel)
+            self._listening.add(channel)
+        # Changes committed between the subscription's snapshot and this LISTEN. Also when
+        # the channel is still LISTENed: its stream may have been dropped and created again
+        # (the last subscriber left, a new one came) at an older snapshot's position, and
+        # must not wait for the next commit to catch up.
         self._backfill(channel)
 
     def _on_notifies(self, notes: Sequence[RawNotification]) -> None:
@@ -221,7 +225,12 @@ class Listener:
             elif step is DROP:
                 continue  # already delivered (by a backfill)
             elif step is FETCH:
-                changes = self.source.read_one(channel, note.seq, note.epoch)
+                try:
+                    changes = self.source.read_one(channel, note.seq, note.epoch)
+                except PayloadError as exc:
+                    self._deliver_run(run)
+                    self._unreadable(channel, exc)
+                    continue
                 if changes is None:
                     # Pruned before we read it (or the counter restarted in another epoch
                     # meanwhile): the changelog has whatever is left.
@@ -252,6 +261,13 @@ class Listener:
             # among them: a worker that never yields is killed as hung).
             gevent.sleep(0)
 
+    def _unreadable(self, channel: str, exc: PayloadError) -> None:
+        """A changelog row that breaks the contract cannot be applied, and reading it again
+        fails again: resync the channel's subscriptions from the counter on (so the row is
+        behind the stream), instead of failing every reconnect of the worker's listener."""
+        log.error("channel %s: unreadable changelog row (%s): resync", channel, exc)
+        self.streams.lost_history(channel, *self.source.read_counter(channel))
+
     def _backfill(self, channel: str) -> None:
         """Deliver every changelog row after the stream's position, in order."""
         started = time.monotonic()
@@ -262,7 +278,11 @@ class Listener:
             position = streams.position(channel)
             if position is None:
                 return
-            rows = source.read_since(channel, position[0], BACKFILL_BATCH)
+            try:
+                rows = source.read_since(channel, position[0], BACKFILL_BATCH)
+            except PayloadError as exc:
+                self._unreadable(channel, exc)
+                return
             if not rows:
                 counter = source.read_counter(channel)
                 end = judge_end(position, counter, rechecked)

@@ -11,6 +11,7 @@ mid-storm, is in ``tests/e2e/test_live.py``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -341,6 +342,86 @@ def test_the_last_detach_unlistens(wired: Wired) -> None:
     wired.commit("unheard")
     wired.step()
     assert wired.deliveries == [] and session.sent == []
+
+
+def test_a_stream_created_again_while_still_listened_catches_up_at_once(wired: Wired) -> None:
+    """The last subscriber leaves and a new one comes, with an older snapshot, before the
+    listener runs: the UNLISTEN is moot, the channel stays LISTENed, and the new stream
+    must be backfilled now, not at the next commit."""
+    first = FakeSession()
+    att = wired.streams.attach(first, "s", BOOKS, (0, ""))  # type: ignore[arg-type]
+    wired.step()
+    wired.commit("t1")
+    wired.commit("t2")
+    wired.commit("t3")
+    wired.step()
+    snapshot = (1, wired.streams.position("ddp_books")[1])  # type: ignore[index]
+    wired.streams.detach(att)
+    second = FakeSession()
+    wired.streams.attach(second, "s", BOOKS, snapshot)  # type: ignore[arg-type]
+    wired.step()
+    assert wired.source.listening == {"ddp_books"}
+    assert titles(second) == ["t2", "t3"]
+    assert wired.streams.position("ddp_books") == (3, snapshot[1])
+
+
+def test_a_run_for_a_stream_created_again_behind_it_is_backfilled_not_skipped() -> None:
+    """The listener holds seqs 3-4 for a stream at 2; while it yields, the stream is
+    dropped and created again at 1. Delivering 3-4 would lose 2: it backfills instead."""
+    wired = wire()
+    first = FakeSession()
+    att = wired.streams.attach(first, "s", BOOKS, (0, ""))  # type: ignore[arg-type]
+    wired.step()
+    for title in ("t1", "t2"):
+        wired.commit(title)
+    wired.step()
+    epoch = wired.streams.position("ddp_books")[1]  # type: ignore[index]
+    wired.streams.detach(att)
+    second = FakeSession()
+    wired.streams.attach(second, "s", BOOKS, (1, epoch))  # type: ignore[arg-type]
+    late = [Transaction(3, epoch, 3, [Change("u", "b1", {"title": "t3"})])]
+    Streams.deliver_many(wired.streams, "ddp_books", late)  # a run in flight hands it over
+    assert titles(second) == []  # not applied past the hole
+    wired.commit("t3", notify=False)
+    wired.step()
+    assert titles(second) == ["t2", "t3"]
+
+
+def test_an_unreadable_changelog_row_resyncs_its_channel_and_the_rest_goes_on(
+    wired: Wired,
+) -> None:
+    books, authors = wired.subscribe(BOOKS), wired.subscribe(AUTHORS)
+    wired.commit("b1")
+    wired.step()
+    epoch = wired.streams.position("ddp_books")[1]  # type: ignore[index]
+    wired.source.insert_row("ddp_books", 2, epoch, 2, [{"o": "?", "id": "b1"}])
+    wired.source.set_counter("ddp_books", 2, epoch)
+    wired.source.notify("ddp_books", json.dumps({"s": 2, "e": epoch, "x": 2, "r": True}))
+    wired.commit("a1", channel="ddp_authors")
+    wired.step()
+    assert wired.lost == [("ddp_books", 2, epoch)] and books.resyncs == ["s"]
+    assert titles(authors) == ["a1"]
+    wired.commit("b3")
+    wired.step()
+    assert titles(books) == ["b1", "b3"]
+    wired.source.drop_connection()
+    wired.reconnect()  # the bad row is behind the stream now: no failing backfill
+    assert wired.listener.connected
+
+
+def test_an_unreadable_row_met_by_a_backfill_resyncs_at_the_counter(wired: Wired) -> None:
+    books = wired.subscribe(BOOKS)
+    wired.commit("b1")
+    wired.step()
+    epoch = wired.streams.position("ddp_books")[1]  # type: ignore[index]
+    wired.source.insert_row("ddp_books", 2, epoch, 2, [{"o": "?", "id": "b1"}])  # never notified
+    wired.source.set_counter("ddp_books", 2, epoch)
+    wired.commit("b3")  # a gap before it: backfill from 1
+    wired.step()
+    assert wired.lost == [("ddp_books", 3, epoch)] and books.resyncs == ["s"]
+    wired.commit("b4")
+    wired.step()
+    assert titles(books) == ["b1", "b4"]
 
 
 def test_an_unknown_epoch_is_adopted_from_the_counter(wired: Wired) -> None:
