@@ -436,12 +436,14 @@ def sync_triggers(
         return plan
     with transaction.atomic(using=using), conn.cursor() as cursor:
         for name in plan.dropped:
-            cursor.execute(f"DROP FUNCTION IF EXISTS {name}() CASCADE")
+            # ``name`` was read from pg_proc: whoever can create a function named
+            # ``ddp_g_...`` chooses it, so it is quoted like any identifier.
+            cursor.execute(f"DROP FUNCTION IF EXISTS {_q(name)}() CASCADE")
         for s in to_create:
             cursor.execute(s.function_sql)
-            cursor.execute(f"COMMENT ON FUNCTION {s.function}() IS {_literal(s.digest)}")
+            cursor.execute(f"COMMENT ON FUNCTION {_q(s.function)}() IS {_literal(s.digest)}")
             for trigger, sql in s.triggers:
-                cursor.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {_q(s.table)}")
+                cursor.execute(f"DROP TRIGGER IF EXISTS {_q(trigger)} ON {_q(s.table)}")
                 cursor.execute(sql)
             logger.info("installed %s (%s)", s.function, s.description)
     return plan

@@ -22,6 +22,7 @@ number, True, False, None (null)      ``"~" + JSON``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -30,7 +31,7 @@ from typing import NoReturn, TypeAlias
 from relay.protocol.ejson import ObjectID, format_js_number
 from relay.protocol.errors import EJSONError
 
-__all__ = ["DocumentId", "id_parse", "id_stringify"]
+__all__ = ["DocumentId", "id_parse", "id_stringify", "session_tag"]
 
 #: The Python values a Meteor document ``_id`` can take.
 DocumentId: TypeAlias = str | int | float | bool | ObjectID | None
@@ -111,3 +112,15 @@ def _parse_scalar(wire: str) -> DocumentId:
     # JSON.parse would accept strings, arrays and objects (and "1e400" -> Infinity), but no
     # id_stringify output has them.
     raise EJSONError(f"document id {wire[:40]!r} is not a number, boolean or null")
+
+
+def session_tag(session_id: str | None) -> str:
+    """How logs name a DDP session: a short digest, never the id itself.
+
+    A session id is what a reconnecting client presents to get its session back, so it
+    is a credential: anyone who reads it in a log could resume the session. The tag is
+    stable, so one session's log lines still go together.
+    """
+    if session_id is None:
+        return "-"
+    return "s:" + hashlib.sha256(session_id.encode()).hexdigest()[:10]

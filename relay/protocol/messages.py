@@ -12,6 +12,7 @@ Must not: do I/O, keep state (that is ``connection.py``), or know about sessions
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,11 +76,23 @@ ClientMessage = Connect | Ping | Pong | Sub | Unsub | Method | Disconnect
 
 
 def error(reason: str, offending: Any = None, *, with_offending: bool = True) -> dict[str, Any]:
-    """A top-level DDP ``error`` message."""
+    """A top-level DDP ``error`` message; the offending message is echoed as Meteor does,
+    but at most ``_ECHO_LIMIT`` characters of it (a larger one is echoed as the start of its
+    JSON text), so a client cannot make the server send back what it sent, at any size."""
     msg: dict[str, Any] = {"msg": "error", "reason": reason}
     if with_offending and offending is not None:
-        msg["offendingMessage"] = offending
+        msg["offendingMessage"] = _echo(offending)
     return msg
+
+
+def _echo(offending: Any) -> Any:
+    if isinstance(offending, str):
+        return offending[:_ECHO_LIMIT]
+    try:
+        text = json.dumps(offending, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return offending if len(text) <= _ECHO_LIMIT else text[:_ECHO_LIMIT]
 
 
 def bad(reason: str, offending: Any = None) -> RemoteProtocolError:
@@ -90,7 +103,7 @@ def bad(reason: str, offending: Any = None) -> RemoteProtocolError:
 def parse_json(text: str) -> dict[str, Any]:
     """Parse one DDP frame into a JSON object, or raise with Meteor's ``Bad request``."""
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
         raise bad("Bad request", text[:_ECHO_LIMIT]) from None
     if not isinstance(obj, dict):
@@ -101,6 +114,15 @@ def parse_json(text: str) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # ``1e400`` is valid JSON but overflows to infinity, which no reply could carry back
+    # (EJSON writes infinities as ``{"$InfNaN": 1}``): a bad request, answered as such.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:32]} overflows a double")
+    return value
 
 
 def _params(obj: dict[str, Any], key: str = "params") -> tuple[Any, ...] | None:

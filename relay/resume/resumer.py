@@ -47,6 +47,7 @@ from coordinator import (
 from coordinator.base import check_id
 from relay.config import Settings
 from relay.metrics import Metrics
+from relay.protocol.ids import session_tag
 from relay.resume.parked import ParkedSession
 from relay.resume.store import ParkedStore
 
@@ -201,7 +202,7 @@ class Resumer:
             return False
         except Exception as exc:
             self._count("park_failed")
-            log.warning("could not park session %s: %s", state.session_id, exc)
+            log.warning("could not park session %s: %s", session_tag(state.session_id), exc)
             return False
         self._count("parked")
         return True
@@ -234,7 +235,7 @@ class Resumer:
         except (NotConnectedError, SessionExists):
             outcome = "unavailable"
         except Exception as exc:
-            log.warning("resume of %s failed: %s", session_id, exc)
+            log.warning("resume of %s failed: %s", session_tag(session_id), exc)
             outcome = "unavailable"
         if isinstance(outcome, str):
             self._count(outcome)

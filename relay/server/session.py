@@ -45,6 +45,7 @@ from relay.protocol import messages
 from relay.protocol.alea import random_id
 from relay.protocol.connection import Heartbeat, HeartbeatAction, ServerConnection, State
 from relay.protocol.errors import LocalProtocolError, RemoteProtocolError
+from relay.protocol.ids import session_tag
 from relay.protocol.mergebox import MergeBox
 from relay.protocol.messages import (
     ClientMessage,
@@ -209,7 +210,12 @@ class Session:
                     raise
                 except Exception:
                     # A bug in the relay itself: log it, keep the worker and the session.
-                    log.exception("session %s: unexpected error handling %r", self.id, msg)
+                    # The message's type only: its parameters may carry credentials.
+                    log.exception(
+                        "session %s: unexpected error handling a %s",
+                        session_tag(self.id),
+                        type(msg).__name__,
+                    )
         finally:
             self._processor = None
         # A message may have arrived between the loop test and the reset above.

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from relay.protocol.ids import session_tag
 from relay.server.periodic import Periodic
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class Ticker(Periodic):
             try:
                 session.tick(now)
             except Exception:
-                log.exception("tick failed for session %s", session.id)
+                log.exception("tick failed for session %s", session_tag(session.id))
 
     def run_round(self) -> None:
         self.tick(time.monotonic())

@@ -280,6 +280,22 @@ def test_sync_is_idempotent_and_drops_stale_triggers(db: None) -> None:
     call_command("ddp_sync_triggers", "--check", stdout=_Null())
 
 
+def test_a_stale_function_name_from_the_catalog_is_quoted_when_dropped(db: None) -> None:
+    """A function someone else named ``ddp_g_...`` is dropped as a name, never run as SQL."""
+    evil = "ddp_g_x() CASCADE; CREATE TABLE ddp_injected (x int); --"
+    with connection.cursor() as cursor:
+        quoted = '"' + evil.replace('"', '""') + '"'
+        cursor.execute(f"CREATE FUNCTION {quoted}() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    plan = sync_triggers()
+    assert plan.dropped == [evil]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT to_regclass('ddp_injected'), count(*) FROM pg_proc WHERE proname = %s",
+            [evil],
+        )
+        assert cursor.fetchone() == (None, 0)
+
+
 def test_retention_setting(settings: Any) -> None:
     assert check_settings() == []
     settings.DDP_CHANGELOG_RETENTION = dt.timedelta(minutes=5)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from relay.protocol.ejson import ObjectID
 from relay.protocol.errors import EJSONError
-from relay.protocol.ids import DocumentId, id_parse, id_stringify
+from relay.protocol.ids import DocumentId, id_parse, id_stringify, session_tag
 
 PROPERTY = settings(max_examples=300, deadline=None)
 OID_HEX = "0123456789abcdef01234567"
@@ -144,3 +144,10 @@ def test_large_integral_float_is_written_as_js_does() -> None:
     assert id_stringify(6.738700667020066e16) == "~67387006670200660"
     assert id_parse("~67387006670200660") == 67387006670200660
     assert id_parse("~6.738700667020066e+16") == 6.738700667020066e16
+
+
+def test_a_session_tag_names_a_session_without_revealing_its_id() -> None:
+    sid = "aGAyuyZwCFxWdJyGm"
+    tag = session_tag(sid)
+    assert tag == session_tag(sid) and tag.startswith("s:") and sid not in tag
+    assert session_tag("bGAyuyZwCFxWdJyGm") != tag and session_tag(None) == "-"

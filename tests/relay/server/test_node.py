@@ -16,6 +16,7 @@ from relay import disconnect
 from relay.backend import Route
 from relay.config import Settings
 from relay.metrics import get_metrics
+from relay.protocol.ids import session_tag
 from relay.server.context import NodeContext
 from relay.server.housekeeper import Housekeeper
 from relay.server.hub import Hub
@@ -211,7 +212,8 @@ def test_ticker_ticks_every_session_and_one_failure_does_not_stop_the_others(
     with caplog.at_level(logging.ERROR, logger="relay.server.ticker"):
         ticker.tick(12.5)
     assert good.ticks == [12.5]
-    assert "tick failed for session b" in caplog.text
+    assert f"tick failed for session {session_tag('b')}" in caplog.text
+    assert "session b" not in caplog.text  # a session id is a credential: never logged
 
 
 def test_ticker_runs_in_the_background_until_stopped() -> None:
