@@ -39,6 +39,7 @@ from django_app.collection import Collection, PublishedField
 from django_app.conf import ddp_settings
 from django_app.exceptions import AccessDenied, DDPError, MatchFailed
 from django_app.serializer import from_wire, pk_to_wire
+from django_app.signature import storable
 
 if TYPE_CHECKING:
     from django_app.context import MethodContext
@@ -80,6 +81,8 @@ class Mutator:
         return ddp_settings.ATOMIC_METHODS
 
     def run(self, ctx: MethodContext, params: Sequence[Any]) -> Any:
+        if not storable(params):
+            raise MatchFailed()  # a NUL, an unpaired surrogate or a non-finite number
         model = self.collection.model
         with transaction.atomic(using=router.db_for_write(model)):
             try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections.abc
 import datetime as dt
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from typing import Any
 
 from django_app.exceptions import MatchFailed
 
-__all__ = ["Checker", "ParamsValidator", "compile_hint"]
+__all__ = ["Checker", "ParamsValidator", "compile_hint", "storable"]
 
 #: A compiled check: does this decoded EJSON value match the annotation?
 Checker = Callable[[Any], bool]
@@ -70,7 +71,10 @@ class ParamsValidator:
             self._checks[param.name] = compile_hint(hint, where=f"{func.__qualname__}.{param.name}")
 
     def validate(self, params: Sequence[Any]) -> None:
-        """Raise ``MatchFailed`` unless ``params`` fit the signature and its annotations."""
+        """Raise ``MatchFailed`` unless ``params`` fit the signature and its annotations,
+        and every value in them is ``storable`` (whatever the annotation, ``Any`` too)."""
+        if not storable(params):
+            raise MatchFailed()
         try:
             bound = self.signature.bind(None, *params)
         except TypeError:
@@ -80,6 +84,42 @@ class ParamsValidator:
             values = value if name == self._variadic else (value,)
             if not all(check(v) for v in values):
                 raise MatchFailed()
+
+
+def storable(value: Any) -> bool:
+    """Whether a decoded parameter value can go to PostgreSQL and back to a client.
+
+    Refused, at any depth (list items, object keys and values): strings with a NUL (no
+    PostgreSQL text can hold one) or an unpaired surrogate (no UTF-8 can encode one), and
+    non-finite numbers (EJSON's ``$InfNaN``; a ``Decimal`` NaN or infinity). Such values
+    would otherwise pass the type checks and fail deep in the database as a 500.
+    """
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v or not _utf8(v):
+                return False
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                return False
+        elif isinstance(v, Decimal):
+            if not v.is_finite():
+                return False
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return True
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def compile_hint(hint: Any, *, where: str = "annotation") -> Checker:

@@ -85,6 +85,25 @@ def test_insert_validation(
     assert Book.objects.count() == 10
 
 
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {**DOC, "title": "nul\x00title"},
+        {**DOC, "title": "lone \ud800"},
+        {**DOC, "price": float("inf")},
+        {**DOC, "tags": [{"x": float("nan")}]},
+    ],
+)
+def test_values_postgresql_cannot_store_are_a_400_not_a_500(
+    backend: DjangoBackend, make_ctx: Any, seeded: str, doc: dict[str, Any]
+) -> None:
+    assert error_of(lambda: backend.call(make_ctx("s"), INSERT, [doc])) == (400, "Match failed")
+    bad = {k: v for k, v in doc.items() if k not in DOC or DOC[k] is not v}
+    update = ["lathe", {"$set": bad}]
+    assert error_of(lambda: backend.call(make_ctx("s"), UPDATE, update)) == (400, "Match failed")
+    assert Book.objects.count() == 10
+
+
 @pytest.mark.parametrize("params", [[], ["doc"], [None]])
 def test_insert_needs_a_document(backend: DjangoBackend, make_ctx: Any, params: list[Any]) -> None:
     assert error_of(lambda: backend.call(make_ctx(), INSERT, params)) == (400, "Match failed")

@@ -104,3 +104,39 @@ def test_unresolvable_annotation() -> None:
 
     with pytest.raises(TypeError, match="cannot resolve the annotations"):
         ParamsValidator(fn)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "nul\x00inside",
+        "lone \ud800 surrogate",
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+        Decimal("NaN"),
+        Decimal("Infinity"),
+        ["ok", ["deep", "x\x00"]],
+        {"key\x00": 1},
+        {"k": {"k": float("nan")}},
+    ],
+)
+def test_values_postgresql_cannot_store_are_refused_whatever_the_annotation(value: Any) -> None:
+    """A NUL, an unpaired surrogate or a non-finite number is a 400 at the boundary, not a
+    500 from the database with SQL in the log."""
+
+    def untyped(ctx: Any, x: Any) -> None: ...
+
+    def typed(ctx: Any, x: str | float | Decimal | list[Any] | dict[str, Any]) -> None: ...
+
+    for func in (untyped, typed):
+        with pytest.raises(MatchFailed):
+            ParamsValidator(func).validate([value])
+
+
+def test_ordinary_values_are_storable() -> None:
+    def untyped(ctx: Any, x: Any) -> None: ...
+
+    ParamsValidator(untyped).validate(
+        [{"s": "Ünïcode ✓ \U0001f600", "f": 1.5, "d": Decimal("1.10"), "l": [None, True, 2]}]
+    )
