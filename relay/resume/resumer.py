@@ -179,7 +179,9 @@ class Resumer:
         except (CoordinatorError, OSError) as exc:
             self._count("unregistered")
             log.warning(
-                "session %s is not resumable: coordinator unavailable (%s)", session_id, exc
+                "session %s is not resumable: coordinator unavailable (%s)",
+                session_tag(session_id),
+                exc,
             )
             return None
 

@@ -9,12 +9,17 @@ ZooKeeper nodes killed) is ``tests/e2e/test_chaos.py``, on the local cluster.
 from __future__ import annotations
 
 import json
+import socket
+import time
 from typing import Any
 
 import psycopg2
 import pytest
 import websocket
+from kazoo.client import KazooClient
 
+from coordinator.paths import Paths
+from relay.dev.processes import descendants
 from tests.fixtures.relays import RelayProcess, RelayStack, RelayStacks
 
 pytestmark = pytest.mark.e2e
@@ -167,10 +172,35 @@ def test_resume_lands_on_any_worker_of_the_node(relay_server: Any) -> None:
     client.ws.close()
 
 
-def test_resume_lands_on_another_relay_through_zookeeper(relay_stack: RelayStacks) -> None:
+def wait_until_members(stack: RelayStack, hosts: str, timeout: float = 30.0) -> None:
+    """Until every worker of the stack is a member in ZooKeeper: a relay serves before its
+    coordinator is connected, and a session it opens meanwhile cannot be resumed elsewhere
+    (``unregistered``), which is not what this test is about."""
+    pids = [pid for relay in stack.relays for pid in descendants(relay.proc.pid)]
+    wanted = {f"{socket.gethostname()}-{pid}" for pid in pids}
+    zk = KazooClient(hosts=hosts)
+    zk.start(timeout=10)
+    try:
+        deadline = time.monotonic() + timeout
+        members = Paths().members
+        while True:
+            present = set(zk.get_children(members)) if zk.exists(members) else set()
+            if pids and wanted <= present:
+                return
+            assert time.monotonic() < deadline, f"members {sorted(present)}, wanted {wanted}"
+            time.sleep(0.1)
+    finally:
+        zk.stop()
+        zk.close()
+
+
+def test_resume_lands_on_another_relay_through_zookeeper(
+    relay_stack: RelayStacks, zk_server: str
+) -> None:
     """Two relays with ``RELAY_ZOOKEEPER``: a session parked by one is claimed by the other."""
     stack = relay_stack(2, workers=1, zookeeper=True)
     here, there = stack.relays
+    wait_until_members(stack, zk_server)
     first, session = start(here)
     received = len(first.got)
     first.drop()
