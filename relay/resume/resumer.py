@@ -92,6 +92,12 @@ class Resumed:
     missed: list[str]
 
 
+def redacted(exc: BaseException, session_id: str) -> str:
+    """``exc``'s text for a log line, with the session id (a credential: whoever has it can
+    resume the session) replaced by its tag; coordinator and store errors name it."""
+    return str(exc).replace(session_id, session_tag(session_id))
+
+
 def relay_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -181,7 +187,7 @@ class Resumer:
             log.warning(
                 "session %s is not resumable: coordinator unavailable (%s)",
                 session_tag(session_id),
-                exc,
+                redacted(exc, session_id),
             )
             return None
 
@@ -204,7 +210,11 @@ class Resumer:
             return False
         except Exception as exc:
             self._count("park_failed")
-            log.warning("could not park session %s: %s", session_tag(state.session_id), exc)
+            log.warning(
+                "could not park session %s: %s",
+                session_tag(state.session_id),
+                redacted(exc, state.session_id),
+            )
             return False
         self._count("parked")
         return True
@@ -237,7 +247,9 @@ class Resumer:
         except (NotConnectedError, SessionExists):
             outcome = "unavailable"
         except Exception as exc:
-            log.warning("resume of %s failed: %s", session_tag(session_id), exc)
+            log.warning(
+                "resume of %s failed: %s", session_tag(session_id), redacted(exc, session_id)
+            )
             outcome = "unavailable"
         if isinstance(outcome, str):
             self._count(outcome)

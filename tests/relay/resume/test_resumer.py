@@ -26,6 +26,7 @@ from coordinator.memory import MemoryCoordinator, MemoryStore
 from coordinator.sqlite import SQLiteCoordinator
 from relay.config import Settings
 from relay.metrics import get_metrics
+from relay.protocol.ids import session_tag
 from relay.resume.memory import MemoryParkStore
 from relay.resume.parked import ParkedSession
 from relay.resume.resumer import (
@@ -36,6 +37,7 @@ from relay.resume.resumer import (
     Resumed,
     Resumer,
     build_coordinator,
+    redacted,
     relay_id,
 )
 from relay.resume.store import ParkedStore
@@ -669,3 +671,9 @@ def test_a_session_reaped_between_the_read_and_the_claim_is_unknown(
     assert b.resume(SID, 10, "u1") is None
     assert counted() == Counter(parked=1, unknown=1)
     assert "failed" not in caplog.text
+
+
+def test_log_lines_name_a_session_by_its_tag_even_inside_an_error_text() -> None:
+    text = redacted(FencedError("session aGAyuyZwCFxWdJyGm is not parked"), "aGAyuyZwCFxWdJyGm")
+    assert "aGAyuyZwCFxWdJyGm" not in text
+    assert text == f"session {session_tag('aGAyuyZwCFxWdJyGm')} is not parked"
