@@ -14,6 +14,7 @@ the one in the virtualenv).
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -130,13 +131,21 @@ def test_tests_mirror_the_source_tree() -> None:
     assert missing == [], f"no tests/<package> folder for: {missing}"
 
 
+#: What a wheel is not built from (and what is too large or too many files to copy).
+_NOT_SOURCE = (".git", ".venv", ".state", "build", "node_modules", "__pycache__", "*.egg-info")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools builds in ``<source>/build``, and what an earlier build
+    # left there (a module since removed) would end up in this wheel too.
+    source = out / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
     subprocess.run(
         [
             *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"),
-            *("--disable-pip-version-check", "-w", str(out), str(ROOT)),
+            *("--disable-pip-version-check", "-w", str(out), str(source)),
         ],
         check=True,
         capture_output=True,

@@ -22,7 +22,7 @@ supervisor, GNU make forwarding its own), SIGINT (Ctrl-C) or SIGHUP, once or man
 at any point of the start-up or while serving, stops everything started so far in
 reverse order: HAProxy, the relays (SIGTERM, then their graceful timeout, then SIGKILL to
 the whole process group), ZooKeeper, PostgreSQL; then it exits with status 0. The cleanup
-runs once, to its end: later signals are only noted (``relay.dev.processes.stoppable``),
+runs once, to its end: later signals are only noted (``relay.dev.processes.run_until_stopped``),
 and a signal that comes while a child is being started takes effect once its handle is
 kept, so it is stopped too. Nothing is left running. State, configs and logs stay in
 ``.state/cluster`` (``RELAY_STATE_DIR/cluster``).
@@ -66,15 +66,14 @@ from relay.dev.processes import (
     descendants,
     free_port,
     http_status,
-    ignore_stop_signals,
     interrupt_on_stop_signals,
     log_tail,
+    run_until_stopped,
     signal_group,
     spawn,
     stop_deferred,
     stop_process_group,
     stop_requested,
-    stoppable,
     wait_group_gone,
     wait_until_ready,
 )
@@ -747,49 +746,46 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cluster: Cluster | None = None
-    rc = 0
-    try:
-        with stoppable():
-            cluster = Cluster(
-                args.state_dir,
-                port=args.port,
-                stats_port=args.stats_port,
-                relays=args.relays,
-                zookeepers=args.zookeepers,
-                workers=args.workers,
-                graceful_timeout=args.graceful_timeout,
-                collectstatic=True,
-                verbose=True,
-            )
-            _say(f"starting in {cluster.state_dir}")
-            cluster.start()
-            print(f"\n{cluster.describe()}\nPress Ctrl-C to stop.\n", flush=True)
-            while True:
-                time.sleep(0.5)
-                cluster.supervise()
-    except KeyboardInterrupt:
-        pass
-    except Exception as exc:
+
+    def serve() -> int:
+        nonlocal cluster
+        cluster = Cluster(
+            args.state_dir,
+            port=args.port,
+            stats_port=args.stats_port,
+            relays=args.relays,
+            zookeepers=args.zookeepers,
+            workers=args.workers,
+            graceful_timeout=args.graceful_timeout,
+            collectstatic=True,
+            verbose=True,
+        )
+        _say(f"starting in {cluster.state_dir}")
+        cluster.start()
+        print(f"\n{cluster.describe()}\nPress Ctrl-C to stop.\n", flush=True)
+        while True:
+            time.sleep(0.5)
+            cluster.supervise()
+
+    def failed(exc: Exception) -> int:
         # After a stop signal, a failed step is most likely one the signal killed too
         # (manage.py is in this process group): said, but the stop was asked for.
         if not isinstance(exc, ClusterError) and stop_requested() is None:
-            raise
+            raise exc
         _say(str(exc))
-        rc = 1
-    finally:
-        try:
-            if cluster is not None:
-                cluster.stop()
-        finally:
-            # Even when stopping failed (its error propagates): signals arriving during
-            # the interpreter's exit must not turn a requested stop into a death by signal.
-            stopping = stop_requested()
-            if stopping is not None:
-                _say(f"stopped ({signal.Signals(stopping).name})")
-            elif cluster is not None:
-                _say("stopped")
-            ignore_stop_signals()
-    return 0 if stop_requested() is not None else rc
+        return 1
+
+    def cleanup() -> None:
+        if cluster is not None:
+            cluster.stop()
+
+    def stopped(signum: int | None) -> None:
+        if signum is not None:
+            _say(f"stopped ({signal.Signals(signum).name})")
+        elif cluster is not None:
+            _say("stopped")
+
+    return run_until_stopped(serve, cleanup, failed, stopped)
 
 
 if __name__ == "__main__":

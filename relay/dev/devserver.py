@@ -11,7 +11,7 @@ Stopping: SIGTERM (``kill``, a supervisor, GNU make forwarding its own), SIGINT 
 or SIGHUP, once or many times, at any point of the start-up or while serving, stops
 gunicorn (and its workers) and then the embedded PostgreSQL, and exits with status 0.
 The cleanup runs once, to its end: later signals are only noted
-(``relay.dev.processes.stoppable``); a signal that comes while PostgreSQL or gunicorn is
+(``relay.dev.processes.run_until_stopped``); a signal that comes while PostgreSQL or gunicorn is
 being started takes effect once it has started, so it is stopped too.
 
 Must not: import Django, gevent or anything beyond the standard library and ``relay.dev``;
@@ -30,12 +30,11 @@ from pathlib import Path
 from relay.dev.embedded_postgres import EmbeddedPostgres
 from relay.dev.launch import ROOT, example_env, fresh_metrics_dir, gunicorn_argv, manage_argv
 from relay.dev.processes import (
-    ignore_stop_signals,
     interrupt_on_stop_signals,
+    run_until_stopped,
     stop_deferred,
     stop_process_tree,
     stop_requested,
-    stoppable,
 )
 
 
@@ -120,29 +119,23 @@ def main() -> int:
     interrupt_on_stop_signals()
     state = Path(os.environ.get("RELAY_STATE_DIR", ROOT / ".state")).resolve()
     server = _DevServer(state)
-    rc = 0
-    try:
-        with stoppable():
-            state.mkdir(parents=True, exist_ok=True)
-            rc = server.serve()
-    except KeyboardInterrupt:
-        pass
-    except Exception:
+
+    def serve() -> int:
+        state.mkdir(parents=True, exist_ok=True)
+        return server.serve()
+
+    def failed(exc: Exception) -> int:
         # A start-up step that failed because the stop signal killed it too (manage.py
         # is in this process group) is part of the stop, not an error of its own.
         if stop_requested() is None:
-            raise
-    finally:
-        try:
-            server.stop()
-        finally:
-            # Even when stopping failed (its error propagates): signals arriving during
-            # the interpreter's exit must not turn a requested stop into a death by signal.
-            stopping = stop_requested()
-            if stopping is not None:
-                _say(f"devserver: stopped ({signal.Signals(stopping).name})")
-            ignore_stop_signals()
-    return 0 if stop_requested() is not None else rc
+            raise exc
+        return 0
+
+    def stopped(signum: int | None) -> None:
+        if signum is not None:
+            _say(f"devserver: stopped ({signal.Signals(signum).name})")
+
+    return run_until_stopped(serve, server.stop, failed, stopped)
 
 
 if __name__ == "__main__":

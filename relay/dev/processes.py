@@ -384,3 +384,38 @@ def ignore_stop_signals() -> None:
     Not earlier: a child started meanwhile (``pg_ctl stop``) would inherit the ignoring."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def run_until_stopped(
+    serve: Callable[[], int],
+    cleanup: Callable[[], None],
+    failed: Callable[[Exception], int],
+    stopped: Callable[[int | None], None],
+) -> int:
+    """A launcher's life (``make run``, ``make cluster``), after
+    ``interrupt_on_stop_signals()``: ``serve`` inside ``stoppable()``, then ``cleanup``,
+    always and uninterruptibly, then ``stopped`` (told the stop signal, if any) and
+    ``ignore_stop_signals()`` even when the cleanup failed.
+
+    ``failed`` gets an exception ``serve`` raised: it re-raises it, or returns the exit
+    status. After a stop signal a failed step is most likely one the signal killed too
+    (children share the launcher's process group), so it is part of the stop. Returns 0
+    after a requested stop, else ``serve``'s (or ``failed``'s) status.
+    """
+    rc = 0
+    try:
+        with stoppable():
+            rc = serve()
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        rc = failed(exc)
+    finally:
+        try:
+            cleanup()
+        finally:
+            # Even when stopping failed (its error propagates): signals arriving during
+            # the interpreter's exit must not turn a requested stop into a death by signal.
+            stopped(stop_requested())
+            ignore_stop_signals()
+    return 0 if stop_requested() is not None else rc
