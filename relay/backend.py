@@ -48,12 +48,30 @@ class Handshake:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who a session acts for, as the backend decided at the handshake."""
+    """Who a session acts for: decided at the handshake (``authenticate``), changed by a
+    method that logs the session in or out (``MethodOutcome.identity``).
+
+    ``credential`` is what proved it, opaque to the relay: the backend's key of a login
+    token or of the Django session behind the cookie. The relay keeps it with the
+    session, hands it back in every ``CallContext`` (so ``logout`` knows which token to
+    destroy), parks it, and asks the backend to ``verify`` it again before a parked
+    session is resumed. ``revocation`` is the change-stream route of the credential's
+    row: when that row leaves the route (deleted: a logout elsewhere, a password change,
+    a deactivation), the relay closes every session holding it, on every relay, with no
+    polling. ``position`` is where that channel stood when the credential was read.
+    """
 
     #: Opaque user object handed back to publications and methods (a Django user).
     user: Any = None
     #: The user's id as a string, or None for anonymous sessions.
     user_id: str | None = None
+    #: The backend's key of what authenticated the session; None when nothing did.
+    credential: str | None = None
+    #: The route of the credential's row, whose wire id is ``credential`` itself (None:
+    #: it cannot be revoked live). A change that removes that id from it revokes.
+    revocation: Route | None = None
+    #: The change-stream position of ``revocation``'s channel when it was read.
+    position: tuple[int, str] = (0, "")
 
 
 ANONYMOUS = Identity()
@@ -156,18 +174,35 @@ class MethodOutcome:
     """What a method returned and which change-stream positions its writes produced.
 
     The relay sends ``updated`` only after every listed position has been delivered to
-    the session (the write fence, invariant I5).
+    the session (the write fence, invariant I5). ``identity`` is the session's new
+    identity when the method logged it in or out (Meteor's ``this.setUserId``; logged out
+    is ``ANONYMOUS``), None when it did not: the relay then re-runs every subscription of
+    the session as the new user and sends the difference before ``result``.
     """
 
     result: Any = None
     writes: Sequence[WritePosition] = field(default_factory=tuple)
+    identity: Identity | None = None
 
 
 class Backend(Protocol):
     """What the relay needs from the application. Implementations may block (ORM)."""
 
     def authenticate(self, handshake: Handshake) -> Identity:
-        """Identify the user of a new session from its handshake (session cookie)."""
+        """Identify the user of a new session from its handshake (session cookie, or a
+        bearer token when the application configures an authenticator)."""
+        ...
+
+    def verify(self, identity: Identity) -> Identity | None:
+        """Check ``identity``'s credential again (a parked session about to be resumed, or
+        a session whose revocation channel lost history): the identity read afresh (user,
+        route, position), or None when the credential is gone or expired."""
+        ...
+
+    def universal_publications(self) -> Sequence[str]:
+        """Publications every session runs at connect without a ``sub`` and re-runs when
+        its user changes (Meteor's ``Meteor.publish(null, ...)``: the ``users`` document).
+        Must not touch the database."""
         ...
 
     def has_publication(self, name: str) -> bool:

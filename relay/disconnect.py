@@ -35,3 +35,4 @@ HANDSHAKE_TIMEOUT = Disconnect("handshake_timeout", 4001, "No connect message in
 HEARTBEAT_TIMEOUT = Disconnect("heartbeat_timeout", 4002, "No response to ping", True)
 SLOW = Disconnect("slow", 4003, "Client too slow to receive", True)
 TOO_MANY_PENDING = Disconnect("too_many_pending", 4004, "Too many unprocessed messages", True)
+REVOKED = Disconnect("revoked", 4005, "Credential revoked", True)

@@ -46,6 +46,7 @@ class Metrics:
     backfill_seconds: Histogram
     resyncs: Counter
     fence_timeouts: Counter
+    revocations: Counter
 
 
 @cache
@@ -97,6 +98,11 @@ def get_metrics() -> Metrics:
         fence_timeouts=Counter(
             "ddp_relay_write_fence_timeouts",
             "Methods whose updated was sent before their writes were seen on the stream.",
+        ),
+        revocations=Counter(
+            "ddp_relay_revocations",
+            "Sessions closed because their credential was revoked (logout elsewhere, a"
+            " password change, a deactivation).",
         ),
     )
 

@@ -21,8 +21,9 @@ from typing import Any
 
 from relay.protocol import ejson
 
-#: Bumped when the stored shape changes; an unknown version is never resumed.
-VERSION = 1
+#: Bumped when the stored shape changes; an unknown version is never resumed (2: the
+#: session's credential, which a resuming client must present again).
+VERSION = 2
 
 
 @dataclass(slots=True)
@@ -47,6 +48,9 @@ class ParkedSession:
     mergebox: dict[str, Any]
     #: Completed methods: id -> the ``result`` message text.
     results: dict[str, str] = field(default_factory=dict)
+    #: The backend's key of what authenticated the session (``Identity.credential``): a
+    #: resume must present it again (``relay.server.session``), never the id alone.
+    credential: str | None = None
 
     def missed_since(self, received_count: int) -> list[str] | None:
         """The messages after ``received_count``, or None when the log does not reach back.
@@ -69,6 +73,7 @@ def dumps(state: ParkedSession) -> str:
             "v": VERSION,
             "session": state.session_id,
             "user": state.user_id,
+            "credential": state.credential,
             "version": state.version,
             "sent": state.sent_count,
             "log_start": state.log_start,
@@ -100,6 +105,7 @@ def loads(text: str) -> ParkedSession | None:
         return ParkedSession(
             session_id=str(obj["session"]),
             user_id=obj["user"],
+            credential=obj["credential"],
             version=str(obj["version"]),
             sent_count=int(obj["sent"]),
             log_start=int(obj["log_start"]),

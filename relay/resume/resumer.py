@@ -12,8 +12,10 @@ it parks, one when it is claimed; none per message. Every decision is counted in
   its state is saved, then the record is marked parked with an expiry.
 - A ``connect`` naming that session with a ``receivedCount`` is resumed only if the
   record exists and is parked (waiting briefly for a park still under way), is not
-  expired, belongs to the same user, the log reaches back to the client's count, and
-  the compare-and-set claim on its epoch wins; two relays can never both resume it.
+  expired, the log reaches back to the client's count, the session accepts what the
+  client presented (its ``accept`` judges the parked state: the same credential, see
+  ``relay.server.session``), and the compare-and-set claim on its epoch wins; two relays
+  can never both resume it.
   Anything else answers with a new session id and the client resyncs. The session id is
   the client's word: one that cannot be a session id is simply ``unknown``.
 - Housekeeping (on the coordinator's leader) forgets the records and the stored states
@@ -76,7 +78,7 @@ Outcome = Literal[
     "not_parked",  # ...its owner did not park it within the wait
     "expired",  # ...its window passed
     "lost",  # ...its state is missing or of a format this code cannot read
-    "other_user",  # ...it belongs to another user
+    "not_bound",  # ...the client did not present what the session was bound to
     "count",  # ...the client's receivedCount is outside what the log can replay
     "fenced",  # ...another relay claimed it first
     "unavailable",  # ...the coordinator or the store is down or failed
@@ -228,8 +230,13 @@ class Resumer:
         with contextlib.suppress(Exception):
             self.store.delete(session_id)
 
-    def resume(self, session_id: str, received_count: int, user_id: str | None) -> Resumed | None:
-        """Take over a parked session, or None (with the reason counted) to start anew."""
+    def resume(
+        self, session_id: str, received_count: int, accept: Callable[[ParkedSession], bool]
+    ) -> Resumed | None:
+        """Take over a parked session, or None (with the reason counted) to start anew.
+
+        ``accept(state)`` decides whether the reconnecting client may have the parked
+        state (it runs before the claim, may block, and is called at most once)."""
         outcome: Resumed | Outcome
         try:
             check_id("session id", session_id)
@@ -239,7 +246,7 @@ class Resumer:
             self._count("unknown")
             return None
         try:
-            outcome = self._resume(session_id, received_count, user_id)
+            outcome = self._resume(session_id, received_count, accept)
         except FencedError:
             outcome = "fenced"
         except SessionNotFound:
@@ -258,7 +265,7 @@ class Resumer:
         return outcome
 
     def _resume(
-        self, session_id: str, received_count: int, user_id: str | None
+        self, session_id: str, received_count: int, accept: Callable[[ParkedSession], bool]
     ) -> Resumed | Outcome:
         record = self._call(self.coordinator.get_session, session_id, wait=self.resume_wait)
         deadline = time.monotonic() + self.park_wait
@@ -282,11 +289,11 @@ class Resumer:
         state = self.store.load(session_id)
         if state is None:
             return "lost"
-        if state.user_id != user_id:
-            return "other_user"
         missed = state.missed_since(received_count)
         if missed is None:
             return "count"
+        if not accept(state):
+            return "not_bound"
         claimed = self._call(
             lambda: self.coordinator.claim_session(
                 session_id, self.relay_id, record.epoch, require_parked=True

@@ -13,7 +13,7 @@ serves every session of a worker, which keeps a single reference to it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class SessionResumer(Protocol):
     def created(self, session_id: str) -> int | None: ...
 
     def resume(
-        self, session_id: str, received_count: int, user_id: str | None
+        self, session_id: str, received_count: int, accept: Callable[[ParkedSession], bool]
     ) -> Resumed | None: ...
 
     def park(self, state: ParkedSession, epoch: int) -> bool: ...
@@ -86,9 +86,14 @@ class SessionContext(Protocol):
         """None when sessions cannot be parked or resumed (no database, or window 0)."""
         ...
 
-    def run(self, fn: Callable[..., T], *args: Any) -> T:
+    def run(
+        self, fn: Callable[..., T], *args: Any, owner: Hashable | None = None, urgent: bool = False
+    ) -> T:
         """Run a blocking backend call off the session's greenlet (the bounded work pool)
-        and return its result or raise its exception; blocks the caller cooperatively."""
+        and return its result or raise its exception; blocks the caller cooperatively.
+        ``urgent``: what a new session needs to start (never queued behind methods);
+        ``owner``: whose share of the pool a normal call counts against (the client's
+        address; see ``relay.server.workpool``)."""
         ...
 
     def session_opened(self, session: Session) -> None:
@@ -142,5 +147,7 @@ class NodeContext:
         self.session_connected: Callable[[Session], None] = hub.connected
         self.session_closed: Callable[[Session], None] = hub.closed
 
-    def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return self._pool.run(fn, *args)
+    def run(
+        self, fn: Callable[..., T], *args: Any, owner: Hashable | None = None, urgent: bool = False
+    ) -> T:
+        return self._pool.run(fn, *args, owner=owner, urgent=urgent)

@@ -58,6 +58,7 @@ from relay.protocol.messages import (
     Unsub,
 )
 from relay.resume.parked import ParkedSession, ParkedSubscription
+from relay.server.revocation import WATCH_ID, CredentialWatch
 from relay.transport import Inbound, Oversized, SharedFrames
 
 if TYPE_CHECKING:
@@ -75,6 +76,11 @@ _PING = (messages.encode(messages.ping()),)
 MAX_RESULTS = 100
 #: Seconds a closing session waits for its in-flight message before parking.
 PARK_DRAIN_SECONDS = 60.0
+#: Seconds a resume of a logged-in session waits for the client's pipelined ``login``
+#: (Meteor clients send it right behind ``connect``, usually in the same read).
+RESUME_LOGIN_WAIT = 0.5
+#: Sub ids of universal publications start with this; a client's never may (refused).
+UNIVERSAL_PREFIX = "\x00"
 
 
 @dataclass(slots=True)
@@ -96,6 +102,11 @@ class Resync:
     sub_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """Internal message: verify the credential again (its channel lost history)."""
+
+
 class Session:
     """Serves one DDP client over one transport until either side closes."""
 
@@ -107,6 +118,11 @@ class Session:
         self.conn = ServerConnection()
         self.id: str | None = None
         self.identity: Identity = ANONYMOUS
+        #: The live watch on ``identity``'s credential (``relay.server.revocation``).
+        self._watch: CredentialWatch | None = None
+        self._watch_att: Attachment | None = None
+        #: Results of a pipelined ``login`` already run to judge a resume, by method id.
+        self._preanswered: dict[str, str] = {}
         self.mergebox = MergeBox()
         self.subs: dict[str, Subscription] = {}
         self.sent_count = 0
@@ -124,7 +140,7 @@ class Session:
         self.heartbeat = Heartbeat(settings.heartbeat_interval, settings.heartbeat_timeout)
         #: A list, not a deque: it is nearly always empty, and an empty deque costs 760
         #: bytes per session (its first block) against 56 (the queue is bounded and short).
-        self._pending: list[ClientMessage | Resync] = []
+        self._pending: list[ClientMessage | Resync | Recheck] = []
         self._processor: gevent.Greenlet | None = None
         self._heartbeat_started = False
         #: Set once the session is over (``start``).
@@ -230,9 +246,11 @@ class Session:
         if self._processor is None:
             self._processor = gevent.spawn(self._process)
 
-    def _dispatch(self, msg: ClientMessage | Resync) -> None:
+    def _dispatch(self, msg: ClientMessage | Resync | Recheck) -> None:
         if isinstance(msg, Resync):
             self._on_resync(msg.sub_id)
+        elif isinstance(msg, Recheck):
+            self._on_recheck()
         elif isinstance(msg, Connect):
             self._on_connect(msg)
         elif isinstance(msg, Sub):
@@ -244,7 +262,7 @@ class Session:
 
     def _on_connect(self, msg: Connect) -> None:
         try:
-            self.identity = self.ctx.run(self.ctx.backend.authenticate, self.handshake)
+            self.identity = self.ctx.run(self.ctx.backend.authenticate, self.handshake, urgent=True)
         except Exception:
             log.exception("authentication failed; closing the socket")
             self.send([messages.error("Internal server error")])
@@ -257,10 +275,11 @@ class Session:
             and msg.received_count is not None
             and self.ctx.settings.resume_window > 0
         ):
-            resumed = resumer.resume(msg.session, msg.received_count, self.identity.user_id)
+            resumed = resumer.resume(msg.session, msg.received_count, self._bound_to)
             if resumed is not None:
                 self._restore(resumed, msg.received_count)
                 return
+        self._preanswered.clear()
         # A fresh id unless resumed exactly: clients before Meteor 3.5 wipe their cache
         # when they get their old id back (invariant I7), and send no receivedCount.
         self.id = random_id()
@@ -268,6 +287,118 @@ class Session:
             self.epoch = resumer.created(self.id)
         self.send([messages.connected(self.id)])
         self._connected()
+        self._watch_credential()
+        self._start_universal()
+
+    # -- identity ---------------------------------------------------------------------------
+
+    def _bound_to(self, state: ParkedSession) -> bool:
+        """Whether this client may have the parked session ``state`` (its resume binding).
+
+        The session id alone is not enough for a logged-in session: the client must
+        present the session's credential again, either on the upgrade (the same Django
+        session cookie, the same bearer token) or, as every Meteor client does, with the
+        ``login`` ``{resume: token}`` it pipelines right behind ``connect``. That login
+        is run here, as the parked session, and answered later from the results (it is
+        not run twice). A session without a credential needs the handshake to prove the
+        same user; an anonymous one is bound to nothing but its id (about 100 random
+        bits, never logged, known to its client only): docs/security.md says what that
+        leaves.
+        """
+        if state.credential is None:
+            # Nothing to present again: the handshake must prove the same user (or none).
+            return state.user_id == self.identity.user_id
+        if self.identity.credential == state.credential:
+            return True
+        login = self._pipelined_login()
+        if login is None:
+            return False
+        ctx = CallContext(state.session_id, ANONYMOUS, self.handshake, login.random_seed)
+        try:
+            outcome = self.ctx.run(
+                self.ctx.backend.call, ctx, login.method, login.params, urgent=True
+            )
+            reply = messages.encode(messages.result(login.id, outcome.result))
+        except Exception:
+            return False  # refused (or failed): the queued login runs again, normally
+        identity = outcome.identity
+        if identity is None or identity.credential != state.credential:
+            return False
+        self.identity = identity
+        self._preanswered[login.id] = reply
+        return True
+
+    def _pipelined_login(self) -> Method | None:
+        """The ``login`` ``{resume: ...}`` queued behind ``connect``, waiting briefly for
+        it to arrive (a Meteor client sends it before any other method or sub)."""
+        deadline = time.monotonic() + RESUME_LOGIN_WAIT
+        while True:
+            for msg in self._pending:
+                if isinstance(msg, Method) and msg.method == "login":
+                    params = msg.params
+                    if len(params) == 1 and isinstance(params[0], dict) and "resume" in params[0]:
+                        return msg
+                    return None  # a password login: it proves nothing about this session
+            if self._pending or self.closed or time.monotonic() >= deadline:
+                return None
+            gevent.sleep(0.01)
+
+    def _set_identity(self, identity: Identity) -> None:
+        """Log the session in or out (Meteor's ``setUserId``): watch the new credential,
+        and re-run every subscription as the new user, sending only the difference."""
+        previous = self.identity
+        self.identity = identity
+        self._watch_credential()
+        if identity.user_id != previous.user_id:
+            # The same user again (a resume login, getNewToken) sees the same data.
+            self._rerun_many(list(self.subs.values()))
+
+    def _watch_credential(self) -> None:
+        """(Re)attach the live watch on the identity's credential, if it has a route."""
+        if self._watch is not None:
+            self._watch.closed = True
+            if self._watch_att is not None:
+                self.ctx.streams.detach(self._watch_att)
+            self._watch = self._watch_att = None
+        route, credential = self.identity.revocation, self.identity.credential
+        if route is None or credential is None or self.closed:
+            return
+        watch = CredentialWatch(credential, self._revoked, self._recheck_later)
+        self._watch = watch
+        self._watch_att = self.ctx.streams.attach(watch, WATCH_ID, route, self.identity.position)
+
+    def _revoked(self) -> None:
+        """The credential's row is gone: close now, as Meteor does; never park (the
+        client reconnects, its login fails, and it goes on logged out)."""
+        self.ctx.metrics.revocations.inc()
+        self.close(disconnect.REVOKED)
+
+    def _recheck_later(self) -> None:
+        if self.closed or any(isinstance(m, Recheck) for m in self._pending):
+            return
+        self._pending.append(Recheck())
+        if self._processor is None:
+            self._processor = gevent.spawn(self._process)
+
+    def _on_recheck(self) -> None:
+        try:
+            identity = self.ctx.run(self.ctx.backend.verify, self.identity, urgent=True)
+        except Exception:
+            log.exception("session %s: verifying its credential failed", session_tag(self.id))
+            return  # kept: the next lost history or reconnect checks again
+        if identity is None:
+            self._revoked()
+            return
+        self.identity = identity
+        self._watch_credential()
+
+    def _start_universal(self) -> None:
+        """Run the universal publications (Meteor's null publications) for a new session:
+        their documents come without ``ready`` and they live as long as the session."""
+        for name in self.ctx.backend.universal_publications():
+            sub = Subscription(UNIVERSAL_PREFIX + name, name, (), ready=True)
+            self.subs[sub.id] = sub
+            self._rerun_many([sub])
 
     def _connected(self) -> None:
         self.ctx.session_connected(self)
@@ -283,6 +414,8 @@ class Session:
         self.id, self.epoch = state.session_id, resumed.epoch
         self.mergebox = MergeBox.from_state(state.mergebox)
         self.results = OrderedDict(state.results)
+        self.results.update(self._preanswered)
+        self._preanswered.clear()
         connected = messages.encode(messages.connected(self.id))
         # The client counts ``connected`` before the replayed messages: number the log the
         # way it will, so a drop in the middle of the replay still resumes exactly.
@@ -292,10 +425,13 @@ class Session:
         self.transport.send([connected, *resumed.missed])
         self.ctx.metrics.messages_sent.inc(1 + len(resumed.missed))
         self._connected()
-        for parked_sub in state.subs:
-            sub = Subscription(parked_sub.id, parked_sub.name, parked_sub.params, parked_sub.ready)
+        self._watch_credential()
+        subs = [Subscription(p.id, p.name, p.params, p.ready) for p in state.subs]
+        for sub in subs:
             self.subs[sub.id] = sub
-            self._rerun(sub)
+        # Re-run against the restored mergebox: only what changed meanwhile is sent.
+        self._rerun_many(subs)
+        for sub in subs:
             if not sub.ready and sub.id in self.subs:
                 # It was still loading when the socket died: the re-run completed it.
                 sub.ready = True
@@ -307,6 +443,10 @@ class Session:
 
     def _on_sub(self, msg: Sub) -> None:
         backend, metrics = self.ctx.backend, self.ctx.metrics
+        if msg.id.startswith(UNIVERSAL_PREFIX):
+            metrics.subscriptions.labels(outcome="refused").inc()
+            self.send([messages.nosub(msg.id, messages.meteor_error(400, "Match failed"))])
+            return
         if not backend.has_publication(msg.name):
             metrics.subscriptions.labels(outcome="not_found").inc()
             err = messages.meteor_error(404, f"Subscription '{msg.name}' not found")
@@ -330,7 +470,13 @@ class Session:
         sub = Subscription(msg.id, msg.name, msg.params)
         self.subs[msg.id] = sub
         try:
-            data = self.ctx.run(backend.subscribe, self._call_context(), msg.name, msg.params)
+            data = self.ctx.run(
+                backend.subscribe,
+                self._call_context(),
+                msg.name,
+                msg.params,
+                owner=self.handshake.remote_addr,
+            )
         except ClientError as exc:
             self._fail_sub(sub, self._client_error(exc))
             metrics.subscriptions.labels(outcome="error").inc()
@@ -381,38 +527,61 @@ class Session:
             self._rerun(sub)
 
     def _rerun(self, sub: Subscription) -> None:
-        """Run ``sub``'s publication again and send only what differs from what the
-        client holds (the mergebox), then route its live changes again."""
-        sub_id = sub.id
-        self._detach(sub)
-        try:
-            data = self.ctx.run(
-                self.ctx.backend.subscribe, self._call_context(), sub.name, sub.params
-            )
-        except Exception:
-            log.exception("re-running %r after lost history failed", sub.name)
-            self.subs.pop(sub_id, None)
-            self.send(self.mergebox.remove_subscription(sub_id))
-            self.send([messages.nosub(sub_id, messages.INTERNAL_ERROR)])
-            return
-        fresh: dict[tuple[str, str], dict[str, Any]] = {}
-        for doc in data.documents:
-            doc_id, fields = self._shared(doc)
-            fresh[doc.collection, doc_id] = fields
+        self._rerun_many([sub])
+
+    def _rerun_many(self, subs: list[Subscription]) -> None:
+        """Run the publications of ``subs`` again (as the current user) and send only
+        what differs from what the client holds (the mergebox), then route their live
+        changes again. Every publication runs first; then every document any of them
+        still publishes is added or changed, and only then are the others removed: a
+        document that moves from one subscription to another (a login) is never removed
+        and added again."""
+        fetched: list[tuple[Subscription, SubscriptionData, dict[tuple[str, str], Any]]] = []
+        for sub in subs:
+            self._detach(sub)
+            try:
+                data = self.ctx.run(
+                    self.ctx.backend.subscribe,
+                    self._call_context(),
+                    sub.name,
+                    sub.params,
+                    owner=self.handshake.remote_addr,
+                )
+            except Exception as exc:
+                if not isinstance(exc, ClientError):
+                    log.exception("re-running publication %r failed", sub.name)
+                err = self._client_error(exc) if isinstance(exc, ClientError) else None
+                self.subs.pop(sub.id, None)
+                self.send(self.mergebox.remove_subscription(sub.id))
+                if not sub.id.startswith(UNIVERSAL_PREFIX):
+                    self.send([messages.nosub(sub.id, err or messages.INTERNAL_ERROR)])
+                continue
+            fresh: dict[tuple[str, str], Any] = {}
+            for doc in data.documents:
+                doc_id, fields = self._shared(doc)
+                fresh[doc.collection, doc_id] = fields
+            fetched.append((sub, data, fresh))
+        stale = [
+            (sub.id, collection, doc_id)
+            for sub, _, fresh in fetched
+            for collection, ids in self.mergebox.documents_of(sub.id).items()
+            for doc_id in ids
+            if (collection, doc_id) not in fresh
+        ]
         out: list[dict[str, Any]] = []
-        for collection, ids in self.mergebox.documents_of(sub_id).items():
-            for doc_id in ids:
-                if (collection, doc_id) not in fresh:
-                    out.extend(self.mergebox.remove(sub_id, collection, doc_id))
-        for (collection, doc_id), fields in fresh.items():
-            if self.mergebox.publishes(sub_id, collection, doc_id):
-                current = self.mergebox.get(collection, doc_id) or {}
-                cleared = [k for k in current if k not in fields]
-                out.extend(self.mergebox.change(sub_id, collection, doc_id, fields, cleared))
-            else:
-                out.extend(self.mergebox.add(sub_id, collection, doc_id, fields))
+        for sub, _, fresh in fetched:
+            for (collection, doc_id), fields in fresh.items():
+                if self.mergebox.publishes(sub.id, collection, doc_id):
+                    current = self.mergebox.get(collection, doc_id) or {}
+                    cleared = [k for k in current if k not in fields]
+                    out.extend(self.mergebox.change(sub.id, collection, doc_id, fields, cleared))
+                else:
+                    out.extend(self.mergebox.add(sub.id, collection, doc_id, fields))
+        for sub_id, collection, doc_id in stale:
+            out.extend(self.mergebox.remove(sub_id, collection, doc_id))
         self.send(out)
-        self._attach(sub, data)
+        for sub, data, _ in fetched:
+            self._attach(sub, data)
 
     def _shared(self, doc: Document) -> tuple[str, dict[str, Any]]:
         """The document's id and fields as the worker shares them between sessions
@@ -439,7 +608,8 @@ class Session:
         self.send([messages.nosub(sub.id, err)])
 
     def _on_unsub(self, msg: Unsub) -> None:
-        sub = self.subs.pop(msg.id, None) if isinstance(msg.id, str) else None
+        universal = isinstance(msg.id, str) and msg.id.startswith(UNIVERSAL_PREFIX)
+        sub = self.subs.pop(msg.id, None) if isinstance(msg.id, str) and not universal else None
         if sub is not None:
             self._detach(sub)
             self.send(self.mergebox.remove_subscription(sub.id))
@@ -463,7 +633,11 @@ class Session:
         outcome: MethodOutcome | None = None
         try:
             outcome = self.ctx.run(
-                backend.call, self._call_context(msg.random_seed), msg.method, msg.params
+                backend.call,
+                self._call_context(msg.random_seed),
+                msg.method,
+                msg.params,
+                owner=self.handshake.remote_addr,
             )
             try:
                 reply = messages.encode(messages.result(msg.id, outcome.result))
@@ -480,6 +654,10 @@ class Session:
             outcome_label = "server_error"
         metrics.method_calls.labels(outcome=outcome_label).inc()
         metrics.method_seconds.observe(time.monotonic() - started)
+        if outcome is not None and outcome.identity is not None:
+            # Logged in or out: the subscriptions' difference goes before ``result``, as
+            # Meteor's setUserId sends it (its client expects the user's document first).
+            self._set_identity(outcome.identity)
         self.results[msg.id] = reply
         while len(self.results) > MAX_RESULTS:
             self.results.popitem(last=False)
@@ -579,6 +757,9 @@ class Session:
             processor.join(timeout=PARK_DRAIN_SECONDS)
         for sub in self.subs.values():
             self._detach(sub)
+        if self._watch_att is not None:
+            self.ctx.streams.detach(self._watch_att)
+            self._watch_att = None
         try:
             self._park_or_drop()
         finally:
@@ -590,7 +771,11 @@ class Session:
         if resumer is None or self.id is None:
             return
         reason = self._close
-        if self._deliberate or (reason is not None and not reason.reconnect):
+        if (
+            self._deliberate
+            or reason is disconnect.REVOKED
+            or (reason is not None and not reason.reconnect)
+        ):
             resumer.dropped(self.id, self.epoch)
             return
         if self.ctx.settings.resume_window <= 0:
@@ -610,6 +795,7 @@ class Session:
             subs=[ParkedSubscription(s.id, s.name, s.params, s.ready) for s in self.subs.values()],
             mergebox=self.mergebox.to_state(),
             results=dict(self.results),
+            credential=self.identity.credential,
         )
         resumer.park(state, self.epoch)
 

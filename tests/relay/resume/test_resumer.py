@@ -45,6 +45,12 @@ from tests.relay.resume.helpers import make_state
 
 pytestmark = pytest.mark.timeout(30)
 
+
+def ACCEPT(state: ParkedSession) -> bool:
+    """The session's binding judge, for tests of everything else: accepts any state."""
+    return True
+
+
 SID = "S0000000000000001"
 OTHER_SID = "S0000000000000002"
 WINDOW = 300.0
@@ -172,7 +178,7 @@ def test_created_parked_then_resumed_on_another_relay(
     assert record.epoch == 1 and record.cursor == state.sent_count
     assert before + WINDOW <= record.expires_at <= time.time() + WINDOW
 
-    resumed = b.resume(SID, 8, "u1")
+    resumed = b.resume(SID, 8, ACCEPT)
 
     assert resumed == Resumed(state, 2, ["m9", "m10"])
     assert cluster.record() == SessionRecord(SID, "relay-b", 2, cursor=state.sent_count)
@@ -184,15 +190,15 @@ def test_a_resumed_session_parks_and_resumes_again_anywhere(
 ) -> None:
     a, b = cluster.relay("relay-a"), cluster.relay("relay-b")
     cluster.parked_at(a, make_state(SID))
-    first = b.resume(SID, 10, "u1")
+    first = b.resume(SID, 10, ACCEPT)
     assert first is not None and first.epoch == 2
     later = make_state(SID, sent=30, log=5, title="later")
     assert b.park(later, first.epoch) is True
     # Back on the relay it started on, and then on the same relay it was parked on.
-    again = a.resume(SID, 27, "u1")
+    again = a.resume(SID, 27, ACCEPT)
     assert again == Resumed(later, 3, ["m28", "m29", "m30"])
     assert a.park(later, again.epoch) is True
-    assert a.resume(SID, 30, "u1") == Resumed(later, 4, [])
+    assert a.resume(SID, 30, ACCEPT) == Resumed(later, 4, [])
     assert counted() == Counter(parked=3, resumed=3)
 
 
@@ -206,7 +212,7 @@ def test_the_messages_after_the_clients_count_are_handed_back(
 ) -> None:
     a = cluster.relay("relay-a")
     cluster.parked_at(a, make_state(SID, sent=10, log=4))  # the log holds m7..m10
-    resumed = a.resume(SID, received, "u1")
+    resumed = a.resume(SID, received, ACCEPT)
     assert resumed is not None and resumed.missed == missed
 
 
@@ -217,7 +223,7 @@ def test_an_unknown_session_is_refused(
     cluster: Cluster, counted: Callable[[], Counter[str]]
 ) -> None:
     b = cluster.relay("relay-b")
-    assert b.resume(SID, 1, "u1") is None
+    assert b.resume(SID, 1, ACCEPT) is None
     assert counted() == Counter(unknown=1)
 
 
@@ -236,7 +242,7 @@ def test_a_session_id_that_cannot_be_one_is_unknown_and_not_logged(
     # ValueError was logged as a warning and counted as "unavailable".
     b = cluster.relay("relay-b")
     caplog.set_level(logging.DEBUG, logger="relay.resume")
-    assert b.resume(bogus, 1, "u1") is None
+    assert b.resume(bogus, 1, ACCEPT) is None
     assert counted() == Counter(unknown=1)
     assert caplog.records == []
 
@@ -247,28 +253,42 @@ def test_a_session_whose_window_passed_is_refused(
     a, b = cluster.relay("relay-a", window=0.1), cluster.relay("relay-b")
     cluster.parked_at(a, make_state(SID))
     gevent.sleep(0.2)
-    assert b.resume(SID, 10, "u1") is None
+    assert b.resume(SID, 10, ACCEPT) is None
     assert counted() == Counter(parked=1, expired=1)
 
 
-@pytest.mark.parametrize("user", ["u2", None], ids=["other", "anonymous"])
-def test_another_users_session_is_refused_and_stays_resumable(
-    cluster: Cluster, counted: Callable[[], Counter[str]], user: str | None
+def test_a_session_the_client_is_not_bound_to_is_refused_and_stays_resumable(
+    cluster: Cluster, counted: Callable[[], Counter[str]]
 ) -> None:
     a, b = cluster.relay("relay-a"), cluster.relay("relay-b")
-    cluster.parked_at(a, make_state(SID, user_id="u1"))
-    assert b.resume(SID, 10, user) is None
+    state = make_state(SID, user_id="u1")
+    cluster.parked_at(a, state)
+    judged: list[ParkedSession] = []
+
+    def refuse(parked: ParkedSession) -> bool:
+        judged.append(parked)
+        return False
+
+    assert b.resume(SID, 10, refuse) is None
+    assert judged == [state]  # the session judges the parked state itself
     record = cluster.record()
     assert record is not None and record.parked and record.epoch == 1  # nothing claimed
-    assert b.resume(SID, 10, "u1") is not None
-    assert counted() == Counter(parked=1, other_user=1, resumed=1)
+    assert b.resume(SID, 10, ACCEPT) is not None
+    assert counted() == Counter(parked=1, not_bound=1, resumed=1)
 
 
-def test_an_anonymous_session_resumes_anonymously(cluster: Cluster) -> None:
+def test_the_binding_is_judged_only_once_the_count_can_be_replayed(
+    cluster: Cluster, counted: Callable[[], Counter[str]]
+) -> None:
+    # Judging may cost a backend call (a pipelined login): not for a hopeless resume.
     a = cluster.relay("relay-a")
-    cluster.parked_at(a, make_state(SID, user_id=None))
-    assert a.resume(SID, 10, "u1") is None
-    assert a.resume(SID, 10, None) is not None
+    cluster.parked_at(a, make_state(SID, sent=10, log=4))
+
+    def judge(parked: ParkedSession) -> bool:
+        raise AssertionError("judged a resume the log cannot serve")
+
+    assert a.resume(SID, 2, judge) is None
+    assert counted() == Counter(parked=1, count=1)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +301,7 @@ def test_a_count_the_log_cannot_serve_is_refused_and_claims_nothing(
 ) -> None:
     a = cluster.relay("relay-a")
     cluster.parked_at(a, make_state(SID, sent=10, log=4))  # can serve counts 6..10
-    assert a.resume(SID, received, "u1") is None
+    assert a.resume(SID, received, ACCEPT) is None
     record = cluster.record()
     assert record is not None and record.parked and record.epoch == 1
     assert counted() == Counter(parked=1, count=1)
@@ -293,7 +313,7 @@ def test_a_parked_session_without_its_state_is_lost(
     a = cluster.relay("relay-a")
     cluster.parked_at(a, make_state(SID))
     cluster.parked.delete(SID)
-    assert a.resume(SID, 10, "u1") is None
+    assert a.resume(SID, 10, ACCEPT) is None
     assert counted() == Counter(parked=1, lost=1)
 
 
@@ -308,7 +328,7 @@ def test_relays_racing_for_one_session_one_wins_the_others_are_fenced(
     # them pass every check before the first claims: the epoch decides.
     slow = SlowLoad(cluster.parked)
     racers = [cluster.relay(f"relay-{n}", store=slow) for n in range(5)]
-    greenlets = [gevent.spawn(r.resume, SID, 10, "u1") for r in racers]
+    greenlets = [gevent.spawn(r.resume, SID, 10, ACCEPT) for r in racers]
     gevent.joinall(greenlets, timeout=10, raise_error=True)
 
     results = [g.value for g in greenlets]
@@ -326,9 +346,9 @@ def test_a_claimed_session_is_not_resumed_again(
 ) -> None:
     a, b, c = cluster.relay("relay-a"), cluster.relay("relay-b"), cluster.relay("relay-c")
     cluster.parked_at(a, make_state(SID))
-    assert b.resume(SID, 10, "u1") is not None
+    assert b.resume(SID, 10, ACCEPT) is not None
     # Live on relay-b now (not parked): relay-c waits for a park that does not come.
-    assert c.resume(SID, 10, "u1") is None
+    assert c.resume(SID, 10, ACCEPT) is None
     assert counted() == Counter(parked=1, resumed=1, not_parked=1)
 
 
@@ -338,7 +358,7 @@ def test_parking_a_session_claimed_meanwhile_is_fenced(
     a, b = cluster.relay("relay-a"), cluster.relay("relay-b")
     state = make_state(SID)
     cluster.parked_at(a, state)
-    assert b.resume(SID, 10, "u1") is not None
+    assert b.resume(SID, 10, ACCEPT) is not None
     assert a.park(state, 1) is False
     assert cluster.record() == SessionRecord(SID, "relay-b", 2, cursor=state.sent_count)
     assert counted() == Counter(parked=1, resumed=1, park_fenced=1)
@@ -355,7 +375,7 @@ def test_a_park_under_way_is_waited_for(
     assert a.created(SID) == 1
     parking = gevent.spawn_later(0.1, a.park, state, 1)  # the old socket's teardown
     started = time.monotonic()
-    resumed = b.resume(SID, 10, "u1")
+    resumed = b.resume(SID, 10, ACCEPT)
     waited = time.monotonic() - started
     assert resumed == Resumed(state, 2, [])
     assert 0.1 <= waited < PARK_WAIT
@@ -369,7 +389,7 @@ def test_a_park_that_does_not_come_is_waited_for_briefly(
     a, b = cluster.relay("relay-a"), cluster.relay("relay-b")
     assert a.created(SID) == 1  # relay-a is alive and the session live there
     started = time.monotonic()
-    assert b.resume(SID, 10, "u1") is None
+    assert b.resume(SID, 10, ACCEPT) is None
     assert PARK_WAIT <= time.monotonic() - started < PARK_WAIT + 1
     assert counted() == Counter(not_parked=1)
 
@@ -380,7 +400,7 @@ def test_an_owner_that_died_before_parking_is_not_waited_for(
     b = cluster.relay("relay-b")
     coordinator_of(b).create_session(SID, "relay-dead")  # never a member (killed)
     started = time.monotonic()
-    assert b.resume(SID, 10, "u1") is None
+    assert b.resume(SID, 10, ACCEPT) is None
     assert time.monotonic() - started < PARK_WAIT / 2
     assert counted() == Counter(owner_gone=1)
 
@@ -405,7 +425,7 @@ def test_an_owner_that_parks_then_leaves_between_two_reads_is_resumed(
             return list(super().members())
 
     b = cluster.relay("relay-b", coordinator=Racing(cluster.ensemble))
-    assert b.resume(SID, 10, "u1") == Resumed(state, 2, [])
+    assert b.resume(SID, 10, ACCEPT) == Resumed(state, 2, [])
     assert counted() == Counter(parked=1, resumed=1)
 
 
@@ -422,7 +442,7 @@ def test_a_session_created_while_the_coordinator_is_down_is_not_resumable(
     # No waiting: the client is waiting for ``connected``.
     assert time.monotonic() - started < SUSPENDED_WAIT / 2
     coordinator_of(a).simulate_state(State.CONNECTED)
-    assert a.resume(SID, 1, "u1") is None
+    assert a.resume(SID, 1, ACCEPT) is None
     assert counted() == Counter(unregistered=1, unknown=1)
 
 
@@ -437,7 +457,7 @@ def test_such_a_session_is_registered_when_it_parks_if_the_coordinator_is_back(
     coordinator_of(a).simulate_state(State.CONNECTED)
     assert a.created(SID) == 1
     assert a.park(state, 1) is True
-    assert b.resume(SID, 10, "u1") == Resumed(state, 2, [])
+    assert b.resume(SID, 10, ACCEPT) == Resumed(state, 2, [])
     assert counted() == Counter(unregistered=1, parked=1, resumed=1)
 
 
@@ -448,11 +468,11 @@ def test_a_resume_while_the_coordinator_is_down_starts_anew_and_claims_nothing(
     cluster.parked_at(a, make_state(SID))
     coordinator_of(b).simulate_state(State.SUSPENDED)
     started = time.monotonic()
-    assert b.resume(SID, 10, "u1") is None
+    assert b.resume(SID, 10, ACCEPT) is None
     # Retried (backing off) for at most the wait, never past it.
     assert RESUME_WAIT / 2 <= time.monotonic() - started <= RESUME_WAIT + 0.2
     coordinator_of(b).simulate_state(State.CONNECTED)
-    assert b.resume(SID, 10, "u1") is not None  # still parked: resumable once it is back
+    assert b.resume(SID, 10, ACCEPT) is not None  # still parked: resumable once it is back
     assert counted() == Counter(parked=1, unavailable=1, resumed=1)
 
 
@@ -464,7 +484,7 @@ def test_a_brief_suspension_is_ridden_out(
     b.resume_wait = 2.0
     coordinator_of(b).simulate_state(State.SUSPENDED)
     gevent.spawn_later(0.2, coordinator_of(b).simulate_state, State.CONNECTED)
-    assert b.resume(SID, 10, "u1") is not None
+    assert b.resume(SID, 10, ACCEPT) is not None
     # And parking does the same.
     a2 = cluster.relay("relay-a2")
     assert a2.created(OTHER_SID) == 1
@@ -487,7 +507,7 @@ def test_a_park_while_the_coordinator_is_down_fails_and_is_not_resumable(
     coordinator_of(a).simulate_state(State.CONNECTED)
     record = cluster.record()
     assert record is not None and not record.parked
-    assert b.resume(SID, 10, "u1") is None
+    assert b.resume(SID, 10, ACCEPT) is None
     assert counted() == Counter(park_failed=1, not_parked=1)
 
 
@@ -509,9 +529,9 @@ def test_a_resume_while_the_store_is_down_starts_anew_and_claims_nothing(
     a, b = cluster.relay("relay-a"), cluster.relay("relay-b")
     cluster.parked_at(a, make_state(SID))
     cluster.parked.simulate_unavailable()
-    assert b.resume(SID, 10, "u1") is None
+    assert b.resume(SID, 10, ACCEPT) is None
     cluster.parked.simulate_unavailable(False)
-    assert b.resume(SID, 10, "u1") is not None
+    assert b.resume(SID, 10, ACCEPT) is not None
     assert counted() == Counter(parked=1, unavailable=1, resumed=1)
 
 
@@ -523,19 +543,19 @@ def test_a_deliberate_disconnect_forgets_the_session(
 ) -> None:
     a, b = cluster.relay("relay-a"), cluster.relay("relay-b")
     cluster.parked_at(a, make_state(SID))
-    resumed = b.resume(SID, 10, "u1")
+    resumed = b.resume(SID, 10, ACCEPT)
     assert resumed is not None
     b.dropped(SID, resumed.epoch)  # the resumed session later says ``disconnect``
     assert cluster.record() is None
     assert cluster.parked.session_ids() == set()
-    assert a.resume(SID, 10, "u1") is None
+    assert a.resume(SID, 10, ACCEPT) is None
     assert counted() == Counter(parked=1, resumed=1, unknown=1)
 
 
 def test_dropping_is_best_effort_and_fenced(cluster: Cluster) -> None:
     a, b = cluster.relay("relay-a"), cluster.relay("relay-b")
     cluster.parked_at(a, make_state(SID))
-    resumed = b.resume(SID, 10, "u1")
+    resumed = b.resume(SID, 10, ACCEPT)
     assert resumed is not None
     a.dropped(SID, 1)  # a stale owner: fenced, quietly; only the stored state goes
     assert cluster.record() == SessionRecord(SID, "relay-b", 2, cursor=10)
@@ -559,7 +579,7 @@ def test_housekeeping_forgets_sessions_whose_window_passed(cluster: Cluster) -> 
     assert cluster.record(SID) is None
     assert cluster.record(OTHER_SID) is not None and cluster.record(live) is not None
     assert cluster.parked.session_ids() == {OTHER_SID}
-    assert long.resume(OTHER_SID, 10, "u1") is not None
+    assert long.resume(OTHER_SID, 10, ACCEPT) is not None
 
 
 def test_housekeeping_chores_do_not_hold_each_other_up(
@@ -622,7 +642,7 @@ def test_without_metrics_nothing_is_counted(
 ) -> None:
     relay = Resumer(Settings(), MemoryCoordinator(cluster.ensemble), cluster.parked, None)
     relay.relay_id = "relay-quiet"
-    assert relay.resume(SID, 1, "u1") is None
+    assert relay.resume(SID, 1, ACCEPT) is None
     assert counted() == Counter()
 
 
@@ -668,7 +688,7 @@ def test_a_session_reaped_between_the_read_and_the_claim_is_unknown(
             return state
 
     b = cluster.relay("relay-b", store=ReapedMeanwhile(cluster.parked))
-    assert b.resume(SID, 10, "u1") is None
+    assert b.resume(SID, 10, ACCEPT) is None
     assert counted() == Counter(parked=1, unknown=1)
     assert "failed" not in caplog.text
 

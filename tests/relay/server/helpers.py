@@ -17,8 +17,10 @@ import gevent
 
 from relay import disconnect
 from relay.backend import (
+    ANONYMOUS,
     CallContext,
     ClientError,
+    Condition,
     DecodedChange,
     Document,
     Handshake,
@@ -46,6 +48,21 @@ HANDSHAKE = Handshake(headers={}, cookies={}, remote_addr="127.0.0.1", path="/we
 THINGS = Route("ddp_things", "things", ())
 #: The route of the "opaque" publication: membership not decidable from a change.
 OPAQUE = Route("ddp_things", "things", None)
+#: The channel of the fake backend's login tokens (a token is a row; deleting it revokes).
+TOKENS = "ddp_tokens"
+
+
+def token_identity(user_id: str, token: str) -> Identity:
+    """The identity the fake ``login`` gives: user ``user_id``, credential ``token``,
+    watched on ``TOKENS`` by primary key."""
+    route = Route(TOKENS, "tokens", (Condition("id", "exact", token),), fields=())
+    return Identity(
+        user=f"user-{user_id}",
+        user_id=user_id,
+        credential=token,
+        revocation=route,
+        position=(3, "E"),
+    )
 
 
 class FakeBackend:
@@ -62,15 +79,29 @@ class FakeBackend:
             "some": [Document("things", "a", {"n": 1, "extra": True})],
             "live": [Document("things", "a", {"n": 1})],
         }
+        #: Names run as universal publications (Meteor's null publications).
+        self.universal: list[str] = []
+        #: Live credentials (login tokens) -> user id; ``verify`` reads them.
+        self.tokens: dict[str, str] = {}
+        self.identity = Identity(user="u", user_id="42")
+
+    def universal_publications(self) -> Sequence[str]:
+        return self.universal
+
+    def verify(self, identity: Identity) -> Identity | None:
+        if identity.credential is None:
+            return identity if identity.user_id is None else None
+        user_id = self.tokens.get(identity.credential)
+        return None if user_id is None else token_identity(user_id, identity.credential)
 
     def authenticate(self, handshake: Handshake) -> Identity:
-        return Identity(user="u", user_id="42")
+        return self.identity
 
     def has_publication(self, name: str) -> bool:
-        return name in self.docs or name in ("boom", "denied", "slow", "opaque")
+        return name in self.docs or name in ("boom", "denied", "slow", "opaque", "mine", "public")
 
     def has_method(self, name: str) -> bool:
-        return name in ("echo", "boom", "denied", "sleep", "seed", "write")
+        return name in ("echo", "boom", "denied", "sleep", "seed", "write", "login", "logout")
 
     def subscribe(self, ctx: CallContext, name: str, params: Sequence[Any]) -> SubscriptionData:
         self.subscribed.append(name)
@@ -80,6 +111,13 @@ class FakeBackend:
             raise ClientError(403, "Access denied")
         if name == "slow":
             gevent.sleep(0.2)
+        if name == "mine":
+            # The caller's own document: what a user-dependent publication looks like.
+            user_id = ctx.identity.user_id
+            docs = [] if user_id is None else [Document("users", user_id, {"name": user_id})]
+            return SubscriptionData(documents=docs)
+        if name == "public":
+            return SubscriptionData(documents=[Document("things", "p", {"n": 0})])
         if name in ("live", "opaque"):
             route = THINGS if name == "live" else OPAQUE
             return SubscriptionData(
@@ -97,12 +135,32 @@ class FakeBackend:
             gevent.sleep(params[0])
         if name == "seed":
             return MethodOutcome(result=[ctx.random_seed, ctx.identity.user_id])
+        if name == "login":
+            # {"user": id} logs in with a new token; {"resume": token} with a known one.
+            opts = params[0]
+            if "resume" in opts:
+                token = opts["resume"]
+                if token not in self.tokens:
+                    raise ClientError(403, "You've been logged out by the server.")
+                user_id = self.tokens[token]
+            else:
+                user_id, token = opts["user"], f"t{len(self.tokens) + 1}"
+                self.tokens[token] = user_id
+            return MethodOutcome(
+                result={"id": user_id, "token": token}, identity=token_identity(user_id, token)
+            )
+        if name == "logout":
+            if ctx.identity.credential is not None:
+                self.tokens.pop(ctx.identity.credential, None)
+            return MethodOutcome(result=None, identity=ANONYMOUS)
         if name == "write":
             # As if the method's transaction published change ``params[0]`` on ddp_things.
             return MethodOutcome(result="ok", writes=[WritePosition("ddp_things", params[0])])
         return MethodOutcome(result=params[0] if params else None)
 
     def decode_change(self, channel: str, change: Change) -> DecodedChange | None:
+        if channel == TOKENS:
+            return DecodedChange("tokens", str(change.pk), change.op, {}, {"id": change.pk})
         if channel != "ddp_things":
             return None
         fields = dict(change.values) if change.op != "d" else {}
@@ -123,15 +181,22 @@ class FakeResumer:
         self.created_ids: list[str] = []
         self.parked: list[tuple[ParkedSession, int]] = []
         self.dropped_ids: list[tuple[str, int | None]] = []
-        self.asked: list[tuple[str, int, str | None]] = []
+        self.asked: list[tuple[str, int]] = []
+        #: What the session's binding judge said of ``resumed``'s state.
+        self.accepted: list[bool] = []
 
     def created(self, session_id: str) -> int | None:
         self.created_ids.append(session_id)
         return len(self.created_ids)
 
-    def resume(self, session_id: str, received_count: int, user_id: str | None) -> Resumed | None:
-        self.asked.append((session_id, received_count, user_id))
-        return self.resumed
+    def resume(
+        self, session_id: str, received_count: int, accept: Callable[[ParkedSession], bool]
+    ) -> Resumed | None:
+        self.asked.append((session_id, received_count))
+        if self.resumed is None:
+            return None
+        self.accepted.append(accept(self.resumed.state))
+        return self.resumed if self.accepted[-1] else None
 
     def park(self, state: ParkedSession, epoch: int) -> bool:
         self.parked.append((state, epoch))
@@ -179,7 +244,7 @@ class FakeContext:
         self.closed: list[Session] = []
         self.by_id: dict[str, Session] = {}
 
-    def run(self, fn: Callable[..., T], *args: Any) -> T:
+    def run(self, fn: Callable[..., T], *args: Any, **_scheduling: Any) -> T:
         return fn(*args)
 
     def session_opened(self, session: Session) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 
 import gevent
+import gevent.event
 import pytest
 
 from relay.server.workpool import WorkPool
 
 
 def test_calls_run_on_at_most_size_greenlets_which_are_kept_between_calls() -> None:
-    pool = WorkPool(2)
+    pool = WorkPool(2, reserved=0, per_owner=2)  # no fairness limits: size is the bound
     active = 0
     peak = 0
     runners: set[gevent.Greenlet] = set()
@@ -96,3 +97,73 @@ def test_a_pool_that_never_ran_anything_closes_at_once() -> None:
     pool = WorkPool(4, on_exit=lambda: exits.append(1))
     pool.close(timeout=0.1)
     assert exits == []
+
+
+# -- fairness ---------------------------------------------------------------------------------
+
+
+def _hold(pool: WorkPool, owner: str, release: gevent.event.Event) -> gevent.Greenlet:
+    return gevent.spawn(pool.run, release.wait, owner=owner)
+
+
+def test_urgent_calls_never_wait_behind_normal_ones() -> None:
+    # The probe: sessions in long methods fill the pool; a new session's identity check
+    # still runs at once, on a reserved slot.
+    pool = WorkPool(8)
+    release = gevent.event.Event()
+    holders = [_hold(pool, f"10.0.0.{n}", release) for n in range(24)]
+    gevent.sleep(0.01)
+    assert pool.busy == 6  # 2 of 8 slots stay free for urgent calls
+    with gevent.Timeout(0.5):
+        assert pool.run(lambda: "connected", urgent=True) == "connected"
+    release.set()
+    gevent.joinall(holders, timeout=2, raise_error=True)
+    pool.close()
+
+
+def test_one_owner_holds_at_most_its_share_and_others_go_round_robin() -> None:
+    pool = WorkPool(8)  # 6 normal slots, 5 per owner
+    release = gevent.event.Event()
+    flood = [_hold(pool, "attacker", release) for _ in range(50)]
+    gevent.sleep(0.01)
+    assert pool.busy == 5
+    # An honest client from another address is served while the flood waits its turn.
+    with gevent.Timeout(0.5):
+        assert pool.run(lambda: "honest", owner="honest") == "honest"
+    order: list[str] = []
+
+    def note(who: str) -> None:
+        order.append(who)
+
+    waiting = [gevent.spawn(pool.run, note, who, owner=who) for who in ("b", "c", "b", "c")]
+    gevent.joinall(waiting, timeout=1, raise_error=True)
+    assert sorted(order) == ["b", "b", "c", "c"]
+    release.set()
+    gevent.joinall(flood, timeout=2, raise_error=True)
+    assert pool.busy == 0 and pool.queued == 0
+    pool.close()
+
+
+def test_queued_calls_are_taken_round_robin_across_owners() -> None:
+    pool = WorkPool(1, reserved=0)
+    order: list[str] = []
+    gate = gevent.event.Event()
+    first = gevent.spawn(pool.run, gate.wait, owner="x")
+    gevent.sleep(0.01)
+    calls = [gevent.spawn(pool.run, order.append, who, owner=who) for who in "aaab"]
+    gevent.sleep(0.01)
+    gate.set()
+    gevent.joinall([first, *calls], timeout=1, raise_error=True)
+    assert order == ["a", "b", "a", "a"]
+    pool.close()
+
+
+def test_close_fails_calls_still_queued_after_its_timeout() -> None:
+    pool = WorkPool(1, reserved=0)
+    stuck = gevent.spawn(pool.run, gevent.sleep, 10)
+    queued = gevent.spawn(pool.run, lambda: 1)
+    gevent.sleep(0.01)
+    pool.close(timeout=0.05)
+    for caller in (stuck, queued):
+        caller.join(timeout=1)
+        assert isinstance(caller.exception, RuntimeError)
