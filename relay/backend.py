@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from relay.limits.ratelimit import Rule
 from relay.protocol.changestream import Change
 
 
@@ -197,6 +198,12 @@ class Backend(Protocol):
         """Check ``identity``'s credential again (a parked session about to be resumed, or
         a session whose revocation channel lost history): the identity read afresh (user,
         route, position), or None when the credential is gone or expired."""
+        ...
+
+    def rate_limit_rules(self) -> Sequence[Rule]:
+        """The DDPRateLimiter rules to apply to every method and subscription (Meteor's
+        default accounts rule among them unless the application removed it), read once
+        when a worker starts. Must not touch the database."""
         ...
 
     def universal_publications(self) -> Sequence[str]:

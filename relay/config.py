@@ -91,6 +91,16 @@ class Settings:
     max_subs_per_session: int = field(default=500, metadata={"env": "RELAY_MAX_SUBS_PER_SESSION"})
     #: RELAY_MAX_PENDING_MESSAGES: inbound DDP messages queued per session before it is closed.
     max_pending_messages: int = field(default=1000, metadata={"env": "RELAY_MAX_PENDING_MESSAGES"})
+    #: RELAY_MAX_PENDING_BYTES: bytes of inbound DDP messages queued per session before it is
+    #: closed. Four maximum-size messages: a client pipelining its resume burst fits, a flood
+    #: behind one slow method does not.
+    max_pending_bytes: int = field(default=4_194_304, metadata={"env": "RELAY_MAX_PENDING_BYTES"})
+    #: RELAY_MAX_WORKER_PENDING_BYTES: the same, for all the sessions of a worker process
+    #: together; a session whose message would pass it is closed. 64 MiB keeps a worker's
+    #: queued input far below the 256 MiB it may use in all, whoever sends it.
+    max_worker_pending_bytes: int = field(
+        default=67_108_864, metadata={"env": "RELAY_MAX_WORKER_PENDING_BYTES"}
+    )
     #: RELAY_BACKEND_CONCURRENCY: greenlets running backend (ORM) calls per worker process; this
     #: bounds the database connections one worker opens.
     backend_concurrency: int = field(default=8, metadata={"env": "RELAY_BACKEND_CONCURRENCY"})
@@ -105,6 +115,29 @@ class Settings:
     #: RELAY_RESUME_LOG: messages kept per session for replaying what was lost in flight;
     #: a client further behind than this gets a new session (and resyncs).
     resume_log: int = field(default=500, metadata={"env": "RELAY_RESUME_LOG"})
+    #: RELAY_FORWARDED_COUNT: proxies in front of the relay that append to X-Forwarded-For
+    #: (Meteor's HTTP_FORWARDED_COUNT, read when this is unset). 0, the default, takes the
+    #: socket's peer address: trusting the header without a proxy would let any client
+    #: choose the address its limits are counted under.
+    forwarded_count: int = field(default=0, metadata={"env": "RELAY_FORWARDED_COUNT"})
+    #: RELAY_ADDRESS_IPV6_PREFIX: IPv6 clients are counted per network of this prefix in the
+    #: per-address limits. 64: one host usually holds a whole /64 and can rotate through it.
+    address_ipv6_prefix: int = field(default=64, metadata={"env": "RELAY_ADDRESS_IPV6_PREFIX"})
+    #: RELAY_MAX_CONNECTIONS_PER_ADDRESS: open DDP sockets one client address may hold on
+    #: one worker process (0 = no limit); past it the upgrade is refused. 1000: hundreds of
+    #: honest sessions come from one office NAT or carrier-grade NAT address.
+    max_connections_per_address: int = field(
+        default=1000, metadata={"env": "RELAY_MAX_CONNECTIONS_PER_ADDRESS"}
+    )
+    #: RELAY_LOGIN_ATTEMPTS_PER_ADDRESS: login attempts one client address may make per
+    #: RELAY_LOGIN_WINDOW on one worker process (0 = no limit); more get too-many-requests.
+    #: 300: a hundred logins a minute from one NAT are normal, password guessing needs more.
+    login_attempts_per_address: int = field(
+        default=300, metadata={"env": "RELAY_LOGIN_ATTEMPTS_PER_ADDRESS"}
+    )
+    #: RELAY_LOGIN_WINDOW: seconds of the window RELAY_LOGIN_ATTEMPTS_PER_ADDRESS counts in.
+    #: 60: long enough to slow guessing, short enough that a locked-out office waits a minute.
+    login_window: float = field(default=60.0, metadata={"env": "RELAY_LOGIN_WINDOW"})
     #: RELAY_ZOOKEEPER: ZooKeeper connect string (host:port,...) for cluster coordination.
     zookeeper: str = field(default="", metadata={"env": "RELAY_ZOOKEEPER"})
     #: RELAY_COORDINATOR_PATH: without ZooKeeper, a SQLite file shared by the workers of one
@@ -138,6 +171,15 @@ class Settings:
                 raise ConfigError(f"{name}: {exc}") from exc
         if not values.get("database_url") and env.get("DATABASE_URL"):
             values["database_url"] = env["DATABASE_URL"]
+        if "forwarded_count" not in values and env.get("HTTP_FORWARDED_COUNT", "").strip():
+            # Meteor's variable, so that an app moved from Meteor keeps its proxy setting.
+            try:
+                count = _parse_int(env["HTTP_FORWARDED_COUNT"])
+            except ValueError as exc:
+                raise ConfigError(f"HTTP_FORWARDED_COUNT: {exc}") from exc
+            if count < 0:
+                raise ConfigError(f"HTTP_FORWARDED_COUNT must not be negative (got {count})")
+            values["forwarded_count"] = count
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
@@ -152,6 +194,9 @@ class Settings:
             "worker_connections",
             "max_subs_per_session",
             "max_pending_messages",
+            "max_pending_bytes",
+            "max_worker_pending_bytes",
+            "login_window",
             "backend_concurrency",
             "handshake_timeout",
             "sockjs_heartbeat",
@@ -167,11 +212,30 @@ class Settings:
             ("resume_log", ""),
             ("heartbeat_interval", " (0 disables heartbeats)"),
             ("heartbeat_timeout", " (0 disables heartbeats)"),
+            ("forwarded_count", " (0 trusts no proxy)"),
+            ("max_connections_per_address", " (0 = no limit)"),
+            ("login_attempts_per_address", " (0 = no limit)"),
         )
         for name, hint in not_negative:
             value = getattr(self, name)
             if not value >= 0:
                 raise ConfigError(f"{env[name]} must not be negative{hint} (got {value!r})")
+        if not 1 <= self.address_ipv6_prefix <= 128:
+            raise ConfigError(
+                "RELAY_ADDRESS_IPV6_PREFIX must be within 1..128 "
+                f"(got {self.address_ipv6_prefix!r})"
+            )
+        # A budget smaller than one message would refuse messages the size limit allows.
+        if self.max_pending_bytes < self.max_message_bytes:
+            raise ConfigError(
+                "RELAY_MAX_PENDING_BYTES must be at least RELAY_MAX_MESSAGE_BYTES "
+                f"({self.max_pending_bytes} < {self.max_message_bytes})"
+            )
+        if self.max_worker_pending_bytes < self.max_pending_bytes:
+            raise ConfigError(
+                "RELAY_MAX_WORKER_PENDING_BYTES must be at least RELAY_MAX_PENDING_BYTES "
+                f"({self.max_worker_pending_bytes} < {self.max_pending_bytes})"
+            )
         if ":" not in self.backend:
             raise ConfigError(
                 f"RELAY_BACKEND must look like 'module:attribute' (got {self.backend!r})"

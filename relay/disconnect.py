@@ -36,3 +36,4 @@ HEARTBEAT_TIMEOUT = Disconnect("heartbeat_timeout", 4002, "No response to ping",
 SLOW = Disconnect("slow", 4003, "Client too slow to receive", True)
 TOO_MANY_PENDING = Disconnect("too_many_pending", 4004, "Too many unprocessed messages", True)
 REVOKED = Disconnect("revoked", 4005, "Credential revoked", True)
+PENDING_BYTES = Disconnect("pending_bytes", 4006, "Too much unprocessed data", True)

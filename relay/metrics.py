@@ -47,6 +47,7 @@ class Metrics:
     resyncs: Counter
     fence_timeouts: Counter
     revocations: Counter
+    limited: Counter
 
 
 @cache
@@ -103,6 +104,11 @@ def get_metrics() -> Metrics:
             "ddp_relay_revocations",
             "Sessions closed because their credential was revoked (logout elsewhere, a"
             " password change, a deactivation).",
+        ),
+        limited=Counter(
+            "ddp_relay_limited",
+            "Calls, subscriptions, sockets and sessions refused by a limit (relay.server.gate).",
+            ["limit"],
         ),
     )
 

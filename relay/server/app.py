@@ -20,6 +20,7 @@ from typing import Any
 from relay import metrics
 from relay.backend import Backend, Handshake
 from relay.config import Settings
+from relay.limits import client_address
 from relay.server.node import Node
 from relay.transport import RawTransport, SockJSTransport, Transport, endpoints, handshake
 
@@ -43,8 +44,13 @@ def _not_found(environ: dict[str, Any], start_response: StartResponse) -> Iterab
     return [b"Not found\n"]
 
 
-def handshake_of(environ: dict[str, Any]) -> Handshake:
-    """The parts of the upgrade request a backend may use to identify the user."""
+def handshake_of(environ: dict[str, Any], forwarded_count: int = 0) -> Handshake:
+    """The parts of the upgrade request a backend may use to identify the user.
+
+    ``remote_addr`` is the client's address: the socket's, or with ``forwarded_count``
+    trusted proxies in front (``RELAY_FORWARDED_COUNT``, Meteor's ``HTTP_FORWARDED_COUNT``)
+    the entry they appended to ``X-Forwarded-For``; ``""`` when that header has fewer.
+    """
     headers = {
         key[5:].replace("_", "-").lower(): str(value)
         for key, value in environ.items()
@@ -62,7 +68,10 @@ def handshake_of(environ: dict[str, Any]) -> Handshake:
     return Handshake(
         headers=headers,
         cookies=cookies,
-        remote_addr=str(environ.get("REMOTE_ADDR", "")),
+        remote_addr=client_address(
+            str(environ.get("REMOTE_ADDR", "")), headers.get("x-forwarded-for"), forwarded_count
+        )
+        or "",
         path=str(environ.get("PATH_INFO", "")),
     )
 
@@ -103,8 +112,14 @@ class RelayApp:
             return _text(start_response, "503 Service Unavailable", "draining\n")
         if len(self.node.sessions) >= self.settings.worker_connections:
             return _text(start_response, "503 Service Unavailable", "too many connections\n")
+        request = handshake_of(environ, self.settings.forwarded_count)
+        gate = self.node.gate
+        if not gate.open_socket(request.remote_addr):
+            # 429, not 503: a load balancer retries a 503 on another relay.
+            return _text(start_response, "429 Too Many Requests", "too many connections\n")
         accepted = handshake.accept(environ, self.settings)
         if isinstance(accepted, handshake.HandshakeRefusal):
+            gate.socket_closed(request.remote_addr)
             start_response(accepted.status, list(accepted.headers))
             return [accepted.body]
         transport: Transport
@@ -114,7 +129,8 @@ class RelayApp:
             )
         else:
             transport = RawTransport(accepted)
-        ended = self.node.adopt(transport, handshake_of(environ))
+        ended = self.node.adopt(transport, request)
+        ended.rawlink(lambda _: gate.socket_closed(request.remote_addr))
         if not accepted.owns_socket:
             # A TLS socket stays gunicorn's: keep this handler until the session is over.
             ended.wait()

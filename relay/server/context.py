@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from relay.metrics import Metrics
     from relay.resume.parked import ParkedSession
     from relay.resume.resumer import Resumed
+    from relay.server.gate import Gate
     from relay.server.hub import Hub
     from relay.server.session import Session
     from relay.server.workpool import WorkPool
@@ -82,6 +83,11 @@ class SessionContext(Protocol):
     def streams(self) -> SessionStreams: ...
 
     @property
+    def gate(self) -> Gate:
+        """The worker's limits (``relay.server.gate``)."""
+        ...
+
+    @property
     def resumer(self) -> SessionResumer | None:
         """None when sessions cannot be parked or resumed (no database, or window 0)."""
         ...
@@ -118,6 +124,7 @@ class NodeContext:
     __slots__ = (
         "_pool",
         "backend",
+        "gate",
         "metrics",
         "resumer",
         "session_closed",
@@ -136,8 +143,10 @@ class NodeContext:
         streams: SessionStreams,
         resumer: SessionResumer | None,
         hub: Hub,
+        gate: Gate,
     ) -> None:
         self.settings = settings
+        self.gate = gate
         self.metrics = metrics
         self.backend = backend
         self._pool = pool

@@ -21,12 +21,14 @@ from collections.abc import Set as AbstractSet
 
 import gevent.event
 
+from relay import logs
 from relay.backend import Backend, Handshake
 from relay.config import Settings
 from relay.metrics import Metrics, get_metrics
 from relay.resume.resumer import Resumer, build_coordinator
 from relay.resume.store import ParkStore
 from relay.server.context import NodeContext
+from relay.server.gate import Gate
 from relay.server.housekeeper import Housekeeper
 from relay.server.hub import Hub, Member
 from relay.server.session import Session
@@ -45,9 +47,12 @@ class Node:
     def __init__(self, settings: Settings, backend: Backend) -> None:
         self.settings = settings
         self.backend = backend
+        # The backend configured logging (Django's LOGGING): throttle what clients cause.
+        logs.install()
         self.metrics: Metrics = get_metrics()
         self.pool = WorkPool(settings.backend_concurrency, on_exit=backend.close)
         self.hub = Hub(self.metrics)
+        self.gate = Gate(settings, self.metrics, backend.rate_limit_rules())
         #: SockJS transports get their ``h`` frames from the same ticker.
         self.sockjs_heartbeats = HeartbeatRegistry()
         self.ticker = Ticker(self.hub, self.sockjs_heartbeats)
@@ -71,7 +76,14 @@ class Node:
         else:
             log.warning("no RELAY_DATABASE_URL or DATABASE_URL: live updates are off")
         self.context = NodeContext(
-            settings, self.metrics, backend, self.pool, self.streams, self.resumer, self.hub
+            settings,
+            self.metrics,
+            backend,
+            self.pool,
+            self.streams,
+            self.resumer,
+            self.hub,
+            self.gate,
         )
 
     @property

@@ -21,11 +21,12 @@ import Django (``relay.backend`` is the seam) or import ``relay.server.node``.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import gevent
 import gevent.event
@@ -141,6 +142,10 @@ class Session:
         #: A list, not a deque: it is nearly always empty, and an empty deque costs 760
         #: bytes per session (its first block) against 56 (the queue is bounded and short).
         self._pending: list[ClientMessage | Resync | Recheck] = []
+        #: The queued messages' memory, within the worker's total (``relay.server.gate``).
+        self._budget = ctx.gate.session_budget()
+        #: Bytes reserved per queued message, in queue order (0 for internal ones).
+        self._pending_sizes: list[int] = []
         self._processor: gevent.Greenlet | None = None
         self._heartbeat_started = False
         #: Set once the session is over (``start``).
@@ -210,7 +215,19 @@ class Session:
         if len(self._pending) >= self.ctx.settings.max_pending_messages:
             self.close(disconnect.TOO_MANY_PENDING)
             return
+        # What the queued message holds in memory: its text's size is the measure (the
+        # parsed message holds about as much, the text is gone once parsed).
+        size = sys.getsizeof(text)
+        full = self._budget.reserve(size)
+        if full is not None:
+            self.ctx.gate.over_budget(full)
+            self.close(disconnect.PENDING_BYTES)
+            return
+        self._queue(msg, size)
+
+    def _queue(self, msg: ClientMessage | Resync | Recheck, size: int = 0) -> None:
         self._pending.append(msg)
+        self._pending_sizes.append(size)
         if self._processor is None:
             self._processor = gevent.spawn(self._process)
 
@@ -220,6 +237,7 @@ class Session:
         try:
             while self._pending and not self.closed:
                 msg = self._pending.pop(0)
+                self._budget.release(self._pending_sizes.pop(0))
                 try:
                     self._dispatch(msg)
                 except gevent.GreenletExit:
@@ -242,9 +260,7 @@ class Session:
         """Queue a re-run of ``sub_id`` (its channel lost history), in message order."""
         if self.closed or any(isinstance(m, Resync) and m.sub_id == sub_id for m in self._pending):
             return
-        self._pending.append(Resync(sub_id))
-        if self._processor is None:
-            self._processor = gevent.spawn(self._process)
+        self._queue(Resync(sub_id))
 
     def _dispatch(self, msg: ClientMessage | Resync | Recheck) -> None:
         if isinstance(msg, Resync):
@@ -376,9 +392,7 @@ class Session:
     def _recheck_later(self) -> None:
         if self.closed or any(isinstance(m, Recheck) for m in self._pending):
             return
-        self._pending.append(Recheck())
-        if self._processor is None:
-            self._processor = gevent.spawn(self._process)
+        self._queue(Recheck())
 
     def _on_recheck(self) -> None:
         try:
@@ -459,6 +473,11 @@ class Session:
             if known.ready:
                 self.send([messages.ready([msg.id])])
             return
+        rejection = self._limited("subscription", msg.name)
+        if rejection is not None:
+            metrics.subscriptions.labels(outcome="refused").inc()
+            self.send([messages.nosub(msg.id, rejection)])
+            return
         if len(self.subs) >= self.ctx.settings.max_subs_per_session:
             metrics.subscriptions.labels(outcome="refused").inc()
             err = messages.meteor_error(
@@ -508,6 +527,14 @@ class Session:
         sub.ready = True
         self.send([messages.ready([msg.id])])
         metrics.subscriptions.labels(outcome="ready").inc()
+
+    def _limited(self, kind: Literal["method", "subscription"], name: str) -> dict[str, Any] | None:
+        """The rate limits' error for this call (Meteor's ``too-many-requests``), or None."""
+        assert self.id is not None
+        rejection = self.ctx.gate.check(
+            kind, name, self.identity.user_id, self.id, self.handshake.remote_addr
+        )
+        return None if rejection is None else rejection.meteor_error()
 
     def _attach(self, sub: Subscription, data: SubscriptionData) -> None:
         streams = self.ctx.streams
@@ -628,6 +655,13 @@ class Session:
             metrics.method_calls.labels(outcome="not_found").inc()
             err = messages.meteor_error(404, f"Method '{msg.method}' not found")
             self.send([messages.result(msg.id, err=err), messages.updated([msg.id])])
+            return
+        rejection = self._limited("method", msg.method)
+        if rejection is not None:
+            # Meteor's order for a refused call: ``updated`` (nothing was written), then
+            # ``result`` with the error. Not kept for a re-send: it may succeed later.
+            metrics.method_calls.labels(outcome="limited").inc()
+            self.send([messages.updated([msg.id]), messages.result(msg.id, err=rejection)])
             return
         started = time.monotonic()
         outcome: MethodOutcome | None = None
@@ -751,6 +785,8 @@ class Session:
         if not self.closed:
             self.close(self._why_transport_closed())
         self._pending.clear()
+        self._pending_sizes.clear()
+        self._budget.release_all()
         processor = self._processor
         if processor is not None:
             # A method in flight finishes (its result is kept) before the session parks.

@@ -27,11 +27,18 @@ VALUES: dict[str, tuple[str, object]] = {
     "RELAY_HANDSHAKE_TIMEOUT": ("1e1", 10.0),
     "RELAY_MAX_SUBS_PER_SESSION": ("7", 7),
     "RELAY_MAX_PENDING_MESSAGES": ("9", 9),
+    "RELAY_MAX_PENDING_BYTES": ("2097152", 2_097_152),
+    "RELAY_MAX_WORKER_PENDING_BYTES": ("8388608", 8_388_608),
     "RELAY_BACKEND_CONCURRENCY": ("3", 3),
     "RELAY_DATABASE_URL": ("postgresql://db/relay", "postgresql://db/relay"),
     "RELAY_WRITE_FENCE_TIMEOUT": ("0.5", 0.5),
     "RELAY_RESUME_WINDOW": ("0", 0.0),
     "RELAY_RESUME_LOG": ("50", 50),
+    "RELAY_FORWARDED_COUNT": ("2", 2),
+    "RELAY_ADDRESS_IPV6_PREFIX": ("128", 128),
+    "RELAY_MAX_CONNECTIONS_PER_ADDRESS": ("0", 0),
+    "RELAY_LOGIN_ATTEMPTS_PER_ADDRESS": ("20", 20),
+    "RELAY_LOGIN_WINDOW": ("600", 600.0),
     "RELAY_ZOOKEEPER": ("zk1:2181,zk2:2181", "zk1:2181,zk2:2181"),
     "RELAY_COORDINATOR_PATH": ("/run/relay/coord.db", "/run/relay/coord.db"),
     "RELAY_METRICS": ("no", False),
@@ -59,6 +66,12 @@ def test_an_empty_environment_gives_the_defaults() -> None:
     assert settings.resume_window == 300.0 and settings.resume_log == 500
     assert settings.permessage_deflate is True and settings.metrics is True
     assert settings.database_url == ""
+    # The abuse limits: generous enough for hundreds of sessions behind one NAT.
+    assert settings.forwarded_count == 0 and settings.address_ipv6_prefix == 64
+    assert settings.max_connections_per_address == 1000
+    assert settings.login_attempts_per_address == 300 and settings.login_window == 60.0
+    assert settings.max_pending_bytes == 4 * 2**20
+    assert settings.max_worker_pending_bytes == 64 * 2**20
 
 
 @pytest.mark.parametrize("variable", sorted(VALUES))
@@ -127,6 +140,9 @@ POSITIVE = [
     "worker_connections",
     "max_subs_per_session",
     "max_pending_messages",
+    "max_pending_bytes",
+    "max_worker_pending_bytes",
+    "login_window",
     "backend_concurrency",
     "handshake_timeout",
     "sockjs_heartbeat",
@@ -144,7 +160,16 @@ def test_settings_that_must_be_positive(name: str, raw: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["deflate_threshold", "resume_window", "resume_log", "heartbeat_interval", "heartbeat_timeout"],
+    [
+        "deflate_threshold",
+        "resume_window",
+        "resume_log",
+        "heartbeat_interval",
+        "heartbeat_timeout",
+        "forwarded_count",
+        "max_connections_per_address",
+        "login_attempts_per_address",
+    ],
 )
 def test_settings_that_may_be_zero_but_not_negative(name: str) -> None:
     variable = env_of(name)
@@ -172,3 +197,47 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(AttributeError):
         settings.worker_connections = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("raw", ["0", "129", "-64"])
+def test_the_ipv6_prefix_is_a_prefix_length(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"^RELAY_ADDRESS_IPV6_PREFIX must be within 1\.\.128 "):
+        Settings.from_env({"RELAY_ADDRESS_IPV6_PREFIX": raw})
+    assert Settings.from_env({"RELAY_ADDRESS_IPV6_PREFIX": "1"}).address_ipv6_prefix == 1
+
+
+def test_pending_byte_budgets_hold_at_least_one_message_and_nest() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"RELAY_MAX_PENDING_BYTES": "1048575"})
+    assert str(caught.value) == (
+        "RELAY_MAX_PENDING_BYTES must be at least RELAY_MAX_MESSAGE_BYTES (1048575 < 1048576)"
+    )
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"RELAY_MAX_WORKER_PENDING_BYTES": "4194303"})
+    assert str(caught.value) == (
+        "RELAY_MAX_WORKER_PENDING_BYTES must be at least RELAY_MAX_PENDING_BYTES "
+        "(4194303 < 4194304)"
+    )
+    equal = {"RELAY_MAX_PENDING_BYTES": "1048576", "RELAY_MAX_WORKER_PENDING_BYTES": "1048576"}
+    settings = Settings.from_env(equal)
+    assert settings.max_pending_bytes == settings.max_worker_pending_bytes == 1_048_576
+
+
+def test_meteors_forwarded_count_variable_is_read_when_the_relays_is_unset() -> None:
+    assert Settings.from_env({"HTTP_FORWARDED_COUNT": "1"}).forwarded_count == 1
+    assert Settings.from_env({"HTTP_FORWARDED_COUNT": " "}).forwarded_count == 0
+    both = {"HTTP_FORWARDED_COUNT": "1", "RELAY_FORWARDED_COUNT": "0"}
+    assert Settings.from_env(both).forwarded_count == 0  # the relay's own variable wins
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("one", "HTTP_FORWARDED_COUNT: not an integer: 'one'"),
+        ("-1", "HTTP_FORWARDED_COUNT must not be negative (got -1)"),
+    ],
+)
+def test_a_bad_meteor_forwarded_count_is_refused_naming_it(raw: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"HTTP_FORWARDED_COUNT": raw})
+    assert str(caught.value) == message

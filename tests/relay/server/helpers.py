@@ -31,11 +31,13 @@ from relay.backend import (
     WritePosition,
 )
 from relay.config import Settings
+from relay.limits import DEFAULT_ACCOUNTS_RULE, Rule
 from relay.metrics import Metrics, get_metrics
 from relay.protocol.changestream import Change
 from relay.resume.parked import ParkedSession
 from relay.resume.resumer import Resumed
 from relay.server.context import SessionContext
+from relay.server.gate import Gate
 from relay.server.session import Session
 from relay.stream.fanout import Attachment, Streams
 from relay.transport import MemoryTransport
@@ -79,6 +81,8 @@ class FakeBackend:
             "some": [Document("things", "a", {"n": 1, "extra": True})],
             "live": [Document("things", "a", {"n": 1})],
         }
+        #: The DDPRateLimiter rules the relay applies (Meteor's accounts default).
+        self.rules: list[Rule] = [DEFAULT_ACCOUNTS_RULE]
         #: Names run as universal publications (Meteor's null publications).
         self.universal: list[str] = []
         #: Live credentials (login tokens) -> user id; ``verify`` reads them.
@@ -87,6 +91,9 @@ class FakeBackend:
 
     def universal_publications(self) -> Sequence[str]:
         return self.universal
+
+    def rate_limit_rules(self) -> Sequence[Rule]:
+        return self.rules
 
     def verify(self, identity: Identity) -> Identity | None:
         if identity.credential is None:
@@ -240,6 +247,7 @@ class FakeContext:
         )
         self.streams.on_resync = self._resync
         self.resumer = resumer
+        self.gate = Gate(self.settings, self.metrics, self.backend.rate_limit_rules())
         self.opened: list[Session] = []
         self.closed: list[Session] = []
         self.by_id: dict[str, Session] = {}
