@@ -9,18 +9,30 @@ The public names are loaded lazily (PEP 562), so ``import django_app`` works bef
 Django is set up; none of them touches a model at import. What must not live here: any
 import with side effects, or anything but this re-export.
 
+Meteor's accounts (``login``, resume tokens, the ``users`` collection) are the
+``django_app.accounts`` package; a project's own login method calls ``log_in(ctx, user)``.
+
 Inside, a module imports only modules listed before it here, function-level imports
 included (no circles; ``tests/django_app/test_layers.py`` keeps it so):
 
 1. leaves: ``conf`` (``DDP_*`` settings), ``channel``, ``exceptions``, ``cursor``,
-   ``models``, then ``serializer`` and ``signature``;
-2. ``collection`` (one published model), then ``mutator`` (its Meteor mutators);
+   ``models`` (``LoginToken``), then ``serializer``, ``signature``,
+   ``accounts.passwords`` (Meteor's digest) and ``accounts.tokens`` (login tokens);
+2. ``collection`` (one published model) and ``accounts.revocation`` (the token
+   revocation settings, ``user_logged_out``), then ``mutator`` (a collection's Meteor
+   mutators), ``accounts.hashers`` (``MeteorPBKDF2PasswordHasher``),
+   ``accounts.users`` (user lookups, the ``users`` collection) and
+   ``accounts.sessions`` (the handshake's Django session);
 3. ``registries``: the index of collections, publications and methods, and the project's
    ``registry``; it knows methods and publications only by protocol;
 4. what fills or reads it: ``context`` (``ctx``), ``methods`` (``@method``),
    ``publications`` (``@publish``, ``Publication``), ``triggers``, ``checks``;
 5. ``fields`` (``MeteorIdField``), ``changes`` (``touch``, ``prune``);
-6. on top: ``backend`` (the relay's ``Backend``), ``apps`` and the management commands.
+6. ``accounts.identity`` (the relay's ``Identity`` of a token), then
+   ``accounts.authenticators`` (``DDP_AUTHENTICATORS``) and ``accounts.methods`` (the
+   accounts methods, ``log_in``);
+7. on top: ``backend`` (the relay's ``Backend``), ``apps``, ``ddp`` (the app's own
+   declarations), ``admin`` and the management commands.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from django_app.accounts.methods import log_in
     from django_app.collection import Collection
     from django_app.context import MethodContext, SubscriptionContext
     from django_app.cursor import Cursor
@@ -46,6 +59,7 @@ __all__ = [
     "MethodContext",
     "Publication",
     "SubscriptionContext",
+    "log_in",
     "method",
     "publish",
     "registry",
@@ -59,6 +73,7 @@ _EXPORTS = {
     "MethodContext": "django_app.context",
     "Publication": "django_app.publications",
     "SubscriptionContext": "django_app.context",
+    "log_in": "django_app.accounts.methods",
     "method": "django_app.methods",
     "publish": "django_app.publications",
     "registry": "django_app.registries",

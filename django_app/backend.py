@@ -1,14 +1,22 @@
 """``DjangoBackend``: the relay's ``relay.backend.Backend``, implemented with Django.
 
 Job: the seam the relay calls (by dotted path, ``RELAY_BACKEND``): identify a session's
-user from the Django session cookie, run publications (visibility rules applied, rows
+user from its handshake (the ``DDP_AUTHENTICATORS``: the Django session cookie by
+default), check a credential again (``verify``), name the null publications every session
+runs (``universal_publications``), run publications (visibility rules applied, rows
 serialized, routes built, change-stream positions read in the same snapshot), run
 methods and mutators inside ``transaction.atomic()`` with the current invocation set, so
 ``MeteorIdField`` draws the client's ids, report the change-stream positions a method's
-writes produced (the write fence), and decode change-stream changes for the relay's
+writes produced (the write fence) and the session's new identity when the method logged
+it in or out (``ctx.set_user``), and decode change-stream changes for the relay's
 listener without touching the database. Like Django's request signals, every call starts
 and ends by closing unusable or expired connections (``close_old_connections()``), so a
 broken connection is replaced, not reused.
+
+Identities (``django_app.accounts.identity``): a logged-in session's credential is the key
+of its ``LoginToken`` row and its revocation route is that row on the token channel;
+the identity a method sets is built after the method's transaction committed, so the
+token row and the channel position it carries are both committed.
 
 Snapshots: ``subscribe`` runs the publish function, its querysets and the read of the
 channels' positions in ONE transaction, ``REPEATABLE READ, READ ONLY`` (so publish
@@ -29,7 +37,8 @@ Errors: ``DDPError`` (a ``ClientError``) passes through to the client; a Django
 propagates (the relay logs it and answers 500).
 
 What must not live here: sockets, gevent, DDP framing, or anything of the relay's
-runtime: this module may only import django, ``relay.backend`` and ``relay.protocol``.
+runtime: this module may only import django, ``relay.backend``, ``relay.limits`` (the pure
+rate-limit rules) and ``relay.protocol``.
 """
 
 from __future__ import annotations
@@ -37,28 +46,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib import import_module
 from typing import Any
 
 import django
 from django.apps import apps
-from django.conf import settings
-from django.contrib.auth import (
-    BACKEND_SESSION_KEY,
-    HASH_SESSION_KEY,
-    SESSION_KEY,
-    get_user_model,
-    load_backend,
-)
+from django.contrib.auth import get_user_model
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.utils.crypto import constant_time_compare
 
 from django_app import changes
+from django_app.accounts.users import USER_PUBLICATION
 from django_app.checks import TAG
 from django_app.collection import Collection, apply_visibility
+from django_app.conf import ddp_settings
 from django_app.context import MethodContext, SubscriptionContext, method_invocation
 from django_app.cursor import conditions_for_rule
 from django_app.exceptions import DDPError, NotFound
@@ -77,6 +79,7 @@ from relay.backend import (
     SubscriptionData,
     WritePosition,
 )
+from relay.limits.ratelimit import Rule
 from relay.protocol.changestream import Change
 from relay.protocol.ids import id_stringify
 
@@ -102,16 +105,36 @@ class DjangoBackend:
     # -- Backend protocol ---------------------------------------------------------------
 
     def authenticate(self, handshake: Handshake) -> Identity:
-        """The user of the Django session named by the session cookie, else anonymous."""
-        session_key = handshake.cookies.get(settings.SESSION_COOKIE_NAME)
-        if not session_key:
-            return ANONYMOUS
+        """The identity the first of ``DDP_AUTHENTICATORS`` recognises (by default the
+        user of the Django session the cookie names), else anonymous."""
+        from django_app.accounts.authenticators import authenticate  # see _new_identity
+
         with _db_call():
-            engine = import_module(settings.SESSION_ENGINE)
-            user = _session_user(engine.SessionStore(session_key))
-            if user is None or not user.is_authenticated:
-                return ANONYMOUS
-            return Identity(user=user, user_id=str(user.pk))
+            identity = authenticate(handshake)
+        return ANONYMOUS if identity is None else identity
+
+    def verify(self, identity: Identity) -> Identity | None:
+        """``identity`` read afresh from its credential (the token row exists, has not
+        expired, and its user is active): fresh user and position; else None. An identity
+        without a credential verifies as itself when anonymous, else None (nothing could
+        prove it again)."""
+        from django_app.accounts.identity import identity_of_credential  # see _new_identity
+
+        if identity.credential is None:
+            return identity if identity.user_id is None else None
+        with _db_call():
+            return identity_of_credential(identity.credential)
+
+    def universal_publications(self) -> Sequence[str]:
+        """The users null publication (when accounts are on and it is registered)."""
+        if ddp_settings.ACCOUNTS and self.registry.has_publication(USER_PUBLICATION):
+            return (USER_PUBLICATION,)
+        return ()
+
+    def rate_limit_rules(self) -> Sequence[Rule]:
+        """The rules ``registry.add_rate_limit_rule`` added (the accounts default among
+        them unless removed: ``django_app/ddp.py``)."""
+        return self.registry.rate_limit_rules
 
     def has_publication(self, name: str) -> bool:
         return bool(self.registry.has_publication(name))
@@ -170,6 +193,7 @@ class DjangoBackend:
                 handshake=ctx.handshake,
                 random_seed=ctx.random_seed,
                 method=name,
+                credential=ctx.identity.credential,
             )
             txids: set[int] = set()
             try:
@@ -187,10 +211,11 @@ class DjangoBackend:
                         txids = recorder.txids
             except ValidationError as exc:
                 raise DDPError.from_validation_error(exc) from exc
+            identity = _new_identity(invocation)
             if not txids or conn.in_atomic_block:
-                return MethodOutcome(result=result)
+                return MethodOutcome(result=result, identity=identity)
             writes = tuple(WritePosition(c, seq) for c, seq in changes.published_by(txids))
-            return MethodOutcome(result=result, writes=writes)
+            return MethodOutcome(result=result, writes=writes, identity=identity)
 
     def decode_change(self, channel: str, change: Change) -> DecodedChange | None:
         """The change as the relay routes it (see ``Collection.decode_change``); None for
@@ -202,40 +227,17 @@ class DjangoBackend:
 
     def housekeeping(self) -> None:
         """Periodic cluster chores the relay runs: prune the changelog past its retention
-        (``DDP_CHANGELOG_RETENTION``). Idempotent, so several relays may run it at once."""
+        (``DDP_CHANGELOG_RETENTION``) and delete expired login tokens (relays close the
+        sessions that held them). Idempotent, so several relays may run it at once."""
+        from django_app.accounts.tokens import delete_expired  # see _new_identity
+
         with _db_call():
             changes.prune()
+            delete_expired()
 
     def close(self) -> None:
         """Close this thread's database connections (the worker is stopping)."""
         connections.close_all()
-
-
-def _session_user(session: Any) -> Any:
-    """The user a Django session is logged in as, verified like ``auth.get_user``, or None.
-
-    Read-only on purpose: ``get_user`` flushes a session whose auth hash does not verify and
-    cycles the key of one signed with a ``SECRET_KEY_FALLBACKS`` secret, which deletes the
-    session the browser's cookie names. A WebSocket handshake cannot send a new cookie
-    back, so it only reads; the next HTTP request does the housekeeping.
-    """
-    try:
-        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
-        backend_path = session[BACKEND_SESSION_KEY]
-    except (KeyError, ValidationError):
-        return None
-    if backend_path not in settings.AUTHENTICATION_BACKENDS:
-        return None
-    user = load_backend(backend_path).get_user(user_id)
-    if user is None or not hasattr(user, "get_session_auth_hash"):
-        return user
-    session_hash = session.get(HASH_SESSION_KEY)
-    if not session_hash:
-        return None
-    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
-    if any(constant_time_compare(session_hash, h) for h in hashes):
-        return user
-    return None
 
 
 _warned: set[tuple[str, str]] = set()
@@ -326,6 +328,24 @@ def _close_old_connections() -> None:
     for conn in connections.all(initialized_only=True):
         if not conn.in_atomic_block:
             conn.close_if_unusable_or_obsolete()
+
+
+def _new_identity(invocation: MethodContext) -> Identity | None:
+    """The identity a method set with ``ctx.set_user`` (read after its commit), else None.
+
+    A login whose token was revoked before this read (a concurrent password change) ends
+    logged out: that token could never have been used.
+    """
+    # The accounts modules are imported where used: they reach the models, and the relay
+    # imports this module before Django is set up (DjangoBackend() sets it up).
+    from django_app.accounts.identity import identity_of_user
+
+    if not invocation.user_changed:
+        return None
+    if invocation.user_id is None:
+        return ANONYMOUS
+    identity = identity_of_user(invocation.user, invocation.credential)
+    return ANONYMOUS if identity is None else identity
 
 
 def _user_of(identity: Identity) -> Any:

@@ -10,9 +10,21 @@ Job: report configuration the DDP side cannot work with, each with a stable id:
 * ``ddp.E004`` ``DDP_ATOMIC_METHODS`` is not a boolean;
 * ``ddp.E005`` ``DDP_CHANGELOG_RETENTION`` is not a positive number of seconds or
   ``timedelta``;
+* ``ddp.E006`` ``DDP_ACCOUNTS``, ``DDP_CREATE_USER`` or ``DDP_AMBIGUOUS_ERRORS`` is not a
+  boolean;
+* ``ddp.E007`` ``DDP_LOGIN_EXPIRATION`` is not None, a positive number of seconds or a
+  ``timedelta``;
+* ``ddp.E008`` ``DDP_AUTHENTICATORS`` is not a list of importable authenticators;
+* ``ddp.E009`` ``DDP_USER_FIELDS``, ``DDP_USER_PROFILE`` or ``DDP_EMAIL_VERIFIED_FIELD``
+  names what the user model cannot publish (accounts on);
+* ``ddp.E010`` ``DDP_PASSWORD_RESET_URL`` has no ``{token}``, or
+  ``DDP_PASSWORD_RESET_EMAIL`` names no importable callable;
 * ``ddp.W001`` a collection publishes a field named ``password``;
 * ``ddp.W002`` a model's channel name had to be shortened to fit PostgreSQL's identifier
-  limit (it stays unique: a hash is appended).
+  limit (it stays unique: a hash is appended);
+* ``ddp.W003`` accounts are on but ``MeteorPBKDF2PasswordHasher`` is not the first of
+  ``PASSWORD_HASHERS``: a Meteor client's password digest cannot be checked against the
+  hashes Django then stores (``django_app.accounts.hashers``).
 
 Registering one model twice is refused earlier, at import (``AlreadyRegistered``). What
 must not live here: connecting to the database, or relay settings (``RELAY_*``
@@ -27,9 +39,12 @@ from typing import Any, Final
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.contrib.auth.hashers import get_hashers
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, models, router
 from django.db.utils import load_backend
+from django.utils.module_loading import import_string
 
 from django_app.conf import DECIMAL_ENCODINGS, ddp_settings
 from django_app.registries import Registry
@@ -37,6 +52,7 @@ from django_app.registries import registry as default_registry
 
 __all__ = [
     "TAG",
+    "check_accounts",
     "check_collections",
     "check_database",
     "check_settings",
@@ -52,6 +68,7 @@ def register_checks() -> None:
     checks.register(check_database, TAG)
     checks.register(check_collections, TAG)
     checks.register(check_settings, TAG)
+    checks.register(check_accounts, TAG)
 
 
 def check_database(
@@ -174,4 +191,103 @@ def check_settings(
                 id="ddp.E005",
             )
         )
+    return messages
+
+
+def check_accounts(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """ddp.E006 to ddp.E010 and ddp.W003: the accounts settings and the password hasher."""
+    # Imported here: they reach the models, and importing this module (the relay imports
+    # the backend before Django is set up) must not.
+    from django_app.accounts.hashers import MeteorPBKDF2PasswordHasher
+    from django_app.accounts.users import users_collection_class
+
+    messages: list[checks.CheckMessage] = []
+    for name in ("DDP_ACCOUNTS", "DDP_CREATE_USER", "DDP_AMBIGUOUS_ERRORS"):
+        if not isinstance(ddp_settings.raw(name), bool):
+            messages.append(checks.Error(f"{name} must be True or False.", id="ddp.E006"))
+    expiration = ddp_settings.raw("DDP_LOGIN_EXPIRATION")
+    seconds = expiration.total_seconds() if isinstance(expiration, dt.timedelta) else expiration
+    if expiration is not None and (
+        isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0
+    ):
+        messages.append(
+            checks.Error(
+                f"DDP_LOGIN_EXPIRATION is {expiration!r}.",
+                hint="Use a positive number of seconds (default 90 days), a timedelta, or"
+                " None for tokens that never expire (about 100 years).",
+                id="ddp.E007",
+            )
+        )
+    messages += _check_authenticators()
+    messages += _check_password_reset()
+    if ddp_settings.raw("DDP_ACCOUNTS") is True:
+        try:
+            users_collection_class()
+        except ImproperlyConfigured as exc:
+            messages.append(checks.Error(str(exc), id="ddp.E009"))
+        hashers = get_hashers()
+        if not hashers or not isinstance(hashers[0], MeteorPBKDF2PasswordHasher):
+            messages.append(
+                checks.Warning(
+                    "DDP accounts are on, but MeteorPBKDF2PasswordHasher is not the first of"
+                    " PASSWORD_HASHERS: Meteor clients send a SHA-256 digest of the password,"
+                    " which cannot be checked against the hashes Django stores then.",
+                    hint="Put 'django_app.accounts.hashers.MeteorPBKDF2PasswordHasher' first"
+                    " in PASSWORD_HASHERS; older hashes are upgraded at each user's next"
+                    " login with the plain password.",
+                    id="ddp.W003",
+                )
+            )
+    return messages
+
+
+def _check_authenticators() -> list[checks.CheckMessage]:
+    paths = ddp_settings.raw("DDP_AUTHENTICATORS")
+    if isinstance(paths, str) or not isinstance(paths, list | tuple):
+        return [checks.Error("DDP_AUTHENTICATORS must be a list of dotted paths.", id="ddp.E008")]
+    messages: list[checks.CheckMessage] = []
+    for path in paths:
+        try:
+            target = import_string(path) if isinstance(path, str) else None
+        except ImportError as exc:
+            messages.append(checks.Error(f"DDP_AUTHENTICATORS: {exc}", id="ddp.E008"))
+            continue
+        if not callable(getattr(target, "authenticate", None)):
+            messages.append(
+                checks.Error(
+                    f"DDP_AUTHENTICATORS: {path!r} is not an authenticator.",
+                    hint="Name a class with an authenticate(handshake) method.",
+                    id="ddp.E008",
+                )
+            )
+    return messages
+
+
+def _check_password_reset() -> list[checks.CheckMessage]:
+    messages: list[checks.CheckMessage] = []
+    url = ddp_settings.raw("DDP_PASSWORD_RESET_URL")
+    if url is not None and (not isinstance(url, str) or "{token}" not in url):
+        messages.append(
+            checks.Error(
+                f"DDP_PASSWORD_RESET_URL is {url!r}.",
+                hint="Use None or a URL with {token} where the reset token goes.",
+                id="ddp.E010",
+            )
+        )
+    path = ddp_settings.raw("DDP_PASSWORD_RESET_EMAIL")
+    if path is not None:
+        try:
+            target = import_string(path) if isinstance(path, str) else None
+        except ImportError:
+            target = None
+        if not callable(target):
+            messages.append(
+                checks.Error(
+                    f"DDP_PASSWORD_RESET_EMAIL: {path!r} is not an importable callable.",
+                    hint="Name f(user, token, url) -> (subject, body), or use None.",
+                    id="ddp.E010",
+                )
+            )
     return messages

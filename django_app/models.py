@@ -1,18 +1,64 @@
-"""Read-only ORM views of the change-stream tables (``managed = False``).
+"""The ``ddp`` app's models: the login tokens, and read-only views of the change stream.
 
-Job: let Python code and the admin shell inspect ``ddp_channel`` and ``ddp_changelog``,
-which the ``ddp`` migrations create with SQL (``relay.protocol.changestream`` is their
-contract) and the database triggers fill. What must not live here: writing to them (only
-the triggers' ``ddp_flush()`` and ``django_app.changes.prune`` do) or decoding changes:
-the ORM loads ``changes`` with floats, so read it with ``changestream.loads_payload`` when
-decimal scale matters.
+Job: ``LoginToken`` (``ddp_login_token``), the credentials of Meteor accounts: one row per
+resume token a DDP ``login`` handed out, and one per Django session a DDP session was
+authenticated with (its cookie). Only hashes are stored. Deleting a row revokes it: the
+token collection is on the change stream (``django_app/ddp.py``), so every relay closes
+the sessions holding it. ``ChannelPosition`` and ``ChangelogEntry`` let Python code and the
+admin shell inspect ``ddp_channel`` and ``ddp_changelog``, which the ``ddp`` migrations
+create with SQL (``relay.protocol.changestream`` is their contract) and the database
+triggers fill (``managed = False``).
+
+What must not live here: token logic (``django_app.accounts.tokens``), writing to the
+change-stream tables (only the triggers' ``ddp_flush()`` and ``django_app.changes.prune``
+do) or decoding changes: the ORM loads ``changes`` with floats, so read it with
+``changestream.loads_payload`` when decimal scale matters.
 """
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
-__all__ = ["ChangelogEntry", "ChannelPosition"]
+from relay.protocol.alea import random_id
+
+__all__ = ["ChangelogEntry", "ChannelPosition", "LoginToken"]
+
+
+class LoginToken(models.Model):
+    """``ddp_login_token``: one credential a DDP session can be logged in with.
+
+    ``hashed_token`` is the standard base64 of the SHA-256 of the secret (Meteor's
+    ``hashedToken``: 44 characters); the secret itself is never stored. ``kind`` is
+    ``"resume"`` for a token handed to a client by a login method (the client sends it back
+    as ``login({resume})`` or ``Authorization: Bearer``), ``"session"`` for the Django
+    session whose cookie authenticated a DDP session (the hash is of the session key).
+    ``created`` is Meteor's ``when``: a token renewed by ``getNewToken`` keeps it.
+    """
+
+    KIND_RESUME = "resume"
+    KIND_SESSION = "session"
+    KINDS = ((KIND_RESUME, "resume token"), (KIND_SESSION, "Django session"))
+
+    id = models.CharField(primary_key=True, max_length=17, default=random_id, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ddp_login_tokens"
+    )
+    hashed_token = models.CharField(max_length=44, unique=True, editable=False)
+    kind = models.CharField(max_length=7, choices=KINDS, default=KIND_RESUME)
+    created = models.DateTimeField()
+    expires = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "ddp_login_token"
+        verbose_name = "login token"
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.pk}"
+
+    def __repr__(self) -> str:
+        # Never the hash: repr() ends up in logs and tracebacks.
+        return f"<LoginToken {self.pk} {self.kind} user={self.user_id!r}>"
 
 
 class ChannelPosition(models.Model):

@@ -27,6 +27,7 @@ from django.db import models
 
 from django_app.collection import Collection
 from django_app.mutator import MUTATOR_OPERATIONS, Mutator
+from relay.limits.ratelimit import Rule
 
 if TYPE_CHECKING:
     from django_app.context import MethodContext, SubscriptionContext
@@ -83,6 +84,7 @@ class Registry:
         self._by_channel: dict[str, Collection] = {}
         self._publications: dict[str, RegisteredPublication] = {}
         self._methods: dict[str, RegisteredMethod] = {}
+        self._rate_limit_rules: list[Rule] = []
 
     # -- registration -------------------------------------------------------------------
 
@@ -122,6 +124,22 @@ class Registry:
             raise AlreadyRegistered(f"Method {method.name!r} is already registered.")
         self._methods[method.name] = method
 
+    def add_rate_limit_rule(self, rule: Rule) -> Rule:
+        """Apply Meteor's ``DDPRateLimiter.addRule`` ``rule`` to every method and
+        subscription (relays read the rules when a worker starts; per relay process)."""
+        if not isinstance(rule, Rule):
+            raise TypeError("add_rate_limit_rule() takes a relay.limits.Rule")
+        self._rate_limit_rules.append(rule)
+        return rule
+
+    def remove_rate_limit_rule(self, rule: Rule) -> None:
+        """Forget ``rule`` (e.g. the accounts default, Meteor's ``removeDefaultRateLimit``)."""
+        self._rate_limit_rules.remove(rule)
+
+    @property
+    def rate_limit_rules(self) -> tuple[Rule, ...]:
+        return tuple(self._rate_limit_rules)
+
     def unregister(self, model: type[models.Model]) -> None:
         """Forget the collection of ``model`` (tests)."""
         collection = self._by_model.pop(model)
@@ -137,6 +155,7 @@ class Registry:
             dict(self._by_channel),
             dict(self._publications),
             dict(self._methods),
+            list(self._rate_limit_rules),
         )
         try:
             yield self
@@ -147,6 +166,7 @@ class Registry:
                 self._by_channel,
                 self._publications,
                 self._methods,
+                self._rate_limit_rules,
             ) = saved
 
     # -- lookups ------------------------------------------------------------------------

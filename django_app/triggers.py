@@ -23,6 +23,14 @@ Generated objects, all named ``ddp_g_...`` (so stale ones are found and dropped)
   published again as a ``"u"`` change with the fresh value. The work is one indexed query
   per changed row, bounded by the data, never by subscribers.
 
+* on the user table (``AUTH_USER_MODEL``, swapped or not), the token revocation trigger:
+  ``AFTER UPDATE ... WHEN`` the password column changed or ``is_active`` (when the model
+  has a concrete one) went from true to false, it deletes every ``ddp_login_token`` row of
+  that user but the one named by the transaction-local setting ``ddp.keep_token``, unless
+  ``ddp.rehash`` is ``on`` (a hash upgrade; ``django_app.accounts.revocation``). The
+  deletes are row changes of the token collection, so they travel the change stream and
+  relays close the sessions that held those tokens.
+
 The first pending row of a transaction and channel is ``armed``: it queues the deferred
 ``ddp_flush()`` that publishes them at commit. Each function carries a digest of its SQL
 as its comment; ``sync_triggers`` leaves up-to-date objects alone (so ``migrate`` takes no
@@ -38,6 +46,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from django.apps import apps
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -55,6 +65,7 @@ __all__ = [
     "TriggerSet",
     "change_sql",
     "enqueue_sql",
+    "revocation_set",
     "sync_triggers",
     "trigger_sets",
 ]
@@ -354,6 +365,71 @@ def trigger_sets(collection: Collection, conn: BaseDatabaseWrapper) -> list[Trig
     return [_row_set(collection, conn), *_dependency_sets(collection, conn)]
 
 
+def _user_model() -> type[models.Model] | None:
+    """``AUTH_USER_MODEL``, or None when it is not installed (no auth app)."""
+    try:
+        return apps.get_model(settings.AUTH_USER_MODEL, require_ready=False)
+    except (LookupError, ValueError):
+        return None
+
+
+def revocation_set(
+    conn: BaseDatabaseWrapper, user_model: type[models.Model] | None = None
+) -> TriggerSet | None:
+    """The token revocation trigger on the user table (see the module), or None when the
+    model has neither a concrete ``password`` nor a concrete boolean ``is_active``."""
+    user_model = user_model or _user_model()
+    if user_model is None:
+        return None
+    what = "token revocation"
+    opts = user_model._meta
+    tests = []
+    fields = {f.name: f for f in opts.concrete_fields}
+    password = fields.get("password")
+    if password is not None:
+        column = _q(_own_column(user_model, password, what))
+        tests.append(f"OLD.{column} IS DISTINCT FROM NEW.{column}")
+    active = fields.get("is_active")
+    if isinstance(active, models.BooleanField):
+        column = _q(_own_column(user_model, active, what))
+        tests.append(f"(OLD.{column} IS TRUE AND NEW.{column} IS NOT TRUE)")
+    if not tests:
+        return None
+    from django_app.models import LoginToken  # a model: only once the app registry is ready
+
+    owner = LoginToken._meta.get_field("user")
+    assert isinstance(owner, models.ForeignKey)
+    token_pk = LoginToken._meta.pk
+    assert token_pk is not None
+    tokens = _q(LoginToken._meta.db_table)
+    table = _table(user_model)
+    # The key the token's foreign key points at (the primary key), in this user model.
+    target = user_model._meta.get_field(owner.remote_field.field_name or "pk")
+    assert isinstance(target, models.Field)
+    user_key = _q(_own_column(user_model, target, what))
+    function = _name("revoke", table)
+    body = f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $ddp$
+BEGIN
+    IF current_setting('ddp.rehash', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    DELETE FROM {tokens} t WHERE t.{_q(_col(owner))} = NEW.{user_key}
+        AND t.{_q(_col(token_pk))} IS DISTINCT FROM
+            nullif(current_setting('ddp.keep_token', true), '');
+    RETURN NULL;
+END
+$ddp$;"""
+    update = _trigger_names(function)[1]
+    triggers = (
+        (
+            update,
+            f"CREATE TRIGGER {update} AFTER UPDATE ON {_q(table)} FOR EACH ROW"
+            f" WHEN ({' OR '.join(tests)}) EXECUTE FUNCTION {function}()",
+        ),
+    )
+    return TriggerSet(function, table, body, triggers, f"login token revocation on {table}")
+
+
 # -- installation -------------------------------------------------------------------------
 
 _EXISTING_FUNCTIONS = (
@@ -368,6 +444,29 @@ _EXISTING_TRIGGERS = (
 )
 
 
+def _revocation_set_for(
+    using: str, conn: BaseDatabaseWrapper, tables: set[str], plan: SyncPlan
+) -> TriggerSet | None:
+    """The revocation trigger when ``using`` holds both the user and the token tables."""
+    from django_app.models import LoginToken  # a model: only once the app registry is ready
+
+    user_model = _user_model()
+    if user_model is None:
+        return None
+    for model in (user_model, LoginToken):
+        if not router.allow_migrate_model(using, model) or _table(model) not in tables:
+            plan.skipped.append(
+                f"login token revocation: {model._meta.label} is not in database {using!r}"
+            )
+            return None
+    try:
+        return revocation_set(conn, user_model)
+    except ImproperlyConfigured as exc:
+        logger.error("no login token revocation trigger: %s", exc)
+        plan.skipped.append(f"login token revocation: {exc}")
+        return None
+
+
 def sync_triggers(
     using: str = DEFAULT_DB_ALIAS,
     registry: Registry | None = None,
@@ -375,7 +474,8 @@ def sync_triggers(
     drop_stale: bool = True,
     dry_run: bool = False,
 ) -> SyncPlan:
-    """Make the database's generated triggers match the registered collections.
+    """Make the database's generated triggers match the registered collections (and the
+    user table's token revocation trigger).
 
     Idempotent: up-to-date objects are left alone; changed ones are replaced and (with
     ``drop_stale``) those of collections that no longer exist are dropped, all in one
@@ -407,6 +507,9 @@ def sync_triggers(
             continue
         for s in sets:
             desired[s.function] = s
+    revocation = _revocation_set_for(using, conn, tables, plan)
+    if revocation is not None:
+        desired[revocation.function] = revocation
     with conn.cursor() as cursor:
         cursor.execute(_EXISTING_FUNCTIONS)
         functions = dict(cursor.fetchall())

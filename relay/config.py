@@ -115,6 +115,16 @@ class Settings:
     #: RELAY_RESUME_LOG: messages kept per session for replaying what was lost in flight;
     #: a client further behind than this gets a new session (and resyncs).
     resume_log: int = field(default=500, metadata={"env": "RELAY_RESUME_LOG"})
+    #: RELAY_RESUME_LOG_BYTES: the most of that log a parked session keeps (its newest
+    #: messages): a client that missed more resyncs; 256 KiB holds far more than a socket
+    #: loses in flight, and keeps a parked row small.
+    resume_log_bytes: int = field(default=262_144, metadata={"env": "RELAY_RESUME_LOG_BYTES"})
+    #: RELAY_RESUME_BYTES_PER_ADDRESS: compressed bytes of parked sessions one client
+    #: address may hold at once (0 = no limit); past it a lost session is dropped, not
+    #: parked. 32 MiB is a few hundred typical sessions behind one NAT.
+    resume_bytes_per_address: int = field(
+        default=33_554_432, metadata={"env": "RELAY_RESUME_BYTES_PER_ADDRESS"}
+    )
     #: RELAY_FORWARDED_COUNT: proxies in front of the relay that append to X-Forwarded-For
     #: (Meteor's HTTP_FORWARDED_COUNT, read when this is unset). 0, the default, takes the
     #: socket's peer address: trusting the header without a proxy would let any client
@@ -215,6 +225,8 @@ class Settings:
             ("forwarded_count", " (0 trusts no proxy)"),
             ("max_connections_per_address", " (0 = no limit)"),
             ("login_attempts_per_address", " (0 = no limit)"),
+            ("resume_log_bytes", ""),
+            ("resume_bytes_per_address", " (0 = no limit)"),
         )
         for name, hint in not_negative:
             value = getattr(self, name)

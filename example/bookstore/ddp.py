@@ -1,8 +1,11 @@
-"""What the bookstore publishes over DDP: two collections, three publications, seven methods.
+"""What the bookstore publishes over DDP: three collections, four publications, nine methods.
 
 ``DDPConfig.ready`` imports this module (every installed app's ``ddp.py``). Meteor
-clients see the collections ``bookstore.author`` and ``bookstore.book``; the book
-mutators (``/bookstore.book/insert`` etc.) are open to any user, for the demo.
+clients see the collections ``bookstore.author``, ``bookstore.book`` and
+``bookstore.favorite``; the book mutators (``/bookstore.book/insert`` etc.) are open to
+any user, for the demo. Favorites belong to the logged-in user: only the
+``favorites.*`` methods write them (their mutators stay denied) and a user sees only
+their own, whatever publication asks.
 
 Prices are published as strings ("12.50"): stock Meteor clients throw on an EJSON
 ``Decimal`` unless the app adds the ``mongo-decimal`` package, and a float would lose
@@ -10,11 +13,16 @@ cents. A client that has mongo-decimal can get real decimals with
 ``encodings = {"price": "Decimal"}``.
 """
 
+from __future__ import annotations
+
+import dataclasses
 import time
 from decimal import Decimal, InvalidOperation
-from typing import Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from bookstore.models import Author, Book
+from django.db import IntegrityError, transaction
+
+from bookstore.models import Author, Book, Favorite
 from django_app import (
     Collection,
     Cursor,
@@ -26,6 +34,12 @@ from django_app import (
     publish,
     registry,
 )
+
+if TYPE_CHECKING:
+    from django.db import models
+
+    from relay.backend import DecodedChange
+    from relay.protocol.changestream import Change
 
 #: The longest ``books.slowRename`` may sleep, in milliseconds.
 MAX_SLOW_MS = 60_000
@@ -60,6 +74,39 @@ class BookCollection(Collection):
         return True
 
 
+@registry.register
+class FavoriteCollection(Collection):
+    model = Favorite
+    fields = ["user_id", "book_id"]
+    rename = {"user_id": "userId", "book_id": "bookId"}
+
+    # userId goes out as text, like every user id on the wire (Meteor.userId(), the
+    # ``users`` documents' ids, a login's ``id``), so ``Favorites.find({userId:
+    # Meteor.userId()})`` matches on the client. Initial documents (serialize) and live
+    # changes (decode_change) both convert it; routing keeps the integer key.
+    def serialize(self, instance: models.Model) -> tuple[str | int, dict[str, Any]]:
+        raw_id, fields = super().serialize(instance)
+        return raw_id, _user_id_as_text(fields)
+
+    def decode_change(self, change: Change) -> DecodedChange:
+        decoded = super().decode_change(change)
+        return dataclasses.replace(decoded, fields=_user_id_as_text(decoded.fields))
+
+    def visible(self, user: Any) -> dict[str, Any]:
+        # Defence in depth: whatever publication names this collection, a user sees only
+        # their own favorites. Logged out matches nothing (the column is NOT NULL); both
+        # rules are plain lookups on a published column, so relays route them in memory.
+        if user.is_authenticated:
+            return {"user_id": user.pk}
+        return {"user_id__isnull": True}
+
+
+def _user_id_as_text(fields: dict[str, Any]) -> dict[str, Any]:
+    if fields.get("userId") is not None:
+        return {**fields, "userId": str(fields["userId"])}
+    return fields
+
+
 Publication("books.all", cursors=[Cursor(Author), Cursor(Book)])
 Publication("authors.all", cursors=[Cursor(Author)])
 
@@ -67,6 +114,15 @@ Publication("authors.all", cursors=[Cursor(Author)])
 @publish("books.byAuthorEmail")
 def books_by_author_email(ctx: SubscriptionContext, email: str) -> list[Cursor]:
     return [Cursor(Author, email=email), Cursor(Book, author__email=email)]
+
+
+@publish("favorites.mine")
+def my_favorites(ctx: SubscriptionContext) -> list[Cursor]:
+    """The logged-in user's favorites; nothing when logged out. The relay runs it again
+    when the session logs in or out, and sends the difference."""
+    if ctx.user_id is None or not ctx.user.is_authenticated:
+        return []
+    return [Cursor(Favorite, user_id=ctx.user.pk)]
 
 
 class NewBook(TypedDict):
@@ -130,6 +186,14 @@ def _book(book_id: str) -> Book:
     return book
 
 
+def _logged_in(ctx: MethodContext) -> Any:
+    """The caller's user, or Meteor's ``not-authorized`` when nobody is logged in (or the
+    user was deactivated since: the backend then hands an anonymous user)."""
+    if ctx.user_id is None or not ctx.user.is_authenticated:
+        raise DDPError("not-authorized")
+    return ctx.user
+
+
 def _author(author_id: str) -> Author:
     author = Author.objects.filter(pk=author_id).first()
     if author is None:
@@ -155,8 +219,42 @@ def _price(raw: str | int | float) -> Decimal:
     return price.quantize(Decimal("0.01"))
 
 
+@method("favorites.add")
+def add_favorite(ctx: MethodContext, book_id: str) -> str:
+    """Mark ``book_id`` for the caller; returns the favorite's id (the existing one when
+    the book is already a favorite, else the id the client's stub drew)."""
+    user = _logged_in(ctx)
+    book = _book(book_id)
+    existing = Favorite.objects.filter(user=user, book=book).first()
+    if existing is not None:
+        return str(existing.id)
+    # Constructed only now, so the id is drawn only when a row is inserted, as the stub
+    # draws one per insert (MeteorIdField takes it from this invocation's seeded stream).
+    favorite = Favorite(user=user, book=book)
+    try:
+        # A savepoint: a concurrent add of the same pair fails the unique constraint
+        # without breaking the method's transaction, and the winner's id is returned.
+        with transaction.atomic():
+            favorite.save(force_insert=True)
+    except IntegrityError:
+        winner = Favorite.objects.filter(user=user, book=book).first()
+        if winner is None:  # not a duplicate after all (the book vanished): re-raise
+            raise
+        return str(winner.id)
+    return str(favorite.id)
+
+
+@method("favorites.remove")
+def remove_favorite(ctx: MethodContext, book_id: str) -> None:
+    """Unmark ``book_id`` for the caller; removing what is not a favorite does nothing,
+    so a client may call it twice (or after the book was deleted)."""
+    user = _logged_in(ctx)
+    Favorite.objects.filter(user=user, book_id=book_id).delete()
+
+
 @method("users.whoami")
 def whoami(ctx: MethodContext) -> dict[str, Any]:
-    """Who this session acts for: the Django user of the session cookie on the upgrade."""
+    """Who this session acts for: the user logged in by ``login`` (or by the session
+    cookie or token on the upgrade); both None when logged out."""
     username = ctx.user.get_username() if ctx.user.is_authenticated else None
     return {"userId": ctx.user_id, "username": username}

@@ -5,7 +5,9 @@ Local tool (not used in production). Starts a throwaway PostgreSQL under
 and seeds the example project, then serves it with gunicorn gevent workers on
 ``127.0.0.1:${PORT:-8000}`` (Django admin over HTTP, DDP on ``/websocket`` and ``/sockjs``).
 It drives Django only through ``manage.py`` subprocesses, so ``relay`` still never imports
-Django.
+Django. Unless the caller sets ``DJANGO_SECRET_KEY`` or ``DJANGO_SECRET_KEY_FILE``, the
+example's ``SECRET_KEY`` is ``.state/secret_key``, generated on the first run and kept
+(mode 0600), so logins and sessions outlive a restart.
 
 Stopping: SIGTERM (``kill``, a supervisor, GNU make forwarding its own), SIGINT (Ctrl-C)
 or SIGHUP, once or many times, at any point of the start-up or while serving, stops
@@ -37,9 +39,14 @@ from relay.dev.processes import (
     stop_requested,
 )
 
+#: The example's kept SECRET_KEY, under the state directory.
+SECRET_KEY_FILE = "secret_key"
+
 
 def _env(database_url: str, state: Path) -> dict[str, str]:
-    env = example_env(database_url, keep_caller_settings=True)
+    env = example_env(
+        database_url, keep_caller_settings=True, secret_key_file=state / SECRET_KEY_FILE
+    )
     env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(state / "metrics"))
     # Without ZooKeeper, the workers of this node share session ownership through one
     # SQLite file, so a reconnect that lands on another worker resumes too.
@@ -86,9 +93,11 @@ class _DevServer:
         _manage(env, "collectstatic", "--noinput", "-v", "0")
         _manage(env, "seed_demo")
         password = env.get("DEMO_ADMIN_PASSWORD", "ddp-relay-demo")
+        reader = env.get("DEMO_READER_PASSWORD", "bookworm-2026")
         print(
             f"\nddp-relay demo\n"
             f"  Django admin   http://127.0.0.1:{port}/admin/   (user admin, password {password})\n"
+            f"  DDP login      user reader, password {reader} (Meteor.loginWithPassword)\n"
             f"  DDP WebSocket  ws://127.0.0.1:{port}/websocket\n"
             f"  DDP SockJS     http://127.0.0.1:{port}/sockjs\n"
             f"  Metrics        http://127.0.0.1:{port}/metrics\n"

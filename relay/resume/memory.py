@@ -2,7 +2,7 @@
 
 Job: the resumer's unit tests (and any run that wants resuming without a database). It
 passes the same contract suite as the PostgreSQL store
-(``tests/relay/resume/test_store_contract.py``): states go through the same JSON text
+(``tests/relay/resume/test_store_contract.py``): states go through the same packed form
 (``relay.resume.parked``), so what loads is exactly what the database would give back;
 expiry is strict the same way (loadable while ``expires_at > now``, deleted by
 ``delete_expired`` once ``expires_at < now``). ``simulate_unavailable`` makes every call
@@ -32,8 +32,8 @@ class MemoryParkStore:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        #: session id -> (JSON text, expires_at by ``clock``)
-        self._rows: dict[str, tuple[str, float]] = {}
+        #: session id -> (packed state, expires_at by ``clock``, owner)
+        self._rows: dict[str, tuple[bytes, float, str]] = {}
         self._unavailable = False
 
     def simulate_unavailable(self, unavailable: bool = True) -> None:
@@ -49,13 +49,25 @@ class MemoryParkStore:
         if self._unavailable:
             raise ParkStoreError("park store unavailable (simulated)")
 
-    def save(self, state: ParkedSession, window: float) -> None:
+    def save(
+        self, state: ParkedSession, window: float, *, owner: str = "", owner_limit: int = 0
+    ) -> bool:
         self._check()
         # Encoded before taking the lock, and failing the same way the database store
         # does for a state that cannot be written.
-        text = parked.dumps(state)
+        data = parked.pack(state)
         with self._lock:
-            self._rows[state.session_id] = (text, self._clock() + window)
+            now = self._clock()
+            if owner_limit:
+                held = sum(
+                    len(d)
+                    for sid, (d, expires_at, o) in self._rows.items()
+                    if o == owner and expires_at > now and sid != state.session_id
+                )
+                if held + len(data) > owner_limit:
+                    return False
+            self._rows[state.session_id] = (data, now + window, owner)
+        return True
 
     def load(self, session_id: str) -> ParkedSession | None:
         self._check()
@@ -64,7 +76,7 @@ class MemoryParkStore:
             now = self._clock()
         if row is None or not row[1] > now:
             return None
-        return parked.loads(row[0])
+        return parked.unpack(row[0])
 
     def delete(self, session_id: str) -> None:
         self._check()
@@ -75,7 +87,9 @@ class MemoryParkStore:
         self._check()
         with self._lock:
             now = self._clock()
-            for session_id in [s for s, (_, expires_at) in self._rows.items() if expires_at < now]:
+            for session_id in [
+                s for s, (_, expires_at, _o) in self._rows.items() if expires_at < now
+            ]:
                 del self._rows[session_id]
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ resume is allowed (``relay.resume.resumer`` does).
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,27 @@ def dumps(state: ParkedSession) -> str:
         ensure_ascii=False,
         allow_nan=False,
     )
+
+
+#: The most a stored state may inflate to; larger is not a state this code wrote.
+MAX_UNPACKED = 256 * 1024 * 1024
+
+
+def pack(state: ParkedSession) -> bytes:
+    """The stored form of ``state``: its JSON text, compressed."""
+    return zlib.compress(dumps(state).encode(), 6)
+
+
+def unpack(data: bytes) -> ParkedSession | None:
+    """The parked session in ``data`` (from ``pack``), or None if it is not one."""
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(data, MAX_UNPACKED)
+        if inflater.unconsumed_tail or not inflater.eof:
+            return None
+        return loads(raw.decode())
+    except (zlib.error, UnicodeDecodeError):
+        return None
 
 
 def loads(text: str) -> ParkedSession | None:

@@ -72,6 +72,7 @@ Outcome = Literal[
     "parked",  # a session whose socket went away can be resumed
     "park_fenced",  # ...could not be parked: someone claimed it meanwhile
     "park_failed",  # ...could not be parked: store or coordinator failed
+    "park_refused",  # ...not parked: its address parked too many bytes already
     "unregistered",  # a session the coordinator could not record: never resumable
     "unknown",  # resume refused: no such session (never was, dropped, or reaped)
     "owner_gone",  # ...its owner died before parking it
@@ -193,10 +194,19 @@ class Resumer:
             )
             return None
 
-    def park(self, state: ParkedSession, epoch: int) -> bool:
+    def park(self, state: ParkedSession, epoch: int, owner: str = "") -> bool:
+        """Park ``state`` for the resume window; False when it could not be (counted).
+        ``owner`` is the client's address: its parked bytes are capped
+        (``RELAY_RESUME_BYTES_PER_ADDRESS``); past the cap the session is dropped."""
         window = self.settings.resume_window
         try:
-            self.store.save(state, window)
+            kept = self.store.save(
+                state, window, owner=owner, owner_limit=self.settings.resume_bytes_per_address
+            )
+            if not kept:
+                self._count("park_refused")
+                self.dropped(state.session_id, epoch)
+                return False
             self._call(
                 self.coordinator.park_session,
                 state.session_id,

@@ -7,8 +7,11 @@ this one and the in-memory twin ``relay.resume.memory.MemoryParkStore``. What th
 promises:
 
 - ``save`` writes a session's state (replacing any earlier one) resumable for ``window``
-  seconds; ``load`` gives it back, or None when there is none, its window passed, or it is
-  not a state this code can resume (another format version); ``delete`` and
+  seconds, in its compact form (``relay.resume.parked.pack``), unless the states its
+  ``owner`` (the client's address) has parked would then exceed ``owner_limit`` bytes:
+  then nothing is written and it returns False; ``load`` gives it back, or None when
+  there is none, its window passed, or it is not a state this code can resume (another
+  format version); ``delete`` and
   ``delete_expired`` forget, and neither minds an id that is not there.
 - Any failure of the storage (database unreachable, connection lost twice in a row, an
   SQL error) is raised as ``ParkStoreError``, never as a driver type. It may or may not
@@ -39,10 +42,15 @@ __all__ = ["ParkStore", "ParkStoreError", "ParkedStore", "PostgresParkStore"]
 
 TABLE = "ddp_parked_session"
 UPSERT = (
-    "INSERT INTO ddp_parked_session (session_id, state, parked_at, expires_at)"
-    " VALUES (%s, %s, now(), now() + make_interval(secs => %s))"
-    " ON CONFLICT (session_id) DO UPDATE SET state = EXCLUDED.state,"
-    " parked_at = EXCLUDED.parked_at, expires_at = EXCLUDED.expires_at"
+    "INSERT INTO ddp_parked_session (session_id, state, owner, size, parked_at, expires_at)"
+    " SELECT %(id)s, %(state)s, %(owner)s, %(size)s, now(),"
+    " now() + make_interval(secs => %(window)s)"
+    # The owner's other live rows plus this one must fit its limit (0: no limit).
+    " WHERE %(limit)s = 0 OR %(size)s + (SELECT coalesce(sum(size), 0)"
+    " FROM ddp_parked_session WHERE owner = %(owner)s AND expires_at > now()"
+    " AND session_id <> %(id)s) <= %(limit)s"
+    " ON CONFLICT (session_id) DO UPDATE SET state = EXCLUDED.state, owner = EXCLUDED.owner,"
+    " size = EXCLUDED.size, parked_at = EXCLUDED.parked_at, expires_at = EXCLUDED.expires_at"
 )
 SELECT = "SELECT state FROM ddp_parked_session WHERE session_id = %s AND expires_at > now()"
 DELETE = "DELETE FROM ddp_parked_session WHERE session_id = %s"
@@ -56,8 +64,12 @@ class ParkStoreError(Exception):
 class ParkedStore(Protocol):
     """Durable storage of parked session states, keyed by session id."""
 
-    def save(self, state: ParkedSession, window: float) -> None:
-        """Keep ``state`` (replacing any earlier one) until ``window`` seconds from now."""
+    def save(
+        self, state: ParkedSession, window: float, *, owner: str = "", owner_limit: int = 0
+    ) -> bool:
+        """Keep ``state`` (replacing any earlier one) until ``window`` seconds from now;
+        False (nothing kept) when ``owner``'s live states would pass ``owner_limit``
+        bytes (0: no limit)."""
         ...
 
     def load(self, session_id: str) -> ParkedSession | None:
@@ -85,7 +97,9 @@ class PostgresParkStore:
         self._conn: Any = None
         self._lock = gevent.lock.BoundedSemaphore(1)
 
-    def _execute(self, statement: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    def _execute(
+        self, statement: str, params: tuple[Any, ...] | dict[str, Any]
+    ) -> tuple[list[tuple[Any, ...]], int]:
         with self._lock:
             for attempt in (1, 2):
                 try:
@@ -98,7 +112,8 @@ class PostgresParkStore:
                         )
                     with self._conn.cursor() as cur:
                         cur.execute(statement, params)
-                        return list(cur.fetchall()) if cur.description else []
+                        rows = list(cur.fetchall()) if cur.description else []
+                        return rows, cur.rowcount
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     # The connection may just be stale (the database restarted since the
                     # last park): one more try on a new one. Every statement here is
@@ -111,12 +126,24 @@ class PostgresParkStore:
                     raise ParkStoreError(f"park store failed: {exc}") from exc
             raise AssertionError("unreachable")
 
-    def save(self, state: ParkedSession, window: float) -> None:
-        self._execute(UPSERT, (state.session_id, parked.dumps(state), window))
+    def save(
+        self, state: ParkedSession, window: float, *, owner: str = "", owner_limit: int = 0
+    ) -> bool:
+        data = parked.pack(state)
+        params = {
+            "id": state.session_id,
+            "state": psycopg2.Binary(data),
+            "owner": owner,
+            "size": len(data),
+            "window": window,
+            "limit": owner_limit,
+        }
+        _, written = self._execute(UPSERT, params)
+        return written > 0
 
     def load(self, session_id: str) -> ParkedSession | None:
-        rows = self._execute(SELECT, (session_id,))
-        return parked.loads(rows[0][0]) if rows else None
+        rows, _ = self._execute(SELECT, (session_id,))
+        return parked.unpack(bytes(rows[0][0])) if rows else None
 
     def delete(self, session_id: str) -> None:
         self._execute(DELETE, (session_id,))

@@ -124,6 +124,9 @@ class Session:
         self._watch_att: Attachment | None = None
         #: Results of a pipelined ``login`` already run to judge a resume, by method id.
         self._preanswered: dict[str, str] = {}
+        #: A method is running: a revocation seen meanwhile waits for its outcome.
+        self._in_method = False
+        self._revocation_pending = False
         self.mergebox = MergeBox()
         self.subs: dict[str, Subscription] = {}
         self.sent_count = 0
@@ -134,6 +137,9 @@ class Session:
         self.results: OrderedDict[str, str] = OrderedDict()
         #: The coordinator's epoch for this session; None: it cannot be parked/resumed.
         self.epoch: int | None = None
+        #: False once the client showed it cannot resume (it reconnected naming a session
+        #: without ``receivedCount``: a client older than Meteor 3.5): never parked.
+        self.resumable = True
         self._deliberate = False
         self._close: disconnect.Disconnect | None = None
         self.opened_at = time.monotonic()
@@ -296,6 +302,7 @@ class Session:
                 self._restore(resumed, msg.received_count)
                 return
         self._preanswered.clear()
+        self.resumable = msg.session is None or msg.received_count is not None
         # A fresh id unless resumed exactly: clients before Meteor 3.5 wipe their cache
         # when they get their old id back (invariant I7), and send no receivedCount.
         self.id = random_id()
@@ -385,7 +392,13 @@ class Session:
 
     def _revoked(self) -> None:
         """The credential's row is gone: close now, as Meteor does; never park (the
-        client reconnects, its login fails, and it goes on logged out)."""
+        client reconnects, its login fails, and it goes on logged out). While a method of
+        this session runs, wait for its outcome: ``logout`` deletes the session's own
+        token, and its commit can reach the listener before the method returns the new
+        identity (then the old credential no longer speaks for the session)."""
+        if self._in_method:
+            self._revocation_pending = True
+            return
         self.ctx.metrics.revocations.inc()
         self.close(disconnect.REVOKED)
 
@@ -665,6 +678,7 @@ class Session:
             return
         started = time.monotonic()
         outcome: MethodOutcome | None = None
+        self._in_method = True
         try:
             outcome = self.ctx.run(
                 backend.call,
@@ -691,6 +705,7 @@ class Session:
         if outcome is not None and outcome.identity is not None:
             # Logged in or out: the subscriptions' difference goes before ``result``, as
             # Meteor's setUserId sends it (its client expects the user's document first).
+            self._revocation_pending = False  # of the credential the method replaced
             self._set_identity(outcome.identity)
         self.results[msg.id] = reply
         while len(self.results) > MAX_RESULTS:
@@ -699,6 +714,11 @@ class Session:
         if outcome is not None:
             self._write_fence(msg, outcome)
         self.send([messages.updated([msg.id])])
+        self._in_method = False
+        if self._revocation_pending:
+            # The method did not replace the revoked credential: the revocation stands.
+            self._revocation_pending = False
+            self._revoked()
 
     def _write_fence(self, msg: Method, outcome: MethodOutcome) -> None:
         """Hold ``updated`` until the method's writes were routed to this session (I5)."""
@@ -816,24 +836,43 @@ class Session:
             return
         if self.ctx.settings.resume_window <= 0:
             return
+        if not self.resumable or not (self.subs or self.results):
+            # Nothing a resume would save over a fresh session (or a client that cannot
+            # resume at all): forget it rather than fill the park store.
+            resumer.dropped(self.id, self.epoch)
+            return
         if self.epoch is None:
             # Connected while the coordinator was unavailable: register it now, late.
             self.epoch = resumer.created(self.id)
             if self.epoch is None:
                 return
+        log = _newest(self.log, self.ctx.settings.resume_log_bytes)
         state = ParkedSession(
             session_id=self.id,
             user_id=self.identity.user_id,
             version=self.conn.version or "1",
             sent_count=self.sent_count,
-            log_start=self.sent_count - len(self.log) + 1,
-            log=list(self.log),
+            log_start=self.sent_count - len(log) + 1,
+            log=log,
             subs=[ParkedSubscription(s.id, s.name, s.params, s.ready) for s in self.subs.values()],
             mergebox=self.mergebox.to_state(),
             results=dict(self.results),
             credential=self.identity.credential,
         )
-        resumer.park(state, self.epoch)
+        resumer.park(state, self.epoch, self.handshake.remote_addr)
+
+
+def _newest(log: deque[str], max_bytes: int) -> list[str]:
+    """The newest messages of ``log`` whose texts fit in ``max_bytes`` together."""
+    kept: list[str] = []
+    total = 0
+    for text in reversed(log):
+        total += len(text)
+        if total > max_bytes:
+            break
+        kept.append(text)
+    kept.reverse()
+    return kept
 
 
 def _metric_reason(reason: str) -> str:

@@ -14,8 +14,12 @@ from relay.backend import ANONYMOUS, CallContext, Handshake, Identity
 
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: Any) -> None:
-    """seed_demo and logins hash passwords: MD5 keeps that out of the test time."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    """seed_demo and logins hash passwords: the Meteor hasher with one PBKDF2 iteration
+    (``tests/django_app/accounts/helpers.py``) keeps that out of the test time while
+    hashing as a project does; MD5 stays as an older hasher to upgrade from."""
+    from tests.django_app.accounts.helpers import TEST_HASHERS
+
+    settings.PASSWORD_HASHERS = TEST_HASHERS
 
 
 @pytest.fixture

@@ -1,4 +1,9 @@
-"""The example project: settings parsing, admin + static serving, and seed_demo."""
+"""The example project: settings parsing, admin + static serving, and seed_demo.
+
+Elsewhere: the favorites (``test_example_favorites.py``), the secret key
+(``test_example_secret_key.py``), the other settings (``test_example_settings.py``), the
+login throttle (``test_example_throttle.py``) and the throttled admin login
+(``test_example_admin_site.py``)."""
 
 from __future__ import annotations
 
@@ -6,11 +11,15 @@ import io
 from typing import Any
 
 import pytest
-from bookstore.models import Author, Book
+from bookstore.models import Author, Book, Favorite
+from django.contrib.auth import authenticate
+from django.contrib.auth.hashers import get_hasher, identify_hasher
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
 from example.settings import database_from_url
+
+from example import settings as example_settings
 
 
 def test_database_url_parsing() -> None:
@@ -51,7 +60,7 @@ def test_admin_and_static_files_without_debug(settings: Any) -> None:
 
 @pytest.mark.django_db
 def test_seed_demo_is_idempotent(seeded: str) -> None:
-    assert "created superuser admin" in seeded
+    assert "created superuser admin" in seeded and "created user reader" in seeded
     assert seeded.count("created author") == 3 and seeded.count("created book") == 10
     Book.objects.filter(pk="lathe").update(title="Changed")
     Author.objects.filter(pk="jemisin").delete()  # cascades to her three books
@@ -60,17 +69,78 @@ def test_seed_demo_is_idempotent(seeded: str) -> None:
     assert "restored book lathe" in out.getvalue()
     assert "created author jemisin" in out.getvalue()
     assert "unchanged superuser admin" in out.getvalue()
+    assert "unchanged user reader" in out.getvalue()
     assert (Author.objects.count(), Book.objects.count()) == (3, 10)
     assert Book.objects.get(pk="lathe").title == "The Lathe of Heaven"
     admin = User.objects.get(username="admin")
     assert admin.is_superuser and admin.check_password("ddp-relay-demo")
+    assert admin.email == "admin@example.com"
+    reader = User.objects.get(username="reader")
+    assert (reader.email, reader.is_staff, reader.is_superuser, reader.is_active) == (
+        "reader@example.com",
+        False,
+        False,
+        True,
+    )
+    assert User.objects.count() == 2
 
 
 @pytest.mark.django_db
-def test_admin_password_from_env(monkeypatch: Any) -> None:
-    monkeypatch.setenv("DEMO_ADMIN_PASSWORD", "from-env")
+def test_seeded_users_authenticate(seeded: str) -> None:
+    reader = authenticate(username="reader", password="bookworm-2026")
+    assert reader is not None and reader.get_username() == "reader"
+    admin = authenticate(username="admin", password="ddp-relay-demo")
+    assert admin is not None and admin.is_superuser
+    assert authenticate(username="reader", password="ddp-relay-demo") is None
+
+
+@pytest.mark.django_db
+def test_seed_leaves_existing_users_passwords_alone(seeded: str) -> None:
+    for name in ("admin", "reader"):
+        user = User.objects.get(username=name)
+        user.set_password(f"changed-{name}")
+        user.save()
     call_command("seed_demo", stdout=io.StringIO())
+    assert authenticate(username="reader", password="changed-reader") is not None
+    assert authenticate(username="admin", password="changed-admin") is not None
+    assert authenticate(username="reader", password="bookworm-2026") is None
+
+
+@pytest.mark.django_db
+def test_seed_moves_an_old_admin_to_the_new_email(seeded: str) -> None:
+    User.objects.filter(username="admin").update(email="admin@example.org")
+    out = io.StringIO()
+    call_command("seed_demo", stdout=out)
+    assert "updated superuser admin's email to admin@example.com" in out.getvalue()
+    assert User.objects.get(username="admin").email == "admin@example.com"
+    # An email the operator chose is theirs: left alone.
+    User.objects.filter(username="admin").update(email="ops@example.net")
+    call_command("seed_demo", stdout=io.StringIO())
+    assert User.objects.get(username="admin").email == "ops@example.net"
+
+
+@pytest.mark.django_db
+def test_seed_with_the_examples_own_password_hashers(settings: Any) -> None:
+    """The suite hashes cheaply for speed (conftest); the example's own first hasher is
+    the accounts one, with its real cost, and the seeded users must log in through it."""
+    settings.PASSWORD_HASHERS = example_settings.PASSWORD_HASHERS
+    assert settings.PASSWORD_HASHERS[0] == "django_app.accounts.hashers.MeteorPBKDF2PasswordHasher"
+    call_command("seed_demo", stdout=io.StringIO())
+    reader = authenticate(username="reader", password="bookworm-2026")
+    assert reader is not None
+    assert identify_hasher(reader.password).algorithm == get_hasher("default").algorithm
+
+
+@pytest.mark.django_db
+def test_passwords_from_env(monkeypatch: Any) -> None:
+    monkeypatch.setenv("DEMO_ADMIN_PASSWORD", "from-env")
+    monkeypatch.setenv("DEMO_READER_PASSWORD", "reader-from-env")
+    out = io.StringIO()
+    call_command("seed_demo", stdout=out)
+    assert "created superuser admin (password from DEMO_ADMIN_PASSWORD)" in out.getvalue()
+    assert "created user reader (password from DEMO_READER_PASSWORD)" in out.getvalue()
     assert User.objects.get(username="admin").check_password("from-env")
+    assert User.objects.get(username="reader").check_password("reader-from-env")
 
 
 @pytest.mark.django_db
@@ -83,8 +153,17 @@ def test_admin_pages_render_for_the_superuser(seeded: str) -> None:
         "/admin/bookstore/book/lathe/change/",
         "/admin/bookstore/author/leguin/change/",
         "/admin/bookstore/book/add/",
+        "/admin/bookstore/favorite/",
+        "/admin/bookstore/favorite/add/",
     ):
         assert client.get(url).status_code == 200, url
+    reader = User.objects.get(username="reader")
+    favorite = Favorite.objects.create(user=reader, book=Book.objects.get(pk="lathe"))
+    page = client.get(f"/admin/bookstore/favorite/{favorite.pk}/change/")
+    assert page.status_code == 200
+    assert b"The Lathe of Heaven" in page.content
+    listing = client.get("/admin/bookstore/favorite/", {"q": "reader"})
+    assert favorite.pk.encode() in listing.content
 
 
 @pytest.mark.django_db

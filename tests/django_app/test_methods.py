@@ -225,3 +225,16 @@ def test_method_context(transactional: DjangoBackend, make_ctx: Any) -> None:
         "method": "whoami",
         "remote": "127.0.0.1",
     }
+
+
+def test_the_client_address_is_the_handshakes(backend: Any) -> None:
+    from django_app.context import SubscriptionContext
+    from relay.backend import Handshake
+
+    def ctx(addr: str) -> SubscriptionContext:
+        hs = Handshake(headers={}, cookies={}, remote_addr=addr, path="/websocket")
+        return SubscriptionContext(user=None, user_id=None, session_id="s", handshake=hs)
+
+    assert ctx("203.0.113.7").client_address == "203.0.113.7"
+    assert ctx("").client_address is None  # behind proxies that forwarded too little
+    assert SubscriptionContext(user=None, user_id=None, session_id="s").client_address is None

@@ -17,7 +17,19 @@ from tests.fixtures.postgres import services_required
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 #: What ``npm ci`` in tests/e2e/node installs (``make deps``) and the node clients need.
-NPM_PACKAGES = ("ddp", "simpleddp", "ddp.js", "meteor-client-side", "jsdom", "ws", "isomorphic-ws")
+NPM_PACKAGES = (
+    "ddp",
+    "simpleddp",
+    "ddp.js",
+    "meteor-client-side",
+    "jsdom",
+    "ws",
+    "isomorphic-ws",
+    # The npm login libraries of tests/e2e/test_accounts_clients.py.
+    "ddp-login",
+    "asteroid",
+    "simpleddp-plugin-login",
+)
 
 
 def _missing_node() -> str:

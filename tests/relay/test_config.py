@@ -34,6 +34,8 @@ VALUES: dict[str, tuple[str, object]] = {
     "RELAY_WRITE_FENCE_TIMEOUT": ("0.5", 0.5),
     "RELAY_RESUME_WINDOW": ("0", 0.0),
     "RELAY_RESUME_LOG": ("50", 50),
+    "RELAY_RESUME_LOG_BYTES": ("4096", 4096),
+    "RELAY_RESUME_BYTES_PER_ADDRESS": ("0", 0),
     "RELAY_FORWARDED_COUNT": ("2", 2),
     "RELAY_ADDRESS_IPV6_PREFIX": ("128", 128),
     "RELAY_MAX_CONNECTIONS_PER_ADDRESS": ("0", 0),
@@ -169,6 +171,8 @@ def test_settings_that_must_be_positive(name: str, raw: str) -> None:
         "forwarded_count",
         "max_connections_per_address",
         "login_attempts_per_address",
+        "resume_log_bytes",
+        "resume_bytes_per_address",
     ],
 )
 def test_settings_that_may_be_zero_but_not_negative(name: str) -> None:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
+from relay.resume import parked
 from relay.resume.memory import MemoryParkStore
 from relay.resume.parked import ParkedSession
 from relay.resume.store import ParkedStore, ParkStoreError, PostgresParkStore
@@ -43,8 +44,8 @@ class Backend:
     store: ParkedStore
     #: Ids with a stored row, expired or not (what the storage holds).
     stored_ids: Callable[[], set[str]]
-    #: Store raw text as a session's state, resumable for WINDOW (a row written by a
-    #: relay of another version, or damaged).
+    #: Store raw text (uncompressed) as a session's state, resumable for WINDOW (a row
+    #: written by a relay of another version, or damaged).
     write_text: Callable[[str, str], None]
     #: While entered, the storage cannot be reached; afterwards it is back, data intact.
     outage: Callable[[], AbstractContextManager[None]]
@@ -67,7 +68,7 @@ def backend(request: pytest.FixtureRequest, prefix: str) -> Iterator[Backend]:
 
         def write_memory(session_id: str, text: str) -> None:
             # The twin has no raw write; this is the one place a test reaches inside it.
-            store._rows[session_id] = (text, time.time() + WINDOW)
+            store._rows[session_id] = (text.encode(), time.time() + WINDOW, "")
 
         @contextlib.contextmanager
         def memory_outage() -> Iterator[None]:
@@ -106,7 +107,7 @@ def backend(request: pytest.FixtureRequest, prefix: str) -> Iterator[Backend]:
             cur.execute(
                 "INSERT INTO ddp_parked_session (session_id, state, expires_at)"
                 " VALUES (%s, %s, now() + make_interval(secs => %s))",
-                (session_id, text, WINDOW),
+                (session_id, psycopg2.Binary(text.encode()), WINDOW),
             )
 
     @contextlib.contextmanager
@@ -265,4 +266,40 @@ def test_loaded_states_are_independent_copies(backend: Backend, prefix: str) -> 
     assert isinstance(first, ParkedSession)
     first.log.append("changed")
     first.mergebox.clear()
+    assert backend.store.load(state.session_id) == state
+
+
+# -- the cap per owner (client address) ----------------------------------------------------
+
+
+def _size(state: ParkedSession) -> int:
+    return len(parked.pack(state))
+
+
+def test_an_owner_may_park_only_up_to_its_limit(backend: Backend, prefix: str) -> None:
+    a, b, c = (make_state(f"{prefix}{n}") for n in "abc")
+    limit = _size(a) + _size(b)
+    assert backend.store.save(a, WINDOW, owner=f"{prefix}-nat", owner_limit=limit)
+    assert backend.store.save(b, WINDOW, owner=f"{prefix}-nat", owner_limit=limit)
+    assert not backend.store.save(c, WINDOW, owner=f"{prefix}-nat", owner_limit=limit)
+    assert backend.stored_ids() == {a.session_id, b.session_id}
+    # Another address is not affected; re-parking a session replaces its own bytes.
+    assert backend.store.save(c, WINDOW, owner=f"{prefix}-other", owner_limit=limit)
+    assert backend.store.save(a, WINDOW, owner=f"{prefix}-nat", owner_limit=limit)
+    backend.store.delete(b.session_id)
+    assert backend.store.save(c, WINDOW, owner=f"{prefix}-nat", owner_limit=limit)
+
+
+def test_expired_states_do_not_count_against_the_owner(backend: Backend, prefix: str) -> None:
+    a, b = make_state(f"{prefix}a"), make_state(f"{prefix}b")
+    limit = max(_size(a), _size(b))
+    assert backend.store.save(a, SHORT_WINDOW, owner=f"{prefix}-x", owner_limit=limit)
+    time.sleep(PAST_IT)
+    assert backend.store.save(b, WINDOW, owner=f"{prefix}-x", owner_limit=limit)
+
+
+def test_states_are_stored_compressed(backend: Backend, prefix: str) -> None:
+    state = make_state(f"{prefix}a", sent=500, log=500)
+    assert _size(state) * 2 < len(parked.dumps(state).encode())
+    backend.store.save(state, WINDOW)
     assert backend.store.load(state.session_id) == state

@@ -205,7 +205,7 @@ class FakeResumer:
         self.accepted.append(accept(self.resumed.state))
         return self.resumed if self.accepted[-1] else None
 
-    def park(self, state: ParkedSession, epoch: int) -> bool:
+    def park(self, state: ParkedSession, epoch: int, owner: str = "") -> bool:
         self.parked.append((state, epoch))
         return True
 

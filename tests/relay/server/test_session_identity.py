@@ -224,6 +224,8 @@ def test_a_session_without_a_credential_resumes_only_for_the_same_handshake_user
     ctx = FakeContext(Settings(), resumer=resumer)  # the handshake says user 42
     first = Peer(ctx)
     session_id = first.connect()["session"]
+    first.send({"msg": "sub", "id": "s", "name": "all"})
+    first.expect("ready")
     first.transport.disconnect()
     first.greenlet.join(timeout=1)
     ((state, epoch),) = resumer.parked
@@ -233,3 +235,72 @@ def test_a_session_without_a_credential_resumes_only_for_the_same_handshake_user
     ctx.backend.identity = Identity(user="u", user_id="42")
     assert _reconnect(ctx, session_id).messages()[0]["session"] == session_id
     assert resumer.accepted == [False, True]
+
+
+@pytest.mark.parametrize(
+    "connect",
+    [{}, {"session": "old-session-id"}],
+    ids=["nothing-to-resume", "client-cannot-resume"],
+)
+def test_sessions_a_resume_cannot_help_are_dropped_not_parked(
+    connect: dict[str, object],
+) -> None:
+    resumer = FakeResumer()
+    ctx = FakeContext(Settings(), resumer=resumer)
+    peer = Peer(ctx)
+    peer.connect(**connect)
+    if connect:  # a pre-3.5 client (no receivedCount) with a subscription
+        peer.send({"msg": "sub", "id": "s", "name": "all"})
+        peer.expect("ready")
+    peer.transport.disconnect()
+    peer.greenlet.join(timeout=1)
+    assert resumer.parked == [] and len(resumer.dropped_ids) == 1
+
+
+def test_a_parked_log_keeps_only_its_newest_bytes() -> None:
+    resumer = FakeResumer()
+    ctx = FakeContext(Settings(resume_log_bytes=300), resumer=resumer)
+    peer = Peer(ctx)
+    peer.connect()
+    for n in range(20):
+        peer.send({"msg": "method", "id": str(n), "method": "echo", "params": ["x" * 50]})
+        peer.expect("updated")
+    sent = peer.session.sent_count
+    peer.transport.disconnect()
+    peer.greenlet.join(timeout=1)
+    ((state, _),) = resumer.parked
+    assert 0 < sum(len(t) for t in state.log) <= 300
+    assert state.log == [json_text for json_text in peer.transport.sent[-len(state.log) :]]
+    assert state.log_start == sent - len(state.log) + 1
+
+
+@pytest.mark.parametrize("logs_out", [True, False], ids=["logout", "other-method"])
+def test_a_revocation_seen_during_the_sessions_own_method_waits_for_its_outcome(
+    ctx: FakeContext, logs_out: bool
+) -> None:
+    # logout deletes the session's own token: its commit can reach the listener before
+    # the method returns ANONYMOUS. The session must then not be closed as revoked;
+    # any other method leaves the credential in place, so the revocation stands.
+    peer = Peer(ctx)
+    peer.connect()
+    _call(peer, "1", "login", {"user": "7"})
+    call = ctx.backend.call
+
+    def deleting_first(call_ctx: object, name: str, params: object) -> object:
+        ctx.streams.deliver(TOKENS, 4, "E", 100, [Change("d", "t1", {})])
+        assert not peer.session.closed  # not while the method runs
+        return call(call_ctx, name, params)
+
+    ctx.backend.call = deleting_first
+    if logs_out:
+        _call(peer, "2", "logout")
+        gevent.sleep(0.05)
+        assert not peer.session.closed and peer.session.identity.user_id is None
+    else:
+        start = len(peer.messages())
+        peer.send({"msg": "method", "id": "2", "method": "echo", "params": [1]})
+        with gevent.Timeout(2):
+            while not peer.session.closed:
+                gevent.sleep(0.01)
+        assert peer.session.close_reason == disconnect.REVOKED.reason
+        assert [m["msg"] for m in peer.messages()[start:]] == ["result", "updated"]

@@ -1,8 +1,11 @@
-"""``manage.py seed_demo``: the demo data (3 authors, 10 books) and an ``admin`` user.
+"""``manage.py seed_demo``: the demo data (3 authors, 10 books) and two users.
 
-Idempotent: rows have fixed ids and are created or brought back to the demo values; the
-superuser is created once (password from ``DEMO_ADMIN_PASSWORD``, default
-``ddp-relay-demo``) and never overwritten afterwards.
+Idempotent: rows have fixed ids and are created or brought back to the demo values. The
+users are created once and their passwords never overwritten afterwards: the superuser
+``admin`` (``admin@example.com``, password from ``DEMO_ADMIN_PASSWORD``, default
+``ddp-relay-demo``) and ``reader`` (``reader@example.com``, an ordinary user for Meteor
+clients to log in as; password from ``DEMO_READER_PASSWORD``, default ``bookworm-2026``).
+An ``admin`` seeded before the email changed keeps its password and gets the new email.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from django.db import transaction
 from bookstore.models import Author, Book
 
 DEFAULT_ADMIN_PASSWORD = "ddp-relay-demo"
+DEFAULT_READER_PASSWORD = "bookworm-2026"
+ADMIN_EMAIL = "admin@example.com"
+READER_EMAIL = "reader@example.com"
+#: The email earlier versions seeded the admin with; brought to ADMIN_EMAIL.
+_OLD_ADMIN_EMAIL = "admin@example.org"
 
 AUTHORS: list[dict[str, Any]] = [
     {"id": "leguin", "name": "Ursula K. Le Guin", "email": "ursula.leguin@example.org"},
@@ -111,7 +119,7 @@ BOOKS: list[dict[str, Any]] = [
 
 
 class Command(BaseCommand):
-    help = "Create or restore the bookstore demo data and the 'admin' superuser."
+    help = "Create or restore the bookstore demo data, the 'admin' superuser and 'reader'."
 
     def handle(self, *args: Any, **options: Any) -> None:
         with transaction.atomic():
@@ -120,6 +128,7 @@ class Command(BaseCommand):
             for row in BOOKS:
                 self._upsert(Book, row)
         self._admin()
+        self._reader()
 
     def _upsert(self, model: type[Author] | type[Book], row: dict[str, Any]) -> None:
         values = {k: v for k, v in row.items() if k != "id"}
@@ -138,12 +147,31 @@ class Command(BaseCommand):
 
     def _admin(self) -> None:
         user_model = get_user_model()
-        if user_model._default_manager.filter(username="admin").exists():
+        admin = user_model._default_manager.filter(username="admin").first()
+        if admin is not None:
+            if admin.email == _OLD_ADMIN_EMAIL:
+                admin.email = ADMIN_EMAIL
+                admin.save(update_fields=["email"])
+                self.stdout.write(f"updated superuser admin's email to {ADMIN_EMAIL}")
             self.stdout.write("unchanged superuser admin (password left as it is)")
             return
         password = os.environ.get("DEMO_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD)
         user_model._default_manager.create_superuser(
-            username="admin", email="admin@example.org", password=password
+            username="admin", email=ADMIN_EMAIL, password=password
         )
         source = "DEMO_ADMIN_PASSWORD" if "DEMO_ADMIN_PASSWORD" in os.environ else "the default"
         self.stdout.write(f"created superuser admin (password from {source})")
+
+    def _reader(self) -> None:
+        user_model = get_user_model()
+        if user_model._default_manager.filter(username="reader").exists():
+            self.stdout.write("unchanged user reader (password left as it is)")
+            return
+        password = os.environ.get("DEMO_READER_PASSWORD", DEFAULT_READER_PASSWORD)
+        # Hashed with the first PASSWORD_HASHERS entry: in the example, the accounts
+        # hasher that Meteor clients' SHA-256 password digests are checked against.
+        user_model._default_manager.create_user(
+            username="reader", email=READER_EMAIL, password=password
+        )
+        source = "DEMO_READER_PASSWORD" if "DEMO_READER_PASSWORD" in os.environ else "the default"
+        self.stdout.write(f"created user reader (password from {source})")

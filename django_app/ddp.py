@@ -1,0 +1,68 @@
+"""What the ``ddp`` app itself declares over DDP: login tokens and Meteor's accounts.
+
+``DDPConfig.ready`` imports this module like every installed app's ``ddp.py``. Always:
+
+* the token table (``django_app.models.LoginToken``) as collection ``ddp.logintoken`` with
+  no fields, so its inserts and deletes travel the change stream (a deleted token closes
+  the sessions holding it, on every relay); no publication returns it and its mutators
+  deny everything (the ``Collection`` default);
+* Django's ``user_logged_out`` connected to ``revoke_django_session``.
+
+With ``DDP_ACCOUNTS`` on (the default), Meteor's accounts: the ``users`` collection of
+``AUTH_USER_MODEL`` (``django_app.accounts.users``), the null publication
+``USER_PUBLICATION`` that every session runs (its user's own document, nothing when
+logged out), ``meteor.loginServiceConfiguration`` (ready, no documents: Meteor clients
+subscribe to it at startup), the accounts methods (``django_app.accounts.methods``) and,
+unless ``DDP_DEFAULT_RATE_LIMIT`` is off, Meteor's default rate limit on them.
+
+What must not live here: the implementations (``django_app.accounts``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from django.contrib.auth import user_logged_out
+
+from django_app.accounts.methods import register_methods
+from django_app.accounts.revocation import revoke_django_session
+from django_app.accounts.tokens import TOKEN_COLLECTION
+from django_app.accounts.users import USER_PUBLICATION, own_user_cursors, users_collection_class
+from django_app.collection import Collection
+from django_app.conf import ddp_settings
+from django_app.context import SubscriptionContext
+from django_app.cursor import Cursor
+from django_app.models import LoginToken
+from django_app.publications import Publication
+from django_app.registries import registry
+from relay.limits.ratelimit import DEFAULT_ACCOUNTS_RULE
+
+__all__ = ["LOGIN_SERVICE_CONFIGURATION", "USER_PUBLICATION", "LoginTokenCollection"]
+
+#: What Meteor's ``accounts-base`` client subscribes to at startup.
+LOGIN_SERVICE_CONFIGURATION: Final = "meteor.loginServiceConfiguration"
+
+
+@registry.register
+class LoginTokenCollection(Collection):
+    """The token table on the change stream: keys only, never published."""
+
+    model = LoginToken
+    name = TOKEN_COLLECTION
+    fields = ()
+
+
+user_logged_out.connect(revoke_django_session, dispatch_uid="ddp_revoke_django_session")
+
+
+def _own_user(ctx: SubscriptionContext) -> list[Cursor]:
+    return own_user_cursors(ctx.user)
+
+
+if ddp_settings.ACCOUNTS:
+    registry.register(users_collection_class())
+    Publication(USER_PUBLICATION, func=_own_user)
+    Publication(LOGIN_SERVICE_CONFIGURATION, cursors=[])
+    register_methods(registry)
+    if ddp_settings.DEFAULT_RATE_LIMIT:
+        registry.add_rate_limit_rule(DEFAULT_ACCOUNTS_RULE)
