@@ -16,7 +16,7 @@ Inside, a module imports only modules listed before it here, function-level impo
 included (no circles; ``tests/django_app/test_layers.py`` keeps it so):
 
 1. leaves: ``conf`` (``DDP_*`` settings), ``channel``, ``exceptions``, ``cursor``,
-   ``models`` (``LoginToken``), then ``serializer``, ``signature``,
+   ``models`` (``LoginToken``), ``signals`` (connection hooks), then ``serializer``, ``signature``,
    ``accounts.passwords`` (Meteor's digest) and ``accounts.tokens`` (login tokens);
 2. ``collection`` (one published model) and ``accounts.revocation`` (the token
    revocation settings, ``user_logged_out``), then ``mutator`` (a collection's Meteor

@@ -56,7 +56,7 @@ from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from django_app import changes
+from django_app import changes, signals
 from django_app.accounts.users import USER_PUBLICATION
 from django_app.checks import TAG
 from django_app.collection import Collection, apply_visibility
@@ -212,10 +212,38 @@ class DjangoBackend:
             except ValidationError as exc:
                 raise DDPError.from_validation_error(exc) from exc
             identity = _new_identity(invocation)
+            close = invocation.closing
             if not txids or conn.in_atomic_block:
-                return MethodOutcome(result=result, identity=identity)
+                return MethodOutcome(result=result, identity=identity, close=close)
             writes = tuple(WritePosition(c, seq) for c, seq in changes.published_by(txids))
-            return MethodOutcome(result=result, writes=writes, identity=identity)
+            return MethodOutcome(result=result, writes=writes, identity=identity, close=close)
+
+    def connection_hooks(self) -> bool:
+        """Whether anything listens to ``django_app.signals.connection_opened`` or
+        ``connection_closed`` (no receivers: the relay skips the calls)."""
+        return bool(
+            signals.connection_opened.has_listeners() or signals.connection_closed.has_listeners()
+        )
+
+    def connection_opened(self, ctx: CallContext, resumed: bool) -> None:
+        """Send ``connection_opened``; a receiver's ``DDPError`` refuses the session."""
+        with _db_call():
+            signals.connection_opened.send(
+                sender=DjangoBackend, connection=_connection(ctx), resumed=resumed
+            )
+
+    def connection_closed(self, ctx: CallContext, parked: bool) -> None:
+        """Send ``connection_closed`` (errors of receivers are logged, not raised)."""
+        with _db_call():
+            for receiver, outcome in signals.connection_closed.send_robust(
+                sender=DjangoBackend, connection=_connection(ctx), parked=parked
+            ):
+                if isinstance(outcome, Exception):
+                    logger.error(
+                        "connection_closed receiver %r failed",
+                        receiver,
+                        exc_info=(type(outcome), outcome, outcome.__traceback__),
+                    )
 
     def decode_change(self, channel: str, change: Change) -> DecodedChange | None:
         """The change as the relay routes it (see ``Collection.decode_change``); None for
@@ -238,6 +266,16 @@ class DjangoBackend:
     def close(self) -> None:
         """Close this thread's database connections (the worker is stopping)."""
         connections.close_all()
+
+
+def _connection(ctx: CallContext) -> SubscriptionContext:
+    """What connection hooks receive: the session's user, id and handshake."""
+    return SubscriptionContext(
+        user=_user_of(ctx.identity),
+        user_id=ctx.identity.user_id,
+        session_id=ctx.session_id,
+        handshake=ctx.handshake,
+    )
 
 
 _warned: set[tuple[str, str]] = set()

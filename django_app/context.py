@@ -116,6 +116,8 @@ class MethodContext(SubscriptionContext):
         self._credential = credential
         #: Whether ``set_user`` was called: the backend then reports the new identity.
         self.user_changed = False
+        #: Whether ``close_connection`` was called.
+        self.closing = False
 
     @property
     def credential(self) -> str | None:
@@ -139,6 +141,12 @@ class MethodContext(SubscriptionContext):
             self.user, self.user_id = user, str(user.pk)
             self._credential = None if token is None else str(token.pk)
         self.user_changed = True
+
+    def close_connection(self) -> None:
+        """Close the caller's DDP session once this method's ``result`` and ``updated``
+        are sent (Meteor's ``this.connection.close()``): it is not resumable, the client
+        reconnects with a new session."""
+        self.closing = True
 
     @property
     def random_stream(self) -> RandomStream:

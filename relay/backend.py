@@ -184,6 +184,9 @@ class MethodOutcome:
     result: Any = None
     writes: Sequence[WritePosition] = field(default_factory=tuple)
     identity: Identity | None = None
+    #: Close the session once ``result`` and ``updated`` are sent (Meteor's
+    #: ``this.connection.close()``): not resumable, its client starts afresh.
+    close: bool = False
 
 
 class Backend(Protocol):
@@ -204,6 +207,22 @@ class Backend(Protocol):
         """The DDPRateLimiter rules to apply to every method and subscription (Meteor's
         default accounts rule among them unless the application removed it), read once
         when a worker starts. Must not touch the database."""
+        ...
+
+    def connection_hooks(self) -> bool:
+        """Whether ``connection_opened``/``connection_closed`` do anything (when not, the
+        relay does not call them). Must not touch the database."""
+        ...
+
+    def connection_opened(self, ctx: CallContext, resumed: bool) -> None:
+        """A session is about to answer ``connected`` (new, or ``resumed`` on this relay);
+        raise ClientError to refuse it: the client gets a DDP ``error`` with its reason and
+        the socket is closed (4500)."""
+        ...
+
+    def connection_closed(self, ctx: CallContext, parked: bool) -> None:
+        """A session's socket is gone: ``parked`` when it may still be resumed (then a
+        later ``connection_opened(resumed=True)`` may follow, on any relay)."""
         ...
 
     def universal_publications(self) -> Sequence[str]:

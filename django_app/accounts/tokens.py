@@ -42,6 +42,7 @@ __all__ = [
     "hash_token",
     "issue_token",
     "new_secret",
+    "revoke_user_tokens",
     "session_token",
     "token_channel",
 ]
@@ -136,6 +137,15 @@ def session_token(user: Any, session_key: str, expires: dt.datetime) -> LoginTok
             row.expires = expires
             return row
     raise RuntimeError("could not store the session token: it kept changing concurrently")
+
+
+def revoke_user_tokens(user: Any) -> int:
+    """Delete every token of ``user`` (resume tokens and cookie sessions): every DDP
+    session logged in as that user is closed, on every relay, once this commits. Returns
+    how many rows went. Browsers whose Django session is still valid reconnect logged in
+    through their cookie; to end those too, end the Django sessions as well."""
+    deleted, _ = LoginToken.objects.filter(user=user).delete()
+    return int(deleted)
 
 
 def delete_expired(*, batch_size: int = EXPIRED_BATCH) -> int:

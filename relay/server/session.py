@@ -300,6 +300,7 @@ class Session:
             resumed = resumer.resume(msg.session, msg.received_count, self._bound_to)
             if resumed is not None:
                 self._restore(resumed, msg.received_count)
+                self._opened(resumed=True)
                 return
         self._preanswered.clear()
         self.resumable = msg.session is None or msg.received_count is not None
@@ -308,10 +309,28 @@ class Session:
         self.id = random_id()
         if resumer is not None:
             self.epoch = resumer.created(self.id)
+        if not self._opened(resumed=False):
+            return
         self.send([messages.connected(self.id)])
         self._connected()
         self._watch_credential()
         self._start_universal()
+
+    def _opened(self, *, resumed: bool) -> bool:
+        """The application's connection hook (Meteor's ``onConnection``): False, with the
+        client told why and the socket closed, when it refuses the session."""
+        backend = self.ctx.backend
+        if not backend.connection_hooks():
+            return True
+        try:
+            self.ctx.run(backend.connection_opened, self._call_context(), resumed, urgent=True)
+        except ClientError as exc:
+            self.send([messages.error(exc.reason or str(exc.error))])
+            self.close(disconnect.REFUSED)
+            return False
+        except Exception:
+            log.exception("the connection hook failed; the session goes on")
+        return True
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -715,6 +734,9 @@ class Session:
             self._write_fence(msg, outcome)
         self.send([messages.updated([msg.id])])
         self._in_method = False
+        if outcome is not None and outcome.close:
+            self.close(disconnect.CLOSED_BY_SERVER)
+            return
         if self._revocation_pending:
             # The method did not replace the revoked credential: the revocation stands.
             self._revocation_pending = False
@@ -817,15 +839,26 @@ class Session:
             self.ctx.streams.detach(self._watch_att)
             self._watch_att = None
         try:
-            self._park_or_drop()
+            parked = self._park_or_drop()
+            self._closed_hook(parked)
         finally:
             # Last: a draining worker waits until its sessions are gone, parking included.
             self.ctx.session_closed(self)
 
-    def _park_or_drop(self) -> None:
+    def _closed_hook(self, parked: bool) -> None:
+        backend = self.ctx.backend
+        if self.id is None or self._close is disconnect.REFUSED or not backend.connection_hooks():
+            return
+        try:
+            self.ctx.run(backend.connection_closed, self._call_context(), parked)
+        except Exception:
+            log.exception("the connection close hook failed")
+
+    def _park_or_drop(self) -> bool:
+        """Park the session if a resume could use it (True), else forget it."""
         resumer = self.ctx.resumer
         if resumer is None or self.id is None:
-            return
+            return False
         reason = self._close
         if (
             self._deliberate
@@ -833,19 +866,19 @@ class Session:
             or (reason is not None and not reason.reconnect)
         ):
             resumer.dropped(self.id, self.epoch)
-            return
+            return False
         if self.ctx.settings.resume_window <= 0:
-            return
+            return False
         if not self.resumable or not (self.subs or self.results):
             # Nothing a resume would save over a fresh session (or a client that cannot
             # resume at all): forget it rather than fill the park store.
             resumer.dropped(self.id, self.epoch)
-            return
+            return False
         if self.epoch is None:
             # Connected while the coordinator was unavailable: register it now, late.
             self.epoch = resumer.created(self.id)
             if self.epoch is None:
-                return
+                return False
         log = _newest(self.log, self.ctx.settings.resume_log_bytes)
         state = ParkedSession(
             session_id=self.id,
@@ -859,7 +892,7 @@ class Session:
             results=dict(self.results),
             credential=self.identity.credential,
         )
-        resumer.park(state, self.epoch, self.handshake.remote_addr)
+        return resumer.park(state, self.epoch, self.handshake.remote_addr)
 
 
 def _newest(log: deque[str], max_bytes: int) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 #: Bottom to top, as ``django_app/__init__.py`` lists them; a module may import only
 #: modules of earlier layers.
 LAYERS: list[set[str]] = [
-    {"conf", "channel", "exceptions", "cursor", "models"},
+    {"conf", "channel", "exceptions", "cursor", "models", "signals"},
     {"serializer", "signature", "accounts.passwords", "accounts.tokens"},
     {"collection", "accounts.revocation"},
     {"mutator", "accounts.hashers", "accounts.users", "accounts.sessions"},

@@ -81,6 +81,10 @@ class FakeBackend:
             "some": [Document("things", "a", {"n": 1, "extra": True})],
             "live": [Document("things", "a", {"n": 1})],
         }
+        #: Connection hooks: whether there are any, what they saw, and a refusal reason.
+        self.hooks = False
+        self.connections: list[tuple[str, str, bool]] = []
+        self.refuse: str | None = None
         #: The DDPRateLimiter rules the relay applies (Meteor's accounts default).
         self.rules: list[Rule] = [DEFAULT_ACCOUNTS_RULE]
         #: Names run as universal publications (Meteor's null publications).
@@ -95,6 +99,17 @@ class FakeBackend:
     def rate_limit_rules(self) -> Sequence[Rule]:
         return self.rules
 
+    def connection_hooks(self) -> bool:
+        return self.hooks
+
+    def connection_opened(self, ctx: CallContext, resumed: bool) -> None:
+        self.connections.append(("opened", ctx.session_id, resumed))
+        if self.refuse is not None:
+            raise ClientError(403, self.refuse)
+
+    def connection_closed(self, ctx: CallContext, parked: bool) -> None:
+        self.connections.append(("closed", ctx.session_id, parked))
+
     def verify(self, identity: Identity) -> Identity | None:
         if identity.credential is None:
             return identity if identity.user_id is None else None
@@ -108,7 +123,17 @@ class FakeBackend:
         return name in self.docs or name in ("boom", "denied", "slow", "opaque", "mine", "public")
 
     def has_method(self, name: str) -> bool:
-        return name in ("echo", "boom", "denied", "sleep", "seed", "write", "login", "logout")
+        return name in (
+            "echo",
+            "boom",
+            "denied",
+            "sleep",
+            "seed",
+            "write",
+            "login",
+            "logout",
+            "bye",
+        )
 
     def subscribe(self, ctx: CallContext, name: str, params: Sequence[Any]) -> SubscriptionData:
         self.subscribed.append(name)
@@ -156,6 +181,8 @@ class FakeBackend:
             return MethodOutcome(
                 result={"id": user_id, "token": token}, identity=token_identity(user_id, token)
             )
+        if name == "bye":
+            return MethodOutcome(result="bye", close=True)
         if name == "logout":
             if ctx.identity.credential is not None:
                 self.tokens.pop(ctx.identity.credential, None)

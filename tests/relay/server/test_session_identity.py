@@ -304,3 +304,50 @@ def test_a_revocation_seen_during_the_sessions_own_method_waits_for_its_outcome(
                 gevent.sleep(0.01)
         assert peer.session.close_reason == disconnect.REVOKED.reason
         assert [m["msg"] for m in peer.messages()[start:]] == ["result", "updated"]
+
+
+# -- connection hooks ----------------------------------------------------------------------
+
+
+def test_connection_hooks_see_opens_and_closes_and_may_refuse() -> None:
+    resumer = FakeResumer()
+    ctx = FakeContext(Settings(), resumer=resumer)
+    ctx.backend.hooks = True
+    peer = Peer(ctx)
+    session_id = peer.connect()["session"]
+    peer.send({"msg": "sub", "id": "s", "name": "all"})
+    peer.expect("ready")
+    peer.transport.disconnect()
+    peer.greenlet.join(timeout=1)
+    assert ctx.backend.connections == [("opened", session_id, False), ("closed", session_id, True)]
+    ctx.backend.refuse = "Closed for maintenance"
+    refused = Peer(ctx)
+    refused.send({"msg": "connect", "version": "1", "support": ["1"]})
+    error = refused.expect("error")
+    assert error["reason"] == "Closed for maintenance"
+    refused.greenlet.join(timeout=2)
+    assert refused.session.close_reason == disconnect.REFUSED.reason
+    assert "connected" not in _kinds(refused.messages())
+    assert len(resumer.dropped_ids) == 1  # never resumable
+
+
+def test_without_hooks_nothing_is_called(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
+    peer.connect()
+    peer.transport.disconnect()
+    peer.greenlet.join(timeout=1)
+    assert ctx.backend.connections == []
+
+
+def test_a_method_may_close_its_own_session_after_answering() -> None:
+    resumer = FakeResumer()
+    ctx = FakeContext(Settings(), resumer=resumer)
+    peer = Peer(ctx)
+    peer.connect()
+    peer.send({"msg": "sub", "id": "s", "name": "all"})
+    peer.expect("ready")
+    msgs = _call(peer, "1", "bye")
+    assert _kinds(msgs) == ["result", "updated"]
+    peer.greenlet.join(timeout=2)
+    assert peer.session.close_reason == disconnect.CLOSED_BY_SERVER.reason
+    assert resumer.parked == []  # not resumable
