@@ -101,6 +101,13 @@ class Settings:
     max_worker_pending_bytes: int = field(
         default=67_108_864, metadata={"env": "RELAY_MAX_WORKER_PENDING_BYTES"}
     )
+    #: RELAY_MAX_WORKER_SEND_BYTES: outbound bytes queued on all of a worker's sockets
+    #: together (each socket's own cap is RELAY_SEND_BUFFER_BYTES); the socket whose queue
+    #: would pass it is closed as too slow (1008). 128 MiB: thousands of briefly lagging
+    #: clients fit, a crowd of stalled readers cannot hold the worker's memory.
+    max_worker_send_bytes: int = field(
+        default=134_217_728, metadata={"env": "RELAY_MAX_WORKER_SEND_BYTES"}
+    )
     #: RELAY_BACKEND_CONCURRENCY: greenlets running backend (ORM) calls per worker process; this
     #: bounds the database connections one worker opens.
     backend_concurrency: int = field(default=8, metadata={"env": "RELAY_BACKEND_CONCURRENCY"})
@@ -206,6 +213,7 @@ class Settings:
             "max_pending_messages",
             "max_pending_bytes",
             "max_worker_pending_bytes",
+            "max_worker_send_bytes",
             "login_window",
             "backend_concurrency",
             "handshake_timeout",
@@ -242,6 +250,11 @@ class Settings:
             raise ConfigError(
                 "RELAY_MAX_PENDING_BYTES must be at least RELAY_MAX_MESSAGE_BYTES "
                 f"({self.max_pending_bytes} < {self.max_message_bytes})"
+            )
+        if self.max_worker_send_bytes < self.send_buffer_bytes:
+            raise ConfigError(
+                "RELAY_MAX_WORKER_SEND_BYTES must be at least RELAY_SEND_BUFFER_BYTES "
+                f"({self.max_worker_send_bytes} < {self.send_buffer_bytes})"
             )
         if self.max_worker_pending_bytes < self.max_pending_bytes:
             raise ConfigError(

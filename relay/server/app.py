@@ -117,7 +117,7 @@ class RelayApp:
         if not gate.open_socket(request.remote_addr):
             # 429, not 503: a load balancer retries a 503 on another relay.
             return _text(start_response, "429 Too Many Requests", "too many connections\n")
-        accepted = handshake.accept(environ, self.settings)
+        accepted = handshake.accept(environ, self.settings, gate.send_budget)
         if isinstance(accepted, handshake.HandshakeRefusal):
             gate.socket_closed(request.remote_addr)
             start_response(accepted.status, list(accepted.headers))

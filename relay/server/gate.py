@@ -9,6 +9,8 @@ with the worker's settings and the application's rules, and counts every refusal
 * bytes of inbound messages queued per session (``RELAY_MAX_PENDING_BYTES``) within the
   worker's total (``RELAY_MAX_WORKER_PENDING_BYTES``): a session over either is closed
   (its client reconnects and may resume), so one client cannot grow the worker's memory;
+  and the outbound bytes queued on all the worker's sockets (``RELAY_MAX_WORKER_SEND_BYTES``,
+  the sockets count it themselves): the socket that would pass it is closed as too slow;
 * Meteor's DDPRateLimiter rules (the backend's ``rate_limit_rules()``, by default the
   accounts rule: 5 ``login``/``createUser``/``resetPassword``/``forgotPassword`` per 10 s
   per connection) on every method and subscription;
@@ -66,6 +68,8 @@ class Gate:
         for rule in rules:
             self.limiter.add_rule(rule)
         self._pending = ByteBudget(settings.max_worker_pending_bytes, name="worker")
+        #: Outbound bytes queued on all the worker's sockets (``relay.transport.websocket``).
+        self.send_budget = ByteBudget(settings.max_worker_send_bytes, name="worker_send")
         self._session_pending = settings.max_pending_bytes
         self._pruned = time.monotonic()
 

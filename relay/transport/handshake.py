@@ -32,6 +32,7 @@ import gevent.socket
 from wsproto.extensions import PerMessageDeflate
 
 from relay.config import Settings
+from relay.limits.budget import ByteBudget
 from relay.transport.websocket import WebSocket, _BoundedDeflate, _is_tls
 
 __all__ = [
@@ -184,8 +185,11 @@ def _own_descriptor(sock: Any) -> Any:
     return gevent.socket.socket(fileno=fd)
 
 
-def accept(environ: Mapping[str, Any], settings: Settings) -> WebSocket | HandshakeRefusal:
+def accept(
+    environ: Mapping[str, Any], settings: Settings, send_budget: ByteBudget | None = None
+) -> WebSocket | HandshakeRefusal:
     """Upgrade this WSGI request to a WebSocket, or say why not as an HTTP response.
+    ``send_budget`` is the worker's budget of queued outbound bytes (all its sockets).
 
     Refusals: 400 for a malformed upgrade, 426 (with ``Sec-WebSocket-Version: 13``) for
     an unsupported version, 403 for a foreign Origin, 500 when not run under gunicorn's
@@ -227,6 +231,7 @@ def accept(environ: Mapping[str, Any], settings: Settings) -> WebSocket | Handsh
         extension=extension,
         compress_threshold=settings.deflate_threshold,
         initial_data=_take_buffered(environ),
+        send_budget=send_budget,
     )
     try:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))

@@ -51,6 +51,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import LocalProtocolError as WsprotoLocalError
 
+from relay.limits.budget import ByteBudget
 from relay.transport.frames import (
     DEFAULT_THRESHOLD,
     Compression,
@@ -215,6 +216,9 @@ class WebSocket:
         "close_code",
         "close_reason",
         "overflowed",
+        "_budget",
+        "_reserved",
+        "_budget_full",
     )
 
     def __init__(
@@ -227,12 +231,16 @@ class WebSocket:
         compress_threshold: int = DEFAULT_THRESHOLD,
         initial_data: bytes = b"",
         owns_socket: bool = False,
+        send_budget: ByteBudget | None = None,
     ) -> None:
         """Wrap ``sock`` (a gevent socket) whose opening handshake is already complete.
 
         With ``extension`` (permessage-deflate, negotiated without context takeover),
         outbound messages of ``compress_threshold`` bytes or more are compressed. With
-        ``owns_socket`` the socket is closed once the WebSocket is done (``wait_closed``)."""
+        ``owns_socket`` the socket is closed once the WebSocket is done (``wait_closed``).
+        ``send_budget`` is the worker's: the bytes queued on all its sockets together; a
+        socket whose queue would pass it is closed as too slow, like one past its own
+        ``send_buffer_bytes``."""
         self._sock = sock
         self._owned = owns_socket
         self._on_message: Callable[[str | Oversized], None] | None = None
@@ -257,6 +265,10 @@ class WebSocket:
         self._discarding: str | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
+        self._budget = send_budget
+        #: The part of ``_out_bytes`` taken from the worker's budget.
+        self._reserved = 0
+        self._budget_full = False
         self._inflight = 0
         self._writer: Any = None
         self._timer: Any = None
@@ -555,7 +567,7 @@ class WebSocket:
 
     def _enqueue(self, frame: bytes, flush: bool = True) -> None:
         self._out.append(frame)
-        self._out_bytes += len(frame)
+        self._add_out(len(frame))
         if flush:
             self._flush()
 
@@ -566,14 +578,30 @@ class WebSocket:
             self._try_direct_write()
         self._ensure_writer()
 
+    def _add_out(self, delta: int) -> None:
+        """Count ``delta`` bytes more (or fewer) queued, here and in the worker's budget."""
+        self._out_bytes += delta
+        budget = self._budget
+        if budget is None:
+            return
+        if delta > 0:
+            if budget.reserve(delta) is None:
+                self._reserved += delta
+            else:
+                self._budget_full = True
+        elif delta < 0:
+            given = min(-delta, self._reserved)
+            self._reserved -= given
+            budget.release(given)
+
     def _overflowing(self) -> bool:
-        if self._out_bytes <= self._max_buffer:
+        if self._out_bytes <= self._max_buffer and not self._budget_full:
             return False
         # A peer that reads slower than we write: drop what is queued (the batch in
         # flight cannot be recalled) and close, rather than hold memory or block.
         self.overflowed = True
         self._out.clear()
-        self._out_bytes = self._inflight
+        self._add_out(self._inflight - self._out_bytes)
         self.close(1008, "too slow")
         return True
 
@@ -585,7 +613,7 @@ class WebSocket:
             return
         batch = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out = []
-        self._out_bytes -= len(batch)
+        self._add_out(-len(batch))
         self._write_now(batch)
 
     def _write_now(self, batch: bytes) -> None:
@@ -601,13 +629,13 @@ class WebSocket:
         if sent < len(batch):
             rest = batch[sent:]
             self._out.append(rest)
-            self._out_bytes += len(rest)
+            self._add_out(len(rest))
             if not self._overflowing():
                 self._ensure_writer()
 
     def _queue_close(self, frame: bytes) -> None:
         self._out.append(bytes(frame))
-        self._out_bytes += len(frame)
+        self._add_out(len(frame))
         self._close_queued = True
         self._start_grace_timer()
         self._ensure_writer()
@@ -628,7 +656,7 @@ class WebSocket:
                     self.abort()
                     return
                 finally:
-                    self._out_bytes -= self._inflight
+                    self._add_out(-self._inflight)
                     self._inflight = 0
             if self._close_queued and not self._shut:
                 # Our close frame is out: send FIN too, so the peer's reader sees the end.
@@ -700,7 +728,7 @@ class WebSocket:
             return
         self._shut = True
         self._out.clear()
-        self._out_bytes = self._inflight
+        self._add_out(self._inflight - self._out_bytes)
         with contextlib.suppress(OSError):
             # Wakes a greenlet blocked in recv (EOF) or in sendall (EPIPE).
             self._sock.shutdown(socket.SHUT_RDWR)

@@ -29,6 +29,7 @@ VALUES: dict[str, tuple[str, object]] = {
     "RELAY_MAX_PENDING_MESSAGES": ("9", 9),
     "RELAY_MAX_PENDING_BYTES": ("2097152", 2_097_152),
     "RELAY_MAX_WORKER_PENDING_BYTES": ("8388608", 8_388_608),
+    "RELAY_MAX_WORKER_SEND_BYTES": ("16777216", 16_777_216),
     "RELAY_BACKEND_CONCURRENCY": ("3", 3),
     "RELAY_DATABASE_URL": ("postgresql://db/relay", "postgresql://db/relay"),
     "RELAY_WRITE_FENCE_TIMEOUT": ("0.5", 0.5),

@@ -42,6 +42,7 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
+from relay.limits.budget import ByteBudget
 from relay.transport.frames import DEFAULT_THRESHOLD, Compression, encode_text_frame
 from relay.transport.handshake import _negotiate_deflate
 from relay.transport.websocket import Oversized, WebSocket
@@ -111,7 +112,11 @@ class Peer:
 
 
 def make(
-    *, limit: int = 1024, buffer: int = 1 << 20, deflate: bool = False
+    *,
+    limit: int = 1024,
+    buffer: int = 1 << 20,
+    deflate: bool = False,
+    budget: ByteBudget | None = None,
 ) -> tuple[WebSocket, Peer]:
     server_sock, client_sock = socketpair()
     extension = client_extension = None
@@ -122,7 +127,11 @@ def make(
         client_extension = PerMessageDeflate()
         client_extension.finalize(header)
     ws = WebSocket(
-        server_sock, max_message_bytes=limit, send_buffer_bytes=buffer, extension=extension
+        server_sock,
+        max_message_bytes=limit,
+        send_buffer_bytes=buffer,
+        extension=extension,
+        send_budget=budget,
     )
     return ws, Peer(client_sock, client_extension)
 
@@ -470,6 +479,29 @@ def test_slow_reader_overflows_with_1008_without_blocking_the_sender() -> None:
     assert ws._writer is None
     assert ws.buffered_bytes == 0
     peer.read_to_eof()
+
+
+def test_the_workers_send_budget_closes_the_socket_that_would_pass_it() -> None:
+    # Each socket alone is under its own cap; together they pass the worker's budget.
+    budget = ByteBudget(300 * 1024, name="worker_send")
+    pairs = [make(buffer=1 << 20, budget=budget) for _ in range(3)]
+    for ws, peer in pairs:
+        for sock in (ws._sock, peer.sock):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    for _ in range(200):
+        for ws, _ in pairs:
+            ws.send("z" * 8192)
+        gevent.sleep(0)
+        if any(ws.closed for ws, _ in pairs):
+            break
+    assert any(ws.overflowed for ws, _ in pairs)
+    assert budget.used <= 300 * 1024
+    for ws, _ in pairs:
+        ws.abort()
+        ws.wait_closed()
+    # Every byte a socket held is given back once it is gone.
+    assert budget.used == 0
 
 
 # -- closing ---------------------------------------------------------------------------
