@@ -219,6 +219,7 @@ class Session:
             self.close(disconnect.CLIENT_DISCONNECT)
             return
         if len(self._pending) >= self.ctx.settings.max_pending_messages:
+            metrics.limited.labels(limit="pending_messages").inc()
             self.close(disconnect.TOO_MANY_PENDING)
             return
         # What the queued message holds in memory: its text's size is the measure (the
@@ -510,8 +511,10 @@ class Session:
             metrics.subscriptions.labels(outcome="refused").inc()
             self.send([messages.nosub(msg.id, rejection)])
             return
-        if len(self.subs) >= self.ctx.settings.max_subs_per_session:
+        named = sum(1 for sub_id in self.subs if not sub_id.startswith(UNIVERSAL_PREFIX))
+        if named >= self.ctx.settings.max_subs_per_session:
             metrics.subscriptions.labels(outcome="refused").inc()
+            metrics.limited.labels(limit="subs_per_session").inc()
             err = messages.meteor_error(
                 "too-many-subscriptions",
                 f"At most {self.ctx.settings.max_subs_per_session} subscriptions per session",

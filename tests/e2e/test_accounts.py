@@ -253,3 +253,40 @@ def test_connections_over_the_per_address_limit_are_refused(
     held.append(websocket.create_connection(url, header=["X-Forwarded-For: 198.51.100.7"]))
     for ws in held:
         ws.close()
+
+
+def test_per_session_limits_hold_and_an_honest_client_is_unaffected(
+    relay_stack: RelayStacks, clients: list[DDPClient]
+) -> None:
+    limited = relay_stack(
+        workers=1,
+        env={"RELAY_MAX_SUBS_PER_SESSION": "3", "RELAY_MAX_PENDING_MESSAGES": "20"},
+    )
+    url = limited.relay.url.replace("http://", "ws://") + "/websocket"
+    greedy = DDPClient(url, timeout=10)
+    greedy.connect()
+    clients.append(greedy)
+    for _ in range(3):
+        greedy.subscribe("books.all")
+    with pytest.raises(DDPClientError) as refused:
+        greedy.subscribe("books.all")
+    assert refused.value.error == "too-many-subscriptions"
+    # Methods piled up behind a slow one: past the cap the session is closed (4004).
+    greedy.send(
+        {
+            "msg": "method",
+            "id": "slow",
+            "method": "books.slowRename",
+            "params": ["lathe", "The Lathe of Heaven", 2000],
+        }
+    )
+    for n in range(40):
+        greedy.send({"msg": "method", "id": f"m{n}", "method": "users.whoami", "params": []})
+    assert greedy.closed.wait(5)
+    honest = DDPClient(url, timeout=10)
+    honest.connect()
+    clients.append(honest)
+    started = time.monotonic()
+    honest.subscribe("books.all")
+    assert honest.call("users.whoami") == {"userId": None, "username": None}
+    assert time.monotonic() - started < 2.0

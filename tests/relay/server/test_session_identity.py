@@ -351,3 +351,14 @@ def test_a_method_may_close_its_own_session_after_answering() -> None:
     peer.greenlet.join(timeout=2)
     assert peer.session.close_reason == disconnect.CLOSED_BY_SERVER.reason
     assert resumer.parked == []  # not resumable
+
+
+def test_universal_subscriptions_do_not_count_against_the_subscription_limit() -> None:
+    ctx = FakeContext(Settings(max_subs_per_session=1))
+    ctx.backend.universal = ["mine"]
+    peer = Peer(ctx)
+    peer.connect()
+    peer.send({"msg": "sub", "id": "s", "name": "all"})
+    assert peer.expect("ready")["subs"] == ["s"]
+    peer.send({"msg": "sub", "id": "t", "name": "all"})
+    assert peer.expect("nosub")["error"]["error"] == "too-many-subscriptions"
