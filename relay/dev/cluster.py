@@ -605,6 +605,8 @@ class Cluster:
             )
         )
         env["RELAY_ZOOKEEPER"] = self.zk_connect
+        # HAProxy appends the client's address to X-Forwarded-For (option forwardfor).
+        env["RELAY_FORWARDED_COUNT"] = "1"
         relay.env = env
         argv = gunicorn_argv(f"ddp-{relay.name}")
         # Deferred: the child leads a session of its own, out of reach of the signals
@@ -657,6 +659,8 @@ defaults
 
 frontend ddp
     bind {HOST}:{self.port}
+    # The client's address for the relays' per-address limits (RELAY_FORWARDED_COUNT=1).
+    option forwardfor
     default_backend relays
 
 frontend stats
