@@ -57,6 +57,7 @@ from relay.client.reconnect import (
     calls_done_at_quiescence,
     connect_message,
     connected_outcome,
+    login_token_after,
     plan_resume,
     retry_delays,
     should_reconnect,
@@ -152,6 +153,9 @@ class DDPClient:
         self._resent_methods: frozenset[str] = frozenset()
         self._quiescence = QuiescenceBuffer()
         self._pending_unsubs: list[str] = []
+        #: The resume token of the logged-in user (from a ``login``-like result), sent
+        #: with ``login`` right behind ``connect`` on every reconnect, as Meteor does.
+        self.login_token: str | None = None
 
     # -- the cache, seen as attributes ----------------------------------------------------------
 
@@ -405,6 +409,7 @@ class DDPClient:
         """``connect``, then outstanding methods, active subs and queued unsubs (Meteor's
         ``onReset``). Called with ``_send_lock`` held."""
         with self._lock:
+            login_id = str(next(self._ids))
             plan = plan_resume(
                 version=self._version,
                 session=self.session,
@@ -413,7 +418,12 @@ class DDPClient:
                 calls=self._calls,
                 subs=self._subs.values(),
                 unsubs=self._pending_unsubs,
+                login_token=self.login_token,
+                login_id=login_id,
             )
+            if plan.login is not None:
+                # Tracked like any call (its answer updates login_token); nobody waits.
+                self._calls[login_id] = _Call(msg=plan.login)
             self._pending_unsubs = []
             self._resent_methods = plan.method_ids
             self._resent_subs = plan.sub_ids
@@ -514,6 +524,13 @@ class DDPClient:
                 call.has_result = True
                 call.error = msg.get("error")
                 call.result = ejson.from_json_value(msg.get("result"))
+                self.login_token = login_token_after(
+                    self.login_token,
+                    str(call.msg.get("method", "")),
+                    call.msg.get("params"),
+                    call.result,
+                    call.error,
+                )
                 self._finish(msg["id"], call)
         elif kind == "updated":
             for method_id in msg["methods"]:

@@ -114,10 +114,14 @@ class ResumePlan:
     methods: list[dict[str, Any]]
     subs: list[dict[str, Any]]
     unsubs: list[dict[str, Any]]
+    #: ``login`` with the client's resume token, first of all (Meteor's accounts
+    #: ``onReconnect`` hook); None when logged out.
+    login: dict[str, Any] | None = None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        return [self.connect, *self.methods, *self.subs, *self.unsubs]
+        first = [self.login] if self.login is not None else []
+        return [self.connect, *first, *self.methods, *self.subs, *self.unsubs]
 
     @property
     def method_ids(self) -> frozenset[str]:
@@ -139,15 +143,57 @@ def plan_resume(
     calls: Mapping[str, OutstandingCall],
     subs: Iterable[dict[str, Any]],
     unsubs: Iterable[str],
+    login_token: str | None = None,
+    login_id: str = "",
 ) -> ResumePlan:
     """Meteor's ``onReset``: ``calls`` are the tracked methods (by id), ``subs`` the active
-    ``sub`` messages, ``unsubs`` the sub ids unsubscribed while the socket was down."""
+    ``sub`` messages, ``unsubs`` the sub ids unsubscribed while the socket was down. With a
+    ``login_token``, ``login {resume: token}`` (method id ``login_id``) goes right behind
+    ``connect``: it logs a new session in again, and it is what a relay asks of a client
+    to resume a logged-in session (the id alone is not enough)."""
+    login = None
+    if login_token is not None:
+        login = {
+            "msg": "method",
+            "method": "login",
+            "params": [{"resume": login_token}],
+            "id": login_id,
+        }
     return ResumePlan(
         connect=connect_message(version, session, received_count if resume else None),
         methods=[c.msg for c in calls.values() if not c.has_result],
         subs=list(subs),
         unsubs=[{"msg": "unsub", "id": sub_id} for sub_id in unsubs],
+        login=login,
     )
+
+
+#: Methods whose result carries a login token (Meteor's accounts).
+TOKEN_METHODS = frozenset({"login", "createUser", "resetPassword", "verifyEmail", "getNewToken"})
+
+
+def login_token_after(
+    token: str | None, method: str, params: Any, result: Any, error: Any
+) -> str | None:
+    """The client's resume token after a call of ``method`` answered with ``result`` or
+    ``error``: a new token from a login-like result, none after ``logout``, none when
+    the token itself was refused (a resume login that failed), else unchanged."""
+    if error is not None:
+        resumed = (
+            method == "login"
+            and isinstance(params, list)
+            and len(params) == 1
+            and isinstance(params[0], dict)
+            and params[0].get("resume") == token
+        )
+        return None if resumed else token
+    if method == "logout":
+        return None
+    if method in TOKEN_METHODS and isinstance(result, dict):
+        fresh = result.get("token")
+        if isinstance(fresh, str):
+            return fresh
+    return token
 
 
 def connected_outcome(

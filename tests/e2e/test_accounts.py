@@ -290,3 +290,24 @@ def test_per_session_limits_hold_and_an_honest_client_is_unaffected(
     honest.subscribe("books.all")
     assert honest.call("users.whoami") == {"userId": None, "username": None}
     assert time.monotonic() - started < 2.0
+
+
+def test_a_logged_in_client_resumes_its_session_after_a_drop(
+    stack: RelayStack, clients: list[DDPClient]
+) -> None:
+    # The project's client logs in again right behind connect (as Meteor's does): the
+    # relay resumes the session (same id, subscriptions kept) and it stays logged in.
+    _reset_reader(stack)
+    url = stack.relay.url.replace("http://", "ws://") + "/websocket"
+    client = DDPClient(url, timeout=10, auto_reconnect=True, resume=True)
+    client.connect()
+    clients.append(client)
+    client.call("login", READER)
+    client.subscribe("favorites.mine")
+    session = client.session
+    with client._send_lock:
+        assert client._ws is not None
+        client._ws.sock.shutdown(2)  # the network drops: no close frame, no disconnect
+    client.wait_for(lambda: client.reconnects == 1, timeout=10)
+    assert (client.session, client.resumes) == (session, 1)
+    assert client.call("users.whoami")["username"] == "reader"

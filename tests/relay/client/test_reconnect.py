@@ -21,6 +21,7 @@ from relay.client.reconnect import (
     calls_done_at_quiescence,
     connect_message,
     connected_outcome,
+    login_token_after,
     plan_resume,
     retry_delay,
     retry_delays,
@@ -249,3 +250,58 @@ def test_calls_done_at_quiescence() -> None:
     }
     assert calls_done_at_quiescence(calls, resent=["pending", "resent-half"]) == ["half"]
     assert calls_done_at_quiescence({}, resent=[]) == []
+
+
+# -- the login token across reconnects ---------------------------------------------------------
+
+
+def test_a_logged_in_client_sends_its_resume_login_right_behind_connect() -> None:
+    sub = {"msg": "sub", "id": "s1", "name": "books.all", "params": []}
+    plan = plan_resume(
+        version="1",
+        session="S",
+        received_count=4,
+        resume=True,
+        calls={},
+        subs=[sub],
+        unsubs=[],
+        login_token="tok",
+        login_id="9",
+    )
+    kinds = [(m["msg"], m.get("method")) for m in plan.messages]
+    assert kinds == [("connect", None), ("method", "login"), ("sub", None)]
+    assert plan.messages[1] == {
+        "msg": "method",
+        "method": "login",
+        "params": [{"resume": "tok"}],
+        "id": "9",
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "result", "error", "after"),
+    [
+        ("login", [{"user": {"username": "a"}, "password": "p"}], {"token": "new"}, None, "new"),
+        ("createUser", [{"username": "a"}], {"token": "new", "id": "1"}, None, "new"),
+        ("getNewToken", [], {"token": "new"}, None, "new"),
+        ("logout", [], None, None, None),
+        ("login", [{"resume": "old"}], None, {"error": 403}, None),  # the token is dead
+        ("login", [{"user": {"username": "a"}, "password": "x"}], None, {"error": 403}, "old"),
+        ("books.rename", ["b", "t"], None, None, "old"),
+        ("login", [{}], "not a dict", None, "old"),
+    ],
+    ids=[
+        "login",
+        "createUser",
+        "getNewToken",
+        "logout",
+        "resume-refused",
+        "password-refused",
+        "other-method",
+        "odd-result",
+    ],
+)
+def test_the_token_follows_the_accounts_methods(
+    method: str, params: Any, result: Any, error: Any, after: str | None
+) -> None:
+    assert login_token_after("old", method, params, result, error) == after
