@@ -189,6 +189,8 @@ class WebSocket:
     """
 
     __slots__ = (
+        "_budget",
+        "_budget_full",
         "_close_queued",
         "_closing",
         "_compression",
@@ -208,6 +210,7 @@ class WebSocket:
         "_raw",
         "_read_done",
         "_reading",
+        "_reserved",
         "_shut",
         "_sock",
         "_timer",
@@ -216,9 +219,6 @@ class WebSocket:
         "close_code",
         "close_reason",
         "overflowed",
-        "_budget",
-        "_reserved",
-        "_budget_full",
     )
 
     def __init__(
