@@ -6,14 +6,16 @@
   no fields, so its inserts and deletes travel the change stream (a deleted token closes
   the sessions holding it, on every relay); no publication returns it and its mutators
   deny everything (the ``Collection`` default);
-* Django's ``user_logged_out`` connected to ``revoke_django_session``.
+* Django's ``user_logged_out`` connected to ``revoke_django_session``, and the database
+  ``Session`` model's ``post_delete`` to ``revoke_deleted_django_session``.
 
 With ``DDP_ACCOUNTS`` on (the default), Meteor's accounts: the ``users`` collection of
 ``AUTH_USER_MODEL`` (``django_app.accounts.users``), the null publication
 ``USER_PUBLICATION`` that every session runs (its user's own document, nothing when
 logged out), ``meteor.loginServiceConfiguration`` (ready, no documents: Meteor clients
 subscribe to it at startup), the accounts methods (``django_app.accounts.methods``) and,
-unless ``DDP_DEFAULT_RATE_LIMIT`` is off, Meteor's default rate limit on them.
+unless ``DDP_DEFAULT_RATE_LIMIT`` is off, Meteor's default rate limit on them (plus the
+same limit on ``changePassword``, which Meteor leaves out).
 
 What must not live here: the implementations (``django_app.accounts``).
 """
@@ -22,10 +24,15 @@ from __future__ import annotations
 
 from typing import Final
 
+from django.apps import apps
 from django.contrib.auth import user_logged_out
+from django.db.models.signals import post_delete
 
 from django_app.accounts.methods import register_methods
-from django_app.accounts.revocation import revoke_django_session
+from django_app.accounts.revocation import (
+    revoke_deleted_django_session,
+    revoke_django_session,
+)
 from django_app.accounts.tokens import TOKEN_COLLECTION
 from django_app.accounts.users import USER_PUBLICATION, own_user_cursors, users_collection_class
 from django_app.collection import Collection
@@ -35,7 +42,7 @@ from django_app.cursor import Cursor
 from django_app.models import LoginToken
 from django_app.publications import Publication
 from django_app.registries import registry
-from relay.limits.ratelimit import DEFAULT_ACCOUNTS_RULE
+from relay.limits.ratelimit import CHANGE_PASSWORD_RULE, DEFAULT_ACCOUNTS_RULE
 
 __all__ = ["LOGIN_SERVICE_CONFIGURATION", "USER_PUBLICATION", "LoginTokenCollection"]
 
@@ -53,6 +60,14 @@ class LoginTokenCollection(Collection):
 
 
 user_logged_out.connect(revoke_django_session, dispatch_uid="ddp_revoke_django_session")
+if apps.is_installed("django.contrib.sessions"):
+    from django.contrib.sessions.models import Session
+
+    post_delete.connect(
+        revoke_deleted_django_session,
+        sender=Session,
+        dispatch_uid="ddp_revoke_deleted_django_session",
+    )
 
 
 def _own_user(ctx: SubscriptionContext) -> list[Cursor]:
@@ -66,3 +81,4 @@ if ddp_settings.ACCOUNTS:
     register_methods(registry)
     if ddp_settings.DEFAULT_RATE_LIMIT:
         registry.add_rate_limit_rule(DEFAULT_ACCOUNTS_RULE)
+        registry.add_rate_limit_rule(CHANGE_PASSWORD_RULE)

@@ -170,6 +170,9 @@ def check_user_password(user: Any, password: Password) -> bool:
         return True
     if encoded and user.has_usable_password() and _foreign_hash(encoded):
         _log_predates(user.pk)
+        # Nothing was hashed: spend what a check costs, or the answer's speed would tell
+        # an existing user (with an old hash) from an unknown one.
+        run_hasher_once(password)
     return False
 
 

@@ -402,7 +402,13 @@ class _EmailVerificationTokenGenerator(PasswordResetTokenGenerator):
         flag = verified_field(type(user))
         email = getattr(user, address.attname) if address is not None else ""
         verified = getattr(user, flag.attname) if flag is not None else False
-        return f"{user.pk}{email}{verified}{timestamp}"
+        last = getattr(user, "last_login", None)
+        login = "" if last is None else last.replace(microsecond=0)
+        # Separated parts: "1" + "2a@x" must not hash like "12" + "a@x" (one user's token
+        # passing for another's). Bound to the password and last login too, as Django's
+        # reset tokens are: a token dies when either changes.
+        parts = (user.pk, email, verified, user.password, login, timestamp)
+        return "|".join(str(part) for part in parts)
 
 
 _email_verification = _EmailVerificationTokenGenerator()

@@ -20,7 +20,8 @@ settings steer it, set here:
 And ``revoke_django_session``, the receiver of Django's ``user_logged_out``
 (``django_app/ddp.py`` connects it): the ``"session"`` row of the Django session being
 logged out is deleted, so the DDP sessions that the browser's cookie authenticated are
-closed too.
+closed too; and ``revoke_deleted_django_session`` does the same when a database-backed
+Django session is deleted without a logout.
 
 What must not live here: the trigger's SQL (``django_app.triggers``) or issuing tokens
 (``django_app.accounts.tokens``).
@@ -96,6 +97,19 @@ def revoke_django_session(
     session = getattr(request, "session", None)
     key = getattr(session, "session_key", None)
     if key:
-        LoginToken.objects.filter(
-            hashed_token=hash_token(key), kind=LoginToken.KIND_SESSION
-        ).delete()
+        revoke_session_key(key)
+
+
+def revoke_deleted_django_session(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """``post_delete`` receiver of Django's database ``Session`` model: a Django session
+    that ended without a logout (a login as someone else flushes it, a login cycles its
+    key, an admin deletes it) stops authenticating the DDP sessions its cookie opened.
+    Bulk deletes (``clearsessions``) send no signal: those rows expire with the session."""
+    key = getattr(instance, "session_key", None)
+    if key:
+        revoke_session_key(key)
+
+
+def revoke_session_key(key: str) -> None:
+    """Delete the ``"session"`` token row of the Django session ``key``."""
+    LoginToken.objects.filter(hashed_token=hash_token(key), kind=LoginToken.KIND_SESSION).delete()

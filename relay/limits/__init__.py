@@ -24,6 +24,7 @@ from relay.limits.address import (
 from relay.limits.budget import ByteBudget
 from relay.limits.ratelimit import (
     ACCOUNTS_METHODS,
+    CHANGE_PASSWORD_RULE,
     DEFAULT_ACCOUNTS_RULE,
     Event,
     RateLimiter,
@@ -35,6 +36,7 @@ from relay.limits.ratelimit import (
 
 __all__ = [
     "ACCOUNTS_METHODS",
+    "CHANGE_PASSWORD_RULE",
     "DEFAULT_ACCOUNTS_RULE",
     "AddressBudget",
     "ByteBudget",

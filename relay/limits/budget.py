@@ -8,7 +8,10 @@ worker's. The session reserves a message's size when it queues the message, rele
 when the message has been handled, and releases whatever it still holds when it closes
 (``release_all``). What to do when a reservation is refused (close the session, which is
 what the relay does with too many pending messages) is the caller's decision; ``reserve``
-says which budget was full, for the close reason and the metric.
+says which budget was full, for the close reason and the metric. When a shared budget
+(the worker's) is full, the one to give way is its largest holder, not whoever asks
+next: ``evict_largest`` runs the ``on_evict`` of the child holding the most (a hostile
+client's queue, not an honest client's one message), which must release what it holds.
 
 Not thread-safe; gevent-safe (a call never yields, so no greenlet sees half a reservation).
 
@@ -17,20 +20,53 @@ Must not: read a clock, do I/O, import gevent or Django, or import anything of t
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+
 
 class ByteBudget:
     """At most ``limit`` bytes held at once (0: no limit of its own), within ``parent``'s."""
 
-    __slots__ = ("_used", "limit", "name", "parent")
+    __slots__ = ("__weakref__", "_children", "_used", "limit", "name", "on_evict", "parent")
 
-    def __init__(self, limit: int, parent: ByteBudget | None = None, *, name: str = "") -> None:
+    def __init__(
+        self,
+        limit: int,
+        parent: ByteBudget | None = None,
+        *,
+        name: str = "",
+        on_evict: Callable[[], None] | None = None,
+    ) -> None:
         if limit < 0:
             raise ValueError(f"limit must not be negative (got {limit})")
         self.limit = limit
         self.parent = parent
         #: Says which budget refused (``"session"``, ``"worker"``): a metric label.
         self.name = name
+        #: Called by the parent's ``evict_largest``: give up what this budget holds.
+        self.on_evict = on_evict
         self._used = 0
+        #: The budgets within this one (weakly: a closed session's goes with it).
+        self._children: weakref.WeakSet[ByteBudget] = weakref.WeakSet()
+        if parent is not None:
+            parent._children.add(self)
+
+    def evict_largest(self, spare: ByteBudget | None = None) -> bool:
+        """Ask the child holding the most bytes to give them up, if it holds more than
+        ``spare`` (the asker: when it holds the most, it is the one to give way, and
+        this returns False); True if one was asked."""
+        floor = spare._used if spare is not None else 0
+        candidates = [
+            c
+            for c in self._children
+            if c is not spare and c._used > floor and c.on_evict is not None
+        ]
+        if not candidates:
+            return False
+        largest = max(candidates, key=lambda c: c._used)
+        assert largest.on_evict is not None
+        largest.on_evict()
+        return True
 
     @property
     def used(self) -> int:

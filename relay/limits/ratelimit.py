@@ -246,6 +246,17 @@ DEFAULT_ACCOUNTS_RULE: Final = Rule(
     label="accounts",
 )
 
+#: Not in Meteor's defaults, and worth having: ``changePassword`` checks the old password,
+#: so a stolen token could otherwise guess it at full speed. Same budget, per connection.
+CHANGE_PASSWORD_RULE: Final = Rule(
+    type="method",
+    name="changePassword",
+    connection_id=_any,
+    limit=5,
+    interval_ms=10_000,
+    label="accounts",
+)
+
 
 @dataclass(slots=True)
 class _RuleState:

@@ -117,19 +117,24 @@ class RelayApp:
         if not gate.open_socket(request.remote_addr):
             # 429, not 503: a load balancer retries a 503 on another relay.
             return _text(start_response, "429 Too Many Requests", "too many connections\n")
-        accepted = handshake.accept(environ, self.settings, gate.send_budget)
-        if isinstance(accepted, handshake.HandshakeRefusal):
+        try:
+            accepted = handshake.accept(environ, self.settings, gate.send_budget)
+            if isinstance(accepted, handshake.HandshakeRefusal):
+                gate.socket_closed(request.remote_addr)
+                start_response(accepted.status, list(accepted.headers))
+                return [accepted.body]
+            transport: Transport
+            if route is endpoints.Route.SOCKJS_WEBSOCKET:
+                transport = SockJSTransport(
+                    accepted, self.settings.sockjs_heartbeat, self.node.sockjs_heartbeats
+                )
+            else:
+                transport = RawTransport(accepted)
+            ended = self.node.adopt(transport, request)
+        except Exception:
+            # Counted at the upgrade: given back exactly once, here or when it ends.
             gate.socket_closed(request.remote_addr)
-            start_response(accepted.status, list(accepted.headers))
-            return [accepted.body]
-        transport: Transport
-        if route is endpoints.Route.SOCKJS_WEBSOCKET:
-            transport = SockJSTransport(
-                accepted, self.settings.sockjs_heartbeat, self.node.sockjs_heartbeats
-            )
-        else:
-            transport = RawTransport(accepted)
-        ended = self.node.adopt(transport, request)
+            raise
         ended.rawlink(lambda _: gate.socket_closed(request.remote_addr))
         if not accepted.owns_socket:
             # A TLS socket stays gunicorn's: keep this handler until the session is over.

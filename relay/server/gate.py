@@ -9,6 +9,7 @@ with the worker's settings and the application's rules, and counts every refusal
 * bytes of inbound messages queued per session (``RELAY_MAX_PENDING_BYTES``) within the
   worker's total (``RELAY_MAX_WORKER_PENDING_BYTES``): a session over either is closed
   (its client reconnects and may resume), so one client cannot grow the worker's memory;
+  when the worker's total is what is full, the session holding the most gives way;
   and the outbound bytes queued on all the worker's sockets (``RELAY_MAX_WORKER_SEND_BYTES``,
   the sockets count it themselves): the socket that would pass it is closed as too slow;
 * Meteor's DDPRateLimiter rules (the backend's ``rate_limit_rules()``, by default the
@@ -28,7 +29,7 @@ send anything (sessions and the app answer), or keep per-session state beyond a 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from relay.config import Settings
@@ -87,9 +88,24 @@ class Gate:
 
     # -- inbound bytes ------------------------------------------------------------------------
 
-    def session_budget(self) -> ByteBudget:
-        """A new session's budget of queued inbound bytes, inside the worker's."""
-        return ByteBudget(self._session_pending, self._pending, name="session")
+    def session_budget(self, on_evict: Callable[[], None] | None = None) -> ByteBudget:
+        """A new session's budget of queued inbound bytes, inside the worker's;
+        ``on_evict`` closes the session when the worker's budget is full and it holds the
+        most (``reserve_pending``)."""
+        return ByteBudget(self._session_pending, self._pending, name="session", on_evict=on_evict)
+
+    def reserve_pending(self, budget: ByteBudget, size: int) -> bool:
+        """Take ``size`` bytes for a session's queued message. When the worker's budget is
+        full, the session holding the most gives way (evicted, counted) if it is not this
+        one; False (counted) when this session must be closed instead."""
+        full = budget.reserve(size)
+        if full is self._pending and self._pending.evict_largest(spare=budget):
+            self._metrics.limited.labels(limit="pending_bytes_worker").inc()
+            full = budget.reserve(size)
+        if full is None:
+            return True
+        self.over_budget(full)
+        return False
 
     def over_budget(self, which: ByteBudget) -> None:
         """Count a session closed because ``which`` (its budget or the worker's) was full."""

@@ -42,6 +42,7 @@ from relay.backend import (
     MethodOutcome,
     SubscriptionData,
 )
+from relay.limits import address_key
 from relay.protocol import messages
 from relay.protocol.alea import random_id
 from relay.protocol.connection import Heartbeat, HeartbeatAction, ServerConnection, State
@@ -137,6 +138,9 @@ class Session:
         self.results: OrderedDict[str, str] = OrderedDict()
         #: The coordinator's epoch for this session; None: it cannot be parked/resumed.
         self.epoch: int | None = None
+        #: Whose share this session's pool calls and parked bytes count against: the
+        #: client's address as the limits key it (an IPv6 /64 is one client).
+        self.owner = address_key(handshake.remote_addr or None, ctx.settings.address_ipv6_prefix)
         #: False once the client showed it cannot resume (it reconnected naming a session
         #: without ``receivedCount``: a client older than Meteor 3.5): never parked.
         self.resumable = True
@@ -149,7 +153,7 @@ class Session:
         #: bytes per session (its first block) against 56 (the queue is bounded and short).
         self._pending: list[ClientMessage | Resync | Recheck] = []
         #: The queued messages' memory, within the worker's total (``relay.server.gate``).
-        self._budget = ctx.gate.session_budget()
+        self._budget = ctx.gate.session_budget(on_evict=self._evicted)
         #: Bytes reserved per queued message, in queue order (0 for internal ones).
         self._pending_sizes: list[int] = []
         self._processor: gevent.Greenlet | None = None
@@ -225,12 +229,18 @@ class Session:
         # What the queued message holds in memory: its text's size is the measure (the
         # parsed message holds about as much, the text is gone once parsed).
         size = sys.getsizeof(text)
-        full = self._budget.reserve(size)
-        if full is not None:
-            self.ctx.gate.over_budget(full)
-            self.close(disconnect.PENDING_BYTES)
+        if not self.ctx.gate.reserve_pending(self._budget, size):
+            self._evicted()
             return
         self._queue(msg, size)
+
+    def _evicted(self) -> None:
+        """Too many queued bytes (this session's own, or the most of a full worker): drop
+        the queue now, giving its bytes back, and close (the client may resume)."""
+        self._pending.clear()
+        self._pending_sizes.clear()
+        self._budget.release_all()
+        self.close(disconnect.PENDING_BYTES)
 
     def _queue(self, msg: ClientMessage | Resync | Recheck, size: int = 0) -> None:
         self._pending.append(msg)
@@ -298,11 +308,17 @@ class Session:
             and msg.received_count is not None
             and self.ctx.settings.resume_window > 0
         ):
+            handshake_identity = self.identity
             resumed = resumer.resume(msg.session, msg.received_count, self._bound_to)
             if resumed is not None:
-                self._restore(resumed, msg.received_count)
-                self._opened(resumed=True)
+                # The hook may refuse before anything of the session is sent.
+                self.id, self.epoch = resumed.state.session_id, resumed.epoch
+                if self._opened(resumed=True):
+                    self._restore(resumed, msg.received_count)
                 return
+            # Judging the binding may have run the client's login: not resumed, it runs
+            # again from the queue, as for any new session.
+            self.identity = handshake_identity
         self._preanswered.clear()
         self.resumable = msg.session is None or msg.received_count is not None
         # A fresh id unless resumed exactly: clients before Meteor 3.5 wipe their cache
@@ -392,7 +408,8 @@ class Session:
         previous = self.identity
         self.identity = identity
         self._watch_credential()
-        if identity.user_id != previous.user_id:
+        paused = self._revocation_pending  # live routing was stopped by a revocation
+        if identity.user_id != previous.user_id or paused:
             # The same user again (a resume login, getNewToken) sees the same data.
             self._rerun_many(list(self.subs.values()))
 
@@ -417,7 +434,12 @@ class Session:
         token, and its commit can reach the listener before the method returns the new
         identity (then the old credential no longer speaks for the session)."""
         if self._in_method:
-            self._revocation_pending = True
+            if not self._revocation_pending:
+                self._revocation_pending = True
+                # Nothing more of the revoked user's data meanwhile: live routing stops
+                # until the method's outcome says who the session is.
+                for sub in self.subs.values():
+                    self._detach(sub)
             return
         self.ctx.metrics.revocations.inc()
         self.close(disconnect.REVOKED)
@@ -529,7 +551,7 @@ class Session:
                 self._call_context(),
                 msg.name,
                 msg.params,
-                owner=self.handshake.remote_addr,
+                owner=self.owner,
             )
         except ClientError as exc:
             self._fail_sub(sub, self._client_error(exc))
@@ -607,7 +629,7 @@ class Session:
                     self._call_context(),
                     sub.name,
                     sub.params,
-                    owner=self.handshake.remote_addr,
+                    owner=self.owner,
                 )
             except Exception as exc:
                 if not isinstance(exc, ClientError):
@@ -641,7 +663,15 @@ class Session:
                     out.extend(self.mergebox.add(sub.id, collection, doc_id, fields))
         for sub_id, collection, doc_id in stale:
             out.extend(self.mergebox.remove(sub_id, collection, doc_id))
-        self.send(out)
+        try:
+            texts = [self.ctx.streams.interner.encode(m) for m in out]
+        except (TypeError, ValueError):
+            # A publication produced a value that cannot be sent, and the mergebox already
+            # holds it: the client's view can no longer be kept exact. Start it afresh.
+            log.exception("a re-run publication produced a document that cannot be sent")
+            self.close(disconnect.SERVER_ERROR)
+            return
+        self.send_texts(texts)
         for sub, data, _ in fetched:
             self._attach(sub, data)
 
@@ -698,16 +728,27 @@ class Session:
             metrics.method_calls.labels(outcome="limited").inc()
             self.send([messages.updated([msg.id]), messages.result(msg.id, err=rejection)])
             return
+        self._in_method = True
+        try:
+            self._run_method(msg)
+        finally:
+            self._in_method = False
+        if self._revocation_pending and not self.closed:
+            # The method did not replace the revoked credential: the revocation stands.
+            self._revocation_pending = False
+            self._revoked()
+
+    def _run_method(self, msg: Method) -> None:
+        backend, metrics = self.ctx.backend, self.ctx.metrics
         started = time.monotonic()
         outcome: MethodOutcome | None = None
-        self._in_method = True
         try:
             outcome = self.ctx.run(
                 backend.call,
                 self._call_context(msg.random_seed),
                 msg.method,
                 msg.params,
-                owner=self.handshake.remote_addr,
+                owner=self.owner,
             )
             try:
                 reply = messages.encode(messages.result(msg.id, outcome.result))
@@ -727,8 +768,8 @@ class Session:
         if outcome is not None and outcome.identity is not None:
             # Logged in or out: the subscriptions' difference goes before ``result``, as
             # Meteor's setUserId sends it (its client expects the user's document first).
-            self._revocation_pending = False  # of the credential the method replaced
             self._set_identity(outcome.identity)
+            self._revocation_pending = False  # of the credential the method replaced
         self.results[msg.id] = reply
         while len(self.results) > MAX_RESULTS:
             self.results.popitem(last=False)
@@ -736,14 +777,8 @@ class Session:
         if outcome is not None:
             self._write_fence(msg, outcome)
         self.send([messages.updated([msg.id])])
-        self._in_method = False
         if outcome is not None and outcome.close:
             self.close(disconnect.CLOSED_BY_SERVER)
-            return
-        if self._revocation_pending:
-            # The method did not replace the revoked credential: the revocation stands.
-            self._revocation_pending = False
-            self._revoked()
 
     def _write_fence(self, msg: Method, outcome: MethodOutcome) -> None:
         """Hold ``updated`` until the method's writes were routed to this session (I5)."""
@@ -895,7 +930,7 @@ class Session:
             results=dict(self.results),
             credential=self.identity.credential,
         )
-        return resumer.park(state, self.epoch, self.handshake.remote_addr)
+        return resumer.park(state, self.epoch, self.owner)
 
 
 def _newest(log: deque[str], max_bytes: int) -> list[str]:

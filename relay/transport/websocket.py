@@ -210,7 +210,6 @@ class WebSocket:
         "_raw",
         "_read_done",
         "_reading",
-        "_reserved",
         "_shut",
         "_sock",
         "_timer",
@@ -265,9 +264,13 @@ class WebSocket:
         self._discarding: str | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
-        self._budget = send_budget
-        #: The part of ``_out_bytes`` taken from the worker's budget.
-        self._reserved = 0
+        #: This socket's share of the worker's budget (no limit of its own: that is
+        #: ``send_buffer_bytes``); it holds the part of ``_out_bytes`` taken from it.
+        self._budget = (
+            None
+            if send_budget is None
+            else ByteBudget(0, send_budget, name="socket", on_evict=self._evict)
+        )
         self._budget_full = False
         self._inflight = 0
         self._writer: Any = None
@@ -579,20 +582,26 @@ class WebSocket:
         self._ensure_writer()
 
     def _add_out(self, delta: int) -> None:
-        """Count ``delta`` bytes more (or fewer) queued, here and in the worker's budget."""
+        """Count ``delta`` bytes more (or fewer) queued, here and in the worker's budget.
+        When the worker's is full, the socket holding the most gives way (closed as too
+        slow), or this one when it holds the most."""
         self._out_bytes += delta
         budget = self._budget
         if budget is None:
             return
         if delta > 0:
-            if budget.reserve(delta) is None:
-                self._reserved += delta
-            else:
+            full = budget.reserve(delta)
+            if full is not None and full.evict_largest(spare=budget):
+                full = budget.reserve(delta)
+            if full is not None:
                 self._budget_full = True
         elif delta < 0:
-            given = min(-delta, self._reserved)
-            self._reserved -= given
-            budget.release(given)
+            budget.release(-delta)  # clamped to what it holds: unreserved bytes are free
+
+    def _evict(self) -> None:
+        """The worker's budget is full and this socket holds the most: close it."""
+        self._budget_full = True
+        self._overflowing()
 
     def _overflowing(self) -> bool:
         if self._out_bytes <= self._max_buffer and not self._budget_full:

@@ -141,3 +141,15 @@ def test_set_user_password(reader: User) -> None:
     set_user_password(reader, parse_password("from plain"))
     assert reader.check_password("from plain")
     assert not reader.check_password("from a digest")
+
+
+@pytest.mark.django_db
+def test_a_digest_against_an_old_hash_costs_a_hashing_anyway(monkeypatch: Any) -> None:
+    # Found in review: refusing at once told "exists, old hash" from "unknown user" (which
+    # pays a hashing) by the answer's speed, whatever the error message says.
+    spent: list[Any] = []
+    monkeypatch.setattr(hashers, "run_hasher_once", spent.append)
+    user = User.objects.create(username="old-hash", password=make_password(PASSWORD, hasher="md5"))
+    password = parse_password({"digest": meteor_digest(PASSWORD), "algorithm": "sha-256"})
+    assert not hashers.check_user_password(user, password)
+    assert spent == [password]

@@ -519,3 +519,19 @@ def test_verify_email(call: Call, reader: User, settings: Any) -> None:
         403,
         "Verify email link expired",
     )
+
+
+def test_a_verification_token_of_one_user_never_passes_for_another(settings: Any) -> None:
+    # Found in review: without separators, user 1 with "2alice@example.com" hashed like
+    # user 12 with "alice@example.com", and verifyEmail logs the caller in.
+    from django_app.accounts.methods import _email_verification
+
+    settings.DDP_EMAIL_VERIFIED_FIELD = "is_staff"
+    one = User(pk=1, username="one", email="2alice@example.com", password="x")
+    twelve = User(pk=12, username="twelve", email="alice@example.com", password="x")
+    stamp = 1_000_000
+    assert _email_verification._make_hash_value(one, stamp) != _email_verification._make_hash_value(
+        twelve, stamp
+    )
+    token = _email_verification._make_token_with_timestamp(one, stamp, _email_verification.secret)
+    assert not _email_verification.check_token(twelve, token)

@@ -207,3 +207,19 @@ def _author_set(conn: Any, real: Any) -> Any:
                 db_table = Author._meta.db_table
 
     return real(conn, AuthorAsUser)
+
+
+def test_a_django_session_deleted_without_a_logout_revokes_its_row(
+    backend: DjangoBackend, reader: User, tokens: set[str]
+) -> None:
+    # Found in review: a login as someone else flushes the session, an admin deletes it;
+    # no user_logged_out is sent, and the DDP sessions of that cookie stayed logged in.
+    from django.contrib.sessions.models import Session
+
+    client = Client()
+    assert client.login(username="reader", password=PASSWORD)
+    key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    shake = Handshake({}, {settings.SESSION_COOKIE_NAME: key}, "127.0.0.1", "/websocket")
+    assert backend.authenticate(shake).credential in token_ids(reader)
+    Session.objects.get(session_key=key).delete()
+    assert token_ids(reader) == tokens

@@ -111,3 +111,26 @@ def test_no_budget_is_ever_over_its_limit_and_the_worker_sums_its_sessions(
     for session in sessions:
         session.release_all()
     assert worker.used == 0
+
+
+def test_a_full_worker_evicts_its_largest_holder_not_the_asker() -> None:
+    worker = ByteBudget(100, name="worker")
+    evicted: list[str] = []
+    sessions: dict[str, ByteBudget] = {}
+    for name in ("hog", "small", "honest"):
+        sessions[name] = ByteBudget(
+            80,
+            worker,
+            name=name,
+            on_evict=lambda n=name: (evicted.append(n), sessions[n].release_all()),
+        )
+    assert sessions["hog"].reserve(70) is None and sessions["small"].reserve(20) is None
+    assert sessions["honest"].reserve(30) is worker  # full
+    assert worker.evict_largest(spare=sessions["honest"])
+    assert evicted == ["hog"] and worker.used == 20
+    assert sessions["honest"].reserve(30) is None
+    # The asker itself is never chosen; nothing to evict: False.
+    assert not ByteBudget(10).evict_largest()
+    # When the asker holds the most, nobody else is evicted: it gives way itself.
+    assert sessions["honest"].reserve(40) is None  # honest 70, small 20
+    assert not worker.evict_largest(spare=sessions["honest"])

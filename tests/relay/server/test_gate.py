@@ -100,20 +100,29 @@ def test_a_session_queueing_more_bytes_than_its_budget_is_closed_and_the_worker_
     assert len(honest.expect("result")["result"]) == 900_000
 
 
-def test_the_workers_budget_bounds_many_sessions_together() -> None:
+def test_a_full_worker_closes_its_largest_holder_not_the_honest_client() -> None:
     settings = Settings(max_pending_bytes=1_500_000, max_worker_pending_bytes=2_500_000)
     ctx = FakeContext(settings)
     big = json.dumps({"msg": "method", "id": "x", "method": "echo", "params": ["a" * 900_000]})
-    peers = []
-    for _ in range(3):
-        peer = Peer(ctx)
-        peer.connect()
-        peer.send({"msg": "method", "id": "s", "method": "sleep", "params": [0.3]})
-        peer.send(big)
-        peers.append(peer)
+    hogs = []
+    for _ in range(2):
+        hog = Peer(ctx)
+        hog.connect()
+        hog.send({"msg": "method", "id": "s", "method": "sleep", "params": [0.3]})
+        hog.send(big)
+        hogs.append(hog)
+    honest = Peer(ctx)
+    honest.connect()
+    honest.send({"msg": "method", "id": "s", "method": "sleep", "params": [0.3]})
+    before = _limited("pending_bytes_worker")
+    honest.send(big)  # would pass the worker's budget: a hog gives way, not this one
     gevent.sleep(0.05)
-    assert [p.session.closed for p in peers] == [False, False, True]
+    assert [p.session.closed for p in hogs].count(True) == 1
+    assert not honest.session.closed
+    assert _limited("pending_bytes_worker") == before + 1
     assert ctx.gate._pending.used <= 2_500_000
+    honest.expect("result", timeout=3)  # the sleep's
+    assert len(honest.expect("result", timeout=3)["result"]) == 900_000
 
 
 def test_connections_per_address() -> None:

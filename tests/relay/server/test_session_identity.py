@@ -362,3 +362,48 @@ def test_universal_subscriptions_do_not_count_against_the_subscription_limit() -
     assert peer.expect("ready")["subs"] == ["s"]
     peer.send({"msg": "sub", "id": "t", "name": "all"})
     assert peer.expect("nosub")["error"]["error"] == "too-many-subscriptions"
+
+
+def test_a_refusing_hook_sees_a_resume_before_anything_of_it_is_sent() -> None:
+    ctx, resumer, session_id = _parked_logged_in()
+    ctx.backend.hooks = True
+    ctx.backend.refuse = "Banned meanwhile"
+    login = {"msg": "method", "id": "9", "method": "login", "params": [{"resume": "t1"}]}
+    again = Peer(ctx)
+    count = resumer.resumed.state.sent_count  # type: ignore[union-attr]
+    again.send(
+        {
+            "msg": "connect",
+            "version": "1",
+            "support": ["1"],
+            "session": session_id,
+            "receivedCount": count,
+        },
+        login,
+    )
+    assert again.expect("error")["reason"] == "Banned meanwhile"
+    again.greenlet.join(timeout=2)
+    assert [m["msg"] for m in again.messages()] == ["error"]  # no connected, no replay
+    assert ("opened", session_id, True) in ctx.backend.connections
+
+
+def test_live_updates_stop_while_a_revocation_waits_for_the_method(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
+    peer.connect()
+    _call(peer, "1", "login", {"user": "7"})
+    peer.send({"msg": "sub", "id": "l", "name": "live"})
+    peer.expect("ready")
+    call = ctx.backend.call
+    start = len(peer.messages())
+
+    def revoked_then_a_change(call_ctx: object, name: str, params: object) -> object:
+        ctx.streams.deliver(TOKENS, 4, "E", 100, [Change("d", "t1", {})])
+        ctx.streams.deliver("ddp_things", 6, "E", 101, [Change("u", "a", {"n": 99})])
+        return call(call_ctx, name, params)
+
+    ctx.backend.call = revoked_then_a_change
+    peer.send({"msg": "method", "id": "2", "method": "echo", "params": [1]})
+    with gevent.Timeout(2):
+        while not peer.session.closed:
+            gevent.sleep(0.01)
+    assert [m["msg"] for m in peer.messages()[start:]] == ["result", "updated"]  # no changed
