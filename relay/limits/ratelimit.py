@@ -13,15 +13,15 @@ Semantics kept from Meteor's ``rate-limit.js`` and ``ddp-rate-limiter.js``:
   unset matcher, None, matches anything, as Meteor's ``null``);
 - the bucket of a matching event is the tuple of the event's values for the matchers the
   rule sets (Meteor concatenates ``key + value``; a tuple cannot collide);
-- each rule has one fixed window shared by all its buckets, reset lazily by the first
-  matching event that comes more than ``interval_ms`` after the window opened; the reset
-  drops every bucket of the rule;
+- windows are fixed, ``interval_ms`` long;
 - the bucket's counter is incremented before the check, and the event is rejected when the
   counter exceeds ``limit`` (so ``limit`` events pass per window; rejected ones count too);
 - several rejecting rules: the longest time to reset is reported.
 
-Where this differs from Meteor, on purpose: a rule's window opens at the first matching
-event unless ``add_rule`` is given the time (Meteor opens it when the rule is added); a
+Where this differs from Meteor, on purpose: each bucket has its own window, opened by its
+first event (Meteor shares one window per rule between all its buckets, so another
+client's calls decide when yours reset, and the sixth login of a connection within 10 s
+could pass); a
 ``limit`` of 0 rejects everything (Meteor's ``|| 10`` turns 0 into 10); a rule's custom
 ``message`` is taken from the rejecting rule with the longest time to reset (Meteor takes
 the last rule it looked at, rejecting or not); and memory is bounded: a rule holds at most
@@ -40,6 +40,7 @@ but ``relay.protocol`` (``tests/relay/limits/test_purity.py`` holds it to that).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, NewType
@@ -259,20 +260,19 @@ CHANGE_PASSWORD_RULE: Final = Rule(
 
 
 @dataclass(slots=True)
+class _Bucket:
+    #: When this bucket's window opened (its first event).
+    start: float
+    count: int = 0
+
+
+@dataclass(slots=True)
 class _RuleState:
     rule: Rule
-    #: When the current window opened (None: at the next matching event).
-    window_start: float | None
-    counts: dict[tuple[Value, ...], int] = field(default_factory=dict)
-    #: Events of this window whose bucket key came after the bucket cap was reached.
-    overflow: int = 0
-
-    def reset(self, now: float) -> None:
-        # A new dict, not clear(): the old one may have grown large, and clear() keeps
-        # its table allocated.
-        self.counts = {}
-        self.overflow = 0
-        self.window_start = now
+    #: Live buckets, oldest window first (a new or renewed window goes to the end).
+    buckets: OrderedDict[tuple[Value, ...], _Bucket] = field(default_factory=OrderedDict)
+    #: Where events with new keys go once ``max_buckets_per_rule`` are live.
+    overflow: _Bucket | None = None
 
 
 class RateLimiter:
@@ -295,12 +295,11 @@ class RateLimiter:
         for rule in rules:
             self.add_rule(rule)
 
-    def add_rule(self, rule: Rule, now: float | None = None) -> RuleId:
-        """Add ``rule``; its window opens at ``now`` (Meteor: when the rule is added) or,
-        when None, at the first event it matches. The id is for ``remove_rule``."""
+    def add_rule(self, rule: Rule) -> RuleId:
+        """Add ``rule`` (Meteor's ``addRule``); the id is for ``remove_rule``."""
         rule_id = RuleId(self._next_id)
         self._next_id += 1
-        self._states[rule_id] = _RuleState(rule, now)
+        self._states[rule_id] = _RuleState(rule)
         return rule_id
 
     def remove_rule(self, rule_id: RuleId) -> bool:
@@ -312,9 +311,9 @@ class RateLimiter:
         return {rule_id: state.rule for rule_id, state in self._states.items()}
 
     def bucket_count(self, rule_id: RuleId) -> int:
-        """Buckets the rule holds in its current window (the overflow bucket included)."""
+        """Buckets the rule holds (the overflow bucket included), expired ones until pruned."""
         state = self._states[rule_id]
-        return len(state.counts) + (1 if state.overflow else 0)
+        return len(state.buckets) + (1 if state.overflow is not None else 0)
 
     def check(self, event: Event, now: float) -> Rejection | None:
         """Count ``event`` in every rule it matches; the rejection when one of them is over
@@ -325,20 +324,22 @@ class RateLimiter:
             if not rule.matches(event):
                 continue
             interval_s = rule.interval_ms / 1000
-            start = state.window_start
-            if start is None or now - start > interval_s:
-                state.reset(now)
-                start = now
             key = rule.bucket(event)
-            count = state.counts.get(key)
-            if count is not None or len(state.counts) < self._max_buckets:
-                count = (count or 0) + 1
-                state.counts[key] = count
-            else:
-                state.overflow += 1
-                count = state.overflow
-            if count > rule.limit:
-                wait = ms_until_reset(rule.interval_ms, start, now)
+            bucket = state.buckets.get(key)
+            if bucket is not None and now - bucket.start > interval_s:
+                del state.buckets[key]  # its window is over: a new one opens now
+                bucket = None
+            if bucket is None:
+                self._prune_rule(state, now)
+                if len(state.buckets) < self._max_buckets:
+                    bucket = state.buckets[key] = _Bucket(now)
+                else:
+                    if state.overflow is None or now - state.overflow.start > interval_s:
+                        state.overflow = _Bucket(now)
+                    bucket = state.overflow
+            bucket.count += 1
+            if bucket.count > rule.limit:
+                wait = ms_until_reset(rule.interval_ms, bucket.start, now)
                 if worst is None or wait > worst[0]:
                     worst = (wait, rule_id, state)
         if worst is None:
@@ -346,13 +347,20 @@ class RateLimiter:
         wait, rule_id, state = worst
         return Rejection(wait, state.rule.reason(wait), rule_id, state.rule.label)
 
+    @staticmethod
+    def _prune_rule(state: _RuleState, now: float) -> None:
+        interval_s = state.rule.interval_ms / 1000
+        buckets = state.buckets
+        while buckets:
+            key, bucket = next(iter(buckets.items()))
+            if now - bucket.start <= interval_s:
+                break
+            del buckets[key]
+        if state.overflow is not None and now - state.overflow.start > interval_s:
+            state.overflow = None
+
     def prune(self, now: float) -> None:
-        """Drop the buckets of every window that is over (each rule would drop them at
-        its next matching event anyway; this frees rules that see no more events). The
-        next matching event opens a new window, as after a lazy reset."""
+        """Drop every bucket whose window is over (each rule drops them on its way anyway;
+        this frees rules that see no more events)."""
         for state in self._states.values():
-            start = state.window_start
-            if start is not None and now - start > state.rule.interval_ms / 1000:
-                state.counts = {}
-                state.overflow = 0
-                state.window_start = None
+            self._prune_rule(state, now)

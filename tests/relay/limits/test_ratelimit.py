@@ -134,32 +134,34 @@ def test_calls_no_rule_matches_are_never_refused_and_create_no_bucket() -> None:
 # -- windows --------------------------------------------------------------------------------
 
 
-def test_the_window_is_the_rules_shared_by_all_its_buckets() -> None:
+def test_each_bucket_has_its_own_window() -> None:
+    # Not Meteor's shared window per rule: there, another connection's first call decides
+    # when this one's count resets, and a sixth login within 10 s could pass.
     limiter = RateLimiter()
     rule_id = limiter.add_rule(Rule(connection_id=lambda _: True, limit=1, interval_ms=1000))
-    assert limiter.check(call(connection="a"), now=0.0) is None  # opens the window at 0
-    # b's first call at 0.9 s sits in the window a opened: 100 ms left, not 1000.
-    assert limiter.check(call(connection="b"), now=0.9) is None
+    assert limiter.check(call(connection="a"), now=0.0) is None  # a's window: 0..1
+    assert limiter.check(call(connection="b"), now=0.9) is None  # b's window: 0.9..1.9
     rejection = limiter.check(call(connection="b"), now=0.9)
-    assert rejection is not None and rejection.time_to_reset_ms == 100
+    assert rejection is not None and rejection.time_to_reset_ms == 1000
     assert limiter.bucket_count(rule_id) == 2
-    # The reset drops every bucket of the rule, not only the one of the event.
-    assert limiter.check(call(connection="a"), now=1.5) is None
-    assert limiter.bucket_count(rule_id) == 1
+    assert limiter.check(call(connection="a"), now=1.5) is None  # a's renewed
+    still = limiter.check(call(connection="b"), now=1.5)  # b's still running
+    assert still is not None and still.time_to_reset_ms == 400
+    limiter.prune(3.0)
+    assert limiter.bucket_count(rule_id) == 0
 
 
-def test_a_window_opens_when_the_rule_is_added_if_given_the_time() -> None:
-    limiter = RateLimiter()
-    limiter.add_rule(Rule(name="x", limit=1, interval_ms=1000), now=10.0)
-    assert limiter.check(call("x"), now=10.6) is None
-    rejection = limiter.check(call("x"), now=10.6)
-    assert rejection is not None and rejection.time_to_reset_ms == 400  # Meteor's phase
-    assert limiter.check(call("x"), now=11.01) is None
+def test_the_sixth_call_within_the_interval_is_refused_whatever_came_before() -> None:
+    limiter = RateLimiter([DEFAULT_ACCOUNTS_RULE])
+    for t in range(9):  # other connections' logins, spread out
+        assert limiter.check(call("login", connection=f"c{t}"), now=float(t)) is None
+    outcomes = [limiter.check(call("login", connection="me"), now=8.5 + i) for i in range(6)]
+    assert outcomes[:5] == [None] * 5 and outcomes[5] is not None
 
 
 def test_wait_is_rounded_up_to_a_whole_millisecond_and_never_exceeds_the_interval() -> None:
     limiter = RateLimiter()
-    limiter.add_rule(Rule(name="x", limit=0, interval_ms=1000), now=5.0)
+    limiter.add_rule(Rule(name="x", limit=0, interval_ms=1000))
     first = limiter.check(call("x"), now=5.0001)
     assert first is not None and first.time_to_reset_ms == 1000  # 999.9 ms, rounded up
     # A clock earlier than the window's start (not monotonic) waits the interval, no more.
