@@ -66,6 +66,7 @@ from django_app.cursor import conditions_for_rule
 from django_app.exceptions import DDPError, NotFound
 from django_app.registries import Registry
 from django_app.registries import registry as default_registry
+from django_app.serializer import pk_to_wire
 from relay.backend import (
     ANONYMOUS,
     CallContext,
@@ -172,7 +173,14 @@ class DjangoBackend:
                     if cursor.conditions is None or visibility is None
                     else _routable(collection, cursor.conditions + visibility)
                 )
-                routes.append(Route(collection.channel, collection.collection_name, conditions))
+                routes.append(
+                    Route(
+                        collection.channel,
+                        collection.collection_name,
+                        conditions,
+                        doc_id=_one_document(collection, conditions),
+                    )
+                )
             positions = changes.positions(route.channel for route in routes)
             return SubscriptionData(
                 documents=tuple(documents), routes=tuple(routes), positions=positions
@@ -276,6 +284,19 @@ def _connection(ctx: CallContext) -> SubscriptionContext:
         session_id=ctx.session_id,
         handshake=ctx.handshake,
     )
+
+
+def _one_document(collection: Collection, conditions: tuple[Condition, ...] | None) -> str | None:
+    """The wire id of the one document a route can hold when its only condition is an
+    exact primary-key lookup (a user's own document), else None."""
+    if conditions is None or len(conditions) != 1:
+        return None
+    (condition,) = conditions
+    if condition.op != "exact" or condition.path != collection.pk_field.attname:
+        return None
+    if condition.value is None:
+        return None
+    return id_stringify(pk_to_wire(condition.value))
 
 
 _warned: set[tuple[str, str]] = set()

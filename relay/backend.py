@@ -126,6 +126,10 @@ class Route:
     conditions: tuple[Condition, ...] | None = ()
     #: Published field names (None = all fields the collection publishes).
     fields: tuple[str, ...] | None = None
+    #: The wire id of the one document the route can hold, when its conditions say so
+    #: (a primary-key lookup: a user's own document, a login token's row): fan-out then
+    #: hands it that document's changes only, instead of testing it against every change.
+    doc_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

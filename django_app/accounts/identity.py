@@ -41,6 +41,7 @@ def revocation_route(credential: str) -> Route:
         TOKEN_COLLECTION,
         (Condition(pk.attname, "exact", credential),),
         fields=(),
+        doc_id=credential,  # a token's key is its wire id (a string key, kept as is)
     )
 
 

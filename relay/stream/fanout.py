@@ -162,6 +162,11 @@ class ChannelStream:
     seq: int
     epoch: str
     attachments: set[Attachment] = field(default_factory=set)
+    #: Of those, the routes of one document (``Route.doc_id``), by (collection, wire id):
+    #: a change reaches only its own document's, not all of them in turn.
+    keyed: dict[tuple[str, str], set[Attachment]] = field(default_factory=dict)
+    #: And the others, which every change is tested against.
+    general: set[Attachment] = field(default_factory=set)
     ring: deque[Batch] = field(default_factory=lambda: deque(maxlen=RING_SIZE))
     waiters: list[tuple[int, gevent.event.Event]] = field(default_factory=list)
 
@@ -199,12 +204,12 @@ class Streams:
         if stream is None:
             stream = ChannelStream(route.channel, seq, epoch)
             self.streams[route.channel] = stream
-            stream.attachments.add(att)
+            _add(stream, att)
             # LISTEN first, then the listener backfills everything after ``seq`` from the
             # changelog: a change committed between the snapshot and the LISTEN is not lost.
             self._listen(route.channel)
             return att
-        stream.attachments.add(att)
+        _add(stream, att)
         if epoch and stream.epoch and epoch != stream.epoch:
             self._resync(stream, [att])
         elif seq < stream.seq:
@@ -223,7 +228,7 @@ class Streams:
         stream = self.streams.get(att.route.channel)
         if stream is None:
             return
-        stream.attachments.discard(att)
+        _discard(stream, att)
         if not stream.attachments:
             del self.streams[att.route.channel]
             self._release(stream)
@@ -294,9 +299,15 @@ class Streams:
         cache = BatchCache()
         last = batches[-1].seq
         sent = 0
-        for att in list(stream.attachments):
-            if att.cursor < last:
-                sent += self._apply(att, batches, cache)
+        targets = [att for att in stream.general if att.cursor < last]
+        if stream.keyed:
+            touched: set[Attachment] = set()
+            for batch in batches:
+                for change in batch.changes:
+                    touched.update(stream.keyed.get((change.collection, change.id), ()))
+            targets.extend(att for att in touched if att.cursor < last)
+        for att in targets:
+            sent += self._apply(att, batches, cache)
         if self.metrics is not None:
             self.metrics.changes_delivered.inc(len(batches))
             if sent:
@@ -415,3 +426,26 @@ class Streams:
         event = gevent.event.Event()
         stream.waiters.append((seq, event))
         return bool(event.wait(timeout))
+
+
+def _add(stream: ChannelStream, att: Attachment) -> None:
+    stream.attachments.add(att)
+    doc_id = att.route.doc_id
+    if doc_id is None:
+        stream.general.add(att)
+    else:
+        stream.keyed.setdefault((att.route.collection, doc_id), set()).add(att)
+
+
+def _discard(stream: ChannelStream, att: Attachment) -> None:
+    stream.attachments.discard(att)
+    doc_id = att.route.doc_id
+    if doc_id is None:
+        stream.general.discard(att)
+        return
+    key = (att.route.collection, doc_id)
+    held = stream.keyed.get(key)
+    if held is not None:
+        held.discard(att)
+        if not held:
+            del stream.keyed[key]

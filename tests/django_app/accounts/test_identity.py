@@ -28,7 +28,7 @@ TOKENS = "ddp_ddp_logintoken"
 
 def test_revocation_route() -> None:
     assert revocation_route("abc") == Route(
-        TOKENS, "ddp.logintoken", (Condition("id", "exact", "abc"),), fields=()
+        TOKENS, "ddp.logintoken", (Condition("id", "exact", "abc"),), fields=(), doc_id="abc"
     )
 
 

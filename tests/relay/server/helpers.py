@@ -57,7 +57,7 @@ TOKENS = "ddp_tokens"
 def token_identity(user_id: str, token: str) -> Identity:
     """The identity the fake ``login`` gives: user ``user_id``, credential ``token``,
     watched on ``TOKENS`` by primary key."""
-    route = Route(TOKENS, "tokens", (Condition("id", "exact", token),), fields=())
+    route = Route(TOKENS, "tokens", (Condition("id", "exact", token),), fields=(), doc_id=token)
     return Identity(
         user=f"user-{user_id}",
         user_id=user_id,

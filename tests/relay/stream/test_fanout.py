@@ -6,7 +6,7 @@ from typing import Any
 
 import gevent
 
-from relay.backend import DecodedChange, Route
+from relay.backend import Condition, DecodedChange, Route
 from relay.protocol.changestream import Change
 from relay.protocol.mergebox import MergeBox
 from relay.stream.fanout import RING_SIZE, Streams, Transaction
@@ -250,3 +250,20 @@ def test_sessions_holding_one_version_of_a_document_share_one_dict() -> None:
     assert all(len(views(doc_id, loaded)) == 1 for doc_id in ids)
     # Dicts are replaced, never changed: the old version is still what it was.
     assert before["b0"] == row(0, "T0") and before["b1"] == row(1, "T1")
+
+
+def test_a_route_of_one_document_gets_only_that_documents_changes() -> None:
+    # Routes keyed by document (a login token's watch, a user's own document) are found by
+    # the change's id, not tested one by one against every change of the channel.
+    streams, _, unlistened = make()
+    one = FakeSession()
+    keyed = Route("ddp_books", "books", (Condition("id", "exact", "b1"),), doc_id="b1")
+    att = streams.attach(one, "s1", keyed, (0, ""))
+    streams.deliver("ddp_books", 1, "E", 1, [Change("i", "b2", {"id": "b2", "t": "x"})])
+    assert one.sent == [] and att.cursor == 0  # not even looked at
+    streams.deliver("ddp_books", 2, "E", 2, [Change("i", "b1", {"id": "b1", "t": "y"})])
+    assert [m["msg"] for m in one.sent] == ["added"]
+    streams.deliver("ddp_books", 3, "E", 3, [Change("d", "b1", {})])
+    assert [m["msg"] for m in one.sent] == ["added", "removed"]
+    streams.detach(att)
+    assert unlistened == ["ddp_books"]
