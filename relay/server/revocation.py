@@ -15,6 +15,9 @@ removal (``fields`` None) of the credential's own document (its wire id is the
 credential, ``relay.backend.Identity``). Fan-out hands it the deletes of other rows of
 the channel too (a deleted row carries no values a route condition could test).
 
+``Watcher`` is what a session holds: the one current watch of its identity's credential,
+moved when the identity changes and let go when the session ends.
+
 Must not: send DDP messages, touch the database (the session verifies, through the work
 pool) or block: fan-out calls it from the listener's greenlet.
 """
@@ -22,12 +25,17 @@ pool) or block: fan-out calls it from the listener's greenlet.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.protocol.mergebox import MergeBox
 from relay.transport import SharedFrames
 
-__all__ = ["CredentialWatch"]
+if TYPE_CHECKING:
+    from relay.backend import Identity
+    from relay.server.context import SessionStreams
+    from relay.stream.fanout import Attachment
+
+__all__ = ["CredentialWatch", "Watcher"]
 
 #: The watch's sub id on its attachment (it owns its mergebox: no clash with the session's).
 WATCH_ID = "credential"
@@ -84,3 +92,35 @@ class CredentialWatch:
     def request_resync(self, sub_id: str) -> None:
         if not self.closed:
             self.lost()
+
+
+class Watcher:
+    """A session's watch on its current credential: ``follow(identity)`` moves it (none
+    for an identity without a revocation route), ``stop()`` lets go of the channel."""
+
+    __slots__ = ("_attachment", "_lost", "_revoked", "_streams", "_watch")
+
+    def __init__(
+        self, streams: SessionStreams, revoked: Callable[[], None], lost: Callable[[], None]
+    ) -> None:
+        self._streams = streams
+        self._revoked = revoked
+        self._lost = lost
+        self._watch: CredentialWatch | None = None
+        self._attachment: Attachment | None = None
+
+    def follow(self, identity: Identity) -> None:
+        self.stop()
+        route, credential = identity.revocation, identity.credential
+        if route is None or credential is None:
+            return
+        self._watch = CredentialWatch(credential, self._revoked, self._lost)
+        self._attachment = self._streams.attach(self._watch, WATCH_ID, route, identity.position)
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.closed = True  # a trip already on its way is ignored
+            self._watch = None
+        if self._attachment is not None:
+            self._streams.detach(self._attachment)
+            self._attachment = None

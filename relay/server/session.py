@@ -60,7 +60,7 @@ from relay.protocol.messages import (
     Unsub,
 )
 from relay.resume.parked import ParkedSession, ParkedSubscription
-from relay.server.revocation import WATCH_ID, CredentialWatch
+from relay.server.revocation import Watcher
 from relay.transport import Inbound, Oversized, SharedFrames
 
 if TYPE_CHECKING:
@@ -121,8 +121,7 @@ class Session:
         self.id: str | None = None
         self.identity: Identity = ANONYMOUS
         #: The live watch on ``identity``'s credential (``relay.server.revocation``).
-        self._watch: CredentialWatch | None = None
-        self._watch_att: Attachment | None = None
+        self._watcher = Watcher(ctx.streams, self._revoked, self._recheck_later)
         #: Results of a pipelined ``login`` already run to judge a resume, by method id.
         self._preanswered: dict[str, str] = {}
         #: A method is running: a revocation seen meanwhile waits for its outcome.
@@ -415,17 +414,10 @@ class Session:
 
     def _watch_credential(self) -> None:
         """(Re)attach the live watch on the identity's credential, if it has a route."""
-        if self._watch is not None:
-            self._watch.closed = True
-            if self._watch_att is not None:
-                self.ctx.streams.detach(self._watch_att)
-            self._watch = self._watch_att = None
-        route, credential = self.identity.revocation, self.identity.credential
-        if route is None or credential is None or self.closed:
-            return
-        watch = CredentialWatch(credential, self._revoked, self._recheck_later)
-        self._watch = watch
-        self._watch_att = self.ctx.streams.attach(watch, WATCH_ID, route, self.identity.position)
+        if self.closed:
+            self._watcher.stop()
+        else:
+            self._watcher.follow(self.identity)
 
     def _revoked(self) -> None:
         """The credential's row is gone: close now, as Meteor does; never park (the
@@ -873,9 +865,7 @@ class Session:
             processor.join(timeout=PARK_DRAIN_SECONDS)
         for sub in self.subs.values():
             self._detach(sub)
-        if self._watch_att is not None:
-            self.ctx.streams.detach(self._watch_att)
-            self._watch_att = None
+        self._watcher.stop()
         try:
             parked = self._park_or_drop()
             self._closed_hook(parked)
