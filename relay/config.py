@@ -108,6 +108,14 @@ class Settings:
     max_worker_send_bytes: int = field(
         default=134_217_728, metadata={"env": "RELAY_MAX_WORKER_SEND_BYTES"}
     )
+    #: RELAY_INBOUND_BYTES_PER_ADDRESS: bytes per second one client address may send to a
+    #: worker (bursts of four seconds' worth); over it, its sockets are read no faster (TCP
+    #: back-pressure slows the sender; nothing is refused). 4 MiB/s is far above what DDP
+    #: clients send, even hundreds behind one NAT, and low enough that a flood of large
+    #: messages cannot take the CPU other clients' pings and updates need. 0: no limit.
+    inbound_bytes_per_address: int = field(
+        default=4_194_304, metadata={"env": "RELAY_INBOUND_BYTES_PER_ADDRESS"}
+    )
     #: RELAY_BACKEND_CONCURRENCY: greenlets running backend (ORM) calls per worker process; this
     #: bounds the database connections one worker opens.
     backend_concurrency: int = field(default=8, metadata={"env": "RELAY_BACKEND_CONCURRENCY"})
@@ -235,6 +243,7 @@ class Settings:
             ("login_attempts_per_address", " (0 = no limit)"),
             ("resume_log_bytes", ""),
             ("resume_bytes_per_address", " (0 = no limit)"),
+            ("inbound_bytes_per_address", " (0 = no limit)"),
         )
         for name, hint in not_negative:
             value = getattr(self, name)

@@ -20,7 +20,7 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 
 from bookstore.models import Author, Book, Favorite
 from django_app import (
@@ -149,14 +149,14 @@ def rename_book(ctx: MethodContext, book_id: str, title: str) -> None:
     book = _book(book_id)
     book.title = _title(title)
     book.full_clean()
-    book.save(update_fields=["title", "updated_at"])
+    _save(book, ["title", "updated_at"])
 
 
 @method("books.setAuthor")
 def set_author(ctx: MethodContext, book_id: str, author_id: str) -> None:
     book = _book(book_id)
     book.author = _author(author_id)
-    book.save(update_fields=["author", "updated_at"])
+    _save(book, ["author", "updated_at"])
 
 
 @method("books.remove")
@@ -177,6 +177,18 @@ def slow_rename(ctx: MethodContext, book_id: str, title: str, ms: int | float) -
 @method("books.fail")
 def fail(ctx: MethodContext) -> None:
     raise DDPError("not-allowed", "books.fail always fails: it demonstrates a method error")
+
+
+def _save(book: Book, fields: list[str]) -> None:
+    """Save ``fields``; the book may have been removed since it was read (another client's
+    ``books.remove`` in between): that is a 404, not a server error."""
+    try:
+        with transaction.atomic():  # a savepoint: the method's transaction goes on
+            book.save(update_fields=fields)
+    except DatabaseError:
+        if Book.objects.filter(pk=book.pk).exists():
+            raise
+        raise DDPError(404, "Book not found") from None
 
 
 def _book(book_id: str) -> Book:

@@ -4,7 +4,8 @@
   ``Rejection`` with Meteor's ``too-many-requests`` error, ``DEFAULT_ACCOUNTS_RULE``).
 - ``address``: the client address behind trusted proxies (``client_address``, Meteor's
   ``HTTP_FORWARDED_COUNT``), open connections per address (``ConnectionsPerAddress``) and
-  an event budget per address and window (``AddressBudget``: login attempts).
+  an event budget per address and window (``AddressBudget``: login attempts), and a byte
+  rate per address (``AddressRate``: how fast a client's input is read).
 - ``budget``: bytes of queued inbound messages per session within the worker's
   (``ByteBudget``).
 
@@ -17,6 +18,7 @@ I/O, import gevent or Django, or import anything of the project but ``relay.prot
 
 from relay.limits.address import (
     AddressBudget,
+    AddressRate,
     ConnectionsPerAddress,
     address_key,
     client_address,
@@ -39,6 +41,7 @@ __all__ = [
     "CHANGE_PASSWORD_RULE",
     "DEFAULT_ACCOUNTS_RULE",
     "AddressBudget",
+    "AddressRate",
     "ByteBudget",
     "ConnectionsPerAddress",
     "Event",

@@ -232,3 +232,64 @@ class AddressBudget:
     def __len__(self) -> int:
         """Addresses with a live window (the overflow entry not included)."""
         return len(self._windows)
+
+
+class AddressRate:
+    """Bytes per second per client address, a token bucket: ``rate`` bytes a second on
+    average, bursts of up to ``burst`` (0 ``rate``: no limit).
+
+    ``take(address, size, now)`` counts ``size`` bytes the address sent and returns how
+    many seconds its sockets should not be read so that it stays within the rate (0 when
+    it is within it). What it throttles is the reading, never the data: a client over the
+    rate is slowed down by TCP back-pressure, not cut off or answered with errors. Memory
+    is bounded: past ``max_addresses`` live entries, a full (idle) one is forgotten, and
+    if none is, new addresses share one overflow bucket.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        *,
+        max_addresses: int = DEFAULT_MAX_ADDRESSES,
+        ipv6_prefix: int = 64,
+    ) -> None:
+        if not 0 <= rate < math.inf or not 0 <= burst < math.inf:
+            raise ValueError(f"rate and burst must be finite and not negative ({rate}, {burst})")
+        self.rate = rate
+        self.burst = max(burst, rate)
+        self._max = max_addresses
+        self._prefix = ipv6_prefix
+        #: key -> [tokens, time of the last refill], least recently used first.
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+        self._overflow: list[float] | None = None
+
+    def take(self, address: str | None, size: int, now: float) -> float:
+        if self.rate == 0:
+            return 0.0
+        key = address_key(address, self._prefix)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._new_bucket(key, now)
+        else:
+            self._buckets.move_to_end(key)
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        tokens -= size
+        bucket[0], bucket[1] = tokens, now
+        return 0.0 if tokens >= 0 else -tokens / self.rate
+
+    def _new_bucket(self, key: str, now: float) -> list[float]:
+        if len(self._buckets) >= self._max:
+            oldest_key, oldest = next(iter(self._buckets.items()))
+            refilled = oldest[0] + (now - oldest[1]) * self.rate
+            if refilled < self.burst:
+                # Every tracked address is still paying for recent bytes: share one.
+                if self._overflow is None:
+                    self._overflow = [self.burst, now]
+                return self._overflow
+            del self._buckets[oldest_key]
+        bucket = self._buckets[key] = [self.burst, now]
+        return bucket
+
+    def __len__(self) -> int:
+        return len(self._buckets)

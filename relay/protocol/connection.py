@@ -50,6 +50,14 @@ class ServerConnection:
         if self.state is State.CLOSED:
             raise LocalProtocolError("receive() after the connection closed")
         obj = messages.parse_json(text)
+        if (
+            self.state is not State.AWAITING_CONNECT
+            and isinstance(obj, dict)
+            and obj.get("msg") == "connect"
+        ):
+            # Well-formed or not, a second connect changes nothing: Meteor's answer, and
+            # the session goes on (a malformed one must not close what the first opened).
+            raise messages.bad("Already connected", obj)
         msg = messages.parse_client_message(obj, self.version)
         if self.state is State.AWAITING_CONNECT:
             if not isinstance(msg, Connect):
@@ -61,8 +69,6 @@ class ServerConnection:
                     "Version negotiation failed", {"msg": "failed", "version": version}, close=True
                 )
             self.version = version
-        elif isinstance(msg, Connect):
-            raise messages.bad("Already connected", obj)
         self.state = _TRANSITIONS.get((self.state, type(msg)), self.state)
         return msg
 

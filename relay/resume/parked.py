@@ -103,7 +103,9 @@ MAX_UNPACKED = 256 * 1024 * 1024
 
 def pack(state: ParkedSession) -> bytes:
     """The stored form of ``state``: its JSON text, compressed."""
-    return zlib.compress(dumps(state).encode(), 6)
+    # surrogatepass: a message the session sent may hold a lone surrogate (a client's
+    # string echoed back; the transport writes it as "?"): kept as it is, to replay as sent.
+    return zlib.compress(dumps(state).encode("utf-8", "surrogatepass"), 6)
 
 
 def unpack(data: bytes) -> ParkedSession | None:
@@ -113,7 +115,7 @@ def unpack(data: bytes) -> ParkedSession | None:
         raw = inflater.decompress(data, MAX_UNPACKED)
         if inflater.unconsumed_tail or not inflater.eof:
             return None
-        return loads(raw.decode())
+        return loads(raw.decode("utf-8", "surrogatepass"))
     except (zlib.error, UnicodeDecodeError):
         return None
 

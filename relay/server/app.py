@@ -118,7 +118,12 @@ class RelayApp:
             # 429, not 503: a load balancer retries a 503 on another relay.
             return _text(start_response, "429 Too Many Requests", "too many connections\n")
         try:
-            accepted = handshake.accept(environ, self.settings, gate.send_budget)
+            accepted = handshake.accept(
+                environ,
+                self.settings,
+                gate.send_budget,
+                gate.read_throttle(request.remote_addr),
+            )
             if isinstance(accepted, handshake.HandshakeRefusal):
                 gate.socket_closed(request.remote_addr)
                 start_response(accepted.status, list(accepted.headers))

@@ -6,6 +6,9 @@ with the worker's settings and the application's rules, and counts every refusal
 
 * open connections per client address (``RELAY_MAX_CONNECTIONS_PER_ADDRESS``): a socket
   over it is refused at the upgrade (HTTP 429);
+* the bytes per second a client address sends (``RELAY_INBOUND_BYTES_PER_ADDRESS``, bursts
+  of four seconds' worth): over it, its sockets are not read for a while (TCP slows it
+  down), so a flood costs no parsing CPU that other clients' pings and updates wait for;
 * bytes of inbound messages queued per session (``RELAY_MAX_PENDING_BYTES``) within the
   worker's total (``RELAY_MAX_WORKER_PENDING_BYTES``): a session over either is closed
   (its client reconnects and may resume), so one client cannot grow the worker's memory;
@@ -36,6 +39,7 @@ from relay.config import Settings
 from relay.limits import (
     ACCOUNTS_METHODS,
     AddressBudget,
+    AddressRate,
     ByteBudget,
     ConnectionsPerAddress,
     Event,
@@ -68,6 +72,11 @@ class Gate:
         self.limiter = RateLimiter()
         for rule in rules:
             self.limiter.add_rule(rule)
+        self._inbound = AddressRate(
+            settings.inbound_bytes_per_address,
+            4 * settings.inbound_bytes_per_address,
+            ipv6_prefix=settings.address_ipv6_prefix,
+        )
         self._pending = ByteBudget(settings.max_worker_pending_bytes, name="worker")
         #: Outbound bytes queued on all the worker's sockets (``relay.transport.websocket``).
         self.send_budget = ByteBudget(settings.max_worker_send_bytes, name="worker_send")
@@ -87,6 +96,22 @@ class Gate:
         self._connections.closed(address or None)
 
     # -- inbound bytes ------------------------------------------------------------------------
+
+    def read_throttle(self, address: str) -> Callable[[int], float] | None:
+        """For a socket from ``address``: told of each read, the seconds to stop reading
+        (its address is over ``RELAY_INBOUND_BYTES_PER_ADDRESS``); None: no limit."""
+        if not self._inbound.rate:
+            return None
+        key = address or None
+        metrics = self._metrics
+
+        def throttle(size: int) -> float:
+            wait = self._inbound.take(key, size, time.monotonic())
+            if wait > 0:
+                metrics.limited.labels(limit="inbound_rate").inc()
+            return wait
+
+        return throttle
 
     def session_budget(self, on_evict: Callable[[], None] | None = None) -> ByteBudget:
         """A new session's budget of queued inbound bytes, inside the worker's;

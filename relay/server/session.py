@@ -76,6 +76,10 @@ _PING = (messages.encode(messages.ping()),)
 
 #: Completed method results kept per session for re-sent methods after a resume.
 MAX_RESULTS = 100
+#: ...and at most this many characters of them (a method may return a large result).
+MAX_RESULT_CHARS = 262_144
+#: Characters of a client's method or publication name quoted in an error's reason.
+NAME_IN_REASON = 100
 #: Seconds a closing session waits for its in-flight message before parking.
 PARK_DRAIN_SECONDS = 60.0
 #: Seconds a resume of a logged-in session waits for the client's pipelined ``login``
@@ -132,7 +136,10 @@ class Session:
         self.sent_count = 0
         #: The last messages sent (counted ones), for replay on resume: ``log[-1]`` is
         #: message number ``sent_count``.
-        self.log: deque[str] = deque(maxlen=ctx.settings.resume_log)
+        self.log: deque[str] = deque()
+        #: The characters the log holds: it keeps at most RELAY_RESUME_LOG messages and
+        #: RELAY_RESUME_LOG_BYTES of them (large messages must not pile up per session).
+        self._log_size = 0
         #: Completed methods' result messages, so a re-sent method is answered, not re-run.
         self.results: OrderedDict[str, str] = OrderedDict()
         #: The coordinator's epoch for this session; None: it cannot be parked/resumed.
@@ -474,14 +481,17 @@ class Session:
         state = resumed.state
         self.id, self.epoch = state.session_id, resumed.epoch
         self.mergebox = MergeBox.from_state(state.mergebox)
-        self.results = OrderedDict(state.results)
-        self.results.update(self._preanswered)
+        self.results = OrderedDict()
+        for method_id, reply in [*state.results.items(), *self._preanswered.items()]:
+            self._keep_result(method_id, reply)
         self._preanswered.clear()
         connected = messages.encode(messages.connected(self.id))
         # The client counts ``connected`` before the replayed messages: number the log the
         # way it will, so a drop in the middle of the replay still resumes exactly.
         kept = state.log[: len(state.log) - len(resumed.missed)]
-        self.log = deque([*kept, connected, *resumed.missed], maxlen=self.log.maxlen)
+        self.log = deque()
+        self._log_size = 0
+        self._log_extend([*kept, connected, *resumed.missed])
         self.sent_count = state.sent_count + 1
         self.transport.send([connected, *resumed.missed])
         self.ctx.metrics.messages_sent.inc(1 + len(resumed.missed))
@@ -510,7 +520,7 @@ class Session:
             return
         if not backend.has_publication(msg.name):
             metrics.subscriptions.labels(outcome="not_found").inc()
-            err = messages.meteor_error(404, f"Subscription '{msg.name}' not found")
+            err = messages.meteor_error(404, f"Subscription '{_shown(msg.name)}' not found")
             self.send([messages.nosub(msg.id, err)])
             return
         known = self.subs.get(msg.id)
@@ -710,7 +720,7 @@ class Session:
             return
         if not backend.has_method(msg.method):
             metrics.method_calls.labels(outcome="not_found").inc()
-            err = messages.meteor_error(404, f"Method '{msg.method}' not found")
+            err = messages.meteor_error(404, f"Method '{_shown(msg.method)}' not found")
             self.send([messages.result(msg.id, err=err), messages.updated([msg.id])])
             return
         rejection = self._limited("method", msg.method)
@@ -762,15 +772,24 @@ class Session:
             # Meteor's setUserId sends it (its client expects the user's document first).
             self._set_identity(outcome.identity)
             self._revocation_pending = False  # of the credential the method replaced
-        self.results[msg.id] = reply
-        while len(self.results) > MAX_RESULTS:
-            self.results.popitem(last=False)
+        self._keep_result(msg.id, reply)
         self.send_texts([reply])
         if outcome is not None:
             self._write_fence(msg, outcome)
         self.send([messages.updated([msg.id])])
         if outcome is not None and outcome.close:
             self.close(disconnect.CLOSED_BY_SERVER)
+
+    def _keep_result(self, method_id: str, reply: str) -> None:
+        """Keep a completed method's ``result`` for a re-send after a resume: the newest
+        MAX_RESULTS of them, and no more than MAX_RESULT_CHARS together."""
+        results = self.results
+        results.pop(method_id, None)
+        results[method_id] = reply
+        while len(results) > 1 and (
+            len(results) > MAX_RESULTS or sum(map(len, results.values())) > MAX_RESULT_CHARS
+        ):
+            results.popitem(last=False)
 
     def _write_fence(self, msg: Method, outcome: MethodOutcome) -> None:
         """Hold ``updated`` until the method's writes were routed to this session (I5)."""
@@ -797,6 +816,16 @@ class Session:
         if texts:
             self.send_texts(texts)
 
+    def _log_extend(self, texts: list[str]) -> None:
+        log = self.log
+        log.extend(texts)
+        self._log_size += sum(map(len, texts))
+        settings = self.ctx.settings
+        while len(log) > 1 and (
+            len(log) > settings.resume_log or self._log_size > settings.resume_log_bytes
+        ):
+            self._log_size -= len(log.popleft())
+
     def send_texts(
         self, texts: list[str], shared: SharedFrames | None = None, *, metered: bool = False
     ) -> bool:
@@ -807,7 +836,7 @@ class Session:
         if not texts:
             return False
         self.sent_count += len(texts)
-        self.log.extend(texts)
+        self._log_extend(texts)
         if self.closed:
             return False
         self.transport.send(texts, shared)
@@ -907,7 +936,7 @@ class Session:
             self.epoch = resumer.created(self.id)
             if self.epoch is None:
                 return False
-        log = _newest(self.log, self.ctx.settings.resume_log_bytes)
+        log = list(self.log)
         state = ParkedSession(
             session_id=self.id,
             user_id=self.identity.user_id,
@@ -923,17 +952,9 @@ class Session:
         return resumer.park(state, self.epoch, self.owner)
 
 
-def _newest(log: deque[str], max_bytes: int) -> list[str]:
-    """The newest messages of ``log`` whose texts fit in ``max_bytes`` together."""
-    kept: list[str] = []
-    total = 0
-    for text in reversed(log):
-        total += len(text)
-        if total > max_bytes:
-            break
-        kept.append(text)
-    kept.reverse()
-    return kept
+def _shown(name: str) -> str:
+    """A client's name as an error's reason quotes it: cut, so the answer stays small."""
+    return name if len(name) <= NAME_IN_REASON else name[:NAME_IN_REASON] + "..."
 
 
 def _metric_reason(reason: str) -> str:

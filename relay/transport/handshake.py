@@ -23,7 +23,7 @@ import base64
 import binascii
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -186,10 +186,14 @@ def _own_descriptor(sock: Any) -> Any:
 
 
 def accept(
-    environ: Mapping[str, Any], settings: Settings, send_budget: ByteBudget | None = None
+    environ: Mapping[str, Any],
+    settings: Settings,
+    send_budget: ByteBudget | None = None,
+    read_throttle: Callable[[int], float] | None = None,
 ) -> WebSocket | HandshakeRefusal:
     """Upgrade this WSGI request to a WebSocket, or say why not as an HTTP response.
-    ``send_budget`` is the worker's budget of queued outbound bytes (all its sockets).
+    ``send_budget`` is the worker's budget of queued outbound bytes (all its sockets);
+    ``read_throttle`` slows the reading of a client over its byte rate (``WebSocket``).
 
     Refusals: 400 for a malformed upgrade, 426 (with ``Sec-WebSocket-Version: 13``) for
     an unsupported version, 403 for a foreign Origin, 500 when not run under gunicorn's
@@ -232,6 +236,7 @@ def accept(
         compress_threshold=settings.deflate_threshold,
         initial_data=_take_buffered(environ),
         send_budget=send_budget,
+        read_throttle=read_throttle,
     )
     try:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))

@@ -67,6 +67,9 @@ __all__ = [
 _RECV_BYTES: Final = 65536
 #: Messages one reader greenlet handles before it lets the others run.
 _PUMP_YIELD_EVERY: Final = 64
+#: ...or after this much input text, whichever comes first (parsing a flood of large
+#: messages must not hold the loop: other sessions' pings and updates wait behind it).
+_PUMP_YIELD_BYTES: Final = 256 * 1024
 #: ``_next``/``_fill`` without blocking: nothing to read now.
 _WOULD_BLOCK: Final = object()
 
@@ -209,9 +212,12 @@ class WebSocket:
         "_owned",
         "_raw",
         "_read_done",
+        "_read_timer",
         "_reading",
         "_shut",
         "_sock",
+        "_throttle",
+        "_throttle_wait",
         "_timer",
         "_watcher",
         "_writer",
@@ -231,6 +237,7 @@ class WebSocket:
         initial_data: bytes = b"",
         owns_socket: bool = False,
         send_budget: ByteBudget | None = None,
+        read_throttle: Callable[[int], float] | None = None,
     ) -> None:
         """Wrap ``sock`` (a gevent socket) whose opening handshake is already complete.
 
@@ -239,7 +246,9 @@ class WebSocket:
         ``owns_socket`` the socket is closed once the WebSocket is done (``wait_closed``).
         ``send_budget`` is the worker's: the bytes queued on all its sockets together; a
         socket whose queue would pass it is closed as too slow, like one past its own
-        ``send_buffer_bytes``."""
+        ``send_buffer_bytes``. ``read_throttle(n)`` is told of every ``n`` bytes read and
+        answers how many seconds to stop reading (the client's address over its byte rate:
+        TCP back-pressure slows it down, and its input costs no CPU meanwhile)."""
         self._sock = sock
         self._owned = owns_socket
         self._on_message: Callable[[str | Oversized], None] | None = None
@@ -272,6 +281,10 @@ class WebSocket:
             else ByteBudget(0, send_budget, name="socket", on_evict=self._evict)
         )
         self._budget_full = False
+        self._throttle = read_throttle
+        #: Seconds the reader owes the throttle (checked between messages).
+        self._throttle_wait = 0.0
+        self._read_timer: Any = None
         self._inflight = 0
         self._writer: Any = None
         self._timer: Any = None
@@ -370,6 +383,7 @@ class WebSocket:
         """Handle what can be read without waiting, then wait with the watcher again."""
         assert self._on_message is not None and self._watcher is not None
         handled = 0
+        handled_bytes = 0
         while True:
             self._reading = True
             try:
@@ -382,14 +396,35 @@ class WebSocket:
             if item is None:
                 break
             self._dispatch(item)  # type: ignore[arg-type]  # neither sentinel nor None
+            if self._throttle_wait > 0:
+                wait, self._throttle_wait = self._throttle_wait, 0.0
+                self._pause_reading(wait)
+                return
             handled += 1
-            if handled % _PUMP_YIELD_EVERY == 0:
+            handled_bytes += item.size if isinstance(item, Oversized) else len(item)  # type: ignore[arg-type]
+            if handled % _PUMP_YIELD_EVERY == 0 or handled_bytes > _PUMP_YIELD_BYTES:
+                handled_bytes = 0
                 gevent.sleep(0)  # a client that never pauses must not starve the others
         self._end()
+
+    def _pause_reading(self, seconds: float) -> None:
+        """Read nothing for ``seconds`` (a libev timer, no greenlet), then go on."""
+        timer = gevent.get_hub().loop.timer(seconds)
+        self._read_timer = timer
+        timer.start(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        timer, self._read_timer = self._read_timer, None
+        if timer is not None:
+            timer.close()
+        gevent.spawn(self._pump)
 
     def _pump_blocking(self) -> None:
         while (item := self.receive()) is not None:
             self._dispatch(item)
+            if self._throttle_wait > 0:
+                wait, self._throttle_wait = self._throttle_wait, 0.0
+                gevent.sleep(wait)
         self._end()
 
     def _dispatch(self, item: str | Oversized) -> None:
@@ -452,6 +487,8 @@ class WebSocket:
             self._read_done = True
             self.abort()
             return False
+        if self._throttle is not None:
+            self._throttle_wait = max(self._throttle_wait, self._throttle(len(data)))
         self._conn.receive_data(data)
         self._events = self._conn.events()
         return True
@@ -738,6 +775,8 @@ class WebSocket:
         self._shut = True
         self._out.clear()
         self._add_out(self._inflight - self._out_bytes)
+        if self._read_timer is not None:
+            self._resume_reading()  # paused by the throttle: end the read side now
         with contextlib.suppress(OSError):
             # Wakes a greenlet blocked in recv (EOF) or in sendall (EPIPE).
             self._sock.shutdown(socket.SHUT_RDWR)

@@ -20,6 +20,7 @@ from django.test import Client
 from example.settings import database_from_url
 
 from example import settings as example_settings
+from relay.backend import ClientError
 
 
 def test_database_url_parsing() -> None:
@@ -183,3 +184,24 @@ def test_admin_add_book_gets_a_meteor_id(seeded: str) -> None:
     assert response.status_code == 302, response.content[:2000]
     book = Book.objects.get(title="Mort")
     assert len(book.id) == 17 and book.tags == ["discworld"]
+
+
+@pytest.mark.django_db
+def test_renaming_a_book_removed_meanwhile_is_a_404_not_a_server_error(
+    backend: Any, make_ctx: Any, seeded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the fuzz probe: a books.remove between the read and the save made
+    # "Save with update_fields did not affect any rows" a 500 with a traceback.
+    import bookstore.ddp as bookstore_ddp
+
+    read = bookstore_ddp._book
+
+    def read_then_lose(book_id: str) -> Book:
+        book = read(book_id)
+        Book.objects.filter(pk=book_id).delete()
+        return book
+
+    monkeypatch.setattr(bookstore_ddp, "_book", read_then_lose)
+    with pytest.raises(ClientError) as refused:
+        backend.call(make_ctx(), "books.rename", ["lathe", "Gone"])
+    assert (refused.value.error, refused.value.reason) == (404, "Book not found")

@@ -30,6 +30,7 @@ VALUES: dict[str, tuple[str, object]] = {
     "RELAY_MAX_PENDING_BYTES": ("2097152", 2_097_152),
     "RELAY_MAX_WORKER_PENDING_BYTES": ("8388608", 8_388_608),
     "RELAY_MAX_WORKER_SEND_BYTES": ("16777216", 16_777_216),
+    "RELAY_INBOUND_BYTES_PER_ADDRESS": ("0", 0),
     "RELAY_BACKEND_CONCURRENCY": ("3", 3),
     "RELAY_DATABASE_URL": ("postgresql://db/relay", "postgresql://db/relay"),
     "RELAY_WRITE_FENCE_TIMEOUT": ("0.5", 0.5),
@@ -174,6 +175,7 @@ def test_settings_that_must_be_positive(name: str, raw: str) -> None:
         "login_attempts_per_address",
         "resume_log_bytes",
         "resume_bytes_per_address",
+        "inbound_bytes_per_address",
     ],
 )
 def test_settings_that_may_be_zero_but_not_negative(name: str) -> None:

@@ -22,6 +22,7 @@ from relay.limits.address import (
     MAX_FORWARDED_FOR_CHARS,
     UNKNOWN,
     AddressBudget,
+    AddressRate,
     ConnectionsPerAddress,
     address_key,
     client_address,
@@ -378,3 +379,43 @@ def test_a_budget_never_tracks_more_than_max_addresses(
         assert len(budget) <= cap
     budget.prune(now + 5.001)
     assert len(budget) == 0
+
+
+# -- AddressRate ------------------------------------------------------------------------------
+
+
+def test_an_address_within_its_rate_is_never_paused() -> None:
+    rate = AddressRate(1000, 4000)
+    assert rate.take("10.0.0.1", 4000, now=0.0) == 0.0  # the burst
+    assert rate.take("10.0.0.1", 500, now=1.0) == 0.0  # 1000 refilled
+    assert rate.take("10.0.0.2", 4000, now=1.0) == 0.0  # another address has its own
+
+
+def test_an_address_over_its_rate_is_paused_for_its_debt() -> None:
+    rate = AddressRate(1000, 1000)
+    assert rate.take("10.0.0.1", 3000, now=0.0) == 2.0  # 2000 bytes over: 2 s
+    assert rate.take("10.0.0.1", 0, now=1.0) == 1.0
+    assert rate.take("10.0.0.1", 0, now=2.0) == 0.0
+
+
+@given(st.lists(st.tuples(st.integers(0, 50_000), st.floats(0, 2)), max_size=200))
+def test_honouring_the_pauses_keeps_an_address_at_its_rate(steps: list[tuple[int, float]]) -> None:
+    # A reader that waits what take() says never gets more than burst + rate * elapsed.
+    rate = AddressRate(10_000, 20_000)
+    now, total = 0.0, 0
+    for size, gap in steps:
+        now += gap
+        total += size
+        now += rate.take("a", size, now)
+        assert total <= 20_000 + 10_000 * now + 1e-6
+
+
+def test_addresses_are_bounded() -> None:
+    rate = AddressRate(1, 1, max_addresses=3)
+    for n in range(10):
+        rate.take(f"10.0.0.{n}", 5, now=0.0)
+    assert len(rate) <= 3
+
+
+def test_no_rate_means_no_limit() -> None:
+    assert AddressRate(0, 0).take("a", 10**9, now=0.0) == 0.0

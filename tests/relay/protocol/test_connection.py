@@ -251,3 +251,22 @@ def test_no_input_escapes_as_anything_but_a_protocol_error(frames: list[Any]) ->
             json.dumps(exc.reply)
             if exc.reply["msg"] == "error":
                 assert isinstance(exc.reply["reason"], str)
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        '{"msg":"connect","version":"1","support":["1"]}',
+        '{"msg":"connect","version":1}',
+        '{"msg":"connect","support":"nope"}',
+    ],
+    ids=["well-formed", "bad-version-type", "bad-support"],
+)
+def test_a_second_connect_is_already_connected_and_closes_nothing(second: str) -> None:
+    # Found by the fuzz probe: a malformed second connect closed the session (1002).
+    conn = ServerConnection()
+    conn.receive('{"msg":"connect","version":"1","support":["1"]}')
+    with pytest.raises(RemoteProtocolError) as refused:
+        conn.receive(second)
+    assert refused.value.reason == "Already connected" and not refused.value.close
+    assert conn.state is not State.CLOSED

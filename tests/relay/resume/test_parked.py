@@ -217,3 +217,14 @@ def test_any_state_round_trips_and_replays_what_the_client_lacks(
         assert missed == [numbered[n] for n in range(received + 1, state.sent_count + 1)]
     else:
         assert missed is None
+
+
+def test_a_logged_message_with_a_lone_surrogate_packs_and_comes_back_as_it_was() -> None:
+    # Found by the fuzz probe: "Method '\ud800' not found" echoed to a client, then the
+    # session could not be parked ("surrogates not allowed").
+    from relay.resume.parked import pack, unpack
+
+    state = ParkedSession(
+        "S1", None, "1", 2, 1, ["a", '{"reason":"\ud800"}'], [], MergeBox().to_state()
+    )
+    assert unpack(pack(state)) == state

@@ -439,3 +439,23 @@ def test_resume_answers_the_same_id_replays_what_was_missed_and_does_not_rerun()
         "all",
         "all",
     ]  # re-run once on resume, not for the re-sent sub
+
+
+def test_huge_names_and_results_do_not_pile_up_in_a_session(ctx: FakeContext) -> None:
+    # Found by the probe: a 404 quoted a 1 MB method name (twice), and the session kept its
+    # last 100 results and 500 messages whatever their size (991 MiB in one worker).
+    from relay.server.session import MAX_RESULT_CHARS
+
+    peer = Peer(ctx)
+    peer.connect()
+    peer.send({"msg": "method", "id": "x", "method": "m" * 1_000_000, "params": []})
+    answer = peer.expect("result")
+    assert answer["error"]["error"] == 404 and len(answer["error"]["reason"]) < 200
+    peer.expect("updated")
+    for n in range(5):
+        peer.send({"msg": "method", "id": str(n), "method": "echo", "params": ["r" * 100_000]})
+        peer.expect("updated")
+    kept = peer.session.results
+    assert sum(map(len, kept.values())) <= MAX_RESULT_CHARS and "4" in kept
+    log_chars = sum(map(len, peer.session.log))
+    assert log_chars <= ctx.settings.resume_log_bytes or len(peer.session.log) == 1

@@ -117,6 +117,7 @@ def make(
     buffer: int = 1 << 20,
     deflate: bool = False,
     budget: ByteBudget | None = None,
+    throttle: Any = None,
 ) -> tuple[WebSocket, Peer]:
     server_sock, client_sock = socketpair()
     extension = client_extension = None
@@ -132,6 +133,7 @@ def make(
         send_buffer_bytes=buffer,
         extension=extension,
         send_budget=budget,
+        read_throttle=throttle,
     )
     return ws, Peer(client_sock, client_extension)
 
@@ -856,3 +858,31 @@ def test_a_client_that_never_pauses_does_not_starve_other_greenlets() -> None:
     finally:
         ticker.kill()
     assert len(set(seen)) > 2  # the other greenlet ran while the 300 messages were handled
+
+
+def test_a_throttled_client_is_not_read_until_its_pause_is_over() -> None:
+    # The client's address is over its byte rate: its input waits in the kernel (TCP
+    # slows it down) and costs no parsing meanwhile; nothing is lost or refused.
+    pauses = [0.3]
+    seen: list[int] = []
+
+    def throttle(size: int) -> float:
+        seen.append(size)
+        return pauses.pop(0) if pauses else 0.0
+
+    ws, peer = make(throttle=throttle)
+    reader = Reader()
+    ws.start(reader.on_message, reader.on_end)
+    peer.send(TextMessage(data="first"))
+    with gevent.Timeout(2):
+        while not reader.items:
+            gevent.sleep(0.005)
+    started = time.monotonic()
+    peer.send(TextMessage(data="second"))
+    with gevent.Timeout(2):
+        while len(reader.items) < 2:
+            gevent.sleep(0.005)
+    assert reader.items == ["first", "second"]
+    assert time.monotonic() - started >= 0.2
+    assert seen  # told of every read
+    ws.abort()

@@ -1,0 +1,41 @@
+"""relay.server.worker: password hashing runs off the event loop."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import gevent
+import pytest
+
+from relay.server.worker import patch_pbkdf2
+
+
+@pytest.fixture
+def offloaded() -> object:
+    original = hashlib.pbkdf2_hmac
+    patch_pbkdf2()
+    patch_pbkdf2()  # idempotent
+    yield hashlib.pbkdf2_hmac
+    hashlib.pbkdf2_hmac = original
+
+
+def test_pbkdf2_gives_the_same_bytes_and_other_greenlets_run_meanwhile(offloaded: object) -> None:
+    ticks: list[float] = []
+
+    def ticker() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            gevent.sleep(0.005)
+
+    beat = gevent.spawn(ticker)
+    gevent.sleep(0.02)
+    started = time.monotonic()
+    key = hashlib.pbkdf2_hmac("sha256", b"password", b"salt", 400_000)
+    took = time.monotonic() - started
+    beat.kill()
+    import _hashlib  # the C implementation the patch wraps
+
+    assert key == _hashlib.pbkdf2_hmac("sha256", b"password", b"salt", 400_000)
+    during = [t for t in ticks if started <= t <= started + took]
+    assert took > 0.05 and len(during) >= 3  # the loop kept turning while it hashed
