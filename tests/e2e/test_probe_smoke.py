@@ -8,9 +8,12 @@ runs, one at a time, with the honest client measuring from another address:
   behind it;
 * ``fuzz``: 5,000 random and mutated frames on 4 connections (a few seconds).
 
-Every check the probe makes must hold: no worker past 256 MiB, the honest client's
-``connected`` and live updates within 250 ms, no worker replaced; for the fuzz, every
-well-formed frame answered and no traceback in the relay log. The full-size runs and
+Every check the probe makes but the timed ones must hold: no worker past 256 MiB, the
+honest client's subscriptions never closed, no worker replaced; for the fuzz, every
+well-formed frame answered and no traceback in the relay log. The honest client's
+latencies (``connected`` and live updates within 250 ms) are measured by the full runs,
+on a quiet machine, not asserted here: a test's timing on a shared CI box says more about
+the box than about the relay. The full-size runs and
 their figures are in docs/benchmarks.md ("Hostile clients: the probe"). A failing check's
 message is the probe's own table, with the figures.
 """
@@ -65,8 +68,16 @@ def failed(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Checks that are latencies: reported, not asserted (see the module docstring).
+TIMED = ("honest connected", "honest live update")
+
+
 def assert_holds(result: dict[str, Any]) -> None:
-    missed = [c["name"] for c in result["checks"] if c["holds"] is False]
+    missed = [
+        c["name"]
+        for c in result["checks"]
+        if c["holds"] is False and not c["name"].startswith(TIMED)
+    ]
     assert not missed, f"{missed} missed:\n{failed(result)}"
 
 
