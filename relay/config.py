@@ -156,9 +156,11 @@ class Settings:
     )
     #: RELAY_LOGIN_ATTEMPTS_PER_ADDRESS: login attempts one client address may make per
     #: RELAY_LOGIN_WINDOW on one worker process (0 = no limit); more get too-many-requests.
-    #: 300: a hundred logins a minute from one NAT are normal, password guessing needs more.
+    #: 120: a hundred logins a minute from one NAT are normal; each costs a password hash
+    #: (a quarter of a CPU second with Django's PBKDF2), so this also bounds the CPU one
+    #: address can make a worker spend hashing to half a core.
     login_attempts_per_address: int = field(
-        default=300, metadata={"env": "RELAY_LOGIN_ATTEMPTS_PER_ADDRESS"}
+        default=120, metadata={"env": "RELAY_LOGIN_ATTEMPTS_PER_ADDRESS"}
     )
     #: RELAY_LOGIN_WINDOW: seconds of the window RELAY_LOGIN_ATTEMPTS_PER_ADDRESS counts in.
     #: 60: long enough to slow guessing, short enough that a locked-out office waits a minute.

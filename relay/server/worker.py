@@ -4,8 +4,8 @@ Layer: composition. This is the only module that monkey-patches (through gunicor
 before the application is loaded) and it makes psycopg2 cooperative with
 ``psycogreen``, so ORM queries and the LISTEN connection yield to other greenlets instead
 of blocking the worker. It also runs ``hashlib.pbkdf2_hmac`` (what Django's password
-hashers, ours included, spend a login on: a quarter of a second of CPU) in gevent's
-thread pool: it releases the GIL, so a login no longer stops every other session of the
+hashers, ours included, spend a login on: a quarter of a second of CPU) in a thread pool
+of its own, one thread: it releases the GIL, so a login no longer stops every other session of the
 worker for that long (the hostile-client probe measured 285 ms live updates under a
 password-guessing client). On SIGTERM it drains the node first (readiness false, sessions
 closed as "going away") and then lets gunicorn's graceful shutdown finish; SIGINT/SIGQUIT do
@@ -20,6 +20,7 @@ import hashlib
 from typing import Any
 
 import gevent
+import gevent.threadpool
 from gunicorn.workers.ggevent import GeventWorker
 
 
@@ -64,18 +65,26 @@ class RelayWorker(GeventWorker):  # type: ignore[misc]
             node.drain()
 
 
+#: Password hashes a worker computes at once: one core's worth at most, whatever the
+#: number of logins waiting (the others queue; the event loop keeps its own core).
+HASHING_THREADS = 1
+
+
 def patch_pbkdf2() -> None:
-    """Make ``hashlib.pbkdf2_hmac`` run in gevent's thread pool (idempotent): the calling
-    greenlet waits, the others run meanwhile."""
+    """Make ``hashlib.pbkdf2_hmac`` run in a thread pool of its own (idempotent): the
+    calling greenlet waits, the others run meanwhile, and at most ``HASHING_THREADS``
+    hashes run at once."""
     original = hashlib.pbkdf2_hmac
     if getattr(original, "_relay_offloaded", False):
         return
+    pools: list[Any] = []
 
     def pbkdf2_hmac(
         hash_name: str, password: Any, salt: Any, iterations: int, dklen: int | None = None
     ) -> bytes:
-        pool = gevent.get_hub().threadpool
-        return bytes(pool.apply(original, (hash_name, password, salt, iterations, dklen)))
+        if not pools:  # created in the worker process (after the fork), on first use
+            pools.append(gevent.threadpool.ThreadPool(HASHING_THREADS))
+        return bytes(pools[0].apply(original, (hash_name, password, salt, iterations, dklen)))
 
     pbkdf2_hmac._relay_offloaded = True  # type: ignore[attr-defined]
     hashlib.pbkdf2_hmac = pbkdf2_hmac

@@ -73,7 +73,7 @@ def test_an_empty_environment_gives_the_defaults() -> None:
     # The abuse limits: generous enough for hundreds of sessions behind one NAT.
     assert settings.forwarded_count == 0 and settings.address_ipv6_prefix == 64
     assert settings.max_connections_per_address == 1000
-    assert settings.login_attempts_per_address == 300 and settings.login_window == 60.0
+    assert settings.login_attempts_per_address == 120 and settings.login_window == 60.0
     assert settings.max_pending_bytes == 4 * 2**20
     assert settings.max_worker_pending_bytes == 64 * 2**20
 
