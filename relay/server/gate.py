@@ -129,13 +129,9 @@ class Gate:
             full = budget.reserve(size)
         if full is None:
             return True
-        self.over_budget(full)
-        return False
-
-    def over_budget(self, which: ByteBudget) -> None:
-        """Count a session closed because ``which`` (its budget or the worker's) was full."""
-        label = "pending_bytes_worker" if which is self._pending else "pending_bytes_session"
+        label = "pending_bytes_worker" if full is self._pending else "pending_bytes_session"
         self._metrics.limited.labels(limit=label).inc()
+        return False
 
     # -- calls --------------------------------------------------------------------------------
 

@@ -142,6 +142,8 @@ class Session:
         self._log_size = 0
         #: Completed methods' result messages, so a re-sent method is answered, not re-run.
         self.results: OrderedDict[str, str] = OrderedDict()
+        #: The characters ``results`` holds (bounded by MAX_RESULT_CHARS).
+        self._results_size = 0
         #: The coordinator's epoch for this session; None: it cannot be parked/resumed.
         self.epoch: int | None = None
         #: Whose share this session's pool calls and parked bytes count against: the
@@ -243,10 +245,14 @@ class Session:
     def _evicted(self) -> None:
         """Too many queued bytes (this session's own, or the most of a full worker): drop
         the queue now, giving its bytes back, and close (the client may resume)."""
+        self._drop_pending()
+        self.close(disconnect.PENDING_BYTES)
+
+    def _drop_pending(self) -> None:
+        """Forget the queued messages and give their bytes back to the budgets."""
         self._pending.clear()
         self._pending_sizes.clear()
         self._budget.release_all()
-        self.close(disconnect.PENDING_BYTES)
 
     def _queue(self, msg: ClientMessage | Resync | Recheck, size: int = 0) -> None:
         self._pending.append(msg)
@@ -479,9 +485,10 @@ class Session:
         subscriptions re-run against the restored mergebox so that only what changed
         while the client was away is sent."""
         state = resumed.state
-        self.id, self.epoch = state.session_id, resumed.epoch
+        assert self.id == state.session_id  # set with the epoch by _on_connect
         self.mergebox = MergeBox.from_state(state.mergebox)
         self.results = OrderedDict()
+        self._results_size = 0
         for method_id, reply in [*state.results.items(), *self._preanswered.items()]:
             self._keep_result(method_id, reply)
         self._preanswered.clear()
@@ -784,12 +791,12 @@ class Session:
         """Keep a completed method's ``result`` for a re-send after a resume: the newest
         MAX_RESULTS of them, and no more than MAX_RESULT_CHARS together."""
         results = self.results
-        results.pop(method_id, None)
+        self._results_size += len(reply) - len(results.pop(method_id, ""))
         results[method_id] = reply
         while len(results) > 1 and (
-            len(results) > MAX_RESULTS or sum(map(len, results.values())) > MAX_RESULT_CHARS
+            len(results) > MAX_RESULTS or self._results_size > MAX_RESULT_CHARS
         ):
-            results.popitem(last=False)
+            self._results_size -= len(results.popitem(last=False)[1])
 
     def _write_fence(self, msg: Method, outcome: MethodOutcome) -> None:
         """Hold ``updated`` until the method's writes were routed to this session (I5)."""
@@ -885,9 +892,7 @@ class Session:
     def _teardown(self) -> None:
         if not self.closed:
             self.close(self._why_transport_closed())
-        self._pending.clear()
-        self._pending_sizes.clear()
-        self._budget.release_all()
+        self._drop_pending()
         processor = self._processor
         if processor is not None:
             # A method in flight finishes (its result is kept) before the session parks.

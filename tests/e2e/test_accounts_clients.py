@@ -51,7 +51,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,12 +59,12 @@ from typing import Any, cast
 
 import pytest
 
+from tests.e2e.node_runs import run_report
 from tests.fixtures.relays import RelayStack, RelayStacks
 from tests.fixtures.services import services_required
 
 pytestmark = pytest.mark.e2e
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 #: The npm login libraries the harness needs besides the node_toolchain ones.
 LOGIN_PACKAGES = ("ddp-login", "asteroid", "simpleddp-plugin-login")
 #: The harness's own hard limit; the subprocess gets a little more on top.
@@ -153,26 +152,8 @@ def run_harness(
     )
     if token is not None:
         env["METEOR_TOKEN"] = token  # how ddp-login scripts receive a token
-    argv = ["node", str(script), client, url, *([url2] if url2 else [])]
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=NODE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=HARNESS_TIMEOUT_MS / 1000 + 10,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{client}: node did not exit (its own hard timeout failed): {exc}")
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    try:
-        report: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        pytest.fail(
-            f"{client}: no JSON report (exit {proc.returncode})\n"
-            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-        )
+    argv = [str(script), client, url, *([url2] if url2 else [])]
+    report, proc = run_report(argv, env, client, HARNESS_TIMEOUT_MS / 1000 + 10)
     if not expect_ok:
         assert (report.get("ok"), proc.returncode) == (False, 1), report
         return report

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import secrets
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,11 @@ from typing import Any
 import pytest
 
 from relay.protocol.alea import RandomStream
+from tests.e2e.node_runs import run_report
 from tests.fixtures.relays import RelayProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 #: The scenario's own hard limit; the subprocess gets a little more on top.
 SCENARIO_TIMEOUT_MS = 25_000
 
@@ -87,25 +86,12 @@ def run_scenario(script: Path, case: Case, relay: RelayProcess, seed: str) -> di
         "SCENARIO_SEED": seed,
         "SCENARIO_TIMEOUT_MS": str(SCENARIO_TIMEOUT_MS),
     }
-    try:
-        proc = subprocess.run(
-            ["node", str(script), case.client, relay.url, case.transport],
-            cwd=NODE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=SCENARIO_TIMEOUT_MS / 1000 + 10,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{case.id}: node did not exit (its own hard timeout failed): {exc}")
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    try:
-        report: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        pytest.fail(
-            f"{case.id}: no JSON report (exit {proc.returncode})\n"
-            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-        )
+    report, proc = run_report(
+        [str(script), case.client, relay.url, case.transport],
+        env,
+        case.id,
+        SCENARIO_TIMEOUT_MS / 1000 + 10,
+    )
     if not report.get("ok") or proc.returncode != 0:
         pytest.fail(
             f"{case.id}: scenario failed at {report.get('stage')!r} (exit {proc.returncode}): "

@@ -1,0 +1,43 @@
+"""Running one Node.js client script of ``tests/e2e/node`` and reading its JSON report.
+
+The scripts print one JSON line last (their report) and exit 0 on success; a script that
+hangs past its own timeout, or prints no report, fails the test with everything it printed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+def run_report(
+    argv: Sequence[str], env: Mapping[str, str], label: str, timeout: float
+) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
+    """Run ``node <argv>`` in ``tests/e2e/node``; its report and the finished process."""
+    try:
+        proc = subprocess.run(
+            ["node", *argv],
+            cwd=NODE_DIR,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{label}: node did not exit (its own hard timeout failed): {exc}")
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    try:
+        report: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        pytest.fail(
+            f"{label}: no JSON report (exit {proc.returncode})\n"
+            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        )
+    return report, proc
