@@ -340,6 +340,45 @@ class Scenario {
   }
 }
 
+let emitted = false;
+
+/**
+ * Print the one JSON line a run reports and exit with `code`; later calls (a timer racing
+ * the main flow) do nothing. Should the write callback never run, leave after `exitAfterMs`.
+ */
+function emit(line, code, exitAfterMs = 500) {
+  if (emitted) return;
+  emitted = true;
+  process.stdout.write(`${JSON.stringify(line)}\n`, () => process.exit(code));
+  setTimeout(() => process.exit(code), exitAfterMs).unref();
+}
+
+/**
+ * What every run's main() sets up around its steps: client warnings (unhandled rejections)
+ * collected into `report.clientWarnings`, and a `fail(err, code)` that closes the run
+ * (bounded) and reports `failure(err)`, called by the time limits (a stuck step is
+ * abandoned with time left for the close; the last timer leaves even if that close hangs
+ * too) and by an exception a client library throws from a socket callback. `finish(line)`
+ * may add to the failure line once the close is done.
+ */
+function guardRun({ report, hardMs, failure, close, closeLabel, finish = (line) => line }) {
+  const clientWarnings = [];
+  report.clientWarnings = clientWarnings;
+  process.on("unhandledRejection", (reason) => {
+    clientWarnings.push({ unhandledRejection: errorShape(reason) });
+  });
+  const fail = async (err, code) => {
+    const line = failure(err);
+    await withTimeout(close(), 3000, closeLabel).catch(() => {});
+    emit(finish(line), code);
+  };
+  const abandonMs = Math.max(hardMs - 4000, 1000);
+  setTimeout(() => fail(new ScenarioError(`time limit ${abandonMs} ms`), 2), abandonMs);
+  setTimeout(() => emit(failure(new ScenarioError(`hard timeout ${hardMs} ms`)), 2), hardMs);
+  process.on("uncaughtException", (err) => fail(err, 1));
+  return fail;
+}
+
 module.exports = {
   AUTHORS,
   BOOKS,
@@ -348,7 +387,9 @@ module.exports = {
   UNKNOWN_METHOD,
   UNKNOWN_PUBLICATION,
   describe,
+  emit,
   errorShape,
+  guardRun,
   pickAuthor,
   rawEndpoint,
   summarize,

@@ -28,10 +28,11 @@ const {
   UNKNOWN_METHOD,
   UNKNOWN_PUBLICATION,
   describe,
+  emit,
   errorShape,
+  guardRun,
   pickAuthor,
   summarize,
-  withTimeout,
 } = require("./common");
 
 const CLIENTS = {
@@ -138,17 +139,6 @@ async function runAdapterScenario(Adapter, sc) {
   };
 }
 
-let emitted = false;
-
-/** Print the one JSON line and exit; later calls (a timer racing the main flow) do nothing. */
-function emit(line, code) {
-  if (emitted) return;
-  emitted = true;
-  process.stdout.write(`${JSON.stringify(line)}\n`, () => process.exit(code));
-  // Should the write callback never run, still leave.
-  setTimeout(() => process.exit(code), 500).unref();
-}
-
 async function main() {
   const [clientName, url, transportArg] = process.argv.slice(2);
   const hardMs = intEnv("SCENARIO_TIMEOUT_MS", 20000);
@@ -177,12 +167,6 @@ async function main() {
     stepMs: intEnv("SCENARIO_STEP_MS", 5000),
     trace: process.env.SCENARIO_TRACE === "1",
   });
-  const clientWarnings = [];
-  sc.report.clientWarnings = clientWarnings;
-  process.on("unhandledRejection", (reason) => {
-    clientWarnings.push({ unhandledRejection: errorShape(reason) });
-  });
-
   const failure = (err) => ({
     ok: false,
     stage: sc.stage,
@@ -191,18 +175,14 @@ async function main() {
     wireTail: sc.wire.tail(30),
   });
   /** Fail: undo this run's writes (bounded), then report. */
-  const fail = async (err, code) => {
-    const line = failure(err);
-    await withTimeout(sc.close(), 3000, "cleanup").catch(() => {});
-    emit({ ...line, lateCleanups: sc.report.lateCleanups }, code);
-  };
-  // The run gets hardMs in all: a stuck step is abandoned with time left for the cleanup,
-  // and the last timer leaves even if that cleanup hangs too.
-  const abandonMs = Math.max(hardMs - 4000, 1000);
-  setTimeout(() => fail(new ScenarioError(`time limit ${abandonMs} ms`), 2), abandonMs);
-  setTimeout(() => emit(failure(new ScenarioError(`hard timeout ${hardMs} ms`)), 2), hardMs);
-  // A client library throwing from a socket callback must still end in one JSON line.
-  process.on("uncaughtException", (err) => fail(err, 1));
+  const fail = guardRun({
+    report: sc.report,
+    hardMs,
+    failure,
+    close: () => sc.close(),
+    closeLabel: "cleanup",
+    finish: (line) => ({ ...line, lateCleanups: sc.report.lateCleanups }),
+  });
 
   try {
     if (!client.transports.includes(transport)) {

@@ -32,7 +32,14 @@
  * or {"ok": false, "stage", "error", ...} (exit 1; 2 on WATCH_TIMEOUT_MS, default 170000).
  * Progress goes to stderr as "watch: ready <session>" once the subscription is ready.
  */
-const { AUTHORS, BOOKS, describe, errorShape, withTimeout } = require("./common");
+const {
+  AUTHORS,
+  BOOKS,
+  describe,
+  emit: emitCommon,
+  errorShape,
+  withTimeout,
+} = require("./common");
 
 const CLIENTS = {
   ddp: "./clients/ddp",
@@ -279,12 +286,9 @@ async function startMeteor(meteor, spec, cache, state) {
   };
 }
 
-let emitted = false;
+/** Report and exit (a watcher's report is larger: two seconds to write it). */
 function emit(line, code) {
-  if (emitted) return;
-  emitted = true;
-  process.stdout.write(`${JSON.stringify(line)}\n`, () => process.exit(code));
-  setTimeout(() => process.exit(code), 2000).unref();
+  emitCommon(line, code, 2000);
 }
 
 function stopSignal(stopFile) {

@@ -333,6 +333,12 @@ class Peer:
         self.seen += len(msgs)
         return msgs
 
+    def lose(self) -> None:
+        """The network drops the socket (no close frame, no ``disconnect``); wait until
+        the session is torn down (parked or dropped)."""
+        self.transport.disconnect()
+        self.greenlet.join(timeout=1)
+
     def tick_until_over(self, timeout: float, every: float = 0.05) -> None:
         """Play the worker's ticker for this session until it is over."""
         with gevent.Timeout(timeout):

@@ -397,8 +397,7 @@ def test_a_lost_socket_parks_the_session_and_a_disconnect_drops_it() -> None:
     session_id = lost.connect()["session"]
     lost.send({"msg": "sub", "id": "s", "name": "all"})
     lost.expect("ready")
-    lost.transport.disconnect()
-    lost.greenlet.join(timeout=1)
+    lost.lose()
     ((state, epoch),) = resumer.parked
     assert (state.session_id, epoch, state.user_id) == (session_id, 1, "42")
     assert state.sent_count == 4 and len(state.log) == 4  # connected, 2 added, ready
@@ -419,8 +418,7 @@ def test_resume_answers_the_same_id_replays_what_was_missed_and_does_not_rerun()
     session_id = first.connect()["session"]
     first.send({"msg": "sub", "id": "s", "name": "all"})
     first.expect("ready")
-    first.transport.disconnect()
-    first.greenlet.join(timeout=1)
+    first.lose()
     ((state, epoch),) = resumer.parked
     # The client received ``connected`` and the first ``added`` only.
     resumer.resumed = Resumed(state, epoch + 1, state.missed_since(2) or [])

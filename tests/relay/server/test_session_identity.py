@@ -161,8 +161,7 @@ def _parked_logged_in() -> tuple[FakeContext, FakeResumer, str]:
     first.expect("updated")
     first.send({"msg": "sub", "id": "m", "name": "mine"})
     first.expect("ready")
-    first.transport.disconnect()
-    first.greenlet.join(timeout=1)
+    first.lose()
     ((state, epoch),) = resumer.parked
     assert state.credential == "t1" and state.user_id == "7"
     resumer.resumed = Resumed(state, epoch + 1, [])
@@ -226,8 +225,7 @@ def test_a_session_without_a_credential_resumes_only_for_the_same_handshake_user
     session_id = first.connect()["session"]
     first.send({"msg": "sub", "id": "s", "name": "all"})
     first.expect("ready")
-    first.transport.disconnect()
-    first.greenlet.join(timeout=1)
+    first.lose()
     ((state, epoch),) = resumer.parked
     resumer.resumed = Resumed(state, epoch + 1, [])
     ctx.backend.identity = Identity()  # now anonymous: not the same client
@@ -252,8 +250,7 @@ def test_sessions_a_resume_cannot_help_are_dropped_not_parked(
     if connect:  # a pre-3.5 client (no receivedCount) with a subscription
         peer.send({"msg": "sub", "id": "s", "name": "all"})
         peer.expect("ready")
-    peer.transport.disconnect()
-    peer.greenlet.join(timeout=1)
+    peer.lose()
     assert resumer.parked == [] and len(resumer.dropped_ids) == 1
 
 
@@ -266,8 +263,7 @@ def test_a_parked_log_keeps_only_its_newest_bytes() -> None:
         peer.send({"msg": "method", "id": str(n), "method": "echo", "params": ["x" * 50]})
         peer.expect("updated")
     sent = peer.session.sent_count
-    peer.transport.disconnect()
-    peer.greenlet.join(timeout=1)
+    peer.lose()
     ((state, _),) = resumer.parked
     assert 0 < sum(len(t) for t in state.log) <= 300
     assert state.log == [json_text for json_text in peer.transport.sent[-len(state.log) :]]
@@ -317,8 +313,7 @@ def test_connection_hooks_see_opens_and_closes_and_may_refuse() -> None:
     session_id = peer.connect()["session"]
     peer.send({"msg": "sub", "id": "s", "name": "all"})
     peer.expect("ready")
-    peer.transport.disconnect()
-    peer.greenlet.join(timeout=1)
+    peer.lose()
     assert ctx.backend.connections == [("opened", session_id, False), ("closed", session_id, True)]
     ctx.backend.refuse = "Closed for maintenance"
     refused = Peer(ctx)
@@ -334,8 +329,7 @@ def test_connection_hooks_see_opens_and_closes_and_may_refuse() -> None:
 def test_without_hooks_nothing_is_called(ctx: FakeContext) -> None:
     peer = Peer(ctx)
     peer.connect()
-    peer.transport.disconnect()
-    peer.greenlet.join(timeout=1)
+    peer.lose()
     assert ctx.backend.connections == []
 
 

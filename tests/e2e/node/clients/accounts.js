@@ -22,7 +22,7 @@
  * the login-*.js modules only report.
  */
 const { AccountsRun, ScenarioError, errorShape } = require("./accounts-harness");
-const { withTimeout } = require("../common");
+const { emit, guardRun } = require("../common");
 
 const MODULES = ["./login-ddp-login", "./login-asteroid", "./login-simpleddp"];
 
@@ -33,16 +33,6 @@ function intEnv(name, fallback) {
 
 function originOf(url) {
   return new URL(url.replace(/^ws/, "http")).origin;
-}
-
-let emitted = false;
-
-/** Print the one JSON line and exit; later calls (a timer racing the main flow) do nothing. */
-function emit(line, code) {
-  if (emitted) return;
-  emitted = true;
-  process.stdout.write(`${JSON.stringify(line)}\n`, () => process.exit(code));
-  setTimeout(() => process.exit(code), 500).unref();
 }
 
 /** The scenario functions by client name (throws when a library is not installed). */
@@ -88,12 +78,6 @@ async function main() {
     stepMs: intEnv("ACCOUNTS_STEP_MS", 5000),
     trace: process.env.ACCOUNTS_TRACE === "1",
   });
-  const clientWarnings = [];
-  run.report.clientWarnings = clientWarnings;
-  process.on("unhandledRejection", (reason) => {
-    clientWarnings.push({ unhandledRejection: errorShape(reason) });
-  });
-
   const failure = (err) => ({
     ok: false,
     stage: run.stage,
@@ -102,16 +86,13 @@ async function main() {
     connections: run.summary(),
     wireTails: run.tails(),
   });
-  const fail = async (err, code) => {
-    const line = failure(err);
-    await withTimeout(run.close(), 3000, "close").catch(() => {});
-    emit(line, code);
-  };
-  const abandonMs = Math.max(hardMs - 4000, 1000);
-  setTimeout(() => fail(new ScenarioError(`time limit ${abandonMs} ms`), 2), abandonMs);
-  setTimeout(() => emit(failure(new ScenarioError(`hard timeout ${hardMs} ms`)), 2), hardMs);
-  // A client library throwing from a socket callback must still end in one JSON line.
-  process.on("uncaughtException", (err) => fail(err, 1));
+  const fail = guardRun({
+    report: run.report,
+    hardMs,
+    failure,
+    close: () => run.close(),
+    closeLabel: "close",
+  });
 
   try {
     await scenario(run);
