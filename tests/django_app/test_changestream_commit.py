@@ -280,9 +280,18 @@ def test_sequences_follow_commit_order_under_concurrency(
             conn = psycopg2.connect(django_database_url)
             with conn.cursor() as cursor:
                 for r in range(rounds):
+                    ids = [f"w{w}", f"w{(w + 1) % writers}"]
+                    # Writers overlap on rows (so commits interleave) but lock them
+                    # in one order: an UPDATE's own order follows the heap and can
+                    # deadlock, which is the test's fault, not the changelog's.
+                    cursor.execute(
+                        "SELECT id FROM bookstore_book WHERE id IN (%s, %s)"
+                        " ORDER BY id FOR UPDATE",
+                        ids,
+                    )
                     cursor.execute(
                         "UPDATE bookstore_book SET title = %s WHERE id IN (%s, %s)",
-                        [f"{w}-{r}", f"w{w}", f"w{(w + 1) % writers}"],
+                        [f"{w}-{r}", *ids],
                     )
                     cursor.execute("SELECT txid_current()")
                     (txid,) = cursor.fetchone()
