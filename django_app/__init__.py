@@ -17,6 +17,7 @@ included (no circles; ``tests/django_app/test_layers.py`` keeps it so):
 
 1. leaves: ``conf`` (``DDP_*`` settings), ``channel``, ``exceptions``, ``cursor``,
    ``models`` (``LoginToken``), ``signals`` (connection hooks), then ``serializer``, ``signature``,
+   ``ordering`` (a sorted, sliced cursor as a live window),
    ``accounts.passwords`` (Meteor's digest) and ``accounts.tokens`` (login tokens);
 2. ``collection`` (one published model) and ``accounts.revocation`` (the token
    revocation settings, ``user_logged_out``), then ``mutator`` (a collection's Meteor
@@ -42,23 +43,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from django_app.accounts.methods import log_in
-    from django_app.collection import Collection
+    from django_app.collection import Collection, computed
     from django_app.context import MethodContext, SubscriptionContext
     from django_app.cursor import Cursor
     from django_app.exceptions import DDPError
     from django_app.fields import MeteorIdField
     from django_app.methods import method
-    from django_app.publications import Publication, publish
+    from django_app.publications import Count, Publication, publish
     from django_app.registries import registry
 
 __all__ = [
     "Collection",
+    "Count",
     "Cursor",
     "DDPError",
     "MeteorIdField",
     "MethodContext",
     "Publication",
     "SubscriptionContext",
+    "computed",
     "log_in",
     "method",
     "publish",
@@ -67,12 +70,14 @@ __all__ = [
 
 _EXPORTS = {
     "Collection": "django_app.collection",
+    "Count": "django_app.publications",
     "Cursor": "django_app.cursor",
     "DDPError": "django_app.exceptions",
     "MeteorIdField": "django_app.fields",
     "MethodContext": "django_app.context",
     "Publication": "django_app.publications",
     "SubscriptionContext": "django_app.context",
+    "computed": "django_app.collection",
     "log_in": "django_app.accounts.methods",
     "method": "django_app.methods",
     "publish": "django_app.publications",

@@ -43,8 +43,9 @@ rate-limit rules) and ``relay.protocol``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,18 +53,26 @@ import django
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.core import checks
-from django.core.exceptions import ImproperlyConfigured, ValidationError
-from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.core.exceptions import EmptyResultSet, ImproperlyConfigured, ValidationError
+from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.query import QuerySet
 
 from django_app import changes, signals
 from django_app.accounts.users import USER_PUBLICATION
 from django_app.checks import TAG
 from django_app.collection import Collection, apply_visibility
 from django_app.conf import ddp_settings
-from django_app.context import MethodContext, SubscriptionContext, method_invocation
-from django_app.cursor import conditions_for_rule
+from django_app.context import (
+    MethodContext,
+    PublicationHooks,
+    SubscriptionContext,
+    method_invocation,
+)
+from django_app.cursor import Cursor, LookupPath, conditions_for_rule
 from django_app.exceptions import DDPError, NotFound
+from django_app.ordering import order_expressions, window_of
+from django_app.publications import Count
 from django_app.registries import Registry
 from django_app.registries import registry as default_registry
 from django_app.serializer import pk_to_wire
@@ -71,13 +80,18 @@ from relay.backend import (
     ANONYMOUS,
     CallContext,
     Condition,
+    CountOf,
     DecodedChange,
     Document,
     Handshake,
     Identity,
     MethodOutcome,
+    PublicationSink,
+    QueryData,
+    QuerySpec,
     Route,
-    SubscriptionData,
+    SubscriptionPlan,
+    Window,
     WritePosition,
 )
 from relay.limits.ratelimit import Rule
@@ -127,10 +141,12 @@ class DjangoBackend:
             return identity_of_credential(identity.credential)
 
     def universal_publications(self) -> Sequence[str]:
-        """The users null publication (when accounts are on and it is registered)."""
+        """The users null publication (when accounts are on and it is registered), then
+        the project's own (``@publish(None)``)."""
+        names: tuple[str, ...] = ()
         if ddp_settings.ACCOUNTS and self.registry.has_publication(USER_PUBLICATION):
-            return (USER_PUBLICATION,)
-        return ()
+            names = (USER_PUBLICATION,)
+        return names + self.registry.universal_publications
 
     def rate_limit_rules(self) -> Sequence[Rule]:
         """The rules ``registry.add_rate_limit_rule`` added (the accounts default among
@@ -143,48 +159,84 @@ class DjangoBackend:
     def has_method(self, name: str) -> bool:
         return bool(self.registry.has_method(name))
 
-    def subscribe(self, ctx: CallContext, name: str, params: Sequence[Any]) -> SubscriptionData:
-        """Run publication ``name``: initial documents, one route per cursor, and the
-        position of each route's channel, all from one database snapshot."""
+    def subscribe(
+        self, ctx: CallContext, name: str, params: Sequence[Any], sink: PublicationSink
+    ) -> SubscriptionPlan:
+        """Run publication ``name``'s function: one ``QuerySpec`` per cursor or count
+        (not run yet: ``fetch`` reads them), keyed by the SQL it runs, so identical
+        queries are shared by the relay whoever subscribes. The function runs in one
+        ``REPEATABLE READ, READ ONLY`` snapshot, the position its ``ctx.observe`` calls
+        read included."""
         publication = self.registry.get_publication(name)
         if publication is None:
             raise NotFound(f"Subscription '{name}' not found")
-        with _db_call(), _snapshot(connections[DEFAULT_DB_ALIAS]):
+        conn = connections[DEFAULT_DB_ALIAS]
+        with _db_call(), _snapshot(conn):
             user = _user_of(ctx.identity)
             sub_ctx = SubscriptionContext(
                 user=user,
                 user_id=ctx.identity.user_id,
                 session_id=ctx.session_id,
                 handshake=ctx.handshake,
+                hooks=PublicationHooks(sink, _in_db_call, _position_of),
             )
-            documents: list[Document] = []
-            routes: list[Route] = []
-            for cursor in publication.cursors(sub_ctx, params):
-                collection = self.registry.collection_for_model(cursor.model)
-                rule = collection.visible(user)
-                for instance in apply_visibility(cursor.queryset, rule):
-                    raw_id, fields = collection.serialize(instance)
-                    documents.append(
-                        Document(collection.collection_name, id_stringify(raw_id), fields)
-                    )
-                visibility = conditions_for_rule(cursor.model, rule)
-                conditions = (
-                    None
-                    if cursor.conditions is None or visibility is None
-                    else _routable(collection, cursor.conditions + visibility)
-                )
-                routes.append(
-                    Route(
-                        collection.channel,
-                        collection.collection_name,
-                        conditions,
-                        doc_id=_one_document(collection, conditions),
-                    )
-                )
-            positions = changes.positions(route.channel for route in routes)
-            return SubscriptionData(
-                documents=tuple(documents), routes=tuple(routes), positions=positions
-            )
+            items, returned = publication.run(sub_ctx, params)
+            specs = [self._spec(item, user) for item in items]
+        return SubscriptionPlan(specs, auto_ready=returned or not sub_ctx.used_api)
+
+    def _spec(self, item: Cursor | Count, user: Any) -> QuerySpec:
+        """The shareable spec of one cursor or count, for ``user``."""
+        count = item if isinstance(item, Count) else None
+        cursor = item.cursor if isinstance(item, Count) else item
+        collection = self.registry.collection_for_model(cursor.model)
+        rule = collection.visible(user)
+        visibility = conditions_for_rule(cursor.model, rule)
+        conditions = (
+            None
+            if cursor.conditions is None or visibility is None
+            else _routable(collection, cursor.conditions + visibility)
+        )
+        window = window_of(cursor) if count is None else None
+        paths: tuple[LookupPath, ...] = ()
+        if window is not None:
+            base = apply_visibility(_unwindowed(cursor.queryset), rule)
+            window_spec, paths = window
+            if any(p.key not in collection.routing_keys for p in paths):
+                conditions = None  # sorted on what changes do not carry: re-read per change
+            source = _Source(collection, base, window_spec, paths, None)
+        else:
+            window_spec = None
+            if cursor.skip or cursor.limit is not None:
+                conditions = None  # a slice whose order cannot be read back: re-read
+            base = apply_visibility(cursor.queryset, rule)
+            count_of = None
+            if count is not None:
+                count_of = CountOf(count.collection, id_stringify(count.id), count.field)
+            source = _Source(collection, base, None, (), count_of)
+        route = Route(
+            collection.channel,
+            collection.collection_name,
+            conditions,
+            doc_id=_one_document(collection, conditions) if count is None else None,
+        )
+        return QuerySpec(
+            key=source.key(),
+            route=route,
+            window=window_spec,
+            count=source.count,
+            source=source,
+        )
+
+    def fetch(self, specs: Sequence[QuerySpec]) -> Sequence[QueryData]:
+        """Read the specs' rows in ONE ``REPEATABLE READ, READ ONLY`` snapshot, with
+        their channels' positions read in it: the rows are exactly the state after them."""
+        with _db_call(), _snapshot(connections[DEFAULT_DB_ALIAS]):
+            read = [_source_of(spec).read() for spec in specs]
+            positions = changes.positions({spec.route.channel for spec in specs})
+        return [
+            QueryData(documents=docs, keys=keys, complete=complete, positions=positions)
+            for docs, keys, complete in read
+        ]
 
     def call(self, ctx: CallContext, name: str, params: Sequence[Any]) -> MethodOutcome:
         """Run method (or mutator) ``name`` as the invocation seeded by ``ctx.random_seed``;
@@ -274,6 +326,98 @@ class DjangoBackend:
     def close(self) -> None:
         """Close this thread's database connections (the worker is stopping)."""
         connections.close_all()
+
+
+class _Source:
+    """A spec's query, kept by the relay (opaque to it) to be read again: the collection,
+    the queryset (visibility applied, no window), and the window or count to read."""
+
+    __slots__ = ("collection", "count", "paths", "queryset", "window")
+
+    def __init__(
+        self,
+        collection: Collection,
+        queryset: QuerySet[Any],
+        window: Window | None,
+        paths: tuple[LookupPath, ...],
+        count: CountOf | None,
+    ) -> None:
+        self.collection = collection
+        self.queryset = queryset
+        self.window = window
+        self.paths = paths
+        self.count = count
+
+    def key(self) -> str:
+        """Equal for two sources that always read the same rows: the collection, the SQL
+        and its parameters, and the window or count."""
+        try:
+            sql, params = self.queryset.query.sql_with_params()
+        except EmptyResultSet:
+            sql, params = "<empty>", ()
+        text = repr(
+            (
+                self.collection.collection_name,
+                sql,
+                tuple(map(repr, params)),
+                self.window,
+                self.count,
+            )
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def read(self) -> tuple[list[Document], list[tuple[Any, ...]] | None, bool]:
+        """The rows now (inside the caller's snapshot): documents, window keys, complete."""
+        collection = self.collection
+        name = collection.collection_name
+        if self.count is not None:
+            # DISTINCT: a filter across a many-to-many joins a row once per match.
+            ids = self.queryset.order_by().values_list("pk", flat=True).distinct()
+            return [Document(name, id_stringify(pk_to_wire(pk)), {}) for pk in ids], None, True
+        qs = collection.prepare_queryset(self.queryset)
+        window = self.window
+        if window is None:
+            return [_document(collection, instance) for instance in qs], None, True
+        qs = qs.order_by(*order_expressions(window, self.paths))
+        capacity = window.capacity
+        rows = list(qs if capacity is None else qs[:capacity])
+        keys = [collection.values_of(row, [o.path for o in window.order]) for row in rows]
+        complete = capacity is None or len(rows) < capacity
+        return [_document(collection, row) for row in rows], keys, complete
+
+
+def _source_of(spec: QuerySpec) -> _Source:
+    source = spec.source
+    if not isinstance(source, _Source):
+        raise TypeError(f"not a spec of this backend: {spec!r}")
+    return source
+
+
+def _document(collection: Collection, instance: models.Model) -> Document:
+    raw_id, fields = collection.serialize(instance)
+    return Document(collection.collection_name, id_stringify(raw_id), fields)
+
+
+def _unwindowed(qs: QuerySet[Any]) -> QuerySet[Any]:
+    """``qs`` without its slice and ordering (the window is applied by ``_Source``)."""
+    qs = qs.all()
+    qs.query.clear_limits()
+    qs.query.clear_ordering(force=True)
+    return qs
+
+
+def _in_db_call(callback: Callable[..., None]) -> Callable[..., None]:
+    """A publication's later callback, with a database call's connection hygiene."""
+
+    def run(*args: Any) -> None:
+        with _db_call():
+            callback(*args)
+
+    return run
+
+
+def _position_of(channel: str) -> tuple[int, str]:
+    return changes.positions([channel]).get(channel, (0, ""))
 
 
 def _connection(ctx: CallContext) -> SubscriptionContext:

@@ -25,6 +25,9 @@ Job: report configuration the DDP side cannot work with, each with a stable id:
 * ``ddp.W003`` accounts are on but ``MeteorPBKDF2PasswordHasher`` is not the first of
   ``PASSWORD_HASHERS``: a Meteor client's password digest cannot be checked against the
   hashes Django then stores (``django_app.accounts.hashers``).
+* ``ddp.W004`` a collection's path (published, ``related`` or used by a computed field)
+  joins on a foreign key whose column has no index: the triggers would scan that table
+  for every change they resolve or republish through it.
 
 Registering one model twice is refused earlier, at import (``AlreadyRegistered``). What
 must not live here: connecting to the database, or relay settings (``RELAY_*``
@@ -46,6 +49,7 @@ from django.db import DEFAULT_DB_ALIAS, models, router
 from django.db.utils import load_backend
 from django.utils.module_loading import import_string
 
+from django_app.collection import Collection
 from django_app.conf import DECIMAL_ENCODINGS, ddp_settings
 from django_app.registries import Registry
 from django_app.registries import registry as default_registry
@@ -112,7 +116,7 @@ def check_collections(
     registry: Registry | None = None,
     **kwargs: Any,
 ) -> list[checks.CheckMessage]:
-    """ddp.E002, ddp.W001 and ddp.W002 for every registered collection."""
+    """ddp.E002, ddp.W001, ddp.W002 and ddp.W004 for every registered collection."""
     registry = registry or default_registry
     messages: list[checks.CheckMessage] = []
     for collection in registry.collections:
@@ -141,6 +145,7 @@ def check_collections(
                         id="ddp.W001",
                     )
                 )
+        messages += _unindexed_joins(collection)
         if collection.channel_truncated:
             messages.append(
                 checks.Warning(
@@ -153,6 +158,53 @@ def check_collections(
                 )
             )
     return messages
+
+
+def _unindexed_joins(collection: Collection) -> list[checks.CheckMessage]:
+    """ddp.W004: each foreign key a path crosses is looked up by its column, both ways
+    (resolving the path from a row, and finding the rows to republish when it changes)."""
+    messages: list[checks.CheckMessage] = []
+    seen: set[models.ForeignKey[Any, Any]] = set()
+    for path in collection.related_paths:
+        for hop in path.hops:
+            fk = hop.fk
+            if fk in seen or _indexed(fk):
+                continue
+            seen.add(fk)
+            table = fk.model._meta.db_table
+            messages.append(
+                checks.Warning(
+                    f"{collection!r}: the path {path.key!r} joins on {table}.{fk.column}"
+                    f" ({fk.model._meta.label}.{fk.name}), which has no index: the change"
+                    " stream's triggers scan that table for each change they resolve or"
+                    " republish through it.",
+                    hint="Index the column (db_index=True, a ForeignKey's default, or an"
+                    " index or unique constraint that starts with it), or drop the path.",
+                    obj=collection.model,
+                    id="ddp.W004",
+                )
+            )
+    return messages
+
+
+def _indexed(fk: models.ForeignKey[Any, Any]) -> bool:
+    """Whether an index starts with ``fk``'s column (what an equality lookup needs)."""
+    if getattr(fk, "db_index", False) or fk.unique or fk.primary_key:
+        return True
+    opts = fk.model._meta
+    names = {fk.name, fk.attname}
+    firsts: list[str] = []
+    for index in opts.indexes:
+        if index.fields:
+            firsts.append(index.fields[0].lstrip("-"))
+    for constraint in opts.constraints:
+        fields = getattr(constraint, "fields", ())
+        if isinstance(constraint, models.UniqueConstraint) and fields:
+            firsts.append(fields[0])
+    for together in opts.unique_together:
+        if together:
+            firsts.append(together[0])
+    return bool(names & set(firsts))
 
 
 def _meteor_id_key(field: models.Field[Any, Any]) -> bool:

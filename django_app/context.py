@@ -1,6 +1,9 @@
 """What publications and methods receive as ``ctx``, and the current method invocation.
 
-Job: ``SubscriptionContext`` and ``MethodContext`` (user, session, and for methods the
+Job: ``SubscriptionContext`` (user, session, and the low-level publish API a publication
+written as code uses: ``added``/``changed``/``removed``/``ready``/``error``/``stop``/
+``on_stop``/``observe``, Meteor's ``this.added``... over the relay's
+``relay.backend.PublicationSink``) and ``MethodContext`` (user, session, and for methods the
 ``randomSeed`` stream that makes server ids equal the client stub's ids, the caller's
 credential and Meteor's ``setUserId``: ``ctx.set_user``), plus the context variable that
 tells code deep inside a method (``MeteorIdField``'s default, later the change stream)
@@ -14,22 +17,27 @@ transactions or registry lookups beyond naming a model's collection.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db import models
 
+from django_app.exceptions import DDPError
 from django_app.registries import registry
-from relay.backend import Handshake
+from django_app.serializer import pk_to_wire
+from relay.backend import ClientError, DecodedChange, Handshake, PublicationSink
 from relay.protocol.alea import RandomStream, collection_stream_name
+from relay.protocol.ids import id_stringify
 
 if TYPE_CHECKING:
     from django_app.models import LoginToken
 
 __all__ = [
     "MethodContext",
+    "PublicationHooks",
     "SubscriptionContext",
     "current_method",
     "method_invocation",
@@ -38,11 +46,37 @@ __all__ = [
 _current: ContextVar[MethodContext | None] = ContextVar("ddp_method_invocation", default=None)
 
 
+@dataclass(frozen=True, slots=True)
+class PublicationHooks:
+    """What the backend gives a publication's context for the low-level API: the relay's
+    sink, a wrapper for callbacks that run later in the relay's work pool (database
+    connection hygiene), and how to read a channel's change-stream position (in the
+    publication's snapshot)."""
+
+    sink: PublicationSink
+    wrap: Callable[[Callable[..., None]], Callable[..., None]]
+    position_of: Callable[[str], tuple[int, str]]
+
+
 class SubscriptionContext:
-    """The ``ctx`` of a publication: who subscribes, from which session.
+    """The ``ctx`` of a publication: who subscribes, from which session, and the
+    low-level publish API (below).
 
     ``user`` is a Django user (``AnonymousUser`` when logged out) and ``user_id`` its
     primary key as a string, or None.
+
+    The low-level API, Meteor's ``this.added``... (documents are this subscription's own,
+    merged with what its returned cursors publish): ``added(collection, id, fields)``,
+    ``changed(collection, id, fields, cleared=())``, ``removed(collection, id)``,
+    ``ready()``, ``error(err)``, ``stop()``, ``on_stop(callback)`` and
+    ``observe(Model, callback)``: ``callback(changes)`` runs for every commit on the
+    model after the publication's snapshot, in commit order, with the commit's
+    ``relay.backend.DecodedChange``s of that model (``op`` "i"/"u"/"d", wire ``id``,
+    published ``fields``, routing ``values``), so a custom publication stays live without
+    polling. Callbacks run later in the relay's work pool and may use the ORM.
+    ``collection`` may be a model (its collection's name) or a name; ``id`` a primary
+    key or a wire id. A publication that calls any of these and returns nothing is ready
+    when it calls ``ready()``.
     """
 
     def __init__(
@@ -52,12 +86,79 @@ class SubscriptionContext:
         user_id: str | None,
         session_id: str,
         handshake: Handshake | None = None,
+        hooks: PublicationHooks | None = None,
     ) -> None:
         self.user = user
         self.user_id = user_id
         self.session_id = session_id
         #: The HTTP request that opened the DDP socket (headers, cookies, remote address).
         self.handshake = handshake
+        self._hooks = hooks
+        #: The publication used the low-level API (it then marks itself ready).
+        self.used_api = False
+
+    # -- the low-level publish API -------------------------------------------------------
+
+    def _sink(self) -> PublicationSink:
+        if self._hooks is None:
+            raise RuntimeError("this context belongs to no relay subscription")
+        self.used_api = True
+        return self._hooks.sink
+
+    def added(
+        self, collection: str | type[models.Model], id: Any, fields: Mapping[str, Any]
+    ) -> None:
+        self._sink().added(_collection_name(collection), _wire_id(id), fields)
+
+    def changed(
+        self,
+        collection: str | type[models.Model],
+        id: Any,
+        fields: Mapping[str, Any],
+        cleared: Sequence[str] = (),
+    ) -> None:
+        self._sink().changed(_collection_name(collection), _wire_id(id), fields, cleared)
+
+    def removed(self, collection: str | type[models.Model], id: Any) -> None:
+        self._sink().removed(_collection_name(collection), _wire_id(id))
+
+    def ready(self) -> None:
+        self._sink().ready()
+
+    def error(self, error: ClientError | str | int, reason: str | None = None) -> None:
+        """Stop with an error the client sees in ``nosub`` (a ``DDPError``, or its code
+        and reason)."""
+        if not isinstance(error, ClientError):
+            error = DDPError(error, reason)
+        self._sink().error(error)
+
+    def stop(self) -> None:
+        self._sink().stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self._hooks is not None and self._hooks.sink.stopped
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        hooks = self._hooks
+        sink = self._sink()
+        assert hooks is not None
+        sink.on_stop(hooks.wrap(callback))
+
+    def observe(
+        self, model: type[models.Model], callback: Callable[[Sequence[DecodedChange]], None]
+    ) -> None:
+        """Call ``callback(changes)`` for each commit on ``model`` from now on."""
+        hooks = self._hooks
+        sink = self._sink()
+        assert hooks is not None
+        collection = registry.collection_for_model(model)
+        sink.observe(
+            collection.channel,
+            collection.collection_name,
+            hooks.wrap(callback),
+            hooks.position_of(collection.channel),
+        )
 
     @property
     def client_address(self) -> str | None:
@@ -69,6 +170,19 @@ class SubscriptionContext:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} session={self.session_id!r} user_id={self.user_id!r}>"
+
+
+def _collection_name(collection: str | type[models.Model]) -> str:
+    if isinstance(collection, str):
+        return collection
+    return registry.collection_for_model(collection).collection_name
+
+
+def _wire_id(value: Any) -> str:
+    """A document's ``_id`` (a primary key, or an instance) as the wire id DDP carries."""
+    if isinstance(value, models.Model):
+        value = value.pk
+    return id_stringify(pk_to_wire(value))
 
 
 class MethodContext(SubscriptionContext):

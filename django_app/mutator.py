@@ -17,7 +17,19 @@ aliases), checked against the collection's ``allow_*`` rules with Meteor's own e
 * model validation (``full_clean``) failures are 400 with the messages; database
   integrity errors are 409, as Meteor reports Mongo errors.
 
-Only published fields can be written.
+Only published fields can be written, and among the published arrays
+(``Collection.published_paths``) only two shapes, both written after the row is saved, in
+the mutator's transaction, replacing the relation's rows (``$unset``: none):
+
+* a many-to-many field (``"tags"``, either side of the relation): the array of the related
+  rows' ids, which must exist (400 otherwise): ``manager.set(rows)``;
+* a path of ONE many-to-many hop ending on a unique, non-relation field of the related
+  model (``"tags__name"``): the array of values; each value names the related row with
+  it, created (validated with ``full_clean``) when missing, then ``manager.set(rows)``.
+
+Any other array (a reverse foreign key, a longer path, a non-unique field, a relation
+with its own ``through`` model) is a 400 that says so. The ``allow_*`` rules see the
+whole document or modifier, arrays included.
 
 Where it sits: below the registry, which answers every mutator name with a ``Mutator``.
 A mutator is not declared with ``@method`` (``django_app.methods``): it has the same shape
@@ -30,12 +42,13 @@ registry lookup.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import IntegrityError, models, router, transaction
 
-from django_app.collection import Collection, PublishedField
+from django_app.collection import Collection, PublishedField, PublishedPath
 from django_app.conf import ddp_settings
 from django_app.exceptions import AccessDenied, DDPError, MatchFailed
 from django_app.serializer import from_wire, pk_to_wire
@@ -118,13 +131,21 @@ def _insert(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -
         doc = {"_id": raw_id, **sent}
     if not collection.allow_insert(ctx.user, doc):
         raise AccessDenied()
+    relations: list[tuple[_RelationWrite, list[Any]]] = []
     for wire_name, value in sent.items():
-        if wire_name != "_id":
-            published = _published(collection, wire_name)
+        if wire_name == "_id":
+            continue
+        published = _published(collection, wire_name)
+        if isinstance(published, PublishedPath):
+            write = _relation_write(collection, published)
+            relations.append((write, write.decode(value)))
+        else:
             kwargs[published.attname] = _decode(published, value)
     instance = model(**kwargs)
     instance.full_clean()
     instance.save(force_insert=True)
+    for write, values in relations:
+        write.apply(instance, values)
     return pk_to_wire(instance.pk)
 
 
@@ -156,6 +177,7 @@ def _update(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -
     if not collection.allow_update(ctx.user, collection.document(instance), touched, modifier):
         raise AccessDenied()
     changed: set[models.Field[Any, Any]] = set()
+    relations: list[tuple[_RelationWrite, list[Any]]] = []
     for op, spec in modifier.items():
         for key, value in spec.items():
             if key == "_id":
@@ -163,6 +185,10 @@ def _update(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -
             if "." in key:
                 raise DDPError(400, f"Nested field updates are not supported: {key!r}")
             published = _published(collection, key)
+            if isinstance(published, PublishedPath):
+                write = _relation_write(collection, published)
+                relations.append((write, write.decode(value) if op == "$set" else []))
+                continue
             field = published.field
             if op == "$set":
                 new_value = _decode(published, value)
@@ -178,6 +204,8 @@ def _update(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -
     instance.full_clean(exclude=[f.name for f in opts.concrete_fields if f not in changed])
     auto_now = {f for f in opts.concrete_fields if getattr(f, "auto_now", False)}
     instance.save(update_fields=[f.name for f in changed | auto_now])
+    for write, values in relations:
+        write.apply(instance, values)
     return 1
 
 
@@ -229,11 +257,144 @@ def _is_string_key(pk_field: models.Field[Any, Any]) -> bool:
     return isinstance(pk_field, models.CharField | models.TextField)
 
 
-def _published(collection: Collection, wire_name: str) -> PublishedField:
+def _is_text(field: models.Field[Any, Any]) -> bool:
+    while isinstance(field, models.ForeignKey):
+        field = field.target_field
+    return isinstance(field, models.CharField | models.TextField)
+
+
+def _published(collection: Collection, wire_name: str) -> PublishedField | PublishedPath:
     published = collection.by_wire_name.get(wire_name)
-    if published is None:
-        raise DDPError(400, f"Unknown field {wire_name!r}")
-    return published
+    if published is not None:
+        return published
+    for path in collection.published_paths:
+        if path.wire_name == wire_name:
+            return path
+    raise DDPError(400, f"Unknown field {wire_name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _RelationWrite:
+    """How a published array is written: the many-to-many relation it replaces, and
+    whether its values are the related rows' ids (``by`` None) or values of their unique
+    field ``by``."""
+
+    wire_name: str
+    #: The instance attribute holding the relation's manager (``tags``, ``book_set``).
+    accessor: str
+    related: type[models.Model]
+    by: models.Field[Any, Any] | None
+
+    def decode(self, value: Any) -> list[Any]:
+        """The distinct Python values of a sent array, in order; a ``ValidationError``
+        (keyed by the wire name) for anything else. Reads nothing."""
+        if not isinstance(value, list):
+            raise ValidationError({self.wire_name: ["Expected an array."]})
+        field = self.by if self.by is not None else self.related._meta.pk
+        assert field is not None
+        decoded: dict[Any, None] = {}
+        for item in value:
+            try:
+                if item is None:
+                    raise ValidationError("Null is not allowed in this array.", code="null")
+                if _is_text(field) and not isinstance(item, str):
+                    # to_python would make any value a string ("{'a': 1}", a date's repr).
+                    raise ValidationError("Expected a string.", code="invalid")
+                python = from_wire(field, item)
+                if self.by is not None:
+                    python = field.clean(python, None)  # max_length, blank, choices...
+            except ValidationError as exc:
+                raise ValidationError(
+                    {self.wire_name: [f"{item!r}: {m}" for m in exc.messages]}
+                ) from exc
+            decoded.setdefault(python, None)
+        return list(decoded)
+
+    def apply(self, instance: models.Model, values: list[Any]) -> None:
+        """Make the instance's related rows exactly those ``values`` name."""
+        manager = getattr(instance, self.accessor)
+        if self.by is None:
+            rows = list(self.related._default_manager.filter(pk__in=values))
+            missing = set(values) - {row.pk for row in rows}
+            if missing:
+                shown = ", ".join(repr(pk_to_wire(v)) for v in values if v in missing)
+                raise ValidationError({self.wire_name: [f"No such {self._kind}: {shown}."]})
+        else:
+            rows = [self._get_or_create(value) for value in values]
+        manager.set(rows)
+
+    @property
+    def _kind(self) -> str:
+        return str(self.related._meta.verbose_name)
+
+    def _get_or_create(self, value: Any) -> models.Model:
+        assert self.by is not None
+        lookup = {self.by.name: value}
+        manager = self.related._default_manager
+        row = manager.filter(**lookup).first()
+        if row is not None:
+            return row
+        # Constructed once, only to be saved: a MeteorIdField key draws one id.
+        row = self.related(**{self.by.attname: value})
+        try:
+            row.full_clean(validate_unique=False)
+        except ValidationError as exc:
+            raise ValidationError(
+                {self.wire_name: [f"{value!r}: {m}" for m in exc.messages]}
+            ) from exc
+        try:
+            # A savepoint: when a concurrent transaction created the same value first,
+            # its row is taken instead of failing the whole mutator.
+            with transaction.atomic(using=router.db_for_write(self.related)):
+                row.save(force_insert=True)
+        except IntegrityError:
+            winner = manager.filter(**lookup).first()
+            if winner is None:
+                raise
+            return winner
+        return row
+
+
+def _relation_write(collection: Collection, published: PublishedPath) -> _RelationWrite:
+    """How ``published`` is written, or a 400 saying why it cannot be."""
+    path = published.path
+    model = collection.model
+    name = published.wire_name
+    refused = DDPError(
+        400,
+        f"Field {name!r} cannot be written: only a many-to-many field (an array of ids) or"
+        " a path through one to a unique field (an array of values) can be",
+    )
+    relation = path.relation
+    if relation is None or "__" in relation:
+        raise refused
+    try:
+        field: Any = model._meta.get_field(relation)
+    except FieldDoesNotExist:
+        raise refused from None
+    if isinstance(field, models.ManyToManyField):
+        accessor: str | None = field.name
+        through: Any = field.remote_field.through
+    elif isinstance(field, models.ManyToManyRel):
+        accessor = field.get_accessor_name()
+        through = field.through
+    else:
+        raise refused
+    related = field.related_model
+    if accessor is None or not isinstance(related, type):
+        raise refused
+    if not through._meta.auto_created:
+        raise DDPError(
+            400,
+            f"Field {name!r} cannot be written: its relation has its own through model"
+            " (write it in a method)",
+        )
+    if path.key == relation:
+        return _RelationWrite(name, accessor, related, None)
+    by = path.field
+    if len(path.hops) != 2 or by.model is not related or by.is_relation or not by.unique:
+        raise refused
+    return _RelationWrite(name, accessor, related, by)
 
 
 def _decode(published: PublishedField, value: Any) -> Any:

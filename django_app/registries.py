@@ -31,7 +31,6 @@ from relay.limits.ratelimit import Rule
 
 if TYPE_CHECKING:
     from django_app.context import MethodContext, SubscriptionContext
-    from django_app.cursor import Cursor
 
 __all__ = [
     "AlreadyRegistered",
@@ -66,8 +65,14 @@ class RegisteredPublication(Protocol):
     @property
     def name(self) -> str: ...
 
-    def cursors(self, ctx: SubscriptionContext, params: Sequence[Any]) -> list[Cursor]:
-        """Validate ``params`` and run the publication: fresh cursors."""
+    @property
+    def universal(self) -> bool:
+        """Every session runs it unasked; no client may subscribe to it by name."""
+        ...
+
+    def run(self, ctx: SubscriptionContext, params: Sequence[Any]) -> tuple[list[Any], bool]:
+        """Validate ``params`` and run the publication: fresh cursors and counts, and
+        whether the function returned anything."""
         ...
 
 
@@ -212,7 +217,14 @@ class Registry:
         return self._methods.get(name) or self._mutator(name)
 
     def has_publication(self, name: str) -> bool:
-        return name in self._publications
+        """A publication clients may subscribe to by name (not a universal one)."""
+        publication = self._publications.get(name)
+        return publication is not None and not publication.universal
+
+    @property
+    def universal_publications(self) -> tuple[str, ...]:
+        """The names of the universal publications, in registration order."""
+        return tuple(n for n, p in self._publications.items() if p.universal)
 
     def has_method(self, name: str) -> bool:
         return name in self._methods or self._split_mutator(name) is not None

@@ -6,9 +6,18 @@ encode (it does the JSON/EJSON work, including ``$``-key escaping); inbound valu
 what mutators receive after EJSON decoding. It also owns both ends of the change stream's
 column encoding: ``db_json_sql`` (the SQL expression a trigger puts in a change for a
 column) and ``from_db_json`` (that JSON value back to the Python value the ORM would load),
-so a decoded change serializes exactly like the initial load. What must not live here:
-choosing which fields are published or renamed (``django_app.collection``), or any
-database access.
+so a decoded change serializes exactly like the initial load. The same holds for a
+lookup path (``django_app.cursor.LookupPath``): ``path_json_sql`` is the one SQL
+expression of a path's value (the triggers put it in changes, ``Collection`` annotates
+querysets with it) and ``from_path_json`` reads it back, so the initial documents and the
+live changes carry the same values in the same order. What must not live here: choosing
+which fields are published or renamed (``django_app.collection``), or any database
+access.
+
+A multi-valued path (``tags__name``) is a JSON array of the DISTINCT values the row
+reaches through LEFT JOINs, sorted as PostgreSQL sorts the column (text by code point,
+``COLLATE "C"``, as Python compares strings), NULL first: a missing related row (a book
+without tags) counts as NULL, as in the LEFT JOIN Django builds for ``isnull``.
 
 Outbound rules (``to_wire``):
 
@@ -36,16 +45,32 @@ import datetime as dt
 import json
 import uuid
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Final
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import models
 from django.db.models.fields.files import FieldFile
 from django.utils import timezone
 
 from django_app.conf import DECIMAL_ENCODINGS
+from django_app.cursor import LookupPath
 
-__all__ = ["db_json_sql", "from_db_json", "from_wire", "pk_to_wire", "to_wire"]
+__all__ = [
+    "db_json_sql",
+    "from_db_json",
+    "from_path_json",
+    "from_wire",
+    "own_column",
+    "path_json_sql",
+    "pk_to_wire",
+    "quote_name",
+    "to_wire",
+]
+
+#: Field types whose column is text: multi-valued paths sort them by code point.
+_TEXT_TYPES: Final = frozenset(
+    {"CharField", "TextField", "SlugField", "EmailField", "URLField", "FilePathField", "FileField"}
+)
 
 
 def to_wire(field: models.Field[Any, Any], value: Any, decimal_encoding: str) -> Any:
@@ -89,6 +114,79 @@ def db_json_sql(field: models.Field[Any, Any], column: str) -> str:
     if isinstance(field, models.DurationField):
         return f"extract(epoch from {column})"
     return column
+
+
+def quote_name(name: str) -> str:
+    """A PostgreSQL identifier, quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def own_column(model: type[models.Model], field: models.Field[Any, Any], what: str) -> str:
+    """The column of ``field`` in ``model``'s own table (inherited fields live elsewhere);
+    ``ImproperlyConfigured`` naming ``what`` otherwise."""
+    if field not in model._meta.local_concrete_fields:
+        raise ImproperlyConfigured(
+            f"{what}: {field.model.__name__}.{field.name} is stored in the table of a parent"
+            f" model of {model.__name__} (multi-table inheritance); the change stream can"
+            " only read columns of a model's own table."
+        )
+    return str(field.column)
+
+
+def path_json_sql(path: LookupPath, base: str, what: str) -> str:
+    """The SQL expression of ``path``'s JSON value for one row of its model.
+
+    ``base`` is the SQL of that row's ``path.base_field`` column (``NEW."author_id"``, a
+    compiled column, a parameter). A local path is that column's ``db_json_sql``; a
+    single-valued path is a scalar subquery (NULL when a key is NULL); a multi-valued
+    path is the sorted array described in the module. Raises ``ImproperlyConfigured``
+    (naming ``what``) for a column of a parent model's table.
+    """
+    if not path.hops:
+        return db_json_sql(path.field, base)
+    tables = []
+    for i, hop in enumerate(path.hops, start=1):
+        table = quote_name(hop.target._meta.db_table)
+        right = f"t{i}.{quote_name(own_column(hop.target, hop.target_field, what))}"
+        if i == 1:
+            left = base
+        else:
+            left = f"t{i - 1}.{quote_name(own_column(hop.source, hop.source_field, what))}"
+        tables.append((table, f"t{i}", f"{right} = {left}"))
+    last = path.hops[-1].target
+    column = f"t{len(tables)}.{quote_name(own_column(last, path.field, what))}"
+    value = db_json_sql(path.field, column)
+    if not path.many:
+        first_table, first_alias, first_on = tables[0]
+        joins = "".join(f" JOIN {t} {a} ON {on}" for t, a, on in tables[1:])
+        return f"(SELECT {value} FROM {first_table} {first_alias}{joins} WHERE {first_on})"
+    joins = "".join(f" LEFT JOIN {t} {a} ON {on}" for t, a, on in tables)
+    order = column + (
+        ' COLLATE "C"' if _value_field(path.field).get_internal_type() in _TEXT_TYPES else ""
+    )
+    return (
+        f"(SELECT jsonb_agg(s.v ORDER BY s.o NULLS FIRST) FROM (SELECT DISTINCT"
+        f" to_jsonb({value}) AS v, {order} AS o FROM (SELECT 1) z{joins}) s)"
+    )
+
+
+def from_path_json(path: LookupPath, value: Any) -> Any:
+    """The routing value of ``path`` from its JSON form (``path_json_sql``): the value a
+    single-valued path's field loads, a tuple of them for a multi-valued path. Raises
+    ``ValueError`` for a value of the wrong shape."""
+    if not path.many:
+        return from_db_json(path.field, value)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError(f"{path.key}: {value!r} is not a JSON array")
+    return tuple(from_db_json(path.field, v) for v in value)
+
+
+def _value_field(field: models.Field[Any, Any]) -> models.Field[Any, Any]:
+    while isinstance(field, models.ForeignKey):
+        field = field.target_field
+    return field
 
 
 def from_db_json(field: models.Field[Any, Any], value: Any) -> Any:

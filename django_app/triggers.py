@@ -14,14 +14,22 @@ Generated objects, all named ``ddp_g_...`` (so stale ones are found and dropped)
 * per collection, a function and two triggers on its table: ``AFTER INSERT OR DELETE``
   and ``AFTER UPDATE ... WHEN`` a published column, a routed column or the key changed.
   Each appends ``{"o", "id", "f"}`` to ``ddp_pending``, ``f`` holding the published
-  columns by attname and every ``Collection.related`` path, resolved by a subquery
-  (``author__email``: ``(SELECT email FROM bookstore_author WHERE id = NEW.author_id)``).
-  A changed primary key is a delete of the old id plus an insert of the new one.
-* per collection and related-path prefix, a dependency function with triggers on the
-  table the path reads (``bookstore_author`` for ``author__email``): when a column the
-  path reads changes (``email``), every dependent row (each book of that author) is
-  published again as a ``"u"`` change with the fresh value. The work is one indexed query
-  per changed row, bounded by the data, never by subscribers.
+  columns by attname and every path of ``Collection.related_paths`` (declared, published
+  or used by a computed field), resolved by the SQL of ``serializer.path_json_sql``: a
+  scalar subquery for a single-valued path (``author__email``: ``(SELECT email FROM
+  bookstore_author WHERE id = NEW.author_id)``), the sorted JSON array of the distinct
+  values for a multi-valued one (``tags__name``: LEFT JOINs through the many-to-many's
+  table). A changed primary key is a delete of the old id plus an insert of the new one.
+* per collection and path prefix (the joins of a path up to one table it reads), a
+  dependency function with three triggers on that table: when a row of it is inserted
+  or deleted (statement-level, over the transition table: a ``tags.set(...)`` is one
+  statement, so one change per book) or a column the paths read changes (row-level,
+  ``WHEN``: the name of a tag, the key joining it), every row of the collection that
+  reaches an old or new version of the changed rows is published again as ONE ``"u"``
+  change with fresh values: the books of that tag, the author of that book, the book of
+  that through-table row. The work is a few indexed lookups per changed row (along the
+  foreign keys of the path, back to the collection's table), bounded by the data, never
+  by subscribers.
 
 * on the user table (``AUTH_USER_MODEL``, swapped or not), the token revocation trigger:
   ``AFTER UPDATE ... WHEN`` the password column changed or ``is_active`` (when the model
@@ -53,10 +61,10 @@ from django.db import DEFAULT_DB_ALIAS, connections, models, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_app.collection import Collection
-from django_app.cursor import LookupPath
+from django_app.cursor import Hop, LookupPath
 from django_app.registries import Registry
 from django_app.registries import registry as default_registry
-from django_app.serializer import db_json_sql
+from django_app.serializer import db_json_sql, own_column, path_json_sql
 
 __all__ = [
     "PENDING_TABLE",
@@ -148,13 +156,7 @@ def _table(model: type[models.Model]) -> str:
 
 def _own_column(model: type[models.Model], f: models.Field[Any, Any], what: str) -> str:
     """The column of ``f`` in ``model``'s own table (inherited fields live elsewhere)."""
-    if f not in model._meta.local_concrete_fields:
-        raise ImproperlyConfigured(
-            f"{what}: {f.model.__name__}.{f.name} is stored in the table of a parent model"
-            f" of {model.__name__} (multi-table inheritance); the change stream can only"
-            " read columns of a model's own table."
-        )
-    return str(f.column)
+    return own_column(model, f, what)
 
 
 def _json_object(pairs: Sequence[tuple[str, str]]) -> str:
@@ -170,27 +172,10 @@ def _json_object(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def _related_sql(collection: Collection, path: LookupPath, alias: str) -> str:
-    """The JSON form of one related path of the row ``alias``, as a scalar subquery."""
-    model = collection.model
+    """The JSON form of one related path of the row ``alias``."""
     what = f"{type(collection).__qualname__}.related {path.key!r}"
-    if not path.hops:
-        return db_json_sql(path.field, f"{alias}.{_q(_own_column(model, path.field, what))}")
-    first = path.hops[0]
-    sql_from = f"{_q(_table(first.related_model))} t1"
-    source = first.related_model
-    for i, hop in enumerate(path.hops[1:], start=2):
-        target = hop.related_model
-        sql_from += (
-            f" JOIN {_q(_table(target))} t{i}"
-            f" ON t{i}.{_q(_own_column(target, hop.target_field, what))}"
-            f" = t{i - 1}.{_q(_own_column(source, hop, what))}"
-        )
-        source = target
-    last = len(path.hops)
-    value = db_json_sql(path.field, f"t{last}.{_q(_own_column(source, path.field, what))}")
-    key = _own_column(first.related_model, first.target_field, what)
-    local = _own_column(model, first, what)
-    return f"(SELECT {value} FROM {sql_from} WHERE t1.{_q(key)} = {alias}.{_q(local)})"
+    base = f"{alias}.{_q(_own_column(collection.model, path.base_field, what))}"
+    return path_json_sql(path, base, what)
 
 
 def change_sql(collection: Collection, alias: str, op_sql: str) -> str:
@@ -252,8 +237,12 @@ _OP: Final = "CASE TG_OP WHEN 'UPDATE' THEN 'u' ELSE 'i' END"
 
 def _trigger_names(function: str) -> tuple[str, str]:
     """The names of a function's two triggers (``..._i``, ``..._u``), at most 63 bytes."""
-    base = function[:61]
-    return base + "_i", base + "_u"
+    return _trigger_name(function, "i"), _trigger_name(function, "u")
+
+
+def _trigger_name(function: str, suffix: str) -> str:
+    """``<function>_<suffix>``, at most 63 bytes."""
+    return f"{function[:61]}_{suffix}"
 
 
 def _row_set(collection: Collection, conn: BaseDatabaseWrapper) -> TriggerSet:
@@ -283,8 +272,7 @@ $ddp$;"""
     for p in collection.published:
         watched.setdefault(_col(p.field), p.field)
     for r in collection.related_paths:
-        first: models.Field[Any, Any] = r.hops[0] if r.hops else r.field
-        watched.setdefault(_col(first), first)
+        watched.setdefault(_col(r.base_field), r.base_field)
     upsert, update = _trigger_names(function)
     triggers = (
         (
@@ -302,62 +290,110 @@ $ddp$;"""
 
 
 def _dependency_sets(collection: Collection, conn: BaseDatabaseWrapper) -> list[TriggerSet]:
-    """One set per related-path prefix: re-publish dependents when what they read changes."""
-    model = collection.model
+    """One set per path prefix: re-publish dependents when a row they read changes."""
     what = f"{type(collection).__qualname__}.related"
-    groups: dict[tuple[models.ForeignKey[Any, Any], ...], dict[str, models.Field[Any, Any]]] = {}
+    groups: dict[tuple[Hop, ...], dict[str, models.Field[Any, Any]]] = {}
     for r in collection.related_paths:
         for j in range(1, len(r.hops) + 1):
             prefix = r.hops[:j]
-            source = prefix[-1].related_model
-            read = r.field if j == len(r.hops) else r.hops[j]
-            groups.setdefault(prefix, {})[_own_column(source, read, what)] = read
-    sets = []
-    for prefix, watched in groups.items():
-        source = prefix[-1].related_model
-        table = _table(source)
-        # The rows of the collection that reach the changed row through ``prefix``.
-        sql_from = f"{_q(_table(model))} r"
-        previous, previous_model = "r", model
-        for i, hop in enumerate(prefix[:-1], start=1):
-            target = hop.related_model
-            sql_from += (
-                f" JOIN {_q(_table(target))} d{i}"
-                f" ON d{i}.{_q(_own_column(target, hop.target_field, what))}"
-                f" = {previous}.{_q(_own_column(previous_model, hop, what))}"
+            end = prefix[-1]
+            watched = groups.setdefault(prefix, {})
+            # The column joining the table to the previous one, and the column the path
+            # reads next (the next join's, or the value's).
+            read = r.field if j == len(r.hops) else r.hops[j].source_field
+            for f in (end.target_field, read):
+                watched[_own_column(end.target, f, what)] = f
+    return [
+        _dependency_set(collection, prefix, watched, conn) for prefix, watched in groups.items()
+    ]
+
+
+def _dependency_set(
+    collection: Collection,
+    prefix: tuple[Hop, ...],
+    watched: dict[str, models.Field[Any, Any]],
+    conn: BaseDatabaseWrapper,
+) -> TriggerSet:
+    model = collection.model
+    what = f"{type(collection).__qualname__}.related"
+    end = prefix[-1]
+    table = _table(end.target)
+    link = _q(_own_column(end.target, end.target_field, what))
+
+    def republish(changed_keys: str) -> str:
+        """Enqueue one change per row of the collection reaching a changed row, whose
+        joining column (``link``) holds one of ``changed_keys`` (SQL)."""
+        first = prefix[0]
+        local = f"r.{_q(_own_column(model, first.source_field, what))}"
+        if len(prefix) == 1:
+            where = f"{local} IN ({changed_keys})"
+        else:
+            # Walk back from the changed rows to the collection's table: each join is an
+            # indexed lookup (a foreign key's column, or the key it points at).
+            sql_from = ""
+            for i, hop in enumerate(prefix[:-1], start=1):
+                joined = f"{_q(_table(hop.target))} d{i}"
+                if i == 1:
+                    sql_from = joined
+                else:
+                    key = _q(_own_column(hop.target, hop.target_field, what))
+                    before = _q(_own_column(prefix[i - 2].target, hop.source_field, what))
+                    sql_from += f" JOIN {joined} ON d{i}.{key} = d{i - 1}.{before}"
+            n = len(prefix) - 1
+            reached = f"d{n}.{_q(_own_column(prefix[-2].target, end.source_field, what))}"
+            back = f"d1.{_q(_own_column(first.target, first.target_field, what))}"
+            where = (
+                f"{local} IN (SELECT {back} FROM {sql_from} WHERE {reached} IN ({changed_keys}))"
             )
-            previous, previous_model = f"d{i}", target
-        last = prefix[-1]
-        where = (
-            f"{previous}.{_q(_own_column(previous_model, last, what))}"
-            f" = NEW.{_q(_own_column(source, last.target_field, what))}"
-        )
         change = change_sql(collection, "r", "'u'")
-        select = f"SELECT {change} AS change FROM {sql_from} WHERE {where}"
-        path = "__".join(h.name for h in prefix)
-        function = _name("dep", _table(model), path)
-        body = f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $ddp$
+        select = f"SELECT {change} AS change FROM {_q(_table(model))} r WHERE {where}"
+        return enqueue_sql(collection.channel, select)
+
+    function = _name("dep", _table(model), "__".join(_hop_name(h) for h in prefix))
+    body = f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $ddp$
 BEGIN
-    {enqueue_sql(collection.channel, select)};
+    IF TG_LEVEL = 'STATEMENT' THEN
+        {republish(f"SELECT x.{link} FROM ddp_rows x")};
+    ELSE
+        {republish(f"OLD.{link}, NEW.{link}")};
+    END IF;
     RETURN NULL;
 END
 $ddp$;"""
-        insert, update = _trigger_names(function)
-        triggers = (
-            (
-                update,
-                f"CREATE TRIGGER {update} AFTER UPDATE ON {_q(table)} FOR EACH ROW"
-                f" WHEN ({_distinct(watched.items(), conn)}) EXECUTE FUNCTION {function}()",
-            ),
-            (
-                insert,
-                f"CREATE TRIGGER {insert} AFTER INSERT ON {_q(table)}"
-                f" FOR EACH ROW EXECUTE FUNCTION {function}()",
-            ),
-        )
-        description = f"{collection!r} rows reading {table} through {path}"
-        sets.append(TriggerSet(function, table, body, triggers, description))
-    return sets
+    insert, delete, update = (_trigger_name(function, s) for s in ("i", "d", "u"))
+    triggers = (
+        (
+            insert,
+            f"CREATE TRIGGER {insert} AFTER INSERT ON {_q(table)}"
+            f" REFERENCING NEW TABLE AS ddp_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+        ),
+        (
+            delete,
+            f"CREATE TRIGGER {delete} AFTER DELETE ON {_q(table)}"
+            f" REFERENCING OLD TABLE AS ddp_rows FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+        ),
+        (
+            update,
+            f"CREATE TRIGGER {update} AFTER UPDATE ON {_q(table)} FOR EACH ROW"
+            f" WHEN ({_distinct(watched.items(), conn)}) EXECUTE FUNCTION {function}()",
+        ),
+    )
+    path = "__".join(
+        h.name
+        for i, h in enumerate(prefix)
+        # A many-to-many is two hops of one name: into its through table, then out.
+        if not (i and prefix[i - 1].reverse and not h.reverse and prefix[i - 1].name == h.name)
+    )
+    description = f"{collection!r} rows reading {table} through {path}"
+    return TriggerSet(function, table, body, triggers, description)
+
+
+def _hop_name(hop: Hop) -> str:
+    """A prefix's part of a dependency function's name: a forward key's name (so paths of
+    forward keys keep their readable names), or a marker that makes ``_name`` hash it."""
+    if not hop.reverse:
+        return hop.fk.name
+    return f"~{hop.target._meta.model_name}.{hop.fk.name}"
 
 
 def trigger_sets(collection: Collection, conn: BaseDatabaseWrapper) -> list[TriggerSet]:

@@ -12,7 +12,7 @@ else (logged with its traceback, sent as ``500 Internal server error``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,6 +110,162 @@ class Condition:
     path: str
     op: str
     value: Any
+    #: The path crosses a multi-valued relation (a reverse foreign key, a many-to-many):
+    #: changes carry a tuple of values under it and the condition holds when ANY of them
+    #: passes the test (Django's ``filter(tags__name="x")``).
+    many: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """One component of a live query's sort: a routing path, ascending or descending.
+
+    Values compare like Meteor sorts them (minimongo): None (SQL NULL) is lower than any
+    value, so it comes first ascending and last descending; strings compare by code
+    point (the backend sorts them with ``COLLATE "C"`` so the database agrees).
+    """
+
+    path: str
+    descending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A sorted, limited live query (``order_by(...)[skip:skip + limit]``).
+
+    ``order`` ends with the primary key ascending (the backend appends it when the
+    publication's sort does not already), so the order is total and the database and the
+    relay agree on every tie. ``limit`` None: no limit (only ``skip``).
+    """
+
+    order: tuple[Order, ...]
+    limit: int | None = None
+    skip: int = 0
+
+    @property
+    def capacity(self) -> int | None:
+        """Rows a fetch reads: the window plus as many again kept as a buffer, so a
+        document leaving the window is replaced from memory, not by a query (Meteor's
+        oplog driver keeps the same buffer). None: every matching row."""
+        if self.limit is None:
+            return None
+        return self.skip + 2 * self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class CountOf:
+    """A live query published as ONE document ``{count: n}`` (the ``publish-counts`` use):
+    ``collection``/``id`` name that document; ``n`` is how many rows match the route."""
+
+    collection: str
+    id: str
+    #: The field holding the count.
+    field: str = "count"
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySpec:
+    """One query of a subscription, as the relay shares it between subscribers.
+
+    ``key`` is the backend's promise: two specs with the same key always have the same
+    result, whoever subscribes (the backend derives it from the query itself, the
+    visibility rule of the user included). A relay runs one fetch per key however many
+    sessions subscribe at once, and maintains one result per key from the change stream.
+    ``source`` is opaque to the relay: the backend's handle to run the query again
+    (``Backend.fetch``), kept only in memory.
+    """
+
+    key: str
+    route: Route
+    window: Window | None = None
+    count: CountOf | None = None
+    source: Any = field(default=None, compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryData:
+    """What ``Backend.fetch`` read for one ``QuerySpec``, in one database snapshot.
+
+    ``documents`` are in the window's order for a windowed query (``keys`` then holds
+    each one's sort values, the values of ``Window.order``'s paths in the types
+    ``DecodedChange.routing`` uses); ``complete`` is False when a windowed fetch read its
+    whole capacity, so more rows may follow. For a count, documents carry ids only.
+    ``positions`` are the change-stream positions those rows reflect, per channel.
+    """
+
+    documents: Sequence[Document] = ()
+    keys: Sequence[tuple[Any, ...]] | None = None
+    complete: bool = True
+    positions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionPlan:
+    """What running a publication function gave: its queries, shared by key.
+
+    ``auto_ready``: the relay sends ``ready`` once the queries' documents are sent (a
+    publication that returned cursors, or that returned nothing without using the
+    low-level API). False: the publication was written with the low-level API and marks
+    itself ready (``PublicationSink.ready``), as in Meteor.
+    """
+
+    queries: Sequence[QuerySpec] = ()
+    auto_ready: bool = True
+
+
+class PublicationSink(Protocol):
+    """What a publication written as code calls (Meteor's ``this.added``...): the relay
+    gives one to ``Backend.subscribe`` per subscription. Each call may come from the
+    publish function itself or later, from an ``observe`` or ``on_stop`` callback; all
+    of them are ignored once the subscription has stopped.
+
+    Documents it publishes are the subscription's own (merged with its queries' in the
+    session's mergebox, as Meteor merges them): ``changed`` takes the fields that
+    changed and ``cleared``, the names of fields removed.
+    """
+
+    def added(self, collection: str, doc_id: str, fields: Mapping[str, Any]) -> None: ...
+
+    def changed(
+        self,
+        collection: str,
+        doc_id: str,
+        fields: Mapping[str, Any],
+        cleared: Sequence[str] = (),
+    ) -> None: ...
+
+    def removed(self, collection: str, doc_id: str) -> None: ...
+
+    def ready(self) -> None: ...
+
+    def error(self, error: ClientError) -> None:
+        """Stop the subscription: the client gets ``nosub`` with this error."""
+        ...
+
+    def stop(self) -> None:
+        """Stop the subscription: the client gets ``nosub`` without an error."""
+        ...
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (in the work pool: it may use the database) when the
+        subscription stops, for whatever reason; at once if it already has."""
+        ...
+
+    def observe(
+        self,
+        channel: str,
+        collection: str,
+        callback: Callable[[Sequence[DecodedChange]], None],
+        position: tuple[int, str] = (0, ""),
+    ) -> None:
+        """Call ``callback`` with the decoded changes of ``collection`` of every commit on
+        ``channel`` after ``position`` (read in the publication's snapshot), in commit
+        order, one call at a time, in the work pool (it may query), until the
+        subscription stops. When the channel lost history the publication is re-run."""
+        ...
+
+    @property
+    def stopped(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,21 +286,6 @@ class Route:
     #: (a primary-key lookup: a user's own document, a login token's row): fan-out then
     #: hands it that document's changes only, instead of testing it against every change.
     doc_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionData:
-    """The result of running a publication: the initial documents and the live routes.
-
-    ``positions`` maps each route's channel to the change-stream position ``(seq, epoch)``
-    that the documents reflect, read in the same database snapshot as the documents: the
-    relay applies to this subscription exactly the changes after that position. A channel
-    that never published anything has position ``(0, "")``.
-    """
-
-    documents: Sequence[Document] = ()
-    routes: Sequence[Route] = ()
-    positions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +384,18 @@ class Backend(Protocol):
         """Whether ``name`` is a registered method. Must not touch the database."""
         ...
 
-    def subscribe(self, ctx: CallContext, name: str, params: Sequence[Any]) -> SubscriptionData:
-        """Run publication ``name``; raise ClientError for client-visible failures."""
+    def subscribe(
+        self, ctx: CallContext, name: str, params: Sequence[Any], sink: PublicationSink
+    ) -> SubscriptionPlan:
+        """Run publication ``name``'s function: its queries (not yet run: the relay
+        fetches each distinct one once, ``fetch``) and whatever it published through
+        ``sink``. Raise ClientError for client-visible failures."""
+        ...
+
+    def fetch(self, specs: Sequence[QuerySpec]) -> Sequence[QueryData]:
+        """Run these queries (specs some ``subscribe`` returned) in ONE database snapshot,
+        with the change-stream positions of their channels read in it: one ``QueryData``
+        per spec, in order."""
         ...
 
     def call(self, ctx: CallContext, name: str, params: Sequence[Any]) -> MethodOutcome:

@@ -48,6 +48,9 @@ class Metrics:
     fence_timeouts: Counter
     revocations: Counter
     limited: Counter
+    live_queries: Gauge
+    query_fetches: Counter
+    query_joins: Counter
 
 
 @cache
@@ -94,7 +97,9 @@ def get_metrics() -> Metrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
         ),
         resyncs=Counter(
-            "ddp_relay_resyncs", "Subscriptions re-run because their history was lost."
+            "ddp_relay_resyncs",
+            "Stream targets told their channel lost history (live queries then read"
+            " themselves again).",
         ),
         fence_timeouts=Counter(
             "ddp_relay_write_fence_timeouts",
@@ -109,6 +114,22 @@ def get_metrics() -> Metrics:
             "ddp_relay_limited",
             "Calls, subscriptions, sockets and sessions refused by a limit (relay.server.gate).",
             ["limit"],
+        ),
+        live_queries=Gauge(
+            "ddp_relay_live_queries",
+            "Distinct live queries maintained (each shared by all its subscribers).",
+            multiprocess_mode="livesum",
+        ),
+        query_fetches=Counter(
+            "ddp_relay_query_fetches",
+            "Live query fetches: a first load, or a refetch (unroutable change, a window"
+            " that ran out of buffer, lost history).",
+            ["reason"],
+        ),
+        query_joins=Counter(
+            "ddp_relay_query_joins",
+            "Subscription queries: fetched for them, or shared with a live one.",
+            ["outcome"],
         ),
     )
 

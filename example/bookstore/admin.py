@@ -1,16 +1,19 @@
-"""Admin pages for authors, books and favorites."""
+"""Admin pages for authors, books, tags, favorites and site notices.
+
+Must not hold anything but admin declarations."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 
-from bookstore.models import Author, Book, Favorite
+from bookstore.models import Author, Book, Favorite, Notice, Tag
 
 
 class BookInline(admin.TabularInline):  # type: ignore[type-arg]
     model = Book
     extra = 0
-    fields = ["title", "published", "price", "tags"]
+    # A tabular row has no room for the tag picker: tags are edited on the book's page.
+    fields = ["title", "published", "price"]
 
 
 @admin.register(Author)
@@ -23,9 +26,17 @@ class AuthorAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 @admin.register(Book)
 class BookAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ["title", "author", "published", "price", "updated_at", "id"]
-    list_filter = ["author"]
-    search_fields = ["title", "author__name"]
+    list_filter = ["author", "tags"]
+    search_fields = ["title", "author__name", "tags__name"]
     readonly_fields = ["id", "updated_at"]
+    filter_horizontal = ["tags"]
+
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["name", "id"]
+    search_fields = ["name"]
+    readonly_fields = ["id"]
 
 
 @admin.register(Favorite)
@@ -38,3 +49,10 @@ class FavoriteAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     autocomplete_fields = ["book"]
     raw_id_fields = ["user"]
     readonly_fields = ["id"]
+
+
+@admin.register(Notice)
+class NoticeAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["text", "active", "created_at"]
+    list_filter = ["active"]
+    readonly_fields = ["id", "created_at"]

@@ -1,30 +1,45 @@
-"""What the bookstore publishes over DDP: three collections, four publications, nine methods.
+"""What the bookstore publishes over DDP: five collections, ten publications, ten methods.
 
 ``DDPConfig.ready`` imports this module (every installed app's ``ddp.py``). Meteor
-clients see the collections ``bookstore.author``, ``bookstore.book`` and
-``bookstore.favorite``; the book mutators (``/bookstore.book/insert`` etc.) are open to
-any user, for the demo. Favorites belong to the logged-in user: only the
-``favorites.*`` methods write them (their mutators stay denied) and a user sees only
-their own, whatever publication asks.
+clients see the collections ``bookstore.author``, ``bookstore.book``, ``bookstore.tag``
+and ``bookstore.favorite``, plus ``counts`` (``books.countByAuthor``'s documents),
+``stats`` (``books.stats``) and ``bookstore.notice`` (the active site notices, which
+every session gets unasked: a universal publication); the
+book mutators (``/bookstore.book/insert`` etc.) are open to any user, for the demo, and
+write ``tags`` too (an array of names: missing tags are created). Favorites belong to the
+logged-in user: only the ``favorites.*`` methods write them (their mutators stay denied)
+and a user sees only their own, whatever publication asks.
+
+The shapes a newcomer copies: a live "latest N" window (``books.latest``), a live count
+(``books.countByAuthor``) and a many-to-many filter (``books.byTag``), all kept by the
+relay from the change stream without re-querying per subscriber; a publication written
+with the low-level API (``books.stats``: an aggregate, recomputed on each commit it
+observes); and a universal publication (the site notices).
 
 Prices are published as strings ("12.50"): stock Meteor clients throw on an EJSON
 ``Decimal`` unless the app adds the ``mongo-decimal`` package, and a float would lose
 cents. A client that has mongo-decimal can get real decimals with
 ``encodings = {"price": "Decimal"}``.
+
+Must not: hold the models (``bookstore.models``) or the demo data (``seed_demo``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import time
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import Avg, Max, Min
+from django.db.models import Count as CountOf
 
-from bookstore.models import Author, Book, Favorite
+from bookstore.models import TAG_NAME_MAX_LENGTH, Author, Book, Favorite, Notice, Tag
 from django_app import (
     Collection,
+    Count,
     Cursor,
     DDPError,
     MethodContext,
@@ -43,6 +58,12 @@ if TYPE_CHECKING:
 
 #: The longest ``books.slowRename`` may sleep, in milliseconds.
 MAX_SLOW_MS = 60_000
+#: The largest window ``books.latest`` serves.
+MAX_LATEST = 1000
+#: The most tags ``books.setTags`` and ``books.create`` give one book.
+MAX_TAGS = 20
+#: The length of an ``Author.id`` (a MeteorIdField): a longer id names no author.
+_AUTHOR_ID_MAX_LENGTH = 17
 
 
 @registry.register
@@ -52,10 +73,18 @@ class AuthorCollection(Collection):
 
 
 @registry.register
+class TagCollection(Collection):
+    model = Tag
+    fields = ["name"]
+
+
+@registry.register
 class BookCollection(Collection):
     model = Book
-    fields = ["title", "author_id", "published", "price", "tags", "updated_at"]
-    rename = {"author_id": "authorId", "updated_at": "updatedAt"}
+    # tags__name: the sorted array of the book's tag names, live when a tag is added,
+    # removed or renamed (the through table's and the tag table's triggers republish).
+    fields = ["title", "author_id", "published", "price", "tags__name", "updated_at"]
+    rename = {"author_id": "authorId", "tags__name": "tags", "updated_at": "updatedAt"}
     encodings = {"price": "string"}
     # books.byAuthorEmail filters on it: every book change carries its author's email, and
     # a changed email re-publishes that author's books, so relays route them in memory.
@@ -101,6 +130,14 @@ class FavoriteCollection(Collection):
         return {"user_id__isnull": True}
 
 
+@registry.register
+class NoticeCollection(Collection):
+    model = Notice
+    fields = ["text", "created_at"]
+    rename = {"created_at": "createdAt"}
+    related = ["active"]  # the universal publication filters on it, in memory
+
+
 def _user_id_as_text(fields: dict[str, Any]) -> dict[str, Any]:
     if fields.get("userId") is not None:
         return {**fields, "userId": str(fields["userId"])}
@@ -109,6 +146,65 @@ def _user_id_as_text(fields: dict[str, Any]) -> dict[str, Any]:
 
 Publication("books.all", cursors=[Cursor(Author), Cursor(Book)])
 Publication("authors.all", cursors=[Cursor(Author)])
+Publication("tags.all", cursors=[Cursor(Tag)])
+
+
+@publish("books.latest")
+def latest_books(ctx: SubscriptionContext, n: int) -> Cursor:
+    """The ``n`` newest books: ``published`` descending, books without a date last, ties
+    by ``_id`` ascending (Meteor's sort). A window the relay keeps live in memory: a book
+    entering it pushes the last one out, one leaving it pulls the next one in."""
+    if not 1 <= n <= MAX_LATEST:
+        raise DDPError(400, f"n must be between 1 and {MAX_LATEST}")
+    return Cursor(Book).order_by("-published")[:n]
+
+
+@publish("books.countByAuthor")
+def count_by_author(ctx: SubscriptionContext, author_id: str) -> Count:
+    """``{_id: author_id, count: n}`` in the client-side collection ``counts``: the number
+    of the author's books, live through creates, removes and ``books.setAuthor``."""
+    if not author_id or len(author_id) > _AUTHOR_ID_MAX_LENGTH:
+        raise DDPError(400, "Invalid author id")
+    return Count(Cursor(Book, author_id=author_id), id=author_id)
+
+
+@publish("books.byTag")
+def books_by_tag(ctx: SubscriptionContext, name: str) -> Cursor:
+    """The books tagged ``name``: routed in memory (``tags__name`` is published), so a
+    tag added to or removed from a book moves it in or out."""
+    return Cursor(Book, tags__name=name)
+
+
+@publish("books.stats")
+def book_stats(ctx: SubscriptionContext) -> None:
+    """One document ``stats/books``: how many books, their average and extreme prices,
+    and the newest publication date. Written with the low-level API: it reads an
+    aggregate, publishes it with ``ctx.added``, and reads it again on every commit to
+    books (``ctx.observe``), sending only what changed."""
+
+    def totals() -> dict[str, Any]:
+        row = Book.objects.aggregate(
+            books=CountOf("pk"),
+            average=Avg("price"),
+            cheapest=Min("price"),
+            dearest=Max("price"),
+            newest=Max("published"),
+        )
+        for key in ("average", "cheapest", "dearest"):
+            row[key] = None if row[key] is None else f"{row[key]:.2f}"
+        if row["newest"] is not None:
+            row["newest"] = dt.datetime.combine(row["newest"], dt.time(), dt.UTC)
+        return row
+
+    ctx.added("stats", "books", totals())
+    ctx.observe(Book, lambda changes: ctx.changed("stats", "books", totals()))
+    ctx.ready()
+
+
+@publish(None)
+def site_notices(ctx: SubscriptionContext) -> Cursor:
+    """The active site notices (added in the admin), for every session, unasked."""
+    return Cursor(Notice, active=True)
 
 
 @publish("books.byAuthorEmail")
@@ -129,6 +225,9 @@ class NewBook(TypedDict):
     title: str
     authorId: str
     price: str | int | float
+    #: An EJSON ``{"$date": ms}``; the book keeps its UTC calendar day.
+    published: NotRequired[dt.datetime | None]
+    #: Tag names; missing tags are created.
     tags: NotRequired[list[str]]
 
 
@@ -138,10 +237,26 @@ def create_book(ctx: MethodContext, doc: NewBook) -> str:
     title = _title(doc["title"])
     author = _author(doc["authorId"])
     price = _price(doc["price"])
-    book = Book(title=title, author=author, price=price, tags=doc.get("tags", []))
+    published = doc.get("published")
+    names = _tag_names(doc.get("tags", []))
+    book = Book(title=title, author=author, price=price, published=_day(published))
     book.full_clean()  # a ValidationError becomes a 400 error with the messages
     book.save(force_insert=True)
+    if names:
+        book.tags.set(_tags(names))
     return str(book.id)
+
+
+@method("books.setTags")
+def set_tags(ctx: MethodContext, book_id: str, names: list[str]) -> None:
+    """Replace the book's tags with ``names`` (missing tags are created, unused ones
+    stay); the book's ``tags`` change once, whatever the number of tags."""
+    cleaned = _tag_names(names)
+    with transaction.atomic():  # the row lock below needs one, whatever DDP_ATOMIC_METHODS
+        # Locked: a concurrent books.remove waits, so links never point at a deleted book.
+        book = _book(book_id, lock=True)
+        _save(book, ["updated_at"])
+        book.tags.set(_tags(cleaned))
 
 
 @method("books.rename")
@@ -191,8 +306,9 @@ def _save(book: Book, fields: list[str]) -> None:
         raise DDPError(404, "Book not found") from None
 
 
-def _book(book_id: str) -> Book:
-    book = Book.objects.filter(pk=book_id).first()
+def _book(book_id: str, *, lock: bool = False) -> Book:
+    books = Book.objects.select_for_update() if lock else Book.objects.all()
+    book = books.filter(pk=book_id).first()
     if book is None:
         raise DDPError(404, "Book not found")
     return book
@@ -217,6 +333,36 @@ def _title(title: str) -> str:
     if not title.strip():
         raise DDPError(400, "Title must not be empty")
     return title.strip()
+
+
+def _day(value: dt.datetime | None) -> dt.date | None:
+    """The UTC calendar day of an EJSON date (dates travel as midnight UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.date()
+
+
+def _tag_names(names: list[str]) -> list[str]:
+    """``names`` stripped and deduplicated, in order; 400 for an empty or too long name,
+    or too many."""
+    cleaned = list(dict.fromkeys(name.strip() for name in names))
+    if len(cleaned) > MAX_TAGS:
+        raise DDPError(400, f"A book has at most {MAX_TAGS} tags")
+    for name in cleaned:
+        if not name:
+            raise DDPError(400, "Tag names must not be empty")
+        if len(name) > TAG_NAME_MAX_LENGTH:
+            raise DDPError(400, f"Tag names have at most {TAG_NAME_MAX_LENGTH} characters")
+    return cleaned
+
+
+def _tags(names: list[str]) -> list[Tag]:
+    """The tags named ``names``, created when missing. ``get_or_create`` inserts in a
+    savepoint: a concurrent creation of the same name waits for the other transaction,
+    then reads its row instead of failing."""
+    return [Tag.objects.get_or_create(name=name)[0] for name in names]
 
 
 def _price(raw: str | int | float) -> Decimal:

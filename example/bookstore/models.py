@@ -1,5 +1,7 @@
-"""Authors, books and users' favorite books. All use Meteor ids, so client stubs and the
-server agree on ids."""
+"""Authors, books, tags and users' favorite books. All use Meteor ids, so client stubs and
+the server agree on ids.
+
+Must not hold publishing rules (``bookstore.ddp``) or demo data (``seed_demo``)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ from django.conf import settings
 from django.db import models
 
 from django_app import MeteorIdField
+
+#: The longest tag name, in characters.
+TAG_NAME_MAX_LENGTH = 100
 
 
 class Author(models.Model):
@@ -21,13 +26,26 @@ class Author(models.Model):
         return self.name
 
 
+class Tag(models.Model):
+    """A label on books, named uniquely; books publish their tags' names (``bookstore.ddp``)."""
+
+    id = MeteorIdField(primary_key=True)
+    name = models.CharField(max_length=TAG_NAME_MAX_LENGTH, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Book(models.Model):
     id = MeteorIdField(primary_key=True)
     title = models.CharField(max_length=300)
     author = models.ForeignKey(Author, on_delete=models.CASCADE, related_name="books")
     published = models.DateField(null=True, blank=True)
     price = models.DecimalField(max_digits=8, decimal_places=2)
-    tags = models.JSONField(default=list, blank=True)
+    tags = models.ManyToManyField(Tag, related_name="books", blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -54,3 +72,16 @@ class Favorite(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} likes {self.book}"
+
+
+class Notice(models.Model):
+    """A site notice every connected client sees while it is active (the example's
+    universal publication: no client subscribes to it)."""
+
+    id = MeteorIdField(primary_key=True)
+    text = models.CharField(max_length=500)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.text

@@ -12,6 +12,8 @@ generator on loopback; nothing else needs to run. From the repository root::
     .venv/bin/python -m loadtest.bench overhead
     .venv/bin/python -m loadtest.bench all          # all four, as docs/benchmarks.md reports
     .venv/bin/python -m loadtest.bench check        # do live updates reach clients at all?
+    .venv/bin/python -m loadtest.bench window --before   # books.latest windows, before/after
+    .venv/bin/python -m loadtest.bench storm --before    # 10,000 subscriptions at once
 
 Each measurement is repeated ``--runs`` times (default 3, each with a fresh relay and
 fresh sessions) and the median of the runs is reported, as the peers' figures in
@@ -19,8 +21,12 @@ fresh sessions) and the median of the runs is reported, as the peers' figures in
 (``--no-deflate`` to measure without it). Results are printed and written as JSON to
 ``<workdir>/results.json`` (``--json`` for another path); logs stay in the workdir.
 
+``window`` and ``storm`` (``compare``) measure issue #10's shared live queries and, with
+``--before REV``, the relay code of an earlier commit side by side (``trees``).
+
 Exit status: 0 when every session received every write exactly once, 1 when anything was
-lost or duplicated or a session failed, 2 when the benchmark could not run.
+lost or duplicated, a session failed or a window ended unlike the database's, 2 when the
+benchmark could not run.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from loadtest.bench.books import max_writes
+from loadtest.bench.compare import storm_command, window_command
 from loadtest.bench.runner import RunResult, live_check, machine, median, run_once
 from loadtest.bench.stack import (
     BenchError,
@@ -44,6 +52,7 @@ from loadtest.bench.stack import (
     make_workdir,
     raise_fd_limit,
 )
+from loadtest.bench.trees import BEFORE_DEFAULT
 from loadtest.bench.writer import DrainListener, channels, trigger_overhead
 
 #: The issue's targets (shared/reference/peers.md "Measured on these machines").
@@ -79,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.bench",
         description="Benchmark ddp-relay (one gunicorn worker unless --workers): fan-out, "
-        "latency, memory, write overhead.",
+        "latency, memory, write overhead, live windows, subscription storms.",
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported")
@@ -173,6 +182,62 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_argument("--latency-sessions", type=int, default=1000)
     everything.add_argument("--transactions", type=int, default=1000)
     everything.add_argument("--rounds", type=int, default=10)
+
+    # The modes that can also measure the relay of an earlier commit (compare.py).
+    before = argparse.ArgumentParser(add_help=False)
+    before.add_argument(
+        "--before",
+        metavar="REV",
+        nargs="?",
+        const=BEFORE_DEFAULT,
+        default=None,
+        help="also measure the relay code of commit REV (default "
+        f"{BEFORE_DEFAULT}: main before shared live queries), extracted with git archive, on "
+        "its own database migrated by its own migrations; printed side by side",
+    )
+
+    window = commands.add_parser(
+        "window",
+        parents=[common, relay, before],
+        help="a sorted, limited window (books.latest) under commits that change it",
+    )
+    window.add_argument("--sessions", type=_sessions, default=[5000])
+    window.add_argument(
+        "--distinct",
+        type=_sessions,
+        default=[1, 500],
+        help="distinct queries the sessions spread over (comma list): 1 = all subscribe "
+        "books.latest [n]; D > 1 = session s subscribes bench.latest [n, s %% D], the same "
+        "window under D distinct parameter lists",
+    )
+    window.add_argument("--n", type=_positive, default=20, help="window size (limit)")
+    window.add_argument(
+        "--writes",
+        type=int,
+        default=20,
+        help="commits: inserts of a newest book alternating with removals of the book at "
+        "position n (at most 2 (n - 1))",
+    )
+    window.add_argument("--interval", type=float, default=0.5, help="seconds between commits")
+    window.add_argument(
+        "--max-wait",
+        type=float,
+        default=900.0,
+        help="seconds to wait after the writes for every session to have every change",
+    )
+
+    storm = commands.add_parser(
+        "storm",
+        parents=[common, relay, before],
+        help="N connected sessions subscribe books.all at the same moment",
+    )
+    storm.add_argument("--sessions", type=_sessions, default=[10000])
+    storm.add_argument(
+        "--generators", type=_positive, default=1, help="load generator processes sharing N"
+    )
+    storm.add_argument(
+        "--storm-timeout", type=float, default=600.0, help="seconds for every sub to be ready"
+    )
 
     commands.add_parser("check", parents=[common], help="do live updates reach clients?")
     return parser
@@ -384,6 +449,10 @@ def run(args: argparse.Namespace) -> int:
                 f"the file descriptor limit ({fd_limit()}) is too low for {big} sessions "
                 "(the relay and the generator each hold one per session): raise `ulimit -n`"
             )
+        if args.command == "window":
+            ok = window_command(db, workdir, cleanup, args, results)
+        if args.command == "storm":
+            ok = storm_command(db, workdir, cleanup, args, results)
         if args.command in ("fanout", "all"):
             rows = []
             for n in args.sessions:
@@ -456,7 +525,11 @@ def run(args: argparse.Namespace) -> int:
             args.json.write_text(text)
         print(f"bench: results in {workdir / 'results.json'}", flush=True)
     if not ok:
-        print("bench: FAILED: sessions lost writes or failed to subscribe", file=sys.stderr)
+        print(
+            "bench: FAILED: sessions lost writes, failed to subscribe, or ended with a window "
+            "unlike the database's",
+            file=sys.stderr,
+        )
     return 0 if ok else 1
 
 
@@ -539,5 +612,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.runs < 1:
         print("bench: --runs must be at least 1", file=sys.stderr)
+        return 2
+    if args.command == "window" and not 1 <= args.writes <= max_writes(args.n):
+        print(
+            f"bench: window --writes must be 1 to {max_writes(args.n)} for --n {args.n} "
+            "(each removal takes a book that is in every window and was there from the start)",
+            file=sys.stderr,
+        )
         return 2
     return run(args)

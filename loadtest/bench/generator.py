@@ -1,11 +1,13 @@
-"""The Node.js load generator (``loadgen.js``) seen from the driver: start, talk, stop.
+"""The Node.js load generators seen from the driver: start, talk, stop.
 
 One Node process holds every benchmark session: ``ws`` is cheap enough to keep 10,000
 WebSocket DDP sessions on this 2-core machine, where a Python client thread per session
 would not be. It uses the ``ws`` package the end-to-end tests install
 (``tests/e2e/node/node_modules``, ``make deps``); ``BENCH_NODE_MODULES`` points elsewhere.
 
-The generator and this driver speak JSON lines (events on its stdout, commands on its
+``windowgen.js`` (the window benchmark) and ``stormgen.js`` (the subscription storm) are
+started the same way (``NodeProcess``) and speak the same protocol. The generator and
+this driver speak JSON lines (events on its stdout, commands on its
 stdin); a reader thread turns the events into a queue. Every wait here has a deadline.
 """
 
@@ -23,7 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from loadtest.bench.stack import ROOT, BenchError, raise_fd_limit
+from loadtest.bench.stack import BenchError, raise_fd_limit
+from relay.dev.launch import ROOT
 
 SCRIPT = Path(__file__).with_name("loadgen.js")
 DEFAULT_NODE_MODULES = ROOT / "tests" / "e2e" / "node" / "node_modules"
@@ -39,42 +42,29 @@ def node_modules() -> Path:
     return path
 
 
-class Generator:
-    """``loadgen.js`` holding ``sessions`` DDP sessions subscribed to ``books.all``."""
+class NodeProcess:
+    """A Node.js script of the harness (``script``, given ``options`` as JSON) and its
+    events. ``loadgen.js`` (``Generator``), ``windowgen.js`` and ``stormgen.js`` speak
+    the same JSON lines: events out, commands in, exit when stdin closes."""
 
     def __init__(
         self,
-        url: str,
-        sessions: int,
+        script: Path,
+        options: dict[str, Any],
         *,
-        prefix: str,
-        max_writes: int,
-        deflate: bool,
-        subscribe: bool = True,
-        concurrency: int = 200,
-        ramp_timeout: float = 300.0,
+        ramp_timeout: float,
         log: TextIO | None = None,
     ) -> None:
         node = shutil.which("node")
         if node is None:
             raise BenchError("node is not on PATH: run `make deps` (Node.js from apt)")
-        self.sessions = sessions
+        self.sessions = int(options.get("sessions", 0))
         self.ramp_timeout = ramp_timeout
         self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._log = log
-        options = {
-            "url": url,
-            "sessions": sessions,
-            "concurrency": concurrency,
-            "deflate": deflate,
-            "subscribe": subscribe,
-            "prefix": prefix,
-            "maxWrites": max_writes,
-            "rampTimeoutMs": int(ramp_timeout * 1000),
-        }
         env = dict(os.environ, NODE_PATH=str(node_modules()))
         self.proc = subprocess.Popen(
-            [node, str(SCRIPT), json.dumps(options)],
+            [node, str(script), json.dumps(options)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if log is None else log,
@@ -185,3 +175,32 @@ class Generator:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self._reader.join(timeout=5)
+
+
+class Generator(NodeProcess):
+    """``loadgen.js`` holding ``sessions`` DDP sessions subscribed to ``books.all``."""
+
+    def __init__(
+        self,
+        url: str,
+        sessions: int,
+        *,
+        prefix: str,
+        max_writes: int,
+        deflate: bool,
+        subscribe: bool = True,
+        concurrency: int = 200,
+        ramp_timeout: float = 300.0,
+        log: TextIO | None = None,
+    ) -> None:
+        options = {
+            "url": url,
+            "sessions": sessions,
+            "concurrency": concurrency,
+            "deflate": deflate,
+            "subscribe": subscribe,
+            "prefix": prefix,
+            "maxWrites": max_writes,
+            "rampTimeoutMs": int(ramp_timeout * 1000),
+        }
+        super().__init__(SCRIPT, options, ramp_timeout=ramp_timeout, log=log)

@@ -41,13 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bench.generator import Generator
+from loadtest.bench.meter import CpuMeter
 from loadtest.bench.stack import (
     BenchError,
     Cleanup,
     Database,
     Relay,
-    cpu_seconds,
-    machine_cpu_seconds,
     pss_bytes,
     rss_bytes,
 )
@@ -311,29 +310,28 @@ class Profiler:
         return str(self.out)
 
 
-def _postgres_cpu(db: Database) -> dict[int, float]:
-    """CPU seconds so far of each PostgreSQL process (postmaster and backends)."""
-    out = {}
-    for pid in db.postgres_pids():
-        value = cpu_seconds(pid)
-        if value == value:  # a backend that exited meanwhile reads NaN
-            out[pid] = value
-    return out
+def start_profilers(
+    profile_dir: Path | None, name: str, relay: Relay, seconds: float, cleanup: Cleanup
+) -> list[Profiler]:
+    """One ``py-spy record`` per relay worker for at most ``seconds`` (none without
+    ``profile_dir``): ``<name>-<port>[-worker<i>].txt``."""
+    if profile_dir is None:
+        return []
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    profilers = []
+    for i, pid in enumerate(relay.worker_pids):
+        suffix = f"-worker{i + 1}.txt" if relay.workers > 1 else ".txt"
+        out = profile_dir / f"{name}-{relay.port}{suffix}"
+        profilers.append(Profiler(pid, out, seconds, cleanup, wait=False))
+    time.sleep(0.5)  # let them attach before the measured work starts
+    return profilers
 
 
-def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU used between two readings by the processes alive at both (new ones: all of it)."""
-    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
-
-
-def _relay_errors(relay: Relay) -> int:
-    log = relay.log()
-    return log.count("Traceback") + log.count(" ERROR ") + log.count("[ERROR]")
-
-
-def _worker_timeouts(relay: Relay) -> int:
-    """How often gunicorn killed the worker for not notifying it within its timeout."""
-    return relay.log().count("WORKER TIMEOUT")
+def finish_profilers(profilers: list[Profiler], timeout: float = 60.0) -> list[str]:
+    """The profiles written (a py-spy still recording after ``timeout`` is interrupted,
+    which makes it write what it has)."""
+    paths = [profiler.finish(timeout=timeout) for profiler in profilers]
+    return [path for path in paths if path is not None]
 
 
 def run_once(
@@ -451,15 +449,7 @@ def run_once(
             )
         if writes > 0 and result.ready > 0:
             writer = Writer(db.url)
-            relay_cpu0 = [cpu_seconds(pid) for pid in pids]
-            cpu0 = (
-                sum(relay_cpu0),
-                generator.cpu_seconds(),
-                _postgres_cpu(db),
-                time.monotonic(),
-                machine_cpu_seconds(),
-                cpu_seconds(os.getpid()),
-            )
+            meter = CpuMeter(pids, [generator.pid], db)
             profilers = []
             if profile_dir is not None:
                 profile_dir.mkdir(parents=True, exist_ok=True)
@@ -476,15 +466,7 @@ def run_once(
                 writer, prefix, writes, interval, max_seconds=writes * interval * 3 + 30
             )
             result.all_done = generator.wait_all(len(writer.commits), stall=15.0, limit=600.0)
-            relay_cpu1 = [cpu_seconds(pid) for pid in pids]
-            cpu1 = (
-                sum(relay_cpu1),
-                generator.cpu_seconds(),
-                _postgres_cpu(db),
-                time.monotonic(),
-                machine_cpu_seconds(),
-                cpu_seconds(os.getpid()),
-            )
+            usage = meter.stop()
             for profiler in profilers:
                 path = profiler.finish(timeout=writes * interval + 30)
                 if path is not None:
@@ -532,21 +514,13 @@ def run_once(
             result.delivery_p50_ms = float(report["p50"] if report["p50"] is not None else "nan")
             result.delivery_p99_ms = float(report["p99"] if report["p99"] is not None else "nan")
             result.delivery_max_ms = float(report["max"] if report["max"] is not None else "nan")
-            result.relay_cpu_s_by_worker = [
-                b - a for a, b in zip(relay_cpu0, relay_cpu1, strict=True)
-            ]
-            result.relay_cpu_s = sum(result.relay_cpu_s_by_worker)  # NaN: a worker died
-            result.generator_cpu_s = cpu1[1] - cpu0[1]
-            result.postgres_cpu_s = _cpu_delta(cpu0[2], cpu1[2])
-            result.wall_s = cpu1[3] - cpu0[3]
-            ours = result.postgres_cpu_s + sum(
-                d
-                for d in (*result.relay_cpu_s_by_worker, *(cpu1[i] - cpu0[i] for i in (1, 5)))
-                if d == d
-            )  # relay workers, generator, postgres, this driver (NaN: a process died)
-            busy = cpu1[4][0] - cpu0[4][0]
-            result.other_cpu_share = max(0.0, busy - ours) / result.wall_s
-            result.steal_share = (cpu1[4][1] - cpu0[4][1]) / result.wall_s
+            result.relay_cpu_s_by_worker = usage.relay_by_worker
+            result.relay_cpu_s = usage.relay  # NaN: a worker died
+            result.generator_cpu_s = usage.generators
+            result.postgres_cpu_s = usage.postgres
+            result.wall_s = usage.wall_s
+            result.other_cpu_share = usage.other_share
+            result.steal_share = usage.steal_share
             if result.other_cpu_share > 0.1 or result.steal_share > 0.1:
                 say(
                     f"WARNING: other processes used {result.other_cpu_share:.0%} of a core and "
@@ -570,8 +544,8 @@ def run_once(
                 f"in {result.wall_s:.1f} s"
             )
         result.relay_alive = relay.alive()
-        result.relay_errors = _relay_errors(relay)
-        result.worker_timeouts = _worker_timeouts(relay)
+        result.relay_errors = relay.error_count()
+        result.worker_timeouts = relay.timeout_count()
         if not result.relay_alive or result.worker_timeouts:
             say(
                 f"{'the relay worker' if workers == 1 else 'a relay worker'} died during the "

@@ -13,6 +13,10 @@ Process hygiene: every child runs in its own session (Ctrl-C reaches the driver 
 which then stops them in order), is registered with ``Cleanup`` (run from ``finally``,
 ``atexit`` and on SIGTERM), and every wait has a deadline.
 
+Both take a ``trees.Tree`` (``--before``: the relay code and migrations of an earlier
+commit; default: this checkout, started as before), and ``Database.sibling`` puts a
+second tree's database on the same server.
+
 Also here: reading a process's proportional set size (PSS, ``/proc/<pid>/smaps_rollup``)
 and CPU time (``/proc/<pid>/stat``), the figures the benchmark reports.
 """
@@ -29,9 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from relay.dev.embedded_postgres import EmbeddedPostgres
 from relay.dev.launch import ROOT, example_env, gunicorn_argv, manage_argv, relay_env
@@ -43,6 +48,9 @@ from relay.dev.processes import (
     stop_process_group,
     wait_until_ready,
 )
+
+if TYPE_CHECKING:
+    from loadtest.bench.trees import Tree
 
 #: File descriptors wanted by the relay and the generator (each holds every session).
 FD_LIMIT = 65536
@@ -164,18 +172,44 @@ def children(pid: int) -> list[int]:
 
 
 class Database:
-    """A throwaway PostgreSQL with the example app migrated and seeded."""
+    """A throwaway PostgreSQL with the example app migrated and seeded.
 
-    def __init__(self, workdir: Path, cleanup: Cleanup, *, fsync: bool = False) -> None:
+    ``tree``: migrate and seed with that tree's ``manage.py`` (``--before``: the earlier
+    commit's migrations; default this checkout's). ``sibling`` makes another database
+    on the same server, so two trees share one PostgreSQL.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        cleanup: Cleanup,
+        *,
+        fsync: bool = False,
+        tree: Tree | None = None,
+        name: str = "bench",
+        server: EmbeddedPostgres | None = None,
+    ) -> None:
         self.workdir = workdir
-        self.pg = EmbeddedPostgres(workdir / "postgres", fsync=fsync)
-        self.pg.start()
-        cleanup.push("postgres", self.pg.destroy)
-        self.pg.create_database("bench")
-        self.url = self.pg.dsn("bench")
-        self._track_commit_timestamps()
+        self.tree = tree
+        self.name = name
+        if server is None:
+            self.pg = EmbeddedPostgres(workdir / "postgres", fsync=fsync)
+            self.pg.start()
+            cleanup.push("postgres", self.pg.destroy)
+            self.pg.create_database(name)
+            self.url = self.pg.dsn(name)
+            self._track_commit_timestamps()
+        else:
+            self.pg = server
+            self.pg.create_database(name)
+            self.url = self.pg.dsn(name)
         self.manage("migrate", "--noinput", "-v", "0")
         self.manage("seed_demo")
+
+    def sibling(self, name: str, tree: Tree | None) -> Database:
+        """Another database on this server, migrated and seeded by ``tree``."""
+        # The server is this database's: its cleanup stops it, nothing to add.
+        return Database(self.workdir, Cleanup(), tree=tree, name=name, server=self.pg)
 
     def _track_commit_timestamps(self) -> None:
         """Turn on ``track_commit_timestamp`` (needs a restart): the writes' commit times."""
@@ -189,19 +223,24 @@ class Database:
         finally:
             conn.close()
         self.pg.restart()
-        self.url = self.pg.dsn("bench")
+        self.url = self.pg.dsn(self.name)
 
     def manage(self, *args: str) -> str:
+        tree = self.tree
         proc = subprocess.run(
-            manage_argv(*args),
-            env=example_env(self.url),
+            manage_argv(*args) if tree is None else tree.manage_argv(*args),
+            env=example_env(self.url) if tree is None else tree.env(self.url),
+            cwd=None if tree is None else tree.root,
             capture_output=True,
             text=True,
             timeout=180,
             check=False,
         )
         if proc.returncode != 0:
-            raise BenchError(f"manage.py {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+            where = "" if tree is None else f" ({tree.label} tree)"
+            raise BenchError(
+                f"manage.py {' '.join(args)} failed{where}:\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc.stdout
 
     def version(self) -> str:
@@ -237,6 +276,7 @@ class Relay:
         max_sessions: int,
         workers: int = 1,
         env: dict[str, str] | None = None,
+        tree: Tree | None = None,
     ) -> None:
         if workers < 1:
             raise BenchError(f"a relay needs at least one worker, not {workers}")
@@ -258,11 +298,12 @@ class Relay:
             "RELAY_WORKER_CONNECTIONS": str(max_sessions + 1000),
             **(env or {}),
         }
+        self.tree = tree
         self.proc = spawn(
-            gunicorn_argv(),
+            gunicorn_argv() if tree is None else tree.gunicorn_argv(),
             self.log_path,
-            env=example_env(database_url, extra),
-            cwd=ROOT,
+            env=example_env(database_url, extra) if tree is None else tree.env(database_url, extra),
+            cwd=ROOT if tree is None else tree.root,
             preexec_fn=raise_fd_limit,
         )
         cleanup.push(f"relay :{self.port}", self.stop)
@@ -306,13 +347,15 @@ class Relay:
             from prometheus_client.mmap_dict import MmapedDict
         except ImportError:
             return {}
+        # Untyped in prometheus_client: give it the type it has.
+        read: Callable[[str], Iterable[tuple[Any, ...]]] = MmapedDict.read_all_values_from_file
         out = dict.fromkeys(self.worker_pids, 0.0)
         for path in self.metrics_dir.glob(f"{prefix}_*.db"):
             try:
                 pid = int(path.stem.rsplit("_", 1)[1])
                 if pid not in out:
                     continue
-                for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+                for key, value, *_ in read(str(path)):
                     if json.loads(key)[1] == name:
                         out[pid] += value
             except (OSError, ValueError, IndexError, TypeError):
@@ -331,6 +374,15 @@ class Relay:
 
     def log(self) -> str:
         return log_end(self.log_path)
+
+    def error_count(self) -> int:
+        """Tracebacks and ERROR lines in the end of the relay's log."""
+        log = self.log()
+        return log.count("Traceback") + log.count(" ERROR ") + log.count("[ERROR]")
+
+    def timeout_count(self) -> int:
+        """How often gunicorn killed a worker for not notifying it within its timeout."""
+        return self.log().count("WORKER TIMEOUT")
 
     def stop(self) -> None:
         # Started in a session of its own: stop the group, workers included, even if the

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,23 +92,7 @@ class Writer:
         busy 2-core machine can be longer than the fan-out itself. None when the setting
         is off or a timestamp is missing.
         """
-        if not self.xids:
-            return []
-        with self.conn.cursor() as cur:
-            cur.execute("SHOW track_commit_timestamp")
-            if cur.fetchone()[0] != "on":
-                self.conn.rollback()
-                return None
-            cur.execute(
-                "SELECT extract(epoch FROM pg_xact_commit_timestamp(x::text::xid))::float8"
-                " FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(x, i) ORDER BY i",
-                (self.xids,),
-            )
-            times = [row[0] for row in cur.fetchall()]
-        self.conn.rollback()
-        if len(times) != len(self.xids) or any(t is None for t in times):
-            return None
-        return [float(t) for t in times]
+        return commit_times(self.conn, self.xids)
 
     def restore(self) -> None:
         """Put the seeded titles back (one transaction)."""
@@ -120,6 +105,53 @@ class Writer:
         self.conn.close()
 
 
+def commit_times(conn: Any, xids: list[int]) -> list[float] | None:
+    """The server's commit timestamps (epoch seconds) of the transactions ``xids`` (32-bit
+    ``txid_current() % 2^32``), in order; None when ``track_commit_timestamp`` is off or a
+    timestamp is missing."""
+    if not xids:
+        return []
+    with conn.cursor() as cur:
+        cur.execute("SHOW track_commit_timestamp")
+        if cur.fetchone()[0] != "on":
+            conn.rollback()
+            return None
+        cur.execute(
+            "SELECT extract(epoch FROM pg_xact_commit_timestamp(x::text::xid))::float8"
+            " FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(x, i) ORDER BY i",
+            (xids,),
+        )
+        times = [row[0] for row in cur.fetchall()]
+    conn.rollback()
+    if len(times) != len(xids) or any(t is None for t in times):
+        return None
+    return [float(t) for t in times]
+
+
+def pace(count: int, interval: float, write: Callable[[int], object], *, max_seconds: float) -> int:
+    """Call ``write(i)`` for i in 0..count-1 on a fixed schedule, ``interval`` apart (late
+    ones go at once); stops early after ``max_seconds``. Returns how many were called."""
+    started = time.monotonic()
+    done = 0
+    for i in range(count):
+        due = started + i * interval
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if time.monotonic() - started > max_seconds:
+            break
+        write(i)
+        done += 1
+    return done
+
+
+def achieved_rate(commits: list[float]) -> float:
+    """Writes per second between the first and the last commit (NaN: fewer than two)."""
+    if len(commits) < 2 or commits[-1] <= commits[0]:
+        return float("nan")
+    return (len(commits) - 1) / (commits[-1] - commits[0])
+
+
 def paced_writes(
     writer: Writer, prefix: str, count: int, interval: float, *, max_seconds: float
 ) -> float:
@@ -128,19 +160,8 @@ def paced_writes(
     Returns the achieved rate (writes per second between the first and the last commit).
     Stops early after ``max_seconds``.
     """
-    started = time.monotonic()
-    for i in range(count):
-        due = started + i * interval
-        delay = due - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        if time.monotonic() - started > max_seconds:
-            break
-        writer.write(f"{prefix}{i}", i)
-    commits = writer.commits
-    if len(commits) < 2 or commits[-1] <= commits[0]:
-        return float("nan")
-    return (len(commits) - 1) / (commits[-1] - commits[0])
+    pace(count, interval, lambda i: writer.write(f"{prefix}{i}", i), max_seconds=max_seconds)
+    return achieved_rate(writer.commits)
 
 
 # -- write-side overhead ----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 if TYPE_CHECKING:
     from relay.backend import Backend, Route
     from relay.config import Settings
+    from relay.live.queries import LiveQueries
     from relay.metrics import Metrics
     from relay.resume.parked import ParkedSession
     from relay.resume.resumer import Resumed
@@ -26,22 +27,22 @@ if TYPE_CHECKING:
     from relay.server.hub import Hub
     from relay.server.session import Session
     from relay.server.workpool import WorkPool
-    from relay.stream.fanout import Attachment
+    from relay.stream.fanout import Attachment, StreamTarget
     from relay.stream.interning import Interner
-    from relay.stream.subscriber import Subscriber
 
 T = TypeVar("T")
 
 
 class SessionStreams(Protocol):
     """The worker's channel streams (``relay.stream.fanout.Streams``) as a session uses
-    them: attach and detach its routes, wait for the write fence, share values."""
+    them: attach and detach its own targets (a credential watch, a custom publication's
+    observer), wait for the write fence, share values."""
 
     @property
     def interner(self) -> Interner: ...
 
     def attach(
-        self, session: Subscriber, sub_id: str, route: Route, position: tuple[int, str]
+        self, target: StreamTarget, route: Route, position: tuple[int, str]
     ) -> Attachment: ...
 
     def detach(self, att: Attachment) -> None: ...
@@ -81,6 +82,12 @@ class SessionContext(Protocol):
 
     @property
     def streams(self) -> SessionStreams: ...
+
+    @property
+    def queries(self) -> LiveQueries:
+        """The worker's live queries (``relay.live.queries``): a subscription acquires
+        the one of each of its specs, shared with every identical subscription."""
+        ...
 
     @property
     def gate(self) -> Gate:
@@ -126,6 +133,7 @@ class NodeContext:
         "backend",
         "gate",
         "metrics",
+        "queries",
         "resumer",
         "session_closed",
         "session_connected",
@@ -141,6 +149,7 @@ class NodeContext:
         backend: Backend,
         pool: WorkPool,
         streams: SessionStreams,
+        queries: LiveQueries,
         resumer: SessionResumer | None,
         hub: Hub,
         gate: Gate,
@@ -151,6 +160,7 @@ class NodeContext:
         self.backend = backend
         self._pool = pool
         self.streams = streams
+        self.queries = queries
         self.resumer = resumer
         self.session_opened: Callable[[Session], None] = hub.opened
         self.session_connected: Callable[[Session], None] = hub.connected

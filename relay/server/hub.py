@@ -3,8 +3,7 @@
 Layer: runtime. Sessions report their life to the hub (``opened``, ``connected``, ``closed``,
 through their ``SessionContext``); the hub keeps them referenced while open, indexes the
 connected ones by id, keeps the sessions gauge, and turns the worker's readiness off and
-closes every session as "going away" on ``drain``. The ticker walks its members; the
-channel streams ask it to re-run subscriptions whose history was lost (``resync``).
+closes every session as "going away" on ``drain``. The ticker walks its members.
 
 Must not: parse DDP, touch sockets, run backend calls, or start greenlets (it is
 bookkeeping only; the ticker and the housekeeper are their own modules).
@@ -13,7 +12,7 @@ bookkeeping only; the ticker and the housekeeper are their own modules).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import gevent
@@ -22,7 +21,6 @@ from relay import disconnect
 
 if TYPE_CHECKING:
     from relay.metrics import Metrics
-    from relay.stream.fanout import Attachment
 
 
 class Member(Protocol):
@@ -89,15 +87,6 @@ class Hub:
         if session_id is not None and self.by_id.get(session_id) is session:
             del self.by_id[session_id]
             self._metrics.sessions.dec()
-
-    # -- the channel streams' callback ---------------------------------------------------------
-
-    def resync(self, channel: str, attachments: Sequence[Attachment]) -> None:
-        """``Streams.on_resync``: these subscriptions lost history; their sessions re-run
-        them in their own message order (``Session.request_resync`` only queues)."""
-        for att in attachments:
-            self._metrics.resyncs.inc()
-            att.session.request_resync(att.sub_id)
 
     # -- shutting down --------------------------------------------------------------------------
 

@@ -16,14 +16,16 @@ imported by a session (sessions see only their ``SessionContext``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 
 import gevent.event
 
 from relay import logs
-from relay.backend import Backend, Handshake
+from relay.backend import Backend, Handshake, QueryData, QuerySpec
 from relay.config import Settings
+from relay.live.queries import LiveQueries
+from relay.live.query import QueryHost
 from relay.metrics import Metrics, get_metrics
 from relay.resume.resumer import Resumer, build_coordinator
 from relay.resume.store import ParkStore
@@ -39,6 +41,10 @@ from relay.stream.listener import Listener
 from relay.transport import HeartbeatRegistry, Transport
 
 log = logging.getLogger(__name__)
+
+#: The work pool's owner of live-query refetches: together they hold at most one owner's
+#: share of the pool, so a storm of refetches never starves sessions' calls.
+REFETCH_OWNER = "relay.live"
 
 
 class Node:
@@ -58,7 +64,11 @@ class Node:
         self.ticker = Ticker(self.hub, self.sockjs_heartbeats)
         self.listener: Listener | None = None
         self.streams = Streams(backend, self._listen, self._unlisten, self.metrics)
-        self.streams.on_resync = self.hub.resync
+        #: Live queries, one per distinct query of the worker's subscriptions; refetches
+        #: share one owner's slots of the work pool.
+        self.queries = LiveQueries(
+            QueryHost(self._refetch, self.streams, self.metrics),
+        )
         self.resumer: Resumer | None = None
         self.housekeeper: Housekeeper | None = None
         if settings.database_url:
@@ -81,6 +91,7 @@ class Node:
             backend,
             self.pool,
             self.streams,
+            self.queries,
             self.resumer,
             self.hub,
             self.gate,
@@ -104,6 +115,9 @@ class Node:
             self.housekeeper.start()
         if self.resumer is not None:
             self.resumer.start()
+
+    def _refetch(self, specs: Sequence[QuerySpec]) -> Sequence[QueryData]:
+        return self.pool.run(self.backend.fetch, specs, owner=REFETCH_OWNER)
 
     def _listen(self, channel: str) -> None:
         # The streams exist before the listener (it feeds them): resolved at call time.

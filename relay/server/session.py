@@ -25,23 +25,14 @@ import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import gevent
 import gevent.event
 
 from relay import disconnect
-from relay.backend import (
-    ANONYMOUS,
-    CallContext,
-    ClientError,
-    Document,
-    Handshake,
-    Identity,
-    MethodOutcome,
-    SubscriptionData,
-)
+from relay.backend import ANONYMOUS, CallContext, ClientError, Handshake, Identity, MethodOutcome
 from relay.limits import address_key
 from relay.protocol import messages
 from relay.protocol.alea import random_id
@@ -61,12 +52,18 @@ from relay.protocol.messages import (
 )
 from relay.resume.parked import ParkedSession, ParkedSubscription
 from relay.server.revocation import Watcher
+from relay.server.subscriptions import (
+    UNIVERSAL_PREFIX,
+    StopSub,
+    Subscription,
+    Subscriptions,
+    client_error,
+)
 from relay.transport import Inbound, Oversized, SharedFrames
 
 if TYPE_CHECKING:
     from relay.resume.resumer import Resumed
     from relay.server.context import SessionContext
-    from relay.stream.fanout import Attachment
     from relay.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -85,25 +82,13 @@ PARK_DRAIN_SECONDS = 60.0
 #: Seconds a resume of a logged-in session waits for the client's pipelined ``login``
 #: (Meteor clients send it right behind ``connect``, usually in the same read).
 RESUME_LOGIN_WAIT = 0.5
-#: Sub ids of universal publications start with this; a client's never may (refused).
-UNIVERSAL_PREFIX = "\x00"
-
-
-@dataclass(slots=True)
-class Subscription:
-    """A named subscription of this session."""
-
-    id: str
-    name: str
-    params: tuple[Any, ...]
-    ready: bool = False
-    #: Its live routes on the worker's channel streams.
-    attachments: list[Attachment] = field(default_factory=list)
+__all__ = ["UNIVERSAL_PREFIX", "Session"]
 
 
 @dataclass(frozen=True, slots=True)
 class Resync:
-    """Internal message: re-run a subscription whose change history was lost."""
+    """Internal message: re-run a subscription whose change history was lost (a custom
+    publication's observed channel)."""
 
     sub_id: str
 
@@ -132,7 +117,10 @@ class Session:
         self._in_method = False
         self._revocation_pending = False
         self.mergebox = MergeBox()
-        self.subs: dict[str, Subscription] = {}
+        #: Its subscriptions and what runs them (``relay.server.subscriptions``);
+        #: ``subs`` is their table, by id.
+        self.subscriptions = Subscriptions(self)
+        self.subs: dict[str, Subscription] = self.subscriptions.by_id
         self.sent_count = 0
         #: The last messages sent (counted ones), for replay on resume: ``log[-1]`` is
         #: message number ``sent_count``.
@@ -159,7 +147,7 @@ class Session:
         self.heartbeat = Heartbeat(settings.heartbeat_interval, settings.heartbeat_timeout)
         #: A list, not a deque: it is nearly always empty, and an empty deque costs 760
         #: bytes per session (its first block) against 56 (the queue is bounded and short).
-        self._pending: list[ClientMessage | Resync | Recheck] = []
+        self._pending: list[ClientMessage | Resync | Recheck | StopSub] = []
         #: The queued messages' memory, within the worker's total (``relay.server.gate``).
         self._budget = ctx.gate.session_budget(on_evict=self._evicted)
         #: Bytes reserved per queued message, in queue order (0 for internal ones).
@@ -254,7 +242,7 @@ class Session:
         self._pending_sizes.clear()
         self._budget.release_all()
 
-    def _queue(self, msg: ClientMessage | Resync | Recheck, size: int = 0) -> None:
+    def _queue(self, msg: ClientMessage | Resync | Recheck | StopSub, size: int = 0) -> None:
         self._pending.append(msg)
         self._pending_sizes.append(size)
         if self._processor is None:
@@ -291,9 +279,21 @@ class Session:
             return
         self._queue(Resync(sub_id))
 
-    def _dispatch(self, msg: ClientMessage | Resync | Recheck) -> None:
+    def desync(self) -> None:
+        """Fan-out could not apply a change to this session's view: start it afresh."""
+        if not self.closed:
+            self.close(disconnect.SERVER_ERROR)
+
+    def queue_internal(self, msg: StopSub) -> None:
+        """Queue a publication's own stop, in message order."""
+        if not self.closed:
+            self._queue(msg)
+
+    def _dispatch(self, msg: ClientMessage | Resync | Recheck | StopSub) -> None:
         if isinstance(msg, Resync):
             self._on_resync(msg.sub_id)
+        elif isinstance(msg, StopSub):
+            self.subscriptions.stopped_by_run(msg)
         elif isinstance(msg, Recheck):
             self._on_recheck()
         elif isinstance(msg, Connect):
@@ -352,7 +352,7 @@ class Session:
         if not backend.connection_hooks():
             return True
         try:
-            self.ctx.run(backend.connection_opened, self._call_context(), resumed, urgent=True)
+            self.ctx.run(backend.connection_opened, self.call_context(), resumed, urgent=True)
         except ClientError as exc:
             self.send([messages.error(exc.reason or str(exc.error))])
             self.close(disconnect.REFUSED)
@@ -444,7 +444,7 @@ class Session:
                 # Nothing more of the revoked user's data meanwhile: live routing stops
                 # until the method's outcome says who the session is.
                 for sub in self.subs.values():
-                    self._detach(sub)
+                    self.subscriptions.pause(sub)
             return
         self.ctx.metrics.revocations.inc()
         self.close(disconnect.REVOKED)
@@ -507,15 +507,11 @@ class Session:
         subs = [Subscription(p.id, p.name, p.params, p.ready) for p in state.subs]
         for sub in subs:
             self.subs[sub.id] = sub
-        # Re-run against the restored mergebox: only what changed meanwhile is sent.
+        # Re-run against the restored mergebox: only what changed meanwhile is sent, and
+        # a subscription still loading when the socket died is ready once it is complete.
         self._rerun_many(subs)
-        for sub in subs:
-            if not sub.ready and sub.id in self.subs:
-                # It was still loading when the socket died: the re-run completed it.
-                sub.ready = True
-                self.send([messages.ready([sub.id])])
 
-    def _call_context(self, random_seed: str | None = None) -> CallContext:
+    def call_context(self, random_seed: str | None = None) -> CallContext:
         assert self.id is not None
         return CallContext(self.id, self.identity, self.handshake, random_seed)
 
@@ -552,47 +548,9 @@ class Session:
             )
             self.send([messages.nosub(msg.id, err)])
             return
-        sub = Subscription(msg.id, msg.name, msg.params)
-        self.subs[msg.id] = sub
-        try:
-            data = self.ctx.run(
-                backend.subscribe,
-                self._call_context(),
-                msg.name,
-                msg.params,
-                owner=self.owner,
-            )
-        except ClientError as exc:
-            self._fail_sub(sub, self._client_error(exc))
-            metrics.subscriptions.labels(outcome="error").inc()
-            return
-        except Exception:
-            log.exception("publication %r failed", msg.name)
-            self._fail_sub(sub, messages.INTERNAL_ERROR)
-            metrics.subscriptions.labels(outcome="error").inc()
-            return
-        if self.subs.get(msg.id) is not sub:
-            return  # unsubscribed while running
-        interner = self.ctx.streams.interner
-        try:
-            out: list[dict[str, Any]] = []
-            for doc in data.documents:
-                doc_id, fields = self._shared(doc)
-                out.extend(self.mergebox.add(msg.id, doc.collection, doc_id, fields))
-            texts = [interner.encode(m) for m in out]
-        except Exception:
-            # A value the publication produced cannot be sent (not EJSON-encodable). The
-            # client saw none of it: forget it silently, then fail the subscription.
-            log.exception("publication %r produced a document that cannot be sent", msg.name)
-            self.mergebox.remove_subscription(msg.id)
-            self._fail_sub(sub, messages.INTERNAL_ERROR)
-            metrics.subscriptions.labels(outcome="error").inc()
-            return
-        self.send_texts(texts)
-        self._attach(sub, data)
-        sub.ready = True
-        self.send([messages.ready([msg.id])])
-        metrics.subscriptions.labels(outcome="ready").inc()
+        outcome = self.subscriptions.start(Subscription(msg.id, msg.name, msg.params))
+        if outcome is not None:
+            metrics.subscriptions.labels(outcome=outcome).inc()
 
     def _limited(self, kind: Literal["method", "subscription"], name: str) -> dict[str, Any] | None:
         """The rate limits' error for this call (Meteor's ``too-many-requests``), or None."""
@@ -602,118 +560,22 @@ class Session:
         )
         return None if rejection is None else rejection.meteor_error()
 
-    def _attach(self, sub: Subscription, data: SubscriptionData) -> None:
-        streams = self.ctx.streams
-        for route in data.routes:
-            position = data.positions.get(route.channel, (0, ""))
-            sub.attachments.append(streams.attach(self, sub.id, route, position))
-
-    def _detach(self, sub: Subscription) -> None:
-        for att in sub.attachments:
-            self.ctx.streams.detach(att)
-        sub.attachments.clear()
-
     def _on_resync(self, sub_id: str) -> None:
         """Re-run a subscription and send only the difference (its history was lost)."""
         sub = self.subs.get(sub_id)
         if sub is not None:
-            self._rerun(sub)
-
-    def _rerun(self, sub: Subscription) -> None:
-        self._rerun_many([sub])
+            self._rerun_many([sub])
 
     def _rerun_many(self, subs: list[Subscription]) -> None:
-        """Run the publications of ``subs`` again (as the current user) and send only
-        what differs from what the client holds (the mergebox), then route their live
-        changes again. Every publication runs first; then every document any of them
-        still publishes is added or changed, and only then are the others removed: a
-        document that moves from one subscription to another (a login) is never removed
-        and added again."""
-        fetched: list[tuple[Subscription, SubscriptionData, dict[tuple[str, str], Any]]] = []
-        for sub in subs:
-            self._detach(sub)
-            try:
-                data = self.ctx.run(
-                    self.ctx.backend.subscribe,
-                    self._call_context(),
-                    sub.name,
-                    sub.params,
-                    owner=self.owner,
-                )
-            except Exception as exc:
-                if not isinstance(exc, ClientError):
-                    log.exception("re-running publication %r failed", sub.name)
-                err = self._client_error(exc) if isinstance(exc, ClientError) else None
-                self.subs.pop(sub.id, None)
-                self.send(self.mergebox.remove_subscription(sub.id))
-                if not sub.id.startswith(UNIVERSAL_PREFIX):
-                    self.send([messages.nosub(sub.id, err or messages.INTERNAL_ERROR)])
-                continue
-            fresh: dict[tuple[str, str], Any] = {}
-            for doc in data.documents:
-                doc_id, fields = self._shared(doc)
-                fresh[doc.collection, doc_id] = fields
-            fetched.append((sub, data, fresh))
-        stale = [
-            (sub.id, collection, doc_id)
-            for sub, _, fresh in fetched
-            for collection, ids in self.mergebox.documents_of(sub.id).items()
-            for doc_id in ids
-            if (collection, doc_id) not in fresh
-        ]
-        out: list[dict[str, Any]] = []
-        for sub, _, fresh in fetched:
-            for (collection, doc_id), fields in fresh.items():
-                if self.mergebox.publishes(sub.id, collection, doc_id):
-                    current = self.mergebox.get(collection, doc_id) or {}
-                    cleared = [k for k in current if k not in fields]
-                    out.extend(self.mergebox.change(sub.id, collection, doc_id, fields, cleared))
-                else:
-                    out.extend(self.mergebox.add(sub.id, collection, doc_id, fields))
-        for sub_id, collection, doc_id in stale:
-            out.extend(self.mergebox.remove(sub_id, collection, doc_id))
-        try:
-            texts = [self.ctx.streams.interner.encode(m) for m in out]
-        except (TypeError, ValueError):
-            # A publication produced a value that cannot be sent, and the mergebox already
-            # holds it: the client's view can no longer be kept exact. Start it afresh.
-            log.exception("a re-run publication produced a document that cannot be sent")
+        """Re-run ``subs`` and send only the difference (``Subscriptions.rerun``)."""
+        if not self.subscriptions.rerun(subs):
+            # The mergebox already holds a value that cannot be sent: the client's view
+            # can no longer be kept exact. Start it afresh.
             self.close(disconnect.SERVER_ERROR)
-            return
-        self.send_texts(texts)
-        for sub, data, _ in fetched:
-            self._attach(sub, data)
-
-    def _shared(self, doc: Document) -> tuple[str, dict[str, Any]]:
-        """The document's id and fields as the worker shares them between sessions
-        (``relay.stream.interning``): equal values, versions and ids are one object each."""
-        interner = self.ctx.streams.interner
-        fields = interner.fields(doc.collection, doc.id, doc.fields)
-        return interner.canonical_id(doc.collection, doc.id), fields
-
-    @staticmethod
-    def _client_error(exc: ClientError) -> dict[str, Any]:
-        """The Meteor error object for a ClientError; 500 if its details cannot be sent."""
-        err = messages.meteor_error(exc.error, exc.reason, exc.details)
-        try:
-            messages.encode({"msg": "result", "id": "", "error": err})
-        except (TypeError, ValueError):
-            log.error("error details of %r are not JSON; sending a 500 instead", exc)
-            return messages.INTERNAL_ERROR
-        return err
-
-    def _fail_sub(self, sub: Subscription, err: dict[str, Any]) -> None:
-        self._detach(sub)
-        self.subs.pop(sub.id, None)
-        self.send(self.mergebox.remove_subscription(sub.id))
-        self.send([messages.nosub(sub.id, err)])
 
     def _on_unsub(self, msg: Unsub) -> None:
-        universal = isinstance(msg.id, str) and msg.id.startswith(UNIVERSAL_PREFIX)
-        sub = self.subs.pop(msg.id, None) if isinstance(msg.id, str) and not universal else None
-        if sub is not None:
-            self._detach(sub)
-            self.send(self.mergebox.remove_subscription(sub.id))
+        if isinstance(msg.id, str):
+            self.subscriptions.unsub(msg.id)
         # Meteor answers nosub even for an unknown id.
         self.send([messages.nosub(msg.id)])
 
@@ -754,7 +616,7 @@ class Session:
         try:
             outcome = self.ctx.run(
                 backend.call,
-                self._call_context(msg.random_seed),
+                self.call_context(msg.random_seed),
                 msg.method,
                 msg.params,
                 owner=self.owner,
@@ -766,7 +628,7 @@ class Session:
                 reply = messages.encode(messages.result(msg.id, err=messages.INTERNAL_ERROR))
             outcome_label = "ok"
         except ClientError as exc:
-            reply = messages.encode(messages.result(msg.id, err=self._client_error(exc)))
+            reply = messages.encode(messages.result(msg.id, err=client_error(exc)))
             outcome_label = "client_error"
         except Exception:
             log.exception("method %r failed", msg.method)
@@ -800,13 +662,23 @@ class Session:
 
     def _write_fence(self, msg: Method, outcome: MethodOutcome) -> None:
         """Hold ``updated`` until the method's writes were routed to this session (I5)."""
-        channels = {a.route.channel for s in self.subs.values() for a in s.attachments}
+        channels = self.subscriptions.channels()
         deadline = time.monotonic() + self.ctx.settings.write_fence_timeout
         for write in outcome.writes:
             if write.channel not in channels:
                 continue  # no subscription here can get a message from that channel
             remaining = max(0.0, deadline - time.monotonic())
-            if not self.ctx.streams.wait_for(write.channel, write.seq, remaining):
+            seen = self.ctx.streams.wait_for(write.channel, write.seq, remaining)
+            # A live query that must read itself again (an unroutable change, a window
+            # out of buffer) owes the session that change until its fetch is in.
+            for query in self.subscriptions.queries_on(write.channel) if seen else ():
+                remaining = max(0.0, deadline - time.monotonic())
+                seen = seen and query.wait_settled(write.seq, remaining)
+            # And a publication's observe callback its data.
+            for observer in self.subscriptions.observers_on(write.channel) if seen else ():
+                remaining = max(0.0, deadline - time.monotonic())
+                seen = seen and observer.wait_done(write.seq, remaining)
+            if not seen:
                 self.ctx.metrics.fence_timeouts.inc()
                 log.warning(
                     "method %r: updated sent before %s seq %d was seen (fence timeout)",
@@ -897,8 +769,7 @@ class Session:
         if processor is not None:
             # A method in flight finishes (its result is kept) before the session parks.
             processor.join(timeout=PARK_DRAIN_SECONDS)
-        for sub in self.subs.values():
-            self._detach(sub)
+        self.subscriptions.detach_all()
         self._watcher.stop()
         try:
             parked = self._park_or_drop()
@@ -912,7 +783,7 @@ class Session:
         if self.id is None or self._close is disconnect.REFUSED or not backend.connection_hooks():
             return
         try:
-            self.ctx.run(backend.connection_closed, self._call_context(), parked)
+            self.ctx.run(backend.connection_closed, self.call_context(), parked)
         except Exception:
             log.exception("the connection close hook failed")
 

@@ -1,19 +1,23 @@
 """Channel streams of one worker: who listens to what, in order, and applying changes.
 
-Layer: runtime. For every change-stream channel that at least one local subscription needs,
-a ``ChannelStream`` keeps the position (seq, epoch) up to which changes were applied, a
-short ring of recent changes (so a subscription that starts a little behind catches up
-without a query), and the attached subscriptions with their own cursors. The listener
-feeds it committed changes strictly in sequence order; each change is decoded ONCE by the
-backend and then routed in memory to every attached subscription (``relay.stream.routing``):
-membership now versus membership before (the session's mergebox) gives ``added``,
-``changed`` or ``removed``. Nothing here queries the database or blocks: a slow session is
-cut off by its transport's send buffer, never by the stream.
+Layer: runtime. For every change-stream channel that at least one local target needs, a
+``ChannelStream`` keeps the position (seq, epoch) up to which changes were applied, a
+short ring of recent changes (so a target that starts a little behind catches up without
+a query), and the attached targets with their own cursors. The listener feeds it
+committed changes strictly in sequence order; each change is decoded ONCE by the backend
+and then handed to every attached ``StreamTarget``: a live query shared by every
+subscriber of one distinct query (``relay.live.query``), a credential watch
+(``relay.server.revocation``), a custom publication's observer. The work per commit is
+one call per target, so it grows with the number of distinct queries, not of
+subscribers. Nothing here queries the database or blocks: a target that needs the
+database schedules that work elsewhere, and a slow session is cut off by its
+transport's send buffer, never by the stream.
 
 The write fence (invariant I5): ``wait_for(channel, seq)`` returns once every change up to
 ``seq`` was routed to the sessions, which is when a method's ``updated`` may go out.
 
-Must not: read the database (the listener does), or write to sockets directly.
+Must not: read the database (the listener does), know what a target does with a change,
+or write to sockets directly.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 import gevent.event
@@ -33,8 +37,6 @@ from relay.protocol.changestream import Change
 from relay.protocol.mergebox import UpdateMemo
 from relay.protocol.sockjs import encode_messages
 from relay.stream.interning import Interner
-from relay.stream.routing import matches
-from relay.stream.subscriber import Subscriber
 from relay.transport.frames import Compression, encode_text_frame
 
 log = logging.getLogger(__name__)
@@ -43,15 +45,32 @@ log = logging.getLogger(__name__)
 RING_SIZE = 256
 
 
+class StreamTarget(Protocol):
+    """What a channel stream hands committed changes to.
+
+    - ``closed``: once True, the stream skips it (and only advances its cursor).
+    - ``deliver(att, batches, cache)``: apply the batches past ``att.cursor`` (advancing
+      it) and return the number of DDP messages that went out. Runs in the listener's
+      greenlet for every commit: must not block or yield.
+    - ``lost(att)``: the channel lost history (epoch change, pruned changelog): what the
+      target holds may be stale and must be read again. Must not block.
+    """
+
+    @property
+    def closed(self) -> bool: ...
+
+    def deliver(self, att: Attachment, batches: Sequence[Batch], cache: BatchCache) -> int: ...
+
+    def lost(self, att: Attachment) -> None: ...
+
+
 @dataclass(eq=False, slots=True)
 class Attachment:
-    """One subscription's route on one channel."""
+    """One target's route on one channel."""
 
-    #: The session that owns the subscription, as fan-out may use it (``Subscriber``).
-    session: Subscriber
-    sub_id: str
+    target: StreamTarget
     route: Route
-    #: The last seq applied to this subscription (its snapshot position at first).
+    #: The last seq applied to the target (its snapshot position at first).
     cursor: int
 
 
@@ -188,19 +207,17 @@ class Streams:
         self.streams: dict[str, ChannelStream] = {}
         #: Field values shared by every session of the worker (``relay.stream.interning``).
         self.interner = Interner()
-        #: Called with (channel) when a stream lost history and its subscriptions must be
-        #: re-run (epoch changed, or the changelog was pruned past our position).
-        self.on_resync: Callable[[str, list[Attachment]], None] | None = None
 
     # -- attaching ----------------------------------------------------------------------------
 
-    def attach(
-        self, session: Subscriber, sub_id: str, route: Route, position: tuple[int, str]
-    ) -> Attachment:
-        """Start routing ``route``'s channel to a subscription whose data is at ``position``."""
+    def attach(self, target: StreamTarget, route: Route, position: tuple[int, str]) -> Attachment:
+        """Start handing ``route``'s channel to a target whose data is at ``position``.
+
+        A target behind the stream is caught up from the ring at once, in this call (or
+        told it ``lost`` history when the ring does not reach back that far)."""
         seq, epoch = position
         stream = self.streams.get(route.channel)
-        att = Attachment(session, sub_id, route, seq)
+        att = Attachment(target, route, seq)
         if stream is None:
             stream = ChannelStream(route.channel, seq, epoch)
             self.streams[route.channel] = stream
@@ -233,11 +250,6 @@ class Streams:
             del self.streams[att.route.channel]
             self._release(stream)
             self._unlisten(att.route.channel)
-
-    def detach_session(self, session: Subscriber) -> None:
-        for stream in list(self.streams.values()):
-            for att in [a for a in stream.attachments if a.session is session]:
-                self.detach(att)
 
     def _release(self, stream: ChannelStream) -> None:
         for _, event in stream.waiters:
@@ -335,7 +347,7 @@ class Streams:
         return tuple(decoded)
 
     def lost_history(self, channel: str, seq: int, epoch: str) -> None:
-        """The listener cannot fill a gap: re-run every subscription of the channel."""
+        """The listener cannot fill a gap: every target of the channel is told (``lost``)."""
         stream = self.streams.get(channel)
         if stream is None:
             return
@@ -345,8 +357,10 @@ class Streams:
         self._wake(stream)
 
     def _resync(self, stream: ChannelStream, atts: list[Attachment]) -> None:
-        if self.on_resync is not None and atts:
-            self.on_resync(stream.channel, atts)
+        for att in atts:
+            if self.metrics is not None:
+                self.metrics.resyncs.inc()
+            att.target.lost(att)
 
     def _wake(self, stream: ChannelStream) -> None:
         if not stream.waiters:
@@ -360,57 +374,36 @@ class Streams:
         stream.waiters = keep
 
     def _apply(self, att: Attachment, batches: Sequence[Batch], cache: BatchCache) -> int:
-        """Route ``batches`` (past the attachment's cursor) to one subscription; returns the
+        """Hand ``batches`` (past the attachment's cursor) to its target; returns the
         number of messages sent."""
-        session = att.session
-        if session.closed:
+        target = att.target
+        if target.closed:
             att.cursor = max(att.cursor, batches[-1].seq)
             return 0
-        route = att.route
-        sub_id = att.sub_id
-        box = session.mergebox
-        equals = cache.equals
-        views = cache.views
-        out: list[dict[str, Any]] = []
-        resync = False
-        for batch in batches:
-            if batch.seq <= att.cursor:
-                continue
-            att.cursor = batch.seq
-            for change in batch.changes:
-                if change.collection != route.collection:
-                    continue
-                if route.conditions is None:
-                    # Not decidable from the payload: the publication must be re-run.
-                    resync = True
-                    break
-                fields: dict[str, Any] | None = None
-                if change.op != "d" and matches(route.conditions, change.routing):
-                    fields = change.fields
-                    if route.fields is not None:
-                        fields = cache.project(change, route.fields)
-                # Membership now (fields) against membership before (the mergebox) gives
-                # added, changed or removed.
-                out += box.update(sub_id, change.collection, change.id, fields, equals, views)
-            if resync:
-                break
-        sent = 0
-        if out:
-            try:
-                texts = [cache.encode(m) for m in out]
-            except (TypeError, ValueError):
-                log.exception("a change on %s cannot be encoded", att.route.channel)
-                texts = []
-            if texts and session.send_texts(texts, cache, metered=True):
-                sent = len(texts)
-        if resync:
-            self._resync_later(att)
-        return sent
+        try:
+            return target.deliver(att, batches, cache)
+        except Exception:
+            # One target's bug must not stop the others (nor the listener): it lost this
+            # delivery, so it reads its data again.
+            log.exception("a stream target failed on %s", att.route.channel)
+            att.cursor = max(att.cursor, batches[-1].seq)
+            if self.metrics is not None:
+                self.metrics.resyncs.inc()
+            target.lost(att)
+            return 0
 
-    def _resync_later(self, att: Attachment) -> None:
-        stream = self.streams.get(att.route.channel)
-        if stream is not None:
-            self._resync(stream, [att])
+    def batches_after(self, channel: str, seq: int) -> list[Batch] | None:
+        """The ring's batches after ``seq`` up to the stream's position, or None when the
+        ring does not reach back to ``seq + 1``."""
+        stream = self.streams.get(channel)
+        if stream is None:
+            return None
+        if seq >= stream.seq:
+            return []
+        missed = [b for b in stream.ring if b.seq > seq]
+        if not missed or missed[0].seq != seq + 1:
+            return None
+        return missed
 
     # -- the write fence ----------------------------------------------------------------------
 

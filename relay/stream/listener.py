@@ -11,7 +11,8 @@ channel the listener hands ``deliver_many`` the next sequence numbers and only t
 - a notification past a gap, a freshly LISTENed channel and every channel after a
   reconnect are backfilled from the changelog first, in order;
 - an epoch change, or a gap the changelog no longer covers (pruned), makes the stream
-  resync its subscriptions (``lost_history``) instead of skipping silently;
+  tells the channel's stream targets (``Streams.lost_history``: live queries read
+  themselves again) instead of skipping silently;
 - a seq at or below the current position is a duplicate and is dropped.
 
 Those decisions, and the coalescing of consecutive transactions into one delivery, are
@@ -84,7 +85,8 @@ class StreamSink(Protocol):
         """Route the next transactions of ``channel`` (consecutive, the first the next)."""
 
     def lost_history(self, channel: str, seq: int, epoch: str) -> None:
-        """The history up to ``(seq, epoch)`` cannot be replayed: resync the channel."""
+        """The history up to ``(seq, epoch)`` cannot be replayed: the channel's targets
+        read their data again."""
 
     def adopt_epoch(self, channel: str, epoch: str) -> None:
         """The stream started without an epoch; ``epoch`` is its counter's."""
@@ -263,8 +265,9 @@ class Listener:
 
     def _unreadable(self, channel: str, exc: PayloadError) -> None:
         """A changelog row that breaks the contract cannot be applied, and reading it again
-        fails again: resync the channel's subscriptions from the counter on (so the row is
-        behind the stream), instead of failing every reconnect of the worker's listener."""
+        fails again: the channel's targets read their data again, from the counter on (so
+        the row is behind the stream), instead of failing every reconnect of the worker's
+        listener."""
         log.error("channel %s: unreadable changelog row (%s): resync", channel, exc)
         self.streams.lost_history(channel, *self.source.read_counter(channel))
 

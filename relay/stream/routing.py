@@ -6,6 +6,14 @@ writer (``DecodedChange.routing``). Membership is decided per local subscription
 database query (invariant I2); combined with whether the subscription already holds the
 document (its mergebox), it tells ``added``, ``changed`` or ``removed``.
 
+A condition with ``many`` tests a path across a multi-valued relation (a reverse foreign
+key, a many-to-many: ``tags__name``): the change carries the row's values as a tuple (the
+distinct values the writer's LEFT JOIN reaches, None standing for a missing related row
+or a NULL value) and the condition holds when ANY of them passes, as Django's JOIN does:
+``filter(tags__name="a")`` keeps a book when one of its tags is named "a". ``isnull=True``
+(and ``exact`` None) holds when the tuple is empty or holds None, as the LEFT JOIN Django
+builds for it does.
+
 Must not: look anything up in the database or know about sessions.
 """
 
@@ -70,6 +78,10 @@ def matches(conditions: Sequence[Condition], routing: Mapping[str, Any]) -> bool
         if cond.path not in routing:
             return False
         actual = routing[cond.path]
+        if cond.many:
+            if not _any_holds(cond, actual):
+                return False
+            continue
         if cond.op == "exact" and cond.value is None:
             if actual is not None:
                 return False
@@ -78,3 +90,15 @@ def matches(conditions: Sequence[Condition], routing: Mapping[str, Any]) -> bool
         if test is None or not test(actual, cond.value):
             return False
     return True
+
+
+def _any_holds(cond: Condition, actual: Any) -> bool:
+    """A ``many`` condition: whether one of the values passes (see the module)."""
+    values = actual if isinstance(actual, tuple | list) else (actual,)
+    op, expected = cond.op, cond.value
+    if (op == "isnull" and expected) or (op == "exact" and expected is None):
+        return not values or any(v is None for v in values)
+    test = _OPS.get(op)
+    if test is None:
+        return False
+    return any(test(v, expected) for v in values)

@@ -1,12 +1,11 @@
 """What fan-out may use of a session: the ``Subscriber`` protocol.
 
-Layer: runtime. The channel streams (``relay.stream.fanout``) route committed changes to the
-subscriptions attached to them; this is the whole of what they see of the session that
-owns a subscription. ``relay.server.session.Session`` implements it; stream tests use a
-small fake.
+Layer: runtime. A live query (``relay.live.query``) hands the effects of each delivery to
+every session subscribed to it; this is the whole of what it sees of such a session.
+``relay.server.session.Session`` implements it; tests use a small fake.
 
 Must not: import ``relay.server`` (it is above this layer), or grow per-delivery
-indirection: fan-out runs for every attached subscription of every commit, so the
+indirection: fan-out runs for every subscriber of every query hit by a commit, so the
 members are plain attributes and methods called directly, never wrappers.
 """
 
@@ -21,24 +20,23 @@ from relay.transport import SharedFrames
 class Subscriber(Protocol):
     """A session as fan-out sees it.
 
-    The contract, in the order ``Streams._apply`` relies on it:
+    The contract, in the order ``LiveQuery._publish`` relies on it:
 
-    - ``closed``: once True, fan-out stops sending to the session (it still advances the
-      subscription's cursor, so nothing is applied twice if it were ever reopened).
+    - ``closed``: once True, fan-out stops sending to the session.
     - ``mergebox``: the session's view of what its client holds. Fan-out calls
-      ``mergebox.update(sub_id, ...)`` on it directly, for its own attachments' ``sub_id``
-      only, and never keeps the box across deliveries: the session may replace it (a
-      resumed session restores a parked one). Direct calls, not a method on the session,
-      because this runs once per attached subscription per commit. It is safe without a
-      lock: gevent does not switch inside ``update`` and the session mutates its box from
-      its own greenlet only.
+      ``mergebox.update(handle, ...)`` on it directly, for the subscription handle it
+      joined with only, and never keeps the box across deliveries: the session may
+      replace it (a resumed session restores a parked one). Direct calls, not a method
+      on the session, because this runs once per subscriber per commit. It is safe
+      without a lock: gevent does not switch inside ``update`` and the session mutates
+      its box from its own greenlets only, never across a switch.
     - ``send_texts(texts, shared, metered=True)``: queue the encoded messages (counted for
       resumption, never blocking: a slow client is cut off by its transport). ``shared``
       lets sockets of one batch reuse frames; ``metered`` means fan-out adds them to the
       ``messages_sent`` metric itself, once per delivery. True if they went out.
-    - ``request_resync(sub_id)``: the subscription's history was lost (or its route cannot
-      be decided from the payload); the session re-runs it later, in its own message
-      order. Must not block or re-enter the streams.
+    - ``desync()``: a change could not be applied to the session's view (a bug, a value
+      that cannot be sent): its client can no longer be kept exact, so the session closes
+      with a server error (its client starts afresh). Must not block.
     """
 
     @property
@@ -51,4 +49,4 @@ class Subscriber(Protocol):
         self, texts: list[str], shared: SharedFrames | None = None, *, metered: bool = False
     ) -> bool: ...
 
-    def request_resync(self, sub_id: str) -> None: ...
+    def desync(self) -> None: ...

@@ -13,6 +13,7 @@ from django.test import Client
 
 from django_app.backend import DjangoBackend
 from relay.backend import ANONYMOUS, Handshake
+from tests.django_app.publishing import subscribe
 
 pytestmark = pytest.mark.django_db
 
@@ -113,7 +114,7 @@ def test_the_session_user_reaches_methods(
         handshake_with({settings.SESSION_COOKIE_NAME: session_cookie(user)})
     )
     ctx = CallContext("s", identity, handshake_with({}))
-    data = backend.subscribe(ctx, "books.all", [])
+    data = subscribe(backend, ctx, "books.all", [])
     assert data.documents == ()
 
 

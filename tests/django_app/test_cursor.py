@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -77,15 +78,52 @@ def test_unroutable_lookups(lookups: dict[str, Any]) -> None:
     assert Cursor(Book, **lookups).conditions is None
 
 
-def test_multi_valued_path_is_unroutable() -> None:
-    assert Cursor(Author, books__title="x").conditions is None
+def test_multi_valued_paths_route_when_any_value_passes() -> None:
+    assert Cursor(Author, books__title="x").conditions == (
+        Condition("books__title", "exact", "x", many=True),
+    )
+    assert Cursor(Author, books__price__gte="10", name="a").conditions == (
+        Condition("books__price", "gte", Decimal("10"), many=True),
+        Condition("name", "exact", "a"),
+    )
+    assert Cursor(Author, books=Book(pk="b1")).conditions == (
+        Condition("books", "exact", "b1", many=True),
+    )
+    assert Cursor(Book, author__books__title="x").conditions == (
+        Condition("author__books__title", "exact", "x", many=True),
+    )
+
+
+@pytest.mark.parametrize(
+    "lookups",
+    [
+        {"books__title": "x", "books__price": 1},
+        {"books__price__gt": 1, "books__price__lt": 9},
+        {"books": "b1", "books__title": "x"},
+        {"books__author__name": "a", "books__title": "x"},
+    ],
+)
+def test_one_filter_on_one_multi_valued_relation_twice_is_unroutable(
+    lookups: dict[str, Any],
+) -> None:
+    """Django wants the SAME book to pass both: independent value lists cannot say."""
+    assert Cursor(Author, **lookups).conditions is None
+    assert conditions_for_rule(Author, lookups) is None
+    assert conditions_for_rule(Author, Q(**lookups)) is None
 
 
 def test_plain_querysets() -> None:
     assert Cursor(Book.objects.all()).conditions == ()
     assert Cursor(Book.objects).conditions == ()
     assert Cursor(Book.objects.filter(title="a")).conditions is None
-    assert Cursor(Book.objects.all()[:5]).conditions is None
+    # Only sliced (and ordered): a live window, routed like the plain queryset.
+    sliced = Cursor(Book.objects.order_by("-price")[:5])
+    assert (sliced.conditions, sliced.ordering, sliced.skip, sliced.limit) == (
+        (),
+        ("-price",),
+        0,
+        5,
+    )
     assert Cursor(Book.objects.filter(title="a"), price=1).conditions is None
     assert Cursor(Book.objects.order_by("-price"), title="a").conditions == (
         Condition("title", "exact", "a"),

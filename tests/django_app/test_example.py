@@ -11,7 +11,8 @@ import io
 from typing import Any
 
 import pytest
-from bookstore.models import Author, Book, Favorite
+from bookstore.management.commands import seed_demo
+from bookstore.models import Author, Book, Favorite, Tag
 from django.contrib.auth import authenticate
 from django.contrib.auth.hashers import get_hasher, identify_hasher
 from django.contrib.auth.models import User
@@ -73,6 +74,7 @@ def test_seed_demo_is_idempotent(seeded: str) -> None:
     assert "unchanged user reader" in out.getvalue()
     assert (Author.objects.count(), Book.objects.count()) == (3, 10)
     assert Book.objects.get(pk="lathe").title == "The Lathe of Heaven"
+    assert book_tags() == {b["id"]: sorted(b["tags"]) for b in seed_demo.BOOKS}
     admin = User.objects.get(username="admin")
     assert admin.is_superuser and admin.check_password("ddp-relay-demo")
     assert admin.email == "admin@example.com"
@@ -84,6 +86,31 @@ def test_seed_demo_is_idempotent(seeded: str) -> None:
         True,
     )
     assert User.objects.count() == 2
+
+
+def book_tags() -> dict[str, list[str]]:
+    return {
+        book.pk: sorted(book.tags.values_list("name", flat=True))
+        for book in Book.objects.prefetch_related("tags")
+    }
+
+
+@pytest.mark.django_db
+def test_seed_demo_brings_tags_back(seeded: str) -> None:
+    assert "tagged book lathe: science fiction" in seeded
+    assert Tag.objects.count() == len({t for b in seed_demo.BOOKS for t in b["tags"]})
+    lathe = Book.objects.get(pk="lathe")
+    lathe.tags.set([Tag.objects.create(name="mine"), Tag.objects.get(name="fantasy")])
+    Book.objects.get(pk="dispossessed").tags.clear()
+    Tag.objects.filter(name="hainish").delete()
+    out = io.StringIO()
+    call_command("seed_demo", stdout=out)
+    assert "tagged book lathe: science fiction" in out.getvalue()
+    assert "tagged book dispossessed: hainish, science fiction, utopia" in out.getvalue()
+    assert "tagged book left-hand: hainish, science fiction" in out.getvalue()
+    assert "tagged book small-gods" not in out.getvalue()
+    assert book_tags() == {b["id"]: sorted(b["tags"]) for b in seed_demo.BOOKS}
+    assert Tag.objects.filter(name="mine").exists()  # unlinked, not deleted
 
 
 @pytest.mark.django_db
@@ -156,6 +183,11 @@ def test_admin_pages_render_for_the_superuser(seeded: str) -> None:
         "/admin/bookstore/book/add/",
         "/admin/bookstore/favorite/",
         "/admin/bookstore/favorite/add/",
+        "/admin/bookstore/tag/",
+        "/admin/bookstore/tag/add/",
+        f"/admin/bookstore/tag/{Tag.objects.get(name='utopia').pk}/change/",
+        "/admin/bookstore/book/?tags__id__exact=" + Tag.objects.get(name="utopia").pk,
+        "/admin/bookstore/book/?q=discworld",
     ):
         assert client.get(url).status_code == 200, url
     reader = User.objects.get(username="reader")
@@ -178,12 +210,13 @@ def test_admin_add_book_gets_a_meteor_id(seeded: str) -> None:
             "author": "pratchett",
             "published": "",
             "price": "7.99",
-            "tags": '["discworld"]',
+            "tags": [Tag.objects.get(name="discworld").pk, Tag.objects.get(name="fantasy").pk],
         },
     )
     assert response.status_code == 302, response.content[:2000]
     book = Book.objects.get(title="Mort")
-    assert len(book.id) == 17 and book.tags == ["discworld"]
+    assert len(book.id) == 17
+    assert sorted(book.tags.values_list("name", flat=True)) == ["discworld", "fantasy"]
 
 
 @pytest.mark.django_db

@@ -17,6 +17,7 @@ from relay.backend import ANONYMOUS, ClientError, Identity, MethodOutcome, Route
 from relay.protocol.alea import RandomStream
 from relay.stream.routing import matches
 from tests.django_app.changestream_helpers import flush_now, tx_changes
+from tests.django_app.publishing import subscribe
 
 pytestmark = pytest.mark.django_db
 
@@ -159,7 +160,7 @@ def test_favorites_mine_is_empty_and_unrouted_when_logged_out(
     backend: DjangoBackend, make_ctx: Any, reader: User
 ) -> None:
     backend.call(make_ctx("a", identity(reader)), "favorites.add", ["lathe"])
-    data = backend.subscribe(make_ctx(None, ANONYMOUS), "favorites.mine", [])
+    data = subscribe(backend, make_ctx(None, ANONYMOUS), "favorites.mine", [])
     assert (tuple(data.documents), tuple(data.routes)) == ((), ())
 
 
@@ -171,7 +172,7 @@ def test_favorites_mine_publishes_the_users_own(
         for book in ("lathe", "small-gods")
     }
     backend.call(make_ctx("x", identity(admin)), "favorites.add", ["lathe"])
-    data = backend.subscribe(make_ctx(None, identity(reader)), "favorites.mine", [])
+    data = subscribe(backend, make_ctx(None, identity(reader)), "favorites.mine", [])
     docs = {d.id: (d.collection, d.fields) for d in data.documents}
     assert docs == {
         ids[book]: ("bookstore.favorite", {"userId": str(reader.pk), "bookId": book})
@@ -188,7 +189,7 @@ def test_favorites_mine_takes_no_parameters(
     backend: DjangoBackend, make_ctx: Any, reader: User
 ) -> None:
     with pytest.raises(ClientError) as info:
-        backend.subscribe(make_ctx(None, identity(reader)), "favorites.mine", [str(reader.pk)])
+        subscribe(backend, make_ctx(None, identity(reader)), "favorites.mine", [str(reader.pk)])
     assert error_of(info) == (400, "Match failed")
 
 
@@ -201,8 +202,8 @@ def test_live_changes_decode_like_the_initial_load_and_reach_only_the_owner(
     mine = backend.call(make_ctx("a", identity(reader)), "favorites.add", ["lathe"]).result
     theirs = backend.call(make_ctx("b", identity(admin)), "favorites.add", ["lathe"]).result
     flush_now()
-    reader_route = backend.subscribe(make_ctx(None, identity(reader)), "favorites.mine", []).routes
-    admin_route = backend.subscribe(make_ctx(None, identity(admin)), "favorites.mine", []).routes
+    reader_route = subscribe(backend, make_ctx(None, identity(reader)), "favorites.mine", []).routes
+    admin_route = subscribe(backend, make_ctx(None, identity(admin)), "favorites.mine", []).routes
     collection = registry.collection_for_model(Favorite)
     decoded = {}
     for change in tx_changes(CHANNEL):

@@ -11,7 +11,7 @@ import pytest
 #: modules of earlier layers.
 LAYERS: list[set[str]] = [
     {"conf", "channel", "exceptions", "cursor", "models", "signals"},
-    {"serializer", "signature", "accounts.passwords", "accounts.tokens"},
+    {"serializer", "signature", "ordering", "accounts.passwords", "accounts.tokens"},
     {"collection", "accounts.revocation"},
     {"mutator", "accounts.hashers", "accounts.users", "accounts.sessions"},
     {"registries"},

@@ -7,6 +7,12 @@ whether revisions went backwards in what a client received (``order_problems``, 
 the ``"<label> r<N>"`` titles ``tests/e2e/writer.py`` writes), and ``WireClient``, a
 ``DDPClient`` that keeps its raw inbound messages for those checks.
 
+For the example's other publications (issue #10): the ``books.latest`` window by Meteor's
+sort (``latest_order``, ``latest_window``), ``COUNT(*)`` per author (``book_counts``), the
+``books.stats`` document (``stats_document``), the active site notices
+(``active_notices``), and what a client held when a method's ``updated`` arrived
+(``updated_index``, ``replay``: the write fence seen from the wire).
+
 What it must not do: start servers or clients (the fixtures and the tests do), or assert:
 it returns lists of problems, and each test decides what fails it.
 """
@@ -27,6 +33,10 @@ from relay.protocol import ejson
 
 BOOKS = "bookstore.book"
 AUTHORS = "bookstore.author"
+#: ``books.countByAuthor``'s, ``books.stats``' and the universal publication's collections.
+COUNTS = "counts"
+STATS = "stats"
+NOTICES = "bookstore.notice"
 #: The seeded authors (example/bookstore/management/commands/seed_demo.py).
 EMAILS = ("ursula.leguin@example.org", "terry.pratchett@example.org", "nk.jemisin@example.org")
 AUTHOR_IDS = {
@@ -48,11 +58,17 @@ def wire(value: Any) -> Any:
 def database_state(
     database_url: str,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(books, authors): id -> published fields as EJSON-JSON, read straight from SQL."""
+    """(books, authors): id -> published fields as EJSON-JSON, read straight from SQL.
+
+    A book's ``tags`` are the names of its tags (the many-to-many), distinct and sorted by
+    code point, as the collection publishes them."""
     with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        # One statement: the books and their tags from one snapshot.
         cur.execute(
-            "SELECT b.id, b.title, b.author_id, b.published, b.price, b.tags, b.updated_at"
-            " FROM bookstore_book b"
+            "SELECT b.id, b.title, b.author_id, b.published, b.price,"
+            " ARRAY(SELECT t.name FROM bookstore_book_tags bt"
+            " JOIN bookstore_tag t ON t.id = bt.tag_id WHERE bt.book_id = b.id),"
+            " b.updated_at FROM bookstore_book b"
         )
         books = {}
         for book_id, title, author_id, published, price, tags, updated_at in cur.fetchall():
@@ -65,7 +81,7 @@ def database_state(
                     dt.datetime(published.year, published.month, published.day, tzinfo=dt.UTC)
                 ),
                 "price": str(price),
-                "tags": tags,
+                "tags": sorted(set(tags)),  # Python compares str by code point
                 "updatedAt": wire(updated_at),
             }
         cur.execute("SELECT id, name, email FROM bookstore_author")
@@ -161,6 +177,106 @@ def order_problems(received: Sequence[dict[str, Any]]) -> list[str]:
                 problems.append(f"updatedAt went backwards {last_ts[key]} -> {msg}")
             last_ts[key] = max(ms, last_ts.get(key, ms))
     return problems
+
+
+def latest_order(books: dict[str, dict[str, Any]]) -> list[str]:
+    """Book ids as ``books.latest`` sorts them (Meteor's sort for ``published: -1``): newest
+    ``published`` first, books without a date last, ties by ``_id`` ascending by code point.
+    ``books`` is ``database_state``'s (``published`` as ``{"$date": ms}`` or None)."""
+
+    def key(book_id: str) -> tuple[int, int, str]:
+        published = books[book_id]["published"]
+        if published is None:
+            return (1, 0, book_id)
+        return (0, -int(published["$date"]), book_id)
+
+    return sorted(books, key=key)
+
+
+def latest_window(books: dict[str, dict[str, Any]], n: int) -> dict[str, dict[str, Any]]:
+    """What ``books.latest(n)`` publishes of ``books``: the first ``n`` of ``latest_order``."""
+    return {book_id: books[book_id] for book_id in latest_order(books)[:n]}
+
+
+def book_counts(database_url: str) -> dict[str, int]:
+    """Author id -> ``COUNT(*)`` of their books, every author (0 included), from SQL."""
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT a.id, (SELECT COUNT(*) FROM bookstore_book b WHERE b.author_id = a.id)"
+            " FROM bookstore_author a"
+        )
+        counts = {author_id: int(count) for author_id, count in cur.fetchall()}
+    conn.close()
+    return counts
+
+
+def stats_document(database_url: str) -> dict[str, Any]:
+    """The ``stats/books`` document ``books.stats`` should publish, as EJSON-JSON, from SQL
+    aggregates: ``books`` (count), ``average``/``cheapest``/``dearest`` (prices as strings,
+    two decimals) and ``newest`` (the latest ``published`` day, midnight UTC)."""
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT COUNT(*), AVG(price), MIN(price), MAX(price), MAX(published)"
+            " FROM bookstore_book"
+        )
+        row = cur.fetchone()
+    conn.close()
+    assert row is not None
+    count, average, cheapest, dearest, newest = row
+    return {
+        "books": int(count),
+        "average": None if average is None else f"{average:.2f}",
+        "cheapest": None if cheapest is None else f"{cheapest:.2f}",
+        "dearest": None if dearest is None else f"{dearest:.2f}",
+        "newest": None
+        if newest is None
+        else wire(dt.datetime(newest.year, newest.month, newest.day, tzinfo=dt.UTC)),
+    }
+
+
+def active_notices(database_url: str) -> dict[str, dict[str, Any]]:
+    """What the universal publication gives every session: the active notices' published
+    fields (``text``, ``createdAt``) by id, as EJSON-JSON."""
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, text, created_at FROM bookstore_notice WHERE active")
+        notices = {n_id: {"text": text, "createdAt": wire(at)} for n_id, text, at in cur}
+    conn.close()
+    return notices
+
+
+def updated_index(received: Sequence[dict[str, Any]], method_id: str) -> int | None:
+    """The position of the ``updated`` that names ``method_id`` in ``received``, or None."""
+    for index, msg in enumerate(received):
+        if msg.get("msg") == "updated" and method_id in msg.get("methods", ()):
+            return index
+    return None
+
+
+def replay(received: Sequence[dict[str, Any]], stop: int | None = None) -> View:
+    """The cache that the data messages of ``received[:stop]`` build (EJSON-JSON fields):
+    what the client held when message ``stop`` arrived. Lenient (a ``changed`` for a
+    missing document is skipped): the clients' own strict caches report rule breaks."""
+    view: View = {}
+    for msg in received[:stop]:
+        kind = msg.get("msg")
+        if kind == "connected":
+            view = {}  # a new session starts from nothing (no reconnects in these tests)
+            continue
+        if kind not in ("added", "changed", "removed"):
+            continue
+        docs = view.setdefault(str(msg.get("collection")), {})
+        doc_id = str(msg.get("id"))
+        if kind == "added":
+            docs[doc_id] = dict(msg.get("fields") or {})
+        elif kind == "changed":
+            doc = docs.get(doc_id)
+            if doc is not None:
+                doc.update(msg.get("fields") or {})
+                for name in msg.get("cleared") or ():
+                    doc.pop(name, None)
+        else:
+            docs.pop(doc_id, None)
+    return view
 
 
 class WireClient(DDPClient):

@@ -5,7 +5,13 @@ load generator (``loadtest/bench/loadgen.js``, ``ws`` from tests/e2e/node): 20 s
 3 fan-out writes, 10 paced commits for the latency mode, a short trigger-overhead run.
 Every session must receive every write exactly once, and every figure must be a number.
 Then ``fanout --workers 2`` at the same size: the sessions, PSS and CPU are accounted per
-worker and summed. The real figures (1,000 to 10,000 sessions) are in docs/benchmarks.md.
+worker and summed. Then the modes of issue #10: ``window`` (20 sessions on ``books.latest``
+[20], then spread over 3 distinct queries; 4 commits that change every window; every
+session's window must end equal to the database's) and ``storm --before`` (50 sessions
+subscribe ``books.all`` at once, on this checkout and on the relay of commit 49143b3,
+extracted, migrated and served side by side; about 12 s, so the smoke's one
+``--before``: the window's would double its 12 s). The real figures (1,000 to 10,000
+sessions) are in docs/benchmarks.md.
 
 Needs PostgreSQL, ``node`` and ``npm ci`` in tests/e2e/node (``make deps``): without them
 the test fails in CI / under ``make test`` and is skipped elsewhere.
@@ -31,6 +37,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(60)]
 
 SESSIONS = 20
 WRITES = 3
+WINDOW_WRITES = 4
+STORM_SESSIONS = 50
 LATENCY_RATE = 20
 LATENCY_SECONDS = 0.5
 #: The run takes about 15 s here; the subprocess is killed well before pytest's timeout.
@@ -190,3 +198,76 @@ def test_two_workers_are_accounted_per_worker(two_workers: dict[str, Any]) -> No
     stdout = two_workers["_stdout"]
     assert "relay: 2 gunicorn gevent workers" in stdout
     assert "busiest worker: sessions / CPU |" in stdout
+
+
+@pytest.fixture(scope="module")
+def window(requirements: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _bench(
+        tmp_path_factory.mktemp("bench-window"),
+        "window",
+        "--runs=1",
+        f"--sessions={SESSIONS}",
+        "--distinct=1,3",
+        f"--writes={WINDOW_WRITES}",
+        "--interval=0.2",
+        "--settle=0.5",
+    )
+
+
+@pytest.fixture(scope="module")
+def storm(requirements: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _bench(
+        tmp_path_factory.mktemp("bench-storm"),
+        "storm",
+        "--runs=1",
+        f"--sessions={STORM_SESSIONS}",
+        "--generators=2",
+        "--settle=0.5",
+        "--before",
+    )
+
+
+@pytest.mark.parametrize(("index", "publication"), [(0, "books.latest"), (1, "bench.latest")])
+def test_window_every_session_ends_with_the_database_s_window(
+    window: dict[str, Any], index: int, publication: str
+) -> None:
+    entry = window["window"][index]
+    agg = entry["aggregate"]
+    (run,) = entry["runs"]
+    assert (agg["tree"], agg["distinct"]) == ("after", [1, 3][index])
+    assert run["publication"] == publication and run["n"] == 20
+    assert run["ready"] == SESSIONS and run["writes"] == WINDOW_WRITES
+    # Every commit changed every window: each session got each planned added / removed.
+    assert run["received"] == [SESSIONS] * WINDOW_WRITES
+    assert (run["missing"], run["duplicates"], run["protocol_errors"]) == (0, 0, 0)
+    assert (run["checked"], run["mismatched"]) == (SESSIONS, 0)
+    assert agg["exact"] and run["relay_alive"] and run["commit_clock"] == "server"
+
+
+def test_window_reports_numbers(window: dict[str, Any]) -> None:
+    for entry in window["window"]:
+        agg = entry["aggregate"]
+        for key in ("relay_cpu_per_commit_ms", "delivery_p50_ms", "delivery_p99_ms", "ramp_s"):
+            assert _finite(agg[key]) and agg[key] >= 0, (key, agg[key])
+        assert agg["delivery_p50_ms"] <= agg["delivery_p99_ms"] <= agg["delivery_max_ms"]
+    assert window["trees"]["after"]["window"] == "cursor"
+    assert "| relay | sessions | distinct queries | relay CPU per commit |" in window["_stdout"]
+
+
+def test_storm_before_and_after(storm: dict[str, Any]) -> None:
+    trees = storm["trees"]
+    assert trees["after"]["revision"] is None
+    assert trees["before"]["revision"].startswith("49143b3")
+    assert trees["before"]["window"] == "queryset"  # it ran the old relay's code
+    by_tree = {entry["aggregate"]["tree"]: entry for entry in storm["storm"]}
+    assert set(by_tree) == {"after", "before"}
+    for entry in by_tree.values():
+        agg = entry["aggregate"]
+        (run,) = entry["runs"]
+        assert agg["complete"] and run["relay_alive"]
+        assert run["ready"] == run["connected"] == STORM_SESSIONS
+        assert run["generators"] == 2 and len(run["ready_ms"]) == STORM_SESSIONS
+        assert run["expected_docs"] > 0 and run["docs_wrong"] == 0
+        assert _finite(agg["subs_per_s"]) and agg["subs_per_s"] > 0
+        assert 0 <= agg["ready_p50_ms"] <= agg["ready_p99_ms"] <= agg["span_ms"]
+    assert "50 sessions: before / after:" in storm["_stdout"]

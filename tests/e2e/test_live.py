@@ -262,19 +262,39 @@ def test_a_slow_client_is_cut_off_without_slowing_the_others(own_stack: RelaySta
     try:
         fast.subscribe("books.all")
         with psycopg2.connect(url) as conn:
+            with conn.cursor() as cur:
+                # 200 tags of 100 characters on the book, linked in one statement on the
+                # through table (its trigger republishes the book once).
+                cur.execute(
+                    "INSERT INTO bookstore_tag (id, name) SELECT 'slow' || i,"
+                    " lpad(i::text, 3, '0') || repeat('x', 97) FROM generate_series(1, 200) i"
+                )
+                cur.execute(
+                    "INSERT INTO bookstore_book_tags (book_id, tag_id)"
+                    " SELECT 'lathe', 'slow' || i FROM generate_series(1, 200) i"
+                )
+            conn.commit()
             for n in range(500):
                 with conn.cursor() as cur:
+                    # Renaming one of its tags republishes the book (the tag table's
+                    # trigger) with a new 20 KB array of names, which every subscriber
+                    # gets: spilled payloads, 10 MB in all, more than the kernel's and the
+                    # relay's buffers for one client.
                     cur.execute(
-                        "UPDATE bookstore_book SET tags = %s::jsonb, title = %s WHERE id = 'lathe'",
-                        # 20 KB of new tags per change (spilled payloads): 10 MB in all,
-                        # more than the kernel's and the relay's buffers for one client
-                        (json.dumps([f"{n}" + "x" * 1000] * 20), f"slow {n}"),
+                        "UPDATE bookstore_tag SET name = %s WHERE id = %s",
+                        (f"n{n:04}" + "y" * 95, f"slow{n % 200 + 1}"),
+                    )
+                    cur.execute(
+                        "UPDATE bookstore_book SET title = %s WHERE id = 'lathe'", (f"slow {n}",)
                     )
                 conn.commit()
         conn.close()
         fast.wait_for(
             lambda: fast.docs("bookstore.book")["lathe"]["title"] == "slow 499", timeout=120
         )
+        tags = fast.docs("bookstore.book")["lathe"]["tags"]
+        assert len(tags) == 201 and len(json.dumps(tags)) > 20_000  # + "science fiction"
+        assert "n0499" + "y" * 95 in tags
         assert fast.violations == []
         # the slow reader was closed with a clear reason instead of holding everyone up
         deadline = time.monotonic() + 20

@@ -109,10 +109,13 @@ def test_seeded_ids_match_meteor_vectors_over_the_wire(relay_server: Any) -> Non
         expected = RandomStream(seed).sequence("/collection/bookstore.book").id()
         new_id = client.call(
             "books.create",
-            {"title": "Seeded", "authorId": author_id, "price": "2.00", "tags": ["x"]},
+            {"title": "Seeded", "authorId": author_id, "price": "2.00", "tags": ["y", "x"]},
             random_seed=seed,
         )
         assert new_id == expected
+        # Creating the tags drew from their own stream: the book's id is unchanged, and
+        # the book arrives (before `updated`) with its tag names sorted.
+        assert client.docs("bookstore.book")[new_id]["tags"] == ["x", "y"]
         client.call("books.remove", new_id)
     finally:
         client.close()

@@ -22,7 +22,8 @@ Operations (the mix is seeded; ``--seed`` is printed so a failure can be replaye
   ``QuerySet.update()`` (no model signals: only database triggers see them);
 - ``setAuthor``: moves the book to another of the three seeded authors, in or out of each
   ``books.byAuthorEmail`` subscription;
-- ``edit``: new price and tags (decimal scale and JSON lists through the change stream);
+- ``edit``: new price and tags (decimal scale through the change stream; tags are a
+  many-to-many, set through the ORM, so the through table's triggers republish the book);
 - ``remove``: ``Model.delete()`` or ``QuerySet.delete()``.
 
 Operations are grouped into transactions: most hold one operation, some 2-5 (``multi``);
@@ -90,12 +91,15 @@ class Stats:
 
 class Writer:
     def __init__(self, args: argparse.Namespace, rng: random.Random) -> None:
-        from bookstore.models import Author
+        from bookstore.models import Author, Tag
         from bookstore.models import Book as BookModel
 
         self.args = args
         self.rng = rng
         self.Book = BookModel
+        # Created once, committed, before any transaction of the run (get_or_create takes
+        # the row another writer process created meanwhile).
+        self.tag_rows = [Tag.objects.get_or_create(name=name)[0] for name in TAGS]
         self.authors = sorted(Author.objects.values_list("id", flat=True))
         if len(self.authors) < 2:
             raise SystemExit("writer: need at least two authors (run seed_demo)")
@@ -118,7 +122,7 @@ class Writer:
 
     def owner(self, book_id: str) -> int:
         """The shard that owns ``book_id``: stable, whoever created it and whenever."""
-        return zlib.crc32(book_id.encode()) % self.args.shard[1]
+        return zlib.crc32(book_id.encode()) % int(self.args.shard[1])
 
     def new_id(self) -> str:
         """A fresh Meteor id that this shard owns."""
@@ -155,9 +159,11 @@ class Writer:
             author_id=author,
             published=published,
             price=self.price(),
-            tags=self.tags(),
         )
         book.save(force_insert=True)
+        tags = self.tags()
+        if tags:
+            book.tags.set(tags)
         self.books[book.id] = Book(label=label, author=author)
         self.revision[book.id] = 0
         return str(book.id)
@@ -191,15 +197,17 @@ class Writer:
     def op_edit(self, book_id: str) -> None:
         row = self.Book.objects.get(pk=book_id)
         row.price = self.price()
-        row.tags = self.tags()
-        row.save(update_fields=["price", "tags", "updated_at"])
+        row.save(update_fields=["price", "updated_at"])
+        row.tags.set(self.tags())
 
     def op_remove(self, book_id: str) -> None:
         if self.rng.random() < 0.25:
             self.stats.queryset_writes += 1
-            deleted, _ = self.Book.objects.filter(pk=book_id).delete()
+            _, per_model = self.Book.objects.filter(pk=book_id).delete()
         else:
-            deleted, _ = self.Book.objects.get(pk=book_id).delete()
+            _, per_model = self.Book.objects.get(pk=book_id).delete()
+        # The total also counts the cascade (its through-table rows, favorites).
+        deleted = per_model.get(self.Book._meta.label, 0)
         if deleted != 1:
             raise RuntimeError(f"remove: book {book_id} deleted {deleted} rows")
         del self.books[book_id]
@@ -209,8 +217,9 @@ class Writer:
         cents = self.rng.randrange(0, 5000) * (100 if self.rng.random() < 0.2 else 1)
         return (Decimal(cents) / 100).quantize(Decimal("0.01"))
 
-    def tags(self) -> list[str]:
-        return self.rng.sample(TAGS, self.rng.randrange(0, 4))
+    def tags(self) -> list[Any]:
+        """0 to 3 of the ``TAGS`` rows."""
+        return self.rng.sample(self.tag_rows, self.rng.randrange(0, 4))
 
     def run_op(self, name: str, target: str | None = None) -> tuple[str, str | None] | None:
         """Run operation ``name`` (on ``target`` or a random owned book); what it did."""

@@ -176,7 +176,8 @@ def _relay(tmp_path: Path, pids: list[int]) -> Relay:
 
 
 def _write(path: Path, values: dict[tuple[str, str, str], float]) -> None:
-    db = MmapedDict(str(path))
+    untyped: Any = MmapedDict  # prometheus_client has no annotations here
+    db = untyped(str(path))
     try:
         for (metric, name, help_text), value in values.items():
             db.write_value(mmap_key(metric, name, [], [], help_text), value, 0.0)
@@ -204,3 +205,41 @@ def test_alive_needs_every_worker(tmp_path: Path) -> None:
     assert _relay(tmp_path, [os.getpid(), os.getppid()]).alive()
     gone = 2**22 + 1  # above the default pid_max of 4194304: no such process
     assert not _relay(tmp_path, [os.getpid(), gone]).alive()
+
+
+# -- window and storm -------------------------------------------------------------------------
+
+
+def test_window_defaults_are_the_issue_s() -> None:
+    args = cli.build_parser().parse_args(["window"])
+    assert (args.sessions, args.distinct, args.n, args.writes, args.interval) == (
+        [5000], [1, 500], 20, 20, 0.5,
+    )  # fmt: skip
+    assert args.before is None and args.workers == 1 and args.runs == 3
+
+
+def test_storm_defaults_are_the_issue_s() -> None:
+    args = cli.build_parser().parse_args(["storm"])
+    assert (args.sessions, args.generators, args.workers, args.before) == ([10000], 1, 1, None)
+
+
+@pytest.mark.parametrize("mode", ["window", "storm"])
+def test_before_defaults_to_main_before_the_change(mode: str) -> None:
+    parse = cli.build_parser().parse_args
+    assert parse([mode, "--before"]).before == "49143b3"
+    assert parse([mode, "--before", "abc1234"]).before == "abc1234"
+    assert parse([mode, "--before", "--runs", "1"]).before == "49143b3"
+
+
+@pytest.mark.parametrize("mode", ["fanout", "latency", "memory", "all", "overhead", "check"])
+def test_before_belongs_to_window_and_storm_only(mode: str) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([mode, "--before"])
+
+
+@pytest.mark.parametrize(("n", "writes"), [(20, 39), (2, 3), (20, 0)])
+def test_window_writes_are_bounded_by_the_window(
+    n: int, writes: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["window", f"--n={n}", f"--writes={writes}"]) == 2
+    assert "--writes must be 1 to" in capsys.readouterr().err

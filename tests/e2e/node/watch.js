@@ -31,6 +31,12 @@
  *    "quietMs", "drainMs", "timings": {...}, "tail": [last inbound messages]}
  * or {"ok": false, "stage", "error", ...} (exit 1; 2 on WATCH_TIMEOUT_MS, default 170000).
  * Progress goes to stderr as "watch: ready <session>" once the subscription is ready.
+ *
+ * With WATCH_STREAM=1 it also prints, before that last line, the cache as it stands after
+ * each burst of inbound data messages (at most once per event-loop turn), and once when
+ * the subscription is ready: {"stream": n, "atMs", "cache": {collection: {id: fields}},
+ * "violations": count}. A test can then compare the client with the database after every
+ * commit, not only at the end. Off by default: the report stays the only stdout line.
  */
 const {
   AUTHORS,
@@ -50,6 +56,38 @@ const CLIENTS = {
 
 const REVISION = /\sr(\d+)$/;
 const TAIL = 40;
+
+/**
+ * WATCH_STREAM: the cache on stdout after each burst of data messages (see the header).
+ * Batched with setImmediate, so a commit's several messages make one line.
+ */
+class CacheStream {
+  constructor(cache) {
+    this.cache = cache;
+    this.sent = 0;
+    this.pending = false;
+    this.stopped = false;
+  }
+
+  schedule() {
+    if (this.pending || this.stopped) return;
+    this.pending = true;
+    setImmediate(() => this.flush());
+  }
+
+  flush() {
+    this.pending = false;
+    if (this.stopped) return;
+    this.sent += 1;
+    const line = {
+      stream: this.sent,
+      atMs: Date.now() - this.cache.t0,
+      cache: this.cache.snapshot(),
+      violations: this.cache.violations.length,
+    };
+    process.stdout.write(`${JSON.stringify(line)}\n`);
+  }
+}
 
 function intEnv(name, fallback) {
   const value = Number.parseInt(process.env[name] || "", 10);
@@ -88,6 +126,7 @@ class StrictCache {
     this.lastDataAt = Date.now();
     this.firstChangeAt = null;
     this.waiters = [];
+    this.stream = null; // a CacheStream with WATCH_STREAM=1
   }
 
   _coll(name) {
@@ -125,6 +164,9 @@ class StrictCache {
       this._apply(kind, msg);
     } else if (kind === "error" || (kind === "nosub" && msg.error)) {
       this.errors.push(msg);
+    }
+    if (this.stream && (kind === "added" || kind === "changed" || kind === "removed")) {
+      this.stream.schedule();
     }
     this.waiters = this.waiters.filter((w) => {
       if (!w.predicate(msg)) return true;
@@ -337,6 +379,7 @@ async function main() {
     params,
   };
   const cache = new StrictCache();
+  if (process.env.WATCH_STREAM === "1") cache.stream = new CacheStream(cache);
   const state = { stage: "require", closed: false, stopping: false };
   const warnings = [];
   process.on("unhandledRejection", (reason) => warnings.push(errorShape(reason)));
@@ -384,6 +427,7 @@ async function main() {
     client = handle;
     state.timings = { readyMs: Date.now() - started };
     state.stage = "watch";
+    if (cache.stream) cache.stream.flush();
     process.stderr.write(`watch: ready ${cache.sessions[0]}\n`);
     await stopSignal(process.env.WATCH_STOP_FILE);
     state.stage = "drain";
@@ -401,6 +445,7 @@ async function main() {
     const library = handle.library();
     const status = handle.status ? handle.status() : undefined;
     state.stopping = true;
+    if (cache.stream) cache.stream.stopped = true;
     const line = report({ ok: true, libraryCache: library, meteorStatus: status });
     try {
       await withTimeout(Promise.resolve().then(() => handle.close()), 1000, "close");

@@ -26,12 +26,17 @@ from relay.backend import (
     Handshake,
     Identity,
     MethodOutcome,
+    PublicationSink,
+    QueryData,
+    QuerySpec,
     Route,
-    SubscriptionData,
+    SubscriptionPlan,
     WritePosition,
 )
 from relay.config import Settings
 from relay.limits import DEFAULT_ACCOUNTS_RULE, Rule
+from relay.live.queries import LiveQueries
+from relay.live.query import QueryHost
 from relay.metrics import Metrics, get_metrics
 from relay.protocol.changestream import Change
 from relay.resume.parked import ParkedSession
@@ -39,7 +44,7 @@ from relay.resume.resumer import Resumed
 from relay.server.context import SessionContext
 from relay.server.gate import Gate
 from relay.server.session import Session
-from relay.stream.fanout import Attachment, Streams
+from relay.stream.fanout import Streams
 from relay.transport import MemoryTransport
 
 T = TypeVar("T")
@@ -52,6 +57,8 @@ THINGS = Route("ddp_things", "things", ())
 OPAQUE = Route("ddp_things", "things", None)
 #: The channel of the fake backend's login tokens (a token is a row; deleting it revokes).
 TOKENS = "ddp_tokens"
+#: The route of the fake publications that are not live (nothing is ever published on it).
+STATIC = Route("ddp_static", "things", ())
 
 
 def token_identity(user_id: str, token: str) -> Identity:
@@ -92,6 +99,13 @@ class FakeBackend:
         #: Live credentials (login tokens) -> user id; ``verify`` reads them.
         self.tokens: dict[str, str] = {}
         self.identity = Identity(user="u", user_id="42")
+        #: Keys of the queries ``fetch`` read, in order.
+        self.fetched: list[str] = []
+        #: What a fetch of a key reads instead of the subscribed documents (the data
+        #: changed since: what a refetch sees).
+        self.refetch_docs: dict[str, list[Document]] = {}
+        #: Channel positions a fetch reads now (the database moved on), over the spec's own.
+        self.positions: dict[str, tuple[int, str]] = {}
 
     def universal_publications(self) -> Sequence[str]:
         return self.universal
@@ -135,7 +149,9 @@ class FakeBackend:
             "bye",
         )
 
-    def subscribe(self, ctx: CallContext, name: str, params: Sequence[Any]) -> SubscriptionData:
+    def subscribe(
+        self, ctx: CallContext, name: str, params: Sequence[Any], sink: PublicationSink
+    ) -> SubscriptionPlan:
         self.subscribed.append(name)
         if name == "boom":
             raise RuntimeError("publication bug")
@@ -147,15 +163,34 @@ class FakeBackend:
             # The caller's own document: what a user-dependent publication looks like.
             user_id = ctx.identity.user_id
             docs = [] if user_id is None else [Document("users", user_id, {"name": user_id})]
-            return SubscriptionData(documents=docs)
+            return self.plan(f"mine:{user_id}", Route("ddp_static", "users", ()), docs)
         if name == "public":
-            return SubscriptionData(documents=[Document("things", "p", {"n": 0})])
+            return self.plan("public", STATIC, [Document("things", "p", {"n": 0})])
         if name in ("live", "opaque"):
             route = THINGS if name == "live" else OPAQUE
-            return SubscriptionData(
-                documents=self.docs["live"], routes=[route], positions={"ddp_things": (5, "E")}
-            )
-        return SubscriptionData(documents=self.docs.get(name, []))
+            return self.plan(name, route, self.docs["live"], {"ddp_things": (5, "E")})
+        return self.plan(name, STATIC, self.docs.get(name, []))
+
+    def plan(
+        self,
+        key: str,
+        route: Route,
+        docs: Sequence[Document],
+        positions: dict[str, tuple[int, str]] | None = None,
+    ) -> SubscriptionPlan:
+        """One query keyed ``key``; ``fetch`` reads ``docs`` back at ``positions``."""
+        source = (list(docs), positions or {})
+        return SubscriptionPlan([QuerySpec(key, route, source=source)])
+
+    def fetch(self, specs: Sequence[QuerySpec]) -> Sequence[QueryData]:
+        self.fetched.extend(spec.key for spec in specs)
+        out = []
+        for spec in specs:
+            docs, positions = spec.source
+            if spec.key in self.refetch_docs:
+                docs = self.refetch_docs[spec.key]
+            out.append(QueryData(documents=docs, positions={**positions, **self.positions}))
+        return out
 
     def call(self, ctx: CallContext, name: str, params: Sequence[Any]) -> MethodOutcome:
         self.calls.append((name, tuple(params)))
@@ -272,7 +307,7 @@ class FakeContext:
         self.streams = Streams(
             self.backend, self.listened.append, self.unlistened.append, self.metrics
         )
-        self.streams.on_resync = self._resync
+        self.queries = LiveQueries(QueryHost(self.backend.fetch, self.streams, self.metrics))
         self.resumer = resumer
         self.gate = Gate(self.settings, self.metrics, self.backend.rate_limit_rules())
         self.opened: list[Session] = []
@@ -293,10 +328,6 @@ class FakeContext:
         self.closed.append(session)
         if session.id is not None:
             self.by_id.pop(session.id, None)
-
-    def _resync(self, channel: str, attachments: list[Attachment]) -> None:
-        for att in attachments:
-            att.session.request_resync(att.sub_id)
 
 
 class Peer:

@@ -6,14 +6,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any
 
 import gevent
 import pytest
 from prometheus_client import REGISTRY
 
 from relay import disconnect
-from relay.backend import Route
 from relay.config import Settings
 from relay.metrics import get_metrics
 from relay.protocol.ids import session_tag
@@ -22,7 +20,6 @@ from relay.server.housekeeper import Housekeeper
 from relay.server.hub import Hub
 from relay.server.node import Node
 from relay.server.ticker import Ticker
-from relay.stream.fanout import Attachment
 from relay.transport import HeartbeatRegistry, MemoryTransport
 from tests.relay.server.helpers import HANDSHAKE, FakeBackend, FakeMember
 
@@ -52,7 +49,7 @@ def test_without_a_database_the_node_has_no_listener_resumer_or_housekeeper(node
     assert ctx.session_opened == node.hub.opened
     assert ctx.session_connected == node.hub.connected
     assert ctx.session_closed == node.hub.closed
-    assert node.streams.on_resync == node.hub.resync
+    assert ctx.queries is node.queries and node.queries.host.streams is node.streams
     assert ctx.run(lambda a, b: a + b, 2, 3) == 5  # on the node's work pool
 
 
@@ -168,29 +165,6 @@ def test_a_session_resumed_while_its_old_one_tears_down_is_counted_once() -> Non
     assert hub.by_id == {"X": new} and gauge() == before + 1
     hub.closed(new)
     assert not hub.by_id and gauge() == before
-
-
-def test_hub_resync_asks_each_session_to_rerun_its_subscription() -> None:
-    class Subscriber:
-        closed = False
-        mergebox: Any = None
-        asked: list[str] = []
-
-        def send_texts(
-            self, texts: list[str], shared: Any = None, *, metered: bool = False
-        ) -> bool:
-            return True
-
-        def request_resync(self, sub_id: str) -> None:
-            self.asked.append(sub_id)
-
-    hub = Hub(get_metrics())
-    session = Subscriber()
-    route = Route("ddp_x", "x", ())
-    before = REGISTRY.get_sample_value("ddp_relay_resyncs_total") or 0.0
-    hub.resync("ddp_x", [Attachment(session, "s1", route, 0), Attachment(session, "s2", route, 0)])
-    assert session.asked == ["s1", "s2"]
-    assert REGISTRY.get_sample_value("ddp_relay_resyncs_total") == before + 2
 
 
 # -- the ticker ---------------------------------------------------------------------------------

@@ -18,13 +18,14 @@ from relay.backend import (
     ClientError,
     Document,
     MethodOutcome,
-    SubscriptionData,
+    PublicationSink,
+    SubscriptionPlan,
 )
 from relay.config import Settings
 from relay.protocol.changestream import Change
 from relay.resume.resumer import Resumed
 from relay.server import session as session_module
-from tests.relay.server.helpers import FakeBackend, FakeContext, FakeResumer, Peer
+from tests.relay.server.helpers import STATIC, FakeBackend, FakeContext, FakeResumer, Peer
 
 
 @pytest.fixture
@@ -243,10 +244,12 @@ class OddBackend(FakeBackend):
     def has_method(self, name: str) -> bool:
         return name in ("unsendable", "odd-error")
 
-    def subscribe(self, ctx: CallContext, name: str, params: Sequence[Any]) -> SubscriptionData:
+    def subscribe(
+        self, ctx: CallContext, name: str, params: Sequence[Any], sink: PublicationSink
+    ) -> SubscriptionPlan:
         if name == "odd-error":
             raise ClientError("bad", "details are not JSON", {1, 2})
-        return SubscriptionData(documents=[Document("things", "a", {"s": {1, 2}})])
+        return self.plan(name, STATIC, [Document("things", "a", {"s": {1, 2}})])
 
     def call(self, ctx: CallContext, name: str, params: Sequence[Any]) -> MethodOutcome:
         if name == "odd-error":
@@ -347,47 +350,53 @@ def test_updated_waits_for_the_methods_writes_to_be_routed(ctx: FakeContext) -> 
     assert [m["msg"] for m in peer.messages()[-2:]] == ["changed", "updated"]
 
 
-def test_resync_reruns_the_publication_and_sends_only_the_difference(ctx: FakeContext) -> None:
-    # Additions and changes first, removals last: a document moving between two
-    # subscriptions re-run together is never removed and added again.
+def test_lost_history_refetches_the_query_and_sends_only_the_difference(
+    ctx: FakeContext,
+) -> None:
     peer = Peer(ctx)
     peer.connect()
     peer.send({"msg": "sub", "id": "s1", "name": "all"})
     peer.expect("ready")
     peer.new()
-    ctx.backend.docs["all"] = [
+    ctx.backend.refetch_docs["all"] = [
         Document("things", "a", {"n": 1}),  # tag gone
         Document("things", "c", {"n": 3}),  # b gone, c new
     ]
-    peer.session.request_resync("s1")
-    peer.session.request_resync("s1")  # a second request while one is queued is merged
+    ctx.backend.positions["ddp_static"] = (9, "E2")
+    ctx.streams.lost_history("ddp_static", 9, "E2")
     with gevent.Timeout(2):
         while len(peer.messages()) < peer.seen + 3:
             gevent.sleep(0.005)
     gevent.sleep(0.05)
-    assert peer.new() == [
+    assert sorted(peer.new(), key=lambda m: m["id"]) == [
         {"msg": "changed", "collection": "things", "id": "a", "cleared": ["tag"]},
-        {"msg": "added", "collection": "things", "id": "c", "fields": {"n": 3}},
         {"msg": "removed", "collection": "things", "id": "b"},
+        {"msg": "added", "collection": "things", "id": "c", "fields": {"n": 3}},
     ]
-    assert ctx.backend.subscribed == ["all", "all"]
+    assert ctx.backend.subscribed == ["all"]  # the query was read again, not the publication
+    assert ctx.backend.fetched == ["all", "all"]
 
 
-def test_an_undecidable_change_makes_fanout_ask_the_session_to_resync(ctx: FakeContext) -> None:
-    peer = Peer(ctx)
-    peer.connect()
-    peer.send({"msg": "sub", "id": "o", "name": "opaque"})
-    peer.expect("ready")
-    ctx.backend.docs["live"] = [Document("things", "a", {"n": 5})]
+def test_an_undecidable_change_reads_the_shared_query_again_once(ctx: FakeContext) -> None:
+    peers = [Peer(ctx) for _ in range(3)]
+    for peer in peers:
+        peer.connect()
+        peer.send({"msg": "sub", "id": "o", "name": "opaque"})
+        peer.expect("ready")
+    assert ctx.backend.fetched == ["opaque"]  # one fetch for three identical subscriptions
+    ctx.backend.refetch_docs["opaque"] = [Document("things", "a", {"n": 5})]
+    ctx.backend.positions["ddp_things"] = (6, "E")
     ctx.streams.deliver("ddp_things", 6, "E", 100, [Change("u", "a", {"n": 5})])
-    assert peer.expect("changed") == {
-        "msg": "changed",
-        "collection": "things",
-        "id": "a",
-        "fields": {"n": 5},
-    }
-    assert ctx.backend.subscribed == ["opaque", "opaque"]
-    assert ctx.listened == ["ddp_things", "ddp_things"]  # detached, then attached again
+    for peer in peers:
+        assert peer.expect("changed") == {
+            "msg": "changed",
+            "collection": "things",
+            "id": "a",
+            "fields": {"n": 5},
+        }
+    assert ctx.backend.subscribed == ["opaque"] * 3
+    assert ctx.backend.fetched == ["opaque", "opaque"]  # one refetch for all three
+    assert ctx.listened == ["ddp_things"]  # re-attached without letting the channel go
 
 
 def test_a_lost_socket_parks_the_session_and_a_disconnect_drops_it() -> None:

@@ -1,11 +1,15 @@
-"""``manage.py seed_demo``: the demo data (3 authors, 10 books) and two users.
+"""``manage.py seed_demo``: the demo data (3 authors, 10 books and their tags) and two users.
 
-Idempotent: rows have fixed ids and are created or brought back to the demo values. The
+Idempotent: rows have fixed ids and are created or brought back to the demo values (a
+book's tags too: missing tags are created by name, other tags the book has are unlinked,
+no tag is deleted). The
 users are created once and their passwords never overwritten afterwards: the superuser
 ``admin`` (``admin@example.com``, password from ``DEMO_ADMIN_PASSWORD``, default
 ``ddp-relay-demo``) and ``reader`` (``reader@example.com``, an ordinary user for Meteor
 clients to log in as; password from ``DEMO_READER_PASSWORD``, default ``bookworm-2026``).
 An ``admin`` seeded before the email changed keeps its password and gets the new email.
+
+Must not: run outside one transaction for the demo rows, or overwrite a user's password.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from bookstore.models import Author, Book
+from bookstore.models import Author, Book, Tag
 
 DEFAULT_ADMIN_PASSWORD = "ddp-relay-demo"
 DEFAULT_READER_PASSWORD = "bookworm-2026"
@@ -127,15 +131,16 @@ class Command(BaseCommand):
                 self._upsert(Author, row)
             for row in BOOKS:
                 self._upsert(Book, row)
+                self._tag(row["id"], row["tags"])
         self._admin()
         self._reader()
 
     def _upsert(self, model: type[Author] | type[Book], row: dict[str, Any]) -> None:
-        values = {k: v for k, v in row.items() if k != "id"}
+        values = {k: v for k, v in row.items() if k not in ("id", "tags")}
         instance = model._default_manager.filter(pk=row["id"]).first()
         label = f"{model._meta.model_name} {row['id']}"
         if instance is None:
-            model._default_manager.create(**row)
+            model._default_manager.create(id=row["id"], **values)
             self.stdout.write(f"created {label}")
         elif any(getattr(instance, k) != v for k, v in values.items()):
             for key, value in values.items():
@@ -144,6 +149,14 @@ class Command(BaseCommand):
             self.stdout.write(f"restored {label}")
         else:
             self.stdout.write(f"unchanged {label}")
+
+    def _tag(self, book_id: str, names: list[str]) -> None:
+        """Give the book exactly the tags ``names`` (creating missing tags)."""
+        book = Book.objects.get(pk=book_id)
+        if set(book.tags.values_list("name", flat=True)) == set(names):
+            return
+        book.tags.set([Tag.objects.get_or_create(name=name)[0] for name in names])
+        self.stdout.write(f"tagged book {book_id}: {', '.join(sorted(names))}")
 
     def _admin(self) -> None:
         user_model = get_user_model()

@@ -167,8 +167,14 @@ async function runScenario(sc) {
     result: describe(await sc.step("books.rename", () => call("books.rename", createdId, renamed))),
   };
 
-  // Books.insert: the mutator /bookstore.book/insert, id drawn by Meteor's own stub.
-  const insertParams = { ...sc.newBook(author, " (insert)"), price: "3.00", tags: [] };
+  // Books.insert: the mutator /bookstore.book/insert, id drawn by Meteor's own stub. Its
+  // tags are names of a many-to-many (created when missing), published sorted by code
+  // point: given sorted, the stub's document and the server's agree.
+  const insertParams = {
+    ...sc.newBook(author, " (insert)"),
+    price: "3.00",
+    tags: ["e2e", "mutator"],
+  };
   let insertedId;
   const insertCallback = await sc.step("Books.insert", () =>
     new Promise((resolve, reject) => {
