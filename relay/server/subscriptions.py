@@ -504,7 +504,7 @@ class PublicationRun:
         self.stopped = True
         streams = self._host.ctx.streams
         for observer in self.observers:
-            observer.closed = True
+            observer.close()
             if observer.attachment is not None:
                 streams.detach(observer.attachment)
         self.observers.clear()
@@ -592,8 +592,7 @@ class Observer:
                 self._run.sub.name,
                 len(self._backlog),
             )
-            self.closed = True
-            self._backlog.clear()
+            self.close()
             self._run._observer_failed()
             return 0
         if self._backlog and self._runner is None:
@@ -609,11 +608,21 @@ class Observer:
         """Block until the callback has seen every commit up to ``seq`` (True), the
         observer stopped (True: nothing more will come of it), or ``timeout``."""
         deadline = time.monotonic() + timeout
-        while self.done < seq and not self.closed:
+        while True:
+            # Taken before the test: an event is replaced before it is set, so a set
+            # one means progress since, never a stale wake (no busy loop).
+            advanced = self._advanced
+            if self.done >= seq or self.closed:
+                return True
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._advanced.wait(remaining):
+            if remaining <= 0 or not advanced.wait(remaining):
                 return False
-        return True
+
+    def close(self) -> None:
+        """No more callbacks: fence waiters are released."""
+        self.closed = True
+        self._backlog.clear()
+        self._advance(self.done)
 
     def lost(self, att: Attachment) -> None:
         self._run._observer_lost()
@@ -632,10 +641,9 @@ class Observer:
                     log.exception(
                         "the observe callback of publication %r failed", self._run.sub.name
                     )
-                    self.closed = True
+                    self.close()
                     self._run._observer_failed()
                     return
                 self._advance(seq)
         finally:
             self._runner = None
-            self._advanced.set()  # a stopped observer releases its fence waiters

@@ -9,6 +9,7 @@ relay gives them, so a test can call it later, as a callback would.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -443,6 +444,29 @@ def test_what_an_observe_callback_publishes_of_a_methods_write_precedes_updated(
     processed(peer)
     kinds = [(m["msg"], m.get("id") or m.get("methods")) for m in peer.messages()]
     assert kinds.index(("added", "c6")) < kinds.index(("updated", ["w"]))
+
+
+def _updated(peer: Peer, method_id: str) -> bool:
+    return any(m["msg"] == "updated" and method_id in m["methods"] for m in peer.messages())
+
+
+def test_every_later_write_is_fenced_too_without_spinning(
+    ctx: FakeContext, backend: Publications
+) -> None:
+    # Found by hand against `make run`: once a first callback had run, the observer's
+    # event stayed set and the next fence spun until its timeout, starving the worker.
+    peer = connected(ctx)
+    subscribe(peer, "watching")
+    for seq in (6, 7, 8):
+        peer.send({"msg": "method", "id": f"w{seq}", "method": "write", "params": [seq]})
+        peer.expect("result")
+        began = time.monotonic()
+        commit(ctx, seq, Change("i", f"c{seq}", {"n": seq}))
+        wait_until(partial(_updated, peer, f"w{seq}"), f"updated of w{seq}")
+        assert time.monotonic() - began < 1.0
+    kinds = [(m["msg"], m.get("id") or m.get("methods")) for m in peer.messages()]
+    for seq in (6, 7, 8):
+        assert kinds.index(("added", f"c{seq}")) < kinds.index(("updated", [f"w{seq}"]))
 
 
 # -- resuming --------------------------------------------------------------------------
