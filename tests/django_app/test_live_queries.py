@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from bookstore.models import Author, Book
 from django.contrib.auth.models import User
+from django.db import connection
 from django.db.models import F
 
 from django_app import Collection, Count, Cursor, Publication, publish
@@ -126,6 +127,19 @@ def test_text_sorts_by_code_point_whatever_the_collation(
     Book.objects.all().delete()
     for book_id, title in [("1", "apple"), ("2", "Banana"), ("3", "Émile"), ("4", "zebra")]:
         Book.objects.create(id=book_id, title=title, author=author, price=1)
+    # A linguistic collation on the column (the test database's own is C.UTF-8, which
+    # already sorts by code point): a plain ORDER BY title now puts "apple" first.
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # run the pending flushes first
+        # The update trigger names the column; the test's transaction puts it back.
+        cursor.execute("DROP TRIGGER ddp_g_row_bookstore_book_u ON bookstore_book")
+        cursor.execute(
+            'ALTER TABLE bookstore_book ALTER COLUMN title TYPE varchar(300) COLLATE "und-x-icu"'
+        )
+    assert list(Book.objects.order_by("title").values_list("title", flat=True))[:2] == [
+        "apple",
+        "Banana",
+    ]
     sub = subscribe(live, make_ctx(identity=_staff()), "titles", [0, 10])
     assert [d.fields["title"] for d in sub.documents] == ["Banana", "apple", "zebra", "Émile"]
 

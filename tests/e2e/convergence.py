@@ -297,6 +297,11 @@ class WireClient(DDPClient):
             self.sent_methods.append(str(msg["id"]))
         super().send(msg)
 
+    def position(self) -> int:
+        """How many messages were received so far: ``received[position:]`` comes later."""
+        with self._lock:
+            return len(self.received)
+
     def snapshot(self) -> tuple[list[dict[str, Any]], View]:
         """(received messages, cache as EJSON-JSON) taken under the client's lock."""
         with self._lock:
