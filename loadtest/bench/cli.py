@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bench.books import max_writes
-from loadtest.bench.compare import storm_command, window_command
+from loadtest.bench.compare import command as compare_command
+from loadtest.bench.figures import ms_text, noisy
 from loadtest.bench.runner import RunResult, live_check, machine, median, run_once
 from loadtest.bench.stack import (
     BenchError,
@@ -54,6 +55,18 @@ from loadtest.bench.stack import (
 )
 from loadtest.bench.trees import BEFORE_DEFAULT
 from loadtest.bench.writer import DrainListener, channels, trigger_overhead
+
+#: Each command's line in ``--help``, in the order ``--help`` lists them.
+MODES = {
+    "fanout": "one commit fanned out to N idle subscribed sessions",
+    "latency": "commit-to-client latency at a steady commit rate",
+    "memory": "PSS of the worker(s) per idle subscribed session",
+    "overhead": "ms the write side adds to a writing transaction",
+    "all": "fanout, latency, overhead",
+    "window": "a sorted, limited window (books.latest) under commits that change it",
+    "storm": "N connected sessions subscribe books.all at the same moment",
+    "check": "do live updates reach clients?",
+}
 
 #: The issue's targets (shared/reference/peers.md "Measured on these machines").
 TARGETS = {
@@ -136,53 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
         "one listening socket: the kernel spreads the sessions. PSS and relay CPU are "
         "summed over the workers; results.json has each worker's share",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    fanout = commands.add_parser(
-        "fanout",
-        parents=[common, relay],
-        help="one commit fanned out to N idle subscribed sessions",
-    )
-    fanout.add_argument("--sessions", type=_sessions, default=[1000, 5000, 10000])
-    fanout.add_argument("--writes", type=int, default=20)
-    fanout.add_argument("--interval", type=float, default=0.5, help="seconds between writes")
-
-    latency = commands.add_parser(
-        "latency", parents=[common, relay], help="commit-to-client latency at a steady commit rate"
-    )
-    latency.add_argument("--sessions", type=_sessions, default=[1000])
-    latency.add_argument("--rate", type=float, default=100.0, help="commits per second")
-    latency.add_argument("--seconds", type=float, default=20.0)
-
-    memory = commands.add_parser(
-        "memory", parents=[common, relay], help="PSS of the worker(s) per idle subscribed session"
-    )
-    memory.add_argument("--sessions", type=_sessions, default=[5000])
-    memory.add_argument(
-        "--connect-only",
-        dest="subscribe",
-        action="store_false",
-        help="sessions connect but do not subscribe (to separate the subscription's share)",
-    )
-
-    overhead = commands.add_parser(
-        "overhead", parents=[common], help="ms the write side adds to a writing transaction"
-    )
-    overhead.add_argument("--transactions", type=int, default=1000, help="per round")
-    overhead.add_argument("--rounds", type=int, default=10)
-
-    everything = commands.add_parser(
-        "all", parents=[common, relay], help="fanout, latency, overhead"
-    )
-    everything.add_argument("--sessions", type=_sessions, default=[1000, 5000, 10000])
-    everything.add_argument("--writes", type=int, default=20)
-    everything.add_argument("--interval", type=float, default=0.5)
-    everything.add_argument("--rate", type=float, default=100.0)
-    everything.add_argument("--seconds", type=float, default=20.0)
-    everything.add_argument("--latency-sessions", type=int, default=1000)
-    everything.add_argument("--transactions", type=int, default=1000)
-    everything.add_argument("--rounds", type=int, default=10)
-
     # The modes that can also measure the relay of an earlier commit (compare.py).
     before = argparse.ArgumentParser(add_help=False)
     before.add_argument(
@@ -195,13 +161,48 @@ def build_parser() -> argparse.ArgumentParser:
         f"{BEFORE_DEFAULT}: main before shared live queries), extracted with git archive, on "
         "its own database migrated by its own migrations; printed side by side",
     )
+    commands = parser.add_subparsers(dest="command", required=True)
 
-    window = commands.add_parser(
-        "window",
-        parents=[common, relay, before],
-        help="a sorted, limited window (books.latest) under commits that change it",
+    def mode(
+        name: str, *parents: argparse.ArgumentParser, sessions: list[int] | None = None
+    ) -> argparse.ArgumentParser:
+        """Command ``name`` (``MODES`` describes it) with the common options, ``parents``'
+        and, for a mode that measures sessions, ``--sessions`` (a comma list) first."""
+        sub = commands.add_parser(name, parents=[common, *parents], help=MODES[name])
+        if sessions is not None:
+            sub.add_argument("--sessions", type=_sessions, default=sessions)
+        return sub
+
+    fanout = mode("fanout", relay, sessions=[1000, 5000, 10000])
+    fanout.add_argument("--writes", type=int, default=20)
+    fanout.add_argument("--interval", type=float, default=0.5, help="seconds between writes")
+
+    latency = mode("latency", relay, sessions=[1000])
+    latency.add_argument("--rate", type=float, default=100.0, help="commits per second")
+    latency.add_argument("--seconds", type=float, default=20.0)
+
+    memory = mode("memory", relay, sessions=[5000])
+    memory.add_argument(
+        "--connect-only",
+        dest="subscribe",
+        action="store_false",
+        help="sessions connect but do not subscribe (to separate the subscription's share)",
     )
-    window.add_argument("--sessions", type=_sessions, default=[5000])
+
+    overhead = mode("overhead")
+    overhead.add_argument("--transactions", type=int, default=1000, help="per round")
+    overhead.add_argument("--rounds", type=int, default=10)
+
+    everything = mode("all", relay, sessions=[1000, 5000, 10000])
+    everything.add_argument("--writes", type=int, default=20)
+    everything.add_argument("--interval", type=float, default=0.5)
+    everything.add_argument("--rate", type=float, default=100.0)
+    everything.add_argument("--seconds", type=float, default=20.0)
+    everything.add_argument("--latency-sessions", type=int, default=1000)
+    everything.add_argument("--transactions", type=int, default=1000)
+    everything.add_argument("--rounds", type=int, default=10)
+
+    window = mode("window", relay, before, sessions=[5000])
     window.add_argument(
         "--distinct",
         type=_sessions,
@@ -226,12 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait after the writes for every session to have every change",
     )
 
-    storm = commands.add_parser(
-        "storm",
-        parents=[common, relay, before],
-        help="N connected sessions subscribe books.all at the same moment",
-    )
-    storm.add_argument("--sessions", type=_sessions, default=[10000])
+    storm = mode("storm", relay, before, sessions=[10000])
     storm.add_argument(
         "--generators", type=_positive, default=1, help="load generator processes sharing N"
     )
@@ -239,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--storm-timeout", type=float, default=600.0, help="seconds for every sub to be ready"
     )
 
-    commands.add_parser("check", parents=[common], help="do live updates reach clients?")
+    mode("check")
     return parser
 
 
@@ -284,11 +280,7 @@ def aggregate(runs: list[RunResult]) -> dict[str, Any]:
 
 
 def _ms(value: float) -> str:
-    if value != value:
-        return "n/a"
-    if math.isinf(value):
-        return "never (lost)"
-    return f"{value / 1000:.2f} s" if value >= 10_000 else f"{value:.1f} ms"
+    return ms_text(value, "never (lost)")
 
 
 def _share(value: float) -> str:
@@ -337,7 +329,7 @@ def print_table(title: str, rows: list[dict[str, Any]], *, writes: bool) -> None
                 )
             )
         for a in rows:
-            if a["other_cpu_share_max"] > 0.1 or a["steal_share_max"] > 0.1:
+            if noisy(a["other_cpu_share_max"], a["steal_share_max"]):
                 print(
                     f"NOTE: at {a['sessions']:,} sessions the machine was not quiet: other "
                     f"processes used up to {a['other_cpu_share_max']:.0%} of a core and the "
@@ -449,10 +441,8 @@ def run(args: argparse.Namespace) -> int:
                 f"the file descriptor limit ({fd_limit()}) is too low for {big} sessions "
                 "(the relay and the generator each hold one per session): raise `ulimit -n`"
             )
-        if args.command == "window":
-            ok = window_command(db, workdir, cleanup, args, results)
-        if args.command == "storm":
-            ok = storm_command(db, workdir, cleanup, args, results)
+        if args.command in ("window", "storm"):
+            ok = compare_command(db, workdir, cleanup, args, results)
         if args.command in ("fanout", "all"):
             rows = []
             for n in args.sessions:

@@ -6,7 +6,8 @@ command's database, and REV's (``before``, ``trees.tree_at``) on a sibling datab
 the same PostgreSQL, migrated by REV's own migrations. For each configuration (sessions,
 distinct queries) the runs of the trees alternate, after then before, so that a drift
 of the machine touches both alike. Medians over ``--runs`` are reported, as everywhere
-in the harness.
+in the harness. ``command`` runs either; ``SideBySide`` is what they share (the trees,
+the alternation, each tree's medians and what ``results.json`` keeps).
 
 Must not: measure anything itself (``window``, ``storm``) or parse options (``cli``).
 """
@@ -15,20 +16,25 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypedDict, TypeVar
 
+from loadtest.bench.figures import ms_text as _ms
+from loadtest.bench.figures import noisy
 from loadtest.bench.runner import median
 from loadtest.bench.stack import Cleanup, Database
 from loadtest.bench.storm import StormRun, run_storm
 from loadtest.bench.trees import Tree, TreeInfo, current_tree, tree_at
 from loadtest.bench.window import WindowRun, run_window, subscription
 
+#: Where a run measures: a tree, its database, and what the tree registered.
+Where = tuple[Tree, Database, TreeInfo]
 
-def prepare_trees(
-    db: Database, workdir: Path, revision: str | None, *, quiet: bool
-) -> list[tuple[Tree, Database, TreeInfo]]:
+
+def prepare_trees(db: Database, workdir: Path, revision: str | None, *, quiet: bool) -> list[Where]:
     """(tree, its database, what it registered): this checkout's, then REV's if asked."""
     # The command's database was migrated by this checkout: it is the after tree's.
     pairs = [(current_tree(workdir), db)]
@@ -62,80 +68,150 @@ def aggregate(runs: list[WindowRun] | list[StormRun]) -> dict[str, Any]:
     return {key: median([s[key] for s in summaries]) for key in summaries[0]} if runs else {}
 
 
-def _ms(value: float) -> str:
-    if value != value:
-        return "n/a"
-    if math.isinf(value):
-        return "never"
-    return f"{value / 1000:.2f} s" if value >= 10_000 else f"{value:.1f} ms"
-
-
 def _ratio(before: float, after: float) -> str:
     if not (after > 0 and before == before and after == after) or math.isinf(before):
         return "n/a"
     return f"{before / after:,.1f}x"
 
 
-# -- window -----------------------------------------------------------------------------------
+Run = TypeVar("Run", WindowRun, StormRun)
 
 
-def window_command(
+class RunOptions(TypedDict):
+    """What every window and storm run takes from the command line, and its label."""
+
+    workers: int
+    deflate: bool
+    concurrency: int
+    ramp_timeout: float
+    settle: float
+    live: bool
+    profile_dir: Path | None
+    label: str
+    quiet: bool
+
+
+class SideBySide(Generic[Run]):
+    """The measurements of one command (``args.command``) on every tree; ``add`` measures
+    one configuration and keeps its medians per tree as a row of the table (``rows``)
+    and an entry of ``results[args.command]``; ``ok`` until a run was not all it should
+    be."""
+
+    def __init__(
+        self,
+        db: Database,
+        workdir: Path,
+        cleanup: Cleanup,
+        args: argparse.Namespace,
+        results: dict[str, Any],
+    ) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.cleanup = cleanup
+        self.trees = prepare_trees(db, workdir, args.before, quiet=args.quiet)
+        results["trees"] = {
+            t.label: {"revision": t.revision, **asdict(i)} for t, _, i in self.trees
+        }
+        self.results = results
+        self.rows: list[dict[str, Any]] = []
+        self.ok = True
+
+    def _options(self, label: str) -> RunOptions:
+        args = self.args
+        return RunOptions(
+            workers=args.workers, deflate=args.deflate, concurrency=args.concurrency,
+            ramp_timeout=args.ramp_timeout, settle=args.settle, live=args.live_check,
+            profile_dir=self.workdir / "profiles" if args.profile else None,
+            label=label, quiet=args.quiet,
+        )  # fmt: skip
+
+    def add(
+        self,
+        name: str,
+        config: dict[str, Any],
+        run: Callable[[Where, RunOptions], Run],
+        verdict: str,
+        totals: Callable[[list[Run]], dict[str, Any]],
+    ) -> None:
+        """``args.runs`` runs per tree of configuration ``name`` (the trees alternate run
+        by run), then per tree: the medians (``aggregate``), ``config``, ``runs``,
+        ``totals`` (``verdict`` among them: were the runs all they should be) and the
+        noise."""
+        mode, count = self.args.command, self.args.runs
+        by_tree: dict[str, list[Run]] = {tree.label: [] for tree, _, _ in self.trees}
+        for i in range(count):
+            for where in self.trees:
+                tree = where[0]
+                label = f"[{mode} {tree.label} {name} run {i + 1}/{count}] "
+                by_tree[tree.label].append(run(where, self._options(label)))
+        for tree, _, info in self.trees:
+            runs = by_tree[tree.label]
+            agg = aggregate(runs)
+            agg.update(
+                tree=tree.label,
+                relay=describe(tree, info),
+                **config,
+                runs=len(runs),
+                **totals(runs),
+                other_cpu_share_max=max((r.other_cpu_share for r in runs), default=0.0),
+                steal_share_max=max((r.steal_share for r in runs), default=0.0),
+            )
+            self.ok = self.ok and agg[verdict]
+            self.rows.append(agg)
+            self.results.setdefault(mode, []).append(
+                {"aggregate": agg, "runs": [asdict(r) for r in runs]}
+            )
+
+
+def command(
     db: Database,
     workdir: Path,
     cleanup: Cleanup,
     args: argparse.Namespace,
     results: dict[str, Any],
 ) -> bool:
-    trees = prepare_trees(db, workdir, args.before, quiet=args.quiet)
-    results["trees"] = {t.label: {"revision": t.revision, **asdict(i)} for t, _, i in trees}
-    ok = True
-    rows: list[dict[str, Any]] = []
+    """``window`` or ``storm`` (``args.command``) on every tree, then its table. False
+    when a run was not exact (window) or complete (storm)."""
+    if args.command == "window":
+        return _windows(SideBySide(db, workdir, cleanup, args, results))
+    return _storms(SideBySide(db, workdir, cleanup, args, results))
+
+
+# -- window -----------------------------------------------------------------------------------
+
+
+def _windows(side: SideBySide[WindowRun]) -> bool:
+    args = side.args
     for sessions in args.sessions:
         # More distinct queries than sessions would leave some without a subscriber.
         for distinct in sorted({min(d, sessions) for d in args.distinct}):
-            by_tree: dict[str, list[WindowRun]] = {tree.label: [] for tree, _, _ in trees}
-            for i in range(args.runs):
-                for tree, tree_db, info in trees:
-                    by_tree[tree.label].append(
-                        run_window(
-                            tree_db, tree, workdir, cleanup,
-                            sessions=sessions, distinct=distinct, n=args.n,
-                            writes=args.writes, interval=args.interval,
-                            deflate=args.deflate, concurrency=args.concurrency,
-                            ramp_timeout=args.ramp_timeout, settle=args.settle,
-                            workers=args.workers, live=args.live_check,
-                            max_wait=args.max_wait, window_kind=info.window,
-                            profile_dir=workdir / "profiles" if args.profile else None,
-                            label=f"[window {tree.label} {sessions}x{distinct} run "
-                            f"{i + 1}/{args.runs}] ",
-                            quiet=args.quiet,
-                        )
-                    )  # fmt: skip
-            for tree, _, info in trees:
-                runs = by_tree[tree.label]
-                agg = aggregate(runs)
-                agg.update(
-                    tree=tree.label,
-                    relay=describe(tree, info),
-                    sessions=sessions,
-                    distinct=distinct,
-                    runs=len(runs),
-                    exact=all(r.exact for r in runs),
-                    lost=sum(r.missing + r.failed for r in runs),
-                    duplicates=sum(r.duplicates for r in runs),
-                    protocol_errors=sum(r.protocol_errors for r in runs),
-                    mismatched=sum(r.mismatched for r in runs),
-                    checked=sum(r.checked for r in runs),
-                    other_cpu_share_max=max((r.other_cpu_share for r in runs), default=0.0),
-                    steal_share_max=max((r.steal_share for r in runs), default=0.0),
-                )
-                ok = ok and agg["exact"]
-                rows.append(agg)
-                results.setdefault("window", []).append(
-                    {"aggregate": agg, "runs": [asdict(r) for r in runs]}
-                )
-    print_window(rows, args)
-    return ok
+            side.add(
+                f"{sessions}x{distinct}",
+                {"sessions": sessions, "distinct": distinct},
+                partial(_window_run, side, sessions, distinct),
+                "exact",
+                lambda runs: {
+                    "exact": all(r.exact for r in runs),
+                    "lost": sum(r.missing + r.failed for r in runs),
+                    "duplicates": sum(r.duplicates for r in runs),
+                    "protocol_errors": sum(r.protocol_errors for r in runs),
+                    "mismatched": sum(r.mismatched for r in runs),
+                    "checked": sum(r.checked for r in runs),
+                },
+            )
+    print_window(side.rows, args)
+    return side.ok
+
+
+def _window_run(
+    side: SideBySide[WindowRun], sessions: int, distinct: int, where: Where, options: RunOptions
+) -> WindowRun:
+    args, (tree, tree_db, info) = side.args, where
+    return run_window(
+        tree_db, tree, side.workdir, side.cleanup,
+        sessions=sessions, distinct=distinct, n=args.n, writes=args.writes,
+        interval=args.interval, max_wait=args.max_wait, window_kind=info.window, **options,
+    )  # fmt: skip
 
 
 def print_window(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -181,56 +257,34 @@ def print_window(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 # -- storm ------------------------------------------------------------------------------------
 
 
-def storm_command(
-    db: Database,
-    workdir: Path,
-    cleanup: Cleanup,
-    args: argparse.Namespace,
-    results: dict[str, Any],
-) -> bool:
-    trees = prepare_trees(db, workdir, args.before, quiet=args.quiet)
-    results["trees"] = {t.label: {"revision": t.revision, **asdict(i)} for t, _, i in trees}
-    ok = True
-    rows: list[dict[str, Any]] = []
+def _storms(side: SideBySide[StormRun]) -> bool:
+    args = side.args
     for sessions in args.sessions:
-        by_tree: dict[str, list[StormRun]] = {tree.label: [] for tree, _, _ in trees}
-        for i in range(args.runs):
-            for tree, tree_db, _ in trees:
-                by_tree[tree.label].append(
-                    run_storm(
-                        tree_db, tree, workdir, cleanup,
-                        sessions=sessions, workers=args.workers, generators=args.generators,
-                        deflate=args.deflate, concurrency=args.concurrency,
-                        ramp_timeout=args.ramp_timeout, storm_timeout=args.storm_timeout,
-                        settle=args.settle, live=args.live_check,
-                        profile_dir=workdir / "profiles" if args.profile else None,
-                        label=f"[storm {tree.label} {sessions} run {i + 1}/{args.runs}] ",
-                        quiet=args.quiet,
-                    )
-                )  # fmt: skip
-        for tree, _, info in trees:
-            runs = by_tree[tree.label]
-            agg = aggregate(runs)
-            agg.update(
-                tree=tree.label,
-                relay=describe(tree, info),
-                sessions=sessions,
-                workers=args.workers,
-                runs=len(runs),
-                complete=all(r.complete for r in runs),
-                failed=sum(r.failed for r in runs),
-                docs_wrong=sum(r.docs_wrong for r in runs),
-                expected_docs=runs[0].expected_docs if runs else 0,
-                other_cpu_share_max=max((r.other_cpu_share for r in runs), default=0.0),
-                steal_share_max=max((r.steal_share for r in runs), default=0.0),
-            )
-            ok = ok and agg["complete"]
-            rows.append(agg)
-            results.setdefault("storm", []).append(
-                {"aggregate": agg, "runs": [asdict(r) for r in runs]}
-            )
-    print_storm(rows, args)
-    return ok
+        side.add(
+            str(sessions),
+            {"sessions": sessions, "workers": args.workers},
+            partial(_storm_run, side, sessions),
+            "complete",
+            lambda runs: {
+                "complete": all(r.complete for r in runs),
+                "failed": sum(r.failed for r in runs),
+                "docs_wrong": sum(r.docs_wrong for r in runs),
+                "expected_docs": runs[0].expected_docs if runs else 0,
+            },
+        )
+    print_storm(side.rows, args)
+    return side.ok
+
+
+def _storm_run(
+    side: SideBySide[StormRun], sessions: int, where: Where, options: RunOptions
+) -> StormRun:
+    args, (tree, tree_db, _) = side.args, where
+    return run_storm(
+        tree_db, tree, side.workdir, side.cleanup,
+        sessions=sessions, generators=args.generators, storm_timeout=args.storm_timeout,
+        **options,
+    )  # fmt: skip
 
 
 def print_storm(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -287,7 +341,7 @@ def _print_ratios(
 
 def _print_noise(rows: list[dict[str, Any]]) -> None:
     for a in rows:
-        if a["other_cpu_share_max"] > 0.1 or a["steal_share_max"] > 0.1:
+        if noisy(a["other_cpu_share_max"], a["steal_share_max"]):
             print(
                 f"NOTE: {a['relay']} at {a['sessions']:,} sessions: the machine was not quiet "
                 f"(other processes up to {a['other_cpu_share_max']:.0%} of a core, stolen up to "

@@ -1,12 +1,18 @@
 'use strict';
-// What the window and storm generators (windowgen.js, stormgen.js) share: the JSON-lines
+// What the load generators (loadgen.js, windowgen.js, stormgen.js) share: the JSON-lines
 // protocol with the driver (events on stdout, commands on stdin, exit when stdin closes),
-// the clock, quantiles, and opening sessions a bounded number at a time.
+// the clock, quantiles, a fleet of DDP sessions (sockets that connect and answer pings,
+// opened a bounded number at a time, all dropped at the end), sessions that subscribe once
+// and, for loadgen.js and windowgen.js, when each session had each planned write.
 //
-// Must not: know what a session subscribes or what a report holds.
+// Must not: know what a session subscribes, what a write is, or what a report adds to
+// the figures kept here.
 
 const readline = require('readline');
 const { performance } = require('perf_hooks');
+const WebSocket = require('ws');
+
+const CONNECT = '{"msg":"connect","version":"1","support":["1","pre2","pre1"]}';
 
 function now() {
   return performance.timeOrigin + performance.now();
@@ -77,4 +83,271 @@ function noteError(errors, kind) {
   errors[kind] = (errors[kind] || 0) + 1;
 }
 
-module.exports = { now, emit, quantile, commands, ramp, noteError };
+// How windowgen.js and stormgen.js count a `nosub`, `error` or `failed`: with its reason.
+function failure(msg) {
+  return msg.msg + (msg.error && msg.error.reason ? ': ' + msg.error.reason : '');
+}
+
+// The sessions of one generator process. opts: url, sessions, concurrency, deflate,
+// rampTimeoutMs. The fleet keeps sessions[s] (each with its `ws`), the error counts
+// (`errors`), the ramp's counters (`stats`, from ramp) and every timer it started, so
+// that close() stops them all.
+function fleet(opts) {
+  const f = {
+    opts,
+    n: opts.sessions,
+    sessions: new Array(opts.sessions),
+    errors: {},
+    opened: 0, // sockets opened (handshake done)
+    stats: null,
+  };
+  const host = new URL(opts.url).host;
+  const timers = [];
+
+  f.noteError = (kind) => noteError(f.errors, kind);
+  f.every = (ms, fn) => {
+    const timer = setInterval(fn, ms);
+    timers.push(timer);
+    return timer;
+  };
+  f.after = (ms, fn) => {
+    const timer = setTimeout(fn, ms);
+    timers.push(timer);
+    return timer;
+  };
+
+  // Opens session.ws: `connect` once open, pings answered; every other message goes to
+  // onMessage(msg, t), t taken on arrival, before parsing. A frame that is not JSON and
+  // a socket error are counted; onClose(code) when the socket closes.
+  f.socket = (session, onMessage, onClose) => {
+    const ws = new WebSocket(opts.url, {
+      perMessageDeflate: opts.deflate,
+      handshakeTimeout: 30000,
+    });
+    session.ws = ws;
+    ws.on('open', () => {
+      f.opened++;
+      ws.send(CONNECT);
+    });
+    ws.on('message', (data) => {
+      const t = now();
+      let msg;
+      try {
+        msg = JSON.parse(data.toString());
+      } catch (e) {
+        f.noteError('bad json');
+        return;
+      }
+      if (msg.msg === 'ping') {
+        ws.send(msg.id === undefined ? '{"msg":"pong"}' :
+          JSON.stringify({ msg: 'pong', id: msg.id }));
+        return;
+      }
+      onMessage(msg, t);
+    });
+    ws.on('error', (err) => f.noteError(err.code || err.message || 'error'));
+    ws.on('close', onClose);
+    return ws;
+  };
+
+  // Opens every session (open(s, done) as for ramp), says `progress` every 2 s meanwhile,
+  // then `ramped` (every session done, or rampTimeoutMs passed); then onRamped().
+  f.ramp = (open, onRamped) => {
+    const started = now();
+    const progress = f.every(2000, () => {
+      emit({
+        event: 'progress',
+        opened: f.opened,
+        ready: f.stats.ready,
+        failed: f.stats.failed,
+        inflight: f.stats.inflight,
+        host,
+      });
+    });
+    f.stats = ramp(f.n, opts.concurrency, opts.rampTimeoutMs, open, (timedOut) => {
+      clearInterval(progress);
+      emit({
+        event: 'ramped',
+        sessions: f.n,
+        ready: f.stats.ready,
+        failed: f.n - f.stats.ready,
+        timedOut,
+        ms: Math.round(now() - started),
+        errors: f.errors,
+      });
+      if (onRamped) onRamped();
+    });
+  };
+
+  // Stops every timer, drops every socket, says `closed` and exits.
+  f.close = () => {
+    for (const timer of timers) clearTimeout(timer); // clears intervals too
+    for (const session of f.sessions) {
+      if (session && session.ws) {
+        try {
+          session.ws.terminate();
+        } catch (e) {
+          // already gone
+        }
+      }
+    }
+    emit({ event: 'closed' });
+    setTimeout(() => process.exit(0), 100);
+  };
+
+  return f;
+}
+
+// Returns open(s, done) for fleet.ramp: session s subscribes once connected and is ready
+// at that sub's `ready`. spec: sub(s), the `sub` message as text (null: none, the session
+// is ready once connected), subId (its id), kind(msg), how a `nosub`, `error` or `failed`
+// is counted (one before ready fails the session), fields(), what else a session holds,
+// and onMessage(s, session, msg, t), every other message. A ready session whose socket
+// closes is lost for every later write (log.lost).
+function subscriber(f, log, spec) {
+  return (s, done) => {
+    const session = { ready: false, ws: null, closedCounted: false };
+    if (spec.fields) Object.assign(session, spec.fields());
+    f.sessions[s] = session;
+    f.socket(
+      session,
+      (msg, t) => {
+        switch (msg.msg) {
+          case 'connected': {
+            const sub = spec.sub(s);
+            if (sub !== null) {
+              session.ws.send(sub);
+            } else {
+              session.ready = true; // --connect-only: a DDP session without subscriptions
+              done(true);
+            }
+            break;
+          }
+          case 'ready':
+            if (!session.ready && Array.isArray(msg.subs) && msg.subs.includes(spec.subId)) {
+              session.ready = true;
+              done(true);
+            }
+            break;
+          case 'nosub':
+          case 'error':
+          case 'failed':
+            f.noteError(spec.kind(msg));
+            if (!session.ready) {
+              done(false);
+              session.ws.terminate();
+            }
+            break;
+          default:
+            spec.onMessage(s, session, msg, t);
+        }
+      },
+      (code) => {
+        if (session.ready) {
+          log.lost(session, code);
+        } else {
+          f.noteError('closed before ready ' + code);
+          done(false);
+        }
+      },
+    );
+  };
+}
+
+// When each session had each of `writes` planned writes (receive times, epoch ms): `all`
+// once every live session (ready, not closed since) had write w, `delivered` (the total)
+// every second once watch() was called; report() turns the times into latencies.
+function deliveries(f, writes) {
+  const n = f.n;
+  const recv = new Float64Array(writes * n); // recv[w * n + s]: epoch ms (0: not yet)
+  const counts = new Int32Array(writes);
+  const announced = new Uint8Array(writes);
+  const log = { delivered: 0, duplicates: 0, closedAfterReady: 0 };
+
+  function checkAll(w) {
+    const stats = f.stats;
+    if (!announced[w] && stats && stats.ramped && counts[w] >= stats.ready - log.closedAfterReady) {
+      announced[w] = 1;
+      emit({ event: 'all', w });
+    }
+  }
+
+  // Session s received write w at t; a second receipt is a duplicate.
+  log.record = (w, s, t) => {
+    const k = w * n + s;
+    if (recv[k] !== 0) {
+      log.duplicates++;
+      return;
+    }
+    recv[k] = t;
+    counts[w]++;
+    log.delivered++;
+    checkAll(w);
+  };
+
+  // A ready session's socket closed: every later write is lost to it, and no longer
+  // awaited from it.
+  log.lost = (session, code) => {
+    if (session.closedCounted) return;
+    session.closedCounted = true;
+    log.closedAfterReady++;
+    f.noteError('closed ' + code);
+    for (let w = 0; w < writes; w++) checkAll(w);
+  };
+
+  log.watch = () => {
+    f.every(1000, () => emit({ event: 'delivered', total: log.delivered }));
+  };
+
+  // The `report` event for commit times `commits` (epoch ms per write): per write the
+  // sessions that had it and its latencies, over all deliveries p50 / p99 / max, missing
+  // (ready sessions without a write). `middle` goes before the latencies, `tail` last.
+  log.report = (commits, middle, tail) => {
+    const perWrite = [];
+    const all = new Float64Array(commits.length * n);
+    let total = 0;
+    let missing = 0;
+    for (let w = 0; w < commits.length && w < writes; w++) {
+      const lat = new Float64Array(n);
+      let k = 0;
+      for (let s = 0; s < n; s++) {
+        const t = recv[w * n + s];
+        if (t !== 0) lat[k++] = t - commits[w];
+        else if (f.sessions[s] && f.sessions[s].ready) missing++;
+      }
+      const sorted = lat.subarray(0, k).sort();
+      all.set(sorted, total);
+      total += k;
+      perWrite.push({
+        w,
+        received: k,
+        first: k ? sorted[0] : null,
+        p50: quantile(sorted, 0.5),
+        p99: quantile(sorted, 0.99),
+        last: k ? sorted[k - 1] : null,
+      });
+    }
+    const overall = all.subarray(0, total).sort();
+    emit({
+      event: 'report',
+      sessions: n,
+      ready: f.stats.ready,
+      closedAfterReady: log.closedAfterReady,
+      writes: commits.length,
+      deliveries: total,
+      missing,
+      duplicates: log.duplicates,
+      ...middle,
+      p50: quantile(overall, 0.5),
+      p99: quantile(overall, 0.99),
+      max: total ? overall[total - 1] : null,
+      perWrite,
+      errors: f.errors,
+      ...tail,
+    });
+  };
+
+  return log;
+}
+
+module.exports = { now, emit, quantile, commands, failure, fleet, subscriber, deliveries };

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtest.bench import figures
 from loadtest.bench.generator import Generator
 from loadtest.bench.meter import CpuMeter
 from loadtest.bench.stack import (
@@ -354,10 +355,7 @@ def run_once(
     subscribe: bool = True,
     workers: int = 1,
 ) -> RunResult:
-    def say(text: str) -> None:
-        if not quiet:
-            print(f"bench: {label}{text}", flush=True)
-
+    say = figures.sayer(label, quiet)
     relay = Relay(db.url, workdir, cleanup, max_sessions=sessions, workers=workers)
     pids = relay.worker_pids
     generator: Generator | None = None
@@ -414,7 +412,6 @@ def run_once(
         time.sleep(settle)
         pss_after_by_worker = [pss_bytes(pid) for pid in pids]
         pss_after, rss_after = sum(pss_after_by_worker), sum(rss_bytes(pid) for pid in pids)
-        by_worker = relay.sessions_by_worker()
         result = RunResult(
             mode=mode,
             sessions=sessions,
@@ -433,7 +430,7 @@ def run_once(
             worker_pids=list(pids),
             pss_before_by_worker=pss_before_by_worker,
             pss_after_by_worker=pss_after_by_worker,
-            sessions_by_worker=[by_worker[pid] for pid in pids] if by_worker else [],
+            sessions_by_worker=figures.sessions_by_worker(relay, pids),
         )
         say(
             f"PSS {pss_before / 2**20:.1f} -> {pss_after / 2**20:.1f} MiB"
@@ -450,27 +447,15 @@ def run_once(
         if writes > 0 and result.ready > 0:
             writer = Writer(db.url)
             meter = CpuMeter(pids, [generator.pid], db)
-            profilers = []
-            if profile_dir is not None:
-                profile_dir.mkdir(parents=True, exist_ok=True)
-                for i, pid in enumerate(pids):
-                    name = f"{mode}-{sessions}-{relay.port}"
-                    name += f"-worker{i + 1}.txt" if workers > 1 else ".txt"
-                    profilers.append(
-                        Profiler(
-                            pid, profile_dir / name, writes * interval + 2.0, cleanup, wait=False
-                        )
-                    )
-                time.sleep(0.5)  # let them attach before the writes start
+            profilers = start_profilers(
+                profile_dir, f"{mode}-{sessions}", relay, writes * interval + 2.0, cleanup
+            )
             rate = paced_writes(
                 writer, prefix, writes, interval, max_seconds=writes * interval * 3 + 30
             )
             result.all_done = generator.wait_all(len(writer.commits), stall=15.0, limit=600.0)
             usage = meter.stop()
-            for profiler in profilers:
-                path = profiler.finish(timeout=writes * interval + 30)
-                if path is not None:
-                    result.profiles.append(path)
+            result.profiles = finish_profilers(profilers, timeout=writes * interval + 30)
             result.profile = result.profiles[0] if result.profiles else None
             server_commits = writer.server_commit_times()
             commits = server_commits if server_commits else writer.commits
@@ -488,21 +473,11 @@ def run_once(
             result.writes = len(writer.commits)
             result.write_rate = rate
             result.commit_ms_p50 = quantile([s * 1000 for s in writer.commit_seconds], 0.5)
-            result.delivered = int(report["deliveries"])
-            result.missing = int(report["missing"])
-            result.duplicates = int(report["duplicates"])
-            result.closed_after_ready = int(report["closedAfterReady"])
-            result.generator_errors = dict(report.get("errors") or {})
-            # A write that did not reach every subscribed session never "reached all".
-            result.all_ms = [
-                float(w["last"]) if w["received"] >= result.ready else math.inf
-                for w in report["perWrite"]
-            ]
+            figures.take_deliveries(result, report)
             result.first_ms = [
                 float(w["first"]) if w["first"] is not None else math.nan
                 for w in report["perWrite"]
             ]
-            result.received = [int(w["received"]) for w in report["perWrite"]]
             ends = [
                 c * 1000 + w["last"]
                 for c, w in zip(commits, report["perWrite"], strict=False)
@@ -511,22 +486,12 @@ def run_once(
             if ends and result.delivered:
                 span_s = (max(ends) - commits[0] * 1000) / 1000
                 result.sustained_per_s = result.delivered / span_s if span_s > 0 else math.nan
-            result.delivery_p50_ms = float(report["p50"] if report["p50"] is not None else "nan")
-            result.delivery_p99_ms = float(report["p99"] if report["p99"] is not None else "nan")
-            result.delivery_max_ms = float(report["max"] if report["max"] is not None else "nan")
-            result.relay_cpu_s_by_worker = usage.relay_by_worker
-            result.relay_cpu_s = usage.relay  # NaN: a worker died
-            result.generator_cpu_s = usage.generators
-            result.postgres_cpu_s = usage.postgres
-            result.wall_s = usage.wall_s
-            result.other_cpu_share = usage.other_share
-            result.steal_share = usage.steal_share
-            if result.other_cpu_share > 0.1 or result.steal_share > 0.1:
-                say(
-                    f"WARNING: other processes used {result.other_cpu_share:.0%} of a core and "
-                    f"the hypervisor stole {result.steal_share:.0%} during the writes: the "
-                    "machine was not quiet, figures are skewed"
-                )
+            figures.take_usage(result, usage)
+            warning = figures.noise_warning(
+                result, "during the writes: the machine was not quiet, figures are skewed"
+            )
+            if warning:
+                say(warning)
             s = result.summary()
             split = (
                 " (" + " + ".join(f"{t:.2f}" for t in result.relay_cpu_s_by_worker) + " by worker)"
@@ -543,9 +508,7 @@ def run_once(
                 f"generator {result.generator_cpu_s:.1f} s, postgres {result.postgres_cpu_s:.1f} s "
                 f"in {result.wall_s:.1f} s"
             )
-        result.relay_alive = relay.alive()
-        result.relay_errors = relay.error_count()
-        result.worker_timeouts = relay.timeout_count()
+        figures.take_health(result, relay)
         if not result.relay_alive or result.worker_timeouts:
             say(
                 f"{'the relay worker' if workers == 1 else 'a relay worker'} died during the "

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtest.bench import figures
 from loadtest.bench.generator import NodeProcess
 from loadtest.bench.meter import CpuMeter
 from loadtest.bench.runner import (
@@ -44,19 +45,13 @@ SCRIPT = Path(__file__).with_name("stormgen.js")
 PUBLICATION = "books.all"
 
 
-@dataclass
-class StormRun:
+@dataclass(kw_only=True)
+class StormRun(figures.RelayRun):
     """The figures of one storm (times in ms, CPU in seconds)."""
 
-    tree: str
-    revision: str | None
-    sessions: int
-    workers: int
     generators: int
     expected_docs: int = 0
     connected: int = 0
-    ready: int = 0
-    failed: int = 0
     #: Sessions whose ``ready`` came after a number of documents other than the probe's.
     docs_wrong: int = 0
     timed_out: bool = False
@@ -69,21 +64,6 @@ class StormRun:
     ready_ms: list[float] = field(default_factory=list)
     #: Per ready session: ms from its own ``sub`` to its ``ready``, sorted.
     wait_ms: list[float] = field(default_factory=list)
-    relay_cpu_s: float = float("nan")
-    relay_cpu_s_by_worker: list[float] = field(default_factory=list)
-    generator_cpu_s: float = float("nan")
-    postgres_cpu_s: float = float("nan")
-    wall_s: float = float("nan")
-    other_cpu_share: float = float("nan")
-    steal_share: float = float("nan")
-    worker_pids: list[int] = field(default_factory=list)
-    sessions_by_worker: list[int] = field(default_factory=list)
-    relay_alive: bool = True
-    relay_errors: int = 0
-    worker_timeouts: int = 0
-    generator_errors: dict[str, int] = field(default_factory=dict)
-    #: ``--profile``: py-spy's output, one file per worker.
-    profiles: list[str] = field(default_factory=list)
 
     @property
     def subs_per_s(self) -> float:
@@ -120,9 +100,7 @@ class StormRun:
             "relay_cpu_per_sub_ms": (
                 self.relay_cpu_s * 1000 / self.ready if self.ready else math.nan
             ),
-            "relay_cpu_share": self.relay_cpu_s / self.wall_s if self.wall_s else math.nan,
-            "generator_cpu_share": self.generator_cpu_s / self.wall_s if self.wall_s else math.nan,
-            "postgres_cpu_share": self.postgres_cpu_s / self.wall_s if self.wall_s else math.nan,
+            **self.cpu_shares(),
             "postgres_cpu_s": self.postgres_cpu_s,
         }
 
@@ -191,10 +169,7 @@ def run_storm(
     label: str = "",
     quiet: bool = False,
 ) -> StormRun:
-    def say(text: str) -> None:
-        if not quiet:
-            print(f"bench: {label}{text}", flush=True)
-
+    say = figures.sayer(label, quiet)
     shares = split(sessions, generators)
     result = StormRun(
         tree=tree.label,
@@ -246,8 +221,7 @@ def run_storm(
         if connected == 0:
             raise BenchError(f"no session could connect: {ramped[0]['errors']}")
         time.sleep(settle)
-        by_worker = relay.sessions_by_worker()
-        result.sessions_by_worker = [by_worker[pid] for pid in pids] if by_worker else []
+        result.sessions_by_worker = figures.sessions_by_worker(relay, pids)
         # Stopped (SIGINT) when the storm is over; the duration is only a bound.
         name = f"storm-{tree.label}-{sessions}"
         profilers = start_profilers(profile_dir, name, relay, 600, cleanup)
@@ -265,16 +239,8 @@ def run_storm(
         usage = meter.stop()
         result.profiles = finish_profilers(profilers, timeout=0.1)
         merge(storms, result)
-        result.relay_cpu_s_by_worker = usage.relay_by_worker
-        result.relay_cpu_s = usage.relay
-        result.generator_cpu_s = usage.generators
-        result.postgres_cpu_s = usage.postgres
-        result.wall_s = usage.wall_s
-        result.other_cpu_share = usage.other_share
-        result.steal_share = usage.steal_share
-        result.relay_alive = relay.alive()
-        result.relay_errors = relay.error_count()
-        result.worker_timeouts = relay.timeout_count()
+        figures.take_usage(result, usage)
+        figures.take_health(result, relay)
         s = result.summary()
         say(
             f"{result.ready}/{sessions} subscribed in {result.span_ms / 1000:.2f} s: "
@@ -283,11 +249,9 @@ def run_storm(
             f"CPU relay {result.relay_cpu_s:.1f} s, postgres {result.postgres_cpu_s:.1f} s"
             + (f"; {result.docs_wrong} got a wrong snapshot" if result.docs_wrong else "")
         )
-        if result.other_cpu_share > 0.1 or result.steal_share > 0.1:
-            say(
-                f"WARNING: other processes used {result.other_cpu_share:.0%} of a core and the "
-                f"hypervisor stole {result.steal_share:.0%} meanwhile: figures are skewed"
-            )
+        warning = figures.noise_warning(result)
+        if warning:
+            say(warning)
         return result
     finally:
         for gen in gens:

@@ -17,19 +17,15 @@
 // outlive the driver.
 
 const WebSocket = require('ws');
-const { now, emit, commands, ramp, noteError } = require('./gencommon.js');
+const { commands, emit, failure, fleet, now } = require('./gencommon.js');
 
 const opts = JSON.parse(process.argv[2]);
 const N = opts.sessions;
-const HOST = new URL(opts.url).host;
-const sessions = new Array(N);
-const errors = {};
-let opened = 0;
-let rampStats = null;
-let progressTimer = null;
+const f = fleet(opts);
 let storming = false;
 let stormDone = false;
 let stormTimer = null;
+let stormingTimer = null;
 let settled = 0;
 let ready = 0;
 let failed = 0;
@@ -49,57 +45,43 @@ function settle(session, ok) {
 
 function open(s, done) {
   const session = { connected: false, ws: null, docs: 0, sentAt: 0, readyAt: 0, settled: false };
-  sessions[s] = session;
-  const ws = new WebSocket(opts.url, { perMessageDeflate: opts.deflate, handshakeTimeout: 30000 });
-  session.ws = ws;
-  ws.on('open', () => {
-    opened++;
-    ws.send('{"msg":"connect","version":"1","support":["1","pre2","pre1"]}');
-  });
-  ws.on('message', (data) => {
-    const t = now();
-    let msg;
-    try {
-      msg = JSON.parse(data.toString());
-    } catch (e) {
-      noteError(errors, 'bad json');
-      return;
-    }
-    switch (msg.msg) {
-      case 'connected':
-        session.connected = true;
-        done(true);
-        break;
-      case 'added':
-        session.docs++;
-        break;
-      case 'ready':
-        if (session.sentAt && !session.readyAt && Array.isArray(msg.subs) && msg.subs.includes('s')) {
-          session.readyAt = t;
-          if (opts.expectDocs !== null && session.docs !== opts.expectDocs) docsWrong++;
-          settle(session, true);
-        }
-        break;
-      case 'ping':
-        ws.send(msg.id === undefined ? '{"msg":"pong"}' : JSON.stringify({ msg: 'pong', id: msg.id }));
-        break;
-      case 'nosub':
-      case 'error':
-      case 'failed':
-        noteError(errors, msg.msg + (msg.error && msg.error.reason ? ': ' + msg.error.reason : ''));
-        if (!session.connected) done(false);
-        else if (storming) settle(session, false);
-        break;
-      default:
-        break;
-    }
-  });
-  ws.on('error', (err) => noteError(errors, err.code || err.message || 'error'));
-  ws.on('close', (code) => {
-    noteError(errors, (session.connected ? 'closed ' : 'closed before connected ') + code);
-    if (!session.connected) done(false);
-    else if (storming) settle(session, false);
-  });
+  f.sessions[s] = session;
+  f.socket(
+    session,
+    (msg, t) => {
+      switch (msg.msg) {
+        case 'connected':
+          session.connected = true;
+          done(true);
+          break;
+        case 'added':
+          session.docs++;
+          break;
+        case 'ready':
+          if (session.sentAt && !session.readyAt && Array.isArray(msg.subs) &&
+              msg.subs.includes('s')) {
+            session.readyAt = t;
+            if (opts.expectDocs !== null && session.docs !== opts.expectDocs) docsWrong++;
+            settle(session, true);
+          }
+          break;
+        case 'nosub':
+        case 'error':
+        case 'failed':
+          f.noteError(failure(msg));
+          if (!session.connected) done(false);
+          else if (storming) settle(session, false);
+          break;
+        default:
+          break;
+      }
+    },
+    (code) => {
+      f.noteError((session.connected ? 'closed ' : 'closed before connected ') + code);
+      if (!session.connected) done(false);
+      else if (storming) settle(session, false);
+    },
+  );
 }
 
 function go() {
@@ -107,12 +89,12 @@ function go() {
   storming = true;
   const text = JSON.stringify({ msg: 'sub', id: 's', name: opts.name, params: opts.params || [] });
   const live = [];
-  for (const session of sessions) {
+  for (const session of f.sessions) {
     if (session && session.connected && session.ws.readyState === WebSocket.OPEN) live.push(session);
   }
   connectedAtGo = live.length;
-  stormTimer = setTimeout(() => finishStorm(true), opts.stormTimeoutMs);
-  progressTimer = setInterval(() => emit({ event: 'storming', ready, failed }), 2000);
+  stormTimer = f.after(opts.stormTimeoutMs, () => finishStorm(true));
+  stormingTimer = f.every(2000, () => emit({ event: 'storming', ready, failed }));
   for (const session of live) {
     session.sentAt = now();
     session.ws.send(text);
@@ -128,10 +110,10 @@ function finishStorm(timedOut) {
   if (stormDone) return;
   stormDone = true;
   clearTimeout(stormTimer);
-  clearInterval(progressTimer);
+  clearInterval(stormingTimer);
   const readyAt = [];
   const subToReady = [];
-  for (const session of sessions) {
+  for (const session of f.sessions) {
     if (session && session.readyAt) {
       readyAt.push(Math.round(session.readyAt * 100) / 100);
       subToReady.push(Math.round((session.readyAt - session.sentAt) * 100) / 100);
@@ -149,48 +131,10 @@ function finishStorm(timedOut) {
     readyAt,
     subToReady,
     docsWrong,
-    errors,
+    errors: f.errors,
   });
 }
 
-function closeAll() {
-  clearInterval(progressTimer);
-  clearTimeout(stormTimer);
-  for (const session of sessions) {
-    if (session && session.ws) {
-      try {
-        session.ws.terminate();
-      } catch (e) {
-        // already gone
-      }
-    }
-  }
-  emit({ event: 'closed' });
-  setTimeout(() => process.exit(0), 100);
-}
+commands({ go: () => go(), close: () => f.close() }, () => f.close());
 
-commands({ go: () => go(), close: () => closeAll() }, () => closeAll());
-
-const rampStarted = now();
-progressTimer = setInterval(() => {
-  emit({
-    event: 'progress',
-    opened,
-    ready: rampStats.ready,
-    failed: rampStats.failed,
-    inflight: rampStats.inflight,
-    host: HOST,
-  });
-}, 2000);
-rampStats = ramp(N, opts.concurrency, opts.rampTimeoutMs, open, (timedOut) => {
-  clearInterval(progressTimer);
-  emit({
-    event: 'ramped',
-    sessions: N,
-    ready: rampStats.ready,
-    failed: N - rampStats.ready,
-    timedOut,
-    ms: Math.round(now() - rampStarted),
-    errors,
-  });
-});
+f.ramp(open);

@@ -23,13 +23,13 @@ Must not: print tables (``report``) or parse options (``cli``).
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtest.bench import figures
 from loadtest.bench.books import BookWriter, meteor_id, plan_writes
 from loadtest.bench.generator import NodeProcess
 from loadtest.bench.meter import CpuMeter
@@ -52,22 +52,16 @@ def subscription(n: int, distinct: int) -> tuple[str, str]:
     return "bench.latest", f"[{n}, s % {distinct}]"
 
 
-@dataclass
-class WindowRun:
+@dataclass(kw_only=True)
+class WindowRun(figures.RelayRun):
     """The figures of one window run (times in ms, CPU in seconds)."""
 
-    tree: str
-    revision: str | None
     window_kind: str
-    sessions: int
     distinct: int
     n: int
     publication: str
     writes_planned: int
     interval_s: float
-    workers: int
-    ready: int = 0
-    failed: int = 0
     ramp_s: float = 0.0
     pss_before: int = 0
     pss_after: int = 0
@@ -87,25 +81,10 @@ class WindowRun:
     delivery_p50_ms: float = float("nan")
     delivery_p99_ms: float = float("nan")
     delivery_max_ms: float = float("nan")
-    relay_cpu_s: float = float("nan")
-    relay_cpu_s_by_worker: list[float] = field(default_factory=list)
-    generator_cpu_s: float = float("nan")
-    postgres_cpu_s: float = float("nan")
-    wall_s: float = float("nan")
-    other_cpu_share: float = float("nan")
-    steal_share: float = float("nan")
     #: Sessions whose final window was compared with the database's, and how many differed.
     checked: int = 0
     mismatched: int = 0
     mismatch_examples: list[dict[str, Any]] = field(default_factory=list)
-    worker_pids: list[int] = field(default_factory=list)
-    sessions_by_worker: list[int] = field(default_factory=list)
-    relay_alive: bool = True
-    relay_errors: int = 0
-    worker_timeouts: int = 0
-    generator_errors: dict[str, int] = field(default_factory=dict)
-    #: ``--profile``: py-spy's output, one file per worker.
-    profiles: list[str] = field(default_factory=list)
 
     @property
     def relay_cpu_per_commit_ms(self) -> float:
@@ -142,9 +121,7 @@ class WindowRun:
             "all_p99_ms": quantile(self.all_ms, 0.99),
             "ramp_s": self.ramp_s,
             "memory_per_session_bytes": self.memory_per_session,
-            "relay_cpu_share": self.relay_cpu_s / self.wall_s if self.wall_s else math.nan,
-            "generator_cpu_share": self.generator_cpu_s / self.wall_s if self.wall_s else math.nan,
-            "postgres_cpu_share": self.postgres_cpu_s / self.wall_s if self.wall_s else math.nan,
+            **self.cpu_shares(),
             "write_rate": self.write_rate,
         }
 
@@ -172,10 +149,7 @@ def run_window(
     label: str = "",
     quiet: bool = False,
 ) -> WindowRun:
-    def say(text: str) -> None:
-        if not quiet:
-            print(f"bench: {label}{text}", flush=True)
-
+    say = figures.sayer(label, quiet)
     publication, _ = subscription(n, distinct)
     result = WindowRun(
         tree=tree.label,
@@ -234,8 +208,7 @@ def run_window(
         )
         time.sleep(settle)
         result.pss_after = sum(pss_bytes(pid) for pid in pids)
-        by_worker = relay.sessions_by_worker()
-        result.sessions_by_worker = [by_worker[pid] for pid in pids] if by_worker else []
+        result.sessions_by_worker = figures.sessions_by_worker(relay, pids)
         if result.ready == 0:
             raise BenchError(f"no session could subscribe to {publication}: {ramped['errors']}")
         gen.command({"cmd": "plan", "writes": [{"kind": w.kind, "id": w.book_id} for w in plan]})
@@ -255,38 +228,18 @@ def run_window(
         result.all_done = gen.wait_all(result.writes, stall=STALL_SECONDS, limit=max_wait)
         usage = meter.stop()
         result.profiles = finish_profilers(profilers)
-        result.relay_cpu_s_by_worker = usage.relay_by_worker
-        result.relay_cpu_s = usage.relay
-        result.generator_cpu_s = usage.generators
-        result.postgres_cpu_s = usage.postgres
-        result.wall_s = usage.wall_s
-        result.other_cpu_share = usage.other_share
-        result.steal_share = usage.steal_share
+        figures.take_usage(result, usage)
         server = writer.server_commit_times()
         commits = server if server else writer.commits
         result.commit_clock = "server" if server else "client"
         result.write_rate = achieved_rate(writer.commits)
         report = gen.report([t * 1000 for t in commits])
-        result.delivered = int(report["deliveries"])
-        result.missing = int(report["missing"])
-        result.duplicates = int(report["duplicates"])
+        figures.take_deliveries(result, report)
         result.protocol_errors = sum(
             int(report[k]) for k in ("badAdded", "badRemoved", "badChanged")
         )
-        result.closed_after_ready = int(report["closedAfterReady"])
-        result.generator_errors = dict(report.get("errors") or {})
-        result.received = [int(w["received"]) for w in report["perWrite"]]
-        result.all_ms = [
-            float(w["last"]) if w["received"] >= result.ready else math.inf
-            for w in report["perWrite"]
-        ]
-        for key, name in (("p50", "delivery_p50_ms"), ("p99", "delivery_p99_ms")):
-            setattr(result, name, float(report[key]) if report[key] is not None else math.nan)
-        result.delivery_max_ms = float(report["max"]) if report["max"] is not None else math.nan
         _verify(gen, writer, n, result)
-        result.relay_alive = relay.alive()
-        result.relay_errors = relay.error_count()
-        result.worker_timeouts = relay.timeout_count()
+        figures.take_health(result, relay)
         s = result.summary()
         say(
             f"{result.writes} commits at {result.write_rate:.1f}/s: relay CPU "
@@ -297,11 +250,9 @@ def run_window(
             f"protocol errors {result.protocol_errors}; windows equal to the database: "
             f"{result.checked - result.mismatched}/{result.ready}"
         )
-        if result.other_cpu_share > 0.1 or result.steal_share > 0.1:
-            say(
-                f"WARNING: other processes used {result.other_cpu_share:.0%} of a core and the "
-                f"hypervisor stole {result.steal_share:.0%} meanwhile: figures are skewed"
-            )
+        warning = figures.noise_warning(result)
+        if warning:
+            say(warning)
         return result
     finally:
         if gen is not None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from loadtest.bench import compare
+from loadtest.bench.stack import Cleanup, Database
+from loadtest.bench.trees import Tree, TreeInfo
 from loadtest.bench.window import WindowRun, subscription
 
 
@@ -167,3 +170,125 @@ def test_ratios_need_both_trees(capsys: pytest.CaptureFixture[str]) -> None:
     args = argparse.Namespace(n=20, writes=4, interval=0.5, runs=1, workers=1)
     compare.print_window([_row("before", 2.0)], args)
     assert "before / after" not in capsys.readouterr().out
+
+
+# -- both trees, run by run -------------------------------------------------------------------
+
+
+def _trees(tmp_path: Path) -> list[compare.Where]:
+    db = cast(Database, object())
+    return [
+        (
+            Tree("after", tmp_path, tmp_path),
+            db,
+            TreeInfo(window="cursor", books_latest_from="example", relay="r", django_app="d"),
+        ),
+        (
+            Tree("before", tmp_path, tmp_path, revision="49143b3deadbeef"),
+            db,
+            TreeInfo(window="queryset", books_latest_from="ddp_bench", relay="r", django_app="d"),
+        ),
+    ]
+
+
+def _args(**changes: Any) -> argparse.Namespace:
+    options: dict[str, Any] = {
+        "command": "window",
+        "before": "49143b3",
+        "quiet": True,
+        "runs": 2,
+        "workers": 1,
+        "deflate": True,
+        "concurrency": 7,
+        "ramp_timeout": 5.0,
+        "settle": 0.1,
+        "live_check": False,
+        "profile": False,
+    }
+    return argparse.Namespace(**{**options, **changes})
+
+
+def test_side_by_side_alternates_the_trees_and_keeps_each_tree_s_medians(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    trees = _trees(tmp_path)
+    monkeypatch.setattr(compare, "prepare_trees", lambda *a, **k: trees)
+    results: dict[str, Any] = {}
+    side: compare.SideBySide[WindowRun] = compare.SideBySide(
+        cast(Database, object()), tmp_path, Cleanup(), _args(), results
+    )
+    calls: list[tuple[str, compare.RunOptions]] = []
+
+    def run(where: compare.Where, options: compare.RunOptions) -> WindowRun:
+        calls.append((where[0].label, options))
+        cpu = 0.02 if where[0].label == "after" else 2.0
+        return _window(tree=where[0].label, relay_cpu_s=cpu, missing=int(len(calls) == 4))
+
+    side.add(
+        "10x1",
+        {"sessions": 10, "distinct": 1},
+        run,
+        "exact",
+        lambda runs: {"exact": all(r.exact for r in runs), "lost": sum(r.missing for r in runs)},
+    )
+    assert [tree for tree, _ in calls] == ["after", "before", "after", "before"]
+    assert [options["label"] for _, options in calls] == [
+        "[window after 10x1 run 1/2] ",
+        "[window before 10x1 run 1/2] ",
+        "[window after 10x1 run 2/2] ",
+        "[window before 10x1 run 2/2] ",
+    ]
+    assert calls[0][1] == {
+        "workers": 1,
+        "deflate": True,
+        "concurrency": 7,
+        "ramp_timeout": 5.0,
+        "settle": 0.1,
+        "live": False,
+        "profile_dir": None,
+        "label": "[window after 10x1 run 1/2] ",
+        "quiet": True,
+    }
+    assert set(results["trees"]) == {"after", "before"}
+    assert results["trees"]["before"]["revision"] == "49143b3deadbeef"
+    after, before = side.rows
+    assert list(after)[-9:] == [
+        "tree",
+        "relay",
+        "sessions",
+        "distinct",
+        "runs",
+        "exact",
+        "lost",
+        "other_cpu_share_max",
+        "steal_share_max",
+    ]
+    assert (after["tree"], after["relay"], after["runs"]) == ("after", "after (this checkout)", 2)
+    assert before["relay"] == "before (49143b3, queryset)"
+    assert after["relay_cpu_per_commit_ms"] == pytest.approx(5.0)
+    assert after["exact"] and not before["exact"] and before["lost"] == 1
+    assert not side.ok
+    entries = results["window"]
+    assert [e["aggregate"] for e in entries] == side.rows
+    assert [len(e["runs"]) for e in entries] == [2, 2]
+    assert entries[1]["runs"][1]["missing"] == 1
+
+
+def test_side_by_side_is_ok_while_every_run_is(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(compare, "prepare_trees", lambda *a, **k: _trees(tmp_path)[:1])
+    args = _args(profile=True, command="storm", runs=1)
+    side: compare.SideBySide[WindowRun] = compare.SideBySide(
+        cast(Database, object()), tmp_path, Cleanup(), args, {}
+    )
+    seen: list[compare.RunOptions] = []
+
+    def run(where: compare.Where, options: compare.RunOptions) -> WindowRun:
+        seen.append(options)
+        return _window()
+
+    side.add("3", {"sessions": 3}, run, "exact", lambda runs: {"exact": True})
+    assert side.ok and len(side.rows) == 1
+    assert seen[0]["profile_dir"] == tmp_path / "profiles"
+    assert seen[0]["label"] == "[storm after 3 run 1/1] "
