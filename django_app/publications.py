@@ -104,7 +104,8 @@ class Publication:
     ``Publication("books.all", cursors=[Cursor(Author), Book.objects.all()])`` registers
     a publication that takes no parameters. Constructing it registers it in ``registry``
     (default: the project's registry). ``name`` None: a universal publication, named
-    after its function (``module.qualname``) for logs and errors only.
+    for logs and errors only after its function (``module.qualname``) or the models of
+    its cursors (``null:bookstore.Notice``).
     """
 
     def __init__(
@@ -120,11 +121,11 @@ class Publication:
         #: Every session runs it, unasked; clients cannot subscribe to it by name.
         self.universal = name is None
         if name is None:
-            name = (
-                f"{func.__module__}.{func.__qualname__}"
-                if func is not None
-                else f"universal-{id(self):x}"
-            )
+            # For logs and errors only: the function, or what the cursors publish.
+            if func is not None:
+                name = f"{func.__module__}.{func.__qualname__}"
+            else:
+                name = "null:" + ",".join(item.model._meta.label for item in _normalize(cursors))
         if not isinstance(name, str) or not name:
             raise TypeError("a publication name must be a non-empty string (or None)")
         self.name = name
@@ -135,6 +136,11 @@ class Publication:
         if cursors is not None:
             _normalize(cursors)  # fail at import on a bad static declaration
         self.registry.add_publication(self)
+
+    @property
+    def is_static(self) -> bool:
+        """Declared cursors, no publish function: running it reads nothing."""
+        return self.func is None
 
     def cursors(self, ctx: SubscriptionContext, params: Sequence[Any]) -> list[Cursor | Count]:
         """Run the publication for ``ctx``: validated params in, fresh cursors out."""

@@ -70,6 +70,11 @@ class RegisteredPublication(Protocol):
         """Every session runs it unasked; no client may subscribe to it by name."""
         ...
 
+    @property
+    def is_static(self) -> bool:
+        """Declared cursors only (no publish function): running it reads nothing."""
+        ...
+
     def run(self, ctx: SubscriptionContext, params: Sequence[Any]) -> tuple[list[Any], bool]:
         """Validate ``params`` and run the publication: fresh cursors and counts, and
         whether the function returned anything."""

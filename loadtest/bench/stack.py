@@ -296,6 +296,9 @@ class Relay:
                 metrics_dir=metrics_dir,
             ),
             "RELAY_WORKER_CONNECTIONS": str(max_sessions + 1000),
+            # Every generator socket comes from 127.0.0.1: one address, which the
+            # relay otherwise holds to RELAY_MAX_CONNECTIONS_PER_ADDRESS (1000).
+            "RELAY_MAX_CONNECTIONS_PER_ADDRESS": str(max_sessions + 1000),
             **(env or {}),
         }
         self.tree = tree
