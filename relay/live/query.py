@@ -307,13 +307,23 @@ class LiveQuery:
                     continue
                 if self._dropped:
                     return
-                effects = self.result.load(self._entries(data), data.complete)
-                if effects:
-                    self._publish(effects, BatchCache(), replace=True)
-                # What committed up to the fetch's snapshot is in; what came after (and
-                # made it stale meanwhile) is replayed by the re-attachment.
-                self.pending_from = None
-                self._follow(data)
+                pending = self.pending_from
+                try:
+                    effects = self.result.load(self._entries(data), data.complete)
+                    if effects:
+                        self._publish(effects, BatchCache(), replace=True)
+                    # What committed up to the fetch's snapshot is in; what came after
+                    # (and made it stale meanwhile) is replayed by the re-attachment.
+                    self.pending_from = None
+                    self._follow(data)
+                except Exception:
+                    # A fetch that does not load (rows twice from a join...): still stale,
+                    # read again after a pause, the fence keeps waiting meanwhile.
+                    log.exception("live query %r: a fetch could not be applied; retrying", self)
+                    if self.pending_from is None:
+                        self.pending_from = pending
+                    gevent.sleep(1.0)
+                    continue
                 if self.pending_from is None and self.result.needs_refetch:
                     self.pending_from = self._attachment.cursor if self._attachment else 0
         finally:

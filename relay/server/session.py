@@ -282,6 +282,7 @@ class Session:
     def desync(self) -> None:
         """Fan-out could not apply a change to this session's view: start it afresh."""
         if not self.closed:
+            self.resumable = False  # its mergebox no longer says what the client holds
             self.close(disconnect.SERVER_ERROR)
 
     def queue_internal(self, msg: StopSub) -> None:
@@ -416,11 +417,17 @@ class Session:
 
     def _set_identity(self, identity: Identity) -> None:
         """Log the session in or out (Meteor's ``setUserId``): watch the new credential,
-        and re-run every subscription as the new user, sending only the difference."""
+        and re-run every subscription as the new user, sending only the difference.
+
+        A revocation pending from before (of the credential this one replaces) is
+        settled here, BEFORE the new credential is watched: one of the new credential
+        that arrives meanwhile (caught up at once, or during the re-run) stays pending
+        and closes the session when the method ends."""
         previous = self.identity
+        paused = self._revocation_pending  # live routing was stopped by a revocation
+        self._revocation_pending = False
         self.identity = identity
         self._watch_credential()
-        paused = self._revocation_pending  # live routing was stopped by a revocation
         if identity.user_id != previous.user_id or paused:
             # The same user again (a resume login, getNewToken) sees the same data.
             self._rerun_many(list(self.subs.values()))
@@ -570,7 +577,8 @@ class Session:
         """Re-run ``subs`` and send only the difference (``Subscriptions.rerun``)."""
         if not self.subscriptions.rerun(subs):
             # The mergebox already holds a value that cannot be sent: the client's view
-            # can no longer be kept exact. Start it afresh.
+            # can no longer be kept exact. Start it afresh (never resumed).
+            self.resumable = False
             self.close(disconnect.SERVER_ERROR)
 
     def _on_unsub(self, msg: Unsub) -> None:
@@ -640,7 +648,6 @@ class Session:
             # Logged in or out: the subscriptions' difference goes before ``result``, as
             # Meteor's setUserId sends it (its client expects the user's document first).
             self._set_identity(outcome.identity)
-            self._revocation_pending = False  # of the credential the method replaced
         self._keep_result(msg.id, reply)
         self.send_texts([reply])
         if outcome is not None:

@@ -116,11 +116,13 @@ class Host(Protocol):
 class Subscriptions:
     """One session's subscriptions (``by_id``) and what runs them."""
 
-    __slots__ = ("by_id", "host")
+    __slots__ = ("by_id", "closed", "host")
 
     def __init__(self, host: Host) -> None:
         self.host = host
         self.by_id: dict[str, Subscription] = {}
+        #: The session is over (``detach_all``): a run that finishes later joins nothing.
+        self.closed = False
 
     def named_count(self) -> int:
         return sum(1 for sub_id in self.by_id if not sub_id.startswith(UNIVERSAL_PREFIX))
@@ -141,6 +143,10 @@ class Subscriptions:
             log.exception("publication %r failed", sub.name)
             self.fail(sub, messages.INTERNAL_ERROR)
             return "error"
+        if self.closed:
+            # The session was torn down while this ran: it must hold nothing.
+            self._let_go(sub.id, queries, run)
+            return None
         if self.by_id.get(sub.id) is not sub or run.stopped:
             # Unsubscribed while running, or the publication stopped itself.
             self._abandon(sub, queries, run)
@@ -158,7 +164,7 @@ class Subscriptions:
             # client saw none of it: forget it silently, then fail the subscription.
             log.exception("publication %r produced a document that cannot be sent", sub.name)
             box.remove_subscription(sub.id)
-            self._let_go(sub.id, queries, None)
+            self._let_go(sub.id, queries, run)
             self.fail(sub, messages.INTERNAL_ERROR)
             return "error"
         for query in queries:
@@ -227,6 +233,15 @@ class Subscriptions:
                 continue
             ran.append((sub, run, queries))
         # From here to the end nothing yields.
+        if self.closed:
+            for sub, run, queries in ran:
+                self._let_go(sub.id, queries, run)
+            return True
+        stopped = [(sub, run, queries) for sub, run, queries in ran if run.stopped]
+        for sub, run, queries in stopped:
+            # Stopped itself (an error, a failed observer) while a later one was running.
+            self._abandon(sub, queries, run)
+        ran = [entry for entry in ran if not entry[1].stopped]
         box = host.mergebox
         fresh: dict[str, dict[tuple[str, str], Any]] = {}
         for sub, _, queries in ran:
@@ -310,6 +325,7 @@ class Subscriptions:
     def detach_all(self) -> None:
         """The session is over: every subscription lets go of its queries and callbacks
         (they stay in ``by_id`` for parking)."""
+        self.closed = True
         for sub in self.by_id.values():
             self.pause(sub)
 
@@ -552,6 +568,7 @@ class Observer:
         "channel",
         "closed",
         "done",
+        "superseded",
     )
 
     def __init__(
@@ -574,6 +591,9 @@ class Observer:
         #: The last seq whose callback (if any) has returned: the write fence waits on it.
         self.done = position
         self._advanced = gevent.event.Event()
+        #: Its channel lost history: the publication is re-run, which replaces what the
+        #: callback would have published; fences stop waiting for it.
+        self.superseded = False
 
     def deliver(self, att: Attachment, batches: Sequence[Batch], cache: BatchCache) -> int:
         collection = self._collection
@@ -612,7 +632,7 @@ class Observer:
             # Taken before the test: an event is replaced before it is set, so a set
             # one means progress since, never a stale wake (no busy loop).
             advanced = self._advanced
-            if self.done >= seq or self.closed:
+            if self.done >= seq or self.closed or self.superseded:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not advanced.wait(remaining):
@@ -625,6 +645,8 @@ class Observer:
         self._advance(self.done)
 
     def lost(self, att: Attachment) -> None:
+        self.superseded = True
+        self._advance(self.done)
         self._run._observer_lost()
 
     def _drain(self) -> None:

@@ -466,3 +466,31 @@ def test_huge_names_and_results_do_not_pile_up_in_a_session(ctx: FakeContext) ->
     assert sum(map(len, kept.values())) <= MAX_RESULT_CHARS and "4" in kept
     log_chars = sum(map(len, peer.session.log))
     assert log_chars <= ctx.settings.resume_log_bytes or len(peer.session.log) == 1
+
+
+# -- found by review: what a session must not keep ----------------------------------------
+
+
+def test_a_subscription_finishing_after_teardown_holds_no_live_query(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The teardown stops waiting for the in-flight message after PARK_DRAIN_SECONDS; a
+    # publication that completes later must not join (and so keep) its live query.
+    monkeypatch.setattr(session_module, "PARK_DRAIN_SECONDS", 0.01)
+    ctx = FakeContext(Settings(), resumer=FakeResumer())
+    peer = Peer(ctx)
+    peer.connect()
+    peer.send({"msg": "sub", "id": "s", "name": "slow"})  # the publication sleeps 0.2 s
+    gevent.sleep(0.05)
+    peer.lose()
+    with gevent.Timeout(2):
+        while ctx.backend.subscribed.count("slow") < 1 or peer.session._processor is not None:
+            gevent.sleep(0.01)
+    assert len(ctx.queries) == 0 and ctx.listened == ctx.unlistened
+
+
+def test_a_session_whose_view_cannot_be_kept_exact_is_not_resumable(ctx: FakeContext) -> None:
+    peer = Peer(ctx)
+    peer.connect()
+    peer.session.desync()
+    assert peer.session.closed and not peer.session.resumable

@@ -487,3 +487,16 @@ def test_a_resumed_publication_that_never_called_ready_is_not_made_ready() -> No
     processed(again)
     assert backend.subscribed == ["manual", "manual"]  # re-run on resume
     assert not any(m["msg"] == "ready" for m in again.messages())
+
+
+def test_an_observer_whose_channel_lost_history_no_longer_holds_the_fence(
+    ctx: FakeContext, backend: Publications
+) -> None:
+    peer = connected(ctx)
+    subscribe(peer, "watching")
+    (sub,) = [s for s in peer.session.subs.values() if s.name == "watching"]
+    assert sub.run is not None
+    (observer,) = sub.run.observers
+    assert not observer.wait_done(99, 0.01)
+    ctx.streams.lost_history("ddp_things", 99, "E2")
+    assert observer.wait_done(99, 0.01)  # the re-run replaces what it would publish
