@@ -498,5 +498,7 @@ def test_an_observer_whose_channel_lost_history_no_longer_holds_the_fence(
     assert sub.run is not None
     (observer,) = sub.run.observers
     assert not observer.wait_done(99, 0.01)
+    backend.position = (99, "E2")  # what the re-run's snapshot reads
     ctx.streams.lost_history("ddp_things", 99, "E2")
     assert observer.wait_done(99, 0.01)  # the re-run replaces what it would publish
+    processed(peer)  # the re-run is done: nothing left running after the test
