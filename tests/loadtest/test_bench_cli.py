@@ -16,8 +16,8 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from loadtest.bench import cli
-from loadtest.bench.runner import RunResult
 from loadtest.bench.stack import Relay
+from tests.loadtest.bench_runs import fanout_run
 
 #: The fan-out/latency header as docs/benchmarks.md and earlier runs have it (one worker).
 ONE_WORKER_HEADER = (
@@ -64,53 +64,17 @@ def test_help_says_profile_covers_every_worker(capsys: pytest.CaptureFixture[str
 # -- aggregation and tables -------------------------------------------------------------------
 
 
-def _run(workers: int, sessions_by_worker: list[int], cpu_by_worker: list[float]) -> RunResult:
-    sessions = sum(sessions_by_worker)
-    return RunResult(
-        mode="fanout",
-        sessions=sessions,
-        deflate=True,
-        writes_planned=3,
-        interval_s=0.5,
-        ready=sessions,
-        failed=0,
-        ramp_s=1.0,
-        subscribed=True,
-        pss_before=100 * 2**20,
-        pss_after=100 * 2**20 + sessions * 20 * 1024,
-        rss_before=0,
-        rss_after=0,
-        writes=3,
-        delivered=3 * sessions,
-        all_ms=[20.0, 25.0, 30.0],
-        first_ms=[1.0, 1.0, 1.0],
-        received=[sessions] * 3,
-        delivery_p50_ms=10.0,
-        delivery_p99_ms=20.0,
-        relay_cpu_s=sum(cpu_by_worker),
-        generator_cpu_s=0.1,
-        postgres_cpu_s=0.01,
-        wall_s=2.0,
-        other_cpu_share=0.0,
-        steal_share=0.0,
-        workers=workers,
-        worker_pids=list(range(100, 100 + workers)),
-        sessions_by_worker=sessions_by_worker,
-        relay_cpu_s_by_worker=cpu_by_worker,
-    )
-
-
 def test_busiest_worker_shares() -> None:
-    run = _run(2, [60, 40], [0.3, 0.1])
+    run = fanout_run(2, [60, 40], [0.3, 0.1])
     assert run.busiest_worker_sessions_share == pytest.approx(0.6)
     assert run.busiest_worker_cpu_share == pytest.approx(0.75)
-    unknown = _run(2, [], [])
+    unknown = fanout_run(2, [], [])
     assert math.isnan(unknown.busiest_worker_sessions_share)
     assert math.isnan(unknown.busiest_worker_cpu_share)
 
 
 def test_aggregate_sums_are_taken_over_the_workers() -> None:
-    agg = cli.aggregate([_run(2, [60, 40], [0.3, 0.1]), _run(2, [50, 50], [0.2, 0.2])])
+    agg = cli.aggregate([fanout_run(2, [60, 40], [0.3, 0.1]), fanout_run(2, [50, 50], [0.2, 0.2])])
     assert agg["workers"] == 2
     assert agg["busiest_worker_sessions_share"] == pytest.approx(0.55)
     assert agg["busiest_worker_cpu_share"] == pytest.approx(0.625)
@@ -124,11 +88,11 @@ def _table(rows: list[dict[str, Any]], writes: bool, capsys: pytest.CaptureFixtu
 
 
 def test_one_worker_table_is_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
-    out = _table([cli.aggregate([_run(1, [100], [0.3])])], True, capsys)
+    out = _table([cli.aggregate([fanout_run(1, [100], [0.3])])], True, capsys)
     lines = out.strip().splitlines()
     assert lines[:3] == ["title", ONE_WORKER_HEADER, "|---:" * 10 + "|"]
     assert "workers" not in out and "busiest" not in out
-    memory = _table([cli.aggregate([_run(1, [100], [])])], False, capsys)
+    memory = _table([cli.aggregate([fanout_run(1, [100], [])])], False, capsys)
     assert memory.strip().splitlines()[1:] == [
         "| sessions | PSS per idle subscribed session | failed |",
         "|---:|---:|---:|",
@@ -137,13 +101,13 @@ def test_one_worker_table_is_unchanged(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_several_workers_table_says_how_many(capsys: pytest.CaptureFixture[str]) -> None:
-    out = _table([cli.aggregate([_run(2, [60, 40], [0.3, 0.1])])], True, capsys)
+    out = _table([cli.aggregate([fanout_run(2, [60, 40], [0.3, 0.1])])], True, capsys)
     _, note, header, rule, row = out.strip().splitlines()
     assert note.startswith("relay: 2 gunicorn gevent workers;")
     assert header == ONE_WORKER_HEADER + " busiest worker: sessions / CPU |"
     assert header.count("|") == rule.count("|") == row.count("|")
     assert row.endswith("| 60% / 75% |")
-    memory = _table([cli.aggregate([_run(2, [60, 40], [])])], False, capsys)
+    memory = _table([cli.aggregate([fanout_run(2, [60, 40], [])])], False, capsys)
     _, note, header, rule, row = memory.strip().splitlines()
     assert note.startswith("relay: 2 gunicorn gevent workers; PSS is the sum")
     assert header.count("|") == rule.count("|") == row.count("|") == 5
@@ -151,7 +115,7 @@ def test_several_workers_table_says_how_many(capsys: pytest.CaptureFixture[str])
 
 
 def test_a_dead_worker_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
-    run = _run(2, [60, 40], [0.3, 0.1])
+    run = fanout_run(2, [60, 40], [0.3, 0.1])
     run.relay_alive = False
     out = _table([cli.aggregate([run])], True, capsys)
     assert "NOTE: at 100 sessions a relay worker died" in out

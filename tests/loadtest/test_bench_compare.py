@@ -18,39 +18,7 @@ from loadtest.bench import compare
 from loadtest.bench.stack import Cleanup, Database
 from loadtest.bench.trees import Tree, TreeInfo
 from loadtest.bench.window import WindowRun, subscription
-
-
-def _window(**changes: Any) -> WindowRun:
-    run = WindowRun(
-        tree="after",
-        revision=None,
-        window_kind="cursor",
-        sessions=10,
-        distinct=1,
-        n=20,
-        publication="books.latest",
-        writes_planned=4,
-        interval_s=0.5,
-        workers=1,
-        ready=10,
-        writes=4,
-        all_done=True,
-        delivered=40,
-        all_ms=[5.0, 6.0, 7.0, 8.0],
-        received=[10] * 4,
-        delivery_p50_ms=4.0,
-        delivery_p99_ms=7.0,
-        delivery_max_ms=8.0,
-        relay_cpu_s=0.02,
-        generator_cpu_s=0.01,
-        postgres_cpu_s=0.01,
-        wall_s=2.0,
-        checked=10,
-        ramp_s=1.0,
-    )
-    for key, value in changes.items():
-        setattr(run, key, value)
-    return run
+from tests.loadtest.bench_runs import window_run
 
 
 def test_subscriptions() -> None:
@@ -59,7 +27,7 @@ def test_subscriptions() -> None:
 
 
 def test_an_exact_run() -> None:
-    run = _window()
+    run = window_run()
     assert run.exact
     assert run.relay_cpu_per_commit_ms == pytest.approx(5.0)
     assert run.summary()["all_p50_ms"] == 6.0
@@ -80,21 +48,21 @@ def test_an_exact_run() -> None:
     ],
 )
 def test_what_makes_a_run_inexact(changes: dict[str, Any]) -> None:
-    assert not _window(**changes).exact
+    assert not window_run(**changes).exact
 
 
 def test_no_commit_has_no_cost_per_commit() -> None:
-    assert math.isnan(_window(writes=0).relay_cpu_per_commit_ms)
+    assert math.isnan(window_run(writes=0).relay_cpu_per_commit_ms)
 
 
 def test_aggregate_takes_medians() -> None:
-    runs = [_window(relay_cpu_s=c) for c in (0.02, 0.04, 0.4)]
+    runs = [window_run(relay_cpu_s=c) for c in (0.02, 0.04, 0.4)]
     assert compare.aggregate(runs)["relay_cpu_per_commit_ms"] == pytest.approx(10.0)
     assert compare.aggregate([]) == {}
 
 
 def _row(tree: str, cpu: float, **extra: Any) -> dict[str, Any]:
-    agg = compare.aggregate([_window(relay_cpu_s=cpu)])
+    agg = compare.aggregate([window_run(relay_cpu_s=cpu)])
     agg.update(
         tree=tree,
         relay=tree,
@@ -222,7 +190,7 @@ def test_side_by_side_alternates_the_trees_and_keeps_each_tree_s_medians(
     def run(where: compare.Where, options: compare.RunOptions) -> WindowRun:
         calls.append((where[0].label, options))
         cpu = 0.02 if where[0].label == "after" else 2.0
-        return _window(tree=where[0].label, relay_cpu_s=cpu, missing=int(len(calls) == 4))
+        return window_run(tree=where[0].label, relay_cpu_s=cpu, missing=int(len(calls) == 4))
 
     side.add(
         "10x1",
@@ -286,7 +254,7 @@ def test_side_by_side_is_ok_while_every_run_is(
 
     def run(where: compare.Where, options: compare.RunOptions) -> WindowRun:
         seen.append(options)
-        return _window()
+        return window_run()
 
     side.add("3", {"sessions": 3}, run, "exact", lambda runs: {"exact": True})
     assert side.ok and len(side.rows) == 1

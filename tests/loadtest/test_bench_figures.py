@@ -18,8 +18,8 @@ from loadtest.bench.meter import CpuUsage
 from loadtest.bench.runner import RunResult
 from loadtest.bench.storm import StormRun
 from loadtest.bench.window import WindowRun
-from tests.loadtest.test_bench_cli import _run
-from tests.loadtest.test_bench_compare import _window as _a_window
+from tests.loadtest.bench_runs import fanout_run as _run
+from tests.loadtest.bench_runs import window_run as _a_window
 
 shares = st.floats(min_value=0.0, max_value=4.0, allow_nan=False)
 
