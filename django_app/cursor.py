@@ -184,11 +184,6 @@ class Cursor:
         return f"<Cursor {self.model._meta.label} {self.lookups!r}{window}>"
 
 
-def _is_unfiltered(qs: QuerySet[Any]) -> bool:
-    query = qs.query
-    return not (query.has_filters() or query.is_sliced or query.combinator or query.extra)
-
-
 def conditions_for_rule(
     model: type[models.Model], rule: Mapping[str, Any] | Q | None
 ) -> tuple[Condition, ...] | None:

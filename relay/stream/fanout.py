@@ -235,8 +235,9 @@ class Streams:
 
     def _catch_up(self, stream: ChannelStream, att: Attachment) -> None:
         """Apply to a late attacher the batches it missed, from the ring."""
-        missed = [b for b in stream.ring if b.seq > att.cursor]
-        if not missed or missed[0].seq != att.cursor + 1:
+        # Called only for an attacher behind the stream: [] cannot come back here.
+        missed = self.batches_after(stream.channel, att.cursor)
+        if not missed:
             self._resync(stream, [att])
             return
         self._apply(att, missed, BatchCache())
