@@ -16,8 +16,11 @@ Inside, a module imports only modules listed before it here, function-level impo
 included (no circles; ``tests/django_app/test_layers.py`` keeps it so):
 
 1. leaves: ``conf`` (``DDP_*`` settings), ``channel``, ``exceptions``, ``cursor``,
-   ``models`` (``LoginToken``), ``signals`` (connection hooks), then ``serializer``, ``signature``,
-   ``ordering`` (a sorted, sliced cursor as a live window),
+   ``models`` (``LoginToken``, presence), ``signals`` (connection hooks), ``streams``
+   (event stream declarations), ``ejson_types`` (``ejson_type``), ``coroutines``
+   (awaiting ``async def`` functions), then ``serializer``, ``signature``, ``ordering``
+   (a sorted, sliced cursor as a live window), ``modifiers`` (Mongo update modifiers
+   as SQL),
    ``accounts.passwords`` (Meteor's digest) and ``accounts.tokens`` (login tokens);
 2. ``collection`` (one published model) and ``accounts.revocation`` (the token
    revocation settings, ``user_logged_out``), then ``mutator`` (a collection's Meteor
@@ -28,7 +31,8 @@ included (no circles; ``tests/django_app/test_layers.py`` keeps it so):
    ``registry``; it knows methods and publications only by protocol;
 4. what fills or reads it: ``context`` (``ctx``), ``methods`` (``@method``),
    ``publications`` (``@publish``, ``Publication``), ``triggers``, ``checks``;
-5. ``fields`` (``MeteorIdField``), ``changes`` (``touch``, ``prune``);
+5. ``fields`` (``MeteorIdField``), ``changes`` (``touch``, ``prune``), ``events``
+   (``publish_event``), ``presence`` (``present``);
 6. ``accounts.identity`` (the relay's ``Identity`` of a token), then
    ``accounts.authenticators`` (``DDP_AUTHENTICATORS``) and ``accounts.methods`` (the
    accounts methods, ``log_in``);
@@ -46,11 +50,16 @@ if TYPE_CHECKING:
     from django_app.collection import Collection, computed
     from django_app.context import MethodContext, SubscriptionContext
     from django_app.cursor import Cursor
+    from django_app.ejson_types import ejson_type
+    from django_app.events import publish_event
     from django_app.exceptions import DDPError
     from django_app.fields import MeteorIdField
     from django_app.methods import method
+    from django_app.presence import present
     from django_app.publications import Count, Publication, publish
     from django_app.registries import registry
+    from django_app.streams import Stream, StreamCursor
+    from relay.limits.ratelimit import Rule
 
 __all__ = [
     "Collection",
@@ -60,11 +69,17 @@ __all__ = [
     "MeteorIdField",
     "MethodContext",
     "Publication",
+    "Rule",
+    "Stream",
+    "StreamCursor",
     "SubscriptionContext",
     "computed",
+    "ejson_type",
     "log_in",
     "method",
+    "present",
     "publish",
+    "publish_event",
     "registry",
 ]
 
@@ -76,8 +91,14 @@ _EXPORTS = {
     "MeteorIdField": "django_app.fields",
     "MethodContext": "django_app.context",
     "Publication": "django_app.publications",
+    "Rule": "relay.limits.ratelimit",
+    "Stream": "django_app.streams",
+    "StreamCursor": "django_app.streams",
     "SubscriptionContext": "django_app.context",
+    "present": "django_app.presence",
+    "publish_event": "django_app.events",
     "computed": "django_app.collection",
+    "ejson_type": "django_app.ejson_types",
     "log_in": "django_app.accounts.methods",
     "method": "django_app.methods",
     "publish": "django_app.publications",

@@ -58,7 +58,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.query import QuerySet
 
-from django_app import changes, signals
+from django_app import changes, events, presence, signals
 from django_app.accounts.users import USER_PUBLICATION
 from django_app.checks import TAG
 from django_app.collection import Collection, apply_visibility
@@ -76,6 +76,7 @@ from django_app.publications import Count
 from django_app.registries import Registry
 from django_app.registries import registry as default_registry
 from django_app.serializer import pk_to_wire
+from django_app.streams import StreamCursor
 from relay.backend import (
     ANONYMOUS,
     CallContext,
@@ -90,6 +91,7 @@ from relay.backend import (
     QueryData,
     QuerySpec,
     Route,
+    StreamOf,
     SubscriptionPlan,
     Window,
     WritePosition,
@@ -174,21 +176,27 @@ class DjangoBackend:
             raise NotFound(f"Subscription '{name}' not found")
         conn = connections[DEFAULT_DB_ALIAS]
         snapshot = nullcontext() if publication.is_static else _snapshot(conn)
-        with _db_call(), snapshot:
-            user = _user_of(ctx.identity)
-            sub_ctx = SubscriptionContext(
-                user=user,
-                user_id=ctx.identity.user_id,
-                session_id=ctx.session_id,
-                handshake=ctx.handshake,
-                hooks=PublicationHooks(sink, _in_db_call, _position_of),
-            )
-            items, returned = publication.run(sub_ctx, params)
-            specs = [self._spec(item, user) for item in items]
+        after: list[Callable[[], None]] = []
+        with _db_call():
+            with snapshot:
+                user = _user_of(ctx.identity)
+                sub_ctx = SubscriptionContext(
+                    user=user,
+                    user_id=ctx.identity.user_id,
+                    session_id=ctx.session_id,
+                    handshake=ctx.handshake,
+                    hooks=PublicationHooks(sink, _in_db_call, _position_of, after.append),
+                )
+                items, returned = publication.run(sub_ctx, params)
+                specs = [self._spec(item, user) for item in items]
+            for callback in after:
+                callback()
         return SubscriptionPlan(specs, auto_ready=returned or not sub_ctx.used_api)
 
-    def _spec(self, item: Cursor | Count, user: Any) -> QuerySpec:
-        """The shareable spec of one cursor or count, for ``user``."""
+    def _spec(self, item: Cursor | Count | StreamCursor, user: Any) -> QuerySpec:
+        """The shareable spec of one cursor, count or stream, for ``user``."""
+        if isinstance(item, StreamCursor):
+            return _stream_spec(item)
         count = item if isinstance(item, Count) else None
         cursor = item.cursor if isinstance(item, Count) else item
         collection = self.registry.collection_for_model(cursor.model)
@@ -257,6 +265,7 @@ class DjangoBackend:
                 random_seed=ctx.random_seed,
                 method=name,
                 credential=ctx.identity.credential,
+                unblock=ctx.unblock,
             )
             txids: set[int] = set()
             try:
@@ -309,12 +318,16 @@ class DjangoBackend:
                     )
 
     def decode_change(self, channel: str, change: Change) -> DecodedChange | None:
-        """The change as the relay routes it (see ``Collection.decode_change``); None for
-        a channel no registered collection publishes on. No database access."""
+        """The change as the relay routes it (see ``Collection.decode_change``; an event
+        stream's: ``Stream.decode``); None for a channel nothing registered publishes
+        on. No database access."""
         collection = self.registry.get_collection_for_channel(channel)
-        if collection is None:
-            return None
-        return collection.decode_change(change)
+        if collection is not None:
+            return collection.decode_change(change)
+        stream = self.registry.get_stream_for_channel(channel)
+        if stream is not None:
+            return stream.decode(change)
+        return None
 
     def housekeeping(self) -> None:
         """Periodic cluster chores the relay runs: prune the changelog past its retention
@@ -325,9 +338,22 @@ class DjangoBackend:
         with _db_call():
             changes.prune()
             delete_expired()
+            presence.housekeeping()
+
+    def keepalive(self) -> None:
+        """Every few seconds on every worker: renew this worker's presence lease and
+        release the presence of workers whose lease expired (``django_app.presence``)."""
+        with _db_call():
+            presence.keepalive()
 
     def close(self) -> None:
-        """Close this thread's database connections (the worker is stopping)."""
+        """Release this worker's presence, then close this thread's database connections
+        (the worker is stopping)."""
+        try:
+            with _db_call():
+                presence.release_all()
+        except Exception:
+            logger.exception("releasing this worker's presence failed; its lease will expire")
         connections.close_all()
 
 
@@ -381,7 +407,8 @@ class _Source:
             # DISTINCT: a filter across a many-to-many joins a row once per match.
             ids = self.queryset.order_by().values_list("pk", flat=True).distinct()
             return [Document(name, id_stringify(pk_to_wire(pk)), {}) for pk in ids], None, True
-        qs = collection.prepare_queryset(self.queryset)
+        # A clone: a queryset caches its rows, and a refetch must read them again.
+        qs = collection.prepare_queryset(self.queryset.all())
         window = self.window
         if window is None:
             return [_document(collection, instance) for instance in qs], None, True
@@ -393,9 +420,33 @@ class _Source:
         return [_document(collection, row) for row in rows], keys, complete
 
 
-def _source_of(spec: QuerySpec) -> _Source:
+class _StreamSource:
+    """A stream key's spec source: its recent events, read back from the changelog."""
+
+    __slots__ = ("cursor",)
+
+    def __init__(self, cursor: StreamCursor) -> None:
+        self.cursor = cursor
+
+    def read(self) -> tuple[list[Document], list[tuple[Any, ...]] | None, bool]:
+        return events.history(self.cursor), None, True
+
+
+def _stream_spec(cursor: StreamCursor) -> QuerySpec:
+    """One stream key's spec: shared by every subscriber of the key and history."""
+    stream = cursor.stream
+    text = repr(("stream", cursor.channel, stream.collection, cursor.history))
+    return QuerySpec(
+        key=hashlib.sha256(text.encode()).hexdigest(),
+        route=Route(cursor.channel, stream.collection, ()),
+        stream=StreamOf(cursor.history),
+        source=_StreamSource(cursor),
+    )
+
+
+def _source_of(spec: QuerySpec) -> _Source | _StreamSource:
     source = spec.source
-    if not isinstance(source, _Source):
+    if not isinstance(source, _Source | _StreamSource):
         raise TypeError(f"not a spec of this backend: {spec!r}")
     return source
 

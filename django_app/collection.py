@@ -674,6 +674,26 @@ class Collection:
         """Whether ``user`` may remove ``doc``."""
         return False
 
+    # Meteor's deny(): asked before the allow rule; True refuses (403 "Access denied")
+    # whatever the allow rule says. A collection with deny rules and no allow rule still
+    # refuses everything (the allow rules default to False).
+
+    def deny_insert(self, user: Any, doc: dict[str, Any]) -> bool:
+        """Whether to refuse ``user`` inserting ``doc`` (arguments as ``allow_insert``)."""
+        return False
+
+    def deny_update(
+        self, user: Any, doc: dict[str, Any], fields: list[str], modifier: dict[str, Any]
+    ) -> bool:
+        """Whether to refuse ``modifier`` on ``doc`` (arguments as ``allow_update``:
+        ``fields`` are the top-level names the modifier touches, a dotted path counting
+        as its first segment)."""
+        return False
+
+    def deny_remove(self, user: Any, doc: dict[str, Any]) -> bool:
+        """Whether to refuse ``user`` removing ``doc``."""
+        return False
+
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} {self.collection_name!r}>"
 

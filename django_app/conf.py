@@ -76,6 +76,16 @@ DEFAULTS: Final[dict[str, Any]] = {
     #: Dotted path of ``f(user, token, url) -> (subject, body)`` writing the
     #: password-reset email; None: a short plain-text message.
     "DDP_PASSWORD_RESET_EMAIL": None,
+    #: The largest event ``publish_event`` accepts: its payload as JSON, in bytes.
+    "DDP_EVENT_MAX_BYTES": 65536,
+    #: The client-side collection presence documents are published in
+    #: (``django_app.presence``).
+    "DDP_PRESENCE_COLLECTION": "presence",
+    #: How long a relay worker's presence outlives it (seconds): a worker renews its lease
+    #: every few seconds, and once the lease of one that died (SIGKILL, a lost node)
+    #: expires, any other worker removes the presence it held. Small: the time "who is
+    #: here" is wrong after a crash; not below a few renewals.
+    "DDP_PRESENCE_LEASE": 10,
 }
 
 
@@ -93,6 +103,19 @@ class _DDPSettings:
     @property
     def CHANGELOG_RETENTION(self) -> dt.timedelta:
         value = self._get("DDP_CHANGELOG_RETENTION")
+        return value if isinstance(value, dt.timedelta) else dt.timedelta(seconds=value)
+
+    @property
+    def EVENT_MAX_BYTES(self) -> int:
+        return int(self._get("DDP_EVENT_MAX_BYTES"))
+
+    @property
+    def PRESENCE_COLLECTION(self) -> str:
+        return str(self._get("DDP_PRESENCE_COLLECTION"))
+
+    @property
+    def PRESENCE_LEASE(self) -> dt.timedelta:
+        value = self._get("DDP_PRESENCE_LEASE")
         return value if isinstance(value, dt.timedelta) else dt.timedelta(seconds=value)
 
     @property

@@ -5,7 +5,8 @@ written as code uses: ``added``/``changed``/``removed``/``ready``/``error``/``st
 ``on_stop``/``observe``, Meteor's ``this.added``... over the relay's
 ``relay.backend.PublicationSink``) and ``MethodContext`` (user, session, and for methods the
 ``randomSeed`` stream that makes server ids equal the client stub's ids, the caller's
-credential and Meteor's ``setUserId``: ``ctx.set_user``), plus the context variable that
+credential, Meteor's ``setUserId``: ``ctx.set_user``, and ``this.unblock()``:
+``ctx.unblock``), plus the context variable that
 tells code deep inside a method (``MeteorIdField``'s default, later the change stream)
 which invocation it runs in.
 
@@ -56,6 +57,9 @@ class PublicationHooks:
     sink: PublicationSink
     wrap: Callable[[Callable[..., None]], Callable[..., None]]
     position_of: Callable[[str], tuple[int, str]]
+    #: Queues a callback for when the publication's read-only snapshot has ended, before
+    #: its documents are fetched (``SubscriptionContext.after_snapshot``).
+    after_snapshot: Callable[[Callable[[], None]], None] | None = None
 
 
 class SubscriptionContext:
@@ -145,6 +149,17 @@ class SubscriptionContext:
         assert hooks is not None
         sink.on_stop(hooks.wrap(callback))
 
+    def after_snapshot(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the publication function's read-only snapshot is over and
+        before the subscription's documents are read: where a publication writes
+        (``django_app.presence`` joins there, so a subscriber sees itself at once).
+        Without a relay subscription, at once."""
+        hooks = self._hooks
+        if hooks is None or hooks.after_snapshot is None:
+            callback()
+        else:
+            hooks.after_snapshot(callback)
+
     def observe(
         self, model: type[models.Model], callback: Callable[[Sequence[DecodedChange]], None]
     ) -> None:
@@ -209,6 +224,12 @@ class MethodContext(SubscriptionContext):
             if user is None:
                 raise DDPError(403, "Incorrect PIN")
             return log_in(ctx, user)  # {id, token, tokenExpires, type}
+
+    ``unblock()`` is Meteor's ``this.unblock()``: the session's later messages (methods and
+    subscriptions) may run while this method goes on; without it they wait for its end.
+    Idempotent; a method may call ``set_user`` only before it (Meteor's rule: later calls
+    may already run as the current user). Outside a relay session (a mutator, a test) it
+    changes nothing else.
     """
 
     def __init__(
@@ -221,6 +242,7 @@ class MethodContext(SubscriptionContext):
         random_seed: str | None = None,
         method: str = "",
         credential: str | None = None,
+        unblock: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(user=user, user_id=user_id, session_id=session_id, handshake=handshake)
         self.random_seed = random_seed
@@ -232,6 +254,8 @@ class MethodContext(SubscriptionContext):
         self.user_changed = False
         #: Whether ``close_connection`` was called.
         self.closing = False
+        self._unblock_hook = unblock
+        self._unblocked = False
 
     @property
     def credential(self) -> str | None:
@@ -244,6 +268,8 @@ class MethodContext(SubscriptionContext):
         ``setUserId``). Takes effect for the session when the method returns."""
         from django.contrib.auth.models import AnonymousUser  # needs the app registry
 
+        if self._unblocked:
+            raise DDPError(500, "Can't call set_user (setUserId) in a method after calling unblock")
         if user is None or not getattr(user, "is_authenticated", False):
             if token is not None:
                 raise ValueError("set_user(None) logs out: it takes no token")
@@ -255,6 +281,20 @@ class MethodContext(SubscriptionContext):
             self.user, self.user_id = user, str(user.pk)
             self._credential = None if token is None else str(token.pk)
         self.user_changed = True
+
+    def unblock(self) -> None:
+        """Let the session's later messages run while this method goes on (Meteor's
+        ``this.unblock()``); its own ``result`` and ``updated`` still come when it ends."""
+        if self._unblocked:
+            return
+        self._unblocked = True
+        if self._unblock_hook is not None:
+            self._unblock_hook()
+
+    @property
+    def unblocked(self) -> bool:
+        """Whether ``unblock()`` was called."""
+        return self._unblocked
 
     def close_connection(self) -> None:
         """Close the caller's DDP session once this method's ``result`` and ``updated``

@@ -6,6 +6,9 @@
   no fields, so its inserts and deletes travel the change stream (a deleted token closes
   the sessions holding it, on every relay); no publication returns it and its mutators
   deny everything (the ``Collection`` default);
+* the presence table (``django_app.models.Presence``) as collection
+  ``DDP_PRESENCE_COLLECTION`` (``presence``), which ``django_app.presence.present``
+  returns to publications;
 * Django's ``user_logged_out`` connected to ``revoke_django_session``, and the database
   ``Session`` model's ``post_delete`` to ``revoke_deleted_django_session``.
 
@@ -39,7 +42,7 @@ from django_app.collection import Collection
 from django_app.conf import ddp_settings
 from django_app.context import SubscriptionContext
 from django_app.cursor import Cursor
-from django_app.models import LoginToken
+from django_app.models import LoginToken, Presence
 from django_app.publications import Publication
 from django_app.registries import registry
 from relay.limits.ratelimit import CHANGE_PASSWORD_RULE, DEFAULT_ACCOUNTS_RULE
@@ -57,6 +60,18 @@ class LoginTokenCollection(Collection):
     model = LoginToken
     name = TOKEN_COLLECTION
     fields = ()
+
+
+@registry.register
+class PresenceCollection(Collection):
+    """Who is present on a topic (``django_app.presence``): ``topic`` and ``userId``
+    (None for an anonymous session), in ``DDP_PRESENCE_COLLECTION``. Publications
+    return it through ``present(ctx, topic)``; its mutators deny everything."""
+
+    model = Presence
+    name = ddp_settings.PRESENCE_COLLECTION
+    fields = ("topic", "user_id")
+    rename = {"user_id": "userId"}
 
 
 user_logged_out.connect(revoke_django_session, dispatch_uid="ddp_revoke_django_session")

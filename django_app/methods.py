@@ -3,7 +3,9 @@
 Job: hold a method's name, function and compiled parameter checks, and run it with a
 ``MethodContext``. The function receives ``(ctx, *params)``; wrong argument counts or
 types are refused with 400 "Match failed" before it runs. Raise ``DDPError`` for an error
-the client may see; any other exception is logged by the relay and sent as 500.
+the client may see; any other exception is logged by the relay and sent as 500. An
+``async def`` function is run to completion in the caller's thread, connection and
+transaction (``django_app.coroutines``).
 
 Where it sits: above the registry (``@method`` adds to the ``registry=`` it is given,
 default the project's ``django_app.registries.registry``), which stores a ``Method`` only
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from django_app import coroutines
 from django_app.conf import ddp_settings
 from django_app.registries import Registry
 from django_app.registries import registry as default_registry
@@ -54,11 +57,11 @@ class Method:
         return ddp_settings.ATOMIC_METHODS if self.atomic is None else self.atomic
 
     def run(self, ctx: MethodContext, params: Sequence[Any]) -> Any:
-        """Validate ``params`` and call the function; returns its result."""
+        """Validate ``params`` and call the function (awaited, if it is ``async def``);
+        returns its result."""
         if self.func is None or self._validator is None:
             raise NotImplementedError(f"{type(self).__name__} must override run()")
-        self._validator.validate(params)
-        return self.func(ctx, *params)
+        return coroutines.call(self.func, ctx, *self._validator.validate(params))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -67,7 +70,8 @@ class Method:
 def method(
     name: str, *, atomic: bool | None = None, registry: Registry | None = None
 ) -> Callable[[F], F]:
-    """Decorator: register ``func(ctx, *params)`` as the DDP method ``name``.
+    """Decorator: register ``func(ctx, *params)`` (a function or an ``async def`` one)
+    as the DDP method ``name``.
 
     ::
 

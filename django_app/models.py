@@ -9,10 +9,15 @@ admin shell inspect ``ddp_channel`` and ``ddp_changelog``, which the ``ddp`` mig
 create with SQL (``relay.protocol.changestream`` is their contract) and the database
 triggers fill (``managed = False``).
 
-What must not live here: token logic (``django_app.accounts.tokens``), writing to the
-change-stream tables (only the triggers' ``ddp_flush()`` and ``django_app.changes.prune``
-do) or decoding changes: the ORM loads ``changes`` with floats, so read it with
-``changestream.loads_payload`` when decimal scale matters.
+``Presence``, ``PresenceHold`` and ``PresenceLease`` are who is present on a topic
+(``django_app.presence`` writes them): one published row per member and topic, one
+private row per subscription holding it, one lease per relay worker.
+
+What must not live here: token logic (``django_app.accounts.tokens``), presence logic
+(``django_app.presence``), writing to the change-stream tables (only the triggers'
+``ddp_flush()`` and ``django_app.changes.prune`` do) or decoding changes: the ORM loads
+``changes`` with floats, so read it with ``changestream.loads_payload`` when decimal
+scale matters.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from django.db import models
 
 from relay.protocol.alea import random_id
 
-__all__ = ["ChangelogEntry", "ChannelPosition", "LoginToken"]
+__all__ = [
+    "ChangelogEntry",
+    "ChannelPosition",
+    "LoginToken",
+    "Presence",
+    "PresenceHold",
+    "PresenceLease",
+]
 
 
 class LoginToken(models.Model):
@@ -93,3 +105,46 @@ class ChangelogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel}#{self.seq}"
+
+
+class Presence(models.Model):
+    """``ddp_presence``: a member (a user, or an anonymous session) present on a topic.
+
+    Published as the collection ``DDP_PRESENCE_COLLECTION`` (``django_app/ddp.py``): the
+    row exists while at least one ``PresenceHold`` holds it. ``id`` is a digest of the
+    topic and the member, so neither a session id nor the member key reaches clients.
+    """
+
+    id = models.CharField(primary_key=True, max_length=24, editable=False)
+    topic = models.CharField(max_length=200, db_index=True)
+    #: The present user's primary key as text; None for an anonymous session.
+    user_id = models.CharField(max_length=64, null=True)
+    since = models.DateTimeField()
+
+    class Meta:
+        db_table = "ddp_presence"
+
+    def __str__(self) -> str:
+        return f"{self.user_id or 'anonymous'} on {self.topic}"
+
+
+class PresenceHold(models.Model):
+    """``ddp_presence_hold``: one subscription (run) that holds a ``Presence`` row, and
+    the relay worker (``owner``) whose lease it lives on. Never published."""
+
+    token = models.CharField(primary_key=True, max_length=24, editable=False)
+    presence_id = models.CharField(max_length=24, db_index=True)
+    owner = models.CharField(max_length=24, db_index=True)
+
+    class Meta:
+        db_table = "ddp_presence_hold"
+
+
+class PresenceLease(models.Model):
+    """``ddp_presence_lease``: a relay worker's lease; its holds go when it expires."""
+
+    owner = models.CharField(primary_key=True, max_length=24, editable=False)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        db_table = "ddp_presence_lease"

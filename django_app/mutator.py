@@ -1,25 +1,35 @@
 """Meteor's collection mutators: ``/<collection>/insert``, ``update`` and ``remove``.
 
 Job: what a stock Meteor client calls when app code does ``Books.insert(doc)``,
-``Books.update(id, {$set: ...})`` or ``Books.remove(id)`` (and the ``...Async``
-aliases), checked against the collection's ``allow_*`` rules with Meteor's own errors:
+``Books.update(id, {$inc: ...})`` or ``Books.remove(id)`` (and the ``...Async`` aliases),
+checked against the collection's ``deny_*`` and ``allow_*`` rules with Meteor's own errors:
 
 * every collection answers its mutator names; rules deny by default, so a collection
-  that allows nothing answers 403 "Access denied" (Meteor without ``insecure``);
+  that allows nothing answers 403 "Access denied" (Meteor without ``insecure``); a
+  ``deny_*`` rule is asked first, and True refuses whatever ``allow_*`` says (allow is
+  then not asked), as in Meteor's allow-deny.js;
 * ``insert`` without ``_id`` takes the id from the invocation's seeded stream
   ``/collection/<name>``, the id the client's stub already shows; with ``_id`` it uses it
-  (the rule sees it);
+  (the rules see it);
 * ``update``/``remove`` take an id or ``{"_id": id}`` (anything else: 403 "Not permitted.
   Untrusted code may only update documents by ID."), find the row among those the user
-  may see (``visible``), and return 0 when there is none, else 1;
-* ``update`` takes ``$set``/``$unset`` of top-level published fields (wire names, renames
-  mapped back); a replacement document is 403 like Meteor, other operators are 400;
-* model validation (``full_clean``) failures are 400 with the messages; database
-  integrity errors are 409, as Meteor reports Mongo errors.
+  may see (``visible``), lock it, and return 0 when there is none, else 1;
+* ``update`` takes Mongo modifiers (``django_app.modifiers`` parses them, with Meteor's
+  403 for a replacement document or an operator it refuses, and compiles them): the
+  rules get ``fields``, each path's first segment as Meteor's ``fieldNames``; then a
+  top-level ``$set``/``$unset`` is a plain value, and every other operation (``$inc`` of
+  a number column, array operators on an ``ArrayField``, anything inside a JSON field
+  by dotted path) a value the database computes from the row; all of them, with the
+  ``auto_now`` columns, go in ONE guarded ``UPDATE`` of the row;
+* model validation (``full_clean``) failures are 400 with the messages: of the plain
+  values before the write, of the computed columns after it (in the transaction, so a
+  failure writes nothing); database integrity and data errors are 409, as Meteor reports
+  Mongo errors.
 
 Only published fields can be written, and among the published arrays
-(``Collection.published_paths``) only two shapes, both written after the row is saved, in
-the mutator's transaction, replacing the relation's rows (``$unset``: none):
+(``Collection.published_paths``) only two shapes, both written after the row, in the
+mutator's transaction (``$set``: replacing the relation's rows; ``$unset``: none;
+``$addToSet``: adding rows; ``$pull``/``$pullAll``: removing those named):
 
 * a many-to-many field (``"tags"``, either side of the relation): the array of the related
   rows' ids, which must exist (400 otherwise): ``manager.set(rows)``;
@@ -28,14 +38,15 @@ the mutator's transaction, replacing the relation's rows (``$unset``: none):
   it, created (validated with ``full_clean``) when missing, then ``manager.set(rows)``.
 
 Any other array (a reverse foreign key, a longer path, a non-unique field, a relation
-with its own ``through`` model) is a 400 that says so. The ``allow_*`` rules see the
-whole document or modifier, arrays included.
+with its own ``through`` model) is a 400 that says so. The rules see the whole document
+or modifier, arrays included.
 
 Where it sits: below the registry, which answers every mutator name with a ``Mutator``.
 A mutator is not declared with ``@method`` (``django_app.methods``): it has the same shape
 (``name``, ``is_atomic``, ``run``: the registry's ``RegisteredMethod`` protocol) but no
 function or parameter signature of its own. What must not live here: the rules themselves
-(``Collection.allow_*``), the transaction around the whole call (the backend's), or any
+(``Collection.allow_*``/``deny_*``), the modifier semantics and their SQL
+(``django_app.modifiers``), the transaction around the whole call (the backend's), or any
 registry lookup.
 """
 
@@ -43,14 +54,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
+from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import FieldDoesNotExist, ValidationError
-from django.db import IntegrityError, models, router, transaction
+from django.db import DataError, IntegrityError, connections, models, router, transaction
 
 from django_app.collection import Collection, PublishedField, PublishedPath
 from django_app.conf import ddp_settings
 from django_app.exceptions import AccessDenied, DDPError, MatchFailed
+from django_app.modifiers import (
+    ARRAY_OPERATORS,
+    ArraySteps,
+    ColumnSteps,
+    JsonSteps,
+    NumberSteps,
+    Operation,
+    PullQuery,
+    apply_update,
+    column_json_type,
+    json_problem,
+    mismatch,
+    parse_modifier,
+    touched_fields,
+)
 from django_app.serializer import from_wire, pk_to_wire
 from django_app.signature import storable
 
@@ -69,11 +97,8 @@ MUTATOR_OPERATIONS: Final = {
     "removeAsync": "remove",
 }
 
-_NO_REPLACE: Final = (
-    "Access denied. In a restricted collection you can only update documents, not replace"
-    " them. Use a Mongo update operator, such as '$set'."
-)
-_UPDATE_OPERATORS: Final = ("$set", "$unset")
+#: Stands for a value a column cannot hold (a ``$pull`` of it removes nothing).
+_MISSING: Final = object()
 
 
 class Mutator:
@@ -106,7 +131,9 @@ class Mutator:
                 return _remove(self.collection, ctx, params)
             except ValidationError as exc:
                 raise DDPError.from_validation_error(exc, _wire_names(self.collection)) from exc
-            except IntegrityError as exc:
+            except (IntegrityError, DataError) as exc:
+                # Meteor reports Mongo's errors as 409; a value the database refuses
+                # (an $inc past the column's range, say) is one of those.
                 raise DDPError(409, str(exc).strip().splitlines()[0]) from exc
 
     def __repr__(self) -> str:
@@ -129,7 +156,7 @@ def _insert(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -
         raw_id = ctx.new_id(collection.collection_name)
         kwargs[pk_field.attname] = raw_id
         doc = {"_id": raw_id, **sent}
-    if not collection.allow_insert(ctx.user, doc):
+    if collection.deny_insert(ctx.user, doc) or not collection.allow_insert(ctx.user, doc):
         raise AccessDenied()
     relations: list[tuple[_RelationWrite, list[Any]]] = []
     for wire_name, value in sent.items():
@@ -159,54 +186,165 @@ def _update(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -
     raw_id = _selector_id(selector, "update")
     if options.get("upsert"):
         raise AccessDenied("Access denied. Upserts not allowed in a restricted collection.")
-    if not modifier or any(not op.startswith("$") for op in modifier):
-        raise AccessDenied(_NO_REPLACE)
-    touched: list[str] = []
-    for op, spec in modifier.items():
-        if op not in _UPDATE_OPERATORS:
-            raise DDPError(400, f"Operator {op} is not supported; use $set or $unset")
-        if not isinstance(spec, dict):
-            raise MatchFailed()
-        for key in spec:
-            top = key.split(".", 1)[0]
-            if top not in touched:
-                touched.append(top)
+    operations = parse_modifier(modifier)
     instance = _find(collection, ctx, raw_id)
     if instance is None:
         return 0
-    if not collection.allow_update(ctx.user, collection.document(instance), touched, modifier):
+    doc = collection.document(instance)
+    touched = touched_fields(operations)
+    if collection.deny_update(ctx.user, doc, list(touched), modifier) or not (
+        collection.allow_update(ctx.user, doc, list(touched), modifier)
+    ):
         raise AccessDenied()
-    changed: set[models.Field[Any, Any]] = set()
-    relations: list[tuple[_RelationWrite, list[Any]]] = []
-    for op, spec in modifier.items():
-        for key, value in spec.items():
-            if key == "_id":
-                raise DDPError(400, "The _id of a document cannot be changed")
-            if "." in key:
-                raise DDPError(400, f"Nested field updates are not supported: {key!r}")
-            published = _published(collection, key)
-            if isinstance(published, PublishedPath):
-                write = _relation_write(collection, published)
-                relations.append((write, write.decode(value) if op == "$set" else []))
-                continue
-            field = published.field
-            if op == "$set":
-                new_value = _decode(published, value)
-            elif field.null:
-                new_value = None
-            elif field.has_default():
-                new_value = field.get_default()
-            else:
-                raise DDPError(400, f"Field {key!r} cannot be unset")
-            setattr(instance, published.attname, new_value)
-            changed.add(field)
-    opts = collection.model._meta
-    instance.full_clean(exclude=[f.name for f in opts.concrete_fields if f not in changed])
-    auto_now = {f for f in opts.concrete_fields if getattr(f, "auto_now", False)}
-    instance.save(update_fields=[f.name for f in changed | auto_now])
-    for write, values in relations:
-        write.apply(instance, values)
+    plan = _UpdatePlan(collection, instance)
+    for op in operations:
+        plan.add(op)
+    plan.run()
     return 1
+
+
+class _UpdatePlan:
+    """One ``update``: plain values set by the ORM, columns computed by the database
+    (``django_app.modifiers``), and relation writes after the row, in that order."""
+
+    def __init__(self, collection: Collection, instance: models.Model) -> None:
+        self.collection = collection
+        self.instance = instance
+        self.values: dict[models.Field[Any, Any], Any] = {}
+        self.steps: dict[models.Field[Any, Any], ColumnSteps] = {}
+        self.relations: list[tuple[_RelationWrite, str, list[Any]]] = []
+
+    def add(self, op: Operation) -> None:
+        wire_name = op.path[0]
+        if wire_name == "_id":
+            raise DDPError(400, "The _id of a document cannot be changed")
+        published = _published(self.collection, wire_name)
+        if isinstance(published, PublishedPath):
+            self._relation(op, published)
+            return
+        field = published.field
+        is_json = isinstance(field, models.JSONField)
+        if len(op.path) > 1 and not is_json:
+            raise DDPError(
+                400, f"Nested field updates are only supported in JSON fields: {op.key!r}"
+            )
+        if len(op.path) == 1 and op.operator in ("$set", "$unset"):
+            self.values[field] = self._plain(op, published)
+        elif is_json:
+            self._json(op, published)
+        elif isinstance(field, ArrayField):
+            self._array(op, published)
+        elif op.operator == "$inc" and _is_numeric(field):
+            steps = self.steps.get(field)
+            if steps is None:
+                steps = self.steps[field] = NumberSteps(self.collection.model, field)
+            assert isinstance(steps, NumberSteps)
+            steps.add(op)
+        elif field.is_relation:
+            raise DDPError(
+                400, f"Field {op.key!r} refers to another row: {op.operator} cannot write it"
+            )
+        else:
+            raise mismatch(op, column_json_type(field))
+
+    def _plain(self, op: Operation, published: PublishedField) -> Any:
+        field = published.field
+        if op.operator == "$set":
+            return _decode(published, op.argument)
+        if field.null:
+            return None
+        if field.has_default():
+            return field.get_default()
+        raise DDPError(400, f"Field {op.key!r} cannot be unset")
+
+    def _json(self, op: Operation, published: PublishedField) -> None:
+        field = published.field
+        values: tuple[Any, ...] = ()
+        if op.operator == "$set":
+            values = (op.argument,)
+        elif isinstance(op.argument, tuple):
+            values = op.argument
+        for value in values:
+            problem = json_problem(value)
+            if problem is not None:
+                raise ValidationError({field.name: [f"{op.key}: {problem}"]})
+        steps = self.steps.get(field)
+        if steps is None:
+            steps = self.steps[field] = JsonSteps(self.collection.model, field)
+        assert isinstance(steps, JsonSteps)
+        steps.add(op)
+
+    def _array(self, op: Operation, published: PublishedField) -> None:
+        field = published.field
+        if op.operator not in ARRAY_OPERATORS:
+            raise mismatch(op, "array")
+        base = _array_base(published)
+        if op.operator == "$pop":
+            values: list[Any] = []
+        elif isinstance(op.argument, PullQuery):
+            values = []  # elements of a one-dimensional array are never objects
+        elif op.operator in ("$pull", "$pullAll"):
+            # A value the column cannot hold equals none of its elements.
+            values = [
+                v for v in map(partial(_element_or_missing, base), op.argument) if v is not _MISSING
+            ]
+        else:
+            values = [_element(published, base, v) for v in op.argument]
+        connection = connections[router.db_for_write(self.collection.model)]
+        prepared = field.get_db_prep_value(values, connection, prepared=False)
+        steps = ArraySteps(self.collection.model, field, str(field.db_type(connection)))
+        steps.add(op, prepared)
+        self.steps[field] = steps
+
+    def _relation(self, op: Operation, published: PublishedPath) -> None:
+        write = _relation_write(self.collection, published)
+        if len(op.path) > 1:
+            raise DDPError(
+                400, f"Nested field updates are only supported in JSON fields: {op.key!r}"
+            )
+        if op.operator == "$set":
+            self.relations.append((write, "set", write.decode(op.argument)))
+        elif op.operator == "$unset":
+            self.relations.append((write, "set", []))
+        elif op.operator == "$addToSet":
+            self.relations.append((write, "add", write.decode(list(op.argument))))
+        elif op.operator in ("$pull", "$pullAll") and not isinstance(op.argument, PullQuery):
+            self.relations.append((write, "remove", write.decode(list(op.argument))))
+        elif op.operator == "$inc":
+            raise mismatch(op, "array")
+        else:
+            raise DDPError(
+                400,
+                f"Field {op.key!r} is a set of related rows, kept sorted: {op.operator} is not"
+                " supported there; use $set, $addToSet, $pull or $pullAll of values",
+            )
+
+    def run(self) -> None:
+        instance = self.instance
+        opts = self.collection.model._meta
+        plain = {f.name for f in self.values}
+        for field, value in self.values.items():
+            setattr(instance, field.attname, value)
+        if plain:
+            instance.full_clean(
+                exclude=[f.name for f in opts.concrete_fields if f.name not in plain]
+            )
+        values = {f.attname: v for f, v in self.values.items()}
+        for field in opts.concrete_fields:
+            if getattr(field, "auto_now", False):
+                values[field.attname] = field.pre_save(instance, add=False)
+        apply_update(self.collection.model, instance.pk, values, list(self.steps.values()))
+        if self.steps:
+            # The database computed these: validate what it stored (a $push past a
+            # validator, say); a failure rolls the whole mutator back.
+            computed = [f.attname for f in self.steps]
+            instance.refresh_from_db(fields=computed)
+            names = {f.name for f in self.steps}
+            instance.full_clean(
+                exclude=[f.name for f in opts.concrete_fields if f.name not in names]
+            )
+        for write, action, rows in self.relations:
+            write.apply(instance, rows, action)
 
 
 def _remove(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -> int:
@@ -216,7 +354,8 @@ def _remove(collection: Collection, ctx: MethodContext, params: Sequence[Any]) -
     instance = _find(collection, ctx, raw_id)
     if instance is None:
         return 0
-    if not collection.allow_remove(ctx.user, collection.document(instance)):
+    doc = collection.document(instance)
+    if collection.deny_remove(ctx.user, doc) or not collection.allow_remove(ctx.user, doc):
         raise AccessDenied()
     instance.delete()
     return 1
@@ -310,9 +449,15 @@ class _RelationWrite:
             decoded.setdefault(python, None)
         return list(decoded)
 
-    def apply(self, instance: models.Model, values: list[Any]) -> None:
-        """Make the instance's related rows exactly those ``values`` name."""
+    def apply(self, instance: models.Model, values: list[Any], action: str = "set") -> None:
+        """Make the instance's related rows exactly those ``values`` name (``action``
+        "set"), add them ("add": ``$addToSet``) or remove those that exist ("remove":
+        ``$pull``, ``$pullAll``)."""
         manager = getattr(instance, self.accessor)
+        if action == "remove":
+            lookup = "pk__in" if self.by is None else f"{self.by.name}__in"
+            manager.remove(*self.related._default_manager.filter(**{lookup: values}))
+            return
         if self.by is None:
             rows = list(self.related._default_manager.filter(pk__in=values))
             missing = set(values) - {row.pk for row in rows}
@@ -321,7 +466,10 @@ class _RelationWrite:
                 raise ValidationError({self.wire_name: [f"No such {self._kind}: {shown}."]})
         else:
             rows = [self._get_or_create(value) for value in values]
-        manager.set(rows)
+        if action == "add":
+            manager.add(*rows)
+        else:
+            manager.set(rows)
 
     @property
     def _kind(self) -> str:
@@ -398,11 +546,67 @@ def _relation_write(collection: Collection, published: PublishedPath) -> _Relati
 
 
 def _decode(published: PublishedField, value: Any) -> Any:
-    """``from_wire`` with the field named in the error (reported under its wire name)."""
+    """The Python value of a sent value for ``published``; a ``ValidationError`` keyed by
+    the field (reported under its wire name) when it has none."""
     try:
-        return from_wire(published.field, value)
+        return _field_value(published.field, value)
     except ValidationError as exc:
         raise ValidationError({published.field.name: exc.messages}) from exc
+
+
+def _field_value(field: models.Field[Any, Any], value: Any) -> Any:
+    """``from_wire``, but JSON must be JSON (no dates or binary: ``json_problem``) and an
+    array field's value an array of its base field's values."""
+    if value is None:
+        return None
+    if isinstance(field, models.JSONField):
+        problem = json_problem(value)
+        if problem is not None:
+            raise ValidationError(problem, code="invalid")
+        return value
+    if isinstance(field, ArrayField):
+        if not isinstance(value, list):
+            raise ValidationError("Expected an array.", code="invalid")
+        return [_item(field.base_field, item) for item in value]
+    return from_wire(field, value)
+
+
+def _item(base: models.Field[Any, Any], item: Any) -> Any:
+    try:
+        return _field_value(base, item)
+    except ValidationError as exc:
+        raise ValidationError([f"{item!r}: {m}" for m in exc.messages]) from exc
+
+
+def _array_base(published: PublishedField) -> models.Field[Any, Any]:
+    """The base field of a one-dimensional array field (others take ``$set`` only)."""
+    base: models.Field[Any, Any] = published.field.base_field  # type: ignore[attr-defined]
+    if isinstance(base, ArrayField):
+        raise DDPError(
+            400, f"Field {published.wire_name!r} is an array of arrays: write it with $set"
+        )
+    return base
+
+
+def _element(published: PublishedField, base: models.Field[Any, Any], value: Any) -> Any:
+    """One value to add to an array field, as ``_decode`` reports a bad one."""
+    try:
+        return _item(base, value)
+    except ValidationError as exc:
+        raise ValidationError({published.field.name: exc.messages}) from exc
+
+
+def _element_or_missing(base: models.Field[Any, Any], value: Any) -> Any:
+    try:
+        return _item(base, value)
+    except ValidationError:
+        return _MISSING
+
+
+def _is_numeric(field: models.Field[Any, Any]) -> bool:
+    return not field.is_relation and isinstance(
+        field, models.IntegerField | models.FloatField | models.DecimalField
+    )
 
 
 def _wire_names(collection: Collection) -> dict[str, str]:

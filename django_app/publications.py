@@ -6,7 +6,8 @@ for static ones; both register themselves in the registry when declared, like
 ``Meteor.publish``. ``@publish(None)`` is a universal publication (Meteor's
 ``Meteor.publish(null, ...)``): every session runs it at connect, no client can
 subscribe to it by name. Running one validates the params (400 "Match failed"), calls
-the function and returns fresh cursors and counts. A function may also publish with the
+the function (awaited when it is ``async def``: ``django_app.coroutines``) and returns
+fresh cursors and counts. A function may also publish with the
 low-level API of its ``ctx`` (``ctx.added``... ``django_app.context``): then, if it
 returns nothing, the client gets ``ready`` when it calls ``ctx.ready()``, as in Meteor.
 
@@ -33,11 +34,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 from django.db import models
 from django.db.models.query import QuerySet
 
+from django_app import coroutines
 from django_app.cursor import Cursor
 from django_app.exceptions import MatchFailed
 from django_app.registries import Registry
 from django_app.registries import registry as default_registry
 from django_app.signature import ParamsValidator
+from django_app.streams import StreamCursor
 
 if TYPE_CHECKING:
     from django_app.context import SubscriptionContext
@@ -125,7 +128,7 @@ class Publication:
             if func is not None:
                 name = f"{func.__module__}.{func.__qualname__}"
             else:
-                name = "null:" + ",".join(item.model._meta.label for item in _normalize(cursors))
+                name = "null:" + ",".join(_label(item) for item in _normalize(cursors))
         if not isinstance(name, str) or not name:
             raise TypeError("a publication name must be a non-empty string (or None)")
         self.name = name
@@ -142,13 +145,15 @@ class Publication:
         """Declared cursors, no publish function: running it reads nothing."""
         return self.func is None
 
-    def cursors(self, ctx: SubscriptionContext, params: Sequence[Any]) -> list[Cursor | Count]:
+    def cursors(
+        self, ctx: SubscriptionContext, params: Sequence[Any]
+    ) -> list[Cursor | Count | StreamCursor]:
         """Run the publication for ``ctx``: validated params in, fresh cursors out."""
         return self.run(ctx, params)[0]
 
     def run(
         self, ctx: SubscriptionContext, params: Sequence[Any]
-    ) -> tuple[list[Cursor | Count], bool]:
+    ) -> tuple[list[Cursor | Count | StreamCursor], bool]:
         """Run the publication for ``ctx``: its fresh cursors and counts, and whether the
         function returned anything (None from a function that used ``ctx``'s low-level
         API means it marks itself ready)."""
@@ -157,12 +162,20 @@ class Publication:
                 raise MatchFailed()
             result = self.static
         else:
-            self._validator.validate(params)
-            result = self.func(ctx, *params)
+            result = coroutines.call(self.func, ctx, *self._validator.validate(params))
         items = _normalize(result)
         seen: set[type[models.Model]] = set()
         counts: set[tuple[str, str]] = set()
+        streams: set[str] = set()
         for item in items:
+            if isinstance(item, StreamCursor):
+                if item.stream.collection in streams:
+                    raise ValueError(
+                        "Publish function returned multiple streams for collection"
+                        f" {item.stream.collection}"
+                    )
+                streams.add(item.stream.collection)
+                continue
             if isinstance(item, Count):
                 if (item.collection, item.id) in counts:
                     raise ValueError(
@@ -182,23 +195,31 @@ class Publication:
         return f"<Publication {self.name!r}>"
 
 
-def _normalize(result: Any) -> list[Cursor | Count]:
+def _normalize(result: Any) -> list[Cursor | Count | StreamCursor]:
     """Cursors for what a publication returned; querysets are cloned (never cached)."""
     if result is None:
         return []
-    if isinstance(result, Cursor | Count | QuerySet | models.Manager) or _is_model(result):
+    if isinstance(result, Cursor | Count | StreamCursor | QuerySet | models.Manager) or _is_model(
+        result
+    ):
         result = [result]
     if isinstance(result, str | bytes | dict) or not isinstance(result, Iterable):
         raise TypeError("Publish function can only return a Cursor or an array of Cursors")
-    cursors: list[Cursor | Count] = []
+    cursors: list[Cursor | Count | StreamCursor] = []
     for item in result:
-        if isinstance(item, Cursor | Count):
+        if isinstance(item, Cursor | Count | StreamCursor):
             cursors.append(item.fresh())
         elif isinstance(item, QuerySet | models.Manager) or _is_model(item):
             cursors.append(Cursor(item.all() if isinstance(item, QuerySet) else item))
         else:
             raise TypeError("Publish function can only return a Cursor or an array of Cursors")
     return cursors
+
+
+def _label(item: Cursor | Count | StreamCursor) -> str:
+    if isinstance(item, StreamCursor):
+        return item.channel
+    return str(item.model._meta.label)
 
 
 def _is_model(value: Any) -> bool:

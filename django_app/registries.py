@@ -1,4 +1,4 @@
-"""The registry: every published collection, publication and method, by name.
+"""The registry: every published collection, event stream, publication and method, by name.
 
 Job: one process-wide index that ``ddp.py`` modules fill at import (``DDPConfig.ready``
 autodiscovers them) and the backend reads: collections by model, by name and by
@@ -27,6 +27,7 @@ from django.db import models
 
 from django_app.collection import Collection
 from django_app.mutator import MUTATOR_OPERATIONS, Mutator
+from django_app.streams import Stream, stream_name_of
 from relay.limits.ratelimit import Rule
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ class Registry:
         self._publications: dict[str, RegisteredPublication] = {}
         self._methods: dict[str, RegisteredMethod] = {}
         self._rate_limit_rules: list[Rule] = []
+        self._streams: dict[str, Stream] = {}
 
     # -- registration -------------------------------------------------------------------
 
@@ -114,6 +116,11 @@ class Registry:
                 f"Collection name {collection.collection_name!r} is already used by"
                 f" {self._by_name[collection.collection_name]!r}."
             )
+        taken = [st for st in self._streams.values() if st.collection == collection.collection_name]
+        if taken:
+            raise AlreadyRegistered(
+                f"Collection name {collection.collection_name!r} is used by {taken[0]!r}."
+            )
         clash = sorted(n for n in self._methods if self._mutator_parts(n, collection) is not None)
         if clash:
             raise AlreadyRegistered(f"Methods {clash} clash with the mutators of {collection!r}.")
@@ -121,6 +128,21 @@ class Registry:
         self._by_name[collection.collection_name] = collection
         self._by_channel[collection.channel] = collection
         return collection_class
+
+    def add_stream(self, stream: Stream) -> Stream:
+        """Record an event stream (``django_app.streams``); returns it, so a ``ddp.py``
+        module writes ``chat = registry.add_stream(Stream("chat"))``."""
+        if not isinstance(stream, Stream):
+            raise TypeError("add_stream() takes a django_app.streams.Stream")
+        if stream.name in self._streams:
+            raise AlreadyRegistered(f"Stream {stream.name!r} is already registered.")
+        if stream.collection in self._by_name:
+            raise AlreadyRegistered(
+                f"Stream {stream.name!r} publishes in {stream.collection!r}, the name of"
+                f" {self._by_name[stream.collection]!r}."
+            )
+        self._streams[stream.name] = stream
+        return stream
 
     def add_publication(self, publication: RegisteredPublication) -> None:
         """Record a publication (``Publication`` and ``@publish`` call this)."""
@@ -166,6 +188,7 @@ class Registry:
             dict(self._publications),
             dict(self._methods),
             list(self._rate_limit_rules),
+            dict(self._streams),
         )
         try:
             yield self
@@ -177,6 +200,7 @@ class Registry:
                 self._publications,
                 self._methods,
                 self._rate_limit_rules,
+                self._streams,
             ) = saved
 
     # -- lookups ------------------------------------------------------------------------
@@ -200,6 +224,18 @@ class Registry:
     def get_collection_for_channel(self, channel: str) -> Collection | None:
         """The collection whose changes are published on change-stream ``channel``."""
         return self._by_channel.get(channel)
+
+    def get_stream(self, name: str) -> Stream | None:
+        return self._streams.get(name)
+
+    def get_stream_for_channel(self, channel: str) -> Stream | None:
+        """The stream whose events are published on ``channel``."""
+        name = stream_name_of(channel)
+        return None if name is None else self._streams.get(name)
+
+    @property
+    def streams(self) -> tuple[Stream, ...]:
+        return tuple(self._streams.values())
 
     def get_collection_for_model(self, model: type[models.Model]) -> Collection | None:
         return self._by_model.get(model)

@@ -87,6 +87,9 @@ class CallContext:
     handshake: Handshake
     #: The method's ``randomSeed`` (None for subscriptions and seedless calls).
     random_seed: str | None = None
+    #: Lets the session's later messages run while this method goes on (Meteor's
+    #: ``this.unblock()``); None outside a method. Idempotent; a no-op once it returned.
+    unblock: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,17 @@ class CountOf:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamOf:
+    """A live query over an event stream's channel (``publish_event``): every change on
+    the route is one event, published as a document added in commit order; the oldest
+    leaves (``removed``) once more than ``cap`` are held, so the client-side collection
+    is capped. A fetch reads the channel's recent history (at most ``cap`` events)."""
+
+    #: The most events a subscriber holds at once.
+    cap: int
+
+
+@dataclass(frozen=True, slots=True)
 class QuerySpec:
     """One query of a subscription, as the relay shares it between subscribers.
 
@@ -179,6 +193,7 @@ class QuerySpec:
     route: Route
     window: Window | None = None
     count: CountOf | None = None
+    stream: StreamOf | None = None
     source: Any = field(default=None, compare=False, hash=False, repr=False)
 
 
@@ -409,6 +424,11 @@ class Backend(Protocol):
 
     def housekeeping(self) -> None:
         """Periodic chores (changelog pruning); idempotent, may run on several relays."""
+        ...
+
+    def keepalive(self) -> None:
+        """Every few seconds on EVERY worker, in the work pool: renew what this worker
+        holds on a lease (presence) and sweep what workers that died held. Idempotent."""
         ...
 
     def close(self) -> None:

@@ -122,6 +122,12 @@ class Settings:
     #: RELAY_DATABASE_URL: PostgreSQL for the change stream (LISTEN + changelog reads); when
     #: unset, ``DATABASE_URL`` is used; when both are unset the relay sends no live updates.
     database_url: str = field(default="", metadata={"env": "RELAY_DATABASE_URL"})
+    #: RELAY_MAX_UNBLOCKED_METHODS: methods of one session that may run on after calling
+    #: ``unblock()`` (Meteor's ``this.unblock()``) at once; one more that unblocks keeps
+    #: its session's later messages waiting, as if it had not, until one of them ends. 4:
+    #: a client's parallel calls overlap, one client cannot take the work pool (the pool's
+    #: per-address share bounds it too). 0: ``unblock()`` has no effect.
+    max_unblocked_methods: int = field(default=4, metadata={"env": "RELAY_MAX_UNBLOCKED_METHODS"})
     #: RELAY_WRITE_FENCE_TIMEOUT: seconds a method's ``updated`` waits for its writes to be
     #: routed to the session before it is sent anyway (and a warning is logged).
     write_fence_timeout: float = field(default=10.0, metadata={"env": "RELAY_WRITE_FENCE_TIMEOUT"})
@@ -246,6 +252,7 @@ class Settings:
             ("resume_log_bytes", ""),
             ("resume_bytes_per_address", " (0 = no limit)"),
             ("inbound_bytes_per_address", " (0 = no limit)"),
+            ("max_unblocked_methods", " (0: unblock() has no effect)"),
         )
         for name, hint in not_negative:
             value = getattr(self, name)

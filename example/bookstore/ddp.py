@@ -1,4 +1,5 @@
-"""What the bookstore publishes over DDP: five collections, ten publications, ten methods.
+"""What the bookstore publishes over DDP: five collections, a chat stream, twelve
+publications, twelve methods.
 
 ``DDPConfig.ready`` imports this module (every installed app's ``ddp.py``). Meteor
 clients see the collections ``bookstore.author``, ``bookstore.book``, ``bookstore.tag``
@@ -6,7 +7,11 @@ and ``bookstore.favorite``, plus ``counts`` (``books.countByAuthor``'s documents
 ``stats`` (``books.stats``) and ``bookstore.notice`` (the active site notices, which
 every session gets unasked: a universal publication); the
 book mutators (``/bookstore.book/insert`` etc.) are open to any user, for the demo, and
-write ``tags`` too (an array of names: missing tags are created). Favorites belong to the
+write ``tags`` too (an array of names: missing tags are created), Mongo modifiers into
+``details`` (JSON: ``$set`` of ``details.publisher.city``, ``$inc`` of ``details.likes``)
+and ``ratings`` (an integer array: ``$push``, ``$addToSet``, ``$pull``), with one rule
+against them: ``deny_update`` refuses a ``$set`` or ``$inc`` that leaves the price below
+zero (403), whatever the allow rule says. Favorites belong to the
 logged-in user: only the ``favorites.*`` methods write them (their mutators stay denied)
 and a user sees only their own, whatever publication asks.
 
@@ -14,12 +19,19 @@ The shapes a newcomer copies: a live "latest N" window (``books.latest``), a liv
 (``books.countByAuthor``) and a many-to-many filter (``books.byTag``), all kept by the
 relay from the change stream without re-querying per subscriber; a publication written
 with the low-level API (``books.stats``: an aggregate, recomputed on each commit it
-observes); and a universal publication (the site notices).
+observes); a universal publication (the site notices); server-pushed events (each
+book's chat: ``chat.post`` by a logged-in user, ``chat.byBook`` delivers the last 100
+messages, then each new one, as documents in ``chat``); presence (``presence.book``: who
+is on a book's page, one ``presence`` document per user or anonymous session); a method
+that lets its session go on while it runs (``books.slowRename`` with ``{unblock:
+true}``); and an ``async def`` method (``books.renameAsync``).
 
 Prices are published as strings ("12.50"): stock Meteor clients throw on an EJSON
 ``Decimal`` unless the app adds the ``mongo-decimal`` package, and a float would lose
 cents. A client that has mongo-decimal can get real decimals with
-``encodings = {"price": "Decimal"}``.
+``encodings = {"price": "Decimal"}``. ``books.create`` takes the price as an EJSON
+``Decimal``, a decimal string or a number: ``NewBook.price`` is annotated ``Decimal``, so
+each reaches it as an exact ``Decimal`` (``12.5`` is ``Decimal("12.5")``).
 
 Must not: hold the models (``bookstore.models``) or the demo data (``seed_demo``).
 """
@@ -32,9 +44,11 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
+from asgiref.sync import sync_to_async
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Avg, Max, Min
 from django.db.models import Count as CountOf
+from django.utils import timezone
 
 from bookstore.models import TAG_NAME_MAX_LENGTH, Author, Book, Favorite, Notice, Tag
 from django_app import (
@@ -44,9 +58,14 @@ from django_app import (
     DDPError,
     MethodContext,
     Publication,
+    Rule,
+    Stream,
+    StreamCursor,
     SubscriptionContext,
     method,
+    present,
     publish,
+    publish_event,
     registry,
 )
 
@@ -83,7 +102,10 @@ class BookCollection(Collection):
     model = Book
     # tags__name: the sorted array of the book's tag names, live when a tag is added,
     # removed or renamed (the through table's and the tag table's triggers republish).
-    fields = ["title", "author_id", "published", "price", "tags__name", "updated_at"]
+    fields = [
+        *("title", "author_id", "published", "price", "tags__name", "updated_at"),
+        *("details", "ratings"),
+    ]
     rename = {"author_id": "authorId", "tags__name": "tags", "updated_at": "updatedAt"}
     encodings = {"price": "string"}
     # books.byAuthorEmail filters on it: every book change carries its author's email, and
@@ -101,6 +123,24 @@ class BookCollection(Collection):
 
     def allow_remove(self, user: Any, doc: dict[str, Any]) -> bool:
         return True
+
+    # Meteor's deny(), which wins over allow: no client write leaves a negative price.
+    # The mutator locks the row before asking, so ``doc`` is the price the $inc adds to.
+    def deny_update(
+        self, user: Any, doc: dict[str, Any], fields: list[str], modifier: dict[str, Any]
+    ) -> bool:
+        if "price" not in fields:
+            return False
+        try:
+            if "price" in modifier.get("$set", {}):
+                price = Decimal(str(modifier["$set"]["price"]))
+            elif "price" in modifier.get("$inc", {}):
+                price = Decimal(str(doc["price"])) + Decimal(str(modifier["$inc"]["price"]))
+            else:
+                return False
+            return price < 0  # a NaN raises here: not a number either
+        except (InvalidOperation, ValueError):
+            return False  # not a number: the mutator's validation answers that
 
 
 @registry.register
@@ -224,7 +264,8 @@ def my_favorites(ctx: SubscriptionContext) -> list[Cursor]:
 class NewBook(TypedDict):
     title: str
     authorId: str
-    price: str | int | float
+    #: An EJSON ``Decimal``, a decimal string ("12.50") or a number: a ``Decimal`` here.
+    price: Decimal
     #: An EJSON ``{"$date": ms}``; the book keeps its UTC calendar day.
     published: NotRequired[dt.datetime | None]
     #: Tag names; missing tags are created.
@@ -279,14 +320,45 @@ def remove_book(ctx: MethodContext, book_id: str) -> None:
     _book(book_id).delete()
 
 
+class SlowRenameOptions(TypedDict):
+    #: Let the caller's later calls and subscriptions run meanwhile (Meteor's unblock).
+    unblock: NotRequired[bool]
+
+
 @method("books.slowRename")
-def slow_rename(ctx: MethodContext, book_id: str, title: str, ms: int | float) -> None:
+def slow_rename(
+    ctx: MethodContext,
+    book_id: str,
+    title: str,
+    ms: int | float,
+    options: SlowRenameOptions | None = None,
+) -> None:
     """Rename after sleeping ``ms`` milliseconds (at most a minute): for latency demos.
+    ``{unblock: true}`` calls ``ctx.unblock()`` first, as a Meteor method calls
+    ``this.unblock()``: the caller's later messages then need not wait for this one.
 
     ``time.sleep`` yields to other greenlets under gevent's monkey-patching.
     """
+    if options and options.get("unblock"):
+        ctx.unblock()
     time.sleep(min(max(ms, 0), MAX_SLOW_MS) / 1000)
     rename_book(ctx, book_id, title)
+
+
+@method("books.renameAsync")
+async def rename_book_async(ctx: MethodContext, book_id: str, title: str) -> None:
+    """``books.rename`` written with Django's async ORM: the same transaction, write fence
+    and ``ctx`` as a plain method (the backend awaits it in the method's own thread)."""
+    book = await Book.objects.filter(pk=book_id).afirst()
+    if book is None:
+        raise DDPError(404, "Book not found")
+    book.title = _title(title)
+    await sync_to_async(book.full_clean)()  # model validation has no async twin
+    renamed = await Book.objects.filter(pk=book.pk).aupdate(
+        title=book.title, updated_at=timezone.now()
+    )
+    if not renamed:
+        raise DDPError(404, "Book not found")  # removed meanwhile
 
 
 @method("books.fail")
@@ -365,16 +437,14 @@ def _tags(names: list[str]) -> list[Tag]:
     return [Tag.objects.get_or_create(name=name)[0] for name in names]
 
 
-def _price(raw: str | int | float) -> Decimal:
-    try:
-        price = Decimal(str(raw))
-    except InvalidOperation:
-        raise DDPError(400, "Price must be a decimal number") from None
-    if not price.is_finite():
-        raise DDPError(400, "Price must be a decimal number")
+def _price(price: Decimal) -> Decimal:
+    """Rounded to cents; the signature made it a finite Decimal, whatever the client sent."""
     if price < 0:
         raise DDPError(400, "Price must not be negative")
-    return price.quantize(Decimal("0.01"))
+    try:
+        return price.quantize(Decimal("0.01"))
+    except InvalidOperation:  # more digits than a context holds: far beyond the column
+        raise DDPError(400, "Price is too large") from None
 
 
 @method("favorites.add")
@@ -416,3 +486,61 @@ def whoami(ctx: MethodContext) -> dict[str, Any]:
     cookie or token on the upgrade); both None when logged out."""
     username = ctx.user.get_username() if ctx.user.is_authenticated else None
     return {"userId": ctx.user_id, "username": username}
+
+
+# -- chat and presence ------------------------------------------------------------------
+
+#: Each book's chat, an event stream per book: subscribers of ``chat.byBook`` get its
+#: messages as documents added to the client-side collection ``chat`` (the last 100 at
+#: subscribe, then each new one once, in order; beyond 100 the oldest is removed).
+chat = registry.add_stream(Stream("chat", collection="chat", history=100))
+
+#: The longest chat message, in characters.
+MAX_CHAT_TEXT = 1000
+
+#: At most 5 chat messages per second per connection (Meteor's DDPRateLimiter shape).
+registry.add_rate_limit_rule(
+    Rule(
+        type="method",
+        name="chat.post",
+        connection_id=lambda _: True,
+        limit=5,
+        interval_ms=1000,
+        label="chat_post",
+    )
+)
+
+
+@method("chat.post")
+def post_chat(ctx: MethodContext, book_id: str, text: str) -> str:
+    """Say ``text`` in ``book_id``'s chat as the logged-in user; returns the message id.
+    The message leaves when this method's transaction commits (never if it fails), and
+    the caller's ``updated`` comes after its own copy arrived."""
+    user = _logged_in(ctx)
+    book = _book(book_id)
+    text = text.strip()
+    if not 0 < len(text) <= MAX_CHAT_TEXT:
+        raise DDPError(400, f"A chat message is 1 to {MAX_CHAT_TEXT} characters")
+    payload = {
+        "bookId": str(book.pk),
+        "text": text,
+        "userId": str(user.pk),
+        "createdAt": dt.datetime.now(dt.UTC),
+    }
+    return publish_event(chat, payload, key=str(book.pk))
+
+
+@publish("chat.byBook")
+def chat_by_book(ctx: SubscriptionContext, book_id: str) -> StreamCursor:
+    """A book's chat: anyone may read it (the demo's rule: a publication is where a
+    stream is authorised), only logged-in users post."""
+    _book(book_id)
+    return chat.cursor(book_id)
+
+
+@publish("presence.book")
+def presence_on_book(ctx: SubscriptionContext, book_id: str) -> Cursor:
+    """Who is on a book's page: the caller is present while subscribed (as its user, or
+    as an anonymous session), and gets one ``presence`` document per member there."""
+    _book(book_id)
+    return present(ctx, f"book:{book_id}")

@@ -6,6 +6,8 @@ Must not hold publishing rules (``bookstore.ddp``) or demo data (``seed_demo``).
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from django_app import MeteorIdField
@@ -47,6 +49,15 @@ class Book(models.Model):
     price = models.DecimalField(max_digits=8, decimal_places=2)
     tags = models.ManyToManyField(Tag, related_name="books", blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    #: Free-form facts about the book (publisher, counters...): a JSON document Meteor
+    #: clients write into by dotted path (``$set: {"details.publisher.city": ...}``).
+    details = models.JSONField(default=dict, blank=True)
+    #: Readers' ratings, 1 to 5 (``$push``, ``$addToSet``, ``$pull`` from the client).
+    ratings = ArrayField(
+        models.IntegerField(validators=[MinValueValidator(1), MaxValueValidator(5)]),
+        default=list,
+        blank=True,
+    )
 
     class Meta:
         ordering = ["title"]

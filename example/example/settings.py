@@ -192,6 +192,8 @@ DDP_ATOMIC_METHODS = True
 # Meteor's Accounts.createUser over DDP (off by default in django_app): the demo lets
 # anyone sign up.
 DDP_CREATE_USER = True
+# Seconds a crashed relay worker's presence outlives it (django_app.presence).
+DDP_PRESENCE_LEASE = _env_int("DDP_PRESENCE_LEASE", 10)
 
 LOG_LEVEL = os.environ.get("DJANGO_LOG_LEVEL", "INFO").upper()
 LOGGING: dict[str, Any] = {

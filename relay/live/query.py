@@ -32,7 +32,7 @@ import gevent
 import gevent.event
 
 from relay.backend import DecodedChange, QueryData, QuerySpec
-from relay.live.result import CountResult, Effect, Entry, SetResult, WindowResult
+from relay.live.result import CountResult, Effect, Entry, SetResult, StreamResult, WindowResult
 from relay.stream.fanout import Attachment, Batch, BatchCache
 from relay.stream.routing import matches
 
@@ -351,6 +351,8 @@ def _fields(change: DecodedChange, names: tuple[str, ...] | None, cache: BatchCa
 
 
 def _result_for(spec: QuerySpec) -> Result:
+    if spec.stream is not None:
+        return StreamResult(spec.stream)
     if spec.count is not None:
         return CountResult(spec.count)
     if spec.window is not None:

@@ -11,7 +11,8 @@ objects are kept as given, never copied, so subscribers can compare them by iden
 Three kinds share that interface (``Result``): ``SetResult`` publishes every member (a
 filtered queryset); ``WindowResult`` a sorted, limited slice with Meteor's oplog-driver
 buffer, asking for a refetch only when the window may have shrunk below its limit;
-``CountResult`` one document holding the number of members.
+``CountResult`` one document holding the number of members; ``StreamResult`` the latest
+events of a stream, oldest out first (a capped collection).
 
 Must not: query, wait, or know about sessions and collections: the runtime does that.
 """
@@ -23,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Protocol, TypeAlias
 
-from relay.backend import CountOf, Window
+from relay.backend import CountOf, StreamOf, Window
 from relay.live.order import SortKey, sort_keyer
 
 Fields: TypeAlias = Mapping[str, Any]
@@ -104,6 +105,10 @@ class SetResult:
 
     def apply(self, changes: Iterable[Change]) -> list[Effect]:
         """Effects in the order ids were first touched; a touched member always gets one."""
+        return self._effects(self._take(changes))
+
+    def _take(self, changes: Iterable[Change]) -> dict[str, bool]:
+        """Apply ``changes`` to the members; each touched id and whether it was one."""
         docs = self._docs
         before: dict[str, bool] = {}
         for doc_id, fields, _values in changes:
@@ -112,7 +117,12 @@ class SetResult:
             if fields is None:
                 docs.pop(doc_id, None)
             else:
-                docs[doc_id] = fields
+                docs[doc_id] = fields  # an id already held keeps its place
+        return before
+
+    def _effects(self, before: dict[str, bool]) -> list[Effect]:
+        """The view's difference for the ids ``before`` says were touched."""
+        docs = self._docs
         effects: list[Effect] = []
         for doc_id, was in before.items():
             now = docs.get(doc_id)
@@ -418,3 +428,34 @@ class CountResult:
             return []
         self._doc = {field: n}
         return [(self._count.id, self._doc)]
+
+
+class StreamResult(SetResult):
+    """The latest ``cap`` events of a stream key, in commit order: every change routed
+    here is an event (inserted once); beyond ``cap`` the oldest leaves the view, so a
+    subscriber's client-side collection is capped. A fetch (the key's history) is
+    trimmed to its newest ``cap`` entries."""
+
+    __slots__ = ("_cap",)
+
+    def __init__(self, stream: StreamOf) -> None:
+        super().__init__()
+        if stream.cap < 1:
+            raise ValueError("a stream's cap is at least 1")
+        self._cap = stream.cap
+
+    def load(self, entries: Sequence[Entry], complete: bool) -> list[Effect]:
+        """Replace the events by a fetch's (oldest first), keeping the newest ``cap``."""
+        return super().load(entries[max(0, len(entries) - self._cap) :], complete)
+
+    def apply(self, changes: Iterable[Change]) -> list[Effect]:
+        """New events join at the end; the oldest leave while more than ``cap`` are held.
+        An event leaving in the same delivery it came in is never published."""
+        docs = self._docs
+        before = self._take(changes)
+        while len(docs) > self._cap:
+            oldest = next(iter(docs))
+            if oldest not in before:
+                before[oldest] = True
+            del docs[oldest]
+        return self._effects(before)

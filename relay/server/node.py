@@ -4,7 +4,8 @@ Layer: runtime. The composition root (``relay.server.app``) builds one ``Node`` 
 process. The node wires, once: the work pool, the channel streams and their listener, the
 resumer, the hub (``relay.server.hub``: open sessions, readiness, drain), the ticker
 (``relay.server.ticker``: heartbeats and handshake timeouts) and the housekeeper
-(``relay.server.housekeeper``: leader-only changelog pruning), and the ``SessionContext``
+(``relay.server.housekeeper``: leader-only changelog pruning), the keepalive
+(``relay.server.keepalive``: every worker's lease, for presence), and the ``SessionContext``
 (``relay.server.context``) every session is given. Every socket the worker accepts becomes
 a ``Session`` (``adopt``). ``drain()`` turns readiness false, then closes every session as
 "going away", for a graceful shutdown.
@@ -33,6 +34,7 @@ from relay.server.context import NodeContext
 from relay.server.gate import Gate
 from relay.server.housekeeper import Housekeeper
 from relay.server.hub import Hub, Member
+from relay.server.keepalive import Keepalive
 from relay.server.session import Session
 from relay.server.ticker import Ticker
 from relay.server.workpool import WorkPool
@@ -71,6 +73,7 @@ class Node:
         )
         self.resumer: Resumer | None = None
         self.housekeeper: Housekeeper | None = None
+        self.keepalive: Keepalive | None = None
         if settings.database_url:
             self.listener = Listener(settings.database_url, self.streams, self.metrics)
             if settings.resume_window > 0:
@@ -83,6 +86,7 @@ class Node:
             # Cluster chores are the leader's when a coordinator exists; without one every
             # worker prunes (it is idempotent).
             self.housekeeper = Housekeeper(self.pool.run, backend.housekeeping, self.resumer)
+            self.keepalive = Keepalive(self.pool.run, backend.keepalive)
         else:
             log.warning("no RELAY_DATABASE_URL or DATABASE_URL: live updates are off")
         self.context = NodeContext(
@@ -113,6 +117,8 @@ class Node:
             self.listener.start()
         if self.housekeeper is not None:
             self.housekeeper.start()
+        if self.keepalive is not None:
+            self.keepalive.start()
         if self.resumer is not None:
             self.resumer.start()
 
@@ -146,6 +152,8 @@ class Node:
         self.ticker.stop()
         if self.housekeeper is not None:
             self.housekeeper.stop()
+        if self.keepalive is not None:
+            self.keepalive.stop()
         if self.listener is not None:
             self.listener.stop()
         if self.resumer is not None:

@@ -4,7 +4,10 @@ Layer: runtime. The transport hands over inbound messages (``start``: from a rea
 greenlet that exists only while input is handled); ``ping`` is answered at once (any
 inbound message counts as liveness); every other message goes into a FIFO that one
 on-demand processor greenlet drains in arrival order, as Meteor does (a slow method delays
-later messages of the same session, never other sessions). Backend calls (publications,
+later messages of the same session, never other sessions), unless the method calls
+``unblock()`` (Meteor's ``this.unblock()``): its greenlet then goes on with the method alone
+and a new processor takes the queue, at most ``RELAY_MAX_UNBLOCKED_METHODS`` such methods per
+session at once (one more waits as if it had not unblocked). Backend calls (publications,
 methods, authentication) run through the context's ``run`` (the worker's bounded work
 pool). A session knows the worker only through its ``SessionContext``
 (``relay.server.context``): settings, metrics, backend, streams, resumer and the hub's
@@ -20,12 +23,13 @@ import Django (``relay.backend`` is the seam) or import ``relay.server.node``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import gevent
@@ -77,7 +81,8 @@ MAX_RESULTS = 100
 MAX_RESULT_CHARS = 262_144
 #: Characters of a client's method or publication name quoted in an error's reason.
 NAME_IN_REASON = 100
-#: Seconds a closing session waits for its in-flight message before parking.
+#: Seconds a closing session waits for its in-flight message (and its unblocked methods)
+#: before parking.
 PARK_DRAIN_SECONDS = 60.0
 #: Seconds a resume of a logged-in session waits for the client's pipelined ``login``
 #: (Meteor clients send it right behind ``connect``, usually in the same read).
@@ -98,6 +103,21 @@ class Recheck:
     """Internal message: verify the credential again (its channel lost history)."""
 
 
+@dataclass(eq=False, slots=True)
+class MethodRun:
+    """One method call being run, and how far it let go of its session's queue."""
+
+    msg: Method
+    #: The greenlet that runs it to its end: the processor that took it from the queue.
+    greenlet: object = field(default_factory=gevent.getcurrent)
+    #: It called ``unblock()`` (it may no longer change who the session is).
+    asked: bool = False
+    #: The queue no longer waits for it: its greenlet is not the processor any more.
+    detached: bool = False
+    #: The backend call returned: a later ``unblock()`` does nothing.
+    finished: bool = False
+
+
 class Session:
     """Serves one DDP client over one transport until either side closes."""
 
@@ -113,8 +133,11 @@ class Session:
         self._watcher = Watcher(ctx.streams, self._revoked, self._recheck_later)
         #: Results of a pipelined ``login`` already run to judge a resume, by method id.
         self._preanswered: dict[str, str] = {}
-        #: A method is running: a revocation seen meanwhile waits for its outcome.
-        self._in_method = False
+        #: The method the queue waits for: a revocation seen meanwhile waits for its
+        #: outcome (it may log the session in as someone else).
+        self._blocking: MethodRun | None = None
+        #: Methods that unblocked and still run (``RELAY_MAX_UNBLOCKED_METHODS`` at most).
+        self._unblocked: set[MethodRun] = set()
         self._revocation_pending = False
         self.mergebox = MergeBox()
         #: Its subscriptions and what runs them (``relay.server.subscriptions``);
@@ -251,8 +274,11 @@ class Session:
     # -- the processor greenlet -----------------------------------------------------------
 
     def _process(self) -> None:
+        me = gevent.getcurrent()
         try:
-            while self._pending and not self.closed:
+            # A method that unblocked makes its greenlet leave the loop when it ends: a
+            # new processor took the queue meanwhile.
+            while self._pending and not self.closed and self._processor is me:
                 msg = self._pending.pop(0)
                 self._budget.release(self._pending_sizes.pop(0))
                 try:
@@ -268,9 +294,10 @@ class Session:
                         type(msg).__name__,
                     )
         finally:
-            self._processor = None
+            if self._processor is me:
+                self._processor = None
         # A message may have arrived between the loop test and the reset above.
-        if self._pending and not self.closed:
+        if self._processor is None and self._pending and not self.closed:
             self._processor = gevent.spawn(self._process)
 
     def request_resync(self, sub_id: str) -> None:
@@ -445,7 +472,7 @@ class Session:
         this session runs, wait for its outcome: ``logout`` deletes the session's own
         token, and its commit can reach the listener before the method returns the new
         identity (then the old credential no longer speaks for the session)."""
-        if self._in_method:
+        if self._blocking is not None:
             if not self._revocation_pending:
                 self._revocation_pending = True
                 # Nothing more of the revoked user's data meanwhile: live routing stops
@@ -518,9 +545,11 @@ class Session:
         # a subscription still loading when the socket died is ready once it is complete.
         self._rerun_many(subs)
 
-    def call_context(self, random_seed: str | None = None) -> CallContext:
+    def call_context(
+        self, random_seed: str | None = None, unblock: Callable[[], None] | None = None
+    ) -> CallContext:
         assert self.id is not None
-        return CallContext(self.id, self.identity, self.handshake, random_seed)
+        return CallContext(self.id, self.identity, self.handshake, random_seed, unblock)
 
     def _on_sub(self, msg: Sub) -> None:
         backend, metrics = self.ctx.backend, self.ctx.metrics
@@ -607,34 +636,82 @@ class Session:
             metrics.method_calls.labels(outcome="limited").inc()
             self.send([messages.updated([msg.id]), messages.result(msg.id, err=rejection)])
             return
-        self._in_method = True
+        run = MethodRun(msg)
+        self._blocking = run
         try:
-            self._run_method(msg)
+            self._run_method(run)
         finally:
-            self._in_method = False
+            if run.detached:
+                self._unblocked_ended(run)
+            else:
+                self._blocking = None
+                self._settle_revocation()
+
+    def _settle_revocation(self) -> None:
         if self._revocation_pending and not self.closed:
             # The method did not replace the revoked credential: the revocation stands.
             self._revocation_pending = False
             self._revoked()
 
-    def _run_method(self, msg: Method) -> None:
+    def _unblock(self, run: MethodRun) -> None:
+        """``run``'s ``unblock()`` (Meteor's ``this.unblock()``), called from the greenlet
+        running the method: the queue goes on without it, unless the session already has
+        its share of unblocked methods (then as soon as one of them ends)."""
+        if run.asked or run.finished:
+            return  # idempotent, and nothing to let go of once the method returned
+        run.asked = True
+        if self._blocking is run and len(self._unblocked) < self.ctx.settings.max_unblocked_methods:
+            self._detach(run)
+
+    def _detach(self, run: MethodRun) -> None:
+        """Let the queue go on while ``run`` goes on in its greenlet (no longer the
+        processor); a new processor takes the queue."""
+        run.detached = True
+        self._unblocked.add(run)
+        self._blocking = None
+        # It can no longer change who the session is: a revocation it held back stands.
+        self._settle_revocation()
+        self._processor = None
+        if self._pending and not self.closed:
+            self._processor = gevent.spawn(self._process)
+
+    def _unblocked_ended(self, run: MethodRun) -> None:
+        self._unblocked.discard(run)
+        waiting = self._blocking
+        if (
+            waiting is not None
+            and waiting.asked
+            and not waiting.finished
+            and len(self._unblocked) < self.ctx.settings.max_unblocked_methods
+        ):
+            self._detach(waiting)  # it asked while the session had no room: room now
+
+    def _run_method(self, run: MethodRun) -> None:
         backend, metrics = self.ctx.backend, self.ctx.metrics
+        msg = run.msg
         started = time.monotonic()
         outcome: MethodOutcome | None = None
         try:
-            outcome = self.ctx.run(
-                backend.call,
-                self.call_context(msg.random_seed),
-                msg.method,
-                msg.params,
-                owner=self.owner,
-            )
             try:
-                reply = messages.encode(messages.result(msg.id, outcome.result))
-            except (TypeError, ValueError):
-                log.exception("method %r returned a value that cannot be sent", msg.method)
+                outcome = self.ctx.run(
+                    backend.call,
+                    self.call_context(msg.random_seed, functools.partial(self._unblock, run)),
+                    msg.method,
+                    msg.params,
+                    owner=self.owner,
+                )
+            finally:
+                run.finished = True
+            if outcome.identity is not None and run.asked:
+                # Meteor: "Can't call setUserId in a method after calling unblock": later
+                # messages may already run as the old user. The backend broke that rule;
+                # its writes stand (and are fenced), the switch does not.
+                log.error("method %r changed the user after calling unblock()", msg.method)
+                outcome = replace(outcome, identity=None)
                 reply = messages.encode(messages.result(msg.id, err=messages.INTERNAL_ERROR))
-            outcome_label = "ok"
+                outcome_label = "server_error"
+            else:
+                reply, outcome_label = self._encode_result(msg, outcome), "ok"
         except ClientError as exc:
             reply = messages.encode(messages.result(msg.id, err=client_error(exc)))
             outcome_label = "client_error"
@@ -655,6 +732,14 @@ class Session:
         self.send([messages.updated([msg.id])])
         if outcome is not None and outcome.close:
             self.close(disconnect.CLOSED_BY_SERVER)
+
+    @staticmethod
+    def _encode_result(msg: Method, outcome: MethodOutcome) -> str:
+        try:
+            return messages.encode(messages.result(msg.id, outcome.result))
+        except (TypeError, ValueError):
+            log.exception("method %r returned a value that cannot be sent", msg.method)
+            return messages.encode(messages.result(msg.id, err=messages.INTERNAL_ERROR))
 
     def _keep_result(self, method_id: str, reply: str) -> None:
         """Keep a completed method's ``result`` for a re-send after a resume: the newest
@@ -772,10 +857,13 @@ class Session:
         if not self.closed:
             self.close(self._why_transport_closed())
         self._drop_pending()
-        processor = self._processor
-        if processor is not None:
-            # A method in flight finishes (its result is kept) before the session parks.
-            processor.join(timeout=PARK_DRAIN_SECONDS)
+        # The methods in flight (the queue's and the unblocked ones) finish before the
+        # session parks, so that their results are kept for a re-send.
+        me = gevent.getcurrent()
+        running = [self._processor, *(run.greenlet for run in self._unblocked)]
+        greenlets = [g for g in running if isinstance(g, gevent.Greenlet) and g is not me]
+        if greenlets:
+            gevent.joinall(greenlets, timeout=PARK_DRAIN_SECONDS)
         self.subscriptions.detach_all()
         self._watcher.stop()
         try:

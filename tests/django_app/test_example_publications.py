@@ -105,7 +105,16 @@ def test_latest_is_a_window_newest_first(
     ]
     doc = data.documents[0].fields
     assert doc["tags"] == ["broken earth", "fantasy"]
-    assert sorted(doc) == ["authorId", "price", "published", "tags", "title", "updatedAt"]
+    assert sorted(doc) == [
+        "authorId",
+        "details",
+        "price",
+        "published",
+        "ratings",
+        "tags",
+        "title",
+        "updatedAt",
+    ]
 
 
 @pytest.mark.django_db

@@ -10,13 +10,30 @@ import pytest
 #: Bottom to top, as ``django_app/__init__.py`` lists them; a module may import only
 #: modules of earlier layers.
 LAYERS: list[set[str]] = [
-    {"conf", "channel", "exceptions", "cursor", "models", "signals"},
-    {"serializer", "signature", "ordering", "accounts.passwords", "accounts.tokens"},
+    {
+        "conf",
+        "channel",
+        "exceptions",
+        "cursor",
+        "models",
+        "signals",
+        "streams",
+        "ejson_types",
+        "coroutines",
+    },
+    {
+        "serializer",
+        "signature",
+        "ordering",
+        "modifiers",
+        "accounts.passwords",
+        "accounts.tokens",
+    },
     {"collection", "accounts.revocation"},
     {"mutator", "accounts.hashers", "accounts.users", "accounts.sessions"},
     {"registries"},
     {"context", "methods", "publications", "triggers", "checks"},
-    {"fields", "changes"},
+    {"fields", "changes", "events", "presence"},
     {"accounts.identity"},
     {"accounts.authenticators", "accounts.methods"},
     {

@@ -153,6 +153,20 @@ def test_an_unreadable_order_is_run_as_it_is_and_re_read_on_change(
     assert len(sub.documents) == 3
 
 
+def test_a_refetch_reads_the_rows_again(live: DjangoBackend, make_ctx: Any, seeded: str) -> None:
+    """The relay keeps a spec's source to read it again (an unroutable change): the
+    second fetch must see what was committed since, not the rows the first one cached."""
+    Publication(
+        "unroutable", cursors=[Cursor(Book.objects.extra(where=["1 = 1"]))], registry=live.registry
+    )
+    sub = subscribe(live, make_ctx(identity=_staff()), "unroutable", [])
+    (spec,) = sub.specs
+    before = {d.id for d in sub.documents}
+    Book.objects.filter(pk=next(iter(before))).delete()
+    (again,) = live.fetch([spec])
+    assert {d.id for d in again.documents} == before - {next(iter(before))}
+
+
 def test_a_count_is_one_document_of_a_shareable_query(
     live: DjangoBackend, make_ctx: Any, seeded: str
 ) -> None:

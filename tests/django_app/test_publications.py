@@ -1,17 +1,22 @@
-"""Subscriptions through DjangoBackend.subscribe: documents, routes, params, visibility."""
+"""Subscriptions through DjangoBackend.subscribe: documents, routes, params, visibility, and
+``async def`` publications."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from bookstore.models import Author, Book
+from django.db import connection
 from django.db.models import Q
 
-from django_app import Collection, Cursor, Publication, publish
+from django_app import Collection, Cursor, DDPError, Publication, SubscriptionContext, publish
 from django_app.backend import DjangoBackend
-from django_app.registries import Registry
-from relay.backend import Condition, Identity, Route
+from django_app.context import current_method
+from django_app.registries import Registry, registry
+from relay.backend import ClientError, Condition, Identity, Route
 from relay.protocol import ejson
 from tests.django_app.publishing import subscribe
 
@@ -50,7 +55,7 @@ def test_books_all(backend: DjangoBackend, make_ctx: Any, seeded: str) -> None:
 
 
 #: The book document's fields, in the order ``BookCollection.fields`` declares them.
-BOOK_FIELDS = ["title", "authorId", "published", "price", "tags", "updatedAt"]
+BOOK_FIELDS = ["title", "authorId", "published", "price", "tags", "updatedAt", "details", "ratings"]
 
 
 def test_book_fields_keep_their_declared_order(
@@ -216,3 +221,68 @@ def test_publication_declaration_errors() -> None:
         Publication("x", cursors=[], func=lambda ctx: None, registry=reg)
     with pytest.raises(TypeError, match="can only return"):
         Publication("x", cursors=[42], registry=reg)  # type: ignore[list-item]
+
+
+# -- async def publications --------------------------------------------------------------------
+
+
+@pytest.fixture
+def async_pubs() -> Iterator[DjangoBackend]:
+    """The project's registry plus async publications, and sync twins to compare with."""
+    with registry.isolated():
+
+        @publish("async.byAuthor")
+        async def by_author(ctx: SubscriptionContext, author_id: str) -> Cursor:
+            author = await Author.objects.filter(pk=author_id).afirst()
+            if author is None:
+                raise DDPError(404, "Author not found")
+            return Cursor(Book, author=author)
+
+        @publish("sync.byAuthor")
+        def by_author_sync(ctx: SubscriptionContext, author_id: str) -> Cursor:
+            return Cursor(Book, author=Author.objects.get(pk=author_id))
+
+        @publish("async.stats")
+        async def stats(ctx: SubscriptionContext) -> None:
+            def where_the_orm_runs() -> dict[str, Any]:
+                return {"atomic": connection.in_atomic_block, "method": current_method()}
+
+            where = await sync_to_async(where_the_orm_runs)()
+            ctx.added("stats", "books", {"count": await Book.objects.acount(), **where})
+            ctx.ready()
+
+        yield DjangoBackend()
+
+
+def test_an_async_publication_publishes_what_its_sync_twin_does(
+    async_pubs: DjangoBackend, make_ctx: Any, seeded: str
+) -> None:
+    got = subscribe(async_pubs, make_ctx(), "async.byAuthor", ["pratchett"])
+    twin = subscribe(async_pubs, make_ctx(), "sync.byAuthor", ["pratchett"])
+    assert got.documents == twin.documents and len(got.documents) > 0
+    assert got.routes == twin.routes
+    assert [s.key for s in got.specs] == [s.key for s in twin.specs]
+    assert got.plan.auto_ready
+
+
+def test_an_async_publication_checks_params_and_raises_client_errors(
+    async_pubs: DjangoBackend, make_ctx: Any, seeded: str
+) -> None:
+    for params in ([], [5], ["pratchett", 1]):
+        with pytest.raises(ClientError) as info:
+            subscribe(async_pubs, make_ctx(), "async.byAuthor", params)
+        assert (info.value.error, info.value.reason) == (400, "Match failed")
+    with pytest.raises(ClientError) as info:
+        subscribe(async_pubs, make_ctx(), "async.byAuthor", ["nobody"])
+    assert (info.value.error, info.value.reason) == (404, "Author not found")
+
+
+def test_an_async_publication_may_use_the_low_level_api_in_its_snapshot(
+    async_pubs: DjangoBackend, make_ctx: Any, seeded: str
+) -> None:
+    got = subscribe(async_pubs, make_ctx(), "async.stats", [])
+    assert not got.plan.auto_ready  # it marks itself ready, as a sync one would
+    assert got.sink.calls == [
+        ("added", "stats", "books", {"count": 10, "atomic": True, "method": None}),
+        ("ready",),
+    ]

@@ -68,10 +68,11 @@ def database_state(
             "SELECT b.id, b.title, b.author_id, b.published, b.price,"
             " ARRAY(SELECT t.name FROM bookstore_book_tags bt"
             " JOIN bookstore_tag t ON t.id = bt.tag_id WHERE bt.book_id = b.id),"
-            " b.updated_at FROM bookstore_book b"
+            " b.updated_at, b.details, b.ratings FROM bookstore_book b"
         )
         books = {}
-        for book_id, title, author_id, published, price, tags, updated_at in cur.fetchall():
+        for row in cur.fetchall():
+            book_id, title, author_id, published, price, tags, updated_at, details, ratings = row
             books[book_id] = {
                 "title": title,
                 "authorId": author_id,
@@ -83,6 +84,8 @@ def database_state(
                 "price": str(price),
                 "tags": sorted(set(tags)),  # Python compares str by code point
                 "updatedAt": wire(updated_at),
+                "details": wire(details),
+                "ratings": list(ratings),
             }
         cur.execute("SELECT id, name, email FROM bookstore_author")
         authors = {a_id: {"name": name, "email": email} for a_id, name, email in cur.fetchall()}

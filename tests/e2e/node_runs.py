@@ -2,11 +2,14 @@
 
 The scripts print one JSON line last (their report) and exit 0 on success; a script that
 hangs past its own timeout, or prints no report, fails the test with everything it printed.
+``start_watch`` starts the long-running ``watch.js`` (one npm client subscribed until its
+stdin closes); the caller reads its pipes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,3 +44,25 @@ def run_report(
             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
         )
     return report, proc
+
+
+def start_watch(
+    library: str,
+    url: str,
+    transport: str,
+    publication: str,
+    params: Sequence[Any],
+    env: Mapping[str, str],
+) -> subprocess.Popen[str]:
+    """``node watch.js <library> <url> <transport> <publication> <params>`` with ``env``
+    on top of this process's, its three pipes open (text)."""
+    argv = ["node", "watch.js", library, url, transport, publication, json.dumps(list(params))]
+    return subprocess.Popen(
+        argv,
+        cwd=NODE_DIR,
+        env={**os.environ, **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

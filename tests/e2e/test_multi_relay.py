@@ -61,13 +61,12 @@ from tests.e2e.convergence import (
     expected_view,
     order_problems,
 )
+from tests.e2e.node_runs import start_watch
 from tests.fixtures.relays import RelayProcess, RelayStack, RelayStacks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(280)]
 
 HERE = Path(__file__).resolve().parent
-NODE_DIR = HERE / "node"
-WATCH = NODE_DIR / "watch.js"
 WRITER = HERE / "writer.py"
 
 #: Workers per relay process.
@@ -140,27 +139,12 @@ class Watcher:
 
     def start_node(self, relay: RelayProcess) -> None:
         env = {
-            **os.environ,
             "WATCH_QUIET_MS": str(int(QUIET_SECONDS * 1000)),
             "WATCH_DRAIN_MS": str(int(DRAIN_TIMEOUT * 1000)),
             "WATCH_TIMEOUT_MS": "240000",
         }
-        self.proc = subprocess.Popen(
-            [
-                "node",
-                str(WATCH),
-                self.library,
-                relay.url,
-                self.transport,
-                self.sub.name,
-                json.dumps(list(self.sub.params)),
-            ],
-            cwd=NODE_DIR,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        self.proc = start_watch(
+            self.library, relay.url, self.transport, self.sub.name, self.sub.params, env
         )
         self.readers = [
             threading.Thread(target=self._read_stderr, daemon=True),

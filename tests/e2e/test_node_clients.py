@@ -40,7 +40,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.node]
 SCENARIO_TIMEOUT_MS = 25_000
 
 BOOKS = "bookstore.book"
-BOOK_FIELDS = {"_id", "title", "authorId", "published", "price", "tags", "updatedAt"}
+BOOK_FIELDS = {
+    "_id",
+    "title",
+    "authorId",
+    "published",
+    "price",
+    "tags",
+    "updatedAt",
+    "details",
+    "ratings",
+}
 AUTHOR_FIELDS = {"_id", "name", "email"}
 UNKNOWN_METHOD = "e2e.noSuchMethod"
 UNKNOWN_PUBLICATION = "e2e.noSuchPublication"

@@ -80,13 +80,12 @@ from tests.e2e.convergence import (
     updated_index,
     wire,
 )
+from tests.e2e.node_runs import start_watch
 from tests.fixtures.relays import RelayProcess, RelayStack, RelayStacks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(240)]
 
 HERE = Path(__file__).resolve().parent
-NODE_DIR = HERE / "node"
-WATCH = NODE_DIR / "watch.js"
 WRITER = HERE / "writer.py"
 
 #: Workers per relay; the last relay has one worker, so its /metrics are one worker's.
@@ -237,22 +236,14 @@ class NodeWatch(Watch):
 
     def start(self, relays: Sequence[RelayProcess]) -> None:
         env = {
-            **os.environ,
             "WATCH_STREAM": "1",
             "WATCH_QUIET_MS": "500",
             "WATCH_DRAIN_MS": "5000",
             "WATCH_TIMEOUT_MS": "200000",
         }
-        argv = ["node", str(WATCH), self.library, relays[self.relay].url, self.transport]
-        argv += [self.publication, json.dumps(list(self.params))]
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=NODE_DIR,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        url = relays[self.relay].url
+        self.proc = start_watch(
+            self.library, url, self.transport, self.publication, self.params, env
         )
         self.readers = [
             threading.Thread(target=self._read_stdout, daemon=True),

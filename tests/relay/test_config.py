@@ -32,6 +32,7 @@ VALUES: dict[str, tuple[str, object]] = {
     "RELAY_MAX_WORKER_SEND_BYTES": ("16777216", 16_777_216),
     "RELAY_INBOUND_BYTES_PER_ADDRESS": ("0", 0),
     "RELAY_BACKEND_CONCURRENCY": ("3", 3),
+    "RELAY_MAX_UNBLOCKED_METHODS": ("0", 0),
     "RELAY_DATABASE_URL": ("postgresql://db/relay", "postgresql://db/relay"),
     "RELAY_WRITE_FENCE_TIMEOUT": ("0.5", 0.5),
     "RELAY_RESUME_WINDOW": ("0", 0.0),
@@ -176,6 +177,7 @@ def test_settings_that_must_be_positive(name: str, raw: str) -> None:
         "resume_log_bytes",
         "resume_bytes_per_address",
         "inbound_bytes_per_address",
+        "max_unblocked_methods",
     ],
 )
 def test_settings_that_may_be_zero_but_not_negative(name: str) -> None:

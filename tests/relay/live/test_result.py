@@ -16,8 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.backend import CountOf, Order, Window
-from relay.live.result import Change, CountResult, Entry, SetResult, WindowResult
+from relay.backend import CountOf, Order, StreamOf, Window
+from relay.live.result import (
+    Change,
+    CountResult,
+    Entry,
+    SetResult,
+    StreamResult,
+    WindowResult,
+)
 from tests.relay.live.helpers import Doc, Store, apply_effects
 
 BY_N = (Order("n"), Order("pk"))
@@ -485,3 +492,69 @@ def test_a_count_matches_the_model_through_random_deliveries(data: st.DataObject
         published = n
         apply_effects(copy, effects)
         assert copy == {"author-7": {"count": n}} == result.view()
+
+
+# -- StreamResult ------------------------------------------------------------------------
+
+
+def event(doc_id: str) -> Change:
+    return (doc_id, f(text=doc_id), None)
+
+
+def test_a_stream_load_keeps_the_newest_cap_events_in_order() -> None:
+    result = StreamResult(StreamOf(3))
+    assert result.needs_refetch
+    effects = result.load([event(f"e{i}") for i in range(5)], complete=True)
+    assert ids(effects) == [("e2", True), ("e3", True), ("e4", True)]
+    assert list(result.view()) == ["e2", "e3", "e4"] and not result.needs_refetch
+
+
+def test_a_new_event_pushes_the_oldest_out_after_it_is_added() -> None:
+    result = StreamResult(StreamOf(2))
+    result.load([event("a"), event("b")], complete=True)
+    assert ids(result.apply([event("c")])) == [("c", True), ("a", False)]
+    assert list(result.view()) == ["b", "c"]
+
+
+def test_an_event_in_and_out_within_one_delivery_is_never_sent() -> None:
+    result = StreamResult(StreamOf(2))
+    result.load([], complete=True)
+    effects = result.apply([event("a"), event("b"), event("c"), event("d")])
+    assert ids(effects) == [("c", True), ("d", True)]
+
+
+def test_a_stream_reload_sends_only_the_difference() -> None:
+    result = StreamResult(StreamOf(3))
+    result.load([event("a"), event("b"), event("c")], complete=True)
+    effects = result.load([event("b"), event("c"), event("d")], complete=True)
+    assert ids(effects) == [("a", False), ("d", True)]
+
+
+def test_a_stream_needs_a_cap_and_a_complete_fetch() -> None:
+    with pytest.raises(ValueError):
+        StreamResult(StreamOf(0))
+    with pytest.raises(ValueError):
+        StreamResult(StreamOf(2)).load([], complete=False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 6), st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=5)))
+def test_a_stream_matches_the_model_through_random_deliveries(
+    cap: int, deliveries: list[list[int]]
+) -> None:
+    """The model: the held ids in arrival order; an id already held keeps its place, a
+    new one (never seen, or pushed out before) joins at the end, and only the last
+    ``cap`` stay. The effects must take a subscriber's copy to the same view."""
+    result = StreamResult(StreamOf(cap))
+    copy: dict[str, Any] = {}
+    apply_effects(copy, result.load([], complete=True))
+    model: list[str] = []
+    for delivery in deliveries:
+        changes = [event(f"e{n}") for n in delivery]
+        for doc_id, _fields, _key in changes:
+            if doc_id not in model:
+                model.append(doc_id)
+        model = model[-cap:]
+        apply_effects(copy, result.apply(changes))
+        assert list(result.view()) == model
+        assert copy == dict(result.view())

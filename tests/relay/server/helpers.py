@@ -79,6 +79,7 @@ class FakeBackend:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.subscribed: list[str] = []
         self.housekept = 0
+        self.kept_alive = 0
         self.closed = 0
         self.docs = {
             "all": [
@@ -237,6 +238,9 @@ class FakeBackend:
 
     def housekeeping(self) -> None:
         self.housekept += 1
+
+    def keepalive(self) -> None:
+        self.kept_alive += 1
 
     def close(self) -> None:
         self.closed += 1

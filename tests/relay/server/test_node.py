@@ -1,4 +1,5 @@
-"""The node and the parts it composes: hub, ticker, housekeeper, and the session context."""
+"""The node and the parts it composes: hub, ticker, housekeeper, keepalive, and the session
+context."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from relay.protocol.ids import session_tag
 from relay.server.context import NodeContext
 from relay.server.housekeeper import Housekeeper
 from relay.server.hub import Hub
+from relay.server.keepalive import Keepalive
 from relay.server.node import Node
 from relay.server.ticker import Ticker
 from relay.transport import HeartbeatRegistry, MemoryTransport
@@ -40,6 +42,7 @@ def node() -> Iterator[Node]:
 
 def test_without_a_database_the_node_has_no_listener_resumer_or_housekeeper(node: Node) -> None:
     assert node.listener is None and node.resumer is None and node.housekeeper is None
+    assert node.keepalive is None
     ctx = node.context
     assert isinstance(ctx, NodeContext)
     assert ctx.settings is node.settings and ctx.backend is node.backend
@@ -58,7 +61,7 @@ def test_with_a_database_the_node_composes_listener_resumer_and_housekeeper() ->
     node = Node(settings, FakeBackend())
     try:
         assert node.listener is not None and node.resumer is not None
-        assert node.housekeeper is not None
+        assert node.housekeeper is not None and node.keepalive is not None
         assert node.context.resumer is node.resumer
     finally:
         node.stop()
@@ -286,3 +289,47 @@ def test_housekeeper_loops_in_the_background_through_the_runner() -> None:
     finally:
         keeper.stop()
     assert ran and all(fn == backend.housekeeping for fn in ran)
+
+
+# -- the keepalive ------------------------------------------------------------------------------
+
+
+def test_keepalive_runs_on_every_worker_through_the_runner() -> None:
+    """Leader or not: a lease is per worker (no leadership is even asked)."""
+    backend = FakeBackend()
+    ran: list[Callable[[], None]] = []
+
+    def run(fn: Callable[[], None]) -> None:
+        ran.append(fn)
+        fn()
+
+    keeper = Keepalive(run, backend.keepalive, interval=0.01)
+    keeper.start()
+    try:
+        with gevent.Timeout(2):
+            while backend.kept_alive < 3:
+                gevent.sleep(0.01)
+    finally:
+        keeper.stop()
+    assert all(fn == backend.keepalive for fn in ran)
+
+
+def test_a_failed_keepalive_is_logged_and_the_loop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[int] = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise RuntimeError("database down")
+
+    keeper = Keepalive(inline, failing, interval=0.01)
+    with caplog.at_level(logging.ERROR, logger="relay.server.keepalive"):
+        keeper.start()
+        try:
+            with gevent.Timeout(2):
+                while len(calls) < 2:
+                    gevent.sleep(0.01)
+        finally:
+            keeper.stop()
+    assert "keepalive failed" in caplog.text
