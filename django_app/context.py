@@ -284,11 +284,15 @@ class MethodContext(SubscriptionContext):
 
     def unblock(self) -> None:
         """Let the session's later messages run while this method goes on (Meteor's
-        ``this.unblock()``); its own ``result`` and ``updated`` still come when it ends."""
+        ``this.unblock()``); its own ``result`` and ``updated`` still come when it ends.
+
+        After ``set_user`` it does nothing but mark the call (Meteor allows that order):
+        the session's new user takes effect when the method returns, and later messages
+        must not run as the old user meanwhile, so they keep waiting."""
         if self._unblocked:
             return
         self._unblocked = True
-        if self._unblock_hook is not None:
+        if self._unblock_hook is not None and not self.user_changed:
             self._unblock_hook()
 
     @property

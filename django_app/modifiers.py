@@ -14,7 +14,11 @@ Job, in two halves:
   values, in one ``UPDATE ... WHERE pk = %s AND <no operation fails>``. The new value is
   computed by the database from the row being updated, so two concurrent ``$inc`` (or
   ``$push``, ``$addToSet``) of the same field never lose one, with or without a lock.
-  When the guard fails, one more query says which operation failed and why (409).
+  The guard also refuses more than ``MAX_PADDING`` nulls of array padding in a JSON
+  column, and a JSON or array column whose new value would be over ``MAX_VALUE_BYTES``,
+  so no call writes more than that and repeated calls cannot grow a value past it.
+  When the guard fails, one more query says which operation failed and why (409, or
+  400 for a bound).
 
 Semantics follow minimongo's ``_modify`` (Meteor's ``packages/minimongo``) and Mongo:
 
@@ -42,8 +46,15 @@ Bounds (hostile input gets a 400 that names the bound): ``MAX_OPERATIONS`` paths
 modifier, ``MAX_PATH_DEPTH`` segments and ``MAX_PATH_LENGTH`` characters per path,
 ``MAX_ELEMENTS`` values in one ``$each``/``$pullAll``, ``MAX_QUERY_FIELDS`` fields in a
 ``$pull`` query, ``MAX_VALUE_DEPTH`` levels of nesting in a value stored in JSON, numbers
-in JSON (and ``$inc`` amounts) of at most ``MAX_JSON_NUMBER`` in magnitude, and an array
-index of at most ``MAX_ARRAY_INDEX`` when it would extend an array.
+in JSON (and ``$inc`` amounts) of at most ``MAX_JSON_NUMBER`` in magnitude, an array
+index of at most ``MAX_ARRAY_INDEX`` when it would extend an array. Checked on the row in
+the ``UPDATE``'s guard: at most ``MAX_PADDING`` nulls padded into the arrays of one JSON
+column by one modifier (all its paths together), and, like Mongo's document size limit, a
+new value of a JSON or array column of at most ``MAX_VALUE_BYTES`` as JSON text (UTF-8
+bytes, as PostgreSQL prints ``jsonb``; an array column as ``to_jsonb`` prints it). A value
+already over it (written by server code) takes a modifier only if the result is within
+it. The padding bound keeps every step's intermediate value near the size bound too, so
+the database time of one call stays bounded (the size is checked on the final value only).
 
 What must not live here: finding the row, locking it, the ``allow``/``deny`` rules,
 published names and relations (``django_app.mutator``), or any Python read-modify-write
@@ -74,9 +85,11 @@ __all__ = [
     "MAX_ELEMENTS",
     "MAX_JSON_NUMBER",
     "MAX_OPERATIONS",
+    "MAX_PADDING",
     "MAX_PATH_DEPTH",
     "MAX_PATH_LENGTH",
     "MAX_QUERY_FIELDS",
+    "MAX_VALUE_BYTES",
     "MAX_VALUE_DEPTH",
     "ArraySteps",
     "ColumnSteps",
@@ -109,6 +122,14 @@ MAX_ARRAY_INDEX: Final = 10_000
 #: The largest magnitude of a number written into JSON (a JavaScript double's): beyond
 #: it, increments could grow an integer past the digits Python's ``json`` reads back.
 MAX_JSON_NUMBER: Final = Decimal(sys.float_info.max)
+#: The largest new value of a JSON or array column a modifier may write, in bytes of its
+#: JSON text (Mongo's document limit is 16 MB; a value is republished whole to every
+#: subscriber on each change, so it is kept far below that). Without it, padding arrays
+#: (``MAX_OPERATIONS`` paths up to ``MAX_ARRAY_INDEX``) turns a 2 KB call into 6 MB.
+MAX_VALUE_BYTES: Final = 1 << 20
+#: The most nulls one modifier may pad a JSON column's arrays with, over all its paths
+#: (one write at ``MAX_ARRAY_INDEX`` of an empty array pads that many).
+MAX_PADDING: Final = MAX_ARRAY_INDEX
 
 _NO_REPLACE: Final = (
     "Access denied. In a restricted collection you can only update documents, not replace"
@@ -395,6 +416,9 @@ class ColumnSteps:
 
     #: The SQL of the column's value that the first step reads.
     base_template = "{}"
+    #: The SQL of the byte size of a value's JSON text (checked against
+    #: ``MAX_VALUE_BYTES``), or None for a column whose values cannot grow.
+    size_template: str | None = None
 
     def __init__(self, model: type[models.Model], field: models.Field[Any, Any]) -> None:
         if field not in model._meta.local_concrete_fields:
@@ -451,10 +475,19 @@ class ColumnSteps:
 
     @property
     def error(self) -> Sql:
-        """A ``SELECT`` of the first failing step's error, NULL when every step applies."""
-        if not self._errors:
+        """A ``SELECT`` of the first failing step's error, NULL when every step applies
+        and the new value is within ``MAX_VALUE_BYTES``."""
+        errors = list(self._errors)
+        if self.size_template is not None and self.operations:
+            # Last in the coalesce: sized only when every step applies (the value written).
+            size = self.size_template.format(self._current)
+            errors.append(
+                f"(SELECT CASE WHEN s.n > {MAX_VALUE_BYTES} THEN"
+                f" {self._code(self.operations[0], 'S', 0)} || s.n END FROM (SELECT {size}) s(n))"
+            )
+        if not errors:
             return Sql("SELECT NULL::text")
-        return self._select(f"coalesce({', '.join(self._errors)})")
+        return self._select(f"coalesce({', '.join(errors)})")
 
     def _code(self, op: Operation, kind: str, level: int) -> str:
         return f"'{op.index}|{kind}|{level}|'"
@@ -492,6 +525,8 @@ class ArraySteps(ColumnSteps):
     """``$push``, ``$addToSet``, ``$pull``, ``$pullAll`` and ``$pop`` of a PostgreSQL
     array column (``ArrayField`` of one dimension). Values are already the Python values
     of the base field (``values``): elements compare with ``IS NOT DISTINCT FROM``."""
+
+    size_template = "octet_length(to_jsonb({})::text)"
 
     def __init__(
         self, model: type[models.Model], field: models.Field[Any, Any], array_type: str
@@ -534,6 +569,12 @@ class JsonSteps(ColumnSteps):
     JSON null (both publish as null)."""
 
     base_template = "coalesce({}, 'null'::jsonb)"
+    size_template = "octet_length(({})::text)"
+
+    def __init__(self, model: type[models.Model], field: models.Field[Any, Any]) -> None:
+        super().__init__(model, field)
+        #: SQL of the nulls padded into arrays by the steps so far (``MAX_PADDING``).
+        self._padded = "0"
 
     def add(self, op: Operation) -> None:
         """Add ``op`` (its values already checked with ``json_problem``)."""
@@ -583,6 +624,26 @@ class JsonSteps(ColumnSteps):
                         node,
                     )
                 )
+        pads = [
+            _sql(
+                "CASE WHEN jsonb_typeof({}) = 'array'"
+                f" THEN greatest(0, {int(part)} - jsonb_array_length({{}})) ELSE 0 END",
+                self._node(rel, k),
+                self._node(rel, k),
+            )
+            for k, part in enumerate(rel)
+            if _INDEX.fullmatch(part) and int(part) <= MAX_ARRAY_INDEX
+        ]
+        if pads:
+            self._padded = self._let(
+                _sql(f"{self._padded} + " + " + ".join(["{}"] * len(pads)), *pads)
+            )
+            whens.append(
+                Sql(
+                    f"WHEN {self._padded} > {MAX_PADDING} THEN"
+                    f" {self._code(op, 'P', 0)} || {self._padded}"
+                )
+            )
         leaf = self._node(rel, n)
         wanted = {"$inc": "number", "$push": "array", "$addToSet": "array"}.get(op.operator)
         if wanted is not None:
@@ -744,7 +805,8 @@ def apply_update(
     takes them) and each column of ``steps`` computed by the database from the row, in one
     statement that applies only if no step fails. A failing step is a ``DDPError`` (409,
     or 400 for an array index over ``MAX_ARRAY_INDEX``) naming the first one sent; a row
-    that is not there is a 409 too (callers find and lock it first)."""
+    that is not there is a 409 too (callers find and lock it first); more padding than
+    ``MAX_PADDING`` or a new value over ``MAX_VALUE_BYTES`` is a 400 naming its field."""
     rows = model._base_manager.filter(pk=pk)
     update: dict[str, Any] = dict(values)
     for column in steps:
@@ -781,6 +843,18 @@ def apply_update(
 def _failure(op: Operation, kind: str, level: int, json_type: str) -> DDPError:
     if kind == "L":
         return mismatch(op, json_type)
+    if kind == "P":  # json_type holds the nulls padded so far
+        return DDPError(
+            400,
+            f"The update would pad arrays of '{op.path[0]}' with {json_type} nulls (at"
+            f" '{op.key}'); at most {MAX_PADDING} (MAX_PADDING)",
+        )
+    if kind == "S":  # json_type holds the size
+        return DDPError(
+            400,
+            f"The update would make '{op.path[0]}' {json_type} bytes as JSON; at most"
+            f" {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)",
+        )
     # Segment ``level`` of the path inside the column is ``op.path[level + 1]``.
     part = op.path[level + 1]
     where = ".".join(op.path[: level + 1])

@@ -61,20 +61,27 @@ _SWEEP_BATCH: Final = 1000
 OWNER: Final = random_id()
 
 _lock = threading.Lock()
-#: When this process last renewed its lease (monotonic seconds; 0: never).
+#: When this process last renewed its lease (monotonic seconds; 0: never, or swept).
 _renewed_at = 0.0
 #: Holds whose release failed (the database was away): retried by ``keepalive``.
 _unreleased: set[str] = set()
-#: Holds being joined, and whether their subscription stopped meanwhile.
-_joining: dict[str, bool] = {}
+#: The holds this process has written and not released, by token: written again if its
+#: lease lapsed and another worker swept them while their subscriptions still run.
+_live: dict[str, _Hold] = {}
 
 _LOCK_MEMBER = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+#: Renew the lease; returns its expiry before (None: there was no lease row).
 _RENEW = (
-    "INSERT INTO ddp_presence_lease (owner, expires_at)"
+    "WITH old AS (SELECT expires_at FROM ddp_presence_lease WHERE owner = %s)"
+    " INSERT INTO ddp_presence_lease (owner, expires_at)"
     " VALUES (%s, clock_timestamp() + make_interval(secs => %s))"
     " ON CONFLICT (owner) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+    " RETURNING (SELECT expires_at FROM old), (SELECT expires_at FROM old) < clock_timestamp()"
 )
-_HOLD = "INSERT INTO ddp_presence_hold (token, presence_id, owner) VALUES (%s, %s, %s)"
+_HOLD = (
+    "INSERT INTO ddp_presence_hold (token, presence_id, owner) VALUES (%s, %s, %s)"
+    " ON CONFLICT (token) DO NOTHING"
+)
 _PRESENT = (
     "INSERT INTO ddp_presence (id, topic, user_id, since) VALUES (%s, %s, %s, %s)"
     " ON CONFLICT (id) DO NOTHING"
@@ -84,6 +91,22 @@ _ABSENT = (
     "DELETE FROM ddp_presence p WHERE p.id = ANY(%s)"
     " AND NOT EXISTS (SELECT 1 FROM ddp_presence_hold h WHERE h.presence_id = p.id)"
 )
+
+
+class _Hold:
+    """One subscription run's hold on a member's presence, and how far it got: ``new``
+    (``present`` was called), ``joining`` (being written), ``held``, ``stopping`` (its
+    subscription stopped while it was being written) or ``released``. Its join and its
+    release share it, so whichever order the relay runs them in, nothing is left held."""
+
+    __slots__ = ("presence_id", "state", "token", "topic", "user_id")
+
+    def __init__(self, presence_id: str, topic: str, user_id: str | None) -> None:
+        self.token = random_id()
+        self.presence_id = presence_id
+        self.topic = topic
+        self.user_id = user_id
+        self.state = "new"
 
 
 def present(ctx: SubscriptionContext, topic: str) -> Cursor:
@@ -96,14 +119,14 @@ def present(ctx: SubscriptionContext, topic: str) -> Cursor:
     if not isinstance(topic, str) or not 0 < len(topic) <= MAX_TOPIC_LENGTH:
         raise DDPError(400, f"A presence topic is 1 to {MAX_TOPIC_LENGTH} characters")
     member = f"u:{ctx.user_id}" if ctx.user_id is not None else f"s:{ctx.session_id}"
-    presence_id = _presence_id(topic, member)
-    token = random_id()
-    user_id = ctx.user_id
+    hold = _Hold(_presence_id(topic, member), topic, ctx.user_id)
+    using = DEFAULT_DB_ALIAS  # the presence tables live where the change stream does
+    # Registered first: a publication that stops itself after ``present`` releases a
+    # hold that was never written, and its join then does nothing.
+    ctx.on_stop(lambda: _release(hold, using))
     # The publication function runs in a read-only snapshot: the join is written right
     # after it, before the subscription's documents are read, so they include this one.
-    using = DEFAULT_DB_ALIAS  # the presence tables live where the change stream does
-    ctx.after_snapshot(lambda: _join(token, presence_id, topic, user_id, using))
-    ctx.on_stop(lambda: _release(token, using))
+    ctx.after_snapshot(lambda: _join(hold, using))
     # Imported here: the backend imports this module before Django's apps are ready.
     from django_app.models import Presence
 
@@ -111,9 +134,11 @@ def present(ctx: SubscriptionContext, topic: str) -> Cursor:
 
 
 def keepalive(*, using: str = DEFAULT_DB_ALIAS) -> None:
-    """Renew this worker's lease, retry failed releases, and release what the workers
+    """Renew this worker's lease (writing its holds again if it had lapsed: another
+    worker may have swept them), retry failed releases, and release what the workers
     whose lease expired held. Every worker, every few seconds; idempotent."""
-    _renew(using)
+    if _renew(using):
+        _rewrite_live(using)
     with _lock:
         pending = list(_unreleased)
     if pending:
@@ -146,6 +171,8 @@ def housekeeping(*, using: str = DEFAULT_DB_ALIAS) -> None:
 
 def release_all(*, using: str = DEFAULT_DB_ALIAS) -> None:
     """This worker is stopping: release every hold it has (its sessions left)."""
+    with _lock:
+        _live.clear()
     _sweep(OWNER, using)
 
 
@@ -156,42 +183,77 @@ def _presence_id(topic: str, member: str) -> str:
     return hashlib.sha256(f"{topic}\0{member}".encode()).hexdigest()[:24]
 
 
-def _join(token: str, presence_id: str, topic: str, user_id: str | None, using: str) -> None:
-    global _renewed_at
-    with _lock:
-        _joining[token] = False
-    lease = ddp_settings.PRESENCE_LEASE.total_seconds()
+def _join(hold: _Hold, using: str, *, again: bool = False) -> None:
+    """Write ``hold`` (``again``: a held one whose lease lapsed), unless its subscription
+    stopped first; a stop that comes while it is written releases it right after."""
+    if hold.state != ("held" if again else "new"):
+        return  # released before its join ran: nothing to write
+    before = hold.state
+    hold.state = "joining"
     try:
-        with transaction.atomic(using=using), connections[using].cursor() as cursor:
-            if time.monotonic() - _renewed_at > lease / 3:
-                # No hold without a live lease: another worker would sweep it at once.
-                cursor.execute(_RENEW, [OWNER, lease])
-                _renewed_at = time.monotonic()
-            cursor.execute(_LOCK_MEMBER, [presence_id])
-            cursor.execute(_HOLD, [token, presence_id, OWNER])
-            cursor.execute(_PRESENT, [presence_id, topic, user_id, timezone.now()])
-    finally:
-        with _lock:
-            released = _joining.pop(token, False)
-    if released:
+        lapsed = _write(hold, using, renew=not again)
+    except BaseException:
+        stopping = hold.state == "stopping"
+        hold.state = "released" if stopping else before
+        if stopping and again:
+            _leave([hold.token], using)
+        raise
+    if hold.state == "stopping":
         # The subscription stopped while its join was being written.
-        _leave([token], using)
-
-
-def _release(token: str, using: str) -> None:
-    """A subscription's stop: release its hold (after its join, if that is in flight)."""
+        hold.state = "released"
+        with _lock:
+            _live.pop(hold.token, None)
+        _leave([hold.token], using)
+        return
+    hold.state = "held"
     with _lock:
-        if token in _joining:
-            _joining[token] = True
-            return
-    _leave([token], using)
+        _live[hold.token] = hold
+    if lapsed:
+        _rewrite_live(using)
+
+
+def _write(hold: _Hold, using: str, *, renew: bool) -> bool:
+    """The hold and its member's row, in one transaction (both idempotent); True when
+    the lease this renewed had lapsed."""
+    lease = ddp_settings.PRESENCE_LEASE.total_seconds()
+    lapsed = False
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        if renew and time.monotonic() - _renewed_at > lease / 3:
+            # No hold without a live lease: another worker would sweep it at once.
+            lapsed = _renew_with(cursor)
+        cursor.execute(_LOCK_MEMBER, [hold.presence_id])
+        cursor.execute(_HOLD, [hold.token, hold.presence_id, OWNER])
+        cursor.execute(_PRESENT, [hold.presence_id, hold.topic, hold.user_id, timezone.now()])
+    return lapsed
+
+
+def _rewrite_live(using: str) -> None:
+    """This worker's lease had lapsed: another worker may have swept its holds while
+    their subscriptions still run. Write them again (idempotent)."""
+    with _lock:
+        live = list(_live.values())
+    for hold in live:
+        _join(hold, using, again=True)
+
+
+def _release(hold: _Hold, using: str) -> None:
+    """A subscription's stop: release its hold (after its join, if that is in flight)."""
+    state = hold.state
+    if state == "joining":
+        hold.state = "stopping"
+        return
+    hold.state = "released"
+    if state == "held":
+        with _lock:
+            _live.pop(hold.token, None)
+        _leave([hold.token], using)
 
 
 def _leave(tokens: Sequence[str], using: str) -> None:
     try:
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
             ids: set[str] = set()
-            for token in tokens:
+            for token in sorted(tokens):
                 cursor.execute(_UNHOLD, [token])
                 ids.update(str(pid) for (pid,) in cursor.fetchall())
             _absent(cursor, sorted(ids))
@@ -216,21 +278,34 @@ def _absent(cursor: object, presence_ids: list[str]) -> None:
     execute(_ABSENT, [presence_ids])
 
 
-def _renew(using: str) -> None:
-    global _renewed_at
+def _renew(using: str) -> bool:
+    """Renew this worker's lease; True when it had lapsed or was gone (its holds may
+    have been swept by another worker meanwhile)."""
     with connections[using].cursor() as cursor:
-        cursor.execute(_RENEW, [OWNER, ddp_settings.PRESENCE_LEASE.total_seconds()])
+        return _renew_with(cursor)
+
+
+def _renew_with(cursor: object) -> bool:
+    global _renewed_at
+    execute = cursor.execute  # type: ignore[attr-defined]
+    execute(_RENEW, [OWNER, OWNER, ddp_settings.PRESENCE_LEASE.total_seconds()])
+    before, lapsed = cursor.fetchone()  # type: ignore[attr-defined]
     _renewed_at = time.monotonic()
+    return before is None or bool(lapsed)
 
 
 def _sweep(owner: str, using: str) -> None:
     """Release every hold of ``owner`` (a dead worker, or this one stopping), in batches,
     then its lease."""
+    global _renewed_at
+    if owner == OWNER:
+        _renewed_at = 0.0  # its lease goes below: the next join writes one first
     while True:
         with transaction.atomic(using=using), connections[using].cursor() as cursor:
             cursor.execute(
                 "DELETE FROM ddp_presence_hold WHERE token IN (SELECT token FROM"
-                " ddp_presence_hold WHERE owner = %s LIMIT %s) RETURNING presence_id",
+                " ddp_presence_hold WHERE owner = %s ORDER BY token LIMIT %s)"
+                " RETURNING presence_id",
                 [owner, _SWEEP_BATCH],
             )
             rows = cursor.fetchall()

@@ -16,6 +16,7 @@ imported by a session (sessions see only their ``SessionContext``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
@@ -86,7 +87,11 @@ class Node:
             # Cluster chores are the leader's when a coordinator exists; without one every
             # worker prunes (it is idempotent).
             self.housekeeper = Housekeeper(self.pool.run, backend.housekeeping, self.resumer)
-            self.keepalive = Keepalive(self.pool.run, backend.keepalive)
+            # Urgent: a lease renewal late behind client methods lets other workers sweep
+            # this worker's presence while its subscribers are still here.
+            self.keepalive = Keepalive(
+                functools.partial(self.pool.run, urgent=True), backend.keepalive
+            )
         else:
             log.warning("no RELAY_DATABASE_URL or DATABASE_URL: live updates are off")
         self.context = NodeContext(

@@ -857,6 +857,10 @@ class Session:
         if not self.closed:
             self.close(self._why_transport_closed())
         self._drop_pending()
+        # The subscriptions stop at once, not after the methods: their stop callbacks
+        # (a presence leave) must not wait for a slow method of a socket that is gone. A
+        # parked session's subscriptions are re-run by its resume.
+        self.subscriptions.detach_all()
         # The methods in flight (the queue's and the unblocked ones) finish before the
         # session parks, so that their results are kept for a re-send.
         me = gevent.getcurrent()
@@ -864,7 +868,6 @@ class Session:
         greenlets = [g for g in running if isinstance(g, gevent.Greenlet) and g is not me]
         if greenlets:
             gevent.joinall(greenlets, timeout=PARK_DRAIN_SECONDS)
-        self.subscriptions.detach_all()
         self._watcher.stop()
         try:
             parked = self._park_or_drop()

@@ -23,9 +23,11 @@ from django_app.modifiers import (
     MAX_ELEMENTS,
     MAX_JSON_NUMBER,
     MAX_OPERATIONS,
+    MAX_PADDING,
     MAX_PATH_DEPTH,
     MAX_PATH_LENGTH,
     MAX_QUERY_FIELDS,
+    MAX_VALUE_BYTES,
     MAX_VALUE_DEPTH,
     ArraySteps,
     ColumnSteps,
@@ -437,6 +439,109 @@ def test_an_index_past_the_bound_is_400_only_on_an_array(book: Book) -> None:
     )
     edge = run(book, json_steps(op("$set", f"details.arr.{MAX_ARRAY_INDEX}", 1)))
     assert len(edge.details["arr"]) == MAX_ARRAY_INDEX + 1
+
+
+def test_a_new_value_over_the_size_bound_is_400_and_writes_nothing(book: Book) -> None:
+    """The bound is on the JSON text of the column's new value, as PostgreSQL prints it
+    (a multi-byte character counts its UTF-8 bytes); a value over it by one byte is
+    refused in the guard, the row left as it was."""
+    wrapper = len('{"s": ""}')
+    fill = "é" + "x" * (MAX_VALUE_BYTES - wrapper - len("é".encode()))
+    Book.objects.filter(pk=book.pk).update(details={"s": "é"}, title="T")
+    at_bound = run(book, json_steps(op("$set", "details.s", fill)))
+    assert at_bound.details == {"s": fill}
+    Book.objects.filter(pk=book.pk).update(details={"s": "é"})
+    with pytest.raises(DDPError) as info:
+        run(book, json_steps(op("$set", "details.s", fill + "x")), values={"title": "changed"})
+    assert (info.value.error, info.value.reason) == (
+        400,
+        f"The update would make 'details' {MAX_VALUE_BYTES + 1} bytes as JSON; at most"
+        f" {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)",
+    )
+    row = Book.objects.get(pk=book.pk)
+    assert (row.details, row.title) == ({"s": "é"}, "T")
+    # Server code may store more: a modifier that leaves it over is refused, one that
+    # brings it under the bound applies.
+    big = {"s": fill + "xx", "t": 1}
+    Book.objects.filter(pk=book.pk).update(details=big)
+    with pytest.raises(DDPError):
+        run(book, json_steps(op("$inc", "details.t", 1)))
+    assert Book.objects.get(pk=book.pk).details == big
+    assert run(book, json_steps(op("$unset", "details.s", None))).details == {"t": 1}
+
+
+def test_an_array_column_is_bounded_too(book: Book) -> None:
+    ratings_field = Book._meta.get_field("ratings")
+
+    def ratings(operator: str, argument: Any, values: list[Any]) -> ArraySteps:
+        steps = ArraySteps(Book, ratings_field, str(ratings_field.db_type(connection)))
+        steps.add(op(operator, "ratings", argument), values)
+        return steps
+
+    count = MAX_VALUE_BYTES // 3  # "[1, 1, ..., 1]": 3 bytes an element
+    Book.objects.filter(pk=book.pk).update(ratings=[1] * count)
+    with pytest.raises(DDPError) as info:
+        run(book, ratings("$push", (2,), [2]))
+    assert (info.value.error, info.value.reason) == (
+        400,
+        f"The update would make 'ratings' {3 * count + 3} bytes as JSON; at most"
+        f" {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)",
+    )
+    assert Book.objects.get(pk=book.pk).ratings == [1] * count
+    assert len(run(book, ratings("$pop", 1, [])).ratings) == count - 1
+
+
+def test_only_the_new_value_is_sized_and_a_failing_step_is_named_first(book: Book) -> None:
+    """The bound is on what is written: steps may pass it on the way (adding keys while a
+    later step removes a large one); a step that fails is reported rather than the size."""
+    adds = [op("$set", f"details.k{i}", "y" * 100_000, i) for i in range(9)]
+    before = {"big": "x" * (MAX_VALUE_BYTES - 100)}
+    Book.objects.filter(pk=book.pk).update(details=before)
+    row = run(book, json_steps(*adds, op("$unset", "details.big", None, 9)))
+    assert sorted(row.details) == [f"k{i}" for i in range(9)]
+    Book.objects.filter(pk=book.pk).update(details=before)
+    with pytest.raises(DDPError) as info:
+        run(book, json_steps(*adds, op("$inc", "details.big", 1, 9)))
+    assert (info.value.error, info.value.reason) == (
+        409,
+        "Cannot apply $inc modifier to non-number: 'details.big' is a string",
+    )
+    with pytest.raises(DDPError) as info:
+        run(book, json_steps(*adds))
+    assert info.value.error == 400
+    assert "(MAX_VALUE_BYTES)" in str(info.value.reason)
+    assert Book.objects.get(pk=book.pk).details == before
+
+
+def test_padding_is_bounded_over_all_paths_of_one_update(book: Book) -> None:
+    """Only the nulls actually added count (an index inside an array, an object's numeric
+    key or a missing key, which becomes an object, pad nothing), in arrays at any depth."""
+    before = {"a": [], "b": [1, 2, 3], "o": {}, "c": [[]]}
+    first = MAX_PADDING // 2
+
+    def padding(last: int) -> JsonSteps:
+        return json_steps(
+            op("$set", f"details.a.{first}", 1, 0),
+            op("$set", "details.b.0", 0, 1),
+            op("$set", f"details.o.{MAX_ARRAY_INDEX}", 1, 2),
+            op("$set", f"details.n.{MAX_ARRAY_INDEX}", 1, 3),
+            op("$push", f"details.c.0.{last}", (1,), 4),
+        )
+
+    Book.objects.filter(pk=book.pk).update(details=before)
+    last = MAX_PADDING - first
+    with pytest.raises(DDPError) as info:
+        run(book, padding(last + 1))
+    assert (info.value.error, info.value.reason) == (
+        400,
+        f"The update would pad arrays of 'details' with {MAX_PADDING + 1} nulls (at"
+        f" 'details.c.0.{last + 1}'); at most {MAX_PADDING} (MAX_PADDING)",
+    )
+    assert Book.objects.get(pk=book.pk).details == before
+    row = run(book, padding(last)).details
+    assert (len(row["a"]), len(row["c"][0]), row["c"][0][last]) == (first + 1, last + 1, [1])
+    assert row["o"] == row["n"] == {str(MAX_ARRAY_INDEX): 1}
+    assert row["b"] == [0, 2, 3]
 
 
 # -- concurrency: the database computes every new value -------------------------------------

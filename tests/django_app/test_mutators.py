@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from django_app import Collection
 from django_app.backend import DjangoBackend
+from django_app.modifiers import MAX_ARRAY_INDEX, MAX_OPERATIONS, MAX_PADDING, MAX_VALUE_BYTES
 from django_app.registries import Registry
 from relay.backend import ClientError, Identity
 from relay.protocol.alea import RandomStream
@@ -1268,6 +1269,51 @@ def test_hostile_modifiers_are_clear_400s(
         assert error == 400, reason
         assert "at most" in reason or "not supported" in reason or "deeper" in reason, reason
     assert Book.objects.get(pk="lathe").details == {}
+
+
+def test_padding_cannot_grow_a_value_past_the_bounds(
+    backend: DjangoBackend, make_ctx: Any, seeded: str
+) -> None:
+    """Every path of one small call padding an array to the largest index would write
+    6 MB (the example lets anyone update ``details``), and repeated calls would grow it
+    without end. One call pads at most MAX_PADDING nulls into a field, and no call leaves
+    it over MAX_VALUE_BYTES; a refusal names the field and writes nothing."""
+    arrays: dict[str, list[Any]] = {f"details.a{i}": [] for i in range(MAX_OPERATIONS)}
+    assert backend.call(make_ctx("s1"), UPDATE, ["lathe", {"$set": arrays}]).result == 1
+    before = Book.objects.get(pk="lathe")
+
+    def pad(*arrays: int) -> Any:
+        sets = {f"details.a{i}.{MAX_ARRAY_INDEX}": 0 for i in arrays}
+        return lambda: backend.call(make_ctx("s2"), UPDATE, ["lathe", {"$set": sets}])
+
+    assert error_of(pad(*range(MAX_OPERATIONS))) == (
+        400,
+        f"The update would pad arrays of 'details' with {2 * MAX_ARRAY_INDEX} nulls (at"
+        f" 'details.a1.{MAX_ARRAY_INDEX}'); at most {MAX_PADDING} (MAX_PADDING)",
+    )
+    after = Book.objects.get(pk="lathe")
+    assert (after.details, after.updated_at) == (before.details, before.updated_at)
+    # Call by call, it grows only up to the size bound.
+    grown = 0
+    while grown < MAX_OPERATIONS:
+        try:
+            assert pad(grown)().result == 1
+        except ClientError as exc:
+            assert exc.error == 400
+            reason = str(exc.reason)
+            assert reason.startswith("The update would make 'details' ")
+            assert reason.endswith(f"; at most {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)")
+            break
+        grown += 1
+    # 6 bytes a null ("null, "): the size bound stops it after about 17 calls.
+    assert grown == MAX_VALUE_BYTES // (6 * (MAX_ARRAY_INDEX + 1))
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT octet_length(details::text) FROM bookstore_book WHERE id = 'lathe'")
+        (stored,) = cursor.fetchone()
+    assert stored <= MAX_VALUE_BYTES
+    assert [len(a) for a in Book.objects.get(pk="lathe").details.values()] == [
+        MAX_ARRAY_INDEX + 1
+    ] * grown + [0] * (MAX_OPERATIONS - grown)
 
 
 # -- relations: a published many-to-many array takes $addToSet and $pull --------------------

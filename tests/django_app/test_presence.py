@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,12 +21,27 @@ from django_app.backend import DjangoBackend
 from django_app.context import SubscriptionContext
 from django_app.exceptions import DDPError
 from django_app.models import Presence, PresenceHold, PresenceLease
-from relay.backend import CallContext, Identity
+from django_app.publications import Publication
+from django_app.registries import registry as default_registry
+from relay.backend import CallContext, Handshake, Identity
 from tests.django_app.publishing import RecordingSink, subscribe
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TOPIC = "room:1"
+HANDSHAKE = Handshake(headers={}, cookies={}, remote_addr="127.0.0.1", path="/websocket")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_worker() -> Iterator[None]:
+    """Each test is a worker of its own: the holds an earlier test left in this
+    process's registry are not this database's (it was emptied)."""
+    presence._live.clear()
+    presence._unreleased.clear()
+    presence._renewed_at = 0.0
+    yield
+    presence._live.clear()
+    presence._unreleased.clear()
 
 
 def ctx_for(session: str, user_id: str | None = None) -> SubscriptionContext:
@@ -84,19 +100,34 @@ def test_bad_topics_are_refused(topic: Any) -> None:
 def test_a_stop_during_the_join_still_releases(monkeypatch: pytest.MonkeyPatch) -> None:
     """The relay may stop a subscription (its socket closed) while its join is being
     written: the hold is released once the join is in, never left behind."""
-    token = "tok-during-join"
-    stopped: list[bool] = []
+    hold = presence._Hold(presence._presence_id(TOPIC, "s:s1"), TOPIC, None)
+    states: list[str] = []
     original = presence.timezone.now
 
     def now_and_stop() -> Any:
         # The stop arrives while the join's transaction is open.
-        presence._release(token, "default")
-        stopped.append(presence._joining.get(token, False))
+        presence._release(hold, "default")
+        states.append(hold.state)
         return original()
 
     monkeypatch.setattr(presence.timezone, "now", now_and_stop)
-    presence._join(token, presence._presence_id(TOPIC, "s:s1"), TOPIC, None, "default")
-    assert stopped == [True]  # the release waited for the join
+    presence._join(hold, "default")
+    assert states == ["stopping"]  # the release waited for the join
+    assert hold.state == "released"
+    assert members() == {} and not PresenceHold.objects.exists()
+    assert hold.token not in presence._live
+
+
+def test_a_stop_before_the_join_writes_nothing() -> None:
+    """A publication that stops itself (or errs) after ``present``: the relay runs its
+    stop callbacks before the join, which then writes nothing."""
+    holder = Stoppable("s1")
+    deferred: list[Any] = []
+    holder.ctx.after_snapshot = deferred.append  # type: ignore[method-assign]
+    presence.present(holder.ctx, TOPIC)
+    holder.stop()
+    for join in deferred:
+        join()
     assert members() == {} and not PresenceHold.objects.exists()
 
 
@@ -203,3 +234,104 @@ def test_the_example_publication_joins_after_its_snapshot(
     assert not Presence.objects.exists()
     with pytest.raises(DDPError):
         subscribe(backend, ctx, "presence.book", ["no such book"])
+
+
+# -- what the relay does around a publication ------------------------------------------
+
+
+class RunLikeSink(RecordingSink):
+    """What ``relay.server.subscriptions.PublicationRun`` does with ``stop``/``on_stop``:
+    ``stop()`` finishes the run and starts its stop callbacks (spawned greenlets, which
+    get the CPU at the pool greenlet's first database wait: the snapshot's COMMIT, before
+    the after-snapshot join); ``on_stop`` on a stopped run starts the callback at once.
+    Here each runs at once on a thread of its own (its own connection, as another pool
+    greenlet has), and is waited for: the order the relay gives them under gevent."""
+
+    def stop(self) -> None:
+        super().stop()
+        callbacks, self.stop_callbacks = self.stop_callbacks, []
+        for callback in callbacks:
+            _elsewhere(callback)
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        if self.stopped:
+            _elsewhere(callback)
+        else:
+            super().on_stop(callback)
+
+
+def _elsewhere(callback: Callable[[], None]) -> None:
+    def run() -> None:
+        try:
+            callback()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+
+
+def test_a_publication_that_stops_itself_after_present_holds_nothing() -> None:
+    """``present(ctx, topic)`` then ``ctx.stop()`` (or ``ctx.error(...)``: a publication
+    refusing after it joined). The relay runs the stop callbacks before the join that
+    ``backend.subscribe`` runs after the snapshot: the join must then write nothing."""
+
+    def present_then_stop(ctx: SubscriptionContext) -> Any:
+        cursor = presence.present(ctx, TOPIC)
+        ctx.stop()
+        return cursor
+
+    with default_registry.isolated() as registry:
+        Publication("review.presentThenStop", func=present_then_stop, registry=registry)
+        backend = DjangoBackend(registry=registry)
+        ctx = CallContext("session-review", Identity(user_id=None), HANDSHAKE)
+        sink = RunLikeSink()
+        backend.subscribe(ctx, "review.presentThenStop", [], sink)
+    assert sink.stopped
+    assert not PresenceHold.objects.exists(), "a stopped subscription still holds presence"
+    assert not Presence.objects.filter(topic=TOPIC).exists()
+
+
+def test_a_live_worker_whose_lease_lapsed_writes_its_holds_again() -> None:
+    """Worker A's keepalive is late past ``DDP_PRESENCE_LEASE`` (a database stall, a
+    blocked hub). Worker B sweeps A's holds. A's next renewal finds its lease had lapsed
+    and writes the holds of its running subscriptions again."""
+    holder = SubscriptionContext(user=None, user_id="7", session_id="alive")
+    holder.on_stop = RecordingSink().on_stop  # type: ignore[method-assign]
+    presence.keepalive()  # this worker's lease exists
+    presence.present(holder, TOPIC)  # joins at once (no relay hooks)
+    assert Presence.objects.filter(topic=TOPIC).count() == 1
+    mine = presence.OWNER
+    PresenceLease.objects.filter(owner=mine).update(
+        expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    )
+    # Worker B's keepalive (another process: another OWNER).
+    original = presence.OWNER
+    try:
+        presence.OWNER = "otherworker0000000000000"  # type: ignore[misc]
+        presence.keepalive()
+    finally:
+        presence.OWNER = original  # type: ignore[misc]
+    # Worker A comes back: its keepalive renews, its subscription is still running.
+    presence.keepalive()
+    assert PresenceLease.objects.filter(owner=mine).exists()
+    assert Presence.objects.filter(topic=TOPIC).count() == 1, (
+        "the subscriber of a live worker is no longer present"
+    )
+
+
+def test_a_join_right_after_release_all_writes_a_lease_first() -> None:
+    """``release_all`` (the work pool's exit hook: a Node stopped in a process that goes
+    on) deletes this worker's lease; the next join must write one again, or another
+    worker's ``housekeeping`` would delete its hold as an orphan."""
+    presence.keepalive()
+    first = SubscriptionContext(user=None, user_id=None, session_id="before")
+    first.on_stop = RecordingSink().on_stop  # type: ignore[method-assign]
+    presence.present(first, TOPIC)
+    presence.release_all()
+    again = SubscriptionContext(user=None, user_id=None, session_id="after")
+    again.on_stop = RecordingSink().on_stop  # type: ignore[method-assign]
+    presence.present(again, TOPIC)
+    assert PresenceHold.objects.filter(owner=presence.OWNER).exists()
+    assert PresenceLease.objects.filter(owner=presence.OWNER).exists(), "a hold without a lease"

@@ -3,6 +3,7 @@ context."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from relay.server.hub import Hub
 from relay.server.keepalive import Keepalive
 from relay.server.node import Node
 from relay.server.ticker import Ticker
+from relay.server.workpool import WorkPool
 from relay.transport import HeartbeatRegistry, MemoryTransport
 from tests.relay.server.helpers import HANDSHAKE, FakeBackend, FakeMember
 
@@ -333,3 +335,35 @@ def test_a_failed_keepalive_is_logged_and_the_loop_goes_on(
         finally:
             keeper.stop()
     assert "keepalive failed" in caplog.text
+
+
+def test_the_lease_renewal_never_waits_behind_client_methods() -> None:
+    """Two addresses' slow methods fill every normal slot of the pool; the node's
+    keepalive runs urgent, so the lease does not lapse while its subscribers are here
+    (else other workers would sweep their presence)."""
+    settings = Settings(database_url="postgresql://relay@127.0.0.1:1/none", resume_window=0)
+    node = Node(settings, FakeBackend())
+    try:
+        assert node.keepalive is not None
+        pool = WorkPool(8)  # RELAY_BACKEND_CONCURRENCY's default
+        slow = [
+            gevent.spawn(pool.run, gevent.sleep, 1.0, owner=address)
+            for address in ("10.0.0.1", "10.0.0.2")
+            for _ in range(5)
+        ]
+        gevent.sleep(0.01)
+        renewed: list[float] = []
+        # The node's own runner, bound to this pool.
+        runner = node.keepalive._run
+        assert isinstance(runner, functools.partial) and runner.keywords == {"urgent": True}
+        keeper = Keepalive(
+            functools.partial(pool.run, **runner.keywords),
+            lambda: renewed.append(time.monotonic()),
+        )
+        started = time.monotonic()
+        keeper.run_round()
+        assert renewed[0] - started < 0.2
+        gevent.joinall(slow)
+        pool.close()
+    finally:
+        node.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -494,3 +495,43 @@ def test_a_session_whose_view_cannot_be_kept_exact_is_not_resumable(ctx: FakeCon
     peer.connect()
     peer.session.desync()
     assert peer.session.closed and not peer.session.resumable
+
+
+class StopRecordingBackend(FakeBackend):
+    """``here``: a publication whose stop is a presence leave (recorded with its time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left_at: list[float] = []
+
+    def has_publication(self, name: str) -> bool:
+        return name == "here" or super().has_publication(name)
+
+    def subscribe(
+        self, ctx: CallContext, name: str, params: Sequence[Any], sink: PublicationSink
+    ) -> SubscriptionPlan:
+        if name == "here":
+            sink.on_stop(lambda: self.left_at.append(time.monotonic()))
+            return self.plan("here", STATIC, [])
+        return super().subscribe(ctx, name, params, sink)
+
+
+def test_a_closed_socket_stops_its_subscriptions_before_its_methods_end() -> None:
+    """A subscription's stop (a presence leave, issue #11: "within 10 s of its
+    connection closing") must not wait for the closed socket's slow method, which may
+    run for PARK_DRAIN_SECONDS."""
+    backend = StopRecordingBackend()
+    ctx = FakeContext(backend=backend, resumer=FakeResumer())
+    peer = Peer(ctx)
+    peer.connect()
+    peer.send({"msg": "sub", "id": "p", "name": "here", "params": []})
+    peer.expect("ready")
+    peer.send({"msg": "method", "id": "m", "method": "sleep", "params": [1.5]})
+    gevent.sleep(0.05)
+    closed_at = time.monotonic()
+    peer.transport.disconnect()
+    with gevent.Timeout(5):
+        while not backend.left_at:
+            gevent.sleep(0.02)
+    delay = backend.left_at[0] - closed_at
+    assert delay < 0.5, f"presence left {delay:.2f} s after the socket closed"
