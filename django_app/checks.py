@@ -19,6 +19,10 @@ Job: report configuration the DDP side cannot work with, each with a stable id:
   names what the user model cannot publish (accounts on);
 * ``ddp.E010`` ``DDP_PASSWORD_RESET_URL`` has no ``{token}``, or
   ``DDP_PASSWORD_RESET_EMAIL`` names no importable callable;
+* ``ddp.E011`` ``DDP_PRESENCE_LEASE`` is under ``MIN_PRESENCE_LEASE`` seconds (a relay
+  renews its lease every ~3 s: a shorter one lets other relays sweep live members),
+  ``DDP_EVENT_MAX_BYTES`` is not a positive integer, or ``DDP_PRESENCE_COLLECTION`` is
+  not a non-empty string;
 * ``ddp.W001`` a collection publishes a field named ``password``;
 * ``ddp.W002`` a model's channel name had to be shortened to fit PostgreSQL's identifier
   limit (it stays unique: a hash is appended);
@@ -62,6 +66,9 @@ __all__ = [
     "check_settings",
     "register_checks",
 ]
+
+#: The shortest ``DDP_PRESENCE_LEASE`` (seconds): several of a relay's renewals.
+MIN_PRESENCE_LEASE: Final = 5
 
 #: The tag of every check here: ``manage.py check --tag ddp``.
 TAG: Final = "ddp"
@@ -219,7 +226,8 @@ def _meteor_id_key(field: models.Field[Any, Any]) -> bool:
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
-    """ddp.E003, ddp.E004 and ddp.E005: the ``DDP_*`` settings have usable values."""
+    """ddp.E003, ddp.E004, ddp.E005 and ddp.E011: the ``DDP_*`` settings have usable
+    values."""
     messages: list[checks.CheckMessage] = []
     encoding = ddp_settings.raw("DDP_DECIMAL_ENCODING")
     if encoding not in DECIMAL_ENCODINGS:
@@ -243,6 +251,24 @@ def check_settings(
                 id="ddp.E005",
             )
         )
+    lease = ddp_settings.raw("DDP_PRESENCE_LEASE")
+    if isinstance(lease, dt.timedelta):
+        lease = lease.total_seconds()
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or lease < MIN_PRESENCE_LEASE:
+        messages.append(
+            checks.Error(
+                f"DDP_PRESENCE_LEASE is {ddp_settings.raw('DDP_PRESENCE_LEASE')!r}.",
+                hint=f"Use at least {MIN_PRESENCE_LEASE} seconds (default 10): a relay renews"
+                " its lease every ~3 s, a shorter lease lets other relays sweep live members.",
+                id="ddp.E011",
+            )
+        )
+    max_bytes = ddp_settings.raw("DDP_EVENT_MAX_BYTES")
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        messages.append(checks.Error(f"DDP_EVENT_MAX_BYTES is {max_bytes!r}.", id="ddp.E011"))
+    collection = ddp_settings.raw("DDP_PRESENCE_COLLECTION")
+    if not isinstance(collection, str) or not collection:
+        messages.append(checks.Error(f"DDP_PRESENCE_COLLECTION is {collection!r}.", id="ddp.E011"))
     return messages
 
 

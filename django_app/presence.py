@@ -180,7 +180,9 @@ def release_all(*, using: str = DEFAULT_DB_ALIAS) -> None:
 
 
 def _presence_id(topic: str, member: str) -> str:
-    return hashlib.sha256(f"{topic}\0{member}".encode()).hexdigest()[:24]
+    # "p" first: 24 hex digits would read as a Mongo ObjectID, which Meteor's id rules
+    # send as "-<hex>" and clients that do not parse ids the Meteor way would show.
+    return "p" + hashlib.sha256(f"{topic}\0{member}".encode()).hexdigest()[:23]
 
 
 def _join(hold: _Hold, using: str, *, again: bool = False) -> None:

@@ -14,6 +14,8 @@ generator on loopback; nothing else needs to run. From the repository root::
     .venv/bin/python -m loadtest.bench check        # do live updates reach clients at all?
     .venv/bin/python -m loadtest.bench window --before   # books.latest windows, before/after
     .venv/bin/python -m loadtest.bench storm --before    # 10,000 subscriptions at once
+    .venv/bin/python -m loadtest.bench events            # one event to 5,000, beside a row
+    .venv/bin/python -m loadtest.bench presence          # join/leave churn on 3 relays
 
 Each measurement is repeated ``--runs`` times (default 3, each with a fresh relay and
 fresh sessions) and the median of the runs is reported, as the peers' figures in
@@ -22,7 +24,8 @@ fresh sessions) and the median of the runs is reported, as the peers' figures in
 ``<workdir>/results.json`` (``--json`` for another path); logs stay in the workdir.
 
 ``window`` and ``storm`` (``compare``) measure issue #10's shared live queries and, with
-``--before REV``, the relay code of an earlier commit side by side (``trees``).
+``--before REV``, the relay code of an earlier commit side by side (``trees``). ``events``
+and ``presence`` (``beyond``) measure issue #11's server-pushed events and presence.
 
 Exit status: 0 when every session received every write exactly once, 1 when anything was
 lost or duplicated, a session failed or a window ended unlike the database's, 2 when the
@@ -40,6 +43,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from loadtest.bench.beyond import auto_pool, events_command, presence_command
 from loadtest.bench.books import max_writes
 from loadtest.bench.compare import command as compare_command
 from loadtest.bench.figures import ms_text, noisy
@@ -65,6 +69,8 @@ MODES = {
     "all": "fanout, latency, overhead",
     "window": "a sorted, limited window (books.latest) under commits that change it",
     "storm": "N connected sessions subscribe books.all at the same moment",
+    "events": "events of one stream to N subscribers, beside row changes; sustained rates",
+    "presence": "presence churn across relays: database writes per join, convergence",
     "check": "do live updates reach clients?",
 }
 
@@ -84,6 +90,24 @@ def _sessions(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError("session counts must be positive")
+    return values
+
+
+#: The shortest ``presence --lease``: above the relays' keepalive period (3 s +-30%,
+#: ``relay.server.keepalive``) with a second to spare.
+MIN_LEASE = 5.0
+
+
+def _rates(text: str) -> list[float]:
+    """A comma list of rates (per second); "0" alone: none."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
+    if values == [0.0]:
+        return []
+    if not values or any(not 0 < v <= 1_000_000 for v in values):
+        raise argparse.ArgumentTypeError("rates must be above 0 and at most 1,000,000")
     return values
 
 
@@ -234,6 +258,64 @@ def build_parser() -> argparse.ArgumentParser:
     storm.add_argument(
         "--storm-timeout", type=float, default=600.0, help="seconds for every sub to be ready"
     )
+
+    events = mode("events", relay, sessions=[5000])
+    events.add_argument("--events", type=_positive, default=200, help="events published")
+    events.add_argument(
+        "--renames",
+        type=int,
+        default=20,
+        help="renames of the same book after the events (the row fan-out beside them; 0: "
+        "none, and sessions do not subscribe books.all)",
+    )
+    events.add_argument("--interval", type=float, default=0.5, help="seconds between writes")
+    events.add_argument(
+        "--max-wait", type=float, default=900.0, help="seconds for every session to have all"
+    )
+    events.add_argument(
+        "--sustain-rates",
+        type=_rates,
+        default=[1000.0],
+        help="events per second asked of one stream, a comma list (each its own sub-run on "
+        "the same relay; 0: none)",
+    )
+    events.add_argument("--sustain-sessions", type=_positive, default=100)
+    events.add_argument("--sustain-seconds", type=float, default=10.0)
+    events.add_argument(
+        "--sustain-batch", type=_positive, default=1, help="events per transaction when sustained"
+    )
+
+    presence = mode("presence", relay)
+    presence.add_argument("--relays", type=_positive, default=3)
+    presence.add_argument("--watchers", type=_positive, default=10, help="per relay")
+    presence.add_argument("--rate", type=float, default=1000.0, help="joins (and leaves) a second")
+    presence.add_argument("--seconds", type=float, default=15.0, help="of churn")
+    presence.add_argument(
+        "--hold", type=float, default=0.5, help="seconds a churn session stays after its ready"
+    )
+    presence.add_argument(
+        "--pool",
+        type=int,
+        default=0,
+        help="churn sessions (default: rate x (hold + 1 s), at least crash-sessions per "
+        "relay); a join due when none is idle is skipped and counted",
+    )
+    presence.add_argument(
+        "--topics",
+        type=_positive,
+        default=1,
+        help="books the churn spreads over (1: all on the watchers' book)",
+    )
+    presence.add_argument(
+        "--lease", type=float, default=10.0, help="the relays' DDP_PRESENCE_LEASE, seconds"
+    )
+    presence.add_argument(
+        "--crash-sessions",
+        type=int,
+        default=100,
+        help="members on the relay SIGKILLed after the churn (0: no crash)",
+    )
+    presence.add_argument("--converge-timeout", type=float, default=120.0)
 
     mode("check")
     return parser
@@ -436,6 +518,11 @@ def run(args: argparse.Namespace) -> int:
             results["check_ms"] = seconds * 1000
             return 0
         big = max(getattr(args, "sessions", [1]))
+        if args.command == "presence":
+            # One generator holds every session of every relay.
+            big = args.relays * args.watchers + (
+                args.pool or auto_pool(args.rate, args.hold, args.relays, args.crash_sessions)
+            )
         if big + 500 > fd_limit():
             raise BenchError(
                 f"the file descriptor limit ({fd_limit()}) is too low for {big} sessions "
@@ -443,6 +530,10 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.command in ("window", "storm"):
             ok = compare_command(db, workdir, cleanup, args, results)
+        if args.command == "events":
+            ok = events_command(db, workdir, cleanup, args, results)
+        if args.command == "presence":
+            ok = presence_command(db, workdir, cleanup, args, results)
         if args.command in ("fanout", "all"):
             rows = []
             for n in args.sessions:
@@ -517,7 +608,7 @@ def run(args: argparse.Namespace) -> int:
     if not ok:
         print(
             "bench: FAILED: sessions lost writes, failed to subscribe, or ended with a window "
-            "unlike the database's",
+            "(or a chat, or a presence view) unlike the database's",
             file=sys.stderr,
         )
     return 0 if ok else 1
@@ -610,4 +701,34 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    problem = _beyond_problem(args)
+    if problem is not None:
+        print(f"bench: {args.command} {problem}", file=sys.stderr)
+        return 2
     return run(args)
+
+
+def _beyond_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options of ``events`` or ``presence`` (None: nothing)."""
+    if args.command == "events" and (
+        args.renames < 0 or args.interval < 0 or args.sustain_seconds <= 0
+    ):
+        return "--renames and --interval must be at least 0, --sustain-seconds above 0"
+    if args.command == "presence":
+        if not (args.rate > 0 and args.seconds > 0 and args.hold >= 0 and args.lease > 0):
+            return "--rate, --seconds and --lease must be above 0, --hold at least 0"
+        if args.lease < MIN_LEASE:
+            return (
+                f"--lease {args.lease:g}: at least {MIN_LEASE:g} s (a relay renews its lease "
+                "every 3 s +-30%: a shorter one expires under live members, and other relays "
+                "sweep them)"
+            )
+        if args.pool < 0 or args.crash_sessions < 0:
+            return "--pool and --crash-sessions must be at least 0"
+        pool = args.pool or auto_pool(args.rate, args.hold, args.relays, args.crash_sessions)
+        if args.crash_sessions > pool // args.relays:
+            return (
+                f"--crash-sessions {args.crash_sessions}: the first relay has only "
+                f"{pool // args.relays} pool sessions (raise --pool)"
+            )
+    return None

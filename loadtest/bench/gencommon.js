@@ -1,9 +1,10 @@
 'use strict';
-// What the load generators (loadgen.js, windowgen.js, stormgen.js) share: the JSON-lines
-// protocol with the driver (events on stdout, commands on stdin, exit when stdin closes),
-// the clock, quantiles, a fleet of DDP sessions (sockets that connect and answer pings,
-// opened a bounded number at a time, all dropped at the end), sessions that subscribe once
-// and, for loadgen.js and windowgen.js, when each session had each planned write.
+// What the load generators (loadgen.js, windowgen.js, stormgen.js, eventsgen.js,
+// presencegen.js) share: the JSON-lines protocol with the driver (events on stdout,
+// commands on stdin, exit when stdin closes), the clock, quantiles, a fleet of DDP
+// sessions (sockets that connect and answer pings, opened a bounded number at a time,
+// all dropped at the end), sessions that subscribe once and, for loadgen.js,
+// windowgen.js and eventsgen.js, when each session had each planned write.
 //
 // Must not: know what a session subscribes, what a write is, or what a report adds to
 // the figures kept here.
@@ -118,9 +119,10 @@ function fleet(opts) {
 
   // Opens session.ws: `connect` once open, pings answered; every other message goes to
   // onMessage(msg, t), t taken on arrival, before parsing. A frame that is not JSON and
-  // a socket error are counted; onClose(code) when the socket closes.
-  f.socket = (session, onMessage, onClose) => {
-    const ws = new WebSocket(opts.url, {
+  // a socket error are counted; onClose(code) when the socket closes. `url`: another
+  // relay than opts.url's (presencegen.js spreads its sessions over several).
+  f.socket = (session, onMessage, onClose, url = opts.url) => {
+    const ws = new WebSocket(url, {
       perMessageDeflate: opts.deflate,
       handshakeTimeout: 30000,
     });
@@ -302,17 +304,19 @@ function deliveries(f, writes) {
   // The `report` event for commit times `commits` (epoch ms per write): per write the
   // sessions that had it and its latencies, over all deliveries p50 / p99 / max, missing
   // (ready sessions without a write). `middle` goes before the latencies, `tail` last.
-  log.report = (commits, middle, tail) => {
+  // `first`: commits[i] is write first + i (eventsgen.js reports events and renames apart).
+  log.report = (commits, middle, tail, first = 0) => {
     const perWrite = [];
     const all = new Float64Array(commits.length * n);
     let total = 0;
     let missing = 0;
-    for (let w = 0; w < commits.length && w < writes; w++) {
+    for (let i = 0; i < commits.length && first + i < writes; i++) {
+      const w = first + i;
       const lat = new Float64Array(n);
       let k = 0;
       for (let s = 0; s < n; s++) {
         const t = recv[w * n + s];
-        if (t !== 0) lat[k++] = t - commits[w];
+        if (t !== 0) lat[k++] = t - commits[i];
         else if (f.sessions[s] && f.sessions[s].ready) missing++;
       }
       const sorted = lat.subarray(0, k).sort();
@@ -350,4 +354,13 @@ function deliveries(f, writes) {
   return log;
 }
 
-module.exports = { now, emit, quantile, commands, failure, fleet, subscriber, deliveries };
+// Whether a session's held ids (a Set) are exactly ``want`` (a Set).
+function sameIds(held, want) {
+  if (held.size !== want.size) return false;
+  for (const id of want) {
+    if (!held.has(id)) return false;
+  }
+  return true;
+}
+
+module.exports = { now, emit, quantile, commands, failure, fleet, subscriber, deliveries, sameIds };

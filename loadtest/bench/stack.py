@@ -13,6 +13,9 @@ Process hygiene: every child runs in its own session (Ctrl-C reaches the driver 
 which then stops them in order), is registered with ``Cleanup`` (run from ``finally``,
 ``atexit`` and on SIGTERM), and every wait has a deadline.
 
+``Relay.kill`` is a crash (SIGKILL to its whole process group), for the presence
+benchmark's crash case; several ``Relay``s on one database are a multi-relay stack.
+
 Both take a ``trees.Tree`` (``--before``: the relay code and migrations of an earlier
 commit; default: this checkout, started as before), and ``Database.sibling`` puts a
 second tree's database on the same server.
@@ -391,6 +394,14 @@ class Relay:
         # Started in a session of its own: stop the group, workers included, even if the
         # master was killed.
         stop_process_group(self.proc, timeout=15)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL the master and every worker at once (nothing released, no
+        goodbye to clients or the database); returns once the master is reaped."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
 
 
 def make_workdir(out: Path | None) -> Path:

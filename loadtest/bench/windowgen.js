@@ -22,7 +22,15 @@
 // Must not: decide what a window should hold (the driver asks the database) or outlive
 // the driver (it exits when stdin closes).
 
-const { commands, deliveries, emit, failure, fleet, subscriber } = require('./gencommon.js');
+const {
+  commands,
+  deliveries,
+  emit,
+  failure,
+  fleet,
+  sameIds,
+  subscriber,
+} = require('./gencommon.js');
 
 const opts = JSON.parse(process.argv[2]);
 const N = opts.sessions;
@@ -83,16 +91,7 @@ function verify(expected) {
     if (!(key in sets)) sets[key] = new Set(expected[key] || []);
     const want = sets[key];
     checked++;
-    let same = session.docs.size === want.size;
-    if (same) {
-      for (const id of want) {
-        if (!session.docs.has(id)) {
-          same = false;
-          break;
-        }
-      }
-    }
-    if (!same) {
+    if (!sameIds(session.docs, want)) {
       mismatched++;
       if (examples.length < 3) {
         examples.push({

@@ -450,7 +450,8 @@ class StreamResult(SetResult):
 
     def apply(self, changes: Iterable[Change]) -> list[Effect]:
         """New events join at the end; the oldest leave while more than ``cap`` are held.
-        An event leaving in the same delivery it came in is never published."""
+        An event leaving in the same delivery it came in is never published. Removals
+        come first, so a subscriber never holds more than ``cap``."""
         docs = self._docs
         before = self._take(changes)
         while len(docs) > self._cap:
@@ -458,4 +459,5 @@ class StreamResult(SetResult):
             if oldest not in before:
                 before[oldest] = True
             del docs[oldest]
-        return self._effects(before)
+        effects = self._effects(before)
+        return [e for e in effects if e[1] is None] + [e for e in effects if e[1] is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -92,6 +93,26 @@ def test_e003_e004_settings(settings: Any) -> None:
     settings.DDP_DECIMAL_ENCODING = "float"
     settings.DDP_ATOMIC_METHODS = "yes"
     assert ids(check_settings()) == ["ddp.E003", "ddp.E004"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DDP_PRESENCE_LEASE", 4),
+        ("DDP_PRESENCE_LEASE", dt.timedelta(seconds=3)),
+        ("DDP_PRESENCE_LEASE", "10"),
+        ("DDP_PRESENCE_LEASE", True),
+        ("DDP_EVENT_MAX_BYTES", 0),
+        ("DDP_EVENT_MAX_BYTES", 1.5),
+        ("DDP_PRESENCE_COLLECTION", ""),
+        ("DDP_PRESENCE_COLLECTION", None),
+    ],
+)
+def test_e011_events_and_presence_settings(settings: Any, name: str, value: Any) -> None:
+    settings.DDP_PRESENCE_LEASE = dt.timedelta(seconds=5)  # the shortest allowed
+    assert check_settings() == []
+    setattr(settings, name, value)
+    assert ids(check_settings()) == ["ddp.E011"]
 
 
 def test_backend_refuses_to_start_on_errors(settings: Any) -> None:

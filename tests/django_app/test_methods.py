@@ -304,14 +304,21 @@ def test_unblock_is_idempotent_and_forbids_set_user_after_it(db: None) -> None:
     ctx = MethodContext(
         user=AnonymousUser(), user_id=None, session_id="s", unblock=lambda: calls.append(1)
     )
-    ctx.set_user(None)  # before unblock(): allowed
-    assert not ctx.unblocked
     ctx.unblock()
     ctx.unblock()
     assert calls == [1] and ctx.unblocked
     with pytest.raises(DDPError) as info:
         ctx.set_user(None)
     assert "after calling unblock" in str(info.value.reason)
+    # After set_user (allowed, as in Meteor), unblock() lets nothing go on: the new user
+    # applies when the method returns, and later messages must not run as the old one.
+    held: list[int] = []
+    logged = MethodContext(
+        user=AnonymousUser(), user_id=None, session_id="s", unblock=lambda: held.append(1)
+    )
+    logged.set_user(None)
+    logged.unblock()
+    assert logged.unblocked and held == []
     # Without a hook (a mutator, a test), unblock() only records that it was called.
     bare = MethodContext(user=AnonymousUser(), user_id=None, session_id="s")
     bare.unblock()

@@ -10,7 +10,12 @@ worker and summed. Then the modes of issue #10: ``window`` (20 sessions on ``boo
 session's window must end equal to the database's) and ``storm --before`` (50 sessions
 subscribe ``books.all`` at once, on this checkout and on the relay of commit 49143b3,
 extracted, migrated and served side by side; about 12 s, so the smoke's one
-``--before``: the window's would double its 12 s). The real figures (1,000 to 10,000
+``--before``: the window's would double its 12 s). Then the modes of issue #11: ``events``
+(20 sessions, 6 events beside 3 renames, and 100 events/s for 1 s to 10 sessions: each
+session gets each event once and in order and ends holding the stream's history) and
+``presence`` (3 relays of 2 watchers, 20 joins a second for 2 s, a relay SIGKILLed under
+3 members: rows written per join or leave, views equal to the database, about 60 s of
+which 22 s wait for PostgreSQL's late table counters). The real figures (1,000 to 10,000
 sessions) are in docs/benchmarks.md.
 
 Needs PostgreSQL, ``node`` and ``npm ci`` in tests/e2e/node (``make deps``): without them
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +49,11 @@ LATENCY_RATE = 20
 LATENCY_SECONDS = 0.5
 #: The run takes about 15 s here; the subprocess is killed well before pytest's timeout.
 SUBPROCESS_TIMEOUT_S = 45
+EVENTS = 6
+RENAMES = 3
+PRESENCE_JOINS = 40  # 20 a second for 2 s
+#: ``presence`` waits twice for PostgreSQL's table counters (11 s each) and a lease (5 s).
+PRESENCE_TIMEOUT_S = 150
 
 
 def _require(what: str, ok: bool) -> None:
@@ -57,14 +68,14 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def _bench(out: Path, *args: str) -> dict[str, Any]:
+def _bench(out: Path, *args: str, timeout: float = SUBPROCESS_TIMEOUT_S) -> dict[str, Any]:
     """Run ``python -m loadtest.bench *args --out=out``; its results.json and stdout."""
     proc = subprocess.run(
         [sys.executable, "-m", "loadtest.bench", *args, f"--out={out}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
+        timeout=timeout,
         check=False,
     )
     report = (
@@ -271,3 +282,107 @@ def test_storm_before_and_after(storm: dict[str, Any]) -> None:
         assert _finite(agg["subs_per_s"]) and agg["subs_per_s"] > 0
         assert 0 <= agg["ready_p50_ms"] <= agg["ready_p99_ms"] <= agg["span_ms"]
     assert "50 sessions: before / after:" in storm["_stdout"]
+
+
+# -- issue #11: events and presence --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def events(requirements: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _bench(
+        tmp_path_factory.mktemp("bench-events"),
+        "events",
+        "--runs=1",
+        f"--sessions={SESSIONS}",
+        f"--events={EVENTS}",
+        f"--renames={RENAMES}",
+        "--interval=0.1",
+        "--sustain-rates=100",
+        "--sustain-sessions=10",
+        "--sustain-seconds=1",
+        "--settle=0.5",
+    )
+
+
+def test_events_reach_every_session_once_in_order_beside_the_renames(
+    events: dict[str, Any],
+) -> None:
+    (entry,) = events["events"]
+    agg = entry["aggregate"]
+    (run,) = entry["runs"]
+    assert agg["exact"] and run["relay_alive"]
+    assert run["ready"] == SESSIONS and run["failed"] == 0
+    for kind, count in (("events", EVENTS), ("rows", RENAMES)):
+        phase = run[kind]
+        assert phase["writes"] == count and phase["commit_clock"] == "server"
+        assert phase["received"] == [SESSIONS] * count, kind
+        assert (phase["missing"], phase["duplicates"]) == (0, 0), kind
+        assert _finite(phase["delivery_p50_ms"]) and _finite(phase["relay_cpu_s"]), kind
+    assert (run["out_of_order"], run["protocol_errors"]) == (0, 0)
+    # Every session's client-side collection `chat` ends as the stream's history.
+    assert (run["history"], run["checked"], run["mismatched"]) == (EVENTS, SESSIONS, 0)
+    assert "| 20 | event (chat.byBook) |" in events["_stdout"]
+    assert "| 20 | row (books.all) |" in events["_stdout"]
+
+
+def test_events_sustained(events: dict[str, Any]) -> None:
+    (row,) = events["events"][0]["sustain"]
+    assert row["rate"] == 100 and row["exact"] and row["published"] == 100
+    (run,) = events["events"][0]["runs"]
+    (sustained,) = run["sustain"]
+    assert sustained["phase"]["received"] == [10] * 100
+    assert sustained["checked"] == 10 and sustained["mismatched"] == 0
+    assert _finite(row["lag_last_tenth_ms"]) and _finite(row["write_rate"])
+    assert "| 100 |" in events["_stdout"]
+
+
+@pytest.fixture(scope="module")
+def presence(requirements: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _bench(
+        tmp_path_factory.mktemp("bench-presence"),
+        "presence",
+        "--runs=1",
+        "--watchers=2",
+        "--rate=20",
+        "--seconds=2",
+        "--hold=0.2",
+        "--lease=5",
+        "--crash-sessions=3",
+        "--settle=0.5",
+        timeout=PRESENCE_TIMEOUT_S,
+    )
+
+
+@pytest.mark.timeout(PRESENCE_TIMEOUT_S + 30)
+def test_presence_churn_converges_and_counts_its_writes(presence: dict[str, Any]) -> None:
+    (entry,) = presence["presence"]
+    agg = entry["aggregate"]
+    (run,) = entry["runs"]
+    assert agg["complete"], run
+    assert run["ready"] == run["sessions"] and run["relays"] == 3
+    # Every join left; a skipped join (no idle pool session) is not expected at 20/s.
+    assert run["joins"] == run["leaves"] == PRESENCE_JOINS and run["starved"] == 0
+    assert (run["failed_joins"], run["lost_churners"]) == (0, 0)
+    # The database holds exactly the six watchers again, and every view equals it.
+    assert run["converged"] and run["members_db"] == run["members_expected"] == 6
+    assert (run["checked"], run["mismatched"], run["protocol_errors"]) == (6, 0, 0)
+    # One transaction per join or leave: a hold and (first/last hold) the member row, one
+    # pending row flushed into one changelog row and one NOTIFY.
+    writes = run["writes"]
+    assert run["writes_settled"]
+    assert writes["ddp_presence_hold"] == {"ins": PRESENCE_JOINS, "upd": 0, "del": PRESENCE_JOINS}
+    assert writes["ddp_presence"] == {"ins": PRESENCE_JOINS, "upd": 0, "del": PRESENCE_JOINS}
+    assert run["changelog_rows"] == run["notifies"] == 2 * PRESENCE_JOINS
+    assert agg["rows_per_change"] == pytest.approx(6.0)
+    assert run["lag_matched"] > 0 and _finite(agg["lag_p50_ms"])
+
+
+@pytest.mark.timeout(PRESENCE_TIMEOUT_S + 30)
+def test_presence_after_a_relay_crash(presence: dict[str, Any]) -> None:
+    (run,) = presence["presence"][0]["runs"]
+    assert run["crash_held"] == 3 and run["crash_converged"]
+    # The dead worker's holds go when its lease (5 s) expires and a live worker sweeps.
+    assert 0 < run["crash_db_s"] <= 5 + 3 * 1.3 + 5
+    assert run["relays_alive"] == [False, True, True]
+    # Joins and leaves per second over the churn until its last leave: about the 20 asked.
+    assert re.search(r"\| \d+ / \d+ \(20\) \| 6\.00 \|", presence["_stdout"])

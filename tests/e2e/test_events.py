@@ -48,7 +48,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(300)]
 #: The example's chat keeps this many messages per subscriber (``Stream(history=100)``).
 HISTORY = 100
 #: Seconds of the relays' presence lease (``DDP_PRESENCE_LEASE``).
-LEASE = 4
+LEASE = 5
 #: What "within seconds" means for presence: the issue's 10 s after an unsubscribe or a
 #: closed socket; a lease plus a keepalive round and slack after a crash.
 LEAVE_SECONDS = 10.0

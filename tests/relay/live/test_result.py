@@ -512,7 +512,7 @@ def test_a_stream_load_keeps_the_newest_cap_events_in_order() -> None:
 def test_a_new_event_pushes_the_oldest_out_after_it_is_added() -> None:
     result = StreamResult(StreamOf(2))
     result.load([event("a"), event("b")], complete=True)
-    assert ids(result.apply([event("c")])) == [("c", True), ("a", False)]
+    assert ids(result.apply([event("c")])) == [("a", False), ("c", True)]
     assert list(result.view()) == ["b", "c"]
 
 
@@ -555,6 +555,9 @@ def test_a_stream_matches_the_model_through_random_deliveries(
             if doc_id not in model:
                 model.append(doc_id)
         model = model[-cap:]
-        apply_effects(copy, result.apply(changes))
+        effects = result.apply(changes)
+        removals = [e for e in effects if e[1] is None]
+        assert effects[: len(removals)] == removals  # never more than cap held
+        apply_effects(copy, effects)
         assert list(result.view()) == model
         assert copy == dict(result.view())
