@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
 from django_app.conf import ddp_settings
@@ -268,16 +269,15 @@ def _leave(tokens: Sequence[str], using: str) -> None:
         _unreleased.difference_update(tokens)
 
 
-def _absent(cursor: object, presence_ids: list[str]) -> None:
+def _absent(cursor: CursorWrapper, presence_ids: list[str]) -> None:
     """Delete the presence rows no hold keeps any more (locks in sorted order: joins and
     leaves take one of them, so no cycle)."""
     if not presence_ids:
         return
-    execute = cursor.execute  # type: ignore[attr-defined]
     for presence_id in presence_ids:
-        execute(_LOCK_MEMBER, [presence_id])
+        cursor.execute(_LOCK_MEMBER, [presence_id])
     # A statement after the locks: READ COMMITTED reads every hold committed before them.
-    execute(_ABSENT, [presence_ids])
+    cursor.execute(_ABSENT, [presence_ids])
 
 
 def _renew(using: str) -> bool:
@@ -287,11 +287,10 @@ def _renew(using: str) -> bool:
         return _renew_with(cursor)
 
 
-def _renew_with(cursor: object) -> bool:
+def _renew_with(cursor: CursorWrapper) -> bool:
     global _renewed_at
-    execute = cursor.execute  # type: ignore[attr-defined]
-    execute(_RENEW, [OWNER, OWNER, ddp_settings.PRESENCE_LEASE.total_seconds()])
-    before, lapsed = cursor.fetchone()  # type: ignore[attr-defined]
+    cursor.execute(_RENEW, [OWNER, OWNER, ddp_settings.PRESENCE_LEASE.total_seconds()])
+    before, lapsed = cursor.fetchone()
     _renewed_at = time.monotonic()
     return before is None or bool(lapsed)
 

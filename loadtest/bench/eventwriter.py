@@ -40,7 +40,7 @@ import threading
 import time
 from typing import IO, Any
 
-from loadtest.bench.stack import BenchError, Cleanup
+from loadtest.bench.stack import BenchError, Cleanup, end_by_stdin
 from loadtest.bench.writer import pace
 from relay.dev.launch import ROOT, example_env
 
@@ -134,15 +134,7 @@ class EventWriter:
 
     def close(self) -> None:
         """Close its stdin (it exits), bounded: killed after 10 s."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        end_by_stdin(self.proc)
         self._reader.join(timeout=5)
         if self.proc.stdout is not None and not self._reader.is_alive():
             self.proc.stdout.close()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from loadtest.bench.stack import BenchError, raise_fd_limit
+from loadtest.bench.stack import BenchError, end_by_stdin, raise_fd_limit
 from relay.dev.launch import ROOT
 
 SCRIPT = Path(__file__).with_name("loadgen.js")
@@ -167,13 +167,7 @@ class NodeProcess:
         if self.proc.poll() is None:
             with contextlib.suppress(OSError, ValueError):
                 self.command({"cmd": "close"})
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        end_by_stdin(self.proc)
         self._reader.join(timeout=5)
 
 

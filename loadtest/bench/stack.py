@@ -140,6 +140,21 @@ def rss_bytes(pid: int) -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
+def end_by_stdin(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Close a JSON-lines child's stdin (it exits when it ends) and reap it; killed when
+    it is not gone within ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        assert proc.stdin is not None
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` so far (its own threads, not its children);
     NaN once the process is gone (a relay worker killed mid-run)."""

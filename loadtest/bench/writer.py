@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg2
 
-from loadtest.bench.stack import cpu_seconds, machine_cpu_seconds
+from loadtest.bench.stack import cpu_seconds, end_by_stdin, machine_cpu_seconds
 
 TABLE = "bookstore_book"
 
@@ -380,13 +380,4 @@ class DrainListener:
             raise RuntimeError("the drain listener did not start")
 
     def close(self) -> None:
-        import subprocess
-
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        end_by_stdin(self.proc)
