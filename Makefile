@@ -190,19 +190,19 @@ test: deps venv
 	echo "make test: all passed"
 
 run: deps-run venv
-	@$(VENV_PY) -m relay.dev.devserver
+	@$(VENV_PY) -m devstack.devserver
 
-## cluster: docker-compose.yml without Docker (relay/dev/cluster.py), on 127.0.0.1:$${PORT:-8000}.
+## cluster: docker-compose.yml without Docker (devstack/cluster.py), on 127.0.0.1:$${PORT:-8000}.
 ## Ctrl-C stops it all; state and logs in $(STATE)/cluster.
 cluster: venv
 	@pkgs="$$( $(NEED_POSTGRES) $(NEED_ZOOKEEPER) $(NEED_HAPROXY) )"; $(APT_INSTALL)
-	@$(VENV_PY) -m relay.dev.cluster
+	@$(VENV_PY) -m devstack.cluster
 
 clean:
 	@if [ -d $(STATE) ]; then \
 		$(FIND_PYTHON) [ -x $(VENV_PY) ] && py=$(VENV_PY); \
 		find $(STATE) -name postgres.log -printf '%h\n' | sort -u | while read -r dir; do \
-			"$$py" -m relay.dev.embedded_postgres destroy --state-dir "$$dir" || true; \
+			"$$py" -m devstack.embedded_postgres destroy --state-dir "$$dir" || true; \
 		done; \
 	fi
 	@rm -rf $(STATE) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.dev.embedded_postgres import SUPERUSER, EmbeddedPostgres
+from devstack.embedded_postgres import SUPERUSER, EmbeddedPostgres
 
 pytest_plugins = [
     "tests.fixtures.postgres",

@@ -45,7 +45,7 @@ DJANGO_API = DOCS / "django-api.md"
 #: Source files whose environment variables configuration.md must list.
 ENV_SOURCES = [
     "relay/server/gunicorn_conf.py",
-    "relay/dev/devserver.py",
+    "devstack/devserver.py",
     "example/example/settings.py",
     "example/bookstore/management/commands/seed_demo.py",
 ]
@@ -578,8 +578,8 @@ def test_dotted_path_resolution() -> None:
     assert _dotted_problem("relay.server.app", "create_app") is None
     assert _dotted_problem("relay.config.Settings.from_env", None) is None
     assert _dotted_problem("relay.client.DDPClient", None) is None  # re-exported
-    assert _dotted_problem("relay.dev.cluster.Cluster.supervise", None) is None
-    assert _dotted_problem("relay.dev.cluster.Cluster.relays", None) is None  # self.relays
+    assert _dotted_problem("devstack.cluster.Cluster.supervise", None) is None
+    assert _dotted_problem("devstack.cluster.Cluster.relays", None) is None  # self.relays
     assert _dotted_problem("relay.server.app", "nope") is not None
     assert _dotted_problem("relay.nowhere", None) is not None
     assert _dotted_problem("relay.config.Settings.nope", None) is not None

@@ -5,7 +5,7 @@ imports` from ``[tool.importlinter]`` in pyproject.toml. What they cannot say is
 here: no package has modules that import each other in a circle (function-level imports
 included: a circle held together by imports inside functions is still a circle), no test
 module imports another test module (shared helpers live in helper or fixture modules),
-and the wheel users install carries the runtime only (``relay.dev`` is local tooling).
+and the wheel users install carries the runtime only (``devstack`` is local tooling).
 
 Fast and static except the wheel build (a few seconds, no network: the build backend is
 the one in the virtualenv).
@@ -161,10 +161,10 @@ def test_wheel_carries_the_runtime_and_no_local_tooling(wheel: zipfile.ZipFile) 
     assert {"relay", "relay/protocol", "relay/server", "relay/stream"} <= packages
     assert {"relay/transport", "relay/resume", "relay/client", "coordinator"} <= packages
     assert "django_app" in packages and "django_app/migrations" in packages
-    assert [n for n in names if n.startswith("relay/dev/")] == []
+    assert [n for n in names if n.startswith("devstack/")] == []
     assert [n for n in names if n.startswith(("tests/", "example/", "loadtest/"))] == []
 
 
 def test_image_build_context_leaves_out_the_local_tooling() -> None:
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
-    assert "relay/dev" in ignored
+    assert "devstack" in ignored

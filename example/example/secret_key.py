@@ -2,7 +2,7 @@
 
 Job: ``resolve_secret_key`` picks, in this order, ``DJANGO_SECRET_KEY``; the file named
 by ``DJANGO_SECRET_KEY_FILE`` (``make run`` points it at a key generated once in its
-state directory, see ``relay/dev/launch.py``); or, only with ``DJANGO_DEBUG`` on or in a
+state directory, see ``devstack/launch.py``); or, only with ``DJANGO_DEBUG`` on or in a
 process that just inspects the project (a pytest run, a mypy check), a random key of
 this process. Anything else refuses to start with ``ImproperlyConfigured``: an example
 exposed by mistake with a published fixed key would let anyone forge session cookies,

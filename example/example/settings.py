@@ -87,7 +87,7 @@ _secret_key = resolve_secret_key(os.environ, debug=DEBUG, inspecting=inspection_
 SECRET_KEY = _secret_key.value
 if _secret_key.source == "ephemeral":
     # Exported, so what this process starts (runserver's autoreloader child, the relays
-    # and manage.py a test run starts through relay.dev.launch) signs with the same key.
+    # and manage.py a test run starts through devstack.launch) signs with the same key.
     os.environ[ENV_KEY] = SECRET_KEY
     if DEBUG and not inspection_only(sys.modules):
         warnings.warn(

@@ -40,9 +40,9 @@ import threading
 import time
 from typing import IO, Any
 
+from devstack.launch import ROOT, example_env
 from loadtest.bench.stack import BenchError, Cleanup, end_by_stdin
 from loadtest.bench.writer import pace
-from relay.dev.launch import ROOT, example_env
 
 #: Every book the events benchmark creates is titled so; ``book`` and ``cleanup`` delete them.
 TITLE = "bench events "

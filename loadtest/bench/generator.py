@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from devstack.launch import ROOT
 from loadtest.bench.stack import BenchError, end_by_stdin, raise_fd_limit
-from relay.dev.launch import ROOT
 
 SCRIPT = Path(__file__).with_name("loadgen.js")
 DEFAULT_NODE_MODULES = ROOT / "tests" / "e2e" / "node" / "node_modules"

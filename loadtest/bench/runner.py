@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devstack.processes import stop_process
 from loadtest.bench import figures
 from loadtest.bench.generator import Generator
 from loadtest.bench.meter import CpuMeter
@@ -52,7 +53,6 @@ from loadtest.bench.stack import (
     rss_bytes,
 )
 from loadtest.bench.writer import Writer, paced_writes
-from relay.dev.processes import stop_process
 
 #: Seconds to let the worker settle (greenlets finish, garbage collected) before reading PSS.
 SETTLE_SECONDS = 3.0

@@ -1,6 +1,6 @@
 """What a benchmark runs against: its own PostgreSQL, the example app, the relay workers.
 
-``Database`` starts a throwaway PostgreSQL (``relay.dev.embedded_postgres``) in a temporary
+``Database`` starts a throwaway PostgreSQL (``devstack.embedded_postgres``) in a temporary
 directory, creates a database, migrates and seeds the example bookstore through
 ``manage.py`` subprocesses (the driver never imports Django). ``Relay`` serves it with
 gunicorn and ``RELAY_WORKERS=1`` (``--workers N``: N gevent workers sharing the listening
@@ -41,9 +41,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from relay.dev.embedded_postgres import EmbeddedPostgres
-from relay.dev.launch import ROOT, example_env, gunicorn_argv, manage_argv, relay_env
-from relay.dev.processes import (
+from devstack.embedded_postgres import EmbeddedPostgres
+from devstack.launch import ROOT, example_env, gunicorn_argv, manage_argv, relay_env
+from devstack.processes import (
     free_port,
     http_status,
     log_end,

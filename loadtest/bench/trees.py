@@ -38,8 +38,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.launch import ROOT, example_env
 from loadtest.bench.stack import BenchError
-from relay.dev.launch import ROOT, example_env
 
 __all__ = ["OVERLAY_APP", "OVERLAY_SETTINGS", "Tree", "TreeInfo", "current_tree", "tree_at"]
 

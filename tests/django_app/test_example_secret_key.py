@@ -1,6 +1,6 @@
 """The example's SECRET_KEY: where it comes from (``example/example/secret_key.py``), what
 the settings do with it in a fresh interpreter, and the key ``make run`` keeps
-(``relay/dev/launch.py``, ``relay/dev/devserver.py``)."""
+(``devstack/launch.py``, ``devstack/devserver.py``)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from example.secret_key import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.dev import devserver, launch
+from devstack import devserver, launch
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import websocket
 
+from devstack.launch import ROOT, example_env
 from relay.client.connection import DDPClient
 from relay.client.errors import DDPClientError
-from relay.dev.launch import ROOT, example_env
 from tests.fixtures.relays import RelayStack, RelayStacks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]

@@ -35,8 +35,8 @@ from typing import Any
 
 import pytest
 
-from relay.dev.embedded_postgres import PostgresNotFound, find_pg_bin
-from relay.dev.launch import ROOT
+from devstack.embedded_postgres import PostgresNotFound, find_pg_bin
+from devstack.launch import ROOT
 from tests.fixtures.postgres import services_required
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(60)]

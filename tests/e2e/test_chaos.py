@@ -1,6 +1,6 @@
 """Chaos on the local cluster: 100 reconnecting clients while writes go on and things break.
 
-The setting (issue: session resumption across the cluster): ``relay.dev.cluster.Cluster``,
+The setting (issue: session resumption across the cluster): ``devstack.cluster.Cluster``,
 the ``cluster`` fixture of ``tests/fixtures/relays.py`` (embedded PostgreSQL, a 3-node
 ZooKeeper ensemble, three relays of two gevent workers, HAProxy in round robin without
 stickiness). Through HAProxy:
@@ -68,9 +68,9 @@ from typing import Any
 
 import pytest
 
-from relay.dev.cluster import Cluster
-from relay.dev.launch import example_env
-from relay.dev.processes import http_status
+from devstack.cluster import Cluster
+from devstack.launch import example_env
+from devstack.processes import http_status
 from tests.e2e.convergence import (
     ALL,
     EMAILS,

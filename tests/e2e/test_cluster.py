@@ -1,4 +1,4 @@
-"""``make cluster`` end to end: ``relay.dev.cluster.Cluster`` on free loopback ports (the
+"""``make cluster`` end to end: ``devstack.cluster.Cluster`` on free loopback ports (the
 ``cluster`` fixture of ``tests/fixtures/relays.py``).
 
 One test drives the whole local cluster (embedded PostgreSQL, a 3-node ZooKeeper
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.cluster import Cluster
 from relay.client import DDPClient
-from relay.dev.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

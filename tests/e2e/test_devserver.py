@@ -1,4 +1,4 @@
-"""``make run`` end to end: ``python -m relay.dev.devserver`` on a free port, as a user runs it.
+"""``make run`` end to end: ``python -m devstack.devserver`` on a free port, as a user runs it.
 
 It starts its embedded PostgreSQL, migrates, seeds and serves; a real DDP client sees the
 seeded books and a rename made through a method; then SIGTERM (what ``kill``, ``timeout``
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.client import DDPClient
-from relay.dev.launch import ROOT
-from relay.dev.processes import (
+from devstack.launch import ROOT
+from devstack.processes import (
     free_port,
     http_status,
     log_tail,
@@ -26,6 +25,7 @@ from relay.dev.processes import (
     stop_process_group,
     wait_until_ready,
 )
+from relay.client import DDPClient
 from tests.fixtures.postgres import require_pg_bin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -54,7 +54,7 @@ def test_make_run_serves_the_demo_and_stops_cleanly_on_sigterm(tmp_path: Path) -
     # As root the embedded server runs as postgres from a directory of its own: find it
     # as the postmaster that was not there before.
     before = set(running_with("postgres -D"))
-    proc = spawn([sys.executable, "-m", "relay.dev.devserver"], log, env=env, cwd=ROOT)
+    proc = spawn([sys.executable, "-m", "devstack.devserver"], log, env=env, cwd=ROOT)
     try:
         ready = f"http://127.0.0.1:{port}/readyz"
         wait_until_ready(

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.launch import ROOT
 from relay.client import DDPClient
-from relay.dev.launch import ROOT
 from tests.fixtures.relays import RelayProcess
 
 pytestmark = pytest.mark.e2e

@@ -46,7 +46,7 @@ from typing import Any
 
 import pytest
 
-from relay.dev.launch import example_env
+from devstack.launch import example_env
 from tests.e2e.convergence import (
     ALL,
     AUTHOR_IDS,

@@ -57,8 +57,8 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
+from devstack.launch import example_env
 from relay.client import DDPClientError
-from relay.dev.launch import example_env
 from tests.e2e.convergence import (
     AUTHORS,
     BOOKS,

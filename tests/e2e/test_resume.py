@@ -19,7 +19,7 @@ import websocket
 from kazoo.client import KazooClient
 
 from coordinator.paths import Paths
-from relay.dev.processes import descendants
+from devstack.processes import descendants
 from tests.fixtures.relays import RelayProcess, RelayStack, RelayStacks
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.dev.cluster import Cluster
+from devstack.cluster import Cluster
 from tests.e2e.reconnects import ChaosClient, read_resume_counters
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

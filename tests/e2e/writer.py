@@ -1,6 +1,6 @@
 """A standalone writer for the live-update end-to-end tests: random committed ORM writes.
 
-Run it as its own process with the example's environment (``relay.dev.launch.example_env``:
+Run it as its own process with the example's environment (``devstack.launch.example_env``:
 ``DATABASE_URL``, ``DJANGO_SETTINGS_MODULE=example.settings``, ``PYTHONPATH`` example +
 root)::
 

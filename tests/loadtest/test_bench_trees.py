@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.launch import ROOT
 from loadtest.bench import trees
 from loadtest.bench.trees import Tree, TreeError, current_tree, tree_at, write_overlay
-from relay.dev.launch import ROOT
 
 #: No server listens there: ``ddp_bench_info`` must not need the database.
 NO_DATABASE = "postgresql://nobody@127.0.0.1:9/none"

@@ -25,7 +25,7 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
-from relay.dev.embedded_postgres import EmbeddedPostgres
+from devstack.embedded_postgres import EmbeddedPostgres
 from relay.protocol.changestream import Change, parse_notification
 from relay.stream.fanout import Transaction
 from relay.stream.source import (

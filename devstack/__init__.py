@@ -4,8 +4,8 @@
 ZooKeeper), ``processes`` (start, wait for, stop children), ``launch`` (how a relay
 process is started locally), ``devserver`` (``make run``) and ``cluster`` (``make
 cluster``, and the API the chaos tests drive). Standard library only, so each runs as
-``python -m relay.dev.<tool>`` on a bare interpreter.
+``python -m devstack.<tool>`` on a bare interpreter.
 
-Must not: be imported by anything under ``relay`` outside this package (an import-linter
+Must not: be imported by the runtime (``relay``, ``coordinator``, ``django_app``) (an import-linter
 contract in ``pyproject.toml`` checks it).
 """

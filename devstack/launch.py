@@ -1,7 +1,7 @@
 """How a relay of the example project is launched: its environment and command lines.
 
-Outside the layers, like ``relay.dev.embedded_postgres``: ``relay.dev.devserver`` (``make run``),
-``relay.dev.cluster`` (``make cluster``), the end-to-end tests and the benchmark harness all
+Outside the layers, like ``devstack.embedded_postgres``: ``devstack.devserver`` (``make run``),
+``devstack.cluster`` (``make cluster``), the end-to-end tests and the benchmark harness all
 start gunicorn relays and ``manage.py`` of ``example/`` this way. Standard library only.
 
 Its job: the environment of such a child (``example_env``: the database, the example's
@@ -20,7 +20,7 @@ for (``make run``: ``$RELAY_STATE_DIR/secret_key``, generated once and kept, mod
 else this process's throwaway key (``process_secret_key``: tests, benchmarks, ``make
 cluster``), the same for all its children.
 
-What it must not do: start or stop anything (``relay.dev.processes`` and the callers do),
+What it must not do: start or stop anything (``devstack.processes`` and the callers do),
 import Django or gevent (the children do that), bind a relay to anything but 127.0.0.1,
 or write a secret key anywhere but the file it is asked to keep.
 """
@@ -50,7 +50,7 @@ __all__ = [
     "relay_env",
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "example"
 HOST = "127.0.0.1"
 #: Where the example reads its SECRET_KEY from (``example/example/secret_key.py``).

@@ -13,10 +13,10 @@ Stopping: SIGTERM (``kill``, a supervisor, GNU make forwarding its own), SIGINT 
 or SIGHUP, once or many times, at any point of the start-up or while serving, stops
 gunicorn (and its workers) and then the embedded PostgreSQL, and exits with status 0.
 The cleanup runs once, to its end: later signals are only noted
-(``relay.dev.processes.run_until_stopped``); a signal that comes while PostgreSQL or gunicorn is
+(``devstack.processes.run_until_stopped``); a signal that comes while PostgreSQL or gunicorn is
 being started takes effect once it has started, so it is stopped too.
 
-Must not: import Django, gevent or anything beyond the standard library and ``relay.dev``;
+Must not: import Django, gevent or anything beyond the standard library and ``devstack``;
 exit while gunicorn, one of its workers or the embedded PostgreSQL it started still runs.
 """
 
@@ -29,9 +29,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relay.dev.embedded_postgres import EmbeddedPostgres
-from relay.dev.launch import ROOT, example_env, fresh_metrics_dir, gunicorn_argv, manage_argv
-from relay.dev.processes import (
+from devstack.embedded_postgres import EmbeddedPostgres
+from devstack.launch import ROOT, example_env, fresh_metrics_dir, gunicorn_argv, manage_argv
+from devstack.processes import (
     interrupt_on_stop_signals,
     run_until_stopped,
     stop_deferred,

@@ -17,8 +17,8 @@ What it must not do:
   (``/var/run/postgresql``) or any cluster of the system's (``/etc/postgresql``,
   ``pg_ctlcluster``, the ``postgresql`` service);
 - install anything (``make deps`` does that) or import anything beyond the standard
-  library and ``relay.dev.processes`` (no Django, no gevent: ``python -m
-  relay.dev.embedded_postgres`` must run on a bare interpreter);
+  library and ``devstack.processes`` (no Django, no gevent: ``python -m
+  devstack.embedded_postgres`` must run on a bare interpreter);
 - run the server as root (PostgreSQL refuses to): as root, ``initdb`` and ``pg_ctl`` run
   as the ``postgres`` OS user through ``runuser -u postgres --``;
 - change the owner or mode of anything it did not create;
@@ -42,10 +42,10 @@ writes it through a file descriptor opened by this process, not by path.
 
 Command line (stdout carries only the DSN, messages go to stderr)::
 
-    python -m relay.dev.embedded_postgres start --state-dir DIR [--port N] [--fsync]
-    python -m relay.dev.embedded_postgres stop --state-dir DIR
-    python -m relay.dev.embedded_postgres status --state-dir DIR   # exit 0 running, 3 stopped
-    python -m relay.dev.embedded_postgres destroy --state-dir DIR  # stop and delete the cluster
+    python -m devstack.embedded_postgres start --state-dir DIR [--port N] [--fsync]
+    python -m devstack.embedded_postgres stop --state-dir DIR
+    python -m devstack.embedded_postgres status --state-dir DIR   # exit 0 running, 3 stopped
+    python -m devstack.embedded_postgres destroy --state-dir DIR  # stop and delete the cluster
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from relay.dev.processes import free_port, log_tail
+from devstack.processes import free_port, log_tail
 
 __all__ = [
     "EmbeddedPostgres",
@@ -243,7 +243,7 @@ class EmbeddedPostgres:
                 raise PostgresNotFound(
                     f"the cluster in {self.data_dir} was made by PostgreSQL {major}, whose "
                     f"binaries are not installed; delete it (`python -m "
-                    f"relay.dev.embedded_postgres destroy --state-dir {self.state_dir}` or `make "
+                    f"devstack.embedded_postgres destroy --state-dir {self.state_dir}` or `make "
                     f"clean`) to start afresh"
                 ) from None
         return self._bin_dir
@@ -452,7 +452,7 @@ class EmbeddedPostgres:
         if self._as_root and not self._postgres_can_use(self.cluster_dir):
             raise EmbeddedPostgresError(
                 f"the {PG_OS_USER!r} OS user cannot use {self.cluster_dir}; remove it "
-                f"(`python -m relay.dev.embedded_postgres destroy --state-dir {self.state_dir}`)"
+                f"(`python -m devstack.embedded_postgres destroy --state-dir {self.state_dir}`)"
             )
         self._make_dir(self.socket_dir, 0o755)
 
@@ -523,7 +523,7 @@ class EmbeddedPostgres:
         except (IndexError, ValueError):
             raise EmbeddedPostgresError(
                 f"a server (pid {pid}) is running on {self.data_dir}, but its port is "
-                f"unknown; stop it with `python -m relay.dev.embedded_postgres stop "
+                f"unknown; stop it with `python -m devstack.embedded_postgres stop "
                 f"--state-dir {self.state_dir}`"
             ) from None
         if self._requested_port is not None and port != self._requested_port:
@@ -690,7 +690,7 @@ class EmbeddedPostgres:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m relay.dev.embedded_postgres",
+        prog="python -m devstack.embedded_postgres",
         description="A throwaway local PostgreSQL server (never for production).",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -18,10 +18,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from relay.dev.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError, free_port
+from devstack.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError, free_port
 from tests.fixtures.postgres import require_pg_bin
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_log_tail(server: EmbeddedPostgres) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "relay.dev.embedded_postgres", *args],
+        [sys.executable, "-m", "devstack.embedded_postgres", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -213,7 +213,7 @@ def test_destroy_removes_the_cluster(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "relay.dev.embedded_postgres",
+            "devstack.embedded_postgres",
             "destroy",
             "--state-dir",
             str(pg.state_dir),

@@ -1,4 +1,4 @@
-"""How a launcher is stopped by signals (``relay.dev.processes``), in this very process.
+"""How a launcher is stopped by signals (``devstack.processes``), in this very process.
 
 One ``KeyboardInterrupt`` for any number of stop signals, only inside ``stoppable()``,
 held back by ``stop_deferred()`` until its end; nothing raised into the cleanup, even for
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.dev.processes import (
+from devstack.processes import (
     STOP_SIGNALS,
     descendants,
     ignore_stop_signals,

@@ -1,6 +1,6 @@
 """``make run`` and ``make cluster`` stop cleanly, however a supervisor signals them.
 
-Each test starts ``python -m relay.dev.devserver`` or ``python -m relay.dev.cluster`` as a
+Each test starts ``python -m devstack.devserver`` or ``python -m devstack.cluster`` as a
 supervisor does: in a session (process group) of its own, with ``RELAY_STATE_DIR`` in the
 test's tmp dir and ``PORT`` free, so it never meets a user's ``.state`` or port 8000. Then it
 signals the whole group the way the issue saw it stopped: two SIGTERMs microseconds apart
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.dev.embedded_postgres import EmbeddedPostgres
-from relay.dev.launch import ROOT
-from relay.dev.processes import free_port, http_status, log_tail, spawn
+from devstack.embedded_postgres import EmbeddedPostgres
+from devstack.launch import ROOT
+from devstack.processes import free_port, http_status, log_tail, spawn
 from tests.fixtures.postgres import require_pg_bin
 from tests.fixtures.relays import require_cluster_tools
 
@@ -107,7 +107,7 @@ def stack_processes(state: Path) -> dict[int, str]:
 
 @dataclass
 class Launcher:
-    """``python -m relay.dev.<tool>`` in a session of its own, on its state dir and port."""
+    """``python -m devstack.<tool>`` in a session of its own, on its state dir and port."""
 
     proc: subprocess.Popen[bytes]
     state: Path
@@ -215,14 +215,14 @@ def stop_and_check(
 
 def test_make_run_two_sigterms_back_to_back(launch: Callable[[str], Launcher]) -> None:
     require_pg_bin()
-    devserver = launch("relay.dev.devserver")
+    devserver = launch("devstack.devserver")
     devserver.wait_serving()
     stop_and_check(devserver, [signal.SIGTERM, signal.SIGTERM])
 
 
 def test_make_run_sigint_then_sigterms_until_it_exits(launch: Callable[[str], Launcher]) -> None:
     require_pg_bin()
-    devserver = launch("relay.dev.devserver")
+    devserver = launch("devstack.devserver")
     devserver.wait_serving()
     # SIGHUP too (a closed terminal): gunicorn, in the launcher's group, reloads on it.
     stop_and_check(
@@ -232,7 +232,7 @@ def test_make_run_sigint_then_sigterms_until_it_exits(launch: Callable[[str], La
 
 def test_make_run_signal_burst_while_postgres_starts(launch: Callable[[str], Launcher]) -> None:
     require_pg_bin()
-    devserver = launch("relay.dev.devserver")
+    devserver = launch("devstack.devserver")
     pg_log = devserver.state / "postgres" / "postgres.log"
     devserver.wait_for(pg_log.exists, "starting PostgreSQL", _SERVE_TIMEOUT_S)
     stop_and_check(
@@ -251,7 +251,7 @@ def test_make_cluster_two_sigterms_then_more_while_serving(
     launch: Callable[[str], Launcher],
 ) -> None:
     require_cluster_tools()
-    cluster = launch("relay.dev.cluster")
+    cluster = launch("devstack.cluster")
     cluster.wait_serving()
     stop_and_check(
         cluster,
@@ -265,7 +265,7 @@ def test_make_cluster_sigint_then_sigterm_while_relays_start(
     launch: Callable[[str], Launcher],
 ) -> None:
     require_cluster_tools()
-    cluster = launch("relay.dev.cluster")
+    cluster = launch("devstack.cluster")
     last_relay_log = cluster.state / "cluster" / "relay3" / "relay.log"
     cluster.wait_for(last_relay_log.exists, "starting the relays", _SERVE_TIMEOUT_S)
     assert _BANNER not in cluster.output(), "the relays were ready before the signals"

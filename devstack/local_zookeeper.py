@@ -1,6 +1,6 @@
 """How a throwaway ZooKeeper server is run on loopback: its ``zoo.cfg``, its command line.
 
-Outside the layers, like ``relay.dev.embedded_postgres``: ``relay.dev.cluster`` (a 3-node
+Outside the layers, like ``devstack.embedded_postgres``: ``devstack.cluster`` (a 3-node
 ensemble for ``make cluster``) and ``tests/fixtures/zookeeper.py`` (one standalone server
 for the test session) both start ZooKeeper 3.8 from Debian's ``zookeeper`` package this
 way (``java ... QuorumPeerMain zoo.cfg``, no ``zkServer.sh``, so data and logs stay in the
@@ -10,7 +10,7 @@ Its job: find ``java`` and the jar (``find_zookeeper``), write the text of a ``z
 (``config``), build the JVM's argv (``command``), and ask a running server how it is
 (``four_letter``, ``mode``, ``serving``).
 
-What it must not do: start, supervise or stop a process (``relay.dev.processes`` and the
+What it must not do: start, supervise or stop a process (``devstack.processes`` and the
 callers do that), install anything, touch the system's ZooKeeper (``/etc/zookeeper``
 is read for its log configuration only, ``/var/lib/zookeeper`` never), or configure a
 server to listen on anything but 127.0.0.1.

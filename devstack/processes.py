@@ -1,7 +1,7 @@
 """Child processes of the local tools and the tests: start one, wait until it serves, stop it.
 
-Outside the layers, like ``relay.dev.embedded_postgres``: ``relay.dev.devserver``,
-``relay.dev.cluster``, the test fixtures and the benchmark harness use it; production never
+Outside the layers, like ``devstack.embedded_postgres``: ``devstack.devserver``,
+``devstack.cluster``, the test fixtures and the benchmark harness use it; production never
 does. Standard library only.
 
 Its job: a free loopback port (``free_port``); a child started in a session of its own
@@ -28,8 +28,8 @@ over, a launcher ignores them (``ignore_stop_signals``) so that one arriving whi
 interpreter exits cannot turn a clean stop into a death by signal.
 
 What it must not do: know what it starts (the recipes for gunicorn relays and ZooKeeper
-are in ``relay.dev.launch`` and ``relay.dev.local_zookeeper``), import anything beyond the
-standard library (``python -m relay.dev.cluster`` and ``python -m relay.dev.embedded_postgres``
+are in ``devstack.launch`` and ``devstack.local_zookeeper``), import anything beyond the
+standard library (``python -m devstack.cluster`` and ``python -m devstack.embedded_postgres``
 run on a bare interpreter), bind anything but the host it is given (127.0.0.1 by
 default), return from a stop while the child it stopped may still run, or raise a second
 ``KeyboardInterrupt`` for a second stop signal.
