@@ -27,6 +27,11 @@ PYTEST_ARGS ?=
 NODE_DIR := tests/e2e/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.make-stamp
 NODE_INPUTS := $(wildcard $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json)
+# Meteor's client bundles for the demo page at / (example/demo), served from its
+# node_modules by Django (demo.finders); `make run`, `make cluster` and `make test` install them.
+DEMO_DIR := example/demo
+DEMO_STAMP := $(DEMO_DIR)/node_modules/.make-stamp
+DEMO_INPUTS := $(wildcard $(DEMO_DIR)/package.json $(DEMO_DIR)/package-lock.json)
 
 # apt packages (Debian/Ubuntu names), installed only when missing.
 APT_POSTGRES := postgresql
@@ -38,6 +43,9 @@ APT_ZOOKEEPER := zookeeper
 ZOOKEEPER_JAR := /usr/share/java/zookeeper.jar
 # HAProxy in front of the relays of `make cluster` (and its end-to-end test).
 APT_HAPROXY := haproxy
+# Headless Chromium and its WebDriver for tests/e2e/test_browser.py (fonts, or text
+# renders as boxes in its screenshots).
+APT_BROWSER := chromium chromium-driver fonts-dejavu-core
 
 # --- shell snippets ----------------------------------------------------------------------
 
@@ -51,6 +59,8 @@ NEED_PYTHON_VENV = { $(FIND_PYTHON) if [ -z "$$py" ]; then echo python3 $(APT_PY
 NEED_ZOOKEEPER = { [ -f $(ZOOKEEPER_JAR) ] || echo $(APT_ZOOKEEPER); };
 NEED_HAPROXY = { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] \
 	|| echo $(APT_HAPROXY); };
+NEED_BROWSER = { { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+	&& [ -d /usr/share/fonts/truetype/dejavu ]; } || echo $(APT_BROWSER); };
 
 # Sets $py to the interpreter for the virtualenv ('' if there is none).
 FIND_PYTHON = py="$(PYTHON)"; [ -n "$$py" ] || py="$$(command -v python3.11 || command -v python3 || true)";
@@ -81,7 +91,7 @@ help:
 	@echo "make run     start the demo (embedded PostgreSQL, migrations, seed data, gunicorn)"
 	@echo "make cluster PostgreSQL, 3 ZooKeeper nodes, 3 relays and HAProxy on loopback"
 	@echo "make test    install what is missing, then lint, types and the whole test suite"
-	@echo "make deps    apt packages (PostgreSQL, Node.js, npm) and the e2e npm clients"
+	@echo "make deps    apt packages (PostgreSQL, Node.js, npm, Chromium) and the npm packages"
 	@echo "make venv    $(VENV) with pip install -e '.[$(PIP_EXTRAS)]'"
 	@echo "make lint    ruff check + ruff format --check"
 	@echo "make imports the layer contracts (import-linter, [tool.importlinter] in pyproject.toml)"
@@ -90,15 +100,15 @@ help:
 	@echo "make clean   stop embedded servers, remove $(STATE)/ and caches (keeps $(VENV))"
 
 ## deps: everything `make test` needs from outside PyPI.
-deps: deps-system deps-zookeeper $(if $(NODE_INPUTS),$(NODE_STAMP)) deploy-tools
+deps: deps-system deps-zookeeper $(if $(NODE_INPUTS),$(NODE_STAMP)) $(DEMO_STAMP) deploy-tools
 
 # All apt packages in one go (one `apt-get update`), then check they really arrived.
 deps-system:
-	@pkgs="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) $(NEED_HAPROXY) )"; $(APT_INSTALL)
-	@left="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) $(NEED_HAPROXY) )"; \
+	@pkgs="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) $(NEED_HAPROXY) $(NEED_BROWSER) )"; $(APT_INSTALL)
+	@left="$$( $(NEED_POSTGRES) $(NEED_NODE) $(NEED_PYTHON_VENV) $(NEED_HAPROXY) $(NEED_BROWSER) )"; \
 	if [ -n "$$left" ]; then echo "deps: still missing after apt-get:" $$left >&2; exit 1; fi
 
-# What `make run` needs (no Node.js).
+# What `make run` needs (Node.js and npm come with the demo page's packages, $(DEMO_STAMP)).
 deps-run:
 	@pkgs="$$( $(NEED_POSTGRES) $(NEED_PYTHON_VENV) )"; $(APT_INSTALL)
 
@@ -115,6 +125,17 @@ deps-zookeeper:
 .PHONY: deploy-tools
 deploy-tools: venv
 	@[ -x $(STATE)/tools/bin/helm ] || $(VENV_PY) -m tests.deploy.helm_tool install
+	@# tests/deploy/test_compose.py: promtool and a Prometheus to run the dashboard's
+	@# queries on (Debian's prometheus), and `docker-compose config` (v1; no engine needed).
+	@pkgs="$$( command -v promtool >/dev/null 2>&1 || echo prometheus; \
+		command -v docker-compose >/dev/null 2>&1 || echo docker-compose )"; $(APT_INSTALL)
+
+# Node.js and npm only when missing (`make run` needs nothing else of them).
+$(DEMO_STAMP): $(DEMO_INPUTS)
+	@pkgs="$$( $(NEED_NODE) )"; $(APT_INSTALL)
+	@echo "deps: npm packages of the demo page in $(DEMO_DIR)"
+	@cd $(DEMO_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 $(NODE_STAMP): $(NODE_INPUTS) | deps-system
 	@echo "deps: npm packages in $(NODE_DIR)"
@@ -189,12 +210,35 @@ test: deps venv
 	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed" >&2; exit 1; fi; \
 	echo "make test: all passed"
 
-run: deps-run venv
+run: deps-run venv $(DEMO_STAMP)
 	@$(VENV_PY) -m devstack.devserver
+
+## lock: deploy/constraints.txt, the exact runtime closure the image installs (the
+## Dockerfile's `pip install -c deploy/constraints.txt '.[zookeeper]'`), resolved afresh from
+## PyPI in a scratch virtualenv on a copy of the sources (nothing is built in the tree), then
+## `pip freeze`. tests/deploy/test_dockerfile.py fails when pyproject.toml outgrows it.
+LOCK := deploy/constraints.txt
+.PHONY: lock
+lock:
+	@$(FIND_PYTHON) [ -n "$$py" ] || { echo "lock: no python3 on PATH" >&2; exit 1; }; \
+	tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	mkdir "$$tmp/src"; cp -r pyproject.toml README.md LICENSE relay coordinator django_app "$$tmp/src/"; \
+	find "$$tmp/src" -name __pycache__ -prune -exec rm -rf {} +; \
+	echo "lock: resolving '.[zookeeper]' in a scratch venv"; \
+	"$$py" -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install --disable-pip-version-check -q --progress-bar off \
+		"$$tmp/src[zookeeper]" >"$$tmp/pip.log" 2>&1 || { tail -n 30 "$$tmp/pip.log" >&2; exit 1; }; \
+	{ echo "# The runtime dependency closure of ddp-relay[zookeeper], pinned: what the image installs"; \
+	  echo "# (Dockerfile: pip install -c deploy/constraints.txt '.[zookeeper]')."; \
+	  echo "# Generated by \`make lock\` (a scratch venv, pip install, pip freeze) with Python $$("$$tmp/venv/bin/python" -c 'import platform; print(platform.python_version())')."; \
+	  echo "# Do not edit by hand; run \`make lock\` after changing [project] dependencies in pyproject.toml."; \
+	  "$$tmp/venv/bin/python" -m pip freeze --disable-pip-version-check --exclude ddp-relay; \
+	} >$(LOCK).tmp && mv $(LOCK).tmp $(LOCK); \
+	echo "lock: wrote $(LOCK) ($$(grep -c '==' $(LOCK)) pins)"
 
 ## cluster: docker-compose.yml without Docker (devstack/cluster.py), on 127.0.0.1:$${PORT:-8000}.
 ## Ctrl-C stops it all; state and logs in $(STATE)/cluster.
-cluster: venv
+cluster: venv $(DEMO_STAMP)
 	@pkgs="$$( $(NEED_POSTGRES) $(NEED_ZOOKEEPER) $(NEED_HAPROXY) )"; $(APT_INSTALL)
 	@$(VENV_PY) -m devstack.cluster
 

@@ -15,6 +15,15 @@ paused (``is_leader()`` is False) and calls raise ``NotConnectedError`` at once 
 queueing behind the reconnect. On LOST the ephemerals are gone; when CONNECTED again the
 worker re-creates the members registered and re-joins the election.
 
+Security (``coordinator.zksecurity``): with a digest credential kazoo re-sends it on every
+(re)connect before any request, and every znode we create, parents included, carries an
+ACL for that identity only. On each CONNECTED the worker takes over the coordinator's own
+nodes that an unsecured relay left open (``_secure_tree``: the root, its three containers
+and, when the sessions container was open, the session records); it never touches what
+lies above the root. With TLS the connection is wrapped by kazoo (``use_ssl``); a
+certificate that does not verify is a connection that never comes up (kazoo logs why and
+retries; the state stays LOST), not an exception.
+
 Writes interrupted by a connection loss: the command retry policy retries briefly and
 each retry first re-reads, so a write that did land is recognised as ours (its exact bytes
 are there). If the connection does not come back within the retry budget the call raises
@@ -38,6 +47,7 @@ from kazoo.exceptions import (
     ConnectionClosedError,
     ConnectionLoss,
     KazooException,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     SessionExpiredError,
@@ -63,6 +73,7 @@ from coordinator.errors import (
     SessionNotFound,
 )
 from coordinator.paths import DEFAULT_ROOT, Paths
+from coordinator.zksecurity import RedactAuth, ZooKeeperSecurity, is_open
 
 __all__ = ["ZooKeeperCoordinator"]
 
@@ -90,8 +101,10 @@ class ZooKeeperCoordinator:
         handler: Literal["gevent", "threading"] = "gevent",
         session_timeout: float = 10.0,
         op_timeout: float = 5.0,
+        security: ZooKeeperSecurity | None = None,
     ) -> None:
         self._paths = Paths(root)
+        self._security = security or ZooKeeperSecurity()
         self._op_timeout = op_timeout
         kazoo_handler = _make_handler(handler)
         sleep = kazoo_handler.sleep_func
@@ -105,6 +118,10 @@ class ZooKeeperCoordinator:
             command_retry=KazooRetry(
                 max_tries=3, delay=0.2, backoff=2, max_delay=1, sleep_func=sleep
             ),
+            auth_data=self._security.auth_data(),
+            default_acl=self._security.acl(),
+            logger=_kazoo_logger(),
+            **self._security.tls_kwargs(),
         )
         self._handler = kazoo_handler
         self._timeout_exc: type[BaseException] = kazoo_handler.timeout_exception
@@ -350,6 +367,13 @@ class ZooKeeperCoordinator:
         for listener in listeners:
             call_quietly(log, listener, state)
         if state is State.CONNECTED:
+            if self._security.digest:
+                try:
+                    self._secure_tree()
+                except NotConnectedError:
+                    raise
+                except CoordinatorError as exc:
+                    log.error("cannot secure the coordinator's znodes: %s", exc)
             for member in members:
                 try:
                     self._ensure_member(member)
@@ -389,7 +413,12 @@ class ZooKeeperCoordinator:
                         )
                     )
                     self._candidate = str(path).rsplit("/", 1)[1]
-                    children = [*children, self._candidate]
+                    # Read again: a candidate created between our read and our create
+                    # has a lower sequence; the list read before would not show it and
+                    # both would lead.
+                    children = self._children(election)
+                    if self._candidate not in children:
+                        raise ForceRetryError()  # our session's node is gone: try anew
             ordered = sorted(children, key=Paths.sequence)
             index = ordered.index(self._candidate)
             self._leading_session = self._session_id() if index == 0 else None
@@ -399,6 +428,74 @@ class ZooKeeperCoordinator:
                     self._events.put(("elect", None))  # it went away meanwhile: look again
 
         self._attempt(op)
+
+    def _secure_tree(self) -> None:
+        """Give our ACL to the coordinator's nodes that were created open.
+
+        The root and its containers are checked on every CONNECTED (four pipelined
+        reads). The session records only when the sessions container itself was open,
+        i.e. once, by the first relay that runs with the credential: before the
+        containers are closed (an interrupted pass is redone at the next CONNECTED, the
+        container still being open) and again after (records an unsecured relay created
+        meanwhile; once the container is closed it cannot create more). Members and
+        election nodes are ephemeral: the unsecured relays' ones go when those relays
+        restart. Nodes with another identity's ACL are left alone (we could not change
+        them) and logged: every operation on them will fail with NoAuth.
+        """
+        paths = self._paths
+        containers = [paths.root, paths.members, paths.sessions, paths.election]
+        sessions_open = False
+
+        def records() -> list[str]:
+            return self._open_among([paths.session(n) for n in self._children(paths.sessions)])
+
+        def op() -> None:
+            nonlocal sessions_open
+            opened = self._open_among(containers)
+            sessions_open = sessions_open or paths.sessions in opened
+            taken = self._take_over(records()) if sessions_open else 0
+            taken += self._take_over(opened)
+            taken += self._take_over(records()) if sessions_open else 0
+            if taken:
+                log.warning(
+                    "coordinator: %d open znode(s) under %s now carry the digest ACL",
+                    taken,
+                    paths.root,
+                )
+
+        self._attempt(op)
+
+    def _open_among(self, targets: list[str]) -> list[str]:
+        """Those of ``targets`` open to everyone (pipelined reads); foreign ones logged."""
+        acl = self._security.acl() or []
+        pending = [self._client.get_acls_async(p) for p in targets]
+        opened = []
+        for path, result in zip(targets, pending, strict=True):
+            try:
+                acls, _ = self._wait(result)
+            except NoNodeError:
+                continue  # not created yet (it will be, with our ACL) or gone meanwhile
+            except NoAuthError:
+                log.error("znode %s is not ours: %s", path, _FOREIGN)
+                continue
+            if is_open(acls):
+                opened.append(path)
+            elif not any(entry.id == ours.id for entry in acls for ours in acl):
+                # Ours beside another identity is a rotation under way: not an error.
+                log.error("znode %s is not ours: %s", path, _FOREIGN)
+        return opened
+
+    def _take_over(self, targets: list[str]) -> int:
+        """Set our ACL on ``targets`` (pipelined); how many were still there."""
+        pending = [self._client.set_acls_async(p, self._security.acl()) for p in targets]
+        done = 0
+        for result in pending:
+            try:
+                self._wait(result)
+                done += 1
+            except NoNodeError:
+                continue  # deleted meanwhile (reaped, dropped)
+        return done
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -538,6 +635,21 @@ class ZooKeeperCoordinator:
             raise CoordinatorError(f"ZooKeeper error: {exc!r}") from exc
         except self._timeout_exc as exc:
             raise NotConnectedError(f"no ZooKeeper reply in {self._op_timeout} s") from exc
+
+
+_FOREIGN = (
+    "its ACL is another identity's (the digest credential differs from the one that "
+    "created it; see docs/security.md on rotating it)"
+)
+
+
+def _kazoo_logger() -> logging.Logger:
+    """kazoo's logger for our clients: a child of ``kazoo.client`` (configured the same),
+    with the digest credential blanked out of its debug lines."""
+    logger = logging.getLogger("kazoo.client.coordinator")
+    if not any(isinstance(f, RedactAuth) for f in logger.filters):
+        logger.addFilter(RedactAuth())
+    return logger
 
 
 def _make_handler(kind: str) -> Any:

@@ -9,12 +9,18 @@ Local tool (not used in production), standard library only, like ``devstack.devs
    QuorumPeerMain zoo.cfg``; ``tickTime=500``) on free loopback ports, and waits until
    every node says ``Mode: leader`` or ``Mode: follower`` to ``srvr``;
 3. three relays (``gunicorn -c python:relay.server.gunicorn_conf 'relay.server.app:create_app()'``,
-   2 workers each) on free loopback ports, each with its own ``PROMETHEUS_MULTIPROC_DIR``
-   and ``RELAY_ZOOKEEPER`` set to the ensemble's connect string, and waits
-   for their ``/readyz``;
+   2 workers each) on free loopback ports, DDP only (``RELAY_WSGI_APP=""``), each with an
+   internal port for ``/metrics`` and the probes, its own ``PROMETHEUS_MULTIPROC_DIR``
+   and ``RELAY_ZOOKEEPER`` set to the ensemble's connect string, and waits for their
+   ``/readyz``; and the web tier (``python -m relay web``: the example's Django project
+   under gunicorn gthread workers), waiting for its admin login page;
 4. HAProxy (``haproxy -db -f haproxy.cfg``, in the foreground, so this process supervises
-   it): round robin, no stickiness, health checks on ``/readyz``, ``timeout tunnel 1h``,
-   on ``127.0.0.1:${PORT:-8000}``, plus a stats page.
+   it): ``/websocket``, ``/sockjs`` (and ``/readyz``) to the relays, round robin, no
+   stickiness, health checks on ``/readyz``; everything else to the web tier;
+   ``timeout tunnel 1h``, on ``127.0.0.1:${PORT:-8000}``, plus a stats page.
+
+``docker-compose.yml`` describes the same cluster (``tests/deploy/test_compose.py``
+compares the two: relay count, routing, the relays' settings).
 
 It prints every URL and port, then watches its children: one that dies is restarted (as
 compose's ``restart: unless-stopped`` would) unless it keeps dying. SIGTERM (``kill``, a
@@ -82,6 +88,7 @@ __all__ = [
     "Cluster",
     "ClusterError",
     "RelayNode",
+    "WebNode",
     "ZooKeeperNode",
     "find_haproxy",
     "find_zookeeper",
@@ -171,12 +178,18 @@ class ZooKeeperNode(_Child):
 
 @dataclass
 class RelayNode(_Child):
-    """One gunicorn relay: its port, metrics dir, log and master process (``pid``)."""
+    """One gunicorn relay: its ports, metrics dir, log and master process (``pid``)."""
 
     index: int
     port: int
     base_dir: Path
+    #: ``/metrics``, ``/livez``, ``/readyz`` (JSON), ``/startupz``: RELAY_INTERNAL_PORT.
+    internal_port: int = 0
     env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def internal_url(self) -> str:
+        return f"http://{HOST}:{self.internal_port}"
 
     @property
     def name(self) -> str:
@@ -201,6 +214,22 @@ class RelayNode(_Child):
     @property
     def worker_pids(self) -> list[int]:
         return descendants(self.proc.pid) if self.running and self.proc is not None else []
+
+
+@dataclass
+class WebNode(_Child):
+    """The web tier: the example's Django project under ``python -m relay web``."""
+
+    port: int
+    base_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base_dir / "web.log"
 
 
 class Cluster:
@@ -255,9 +284,15 @@ class Cluster:
             for i in range(zookeepers)
         ]
         self.relays = [
-            RelayNode(index=i, port=free_port(), base_dir=self.state_dir / f"relay{i + 1}")
+            RelayNode(
+                index=i,
+                port=free_port(),
+                internal_port=free_port(),
+                base_dir=self.state_dir / f"relay{i + 1}",
+            )
             for i in range(relays)
         ]
+        self.web = WebNode(port=free_port(), base_dir=self.state_dir / "web")
         self.haproxy: subprocess.Popen[bytes] | None = None
         self._haproxy_restarts = 0
         self._haproxy_started_at = 0.0
@@ -304,8 +339,10 @@ class Cluster:
             self._wait_quorum(_ZK_START_TIMEOUT_S)
             for relay in self.relays:
                 self._spawn_relay(relay)
+            self._spawn_web()
             for relay in self.relays:
                 self._wait_relay(relay, _RELAY_START_TIMEOUT_S)
+            self._wait_web(_RELAY_START_TIMEOUT_S)
             self._write_haproxy_config()
             self._spawn_haproxy()
             self._wait_haproxy(_HAPROXY_START_TIMEOUT_S)
@@ -330,6 +367,10 @@ class Cluster:
             # SIGTERM: hard stop (SIGUSR1 would wait 1 h).
             stop_process_group(self.haproxy, _STOP_TIMEOUT_S)
             self.haproxy = None
+        if self.web.proc is not None:
+            self._log("stopping the web tier")
+            stop_process_group(self.web.proc, self.graceful_timeout + 5)
+            self.web.proc = None
         if any(relay.running for relay in self.relays):
             self._log(f"stopping relays (graceful timeout {self.graceful_timeout} s)")
         for relay in self.relays:  # SIGTERM to all first, so they drain in parallel
@@ -459,6 +500,10 @@ class Cluster:
                 # once the handle is replaced, nothing would stop it.
                 stop_process_group(relay.proc, 0)
                 self._spawn_relay(relay)
+        if self.web.proc is not None and self.web.proc.poll() is not None:
+            self._note_death("web", self.web.proc, self.web.log_path, self.web, now)
+            stop_process_group(self.web.proc, 0)  # see above
+            self._spawn_web()
         if self.haproxy is not None and self.haproxy.poll() is not None:
             if now - self._haproxy_started_at > 60:
                 self._haproxy_restarts = 0
@@ -488,8 +533,12 @@ class Cluster:
         """What runs where, for humans."""
         lines = [
             "ddp-relay local cluster (round robin, no stickiness)",
+            f"  Live demo page  {self.url}/   (open it in two windows, then restart a relay: "
+            "the session resumes)",
             f"  DDP WebSocket   {self.ws_url}",
             f"  DDP SockJS      {self.url}/sockjs",
+            f"  Web tier        {self.web.url}  (pid {self.web.pid}; through HAProxy: all "
+            "but /websocket and /sockjs)",
             f"  Django admin    {self.url}/admin/   (user admin, password "
             f"{os.environ.get('DEMO_ADMIN_PASSWORD', 'ddp-relay-demo')})",
             f"  HAProxy stats   {self.stats_url}",
@@ -504,8 +553,8 @@ class Cluster:
         lines.append("  Relays")
         for relay in self.relays:
             lines.append(
-                f"    {relay.name}  {relay.url}  (ws {relay.ws_url}, {relay.url}/metrics)  "
-                f"pid {relay.pid}"
+                f"    {relay.name}  {relay.url}  (ws {relay.ws_url}, "
+                f"{relay.internal_url}/metrics)  pid {relay.pid}"
             )
         lines.append(f"  State and logs  {self.state_dir}")
         return "\n".join(lines)
@@ -593,7 +642,9 @@ class Cluster:
                 raise ClusterError(f"no ZooKeeper quorum in {timeout} s (modes {modes}):\n{tails}")
             time.sleep(0.1)
 
-    def _spawn_relay(self, relay: RelayNode) -> None:
+    def relay_environment(self, relay: RelayNode) -> dict[str, str]:
+        """What relay ``relay`` runs with (the relays of docker-compose.yml get the same
+        settings: ``tests/deploy/test_compose.py``)."""
         env = self._django_env()
         env.update(
             relay_env(
@@ -601,12 +652,21 @@ class Cluster:
                 workers=self.workers,
                 graceful_timeout=self.graceful_timeout,
                 log_level=self.log_level,
-                metrics_dir=fresh_metrics_dir(relay.metrics_dir),
+                metrics_dir=relay.metrics_dir,
             )
         )
+        # DDP only: the web tier serves the Django project.
+        env["RELAY_WSGI_APP"] = ""
+        env["RELAY_INTERNAL_HOST"] = HOST
+        env["RELAY_INTERNAL_PORT"] = str(relay.internal_port)
         env["RELAY_ZOOKEEPER"] = self.zk_connect
         # HAProxy appends the client's address to X-Forwarded-For (option forwardfor).
         env["RELAY_FORWARDED_COUNT"] = "1"
+        return env
+
+    def _spawn_relay(self, relay: RelayNode) -> None:
+        fresh_metrics_dir(relay.metrics_dir)
+        env = self.relay_environment(relay)
         relay.env = env
         argv = gunicorn_argv(f"ddp-{relay.name}")
         # Deferred: the child leads a session of its own, out of reach of the signals
@@ -623,6 +683,25 @@ class Cluster:
             timeout,
             name=relay.name,
             log_path=relay.log_path,
+            error=ClusterError,
+        )
+
+    def _spawn_web(self) -> None:
+        # `ddp-relay web` (compose's `web` service), through this interpreter: the venv's
+        # console script need not be on PATH.
+        argv = [sys.executable, "-m", "relay", "web", "--bind", f"{HOST}:{self.web.port}"]
+        argv += ["--workers", "1"]
+        with stop_deferred():  # see _spawn_relay
+            self.web.proc = spawn(argv, self.web.log_path, env=self._django_env(), cwd=ROOT)
+        self.web.started_at = time.monotonic()
+
+    def _wait_web(self, timeout: float) -> None:
+        wait_until_ready(
+            self.web.proc,
+            lambda: http_status(self.web.url + "/livez") == 200,
+            timeout,
+            name="the web tier",
+            log_path=self.web.log_path,
             error=ClusterError,
         )
 
@@ -661,7 +740,12 @@ frontend ddp
     bind {HOST}:{self.port}
     # The client's address for the relays' per-address limits (RELAY_FORWARDED_COUNT=1).
     option forwardfor
-    default_backend relays
+    # DDP to the relays, and /readyz (through the balancer: is a relay ready to take
+    # DDP?); the Django project (admin, views) to the web tier.
+    acl ddp path_beg /websocket /sockjs
+    acl ddp path /readyz
+    use_backend relays if ddp
+    default_backend web
 
 frontend stats
     bind {HOST}:{self.stats_port}
@@ -673,7 +757,14 @@ backend relays
     balance roundrobin
     option httpchk GET /readyz
     http-check expect status 200
-{servers}"""
+{servers}
+backend web
+    balance roundrobin
+    # ddp-relay web answers /livez itself, whatever the Host (relay/server/web.py).
+    option httpchk GET /livez
+    http-check expect status 200
+    server web {HOST}:{self.web.port} check inter 1s fall 2 rise 2
+"""
         )
 
     def _spawn_haproxy(self) -> None:

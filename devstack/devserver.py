@@ -96,6 +96,7 @@ class _DevServer:
         reader = env.get("DEMO_READER_PASSWORD", "bookworm-2026")
         print(
             f"\nddp-relay demo\n"
+            f"  Live demo page http://127.0.0.1:{port}/   (open it in two windows)\n"
             f"  Django admin   http://127.0.0.1:{port}/admin/   (user admin, password {password})\n"
             f"  DDP login      user reader, password {reader} (Meteor.loginWithPassword)\n"
             f"  DDP WebSocket  ws://127.0.0.1:{port}/websocket\n"

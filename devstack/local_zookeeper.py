@@ -7,8 +7,10 @@ way (``java ... QuorumPeerMain zoo.cfg``, no ``zkServer.sh``, so data and logs s
 caller's directory). Standard library only.
 
 Its job: find ``java`` and the jar (``find_zookeeper``), write the text of a ``zoo.cfg``
-(``config``), build the JVM's argv (``command``), and ask a running server how it is
-(``four_letter``, ``mode``, ``serving``).
+(``config``; with ``ServerTLS``, also a TLS ``secureClientPort`` served by Netty from PEM
+files), build the JVM's argv (``command``; with ``tls=True`` it adds the Netty jars that
+Debian's zookeeper.jar manifest leaves out), and ask a running server how it is
+(``four_letter``, ``mode``, ``serving``: always over the plain client port).
 
 What it must not do: start, supervise or stop a process (``devstack.processes`` and the
 callers do that), install anything, touch the system's ZooKeeper (``/etc/zookeeper``
@@ -22,11 +24,14 @@ import os
 import shutil
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 __all__ = [
     "HOST",
     "ZOOKEEPER_JAR",
+    "ServerTLS",
     "ZooKeeperNotFound",
     "command",
     "config",
@@ -40,6 +45,24 @@ HOST = "127.0.0.1"
 ZOOKEEPER_JAR = Path(os.environ.get("RELAY_ZOOKEEPER_JAR", "/usr/share/java/zookeeper.jar"))
 SLF4J_JAR = Path("/usr/share/java/slf4j-simple.jar")
 ZOOKEEPER_CONF_DIR = Path("/etc/zookeeper/conf")
+# Netty's TLS handler needs these beside what zookeeper.jar's manifest lists.
+NETTY_JARS = tuple(
+    Path("/usr/share/java") / name
+    for name in ("netty-codec.jar", "netty-resolver.jar", "netty-transport-native-unix-common.jar")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """A TLS client port: ``key_store`` is one PEM file with the server's private key and
+    certificate (chain), ``trust_store`` the PEM CA(s) client certificates are checked
+    against; ``client_auth``: whether clients must (``need``), may (``want``) or need not
+    (``none``) present one. The server does not check client certificates' host names."""
+
+    port: int
+    key_store: Path
+    trust_store: Path
+    client_auth: Literal["none", "want", "need"] = "want"
 
 
 class ZooKeeperNotFound(RuntimeError):
@@ -64,8 +87,12 @@ def config(
     init_limit: int = 10,
     servers: Mapping[int, tuple[int, int]] | None = None,
     header: str = "",
+    tls: ServerTLS | None = None,
 ) -> str:
     """The text of a ``zoo.cfg`` serving ``client_port`` on 127.0.0.1.
+
+    With ``tls``: also ``tls.port`` with TLS on 127.0.0.1 (the Netty connection factory
+    serves both; start the JVM with ``command(..., tls=True)``).
 
     Without ``servers``: a standalone server. With ``servers`` (``{myid: (peer_port,
     election_port)}``, this one included): a member of that ensemble that never falls back
@@ -86,11 +113,28 @@ def config(
         lines += ["standaloneEnabled=false", "autopurge.snapRetainCount=3"]
         lines.append("autopurge.purgeInterval=1")
         lines += [f"server.{i}={HOST}:{peer}:{election}" for i, (peer, election) in servers.items()]
+    if tls is not None:
+        lines += [
+            "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+            f"secureClientPort={tls.port}",
+            f"secureClientPortAddress={HOST}",
+            f"ssl.keyStore.location={tls.key_store}",
+            "ssl.keyStore.type=PEM",
+            f"ssl.trustStore.location={tls.trust_store}",
+            "ssl.trustStore.type=PEM",
+            f"ssl.clientAuth={tls.client_auth}",
+            # Client certificates name a client, not the address it connects from.
+            "ssl.hostnameVerification=false",
+        ]
     return "".join(f"{line}\n" for line in lines)
 
 
-def command(java: str, jar: Path, config_path: Path) -> list[str]:
-    """The JVM's argv: a small heap, quick start-up, ``QuorumPeerMain config_path``."""
+def command(java: str, jar: Path, config_path: Path, *, tls: bool = False) -> list[str]:
+    """The JVM's argv: a small heap, quick start-up, ``QuorumPeerMain config_path``.
+
+    ``tls``: for a ``config(tls=...)`` server, the Netty jars go on the class path too.
+    """
+    extra = "".join(f":{j}" for j in NETTY_JARS) if tls else ""
     return [
         java,
         "-Xmx256m",
@@ -98,7 +142,7 @@ def command(java: str, jar: Path, config_path: Path) -> list[str]:
         "-XX:TieredStopAtLevel=1",
         "-Dzookeeper.jmx.log4j.disable=true",
         "-cp",
-        f"{jar}:{ZOOKEEPER_CONF_DIR}:{SLF4J_JAR}",
+        f"{jar}:{ZOOKEEPER_CONF_DIR}:{SLF4J_JAR}{extra}",
         "org.apache.zookeeper.server.quorum.QuorumPeerMain",
         str(config_path),
     ]

@@ -49,6 +49,50 @@ def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _check_zookeeper_security(settings: Settings) -> None:
+    """ConfigError for RELAY_ZOOKEEPER_DIGEST / _TLS* values the coordinator cannot use.
+
+    The digest's value never appears in a message: it is a password.
+    """
+    s = settings
+    tls_options = {
+        "RELAY_ZOOKEEPER_TLS_CA": s.zookeeper_tls_ca,
+        "RELAY_ZOOKEEPER_TLS_CERT": s.zookeeper_tls_cert,
+        "RELAY_ZOOKEEPER_TLS_KEY": s.zookeeper_tls_key,
+    }
+    if not s.zookeeper:
+        given = [name for name, value in tls_options.items() if value]
+        given += ["RELAY_ZOOKEEPER_DIGEST"] * bool(s.zookeeper_digest)
+        given += ["RELAY_ZOOKEEPER_TLS"] * s.zookeeper_tls
+        given += ["RELAY_ZOOKEEPER_TLS_VERIFY"] * (not s.zookeeper_tls_verify)
+        if given:
+            raise ConfigError(f"{', '.join(sorted(given))} set but RELAY_ZOOKEEPER is empty")
+        return
+    if s.zookeeper_digest:
+        user, sep, password = s.zookeeper_digest.partition(":")
+        if not (user and sep and password):
+            raise ConfigError("RELAY_ZOOKEEPER_DIGEST must look like 'user:password'")
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in s.zookeeper_digest):
+            raise ConfigError(
+                "RELAY_ZOOKEEPER_DIGEST contains a control character "
+                "(a trailing newline from a secret file?)"
+            )
+    if not s.zookeeper_tls:
+        # Refused rather than ignored: whoever sets a CA expects an encrypted connection.
+        given = [name for name, value in tls_options.items() if value]
+        given += ["RELAY_ZOOKEEPER_TLS_VERIFY"] * (not s.zookeeper_tls_verify)
+        if given:
+            raise ConfigError(f"{', '.join(given)} set but RELAY_ZOOKEEPER_TLS is off")
+        return
+    if bool(s.zookeeper_tls_cert) != bool(s.zookeeper_tls_key):
+        raise ConfigError(
+            "RELAY_ZOOKEEPER_TLS_CERT and RELAY_ZOOKEEPER_TLS_KEY must be set together"
+        )
+    for name, path in tls_options.items():
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{name}: no such file: {path!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Relay settings. Each field's metadata gives its env var; the default is the value."""
@@ -173,11 +217,34 @@ class Settings:
     login_window: float = field(default=60.0, metadata={"env": "RELAY_LOGIN_WINDOW"})
     #: RELAY_ZOOKEEPER: ZooKeeper connect string (host:port,...) for cluster coordination.
     zookeeper: str = field(default="", metadata={"env": "RELAY_ZOOKEEPER"})
+    #: RELAY_ZOOKEEPER_DIGEST: "user:password" (a secret, never in repr or logs): the
+    #: coordinator authenticates with it and every znode it creates is that identity's only.
+    zookeeper_digest: str = field(
+        default="", repr=False, metadata={"env": "RELAY_ZOOKEEPER_DIGEST"}
+    )
+    #: RELAY_ZOOKEEPER_TLS: connect to ZooKeeper with TLS (its secureClientPort).
+    zookeeper_tls: bool = field(default=False, metadata={"env": "RELAY_ZOOKEEPER_TLS"})
+    #: RELAY_ZOOKEEPER_TLS_CA: PEM bundle of the CAs to trust for ZooKeeper's certificate
+    #: (besides the system ones).
+    zookeeper_tls_ca: str = field(default="", metadata={"env": "RELAY_ZOOKEEPER_TLS_CA"})
+    #: RELAY_ZOOKEEPER_TLS_CERT / _KEY: PEM client certificate and its key, both or neither.
+    zookeeper_tls_cert: str = field(default="", metadata={"env": "RELAY_ZOOKEEPER_TLS_CERT"})
+    zookeeper_tls_key: str = field(default="", metadata={"env": "RELAY_ZOOKEEPER_TLS_KEY"})
+    #: RELAY_ZOOKEEPER_TLS_VERIFY: verify ZooKeeper's certificate and that it names the host.
+    zookeeper_tls_verify: bool = field(default=True, metadata={"env": "RELAY_ZOOKEEPER_TLS_VERIFY"})
     #: RELAY_COORDINATOR_PATH: without ZooKeeper, a SQLite file shared by the workers of one
     #: node ("" = in-process only: resuming then works within one worker process).
     coordinator_path: str = field(default="", metadata={"env": "RELAY_COORDINATOR_PATH"})
     #: RELAY_METRICS: serve Prometheus metrics on /metrics.
     metrics: bool = field(default=True, metadata={"env": "RELAY_METRICS"})
+    #: RELAY_INTERNAL_PORT: a second listener for /metrics, /livez, /readyz (detailed) and
+    #: /startupz, which the load balancer never exposes; 0 serves everything on PORT.
+    internal_port: int = field(default=0, metadata={"env": "RELAY_INTERNAL_PORT"})
+    #: RELAY_INTERNAL_HOST: address of that listener ("" = the same as HOST).
+    internal_host: str = field(default="", metadata={"env": "RELAY_INTERNAL_HOST"})
+    #: RELAY_COORDINATOR_REQUIRED: a relay whose coordinator is disconnected is not ready
+    #: (503); when false it is "degraded" (200, the reason in /readyz's body).
+    coordinator_required: bool = field(default=True, metadata={"env": "RELAY_COORDINATOR_REQUIRED"})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -221,6 +288,7 @@ class Settings:
         """Raise ConfigError for values the relay cannot run with. The message names the
         environment variable, which is what an operator sets."""
         env = {f.name: f.metadata["env"] for f in fields(self)}
+        _check_zookeeper_security(self)
         positive = (
             "max_message_bytes",
             "send_buffer_bytes",
@@ -278,6 +346,10 @@ class Settings:
             raise ConfigError(
                 "RELAY_MAX_WORKER_PENDING_BYTES must be at least RELAY_MAX_PENDING_BYTES "
                 f"({self.max_worker_pending_bytes} < {self.max_pending_bytes})"
+            )
+        if not 0 <= self.internal_port <= 65535:
+            raise ConfigError(
+                f"RELAY_INTERNAL_PORT must be within 0..65535 (got {self.internal_port!r})"
             )
         if ":" not in self.backend:
             raise ConfigError(

@@ -51,6 +51,7 @@ class Metrics:
     live_queries: Gauge
     query_fetches: Counter
     query_joins: Counter
+    ready: Gauge
 
 
 @cache
@@ -130,6 +131,14 @@ def get_metrics() -> Metrics:
             "ddp_relay_query_joins",
             "Subscription queries: fetched for them, or shared with a live one.",
             ["outcome"],
+        ),
+        # livemin: the node's value is its worst live worker's, as /readyz aggregates.
+        ready=Gauge(
+            "ddp_relay_ready",
+            "Readiness checks (relay.server.health), 1 passing or 0 failing: draining,"
+            " postgres, listener, coordinator. Across workers: the worst one.",
+            ["check"],
+            multiprocess_mode="livemin",
         ),
     )
 

@@ -45,6 +45,7 @@ DJANGO_API = DOCS / "django-api.md"
 #: Source files whose environment variables configuration.md must list.
 ENV_SOURCES = [
     "relay/server/gunicorn_conf.py",
+    "relay/cli.py",
     "devstack/devserver.py",
     "example/example/settings.py",
     "example/bookstore/management/commands/seed_demo.py",

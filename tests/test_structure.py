@@ -14,6 +14,7 @@ the one in the virtualenv).
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,26 @@ def test_wheel_carries_the_runtime_and_no_local_tooling(wheel: zipfile.ZipFile) 
     assert "django_app" in packages and "django_app/migrations" in packages
     assert [n for n in names if n.startswith("devstack/")] == []
     assert [n for n in names if n.startswith(("tests/", "example/", "loadtest/"))] == []
+
+
+def test_wheel_is_typed_licensed_and_has_the_console_script(wheel: zipfile.ZipFile) -> None:
+    """PEP 561 markers in each package, the LICENSE and its classifier in the metadata,
+    and ``ddp-relay = relay.cli:main`` as a console script."""
+    names = set(wheel.namelist())
+    for package in RUNTIME_PACKAGES:
+        assert f"{package}/py.typed" in names, package
+    (dist_info,) = {n.split("/", 1)[0] for n in names if n.split("/", 1)[0].endswith(".dist-info")}
+    licenses = [n for n in names if n.startswith(dist_info) and n.rsplit("/", 1)[-1] == "LICENSE"]
+    assert licenses, f"no LICENSE in {dist_info}"
+    assert wheel.read(licenses[0]) == (ROOT / "LICENSE").read_bytes()
+    assert b"MIT License" in wheel.read(licenses[0])
+    metadata = wheel.read(f"{dist_info}/METADATA").decode()
+    assert "Classifier: License :: OSI Approved :: MIT License" in metadata
+    assert "Classifier: Typing :: Typed" in metadata
+    assert "Provides-Extra: zookeeper" in metadata
+    assert re.search(r"^Requires-Dist: kazoo>=[\d.]+; extra == \"zookeeper\"$", metadata, re.M)
+    entry_points = wheel.read(f"{dist_info}/entry_points.txt").decode()
+    assert re.search(r"^\[console_scripts\]\s*\nddp-relay = relay\.cli:main$", entry_points, re.M)
 
 
 def test_image_build_context_leaves_out_the_local_tooling() -> None:

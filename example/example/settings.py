@@ -116,6 +116,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_app",
     "bookstore",
+    # The live demo page at / (example/demo): Meteor's client in the browser.
+    "demo",
 ]
 
 MIDDLEWARE = [
@@ -174,6 +176,13 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 DEMO_SERVE_STATIC = _env_bool("DEMO_SERVE_STATIC", True)
+# Django's two finders, and the demo page's Meteor client bundles from example/demo's
+# node_modules (demo.finders: those three files only, installed by `npm ci` there).
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "demo.finders.VendorFinder",
+]
 
 # Django's default cache, said out loud: the admin login throttle counts in it, per
 # worker process (see example/throttle.py for making it cluster-wide).

@@ -1,4 +1,5 @@
-"""URLs of the example project: the admin, and the static files the admin needs.
+"""URLs of the example project: the live demo page at ``/`` (``demo``), the admin, and
+the static files both need.
 
 The DDP endpoints (``/websocket``, ``/sockjs/...``) are served by the relay in front of
 this WSGI app, not by Django.
@@ -9,11 +10,10 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.staticfiles.views import serve as serve_static
-from django.urls import URLPattern, URLResolver, path, re_path
-from django.views.generic import RedirectView
+from django.urls import URLPattern, URLResolver, include, path, re_path
 
 urlpatterns: list[URLPattern | URLResolver] = [
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", include("demo.urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -47,7 +47,7 @@ from coordinator import (
     SessionNotFound,
 )
 from coordinator.base import check_id
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.metrics import Metrics
 from relay.protocol.ids import session_tag
 from relay.resume.parked import ParkedSession
@@ -108,9 +108,27 @@ def relay_id() -> str:
 def build_coordinator(settings: Settings) -> Coordinator:
     """The coordinator the settings ask for (imported lazily: kazoo only when needed)."""
     if settings.zookeeper:
-        from coordinator.zk import ZooKeeperCoordinator
+        try:
+            from coordinator.zk import ZooKeeperCoordinator
+        except ModuleNotFoundError as exc:
+            if exc.name != "kazoo" and not (exc.name or "").startswith("kazoo."):
+                raise
+            # kazoo is the ``zookeeper`` extra: say so at start, not with a bare traceback.
+            raise ConfigError(
+                "RELAY_ZOOKEEPER is set but kazoo is not installed: "
+                "pip install 'ddp-relay[zookeeper]'"
+            ) from exc
+        from coordinator.zksecurity import ZooKeeperSecurity
 
-        return ZooKeeperCoordinator(settings.zookeeper, handler="gevent")
+        security = ZooKeeperSecurity(
+            digest=settings.zookeeper_digest,
+            tls=settings.zookeeper_tls,
+            tls_ca=settings.zookeeper_tls_ca,
+            tls_cert=settings.zookeeper_tls_cert,
+            tls_key=settings.zookeeper_tls_key,
+            tls_verify=settings.zookeeper_tls_verify,
+        )
+        return ZooKeeperCoordinator(settings.zookeeper, handler="gevent", security=security)
     if settings.coordinator_path:
         from coordinator.sqlite import SQLiteCoordinator
 

@@ -3,16 +3,28 @@
 Layer: composition. ``create_app()`` reads the settings once, loads the backend and the fallback
 WSGI app by dotted path (so ``relay`` never imports Django), starts the worker's node and
 returns the WSGI callable gunicorn serves. DDP sockets (``/websocket``, ``/sockjs/...``)
-are taken over from gunicorn; ``/metrics``, ``/healthz`` and ``/readyz`` are answered
-here; every other request goes to the fallback app (the Django project).
+are taken over from gunicorn; every other request goes to the fallback app (the Django
+project), but for the health and metrics endpoints, answered here:
 
-Must not: monkey-patch (only ``relay.server.worker`` does), or hold protocol logic.
+- with ``RELAY_INTERNAL_PORT`` set, gunicorn binds a second listener and a request is
+  told apart by the port of the listener it came in on (``SERVER_PORT``, which gunicorn
+  takes from the listening socket, never from a header). The internal port serves
+  ``/metrics``, ``/livez`` (``/healthz``), ``/readyz`` (JSON, ``relay.server.health``) and
+  ``/startupz``, and nothing else (404); the public port serves DDP, the fallback app, and
+  ``/readyz`` as a terse ``ready``/``not ready`` for the load balancer, and answers
+  ``/metrics`` with 404;
+- with it at 0 (``make run``, small installs) one port serves all of it.
+
+Must not: monkey-patch (only ``relay.server.worker`` does), hold protocol logic, or do
+database work for a health request (``relay.server.readiness`` reads memory and files).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import os
 from collections.abc import Callable, Iterable
 from http.cookies import SimpleCookie
 from typing import Any
@@ -21,6 +33,7 @@ from relay import metrics
 from relay.backend import Backend, Handshake
 from relay.config import Settings
 from relay.limits import client_address
+from relay.server.health import Verdict
 from relay.server.node import Node
 from relay.transport import RawTransport, SockJSTransport, Transport, endpoints, handshake
 
@@ -85,25 +98,56 @@ class RelayApp:
         self.fallback = fallback
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        split = self.settings.internal_port != 0
+        if split and environ.get("SERVER_PORT") == str(self.settings.internal_port):
+            answer = self._internal(environ, start_response)
+            return _not_found(environ, start_response) if answer is None else answer
         route = endpoints.route(environ)
         if route in (endpoints.Route.DDP_WEBSOCKET, endpoints.Route.SOCKJS_WEBSOCKET):
             return self._websocket(environ, start_response, route)
-        path = environ.get("PATH_INFO", "")
         if route is endpoints.Route.OTHER:
-            if path == "/metrics" and self.settings.metrics:
-                body, content_type = metrics.render()
-                start_response("200 OK", [("Content-Type", content_type)])
-                return [body]
-            if path == "/healthz":
-                return _text(start_response, "200 OK", "ok\n")
+            path = environ.get("PATH_INFO", "")
+            if not split:
+                answer = self._internal(environ, start_response)
+                return self.fallback(environ, start_response) if answer is None else answer
             if path == "/readyz":
-                if self.node.ready:
-                    return _text(start_response, "200 OK", "ready\n")
-                return _text(start_response, "503 Service Unavailable", "draining\n")
+                verdict = self.node.health.readiness()
+                text = "ready\n" if verdict.ok else "not ready\n"
+                return _text(start_response, verdict.http_status, text)
+            if path == "/metrics":
+                return _not_found(environ, start_response)
             return self.fallback(environ, start_response)
         status, headers, body = endpoints.respond(environ, route)
         start_response(status, headers)
         return [body]
+
+    def _internal(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes] | None:
+        """The metrics and health endpoints; None for any other path."""
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            if not self.settings.metrics:
+                return _not_found(environ, start_response)
+            body, content_type = metrics.render()
+            start_response("200 OK", [("Content-Type", content_type)])
+            return [body]
+        health = self.node.health
+        if path in ("/livez", "/healthz"):
+            verdict = health.liveness()
+            return _text(start_response, verdict.http_status, _line(verdict))
+        if path == "/startupz":
+            verdict = health.startup()
+            return _text(start_response, verdict.http_status, _line(verdict))
+        if path == "/readyz":
+            verdict = health.readiness()
+            body = json.dumps(verdict.body, indent=1, sort_keys=True).encode() + b"\n"
+            start_response(
+                verdict.http_status,
+                [("Content-Type", "application/json"), ("Cache-Control", "no-store")],
+            )
+            return [body]
+        return None
 
     def _websocket(
         self, environ: dict[str, Any], start_response: StartResponse, route: endpoints.Route
@@ -155,12 +199,17 @@ def _text(start_response: StartResponse, status: str, text: str) -> Iterable[byt
     return [text.encode()]
 
 
+def _line(verdict: Verdict) -> str:
+    return f"{verdict.status}: {verdict.reason}\n"
+
+
 def create_app(settings: Settings | None = None) -> RelayApp:
     """Build the relay for this worker process (gunicorn calls this after the fork)."""
     settings = settings or Settings.from_env()
     backend_factory: Callable[[], Backend] = load(settings.backend)
     backend = backend_factory()
     fallback: WSGIApp = load(settings.wsgi_app) if settings.wsgi_app else _not_found
-    node = Node(settings, backend)
+    # Made by the gunicorn master (relay.server.gunicorn_conf) for its workers' reports.
+    node = Node(settings, backend, os.environ.get("RELAY_HEALTH_DIR", ""))
     node.start()
     return RelayApp(settings, node, fallback)

@@ -8,7 +8,9 @@ resumer, the hub (``relay.server.hub``: open sessions, readiness, drain), the ti
 (``relay.server.keepalive``: every worker's lease, for presence), and the ``SessionContext``
 (``relay.server.context``) every session is given. Every socket the worker accepts becomes
 a ``Session`` (``adopt``). ``drain()`` turns readiness false, then closes every session as
-"going away", for a graceful shutdown.
+"going away", for a graceful shutdown. The health reporter (``relay.server.readiness``)
+reads what the node's parts already know (draining, the keepalive's database round trips,
+the listener's and the coordinator's connections) through ``observe``.
 
 Must not: parse DDP or touch sockets, keep session state itself (the hub does), or be
 imported by a session (sessions see only their ``SessionContext``).
@@ -33,9 +35,11 @@ from relay.resume.resumer import Resumer, build_coordinator
 from relay.resume.store import ParkStore
 from relay.server.context import NodeContext
 from relay.server.gate import Gate
+from relay.server.health import CoordinatorSeen, ListenerSeen, Observation
 from relay.server.housekeeper import Housekeeper
 from relay.server.hub import Hub, Member
 from relay.server.keepalive import Keepalive
+from relay.server.readiness import Reporter, RoundTrips, Since
 from relay.server.session import Session
 from relay.server.ticker import Ticker
 from relay.server.workpool import WorkPool
@@ -53,9 +57,14 @@ REFETCH_OWNER = "relay.live"
 class Node:
     """One worker process's relay, composed from its parts."""
 
-    def __init__(self, settings: Settings, backend: Backend) -> None:
+    def __init__(self, settings: Settings, backend: Backend, health_dir: str = "") -> None:
         self.settings = settings
         self.backend = backend
+        #: The database round trips readiness judges: the keepalive's (ORM work, every
+        #: few seconds), so readiness costs no query of its own.
+        self.round_trips = RoundTrips()
+        self._coordinator_since = Since()
+        self._started = False
         # The backend configured logging (Django's LOGGING): throttle what clients cause.
         logs.install()
         self.metrics: Metrics = get_metrics()
@@ -90,7 +99,7 @@ class Node:
             # Urgent: a lease renewal late behind client methods lets other workers sweep
             # this worker's presence while its subscribers are still here.
             self.keepalive = Keepalive(
-                functools.partial(self.pool.run, urgent=True), backend.keepalive
+                functools.partial(self.pool.run, urgent=True), self._keepalive_round
             )
         else:
             log.warning("no RELAY_DATABASE_URL or DATABASE_URL: live updates are off")
@@ -105,6 +114,9 @@ class Node:
             self.hub,
             self.gate,
         )
+        self.health = Reporter(
+            self.observe, settings.coordinator_required, self.metrics.ready, health_dir
+        )
 
     @property
     def ready(self) -> bool:
@@ -118,6 +130,7 @@ class Node:
 
     def start(self) -> None:
         self.ticker.start()
+        self.health.start()
         if self.listener is not None:
             self.listener.start()
         if self.housekeeper is not None:
@@ -126,6 +139,56 @@ class Node:
             self.keepalive.start()
         if self.resumer is not None:
             self.resumer.start()
+        if self.keepalive is not None:
+            # The first round trip now, not a keepalive interval later: readiness waits
+            # for one.
+            gevent.spawn(self._first_round)
+        self._started = True
+        self.health.publish()
+
+    # -- readiness hooks --------------------------------------------------------------------
+
+    def _keepalive_round(self) -> None:
+        try:
+            self.backend.keepalive()
+        except Exception as exc:
+            self.round_trips.failed(exc)
+            raise
+        self.round_trips.succeeded()
+
+    def _first_round(self) -> None:
+        try:
+            self.pool.run(self._keepalive_round, urgent=True)
+        except Exception as exc:  # counted by round_trips; the keepalive retries
+            log.warning("first database round trip failed: %s", self.round_trips.error or exc)
+
+    def observe(self, now: float) -> Observation:
+        """What readiness needs of this worker at monotonic time ``now`` (no I/O)."""
+        listener = None
+        if self.listener is not None:
+            status = self.listener.status()
+            listener = ListenerSeen(
+                status.connected, status.connected_once, status.since, status.backfill_started
+            )
+        coordinator = None
+        if self.resumer is not None:
+            state = self.resumer.coordinator.state.value
+            coordinator = CoordinatorSeen(
+                state, self._coordinator_since.seen(state, now), self._coordinator_kind()
+            )
+        return Observation(
+            now=now,
+            draining=not self.hub.ready,
+            backend_loaded=self._started,
+            database=self.round_trips.seen() if self.keepalive is not None else None,
+            listener=listener,
+            coordinator=coordinator,
+        )
+
+    def _coordinator_kind(self) -> str:
+        if self.settings.zookeeper:
+            return "zookeeper"
+        return "sqlite" if self.settings.coordinator_path else "memory"
 
     def _refetch(self, specs: Sequence[QuerySpec]) -> Sequence[QueryData]:
         return self.pool.run(self.backend.fetch, specs, owner=REFETCH_OWNER)
@@ -146,6 +209,8 @@ class Node:
     def drain(self) -> None:
         """Graceful shutdown: not ready any more, then every session closed as going away."""
         self.hub.drain()
+        # At once, not at the next report: the other workers answer /readyz for the pod.
+        self.health.publish()
 
     def wait_sessions(self, timeout: float, beat: Callable[[], None] | None = None) -> bool:
         """Wait until every session is torn down (parked or dropped), at most ``timeout``
@@ -155,6 +220,7 @@ class Node:
     def stop(self) -> None:
         self.drain()
         self.ticker.stop()
+        self.health.stop()
         if self.housekeeper is not None:
             self.housekeeper.stop()
         if self.keepalive is not None:

@@ -23,7 +23,8 @@ through the few methods of ``StreamSink``. What is left here is the I/O and its 
 One greenlet owns the source: it runs LISTEN/UNLISTEN requests (``wake`` interrupts its
 wait) and drains notifications. Processing never waits on a client: fan-out only queues
 bytes (DESIGN.md 4: a listener that stops draining eventually blocks every notifying
-writer in PostgreSQL).
+writer in PostgreSQL). ``status()`` is a read-only snapshot of the connection and of a
+backfill in progress, for the worker's readiness (``relay.server.health``).
 
 Must not: block on sessions, decide routing (``relay.stream.fanout`` does), or reach into
 the streams' state (only ``StreamSink``'s methods).
@@ -35,6 +36,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import gevent
@@ -67,6 +69,20 @@ RETRY_FIRST, RETRY_MAX = 0.1, 5.0
 #: Longest wait for a notification (seconds); an idle wait ends by checking the
 #: connection is still alive.
 IDLE_WAIT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerStatus:
+    """A snapshot of the listener for readiness (monotonic times)."""
+
+    #: The LISTEN connection is up and every channel was caught up after (re)connecting.
+    connected: bool
+    #: It was connected at least once since the worker started.
+    connected_once: bool
+    #: When ``connected`` last changed (the listener's start, before the first connection).
+    since: float
+    #: When the backfill running now began; None when none runs.
+    backfill_started: float | None
 
 
 class StreamSink(Protocol):
@@ -114,6 +130,16 @@ class Listener:
         self._greenlet: gevent.Greenlet | None = None
         self.connected = False
         self.reconnects = 0
+        # Read by ``status()`` only: they never steer the loop.
+        self._connected_once = False
+        self._since = time.monotonic()
+        self._backfill_started: float | None = None
+
+    def status(self) -> ListenerStatus:
+        """Where the connection stands (cheap: no I/O)."""
+        return ListenerStatus(
+            self.connected, self._connected_once, self._since, self._backfill_started
+        )
 
     # -- requests from sessions (any greenlet) ------------------------------------------------
 
@@ -153,6 +179,8 @@ class Listener:
                 log.warning("listener connection lost (%s); reconnecting in %.1fs", exc, delay)
             except Exception:
                 log.exception("listener failed; reconnecting in %.1fs", delay)
+            if self.connected:
+                self._since = time.monotonic()
             self.connected = False
             self.source.close()
             gevent.sleep(delay)
@@ -167,6 +195,8 @@ class Listener:
         for channel in self.streams.channels():
             self._do_listen(channel)
         self.connected = True
+        self._connected_once = True
+        self._since = time.monotonic()
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -274,6 +304,13 @@ class Listener:
     def _backfill(self, channel: str) -> None:
         """Deliver every changelog row after the stream's position, in order."""
         started = time.monotonic()
+        self._backfill_started = started
+        try:
+            self._backfill_rows(channel, started)
+        finally:
+            self._backfill_started = None
+
+    def _backfill_rows(self, channel: str, started: float) -> None:
         streams = self.streams
         source = self.source
         rechecked = False

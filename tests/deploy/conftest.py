@@ -35,9 +35,12 @@ def settings_envs() -> list[str]:
 
 
 def gunicorn_envs() -> list[str]:
-    """The RELAY_* variables relay/server/gunicorn_conf.py reads."""
+    """The RELAY_* variables relay/server/gunicorn_conf.py reads from the operator: not the
+    ones it sets itself for its workers (``os.environ["RELAY_HEALTH_DIR"] = ...``)."""
     source = (ROOT / "relay" / "server" / "gunicorn_conf.py").read_text()
-    return sorted(set(re.findall(r"""environ(?:\.get)?\(\s*["'](RELAY_[A-Z0-9_]+)""", source)))
+    read = set(re.findall(r"""environ(?:\.get)?\(\s*["'](RELAY_[A-Z0-9_]+)""", source))
+    own = set(re.findall(r"""environ\[\s*["'](RELAY_[A-Z0-9_]+)["']\s*\]\s*=""", source))
+    return sorted(read - own)
 
 
 def all_envs() -> list[str]:

@@ -93,7 +93,7 @@ def _connect(cluster: Cluster) -> DDPClient:
 
 
 def _run(cluster: Cluster, clients: list[DDPClient]) -> None:
-    ports = [relay.port for relay in cluster.relays]
+    ports = [relay.internal_port for relay in cluster.relays]
     assert len(set(ports)) == 3 and cluster.port not in ports
     assert all(relay.env["RELAY_ZOOKEEPER"] == cluster.zk_connect for relay in cluster.relays)
     assert cluster.zk_connect.count(",") == 2

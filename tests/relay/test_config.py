@@ -47,6 +47,27 @@ VALUES: dict[str, tuple[str, object]] = {
     "RELAY_ZOOKEEPER": ("zk1:2181,zk2:2181", "zk1:2181,zk2:2181"),
     "RELAY_COORDINATOR_PATH": ("/run/relay/coord.db", "/run/relay/coord.db"),
     "RELAY_METRICS": ("no", False),
+    "RELAY_INTERNAL_PORT": ("9000", 9000),
+    "RELAY_INTERNAL_HOST": ("0.0.0.0", "0.0.0.0"),
+    "RELAY_COORDINATOR_REQUIRED": ("false", False),
+    "RELAY_ZOOKEEPER_DIGEST": ("relay:pa55:word", "relay:pa55:word"),
+    "RELAY_ZOOKEEPER_TLS": ("true", True),
+    "RELAY_ZOOKEEPER_TLS_CA": (__file__, __file__),
+    "RELAY_ZOOKEEPER_TLS_CERT": (__file__, __file__),
+    "RELAY_ZOOKEEPER_TLS_KEY": (__file__, __file__),
+    "RELAY_ZOOKEEPER_TLS_VERIFY": ("false", False),
+}
+_ZK = {"RELAY_ZOOKEEPER": "zk1:2181"}
+_TLS = {**_ZK, "RELAY_ZOOKEEPER_TLS": "true"}
+_PAIR = {**_TLS, "RELAY_ZOOKEEPER_TLS_CERT": __file__, "RELAY_ZOOKEEPER_TLS_KEY": __file__}
+#: What a variable needs beside it to be accepted (validate() refuses it alone).
+NEEDS: dict[str, dict[str, str]] = {
+    "RELAY_ZOOKEEPER_DIGEST": _ZK,
+    "RELAY_ZOOKEEPER_TLS": _ZK,
+    "RELAY_ZOOKEEPER_TLS_CA": _TLS,
+    "RELAY_ZOOKEEPER_TLS_VERIFY": _TLS,
+    "RELAY_ZOOKEEPER_TLS_CERT": _PAIR,
+    "RELAY_ZOOKEEPER_TLS_KEY": _PAIR,
 }
 
 
@@ -82,7 +103,7 @@ def test_an_empty_environment_gives_the_defaults() -> None:
 @pytest.mark.parametrize("variable", sorted(VALUES))
 def test_each_variable_is_parsed_into_its_setting(variable: str) -> None:
     raw, expected = VALUES[variable]
-    settings = Settings.from_env({variable: raw})
+    settings = Settings.from_env({**NEEDS.get(variable, {}), variable: raw})
     name = next(f.name for f in fields(Settings) if f.metadata["env"] == variable)
     value = getattr(settings, name)
     assert value == expected and type(value) is type(expected)

@@ -11,6 +11,7 @@ are gevent sleeps: a test that needs something to happen meanwhile spawns a gree
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from prometheus_client import REGISTRY
 from coordinator import CoordinatorError, FencedError, Member, SessionRecord, State
 from coordinator.memory import MemoryCoordinator, MemoryStore
 from coordinator.sqlite import SQLiteCoordinator
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.metrics import get_metrics
 from relay.protocol.ids import session_tag
 from relay.resume.memory import MemoryParkStore
@@ -697,3 +698,14 @@ def test_log_lines_name_a_session_by_its_tag_even_inside_an_error_text() -> None
     text = redacted(FencedError("session aGAyuyZwCFxWdJyGm is not parked"), "aGAyuyZwCFxWdJyGm")
     assert "aGAyuyZwCFxWdJyGm" not in text
     assert text == f"session {session_tag('aGAyuyZwCFxWdJyGm')} is not parked"
+
+
+def test_zookeeper_without_kazoo_is_a_config_error_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kazoo is the ``zookeeper`` extra: a relay told to use ZooKeeper without it says so."""
+    monkeypatch.delitem(sys.modules, "coordinator.zk", raising=False)
+    monkeypatch.setitem(sys.modules, "kazoo", None)  # import kazoo -> ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "kazoo.client", None)
+    with pytest.raises(ConfigError, match=r"ddp-relay\[zookeeper\]"):
+        build_coordinator(Settings.from_env({"RELAY_ZOOKEEPER": "127.0.0.1:1"}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from relay.config import Settings
@@ -33,7 +35,7 @@ def call(app: RelayApp, path: str = "/websocket", **extra: str) -> tuple[str, by
 
 def test_upgrades_past_the_connection_limit_are_refused_with_503() -> None:
     settings = Settings(worker_connections=2)
-    node = Node(settings, FakeBackend())  # type: ignore[arg-type]
+    node = Node(settings, FakeBackend())
     app = RelayApp(settings, node, lambda environ, start_response: [])
     open_ = [FakeMember(), FakeMember()]
     for member in open_:
@@ -47,7 +49,7 @@ def test_upgrades_past_the_connection_limit_are_refused_with_503() -> None:
 
 def test_upgrades_past_the_limit_per_address_are_refused_with_429() -> None:
     settings = Settings(max_connections_per_address=1, forwarded_count=1)
-    node = Node(settings, FakeBackend())  # type: ignore[arg-type]
+    node = Node(settings, FakeBackend())
     app = RelayApp(settings, node, lambda environ, start_response: [])
     assert node.gate.open_socket("203.0.113.7")  # one socket of that client is open
     refused = call(app, HTTP_X_FORWARDED_FOR="203.0.113.7")
@@ -63,3 +65,122 @@ def test_the_client_address_is_the_socket_or_what_trusted_proxies_forwarded() ->
     assert handshake_of(environ, 1).remote_addr == "203.0.113.7"  # the one ours appended
     assert handshake_of(environ, 2).remote_addr == "6.6.6.6"
     assert handshake_of(environ, 3).remote_addr == ""  # fewer entries than proxies
+
+
+# -- the public and the internal port ----------------------------------------------------------
+
+
+class Fallback:
+    """The project's WSGI app: records what reached it."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        self.paths.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"django\n"]
+
+
+def get(app: RelayApp, path: str, port: int = 8000, **extra: str) -> tuple[str, bytes]:
+    """A plain GET that came in on the listener of ``port``."""
+    seen: list[str] = []
+
+    def start_response(status: str, headers: Any) -> None:
+        seen.append(status)
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": str(port),
+        "PATH_INFO": path,
+        "REMOTE_ADDR": "10.0.0.9",
+        **extra,
+    }
+    body = b"".join(app(environ, start_response))
+    return seen[0], body
+
+
+def relay_app(**settings: Any) -> tuple[RelayApp, Fallback]:
+    config = Settings(**settings)
+    fallback = Fallback()
+    return RelayApp(config, Node(config, FakeBackend()), fallback), fallback
+
+
+def test_one_port_serves_ddp_health_metrics_and_the_project() -> None:
+    app, fallback = relay_app()
+    status, body = get(app, "/metrics")
+    assert status == "200 OK" and b"ddp_relay_ready" in body
+    status, body = get(app, "/readyz")
+    assert status == "200 OK" and json.loads(body)["status"] == "ready"
+    assert get(app, "/livez") == ("200 OK", b"live: every worker's loop is running\n")
+    assert get(app, "/healthz")[0] == "200 OK"
+    # Not started: create_app starts the node (backend loaded), this test did not.
+    assert get(app, "/startupz") == (
+        "503 Service Unavailable",
+        b"starting: 0 of 1 workers started\n",
+    )
+    assert get(app, "/admin/") == ("200 OK", b"django\n")
+    assert fallback.paths == ["/admin/"]
+
+
+def test_the_internal_port_serves_health_and_metrics_only() -> None:
+    app, fallback = relay_app(internal_port=9000)
+    status, body = get(app, "/metrics", 9000)
+    assert status == "200 OK" and b"ddp_relay_ready" in body
+    status, body = get(app, "/readyz", 9000)
+    detail = json.loads(body)
+    assert status == "200 OK" and detail["status"] == "ready"
+    assert set(detail["checks"]) == {"draining", "postgres", "listener", "coordinator"}
+    assert detail["checks"]["coordinator"] == {
+        "ok": True,
+        "reason": "resuming off",
+        "required": True,
+        "state": None,
+    }
+    assert get(app, "/livez", 9000)[0] == "200 OK"
+    assert get(app, "/healthz", 9000)[0] == "200 OK"
+    assert get(app, "/startupz", 9000)[0] == "503 Service Unavailable"
+    # Neither DDP nor the project is reachable on it.
+    assert get(app, "/admin/", 9000) == ("404 Not Found", b"Not found\n")
+    assert get(app, "/sockjs/info", 9000)[0] == "404 Not Found"
+    assert call(app, "/websocket", SERVER_PORT="9000")[0] == "404 Not Found"
+    assert fallback.paths == []
+
+
+def test_the_public_port_hides_metrics_and_answers_readyz_tersely() -> None:
+    app, fallback = relay_app(internal_port=9000)
+    assert get(app, "/metrics") == ("404 Not Found", b"Not found\n")
+    assert get(app, "/readyz") == ("200 OK", b"ready\n")
+    assert get(app, "/sockjs/info")[0] == "200 OK"
+    # The other health paths are the project's: the relay claims only /readyz there.
+    assert get(app, "/livez") == ("200 OK", b"django\n")
+    assert get(app, "/healthz") == ("200 OK", b"django\n")
+    assert fallback.paths == ["/livez", "/healthz"]
+
+
+def test_the_listener_is_told_by_its_port_never_by_the_host_header() -> None:
+    app, _ = relay_app(internal_port=9000)
+    spoofed = get(app, "/metrics", 8000, HTTP_HOST="relay:9000", HTTP_X_FORWARDED_PORT="9000")
+    assert spoofed == ("404 Not Found", b"Not found\n")
+    assert get(app, "/metrics", 9000, HTTP_HOST="relay:8000")[0] == "200 OK"
+
+
+def test_draining_is_503_on_both_ports_with_the_reason_inside() -> None:
+    app, _ = relay_app(internal_port=9000)
+    app.node.drain()
+    assert get(app, "/readyz") == ("503 Service Unavailable", b"not ready\n")
+    status, body = get(app, "/readyz", 9000)
+    detail = json.loads(body)
+    assert status == "503 Service Unavailable" and detail["status"] == "not ready"
+    assert detail["checks"]["draining"]["ok"] is False
+    assert detail["checks"]["draining"]["failing_workers"] == [os.getpid()]
+    # A worker that drains is still live: a restart would not help it.
+    assert get(app, "/livez", 9000)[0] == "200 OK"
+
+
+def test_metrics_switched_off_are_404_on_the_internal_port_too() -> None:
+    app, _ = relay_app(internal_port=9000, metrics=False)
+    assert get(app, "/metrics", 9000)[0] == "404 Not Found"
+    assert get(app, "/readyz", 9000)[0] == "200 OK"
