@@ -77,14 +77,16 @@ class VendorFinder(BaseFinder):
         ]
 
     @overload
-    def find(self, path: str, find_all: Literal[False] = False) -> str | None: ...
+    def find(self, path: str, find_all: Literal[False] = False) -> str | list[str]: ...
     @overload
     def find(self, path: str, find_all: Literal[True]) -> list[str]: ...
-    def find(self, path: str, find_all: bool = False, **kwargs: Any) -> str | list[str] | None:
+    def find(self, path: str, find_all: bool = False, **kwargs: Any) -> str | list[str]:
+        # Not found is [] either way, as Django's own finders answer: its ``find()`` gathers
+        # every finder's result into a list, and a None there would come back as a match.
         found = self._path_of(path)
-        if find_all:
-            return [] if found is None else [found]
-        return found
+        if found is None:
+            return []
+        return [found] if find_all else found
 
     def list(self, ignore_patterns: Iterable[str] | None) -> Iterator[tuple[str, Storage]]:
         for name, rel in VENDOR_FILES.items():

@@ -57,7 +57,7 @@ def test_every_vendor_file_is_found_under_its_static_name(tmp_path: Path) -> Non
 )
 def test_nothing_else_of_node_modules_is_found(tmp_path: Path, path: str) -> None:
     finder = VendorFinder(installed(tmp_path))
-    assert finder.find(path) is None
+    assert finder.find(path) == []
     assert finder.find(path, find_all=True) == []
 
 
@@ -85,10 +85,10 @@ def test_found_exactly_when_the_path_is_a_served_name(fake_modules: Path, path: 
     and then it is that name's file."""
     model = {f"{PREFIX}/{name}": str(fake_modules / rel) for name, rel in VENDOR_FILES.items()}
     finder = VendorFinder(fake_modules)
-    assert finder.find(path) == model.get(path)
+    assert finder.find(path) == model.get(path, [])
     assert finder.find(path, find_all=True) == ([model[path]] if path in model else [])
     # Nothing installed: nothing found, whatever the path.
-    assert VendorFinder(fake_modules / "missing").find(path) is None
+    assert VendorFinder(fake_modules / "missing").find(path) == []
 
 
 def test_a_missing_bundle_is_a_check_warning_naming_it(tmp_path: Path) -> None:
@@ -97,7 +97,7 @@ def test_a_missing_bundle_is_a_check_warning_naming_it(tmp_path: Path) -> None:
     [warning] = finder.check()
     assert warning.id == "demo.W001" and missing in warning.msg
     assert "npm ci" in str(warning.hint)
-    assert finder.find(f"{PREFIX}/{missing}") is None
+    assert finder.find(f"{PREFIX}/{missing}") == []
     assert [path for path, _ in finder.list(None)] == [n for n in VENDOR_FILES if n != missing]
 
 

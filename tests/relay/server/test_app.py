@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import pytest
 
 from relay.config import Settings
 from relay.server.app import RelayApp, handshake_of
@@ -102,13 +105,30 @@ def get(app: RelayApp, path: str, port: int = 8000, **extra: str) -> tuple[str, 
     return seen[0], body
 
 
-def relay_app(**settings: Any) -> tuple[RelayApp, Fallback]:
-    config = Settings(**settings)
-    fallback = Fallback()
-    return RelayApp(config, Node(config, FakeBackend()), fallback), fallback
+MakeApp = Callable[..., tuple[RelayApp, Fallback]]
 
 
-def test_one_port_serves_ddp_health_metrics_and_the_project() -> None:
+@pytest.fixture
+def relay_app() -> Iterator[MakeApp]:
+    """A relay app whose node has started (``create_app`` starts it; a node that has not
+    is not ready: the pod is still starting), stopped after the test."""
+    nodes: list[Node] = []
+
+    def make(*, start: bool = True, **settings: Any) -> tuple[RelayApp, Fallback]:
+        config = Settings(**settings)
+        fallback = Fallback()
+        node = Node(config, FakeBackend())
+        nodes.append(node)
+        if start:
+            node.start()
+        return RelayApp(config, node, fallback), fallback
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+def test_one_port_serves_ddp_health_metrics_and_the_project(relay_app: MakeApp) -> None:
     app, fallback = relay_app()
     status, body = get(app, "/metrics")
     assert status == "200 OK" and b"ddp_relay_ready" in body
@@ -116,16 +136,12 @@ def test_one_port_serves_ddp_health_metrics_and_the_project() -> None:
     assert status == "200 OK" and json.loads(body)["status"] == "ready"
     assert get(app, "/livez") == ("200 OK", b"live: every worker's loop is running\n")
     assert get(app, "/healthz")[0] == "200 OK"
-    # Not started: create_app starts the node (backend loaded), this test did not.
-    assert get(app, "/startupz") == (
-        "503 Service Unavailable",
-        b"starting: 0 of 1 workers started\n",
-    )
+    assert get(app, "/startupz") == ("200 OK", b"started: 1 of 1 workers started\n")
     assert get(app, "/admin/") == ("200 OK", b"django\n")
     assert fallback.paths == ["/admin/"]
 
 
-def test_the_internal_port_serves_health_and_metrics_only() -> None:
+def test_the_internal_port_serves_health_and_metrics_only(relay_app: MakeApp) -> None:
     app, fallback = relay_app(internal_port=9000)
     status, body = get(app, "/metrics", 9000)
     assert status == "200 OK" and b"ddp_relay_ready" in body
@@ -141,7 +157,7 @@ def test_the_internal_port_serves_health_and_metrics_only() -> None:
     }
     assert get(app, "/livez", 9000)[0] == "200 OK"
     assert get(app, "/healthz", 9000)[0] == "200 OK"
-    assert get(app, "/startupz", 9000)[0] == "503 Service Unavailable"
+    assert get(app, "/startupz", 9000)[0] == "200 OK"
     # Neither DDP nor the project is reachable on it.
     assert get(app, "/admin/", 9000) == ("404 Not Found", b"Not found\n")
     assert get(app, "/sockjs/info", 9000)[0] == "404 Not Found"
@@ -149,7 +165,7 @@ def test_the_internal_port_serves_health_and_metrics_only() -> None:
     assert fallback.paths == []
 
 
-def test_the_public_port_hides_metrics_and_answers_readyz_tersely() -> None:
+def test_the_public_port_hides_metrics_and_answers_readyz_tersely(relay_app: MakeApp) -> None:
     app, fallback = relay_app(internal_port=9000)
     assert get(app, "/metrics") == ("404 Not Found", b"Not found\n")
     assert get(app, "/readyz") == ("200 OK", b"ready\n")
@@ -160,14 +176,14 @@ def test_the_public_port_hides_metrics_and_answers_readyz_tersely() -> None:
     assert fallback.paths == ["/livez", "/healthz"]
 
 
-def test_the_listener_is_told_by_its_port_never_by_the_host_header() -> None:
+def test_the_listener_is_told_by_its_port_never_by_the_host_header(relay_app: MakeApp) -> None:
     app, _ = relay_app(internal_port=9000)
     spoofed = get(app, "/metrics", 8000, HTTP_HOST="relay:9000", HTTP_X_FORWARDED_PORT="9000")
     assert spoofed == ("404 Not Found", b"Not found\n")
     assert get(app, "/metrics", 9000, HTTP_HOST="relay:8000")[0] == "200 OK"
 
 
-def test_draining_is_503_on_both_ports_with_the_reason_inside() -> None:
+def test_draining_is_503_on_both_ports_with_the_reason_inside(relay_app: MakeApp) -> None:
     app, _ = relay_app(internal_port=9000)
     app.node.drain()
     assert get(app, "/readyz") == ("503 Service Unavailable", b"not ready\n")
@@ -180,7 +196,20 @@ def test_draining_is_503_on_both_ports_with_the_reason_inside() -> None:
     assert get(app, "/livez", 9000)[0] == "200 OK"
 
 
-def test_metrics_switched_off_are_404_on_the_internal_port_too() -> None:
+def test_metrics_switched_off_are_404_on_the_internal_port_too(relay_app: MakeApp) -> None:
     app, _ = relay_app(internal_port=9000, metrics=False)
     assert get(app, "/metrics", 9000)[0] == "404 Not Found"
     assert get(app, "/readyz", 9000)[0] == "200 OK"
+
+
+def test_a_node_that_has_not_started_is_not_ready(relay_app: MakeApp) -> None:
+    """Before ``create_app`` has started the node (backend loaded, first listener
+    connection), the pod is starting: not ready, whatever its checks say."""
+    app, _ = relay_app(start=False)
+    status, body = get(app, "/readyz")
+    assert status == "503 Service Unavailable"
+    assert json.loads(body)["reason"] == "starting: 0 of 1 workers started"
+    assert get(app, "/startupz") == (
+        "503 Service Unavailable",
+        b"starting: 0 of 1 workers started\n",
+    )
