@@ -16,11 +16,11 @@ Inside, a module imports only modules listed before it here, function-level impo
 included (no circles; ``tests/django_app/test_layers.py`` keeps it so):
 
 1. leaves: ``conf`` (``DDP_*`` settings), ``channel``, ``exceptions``, ``cursor``,
-   ``models`` (``LoginToken``, presence), ``signals`` (connection hooks), ``streams``
-   (event stream declarations), ``ejson_types`` (``ejson_type``), ``coroutines``
-   (awaiting ``async def`` functions), then ``serializer``, ``signature``, ``ordering``
-   (a sorted, sliced cursor as a live window), ``modifiers`` (Mongo update modifiers
-   as SQL),
+   ``models`` (``LoginToken``, presence, session traces), ``signals`` (connection
+   hooks), ``streams`` (event stream declarations), ``ejson_types`` (``ejson_type``),
+   ``coroutines`` (awaiting ``async def`` functions), then ``serializer``,
+   ``signature``, ``ordering`` (a sorted, sliced cursor as a live window), ``modifiers``
+   (Mongo update modifiers as SQL),
    ``accounts.passwords`` (Meteor's digest) and ``accounts.tokens`` (login tokens);
 2. ``collection`` (one published model) and ``accounts.revocation`` (the token
    revocation settings, ``user_logged_out``), then ``mutator`` (a collection's Meteor
@@ -33,9 +33,10 @@ included (no circles; ``tests/django_app/test_layers.py`` keeps it so):
    ``publications`` (``@publish``, ``Publication``), ``triggers``, ``checks``;
 5. ``fields`` (``MeteorIdField``), ``changes`` (``touch``, ``prune``), ``events``
    (``publish_event``), ``presence`` (``present``);
-6. ``accounts.identity`` (the relay's ``Identity`` of a token), then
-   ``accounts.authenticators`` (``DDP_AUTHENTICATORS``) and ``accounts.methods`` (the
-   accounts methods, ``log_in``);
+6. ``accounts.identity`` (the relay's ``Identity`` of a token) and ``tracing`` (session
+   traces: start, stop, store, export), then ``accounts.authenticators``
+   (``DDP_AUTHENTICATORS``), ``accounts.methods`` (the accounts methods, ``log_in``) and
+   ``trace_replay`` (a recorded trace played against a relay);
 7. on top: ``backend`` (the relay's ``Backend``), ``apps``, ``ddp`` (the app's own
    declarations), ``admin`` and the management commands.
 """

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -93,6 +93,7 @@ from relay.backend import (
     Route,
     StreamOf,
     SubscriptionPlan,
+    TraceOrders,
     Window,
     WritePosition,
 )
@@ -345,6 +346,28 @@ class DjangoBackend:
         release the presence of workers whose lease expired (``django_app.presence``)."""
         with _db_call():
             presence.keepalive()
+
+    def trace_orders(self) -> TraceOrders:
+        """The session traces running now (``relay.backend.TraceBackend``)."""
+        from django_app.tracing import trace_orders  # models: see _new_identity
+
+        with _db_call():
+            return trace_orders()
+
+    def save_trace(
+        self,
+        trace_id: str,
+        relay: str,
+        session_id: str,
+        first: int,
+        frames: Sequence[Mapping[str, Any]],
+        stats: Mapping[str, int],
+    ) -> None:
+        """Store one batch of a traced session's frames (``django_app.tracing``)."""
+        from django_app.tracing import save_trace  # models: see _new_identity
+
+        with _db_call():
+            save_trace(trace_id, relay, session_id, first, frames, stats)
 
     def close(self) -> None:
         """Release this worker's presence, then close this thread's database connections

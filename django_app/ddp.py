@@ -9,6 +9,9 @@
 * the presence table (``django_app.models.Presence``) as collection
   ``DDP_PRESENCE_COLLECTION`` (``presence``), which ``django_app.presence.present``
   returns to publications;
+* the trace table (``django_app.models.SessionTrace``) as collection ``TRACE_COLLECTION``
+  with its target and ``until``, so a trace started, extended or stopped reaches every
+  relay (``django_app.tracing``);
 * Django's ``user_logged_out`` connected to ``revoke_django_session``, and the database
   ``Session`` model's ``post_delete`` to ``revoke_deleted_django_session``.
 
@@ -42,9 +45,10 @@ from django_app.collection import Collection
 from django_app.conf import ddp_settings
 from django_app.context import SubscriptionContext
 from django_app.cursor import Cursor
-from django_app.models import LoginToken, Presence
+from django_app.models import LoginToken, Presence, SessionTrace
 from django_app.publications import Publication
 from django_app.registries import registry
+from django_app.tracing import TRACE_COLLECTION
 from relay.limits.ratelimit import CHANGE_PASSWORD_RULE, DEFAULT_ACCOUNTS_RULE
 
 __all__ = ["LOGIN_SERVICE_CONFIGURATION", "USER_PUBLICATION", "LoginTokenCollection"]
@@ -72,6 +76,16 @@ class PresenceCollection(Collection):
     name = ddp_settings.PRESENCE_COLLECTION
     fields = ("topic", "user_id")
     rename = {"user_id": "userId"}
+
+
+@registry.register
+class SessionTraceCollection(Collection):
+    """The trace table on the change stream, never published: its target and ``until``
+    travel so that extending or stopping a trace (an update) reaches relays too."""
+
+    model = SessionTrace
+    name = TRACE_COLLECTION
+    fields = ("session_id", "user_id", "until")
 
 
 user_logged_out.connect(revoke_django_session, dispatch_uid="ddp_revoke_django_session")

@@ -9,6 +9,10 @@ admin shell inspect ``ddp_channel`` and ``ddp_changelog``, which the ``ddp`` mig
 create with SQL (``relay.protocol.changestream`` is their contract) and the database
 triggers fill (``managed = False``).
 
+``SessionTrace`` and ``TraceChunk`` are support traces (``django_app.tracing``): a trace
+switched on for one session or user until a time (published keys only: relays re-read
+the orders when it changes), and the frames relays recorded for it, in batches.
+
 ``Presence``, ``PresenceHold`` and ``PresenceLease`` are who is present on a topic
 (``django_app.presence`` writes them): one published row per member and topic, one
 private row per subscription holding it, one lease per relay worker.
@@ -34,6 +38,8 @@ __all__ = [
     "Presence",
     "PresenceHold",
     "PresenceLease",
+    "SessionTrace",
+    "TraceChunk",
 ]
 
 
@@ -148,3 +154,60 @@ class PresenceLease(models.Model):
 
     class Meta:
         db_table = "ddp_presence_lease"
+
+
+class SessionTrace(models.Model):
+    """``ddp_session_trace``: record the DDP frames of one session, or of every session of
+    one user, until ``until``; bounded per session by ``max_frames``, ``max_chars`` and
+    ``frame_chars`` (the relay's cut per frame), and in all by ``max_total_chars``."""
+
+    id = models.CharField(primary_key=True, max_length=17, default=random_id, editable=False)
+    session_id = models.CharField(max_length=64, null=True, blank=True, db_index=True)
+    user_id = models.CharField(max_length=64, null=True, blank=True, db_index=True)
+    until = models.DateTimeField(db_index=True)
+    max_frames = models.PositiveIntegerField(default=2000)
+    max_chars = models.PositiveIntegerField(default=1_000_000)
+    frame_chars = models.PositiveIntegerField(default=4096)
+    max_total_chars = models.PositiveBigIntegerField(default=20_000_000)
+    created = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    note = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "ddp_session_trace"
+        verbose_name = "session trace"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(session_id__isnull=False) | models.Q(user_id__isnull=False),
+                name="ddp_session_trace_has_target",
+            )
+        ]
+
+    def __str__(self) -> str:
+        target = f"session {self.session_id}" if self.session_id else f"user {self.user_id}"
+        return f"trace {self.pk} of {target}"
+
+
+class TraceChunk(models.Model):
+    """``ddp_trace_chunk``: one batch of frames a relay recorded for a trace: the relay
+    (host-pid), the session, the number of its first frame, the frames (JSON list, see
+    ``relay.server.trace``), their characters and the recorder's counters then."""
+
+    id = models.BigAutoField(primary_key=True)
+    trace = models.ForeignKey(SessionTrace, on_delete=models.CASCADE, related_name="chunks")
+    relay = models.CharField(max_length=255)
+    session_id = models.CharField(max_length=64)
+    first = models.PositiveIntegerField()
+    frames = models.JSONField()
+    chars = models.PositiveIntegerField()
+    stats = models.JSONField(default=dict)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "ddp_trace_chunk"
+        indexes = [
+            models.Index(fields=["trace", "session_id", "first"], name="ddp_trace_chunk_order")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}#{self.first} ({len(self.frames)} frames)"

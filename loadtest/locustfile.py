@@ -20,20 +20,20 @@ a load test is not something to point at another machine by accident. Set
 
 Every DDP request is reported with request type ``DDP`` under these names: ``connect``,
 ``books.all``, ``books.rename``, ``books.create``, ``books.remove``,
-``books.byAuthorEmail`` and ``unsub books.byAuthorEmail``. What each task does, and the
+``books.byAuthorEmail`` and ``unsub books.byAuthorEmail``; and every stamped rename a
+user's subscription receives (its own and the others') with request type ``LIVE``, name
+``commit-to-client`` (``loadtest/live.py``). What each task does, and the
 checks that turn a completed request into a failure, are in ``loadtest/scenario.py``.
 Everything it changes is undone, so the seeded data stays as it was.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
 
-from locust import User, between, task
-from locust.exception import StopUser
+from locust import between, task
 
 # locust puts this file's directory on sys.path, and the current directory; make the
 # `loadtest` package importable from any directory too (relay/ is pip-installed).
@@ -41,37 +41,24 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from loadtest.scenario import (  # noqa: E402
-    CONNECT,
-    DEFAULT_HOST,
-    BookstoreScenario,
-    env_flag,
-    is_loopback,
-)
-
-logger = logging.getLogger(__name__)
+from loadtest.scenario import BookstoreScenario, env_flag  # noqa: E402
+from loadtest.users import DDPUserBase  # noqa: E402
 
 
-class DDPUser(User):
+class DDPUser(DDPUserBase):
     """One Meteor-like client: connects, subscribes ``books.all``, then runs the tasks."""
 
-    host = DEFAULT_HOST
     wait_time = between(0.5, 2)
 
     scenario: BookstoreScenario | None = None
 
     def on_start(self) -> None:
-        host = self.host or DEFAULT_HOST
-        if not is_loopback(host) and not env_flag(os.environ, "LOADTEST_ALLOW_REMOTE"):
-            error = ValueError(f"{host} is not a loopback host (set LOADTEST_ALLOW_REMOTE=1)")
-            self._report(CONNECT, 0.0, 0, error)
-            logger.error("%s", error)
-            raise StopUser()
         self.scenario = BookstoreScenario(
-            host,
+            self.checked_host(),
             sockjs=env_flag(os.environ, "LOADTEST_SOCKJS"),
             check_live=env_flag(os.environ, "LOADTEST_CHECK_LIVE"),
-            report=self._report,
+            report=self.report,
+            live_report=self.report_live,
         )
         self.scenario.connect()  # a failure is reported; the next task tries again
 
@@ -79,18 +66,6 @@ class DDPUser(User):
         if self.scenario is not None:
             self.scenario.cleanup()
             self.scenario.close()
-
-    def _report(
-        self, name: str, response_time: float, length: int, exception: BaseException | None
-    ) -> None:
-        self.environment.events.request.fire(
-            request_type="DDP",
-            name=name,
-            response_time=response_time,
-            response_length=length,
-            exception=exception,
-            context={},
-        )
 
     @task(3)
     def rename_book(self) -> None:

@@ -12,7 +12,8 @@ What one user does (the example app, ``example/bookstore/ddp.py``):
 
 * connect (raw WebSocket ``ws://HOST/websocket``, or SockJS when asked) and subscribe
   ``books.all``;
-* rename a random book to ``<title> [locust <token>]`` and straight back to its title;
+* rename a random book to ``<title> [locust <token>@<sent_ms>]`` and straight back to its
+  title (the stamp lets subscribers report commit-to-client latency: ``loadtest/live.py``);
 * ``books.create`` with a ``randomSeed`` (the id must be the one ``RandomStream`` draws from
   that seed) then ``books.remove``;
 * subscribe ``books.byAuthorEmail`` for a random author, then unsubscribe.
@@ -42,6 +43,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from loadtest.live import LiveObserver, LiveReport, now_ms, stamp
 from relay.client import DDPClient, DDPClientError
 from relay.protocol.alea import RandomStream, collection_stream_name
 
@@ -155,6 +157,8 @@ class BookstoreScenario:
         rng: random.Random | None = None,
         timeout: float = 10.0,
         check_live: bool = False,
+        live_report: LiveReport | None = None,
+        keep_received: bool = True,
     ) -> None:
         self.url = ddp_url(host, sockjs=sockjs)
         self.sockjs = sockjs
@@ -162,6 +166,12 @@ class BookstoreScenario:
         self.rng = rng or random.Random()
         self.timeout = timeout
         self.check_live = check_live
+        #: With ``live_report``, every stamped rename this user's subscriptions receive
+        #: (its own and other users') is reported as a commit-to-client latency.
+        self.live = LiveObserver(live_report) if live_report is not None else None
+        #: False for users that only listen (no request measures what they received):
+        #: the client then keeps no message history, so long runs stay flat in memory.
+        self.keep_received = keep_received
         self.client: DDPClient | None = None
         #: book id -> title to restore, while a rename of ours may still stand.
         self.renamed: dict[str, str] = {}
@@ -175,7 +185,7 @@ class BookstoreScenario:
     def connect(self) -> bool:
         """Open a connection and subscribe ``books.all``; False (reported) on failure."""
         self.close()
-        client = DDPClient(self.url, sockjs=self.sockjs, timeout=self.timeout)
+        client = self.new_client()
         self._violations = self._errors = 0
         if not self._request(CONNECT, client, client.connect)[0]:
             self._close_quietly(client)
@@ -185,6 +195,16 @@ class BookstoreScenario:
             return False
         self.client = client
         return True
+
+    def new_client(self) -> DDPClient:
+        """A client for this user's connection, not yet connected."""
+        return DDPClient(
+            self.url,
+            sockjs=self.sockjs,
+            timeout=self.timeout,
+            on_message=self.live,
+            keep_received=self.keep_received,
+        )
 
     def ensure_connected(self) -> DDPClient | None:
         """The live client; reconnects (and reports a lost connection) when needed."""
@@ -227,7 +247,9 @@ class BookstoreScenario:
         book_id, title = self.rng.choice(books)
         base = self.renamed.get(book_id) or base_title(title)
         self.renamed[book_id] = base
-        new_title = renamed_title(base, secrets.token_hex(4))
+        # Stamped with the send time: subscribers report how long the change took to reach
+        # them (loadtest/live.py). ``base_title`` cuts the stamp off like any rename mark.
+        new_title = stamp(base, secrets.token_hex(4), now_ms())
         if not self._call(client, RENAME, book_id, new_title)[0]:
             return
         if self._call(client, RENAME, book_id, base)[0]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from relay.limits.ratelimit import Rule
 from relay.protocol.changestream import Change
@@ -347,6 +347,58 @@ class MethodOutcome:
     #: Close the session once ``result`` and ``updated`` are sent (Meteor's
     #: ``this.connection.close()``): not resumable, its client starts afresh.
     close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TraceOrder:
+    """One session trace switched on (a support case): record the frames of the sessions
+    whose id is ``session_id`` or whose user is ``user_id``, until ``until`` (Unix
+    time), at most ``max_frames`` frames and ``max_chars`` characters per session, each
+    frame cut at ``frame_chars`` characters (``relay.server.trace``)."""
+
+    id: str
+    session_id: str | None = None
+    user_id: str | None = None
+    until: float = 0.0
+    max_frames: int = 2000
+    max_chars: int = 1_000_000
+    frame_chars: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class TraceOrders:
+    """The traces switched on now, read in one snapshot with the position of ``route``:
+    the trace table on the change stream, whose every change makes relays read the
+    orders again (None: traces can only be read at start)."""
+
+    orders: tuple[TraceOrder, ...] = ()
+    route: Route | None = None
+    position: tuple[int, str] = (0, "")
+
+
+@runtime_checkable
+class TraceBackend(Protocol):
+    """What a backend adds to let sessions be traced at run time (optional: a backend
+    without these methods never traces). Both may block; the relay calls them from its
+    work pool only."""
+
+    def trace_orders(self) -> TraceOrders:
+        """The traces switched on now (``until`` still ahead)."""
+        ...
+
+    def save_trace(
+        self,
+        trace_id: str,
+        relay: str,
+        session_id: str,
+        first: int,
+        frames: Sequence[Mapping[str, Any]],
+        stats: Mapping[str, int],
+    ) -> None:
+        """Keep one batch of a session's recorded frames (``first`` is the number of
+        its first frame in the session's recording); a trace already full or gone
+        drops it silently."""
+        ...
 
 
 class Backend(Protocol):

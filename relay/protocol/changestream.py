@@ -18,8 +18,13 @@ Tables (created by ``django_app``'s migrations):
   history relays backfill from after a gap or a reconnect; pruned after a retention window.
 
 NOTIFY payload on the channel (always < 8000 bytes): JSON object
-``{"s": seq, "e": epoch, "x": txid, "c": [change, ...]}`` or, when the changes do not fit,
-``{"s": seq, "e": epoch, "x": txid, "r": true}`` (read them from ``ddp_changelog``).
+``{"s": seq, "e": epoch, "x": txid, "t": micros, "c": [change, ...]}`` or, when the changes
+do not fit, ``{"s": seq, "e": epoch, "x": txid, "t": micros, "r": true}`` (read them from
+``ddp_changelog``). ``t`` is the commit time in integer microseconds since the Unix epoch,
+by the database's clock (the flush runs just before the commit; the changelog row's
+``created_at`` holds the same instant), for the relays' commit-to-client latency. It is
+optional: payloads from writers older than migration 0006 have none and still decode
+(``Notification.committed`` is then None).
 
 A change: ``{"o": "i"|"u"|"d", "id": <primary key>, "f": {key: value, ...}}``; ``f`` holds
 the published columns by attname (``author_id``) and every declared related path
@@ -47,10 +52,11 @@ CHANGELOG_TABLE = "ddp_changelog"
 CHANNEL_TABLE = "ddp_channel"
 
 #: Changes of one channel after a position, in order (listener backfill). ``changes`` is
-#: read as text so that non-integer numbers are parsed as Decimal (``loads_payload``).
+#: read as text so that non-integer numbers are parsed as Decimal (``loads_payload``); the
+#: last column is the commit time in seconds since the Unix epoch (float).
 SELECT_SINCE = (
-    "SELECT seq, epoch, txid, changes::text FROM ddp_changelog"
-    " WHERE channel = %s AND seq > %s ORDER BY seq LIMIT %s"
+    "SELECT seq, epoch, txid, changes::text, extract(epoch FROM created_at)::float8"
+    " FROM ddp_changelog WHERE channel = %s AND seq > %s ORDER BY seq LIMIT %s"
 )
 #: The current position of a channel (absent row: nothing was ever published).
 SELECT_POSITION = "SELECT seq, epoch FROM ddp_channel WHERE channel = %s"
@@ -58,6 +64,13 @@ SELECT_POSITION = "SELECT seq, epoch FROM ddp_channel WHERE channel = %s"
 SELECT_ONE = "SELECT changes::text FROM ddp_changelog WHERE channel = %s AND seq = %s"
 #: Where a committed transaction's changes went (write fence after a method).
 SELECT_BY_TXID = "SELECT channel, seq FROM ddp_changelog WHERE txid = %s"
+
+#: Event streams' channels start with this (``django_app.streams.CHANNEL_PREFIX``).
+EVENT_CHANNEL_PREFIX = "ddp_ev_"
+#: The channel of presence rows (``django_app.models.Presence``, app label ``ddp``).
+PRESENCE_CHANNEL = "ddp_ddp_presence"
+#: What ``channel_class`` returns: the label values of the listener's lag metrics.
+CHANNEL_CLASSES = ("model", "event", "presence")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +95,8 @@ class Notification:
     txid: int
     #: None when the payload was too large and the changes must be read from the changelog.
     changes: tuple[Change, ...] | None
+    #: Commit time, seconds since the Unix epoch (database clock); None from old writers.
+    committed: float | None = None
 
 
 class PayloadError(ValueError):
@@ -120,14 +135,47 @@ def parse_notification(channel: str, payload: str) -> Notification:
     if not isinstance(seq, int) or not isinstance(epoch, str) or not isinstance(txid, int):
         raise PayloadError("payload needs integer s, string e and integer x")
     changes = None if obj.get("r") else parse_changes(obj.get("c"))
-    return Notification(channel, seq, epoch, txid, changes)
+    return Notification(channel, seq, epoch, txid, changes, commit_time(obj.get("t")))
 
 
-def encode_notification(seq: int, epoch: str, txid: int, changes: list[dict[str, Any]]) -> str:
-    """The payload a writer sends (used by tests and by writers not in PL/pgSQL)."""
-    body = json.dumps(
-        {"s": seq, "e": epoch, "x": txid, "c": changes}, separators=(",", ":"), default=str
-    )
+def commit_time(micros: Any) -> float | None:
+    """``t`` of a payload as seconds since the epoch; None when absent or not an integer
+    (a latency metric is not worth refusing a change for)."""
+    if type(micros) is not int:
+        return None
+    return micros / 1_000_000
+
+
+def encode_notification(
+    seq: int,
+    epoch: str,
+    txid: int,
+    changes: list[dict[str, Any]],
+    committed: float | None = None,
+) -> str:
+    """The payload a writer sends (used by tests and by writers not in PL/pgSQL);
+    ``committed`` (seconds since the epoch) becomes ``t``, omitted when None."""
+    head: dict[str, Any] = {"s": seq, "e": epoch, "x": txid}
+    if committed is not None:
+        head["t"] = round(committed * 1_000_000)
+    body = json.dumps({**head, "c": changes}, separators=(",", ":"), default=str)
     if len(body.encode()) <= MAX_PAYLOAD_BYTES:
         return body
-    return json.dumps({"s": seq, "e": epoch, "x": txid, "r": True}, separators=(",", ":"))
+    return json.dumps({**head, "r": True}, separators=(",", ":"))
+
+
+def channel_class(channel: str) -> str:
+    """Which kind of channel ``channel`` is, among ``CHANNEL_CLASSES``: an event stream's,
+    the presence rows', or a model's (everything else, partitions included)."""
+    if channel.startswith(EVENT_CHANNEL_PREFIX):
+        return "event"
+    if channel.startswith(PRESENCE_CHANNEL) and (
+        len(channel) == len(PRESENCE_CHANNEL) or _is_partition(channel[len(PRESENCE_CHANNEL) :])
+    ):
+        return "presence"
+    return "model"
+
+
+def _is_partition(suffix: str) -> bool:
+    """``_p17``: the suffix a partitioned channel's name ends with."""
+    return suffix.startswith("_p") and suffix[2:].isdigit()

@@ -20,6 +20,12 @@ it parks, one when it is claimed; none per message. Every decision is counted in
   the client's word: one that cannot be a session id is simply ``unknown``.
 - Housekeeping (on the coordinator's leader) forgets the records and the stored states
   whose window passed.
+- Metrics: a successful resume's duration (``ddp_relay_resume_seconds``); for the parked
+  sessions gauge, ``count_parked`` counts the stored states still inside their window
+  (the worker's sampler asks it on the leader only), which is why a resumed session's
+  stored state is deleted once claimed: the claim made it useless (the record is no
+  longer parked) and it would be counted, and held against its address's cap, until it
+  expired.
 
 Must not: touch sockets or DDP framing (the session does), or write per message.
 """
@@ -36,6 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
 
 import gevent
+import psycopg2
+import psycopg2.extensions
 
 from coordinator import (
     Coordinator,
@@ -45,13 +53,14 @@ from coordinator import (
     NotConnectedError,
     SessionExists,
     SessionNotFound,
+    State,
 )
 from coordinator.base import check_id
 from relay.config import ConfigError, Settings
 from relay.metrics import Metrics
 from relay.protocol.ids import session_tag
 from relay.resume.parked import ParkedSession
-from relay.resume.store import ParkedStore
+from relay.resume.store import TABLE, ParkedStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,6 +73,8 @@ PARK_WAIT_SECONDS = 2.0
 SUSPENDED_WAIT_SECONDS = 5.0
 #: The same, for a resume (the client is waiting: it gets a new session after this).
 RESUME_WAIT_SECONDS = 2.0
+#: The parked sessions still resumable (the sampler's gauge: the leader asks every few seconds).
+COUNT_PARKED = f"SELECT count(*) FROM {TABLE} WHERE expires_at > now()"
 
 #: The label values of ``ddp_relay_resumes_total{outcome}`` (a fixed table: the metric's
 #: cardinality never depends on what clients send).
@@ -157,6 +168,8 @@ class Resumer:
         self.store = store
         self.metrics = metrics
         self.relay_id = relay_id()
+        #: The connection ``count_parked`` uses (opened on first use, on the leader only).
+        self._counter: psycopg2.extensions.connection | None = None
 
     def start(self) -> None:
         # Never blocks the worker's start: a coordinator that is down is retried in the
@@ -177,6 +190,7 @@ class Resumer:
         except Exception:
             log.exception("coordinator stop failed")
         self.store.close()
+        self._close_counter()
 
     # -- the life of a session ----------------------------------------------------------------
 
@@ -266,6 +280,7 @@ class Resumer:
         ``accept(state)`` decides whether the reconnecting client may have the parked
         state (it runs before the claim, may block, and is called at most once)."""
         outcome: Resumed | Outcome
+        started = time.monotonic()
         try:
             check_id("session id", session_id)
         except ValueError:
@@ -289,7 +304,12 @@ class Resumer:
         if isinstance(outcome, str):
             self._count(outcome)
             return None
+        # Claimed: the stored state is spent (a later park writes a new one).
+        with contextlib.suppress(Exception):
+            self.store.delete(session_id)
         self._count("resumed")
+        if self.metrics is not None:
+            self.metrics.resume_seconds.observe(time.monotonic() - started)
         return outcome
 
     def _resume(
@@ -316,6 +336,11 @@ class Resumer:
             return "expired"
         state = self.store.load(session_id)
         if state is None:
+            # Claimed meanwhile by another relay (which deletes the spent state): fenced,
+            # not lost.
+            again = self.coordinator.get_session(session_id)
+            if again is not None and again.epoch != record.epoch:
+                return "fenced"
             return "lost"
         missed = state.missed_since(received_count)
         if missed is None:
@@ -350,6 +375,38 @@ class Resumer:
             self.store.delete_expired()
         except Exception as exc:
             log.warning("session housekeeping failed (park store): %s", exc)
+
+    def coordinator_connected(self) -> bool:
+        """The coordinator's session is up (SUSPENDED and LOST are not)."""
+        try:
+            return self.coordinator.state is State.CONNECTED
+        except Exception:
+            return False
+
+    def count_parked(self) -> int | None:
+        """How many parked sessions are still inside their window, cluster-wide (one
+        query on a connection of its own); None when the database cannot say."""
+        dsn = self.settings.database_url
+        if not dsn:
+            return None
+        try:
+            if self._counter is None or self._counter.closed:
+                self._counter = psycopg2.connect(dsn, application_name="ddp-relay metrics")
+                self._counter.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+            with self._counter.cursor() as cur:
+                cur.execute(COUNT_PARKED)
+                row = cur.fetchone()
+            return int(row[0]) if row is not None else 0
+        except psycopg2.Error as exc:
+            log.warning("could not count the parked sessions: %s", str(exc).strip())
+            self._close_counter()
+            return None
+
+    def _close_counter(self) -> None:
+        if self._counter is not None:
+            with contextlib.suppress(Exception):
+                self._counter.close()
+            self._counter = None
 
     def _count(self, outcome: Outcome) -> None:
         if self.metrics is not None:

@@ -15,6 +15,9 @@ project), but for the health and metrics endpoints, answered here:
   ``/metrics`` with 404;
 - with it at 0 (``make run``, small installs) one port serves all of it.
 
+At start it also sets ``ddp_relay_build_info`` (the relay's, Python's and Django's
+versions: Django's read from its installed metadata, not imported).
+
 Must not: monkey-patch (only ``relay.server.worker`` does), hold protocol logic, or do
 database work for a health request (``relay.server.readiness`` reads memory and files).
 """
@@ -22,13 +25,16 @@ database work for a health request (``relay.server.readiness`` reads memory and 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import json
 import logging
 import os
+import platform
 from collections.abc import Callable, Iterable
 from http.cookies import SimpleCookie
 from typing import Any
 
+import relay
 from relay import metrics
 from relay.backend import Backend, Handshake
 from relay.config import Settings
@@ -211,5 +217,16 @@ def create_app(settings: Settings | None = None) -> RelayApp:
     fallback: WSGIApp = load(settings.wsgi_app) if settings.wsgi_app else _not_found
     # Made by the gunicorn master (relay.server.gunicorn_conf) for its workers' reports.
     node = Node(settings, backend, os.environ.get("RELAY_HEALTH_DIR", ""))
+    metrics.set_build_info(
+        node.metrics, relay.__version__, platform.python_version(), _version("django")
+    )
     node.start()
     return RelayApp(settings, node, fallback)
+
+
+def _version(distribution: str) -> str:
+    """An installed distribution's version, or ``"none"``."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from relay.server.gate import Gate
     from relay.server.hub import Hub
     from relay.server.session import Session
+    from relay.server.tracebook import TraceBook
     from relay.server.workpool import WorkPool
     from relay.stream.fanout import Attachment, StreamTarget
     from relay.stream.interning import Interner
@@ -99,6 +100,12 @@ class SessionContext(Protocol):
         """None when sessions cannot be parked or resumed (no database, or window 0)."""
         ...
 
+    @property
+    def traces(self) -> TraceBook | None:
+        """The worker's support-trace orders (``relay.server.tracebook``); None when the
+        backend cannot trace."""
+        ...
+
     def run(
         self, fn: Callable[..., T], *args: Any, owner: Hashable | None = None, urgent: bool = False
     ) -> T:
@@ -140,6 +147,7 @@ class NodeContext:
         "session_opened",
         "settings",
         "streams",
+        "traces",
     )
 
     def __init__(
@@ -162,6 +170,8 @@ class NodeContext:
         self.streams = streams
         self.queries = queries
         self.resumer = resumer
+        #: Set by the node once this context exists (the book watches through it).
+        self.traces: TraceBook | None = None
         self.session_opened: Callable[[Session], None] = hub.opened
         self.session_connected: Callable[[Session], None] = hub.connected
         self.session_closed: Callable[[Session], None] = hub.closed

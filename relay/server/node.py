@@ -10,7 +10,9 @@ resumer, the hub (``relay.server.hub``: open sessions, readiness, drain), the ti
 a ``Session`` (``adopt``). ``drain()`` turns readiness false, then closes every session as
 "going away", for a graceful shutdown. The health reporter (``relay.server.readiness``)
 reads what the node's parts already know (draining, the keepalive's database round trips,
-the listener's and the coordinator's connections) through ``observe``.
+the listener's and the coordinator's connections) through ``observe``; so does the metrics
+sampler (``relay.server.sampler``: the state gauges, once a second), and the label values
+alerts use are created at 0 here (``relay.metrics.precreate``).
 
 Must not: parse DDP or touch sockets, keep session state itself (the hub does), or be
 imported by a session (sessions see only their ``SessionContext``).
@@ -25,13 +27,13 @@ from collections.abc import Set as AbstractSet
 
 import gevent.event
 
-from relay import logs
+from relay import disconnect, logs
 from relay.backend import Backend, Handshake, QueryData, QuerySpec
 from relay.config import Settings
 from relay.live.queries import LiveQueries
 from relay.live.query import QueryHost
-from relay.metrics import Metrics, get_metrics
-from relay.resume.resumer import Resumer, build_coordinator
+from relay.metrics import Metrics, get_metrics, precreate
+from relay.resume.resumer import OUTCOMES, Resumer, build_coordinator
 from relay.resume.store import ParkStore
 from relay.server.context import NodeContext
 from relay.server.gate import Gate
@@ -40,14 +42,21 @@ from relay.server.housekeeper import Housekeeper
 from relay.server.hub import Hub, Member
 from relay.server.keepalive import Keepalive
 from relay.server.readiness import Reporter, RoundTrips, Since
+from relay.server.sampler import Sampler, Sources
 from relay.server.session import Session
 from relay.server.ticker import Ticker
+from relay.server.tracebook import make_book
 from relay.server.workpool import WorkPool
 from relay.stream.fanout import Streams
 from relay.stream.listener import Listener
 from relay.transport import HeartbeatRegistry, Transport
 
 log = logging.getLogger(__name__)
+
+#: The label values of ``ddp_relay_disconnects_total{reason}`` (``relay.disconnect``'s table).
+DISCONNECT_NAMES = tuple(
+    d.name for d in vars(disconnect).values() if isinstance(d, disconnect.Disconnect)
+)
 
 #: The work pool's owner of live-query refetches: together they hold at most one owner's
 #: share of the pool, so a storm of refetches never starves sessions' calls.
@@ -68,7 +77,12 @@ class Node:
         # The backend configured logging (Django's LOGGING): throttle what clients cause.
         logs.install()
         self.metrics: Metrics = get_metrics()
-        self.pool = WorkPool(settings.backend_concurrency, on_exit=backend.close)
+        precreate(self.metrics, disconnects=DISCONNECT_NAMES, resumes=OUTCOMES)
+        self.pool = WorkPool(
+            settings.backend_concurrency,
+            on_exit=backend.close,
+            on_wait=self.metrics.workpool_wait_seconds.observe,
+        )
         self.hub = Hub(self.metrics)
         self.gate = Gate(settings, self.metrics, backend.rate_limit_rules())
         #: SockJS transports get their ``h`` frames from the same ticker.
@@ -114,8 +128,15 @@ class Node:
             self.hub,
             self.gate,
         )
+        self.context.traces = make_book(self.context)
         self.health = Reporter(
             self.observe, settings.coordinator_required, self.metrics.ready, health_dir
+        )
+        if self.listener is not None:
+            self.metrics.listener_connected.set(0)  # until it has connected and caught up
+        self.sampler = Sampler(
+            self.metrics,
+            Sources(self.pool, self._subscriptions_open, self.listener, self.resumer),
         )
 
     @property
@@ -131,6 +152,11 @@ class Node:
     def start(self) -> None:
         self.ticker.start()
         self.health.start()
+        try:
+            self.sampler.run_round()  # the gauges have values from the first scrape on
+        except Exception:
+            log.exception("the first metrics round failed")
+        self.sampler.start()
         if self.listener is not None:
             self.listener.start()
         if self.housekeeper is not None:
@@ -190,6 +216,9 @@ class Node:
             return "zookeeper"
         return "sqlite" if self.settings.coordinator_path else "memory"
 
+    def _subscriptions_open(self) -> int:
+        return sum(len(s.subs) for s in self.hub.members() if isinstance(s, Session))
+
     def _refetch(self, specs: Sequence[QuerySpec]) -> Sequence[QueryData]:
         return self.pool.run(self.backend.fetch, specs, owner=REFETCH_OWNER)
 
@@ -219,7 +248,10 @@ class Node:
 
     def stop(self) -> None:
         self.drain()
+        if self.context.traces is not None:
+            self.context.traces.stop()
         self.ticker.stop()
+        self.sampler.stop()
         self.health.stop()
         if self.housekeeper is not None:
             self.housekeeper.stop()

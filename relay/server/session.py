@@ -28,7 +28,7 @@ import logging
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,6 +38,7 @@ import gevent.event
 from relay import disconnect
 from relay.backend import ANONYMOUS, CallContext, ClientError, Handshake, Identity, MethodOutcome
 from relay.limits import address_key
+from relay.metrics import method_label
 from relay.protocol import messages
 from relay.protocol.alea import random_id
 from relay.protocol.connection import Heartbeat, HeartbeatAction, ServerConnection, State
@@ -55,6 +56,7 @@ from relay.protocol.messages import (
     Unsub,
 )
 from relay.resume.parked import ParkedSession, ParkedSubscription
+from relay.server import tracebook
 from relay.server.revocation import Watcher
 from relay.server.subscriptions import (
     UNIVERSAL_PREFIX,
@@ -68,6 +70,7 @@ from relay.transport import Inbound, Oversized, SharedFrames
 if TYPE_CHECKING:
     from relay.resume.resumer import Resumed
     from relay.server.context import SessionContext
+    from relay.server.tracebook import Tracer
     from relay.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -181,6 +184,9 @@ class Session:
         self.ended = gevent.event.Event()
         self.closed = False
         self.close_reason: str | None = None
+        #: The support trace recording this session's frames (``relay.server.tracebook``);
+        #: None, the rule, costs one test per frame.
+        self.trace: Tracer | None = None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -211,6 +217,8 @@ class Session:
     def feed(self, text: Inbound) -> None:
         """Handle one inbound DDP frame (from the socket greenlet)."""
         self.heartbeat.received(time.monotonic())
+        if self.trace is not None:
+            self.trace.received(text)
         metrics = self.ctx.metrics
         if isinstance(text, Oversized):
             # Dropped by the transport as it arrived; the session goes on (invariant I6).
@@ -233,7 +241,7 @@ class Session:
         if isinstance(msg, Ping):
             # Answered at once, outside the queue, and not counted (Meteor 3.5's rule).
             if not self.closed:
-                self.transport.send([messages.encode(messages.pong(msg.id))])
+                self._write([messages.encode(messages.pong(msg.id))])
             return
         if isinstance(msg, Pong):
             return
@@ -454,6 +462,8 @@ class Session:
         paused = self._revocation_pending  # live routing was stopped by a revocation
         self._revocation_pending = False
         self.identity = identity
+        if identity.user_id != previous.user_id:
+            tracebook.follow(self)  # a trace of the new user starts here
         self._watch_credential()
         if identity.user_id != previous.user_id or paused:
             # The same user again (a resume login, getNewToken) sees the same data.
@@ -510,6 +520,7 @@ class Session:
 
     def _connected(self) -> None:
         self.ctx.session_connected(self)
+        tracebook.follow(self)
         if self.conn.heartbeats:
             self._heartbeat_started = True
             self.heartbeat.received(time.monotonic())
@@ -534,7 +545,7 @@ class Session:
         self._log_size = 0
         self._log_extend([*kept, connected, *resumed.missed])
         self.sent_count = state.sent_count + 1
-        self.transport.send([connected, *resumed.missed])
+        self._write([connected, *resumed.missed])
         self.ctx.metrics.messages_sent.inc(1 + len(resumed.missed))
         self._connected()
         self._watch_credential()
@@ -720,7 +731,10 @@ class Session:
             reply = messages.encode(messages.result(msg.id, err=messages.INTERNAL_ERROR))
             outcome_label = "server_error"
         metrics.method_calls.labels(outcome=outcome_label).inc()
-        metrics.method_seconds.observe(time.monotonic() - started)
+        # Registered names only reach here (has_method); the label set stays bounded.
+        metrics.method_seconds.labels(method=method_label(msg.method)).observe(
+            time.monotonic() - started
+        )
         if outcome is not None and outcome.identity is not None:
             # Logged in or out: the subscriptions' difference goes before ``result``, as
             # Meteor's setUserId sends it (its client expects the user's document first).
@@ -810,15 +824,23 @@ class Session:
         self._log_extend(texts)
         if self.closed:
             return False
-        self.transport.send(texts, shared)
+        self._write(texts, shared)
         if not metered:
             self.ctx.metrics.messages_sent.inc(len(texts))
         return True
+
+    def _write(self, texts: Sequence[str], shared: SharedFrames | None = None) -> None:
+        """The one way out to the transport (what a trace records)."""
+        if self.trace is not None:
+            self.trace.sent(texts)
+        self.transport.send(texts, shared)
 
     # -- liveness and closing ---------------------------------------------------------------
 
     def tick(self, now: float) -> None:
         """Called about once a second by the worker's ticker (``relay.server.ticker``)."""
+        if self.trace is not None:
+            self.trace.tick()
         if self.closed:
             return
         if self.transport.closed:
@@ -833,7 +855,7 @@ class Session:
         action = self.heartbeat.poll(now)
         if action is HeartbeatAction.PING:
             # Pings are not counted in sent_count (Meteor 3.5's receivedCount rule).
-            self.transport.send(_PING)
+            self._write(_PING)
         elif action is HeartbeatAction.TIMEOUT:
             self.close(disconnect.HEARTBEAT_TIMEOUT)
 
@@ -869,6 +891,8 @@ class Session:
         if greenlets:
             gevent.joinall(greenlets, timeout=PARK_DRAIN_SECONDS)
         self._watcher.stop()
+        if self.trace is not None:
+            self.trace.finish("ended")
         try:
             parked = self._park_or_drop()
             self._closed_hook(parked)

@@ -15,12 +15,16 @@ calls; one owner may hold at most ``per_owner`` slots; and queued normal calls a
 round-robin across owners, so one address flooding the pool delays its own calls, not
 everyone's. Urgent calls go first whenever a slot is free.
 
+Saturation is observable: ``busy`` and ``size`` are read by the worker's sampler, and
+``on_wait`` (when given) is told how long each call waited for its slot, once per call.
+
 Must not: know about DDP, sessions or Django (the callables it runs do).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -42,6 +46,8 @@ class _Job:
     owner: Hashable | None
     urgent: bool
     done: gevent.event.AsyncResult = field(default_factory=gevent.event.AsyncResult)
+    #: When it was queued (monotonic): its wait ends when a slot takes it.
+    queued: float = 0.0
 
 
 class WorkPool:
@@ -59,9 +65,11 @@ class WorkPool:
         *,
         reserved: int | None = None,
         per_owner: int | None = None,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         self._size = size
         self._on_exit = on_exit
+        self._on_wait = on_wait
         if reserved is None:
             reserved = size // 4 if size > 3 else (1 if size > 1 else 0)
         self._normal_cap = max(1, size - max(0, reserved))
@@ -85,7 +93,7 @@ class WorkPool:
         """Run ``fn(*args)`` on a pool greenlet and return its result (or raise its error)."""
         if self._closed:
             raise RuntimeError("work pool is closed")
-        job = _Job(fn, args, owner, urgent)
+        job = _Job(fn, args, owner, urgent, queued=time.monotonic())
         if urgent:
             self._urgent.append(job)
         else:
@@ -96,6 +104,10 @@ class WorkPool:
     @property
     def busy(self) -> int:
         return self._running
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     @property
     def queued(self) -> int:
@@ -114,6 +126,11 @@ class WorkPool:
         if not job.urgent:
             self._running_normal += 1
             self._running_by_owner[job.owner] = self._running_by_owner.get(job.owner, 0) + 1
+        if self._on_wait is not None:
+            try:
+                self._on_wait(time.monotonic() - job.queued)
+            except Exception:  # a metric must not lose a job
+                log.exception("work pool wait hook failed")
         return job
 
     def _pick_normal(self) -> _Job | None:

@@ -23,6 +23,7 @@ or write to sockets directly.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,9 @@ class Transaction:
     epoch: str
     txid: int
     changes: Iterable[Change]
+    #: Commit time, seconds since the epoch (database clock); None when the writer did
+    #: not say (``relay.protocol.changestream``). Not part of the transaction's identity.
+    committed: float | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -92,6 +96,8 @@ class Batch:
     epoch: str
     txid: int
     changes: tuple[DecodedChange, ...]
+    #: The transaction's commit time (``Transaction.committed``).
+    committed: float | None = None
 
 
 class BatchCache:
@@ -305,7 +311,7 @@ class Streams:
             return
         batches = []
         for tx in transactions:
-            batch = Batch(tx.seq, tx.epoch, tx.txid, self._decode(channel, tx))
+            batch = Batch(tx.seq, tx.epoch, tx.txid, self._decode(channel, tx), tx.committed)
             stream.seq, stream.epoch = tx.seq, tx.epoch
             stream.ring.append(batch)
             batches.append(batch)
@@ -325,6 +331,14 @@ class Streams:
             self.metrics.changes_delivered.inc(len(batches))
             if sent:
                 self.metrics.messages_sent.inc(sent)
+                # Once per transaction, after every session's write (the targets write
+                # synchronously: a frame is on its socket, or queued behind a slow one):
+                # the latency of the last session this worker served.
+                now = time.time()
+                observe = self.metrics.commit_to_client_seconds.observe
+                for batch in batches:
+                    if batch.committed is not None:
+                        observe(max(0.0, now - batch.committed))
         self._wake(stream)
 
     def _decode(self, channel: str, tx: Transaction) -> tuple[DecodedChange, ...]:
@@ -347,20 +361,23 @@ class Streams:
             decoded.append(d)
         return tuple(decoded)
 
-    def lost_history(self, channel: str, seq: int, epoch: str) -> None:
-        """The listener cannot fill a gap: every target of the channel is told (``lost``)."""
+    def lost_history(self, channel: str, seq: int, epoch: str, reason: str = "epoch") -> None:
+        """The listener cannot fill a gap: every target of the channel is told (``lost``).
+        ``reason`` (one of ``relay.metrics.RESYNC_REASONS``) labels the resyncs."""
         stream = self.streams.get(channel)
         if stream is None:
             return
         stream.seq, stream.epoch = seq, epoch
         stream.ring.clear()
-        self._resync(stream, list(stream.attachments))
+        self._resync(stream, list(stream.attachments), reason)
         self._wake(stream)
 
-    def _resync(self, stream: ChannelStream, atts: list[Attachment]) -> None:
+    def _resync(
+        self, stream: ChannelStream, atts: list[Attachment], reason: str = "attach"
+    ) -> None:
+        if atts and self.metrics is not None:
+            self.metrics.resyncs.labels(reason=reason).inc(len(atts))
         for att in atts:
-            if self.metrics is not None:
-                self.metrics.resyncs.inc()
             att.target.lost(att)
 
     def _wake(self, stream: ChannelStream) -> None:
@@ -389,7 +406,7 @@ class Streams:
             log.exception("a stream target failed on %s", att.route.channel)
             att.cursor = max(att.cursor, batches[-1].seq)
             if self.metrics is not None:
-                self.metrics.resyncs.inc()
+                self.metrics.resyncs.labels(reason="target_error").inc()
             target.lost(att)
             return 0
 

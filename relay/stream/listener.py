@@ -26,6 +26,12 @@ bytes (DESIGN.md 4: a listener that stops draining eventually blocks every notif
 writer in PostgreSQL). ``status()`` is a read-only snapshot of the connection and of a
 backfill in progress, for the worker's readiness (``relay.server.health``).
 
+Metrics (``relay.metrics``): ``listener_connected`` follows ``connected`` as it changes;
+backfills and resyncs are counted by reason; how far behind the commits the listener runs
+goes into ``lag`` (``relay.stream.lag``: per notification, a subtraction and a compare)
+and ``backlog`` counts the notifications received and not yet routed; the worker's
+sampler reads those two about once a second.
+
 Must not: block on sessions, decide routing (``relay.stream.fanout`` does), or reach into
 the streams' state (only ``StreamSink``'s methods).
 """
@@ -58,6 +64,7 @@ from relay.stream.cursor import (
     judge_row,
 )
 from relay.stream.fanout import Transaction
+from relay.stream.lag import LagWindow
 from relay.stream.source import ChangeSource, PostgresSource, RawNotification, SourceError
 
 log = logging.getLogger(__name__)
@@ -100,9 +107,9 @@ class StreamSink(Protocol):
     def deliver_many(self, channel: str, transactions: Sequence[Transaction]) -> None:
         """Route the next transactions of ``channel`` (consecutive, the first the next)."""
 
-    def lost_history(self, channel: str, seq: int, epoch: str) -> None:
+    def lost_history(self, channel: str, seq: int, epoch: str, reason: str = "epoch") -> None:
         """The history up to ``(seq, epoch)`` cannot be replayed: the channel's targets
-        read their data again."""
+        read their data again (``reason``: one of ``relay.metrics.RESYNC_REASONS``)."""
 
     def adopt_epoch(self, channel: str, epoch: str) -> None:
         """The stream started without an epoch; ``epoch`` is its counter's."""
@@ -134,6 +141,10 @@ class Listener:
         self._connected_once = False
         self._since = time.monotonic()
         self._backfill_started: float | None = None
+        #: How far behind the commits routing runs, since the sampler last took it.
+        self.lag = LagWindow()
+        #: Notifications received and not yet routed (the sampler reads it).
+        self.backlog = 0
 
     def status(self) -> ListenerStatus:
         """Where the connection stands (cheap: no I/O)."""
@@ -181,7 +192,8 @@ class Listener:
                 log.exception("listener failed; reconnecting in %.1fs", delay)
             if self.connected:
                 self._since = time.monotonic()
-            self.connected = False
+            self._set_connected(False)
+            self.backlog = 0
             self.source.close()
             gevent.sleep(delay)
             delay = min(delay * 2, RETRY_MAX)
@@ -192,11 +204,17 @@ class Listener:
         # After a reconnect, everything sent meanwhile is only in the changelog.
         self._listening = set()
         self._commands.clear()
+        reason = "reconnect" if self._connected_once else "listen"
         for channel in self.streams.channels():
-            self._do_listen(channel)
-        self.connected = True
+            self._do_listen(channel, reason)
+        self._set_connected(True)
         self._connected_once = True
         self._since = time.monotonic()
+
+    def _set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        if self.metrics is not None:
+            self.metrics.listener_connected.set(1 if connected else 0)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -215,7 +233,7 @@ class Listener:
         if notes:
             self._on_notifies(notes)
 
-    def _do_listen(self, channel: str) -> None:
+    def _do_listen(self, channel: str, reason: str = "listen") -> None:
         if not self.streams.has(channel):
             return
         if channel not in self._listening:
@@ -225,7 +243,7 @@ class Listener:
         # the channel is still LISTENed: its stream may have been dropped and created again
         # (the last subscriber left, a new one came) at an older snapshot's position, and
         # must not wait for the next commit to catch up.
-        self._backfill(channel)
+        self._backfill(channel, reason)
 
     def _on_notifies(self, notes: Sequence[RawNotification]) -> None:
         """Handle notifications in arrival order (``relay.stream.cursor`` decides what each
@@ -234,8 +252,11 @@ class Listener:
         channel) first delivers the run, so every channel's order is kept."""
         streams = self.streams
         metrics = self.metrics
+        lag = self.lag
         run: Run[Transaction] = Run(COALESCE_MAX)
+        self.backlog = len(notes)
         for raw in notes:
+            self.backlog -= 1
             channel = raw.channel
             if run.blocks(channel):
                 self._deliver_run(run)
@@ -249,11 +270,15 @@ class Listener:
             except PayloadError as exc:
                 log.error("ignoring a malformed notification on %s: %s", channel, exc)
                 continue
+            if note.epoch == position[1] or not position[1]:  # another epoch: not comparable
+                lag.behind(channel, note.seq - position[0])
             at = run.position(position)
             step = judge(at, note)
             if step is DELIVER:
                 # Inline changes (never None on this step).
-                tx = Transaction(note.seq, note.epoch, note.txid, note.changes or ())
+                tx = Transaction(
+                    note.seq, note.epoch, note.txid, note.changes or (), note.committed
+                )
             elif step is DROP:
                 continue  # already delivered (by a backfill)
             elif step is FETCH:
@@ -267,19 +292,19 @@ class Listener:
                     # Pruned before we read it (or the counter restarted in another epoch
                     # meanwhile): the changelog has whatever is left.
                     self._deliver_run(run)
-                    self._backfill(channel)
+                    self._backfill(channel, "spill_gone")
                     continue
-                tx = Transaction(note.seq, note.epoch, note.txid, changes)
+                tx = Transaction(note.seq, note.epoch, note.txid, changes, note.committed)
             elif step is BACKFILL:
                 self._deliver_run(run)
-                self._backfill(channel)
+                self._backfill(channel, "gap")
                 continue
             else:  # RESYNC: another epoch
                 self._deliver_run(run)
                 log.warning(
                     "channel %s changed epoch (%s -> %s): resync", channel, at[1], note.epoch
                 )
-                streams.lost_history(channel, note.seq, note.epoch)
+                streams.lost_history(channel, note.seq, note.epoch, reason="epoch")
                 continue
             if run.add(channel, tx):
                 self._deliver_run(run)
@@ -288,6 +313,9 @@ class Listener:
     def _deliver_run(self, run: Run[Transaction]) -> None:
         if run.items:
             channel = run.channel
+            committed = run.items[0].committed  # the oldest of the run
+            if committed is not None:
+                self.lag.late(channel, time.time() - committed)
             self.streams.deliver_many(channel, run.take())
             # Let the rest of the worker run between deliveries (gunicorn's heartbeat
             # among them: a worker that never yields is killed as hung).
@@ -299,10 +327,13 @@ class Listener:
         the row is behind the stream), instead of failing every reconnect of the worker's
         listener."""
         log.error("channel %s: unreadable changelog row (%s): resync", channel, exc)
-        self.streams.lost_history(channel, *self.source.read_counter(channel))
+        self.streams.lost_history(channel, *self.source.read_counter(channel), reason="unreadable")
 
-    def _backfill(self, channel: str) -> None:
-        """Deliver every changelog row after the stream's position, in order."""
+    def _backfill(self, channel: str, reason: str = "listen") -> None:
+        """Deliver every changelog row after the stream's position, in order (``reason``:
+        one of ``relay.metrics.BACKFILL_REASONS``, for the count)."""
+        if self.metrics is not None:
+            self.metrics.backfills.labels(reason=reason).inc()
         started = time.monotonic()
         self._backfill_started = started
         try:
@@ -331,10 +362,12 @@ class Listener:
                     continue
                 if end is End.RESYNC:
                     # Another epoch, or committed but pruned before we read it.
-                    streams.lost_history(channel, *counter)
+                    why = "epoch" if position[1] and counter[1] != position[1] else "pruned"
+                    streams.lost_history(channel, *counter, reason=why)
                 elif end is End.ADOPT_EPOCH:
                     streams.adopt_epoch(channel, counter[1])
                 break
+            self.lag.behind(channel, rows[-1].seq - position[0])
             run: Run[Transaction] = Run(COALESCE_MAX)
             for tx in rows:
                 if judge_row(position, tx.seq, tx.epoch) is RESYNC:
@@ -346,7 +379,8 @@ class Listener:
                         tx.seq,
                         tx.epoch,
                     )
-                    streams.lost_history(channel, *source.read_counter(channel))
+                    why = "epoch" if position[1] and tx.epoch != position[1] else "pruned"
+                    streams.lost_history(channel, *source.read_counter(channel), reason=why)
                     return
                 position = (tx.seq, tx.epoch)
                 if run.add(channel, tx):

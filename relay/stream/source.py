@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -180,8 +181,8 @@ class PostgresSource:
     def read_since(self, channel: str, seq: int, limit: int) -> list[Transaction]:
         rows = self._read(changestream.SELECT_SINCE, (channel, seq, limit), many=True)
         return [
-            Transaction(row_seq, row_epoch, txid, changestream.parse_changes(_json(raw)))
-            for row_seq, row_epoch, txid, raw in rows
+            Transaction(row_seq, row_epoch, txid, changestream.parse_changes(_json(raw)), committed)
+            for row_seq, row_epoch, txid, raw, committed in rows
         ]
 
     def read_one(self, channel: str, seq: int, epoch: str) -> tuple[Change, ...] | None:
@@ -237,11 +238,13 @@ class Notice:
 
 @dataclass(slots=True)
 class _Channel:
-    """One channel's counter and changelog rows (seq -> (epoch, txid, changes as JSON))."""
+    """One channel's counter and changelog rows (seq -> (epoch, txid, changes as JSON)),
+    and each row's commit time (seq -> seconds since the epoch)."""
 
     seq: int = 0
     epoch: str = ""
     rows: dict[int, tuple[str, int, str]] = field(default_factory=dict)
+    committed: dict[int, float] = field(default_factory=dict)
 
 
 class MemorySource:
@@ -310,7 +313,7 @@ class MemorySource:
         if log is None:
             return []
         after = sorted(s for s in log.rows if s > seq)[:limit]
-        return [self._transaction(s, *log.rows[s]) for s in after]
+        return [self._transaction(s, *log.rows[s], log.committed.get(s)) for s in after]
 
     def read_one(self, channel: str, seq: int, epoch: str) -> tuple[Change, ...] | None:
         self._check()
@@ -330,8 +333,10 @@ class MemorySource:
             raise SourceError("not connected")
 
     @staticmethod
-    def _transaction(seq: int, epoch: str, txid: int, text: str) -> Transaction:
-        return Transaction(seq, epoch, txid, _changes(text))
+    def _transaction(
+        seq: int, epoch: str, txid: int, text: str, committed: float | None
+    ) -> Transaction:
+        return Transaction(seq, epoch, txid, _changes(text), committed)
 
     # -- the writers' side --------------------------------------------------------------------
 
@@ -347,11 +352,13 @@ class MemorySource:
         *,
         notify: bool = True,
         spill: bool = False,
+        committed: float | None = None,
     ) -> int:
         """Commit one transaction's ``changes`` on ``channel`` as the write side does: the
         next seq (a new counter gets a random epoch), a changelog row and, unless
         ``notify`` is False (the notification is lost), a NOTIFY: inline, or a reference
-        to the row when ``spill`` or when it would not fit. Returns the seq."""
+        to the row when ``spill`` or when it would not fit. Both carry the commit time,
+        ``committed`` (seconds since the epoch; default now). Returns the seq."""
         log = self._channels.setdefault(channel, _Channel())
         if not log.epoch:
             log.epoch = secrets.token_hex(8)
@@ -359,8 +366,10 @@ class MemorySource:
         self._txid += 1
         text = json.dumps(changes, separators=(",", ":"), default=str)
         log.rows[log.seq] = (log.epoch, self._txid, text)
+        stamp = time.time() if committed is None else committed
+        log.committed[log.seq] = stamp
         if notify:
-            self.notify(channel, _payload(log.seq, log.epoch, self._txid, changes, spill))
+            self.notify(channel, _payload(log.seq, log.epoch, self._txid, changes, spill, stamp))
         return log.seq
 
     def notify(self, channel: str, payload: str) -> None:
@@ -372,8 +381,11 @@ class MemorySource:
     def renotify(self, channel: str, seq: int, *, spill: bool = False) -> None:
         """Send the notification of changelog row ``seq`` again (a duplicate, as one that
         arrives after a backfill already read its row)."""
-        epoch, txid, text = self._channels[channel].rows[seq]
-        self.notify(channel, _payload(seq, epoch, txid, json.loads(text), spill))
+        log = self._channels[channel]
+        epoch, txid, text = log.rows[seq]
+        self.notify(
+            channel, _payload(seq, epoch, txid, json.loads(text), spill, log.committed.get(seq))
+        )
 
     def insert_row(
         self, channel: str, seq: int, epoch: str, txid: int, changes: list[dict[str, Any]]
@@ -392,6 +404,7 @@ class MemorySource:
         log = self._channels.get(channel)
         if log is not None:
             log.rows = {s: row for s, row in log.rows.items() if s > through}
+            log.committed = {s: t for s, t in log.committed.items() if s > through}
 
     def reset(self, channel: str, epoch: str | None = None) -> None:
         """Start ``channel``'s counter over at 0 in a new epoch (``epoch`` or a random
@@ -415,7 +428,17 @@ def _changes(text: str) -> tuple[Change, ...]:
     return changestream.parse_changes(changestream.loads_payload(text))
 
 
-def _payload(seq: int, epoch: str, txid: int, changes: list[dict[str, Any]], spill: bool) -> str:
+def _payload(
+    seq: int,
+    epoch: str,
+    txid: int,
+    changes: list[dict[str, Any]],
+    spill: bool,
+    committed: float | None,
+) -> str:
     if spill:
-        return json.dumps({"s": seq, "e": epoch, "x": txid, "r": True}, separators=(",", ":"))
-    return changestream.encode_notification(seq, epoch, txid, changes)
+        head: dict[str, Any] = {"s": seq, "e": epoch, "x": txid, "r": True}
+        if committed is not None:
+            head["t"] = round(committed * 1_000_000)
+        return json.dumps(head, separators=(",", ":"))
+    return changestream.encode_notification(seq, epoch, txid, changes, committed)

@@ -18,7 +18,8 @@ from disturbing a compressed message; the handshake only decides whether to use 
 Writing goes through an outbound buffer flushed by a writer greenlet that exists only
 while there is something to flush, so an idle socket costs its objects and nothing else.
 A socket whose buffer grows past ``send_buffer_bytes`` is closed with 1008 "too slow"
-instead of slowing anyone down.
+instead of slowing anyone down. Bytes the kernel took are added to ``relay.metrics.TALLY``
+(an integer: no metric call per write).
 
 Closing is a lingering close: the close frame goes out after the pending data, then the
 write side is shut (FIN), and the read side is drained until the peer answers. Closing the
@@ -52,6 +53,7 @@ from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opc
 from wsproto.utilities import LocalProtocolError as WsprotoLocalError
 
 from relay.limits.budget import ByteBudget
+from relay.metrics import TALLY
 from relay.transport.frames import (
     DEFAULT_THRESHOLD,
     Compression,
@@ -672,6 +674,7 @@ class WebSocket:
         except OSError:
             self.abort()
             return
+        TALLY.bytes_sent += sent
         if sent < len(batch):
             rest = batch[sent:]
             self._out.append(rest)
@@ -704,6 +707,7 @@ class WebSocket:
                 finally:
                     self._add_out(-self._inflight)
                     self._inflight = 0
+                TALLY.bytes_sent += len(batch)
             if self._close_queued and not self._shut:
                 # Our close frame is out: send FIN too, so the peer's reader sees the end.
                 try:

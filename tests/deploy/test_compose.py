@@ -25,8 +25,6 @@ import os
 import re
 import shutil
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,10 +33,10 @@ import pytest
 import yaml
 
 from devstack.cluster import Cluster
-from devstack.processes import free_port, spawn, stop_process, wait_until_ready
 from relay.client import DDPClient
 from relay.metrics import get_metrics
 from tests.deploy.conftest import ROOT, all_envs, run
+from tests.deploy.prometheus_server import compose_config, query, running_prometheus
 from tests.fixtures.postgres import services_required
 from tests.fixtures.relays import RelayProcess, require_cluster_tools
 
@@ -320,6 +318,8 @@ def exposed_metric_names() -> set[str]:
     _bucket, _count and _sum), read from the metric objects themselves."""
     names = set()
     for metric in vars(get_metrics()).values():
+        if not hasattr(metric, "describe"):  # not a metric (e.g. the method label set)
+            continue
         for family in metric.describe():
             if family.type == "counter":
                 names.add(family.name + "_total")
@@ -358,47 +358,9 @@ def scraped_relay(relay_stack: Any) -> RelayProcess:
 
 @pytest.fixture
 def prometheus(scraped_relay: RelayProcess, tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        if services_required():
-            pytest.fail("prometheus is missing: apt-get install prometheus", pytrace=False)
-        pytest.skip("SKIPPED: no prometheus (apt-get install prometheus)")
-    # The compose job, pointed at the test relay and scraped every second.
-    config = yaml.safe_load(PROMETHEUS_YML.read_text())
-    config["global"]["scrape_interval"] = "1s"
-    (job,) = config["scrape_configs"]
-    job["static_configs"] = [{"targets": [scraped_relay.url.removeprefix("http://")]}]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = tmp_path / "prometheus.log"
-    proc = spawn(
-        [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        log,
-        new_session=False,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(proc, lambda: _query(url, "up") != [], 60, name="prometheus", log_path=log)
+    config = compose_config(scraped_relay.url.removeprefix("http://"))
+    with running_prometheus(config, tmp_path) as url:
         yield url
-    finally:
-        stop_process(proc, timeout=15)
-
-
-def _query(url: str, expr: str) -> list[Any]:
-    query = urllib.parse.urlencode({"query": expr})
-    try:
-        with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=5) as resp:
-            body = json.loads(resp.read())
-    except OSError:
-        return []
-    assert body["status"] == "success", body
-    result: list[Any] = body["data"]["result"]
-    return result
 
 
 @pytest.mark.e2e
@@ -415,13 +377,13 @@ def test_the_dashboard_queries_run_on_a_real_prometheus(
         client.close()
     # Two scrapes after the traffic, so rate() over them sees it.
     deadline = time.monotonic() + 30
-    while not _query(prometheus, "sum(ddp_relay_method_calls_total) > 0"):
+    while not query(prometheus, "sum(ddp_relay_method_calls_total) > 0"):
         assert time.monotonic() < deadline, "the relay's method call never reached Prometheus"
         time.sleep(0.5)
     time.sleep(2.5)
     for title, expr in dashboard_queries():
         # Grafana's $__rate_interval, as Grafana would fill it in for a 1 s scrape.
-        result = _query(prometheus, expr.replace("$__rate_interval", "1m"))
+        result = query(prometheus, expr.replace("$__rate_interval", "1m"))
         if any(m in expr for m in ("sessions_opened", "method_calls", "messages_received")):
             assert result, f"{title}: {expr} returned nothing"
 

@@ -34,8 +34,8 @@ LAYERS: list[set[str]] = [
     {"registries"},
     {"context", "methods", "publications", "triggers", "checks"},
     {"fields", "changes", "events", "presence"},
-    {"accounts.identity"},
-    {"accounts.authenticators", "accounts.methods"},
+    {"accounts.identity", "tracing"},
+    {"accounts.authenticators", "accounts.methods", "trace_replay"},
     {
         "backend",
         "apps",
@@ -43,6 +43,7 @@ LAYERS: list[set[str]] = [
         "admin",
         "management.commands.ddp_prune_changelog",
         "management.commands.ddp_sync_triggers",
+        "management.commands.ddp_trace",
     },
 ]
 #: Packages holding nothing but a docstring (the package's own lazy re-export uses

@@ -41,6 +41,7 @@ from relay.protocol.changestream import loads_payload, parse_changes
 from tests.e2e.convergence import WireClient
 from tests.e2e.node_runs import start_watch
 from tests.e2e.reconnects import ChaosClient
+from tests.fixtures.postgres import kill_listeners
 from tests.fixtures.relays import RelayStack, RelayStacks, manage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(300)]
@@ -100,17 +101,6 @@ def wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
             pytest.fail(f"{what}: not within {timeout} s")
         time.sleep(0.05)
     return time.monotonic() - start
-
-
-def kill_listeners(database_url: str) -> int:
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'ddp-relay listener' AND datname = current_database()"
-        )
-        killed = len(cur.fetchall())
-    conn.close()
-    return killed
 
 
 class NodeWatch:

@@ -14,17 +14,15 @@ import json
 import os
 import re
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-import psycopg2
 import pytest
 
+from tests.fixtures.postgres import listeners_killed
 from tests.fixtures.relays import RelayProcess, RelayStacks
 from tests.fixtures.zookeeper import ZooKeeperServer
 
@@ -101,43 +99,13 @@ def test_internal_port_serves_health_and_metrics_and_the_public_port_does_not(
     assert fetch(relay.internal_url + "/admin/")[0] == 404
 
 
-@contextmanager
-def listener_killer(database_url: str) -> Iterator[threading.Event]:
-    """Terminates this database's LISTEN connections, again and again, until the block
-    ends (each reconnect of the relays' listeners is killed at once)."""
-    stop = threading.Event()
-
-    def kill() -> None:
-        conn = psycopg2.connect(database_url)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                while not stop.is_set():
-                    cur.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE application_name = 'ddp-relay listener'"
-                        " AND datname = current_database()"
-                    )
-                    stop.wait(0.02)
-        finally:
-            conn.close()
-
-    thread = threading.Thread(target=kill, daemon=True)
-    thread.start()
-    try:
-        yield stop
-    finally:
-        stop.set()
-        thread.join(5)
-
-
 def test_a_killed_listener_makes_the_relay_not_ready_until_it_is_back(
     relay_stack: RelayStacks,
 ) -> None:
     stack = relay_stack(workers=2, internal_port=True)
     relay = stack.relay
     started(relay)
-    with listener_killer(stack.database_url):
+    with listeners_killed(stack.database_url):
 
         def listener_down() -> dict[str, Any] | None:
             status, body = readyz(relay)

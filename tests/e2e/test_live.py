@@ -18,6 +18,7 @@ import pytest
 import websocket
 
 from relay.client import DDPClient
+from tests.fixtures.postgres import kill_listeners
 from tests.fixtures.relays import RelayStack, RelayStacks
 
 pytestmark = pytest.mark.e2e
@@ -199,13 +200,7 @@ def test_listener_killed_mid_storm_loses_nothing(own_stack: RelayStack) -> None:
         client.subscribe("books.all")
 
         def kill_listener() -> None:
-            with psycopg2.connect(url) as conn, conn.cursor() as cur:
-                cur.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name = 'ddp-relay listener'"
-                )
-                assert cur.fetchall(), "no listener backend to kill"
-            conn.close()
+            assert kill_listeners(url), "no listener backend to kill"
 
         final = storm(url, 40, "kill", kill_listener)
         client.wait_for(lambda: book_titles(client) == final, timeout=30)

@@ -1,13 +1,19 @@
-"""``loadtest/locustfile.py`` under real locust, headless, against the e2e relay.
+"""The locustfiles of ``loadtest/`` under real locust, headless, against the e2e relay.
 
-A few users for a few seconds, once per transport: every DDP request name must be reported
-at least once, with no failures and no exceptions, and the seeded data must be as it was
-afterwards (every rename undone, every created book removed). Locust runs in its own
-process (it monkey-patches with gevent at import), started as ``sys.executable -m locust``
-so it uses this venv's locust and gevent.
+``locustfile.py``: a few users for a few seconds, once per transport: every DDP request
+name must be reported at least once, with no failures and no exceptions, the stamped
+renames must come back as ``LIVE commit-to-client`` samples, and the seeded data must be
+as it was afterwards (every rename undone, every created book removed). Locust runs in
+its own process (it monkey-patches with gevent at import), started as
+``sys.executable -m locust`` so it uses this venv's locust and gevent.
 
 The ``live`` case turns on the scenario's cache checks (``LOADTEST_CHECK_LIVE=1``: a write
 must be in the client's cache when its method completes, which is the write fence).
+
+``locust_readheavy.py`` (two writers, the rest idle subscribers) must report more
+commit-to-client samples than renames (each rename reaches several subscribers), and
+``locust_storm.py`` (a storm every 2 s) a ``resume`` for every user and storm, all
+resumed. Seconds each.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from tests.fixtures.relays import RelayProcess
 pytestmark = pytest.mark.e2e
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+READHEAVY = ROOT / "loadtest" / "locust_readheavy.py"
+STORM = ROOT / "loadtest" / "locust_storm.py"
 USERS = 8
 RUN_TIME_S = 6
 #: Locust start-up + the run + stopping users (their cleanup) fit well inside this.
@@ -57,21 +65,26 @@ def snapshot(relay: RelayProcess) -> dict[str, dict[str, object]]:
 
 
 def run_locust(
-    relay: RelayProcess, out: Path, env: dict[str, str]
+    relay: RelayProcess,
+    out: Path,
+    env: dict[str, str],
+    locustfile: Path = LOCUSTFILE,
+    users: int = USERS,
+    run_time_s: int = RUN_TIME_S,
 ) -> subprocess.CompletedProcess[str]:
     cmd = [
         sys.executable,
         "-m",
         "locust",
         "-f",
-        str(LOCUSTFILE),
+        str(locustfile),
         "--headless",
         "-u",
-        str(USERS),
+        str(users),
         "-r",
-        str(USERS),
+        str(users),
         "-t",
-        f"{RUN_TIME_S}s",
+        f"{run_time_s}s",
         "-H",
         relay.url,
         "--only-summary",
@@ -119,8 +132,60 @@ def test_locust_smoke(relay_server: RelayProcess, tmp_path: Path, env: dict[str,
     for name, row in per_name.items():
         assert int(row["Request Count"]) > 0, f"no {name} requests\n{output}"
         assert int(row["Failure Count"]) == 0, f"{name} failed\n{output}"
-    with (tmp_path / "locust_failures.csv").open(newline="") as f:
+    # Every user subscribes books.all, so each stamped rename comes back to each of them.
+    live = {r["Name"]: r for r in rows if r["Type"] == "LIVE"}
+    assert set(live) == {"commit-to-client"}, output
+    assert int(live["commit-to-client"]["Request Count"]) > 0, output
+    assert_clean(tmp_path, proc, output)
+
+
+def assert_clean(out: Path, proc: subprocess.CompletedProcess[str], output: str) -> None:
+    """No failure, no exception, exit 0."""
+    with (out / "locust_failures.csv").open(newline="") as f:
         assert list(csv.DictReader(f)) == [], output
-    with (tmp_path / "locust_exceptions.csv").open(newline="") as f:
+    with (out / "locust_exceptions.csv").open(newline="") as f:
         assert list(csv.DictReader(f)) == [], output
     assert proc.returncode == 0, output
+
+
+def stats(out: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with (out / "locust_stats.csv").open(newline="") as f:
+        return {(r["Type"], r["Name"]): r for r in csv.DictReader(f) if r["Name"] != "Aggregated"}
+
+
+def test_locust_read_heavy_reports_commit_to_client_for_every_subscriber(
+    relay_server: RelayProcess, tmp_path: Path
+) -> None:
+    before = snapshot(relay_server)
+    proc = run_locust(relay_server, tmp_path, {"LOADTEST_WRITERS": "2"}, READHEAVY, 8, 5)
+    output = f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    print(proc.stderr[-4000:])
+    after = snapshot(relay_server)
+    assert {k: d["title"] for k, d in after.items()} == {k: d["title"] for k, d in before.items()}
+    rows = stats(tmp_path)
+    assert set(rows) <= {
+        ("DDP", "connect"), ("DDP", "books.all"), ("DDP", "books.rename"),
+        ("LIVE", "commit-to-client"),
+    }, output  # fmt: skip
+    connects = int(rows[("DDP", "connect")]["Request Count"])
+    renames = int(rows[("DDP", "books.rename")]["Request Count"])
+    samples = int(rows[("LIVE", "commit-to-client")]["Request Count"])
+    assert connects == 8 and renames > 0, output
+    # Half the renames are stamped (the other half renames back); each reaches the 8 users.
+    assert samples > renames, output
+    assert float(rows[("LIVE", "commit-to-client")]["Max Response Time"]) < 10_000, output
+    assert_clean(tmp_path, proc, output)
+
+
+def test_locust_reconnect_storm_resumes_every_session(
+    relay_server: RelayProcess, tmp_path: Path
+) -> None:
+    users = 6
+    proc = run_locust(relay_server, tmp_path, {"LOADTEST_STORM_PERIOD": "2"}, STORM, users, 7)
+    output = f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    print(proc.stderr[-4000:])
+    rows = stats(tmp_path)
+    assert set(rows) == {("DDP", "resume")}, output
+    # At least two storms in 7 s for every user (they all start within the first second).
+    assert int(rows[("DDP", "resume")]["Request Count"]) >= 2 * users, output
+    assert_clean(tmp_path, proc, output)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -152,7 +153,11 @@ class FakeServer:
             if client.subscribed:
                 cache = client.collections.setdefault(BOOKS, {})
                 if book_id in self.books:
-                    cache[book_id] = dict(self.books[book_id])
+                    fields = dict(self.books[book_id])
+                    cache[book_id] = fields
+                    msg = {"msg": "changed", "collection": BOOKS, "id": book_id, "fields": fields}
+                    if client.on_message is not None:
+                        client.on_message(msg)
                 else:
                     cache.pop(book_id, None)
 
@@ -162,9 +167,19 @@ class FakeClient:
 
     server: FakeServer
 
-    def __init__(self, url: str, *, sockjs: bool = False, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        sockjs: bool = False,
+        timeout: float = 10.0,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
+        keep_received: bool = True,
+    ) -> None:
         self.url = url
         self.sockjs = sockjs
+        self.on_message = on_message
+        self.keep_received = keep_received
         self.closed = threading.Event()
         self.received: list[dict[str, Any]] = []
         self.violations: list[str] = []
@@ -360,3 +375,32 @@ def test_client_violations_fail_the_request_that_saw_them(server: FakeServer) ->
     assert name == "books.byAuthorEmail" and "duplicate added" in str(exc)
     user.resubscribe_by_author()
     assert len(failures(reports)) == 1  # reported once
+
+
+def test_stamped_renames_are_reported_as_commit_to_client_by_every_subscriber(
+    server: FakeServer,
+) -> None:
+    """One user renames; it and a second, listening user each report the stamped change
+    (type LIVE) once; the rename back carries no stamp and is not reported."""
+    live: list[tuple[str, str, float, int]] = []
+
+    def live_report(kind: str, name: str, ms: float, size: int, exc: BaseException | None) -> None:
+        assert exc is None
+        live.append((kind, name, ms, size))
+
+    reports: Reports = []
+    writer = BookstoreScenario(
+        "http://127.0.0.1:8000", sockjs=False, report=lambda *a: reports.append(a),
+        rng=random.Random(3), live_report=live_report,
+    )  # fmt: skip
+    listener = BookstoreScenario(
+        "http://127.0.0.1:8000", sockjs=False, report=lambda *a: reports.append(a),
+        live_report=live_report, keep_received=False,
+    )  # fmt: skip
+    assert writer.connect() and listener.connect()
+    assert server.clients[-1].keep_received is False
+    writer.rename_book()
+    assert failures(reports) == []
+    assert [(kind, name) for kind, name, _, _ in live] == [("LIVE", "commit-to-client")] * 2
+    assert all(0 <= ms < 60_000 and size > 0 for _, _, ms, size in live)
+    assert not any("@" in t for t in server.titles().values())  # renamed back

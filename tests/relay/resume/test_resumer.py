@@ -709,3 +709,70 @@ def test_zookeeper_without_kazoo_is_a_config_error_naming_the_extra(
     monkeypatch.setitem(sys.modules, "kazoo.client", None)
     with pytest.raises(ConfigError, match=r"ddp-relay\[zookeeper\]"):
         build_coordinator(Settings.from_env({"RELAY_ZOOKEEPER": "127.0.0.1:1"}))
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def test_a_resume_is_timed_and_spends_its_stored_state(cluster: Cluster) -> None:
+    a, b = cluster.relay("relay-a"), cluster.relay("relay-b")
+    cluster.parked_at(a, make_state(SID))
+    count = "ddp_relay_resume_seconds_count"
+    before = REGISTRY.get_sample_value(count) or 0.0
+    assert b.resume(SID, 10, ACCEPT) is not None
+    assert REGISTRY.get_sample_value(count) == before + 1
+    # Claimed: its stored state is gone (not counted as parked, not held against its
+    # address's cap), and a second claimant is fenced, not told the state was lost.
+    assert SID not in cluster.parked.session_ids()
+    assert cluster.relay("relay-c").resume(SID, 10, ACCEPT) is None
+    refused = cluster.relay("relay-d").resume(SID, 10, ACCEPT)
+    assert refused is None
+    assert REGISTRY.get_sample_value(count) == before + 1  # refusals are not timed
+
+
+def test_coordinator_connected_follows_its_state(cluster: Cluster) -> None:
+    relay = cluster.relay("relay-a")
+    assert relay.coordinator_connected()
+    coordinator_of(relay).simulate_state(State.SUSPENDED)
+    assert not relay.coordinator_connected()
+    coordinator_of(relay).simulate_state(State.CONNECTED)
+    assert relay.coordinator_connected()
+
+
+def test_count_parked_without_a_database_cannot_say(cluster: Cluster) -> None:
+    assert cluster.relay("relay-a").count_parked() is None
+
+
+@pytest.mark.django_db
+def test_count_parked_counts_the_states_inside_their_window(django_database_url: str) -> None:
+    from relay.resume.store import PostgresParkStore
+
+    store = PostgresParkStore(django_database_url)
+    ensemble = MemoryStore()
+    resumer = Resumer(
+        Settings(resume_window=WINDOW, database_url=django_database_url),
+        MemoryCoordinator(ensemble),
+        store,
+        get_metrics(),
+    )
+    ids = [f"S{n:016d}" for n in range(900, 903)]
+    try:
+        base = resumer.count_parked()
+        assert base is not None
+        for sid in ids:
+            store.save(make_state(sid), WINDOW)
+        store.save(make_state("S0000000000000999"), -1)  # its window passed already
+        assert resumer.count_parked() == base + 3
+        resumer._counter.close()  # type: ignore[union-attr]  # the database dropped it
+        assert resumer.count_parked() == base + 3  # reopened
+    finally:
+        for sid in [*ids, "S0000000000000999"]:
+            store.delete(sid)
+        resumer.stop()
+    bad = Resumer(
+        Settings(resume_window=WINDOW, database_url="postgresql://127.0.0.1:1/none"),
+        MemoryCoordinator(ensemble),
+        MemoryParkStore(),
+        get_metrics(),
+    )
+    assert bad.count_parked() is None  # unreachable: unknown, logged

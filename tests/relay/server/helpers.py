@@ -44,6 +44,7 @@ from relay.resume.resumer import Resumed
 from relay.server.context import SessionContext
 from relay.server.gate import Gate
 from relay.server.session import Session
+from relay.server.tracebook import make_book
 from relay.stream.fanout import Streams
 from relay.transport import MemoryTransport
 
@@ -317,6 +318,8 @@ class FakeContext:
         self.opened: list[Session] = []
         self.closed: list[Session] = []
         self.by_id: dict[str, Session] = {}
+        # As the node makes it: a book only for a backend that can trace.
+        self.traces = make_book(self)
 
     def run(self, fn: Callable[..., T], *args: Any, **_scheduling: Any) -> T:
         return fn(*args)

@@ -367,3 +367,21 @@ def test_the_lease_renewal_never_waits_behind_client_methods() -> None:
         pool.close()
     finally:
         node.stop()
+
+
+def test_a_started_node_has_its_gauges_and_alerting_labels_from_the_first_scrape(
+    node: Node,
+) -> None:
+    """The sampler's first round runs in ``start``; every close reason is pre-created."""
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    node.start()
+    for d in vars(disconnect).values():
+        if isinstance(d, disconnect.Disconnect):
+            assert value("ddp_relay_disconnects_total", reason=d.name) is not None, d.name
+    assert value("ddp_relay_workpool_size") == node.settings.backend_concurrency
+    assert value("ddp_relay_listener_connected") == 1  # no database: nothing to lose
+    assert value("ddp_relay_coordinator_connected") == 1
+    assert (value("ddp_relay_process_open_fds") or 0) > 0

@@ -535,3 +535,26 @@ def test_a_closed_socket_stops_its_subscriptions_before_its_methods_end() -> Non
             gevent.sleep(0.02)
     delay = backend.left_at[0] - closed_at
     assert delay < 0.5, f"presence left {delay:.2f} s after the socket closed"
+
+
+def test_method_latency_is_labelled_by_registered_name_only(ctx: FakeContext) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(method: str) -> float:
+        name = "ddp_relay_method_seconds_count"
+        return REGISTRY.get_sample_value(name, {"method": method}) or 0.0
+
+    before = {m: count(m) for m in ("echo", "boom", "nope", "other")}
+    peer = Peer(ctx)
+    peer.connect()
+    peer.send(
+        {"msg": "method", "id": "1", "method": "echo", "params": []},
+        {"msg": "method", "id": "2", "method": "boom", "params": []},
+        {"msg": "method", "id": "3", "method": "nope", "params": []},
+    )
+    for _ in range(3):
+        peer.expect("updated")
+    assert count("echo") == before["echo"] + 1
+    assert count("boom") == before["boom"] + 1  # failures are timed too
+    assert count("nope") == before["nope"]  # a client's unknown name is never a label
+    assert count("other") == before["other"]

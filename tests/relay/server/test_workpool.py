@@ -167,3 +167,30 @@ def test_close_fails_calls_still_queued_after_its_timeout() -> None:
     for caller in (stuck, queued):
         caller.join(timeout=1)
         assert isinstance(caller.exception, RuntimeError)
+
+
+def test_each_call_reports_how_long_it_waited_for_a_slot() -> None:
+    waits: list[float] = []
+    pool = WorkPool(1, on_wait=waits.append)
+    release = gevent.event.Event()
+    first = gevent.spawn(pool.run, release.wait)
+    second = gevent.spawn(pool.run, lambda: "second")
+    gevent.sleep(0.1)  # the second call queues behind the first
+    release.set()
+    gevent.joinall([first, second], timeout=2, raise_error=True)
+    assert len(waits) == 2
+    assert waits[0] < 0.05
+    assert 0.09 <= waits[1] < 2
+    assert pool.size == 1 and pool.busy == 0
+    pool.close()
+
+
+def test_a_failing_wait_hook_loses_no_call(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(_: float) -> None:
+        raise RuntimeError("metrics are down")
+
+    pool = WorkPool(2, on_wait=broken)
+    with caplog.at_level(logging.ERROR):
+        assert pool.run(lambda: 42) == 42
+    assert "wait hook failed" in caplog.text
+    pool.close()

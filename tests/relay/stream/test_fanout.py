@@ -9,13 +9,17 @@ here went through routing, a maintained result and a mergebox.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import gevent
+from prometheus_client import REGISTRY
 
 from relay.backend import Condition, Route
+from relay.metrics import get_metrics
 from relay.protocol.mergebox import MergeBox
-from relay.stream.fanout import RING_SIZE, Streams, Transaction
+from relay.stream.fanout import RING_SIZE, Attachment, Batch, BatchCache, Streams, Transaction
 from tests.relay.stream.helpers import (
     BOOKS,
     BY_ANN,
@@ -366,3 +370,65 @@ def test_a_route_of_one_document_gets_only_that_documents_changes() -> None:
     world.streams.detach(att)
     query.drop()
     assert world.unlistened == ["ddp_books"] and not world.streams.streams
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+class Sending(Recorder):
+    """A target that sends one message per new transaction (so a delivery writes)."""
+
+    def deliver(self, att: Attachment, batches: Sequence[Batch], cache: BatchCache) -> int:
+        before = len(self.seqs)
+        super().deliver(att, batches, cache)
+        return len(self.seqs) - before
+
+
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_commit_to_client_is_observed_once_per_transaction_that_reached_a_socket() -> None:
+    backend: Any = RowDecoder()
+    streams = Streams(backend, lambda _: None, lambda _: None, get_metrics())
+    sending, idle = Sending(), Recorder()
+    streams.attach(sending, BOOKS, (0, "E"))
+    streams.attach(idle, BOOKS, (0, "E"))
+    count = "ddp_relay_commit_to_client_seconds_count"
+    total = "ddp_relay_commit_to_client_seconds_sum"
+    slow_bucket = ("ddp_relay_commit_to_client_seconds_bucket", {"le": "2.5"})
+    before, before_sum = _value(count), _value(total)
+    before_fast = _value(slow_bucket[0], le="1.0")
+    now = time.time()
+    streams.deliver_many(
+        "ddp_books",
+        [
+            Transaction(1, "E", 1, [ins("b1", title="t")], committed=now - 2.0),
+            Transaction(2, "E", 2, [ins("b2", title="t")], committed=now + 60),  # skew
+            Transaction(3, "E", 3, [ins("b3", title="t")]),  # an old writer: no time
+        ],
+    )
+    assert _value(count) == before + 2
+    assert 2.0 <= _value(total) - before_sum < 3.0  # the skewed one counts as 0
+    assert _value(slow_bucket[0], le="1.0") == before_fast + 1  # only the skewed 0
+    # Nobody written to: nothing observed.
+    streams.detach(next(a for a in streams.streams["ddp_books"].attachments if a.target is sending))
+    streams.deliver_many("ddp_books", [Transaction(4, "E", 4, [], committed=now)])
+    assert _value(count) == before + 2 and idle.seqs == [1, 2, 3, 4]
+
+
+def test_resyncs_are_counted_per_target_by_reason() -> None:
+    streams = Streams(RowDecoder(), lambda _: None, lambda _: None, get_metrics())  # type: ignore[arg-type]
+    targets = [Recorder(), Recorder()]
+    for target in targets:
+        streams.attach(target, BOOKS, (0, "E"))
+    pruned = _value("ddp_relay_resyncs_total", reason="pruned")
+    streams.lost_history("ddp_books", 5, "E", reason="pruned")
+    assert _value("ddp_relay_resyncs_total", reason="pruned") == pruned + 2
+    attach = _value("ddp_relay_resyncs_total", reason="attach")
+    streams.attach(Recorder(), BOOKS, (5, "OTHER"))  # another epoch than the stream's
+    assert _value("ddp_relay_resyncs_total", reason="attach") == attach + 1
+    failing = _value("ddp_relay_resyncs_total", reason="target_error")
+    targets[0].fail = RuntimeError("bug")
+    streams.deliver("ddp_books", 6, "E", 6, [])
+    assert _value("ddp_relay_resyncs_total", reason="target_error") == failing + 1

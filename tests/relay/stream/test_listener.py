@@ -25,9 +25,11 @@ import gevent
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from relay.backend import DecodedChange, QueryData, QuerySpec, Route
 from relay.live.query import LiveQuery
+from relay.metrics import BACKFILL_REASONS, RESYNC_REASONS, get_metrics
 from relay.protocol.changestream import Change, encode_notification
 from relay.stream.cursor import COALESCE_MAX
 from relay.stream.fanout import Streams, Transaction
@@ -67,12 +69,12 @@ def setup() -> Fed:
     listener = Listener("", streams)
     backfills: list[str] = []
     lost: list[tuple[str, int, str]] = []
-    listener._backfill = backfills.append  # type: ignore[method-assign,assignment]
+    listener._backfill = lambda channel, reason="listen": backfills.append(channel)  # type: ignore[method-assign]
     real_lost = streams.lost_history
 
-    def lost_history(channel: str, seq: int, epoch: str) -> None:
+    def lost_history(channel: str, seq: int, epoch: str, reason: str = "epoch") -> None:
         lost.append((channel, seq, epoch))
-        real_lost(channel, seq, epoch)
+        real_lost(channel, seq, epoch, reason)
 
     streams.lost_history = lost_history  # type: ignore[method-assign]
     return Fed(listener, session, query, db, backfills, lost)
@@ -252,10 +254,10 @@ def wire() -> Wired:
         wired.events.append((channel, got))
         deliver_many(channel, transactions)
 
-    def recorded_lost_history(channel: str, seq: int, epoch: str) -> None:
+    def recorded_lost_history(channel: str, seq: int, epoch: str, reason: str = "epoch") -> None:
         wired.lost.append((channel, seq, epoch))
         wired.events.append((channel, seq))
-        lost_history(channel, seq, epoch)
+        lost_history(channel, seq, epoch, reason)
 
     streams.deliver_many = checked_deliver_many  # type: ignore[method-assign]
     streams.lost_history = recorded_lost_history  # type: ignore[method-assign]
@@ -629,3 +631,98 @@ def test_a_new_epoch_or_pruned_history_resyncs_and_the_stream_ends_at_the_counte
         # began before anything was published has no epoch to tell it by.)
         if channel not in restored or refetches:
             assert wired.converged(channel, sessions[channel])
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _counts(name: str, label: str, values: Sequence[str]) -> dict[str, float]:
+    return {v: _value(name, **{label: v}) for v in values}
+
+
+def test_backfills_and_resyncs_are_counted_by_reason(wired: Wired) -> None:
+    wired.listener.metrics = wired.streams.metrics = get_metrics()
+    backfills = _counts("ddp_relay_backfills_total", "reason", BACKFILL_REASONS)
+    resyncs = _counts("ddp_relay_resyncs_total", "reason", RESYNC_REASONS)
+
+    def delta(name: str, label: str, before: dict[str, float]) -> dict[str, float]:
+        now = _counts(name, label, list(before))
+        return {k: now[k] - v for k, v in before.items() if now[k] != v}
+
+    wired.subscribe(BOOKS)
+    wired.subscribe(AUTHORS)
+    assert delta("ddp_relay_backfills_total", "reason", backfills) == {"listen": 2}
+    wired.commit("t1")
+    wired.commit("t2", notify=False)
+    wired.commit("t3")
+    wired.step()  # a gap
+    wired.commit("t4", spill=True)
+    wired.source.prune("ddp_books", 4)
+    wired.step()  # a spilled row gone: backfilled, the history is gone too (one resync)
+    wired.source.drop_connection()
+    wired.reconnect()  # both channels
+    assert delta("ddp_relay_backfills_total", "reason", backfills) == {
+        "listen": 2,
+        "gap": 1,
+        "spill_gone": 1,
+        "reconnect": 2,
+    }
+    wired.source.reset("ddp_books")
+    wired.commit("t5")
+    wired.step()  # another epoch (a restored database): the query reads itself again
+    assert delta("ddp_relay_resyncs_total", "reason", resyncs) == {"pruned": 1, "epoch": 1}
+
+
+def test_how_far_behind_the_listener_runs_is_taken_per_class(wired: Wired) -> None:
+    wired.subscribe(BOOKS)
+    wired.listener.lag.take()
+    assert wired.listener.lag.take() == [("model", 0.0, 0), ("event", 0.0, 0), ("presence", 0.0, 0)]
+    old = time.time() - 3.0
+    wired.source.commit("ddp_books", [{"o": "u", "id": "x", "f": {}}], committed=old)
+    wired.commit("t2", notify=False)
+    wired.commit("t3", notify=False)
+    wired.commit("t4")  # heard 4 transactions ahead of what was routed
+    wired.step()
+    (model, *others) = wired.listener.lag.take()
+    assert model[0] == "model" and 3.0 <= model[1] < 10 and model[2] == 4
+    assert others == [("event", 0.0, 0), ("presence", 0.0, 0)]
+    assert wired.listener.backlog == 0
+    wired.commit("t5")
+    wired.step()
+    (model, *_) = wired.listener.lag.take()
+    assert model[1] < 1.0 and model[2] == 1  # caught up: the next one, just committed
+
+
+def test_listener_connected_follows_the_connection() -> None:
+    source = MemorySource()
+    listener: Listener | None = None
+    streams = Streams(
+        TwoChannels(),  # type: ignore[arg-type]
+        lambda channel: listener.listen(channel) if listener else None,
+        lambda channel: listener.unlisten(channel) if listener else None,
+    )
+    listener = Listener("", streams, metrics=get_metrics(), source=source)
+    refuse = [False]
+    real_connect = source.connect
+
+    def connect() -> None:
+        if refuse[0]:
+            raise SourceError("connection refused")
+        real_connect()
+
+    source.connect = connect  # type: ignore[method-assign]
+    listener.start()
+    try:
+        wait_until(lambda: _value("ddp_relay_listener_connected") == 1)
+        refuse[0] = True
+        source.drop_connection()
+        wait_until(lambda: _value("ddp_relay_listener_connected") == 0)
+        assert not listener.connected
+        refuse[0] = False
+        wait_until(lambda: _value("ddp_relay_listener_connected") == 1)
+    finally:
+        listener.stop()

@@ -43,6 +43,7 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 
 from relay.limits.budget import ByteBudget
+from relay.metrics import TALLY
 from relay.transport.frames import DEFAULT_THRESHOLD, Compression, encode_text_frame
 from relay.transport.handshake import _negotiate_deflate
 from relay.transport.websocket import Oversized, WebSocket
@@ -886,3 +887,26 @@ def test_a_throttled_client_is_not_read_until_its_pause_is_over() -> None:
     assert time.monotonic() - started >= 0.2
     assert seen  # told of every read
     ws.abort()
+
+
+# -- bytes out (relay.metrics.TALLY) ------------------------------------------------------------
+
+
+def test_bytes_the_kernel_took_are_tallied_direct_or_through_the_writer() -> None:
+    ws, peer = make(buffer=64 << 20)
+    before = TALLY.bytes_sent
+    ws.send("hello")  # a direct write
+    assert peer.text() == "hello"
+    assert TALLY.bytes_sent - before == len(encode_text_frame("hello", None))
+    # More than the socket buffers hold: the rest goes through the writer greenlet.
+    big = "x" * (4 << 20)
+    size = len(encode_text_frame(big, None))
+    before = TALLY.bytes_sent
+    ws.send(big)
+    received = 0
+    with gevent.Timeout(5):
+        while received < size:
+            received += len(peer.sock.recv(1 << 20))
+        while TALLY.bytes_sent - before < size:
+            gevent.sleep(0.01)
+    assert received == size and TALLY.bytes_sent - before == size
