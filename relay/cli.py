@@ -58,8 +58,8 @@ DEFAULT_WEB_THREADS = 4
 #: Bounds of the children ``check`` runs: a hung DNS lookup or firewall must not hang a
 #: deploy pipeline.
 CHECK_CHILD_TIMEOUT_S = 120.0
-CONNECT_TIMEOUT_S = 5
-ZOOKEEPER_TIMEOUT_S = 10.0
+#: How long ``check`` waits for each service by default (``--timeout``).
+SERVICE_TIMEOUT_S = 10.0
 
 
 class CommandError(Exception):
@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         "when RELAY_ZOOKEEPER is set. Exits 1 when any check fails.",
     )
     check.add_argument("--deploy", action="store_true", help="also run Django's deployment checks")
+    check.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=SERVICE_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long to wait for PostgreSQL and for ZooKeeper (default {SERVICE_TIMEOUT_S:g})",
+    )
 
     migrate = sub.add_parser(
         "migrate",
@@ -328,6 +335,14 @@ def _plan_web(args: argparse.Namespace, environ: Mapping[str, str]) -> Command:
     return Command(argv, env)
 
 
+def _timeout(raw: str) -> float:
+    """A ``--timeout``: finite seconds, at least 1 (argparse turns ValueError into usage)."""
+    value = float(raw)
+    if not 1 <= value <= 3600:  # also refuses nan and inf
+        raise ValueError(raw)
+    return value
+
+
 def _env_port(env: Mapping[str, str]) -> int:
     raw = env.get("PORT") or "8000"
     try:
@@ -390,7 +405,7 @@ def _last_lines(text: str, count: int = 8) -> str:
     return "\n".join(lines[-count:]) or "failed without a message"
 
 
-def _postgres_check(settings: Settings) -> Check:
+def _postgres_check(settings: Settings, timeout: float) -> Check:
     name = "PostgreSQL for the change stream (RELAY_DATABASE_URL or DATABASE_URL)"
     if not settings.database_url:
         return Check(name, "FAIL", "neither is set: the relay would send no live updates")
@@ -399,7 +414,7 @@ def _postgres_check(settings: Settings) -> Check:
     try:
         conn = psycopg2.connect(
             settings.database_url,
-            connect_timeout=CONNECT_TIMEOUT_S,
+            connect_timeout=max(1, round(timeout)),
             application_name="ddp-relay check",
         )
     except psycopg2.Error as exc:
@@ -416,7 +431,7 @@ def _postgres_check(settings: Settings) -> Check:
     return Check(name, "ok", f"PostgreSQL {row[0] if row else '?'}")
 
 
-def _zookeeper_check(settings: Settings) -> Check:
+def _zookeeper_check(settings: Settings, timeout: float) -> Check:
     name = "ZooKeeper (RELAY_ZOOKEEPER)"
     if not settings.zookeeper:
         where = (
@@ -437,13 +452,13 @@ def _zookeeper_check(settings: Settings) -> Check:
     except Exception as exc:  # a bad option: its message is the diagnosis
         return Check(name, "FAIL", f"cannot build the coordinator: {exc}")
     try:
-        connected = coordinator.start(timeout=ZOOKEEPER_TIMEOUT_S)
+        connected = coordinator.start(timeout=timeout)
     except Exception as exc:
         return Check(name, "FAIL", f"cannot connect: {exc}")
     finally:
         coordinator.stop()
     if not connected:
-        return Check(name, "FAIL", f"no session within {ZOOKEEPER_TIMEOUT_S:.0f} s")
+        return Check(name, "FAIL", f"no session within {timeout:g} s")
     return Check(name, "ok")
 
 
@@ -460,7 +475,11 @@ def _run_child(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Comple
 
 
 def check_environment(
-    environ: Mapping[str, str], *, deploy: bool = False, run: Runner = _run_child
+    environ: Mapping[str, str],
+    *,
+    deploy: bool = False,
+    timeout: float = SERVICE_TIMEOUT_S,
+    run: Runner = _run_child,
 ) -> list[Check]:
     """Every check of ``ddp-relay check``, in order; later ones are skipped when they
     cannot mean anything (no settings, no Django project)."""
@@ -492,8 +511,8 @@ def check_environment(
                 "Django project", "FAIL", "DJANGO_SETTINGS_MODULE is not set (e.g. mysite.settings)"
             )
         )
-    results.append(_postgres_check(settings))
-    results.append(_zookeeper_check(settings))
+    results.append(_postgres_check(settings, timeout))
+    results.append(_zookeeper_check(settings, timeout))
     return results
 
 
@@ -527,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"ddp-relay {version()}")
         return 0
-    results = check_environment(os.environ, deploy=args.deploy)
+    results = check_environment(os.environ, deploy=args.deploy, timeout=args.timeout)
     _print_checks(results)
     failed = [r.name for r in results if r.failed]
     if failed:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from relay.server.health import LIVENESS_SECONDS
 from tests.fixtures.postgres import listeners_killed
 from tests.fixtures.relays import RelayProcess, RelayStacks
 from tests.fixtures.zookeeper import ZooKeeperServer
@@ -188,7 +189,7 @@ def test_a_draining_worker_makes_the_pod_not_ready(relay_stack: RelayStacks) -> 
     assert str(pid) not in body["workers"]
 
 
-def test_a_stopped_worker_loop_is_not_ready_then_not_live(relay_stack: RelayStacks) -> None:
+def test_a_stopped_worker_loop_is_not_ready_but_still_live(relay_stack: RelayStacks) -> None:
     relay = relay_stack(workers=2, internal_port=True).relay
     body = started(relay)
     pid = int(sorted(body["workers"])[0])
@@ -202,14 +203,10 @@ def test_a_stopped_worker_loop_is_not_ready_then_not_live(relay_stack: RelayStac
 
         body = wait_for("not ready once its report is stale", stale, 15)
         assert body["workers"][str(pid)]["status"] == "not ready"
-        assert fetch(relay.internal_url + "/livez")[0] == 200  # not yet: 20 s
-        _, text = wait_for(
-            "not live",
-            lambda: (lambda r: r if r[0] == 503 else None)(fetch(relay.internal_url + "/livez")),
-            27 - (time.monotonic() - stopped_at),  # gunicorn replaces it at 30 s
-            every=0.5,
-        )
-        assert f"worker {pid} has not reported" in text
+        # Stale is not yet stuck: live until LIVENESS_SECONDS (20 s), which the same
+        # report age decides (tests/relay/server/test_health.py; not waited for here).
+        assert time.monotonic() - stopped_at < LIVENESS_SECONDS
+        assert fetch(relay.internal_url + "/livez")[0] == 200
     finally:
         os.kill(pid, signal.SIGCONT)
     body = started(relay)

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -168,6 +169,9 @@ def test_serve_with_another_backend_needs_no_django() -> None:
         ["serve", "--internal-bind", "127.0.0.1:99999"],
         ["serve", "--unknown"],
         ["web", "--threads", "-1"],
+        ["check", "--timeout", "0"],
+        ["check", "--timeout", "nan"],
+        ["check", "--timeout", "1e400"],
         ["frobnicate"],
         [],
     ],
@@ -342,11 +346,14 @@ def test_check_reports_each_unreachable_service(database: str) -> None:
         RELAY_DATABASE_URL=f"postgresql://relay:s3cret-pw@{dead}/relay",
         RELAY_ZOOKEEPER=dead,
     )
-    done = _ddp_relay("check", env=env)
+    started = time.monotonic()
+    done = _ddp_relay("check", "--timeout", "2", env=env)
+    assert time.monotonic() - started < 20  # bounded by --timeout, not the 10 s default
     assert done.returncode == 1
     results = _lines(done.stdout)
     assert _status(results, "PostgreSQL") == "FAIL"
     assert _status(results, "ZooKeeper") == "FAIL"
+    assert "no session within 2 s" in done.stdout
     assert "s3cret-pw" not in done.stdout + done.stderr
 
     no_django = _ddp_relay("check", env=_clean_env(DATABASE_URL=database))
