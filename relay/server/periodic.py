@@ -47,6 +47,10 @@ class Periodic:
             if self.jitter:
                 delay *= random.uniform(1 - self.jitter, 1 + self.jitter)
             gevent.sleep(delay)
+            if self._greenlet is not gevent.getcurrent():
+                # Stopped while asleep: ``kill(block=False)`` only schedules the exit, and
+                # a timer due at the same moment must not run one more round after stop.
+                return
             try:
                 self.run_round()
             except Exception:  # the loop must outlive a failed round
