@@ -16,24 +16,14 @@ from tests.relay.server.helpers import FakeBackend, FakeMember
 
 
 def call(app: RelayApp, path: str = "/websocket", **extra: str) -> tuple[str, bytes]:
-    seen: list[str] = []
-
-    def start_response(status: str, headers: Any) -> None:
-        seen.append(status)
-
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "PATH_INFO": path,
+    """A WebSocket upgrade request (a plain ``get`` with the handshake's headers)."""
+    upgrade = {
         "HTTP_UPGRADE": "websocket",
         "HTTP_CONNECTION": "Upgrade",
         "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ==",
         "HTTP_SEC_WEBSOCKET_VERSION": "13",
-        "REMOTE_ADDR": "10.0.0.9",
-        **extra,
     }
-    body = b"".join(app(environ, start_response))
-    return seen[0], body
+    return get(app, path, **{**upgrade, **extra})
 
 
 def test_upgrades_past_the_connection_limit_are_refused_with_503() -> None:
