@@ -4,15 +4,16 @@ Outside the layers, like ``devstack.embedded_postgres``: ``devstack.devserver``,
 ``devstack.cluster``, the test fixtures and the benchmark harness use it; production never
 does. Standard library only.
 
-Its job: a free loopback port (``free_port``); a child started in a session of its own
-with its output appended to a log (``spawn``); waiting, with a deadline, until a child
-serves, failing at once with its log tail when it exits first (``wait_until_ready``,
-``check_alive``, ``http_status``); stopping it within a deadline, SIGTERM then SIGKILL
-(``stop_process``; ``stop_process_tree`` also kills the descendants of a child it had to
-kill; ``stop_process_group`` also kills what is left of its process group and waits until
-that is gone); the ``/proc`` look-ups those need (``descendants``); and how a launcher
-(``make run``, ``make cluster``) is stopped by signals (``interrupt_on_stop_signals``,
-``stoppable``, ``stop_deferred``, ``stop_requested``, ``ignore_stop_signals``).
+Its job: a free loopback port below the ephemeral range (``free_port``); a child started in
+a session of its own with its output appended to a log (``spawn``); waiting, with a
+deadline, until a child serves, failing at once with its log tail when it exits first
+(``wait_until_ready``, ``check_alive``, ``http_status``); stopping it within a deadline,
+SIGTERM then SIGKILL (``stop_process``; ``stop_process_tree`` also kills the descendants of
+a child it had to kill; ``stop_process_group`` also kills what is left of its process group
+and waits until that is gone); the ``/proc`` look-ups those need (``descendants``); and how
+a launcher (``make run``, ``make cluster``) is stopped by signals
+(``interrupt_on_stop_signals``, ``stoppable``, ``stop_deferred``, ``stop_requested``,
+``ignore_stop_signals``).
 
 Stop signals. SIGTERM (``kill``, ``timeout``, a supervisor), SIGINT (Ctrl-C) and SIGHUP (a
 closed terminal) ask a launcher to stop, often more than once: GNU make forwards the
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -80,11 +82,48 @@ LOG_TAIL_LINES = 40
 _KILL_WAIT_S = 5.0
 
 
+#: Where ``free_port`` looks when the kernel's ephemeral range leaves room below it.
+_LOWEST_PORT = 10_000
+#: Ports this process has handed out: never twice, even once their server has gone.
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
+    """The lowest port the kernel gives outgoing connections (Linux's default 32768)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now (bind to 0, read it back)."""
+    """A TCP port on ``host`` that nothing listens on right now.
+
+    Taken at random below the kernel's ephemeral range, not by binding to port 0: a port
+    from that range is free again as soon as the probe closes, and any outgoing connection
+    on the machine (a ZooKeeper client, a database pool) may take it before the server it
+    was meant for binds it ("Address already in use", seen in the e2e suite). Below the
+    range only another server can, and the ports this process handed out are never reused.
+    """
+    high = _ephemeral_low() - 1
+    rng = random.SystemRandom()
+    for _ in range(200 if high - _LOWEST_PORT >= 1_000 else 0):
+        port = rng.randint(_LOWEST_PORT, high)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+    _handed_out.add(port)
+    return port
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -8,9 +8,10 @@ workers of the node when multiprocess mode is on.
 
 Label values are bounded: reasons and outcomes come from fixed tables, never from
 client-supplied strings; a method's name only once the backend registered it, and at most
-``METHOD_LABEL_CAP`` names per process (then ``"other"``). The label values alerts use are
-created at start with the value 0 (``precreate``), so a rule sees the series before the
-first event. docs/operations.md lists every metric and the question it answers.
+``METHOD_LABEL_CAP`` names per process (then ``"other"``). The label values alerts and the
+dashboard use are created at start with the value 0 (``precreate``), so a rule or a panel
+sees the series before the first event. docs/operations.md lists every metric and the
+question it answers.
 
 Hot paths stay cheap: bytes written to sockets are added to ``TALLY`` (a plain integer,
 no lock, no file write) and moved into the counter by the worker's sampler
@@ -63,6 +64,32 @@ BACKFILL_REASONS: Final = ("listen", "reconnect", "gap", "spill_gone")
 #: The classes of channels the listener's lag is reported by
 #: (``relay.protocol.changestream.channel_class``).
 CHANNEL_CLASSES: Final = ("model", "event", "presence")
+#: What refused something (``ddp_relay_limited_total{limit}``, ``relay.server.gate`` and the
+#: session): sockets per address, inbound bytes per address, queued inbound bytes per
+#: session and per worker, queued messages, subscriptions per session, login attempts per
+#: address, Meteor's accounts rule, an application's rule (``rule``, or its own label).
+LIMITS: Final = (
+    "connections_per_address",
+    "inbound_rate",
+    "pending_bytes_session",
+    "pending_bytes_worker",
+    "pending_messages",
+    "subs_per_session",
+    "login_address",
+    "accounts",
+    "rule",
+)
+#: The reasons of the DDP errors a client's malformed input gets
+#: (``ddp_relay_protocol_errors_total{reason}``, ``relay.protocol``), before any happened.
+PROTOCOL_ERROR_REASONS: Final = (
+    "Bad request",
+    "Parse error",
+    "Must connect first",
+    "Already connected",
+    "Malformed subscription",
+    "Malformed method invocation",
+    "Message too large",
+)
 _COMMIT_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _WAIT_BUCKETS: Final = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -368,6 +395,10 @@ def precreate(
     for channel_class in CHANNEL_CLASSES:
         metrics.listener_lag_seconds.labels(channel_class=channel_class).set(0)
         metrics.listener_lag_changes.labels(channel_class=channel_class).set(0)
+    for limit in LIMITS:
+        metrics.limited.labels(limit=limit)
+    for reason in PROTOCOL_ERROR_REASONS:
+        metrics.protocol_errors.labels(reason=reason)
     metrics.method_seconds.labels(method=OTHER)
 
 

@@ -1,9 +1,10 @@
-"""A real Prometheus (Debian's ``prometheus``) for the deploy tests: the compose config,
-pointed at a test relay, and its query API.
+"""A real Prometheus (Debian's ``prometheus``) for the tests: the compose config, pointed
+at test relays, its query API, and the dashboard's queries.
 
 ``running_prometheus`` starts one on a free loopback port with the given config (a dict,
 as ``deploy/prometheus.yml`` parses) and stops it when the block ends; ``query`` asks it
-for an instant vector. Not a test module: ``test_compose`` and ``test_alerts`` share it.
+for an instant vector. Not a test module: ``test_compose``, ``test_alerts`` and
+``tests/e2e/test_cluster`` share it.
 """
 
 from __future__ import annotations
@@ -26,15 +27,27 @@ from tests.fixtures.services import services_required
 ROOT = Path(__file__).resolve().parents[2]
 #: The compose stack's Prometheus configuration, which the tests point at their relay.
 PROMETHEUS_YML = ROOT / "deploy" / "prometheus.yml"
+#: The Grafana dashboard the compose stack provisions.
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "ddp-relay.json"
 
 
-def compose_config(target: str, *, interval: str = "1s") -> dict[str, Any]:
-    """The compose Prometheus config, scraping only ``target`` (host:port) every
+def dashboard_queries() -> list[tuple[str, str]]:
+    """Every (panel title, PromQL expression) of the dashboard."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def compose_config(*targets: str, interval: str = "1s") -> dict[str, Any]:
+    """The compose Prometheus config, scraping only ``targets`` (host:port each) every
     ``interval``."""
     config: dict[str, Any] = yaml.safe_load(PROMETHEUS_YML.read_text())
     config["global"].update(scrape_interval=interval, evaluation_interval=interval)
     (job,) = config["scrape_configs"]
-    job["static_configs"] = [{"targets": [target]}]
+    job["static_configs"] = [{"targets": list(targets)}]
     return config
 
 

@@ -4,13 +4,15 @@ One ``KeyboardInterrupt`` for any number of stop signals, only inside ``stoppabl
 held back by ``stop_deferred()`` until its end; nothing raised into the cleanup, even for
 two different signals pending at once (Python then runs both handlers back to back: the
 case that cut ``make cluster``'s cleanup short). And ``stop_process_tree`` kills the
-workers of a master it had to kill. The launchers end to end: ``test_shutdown.py``.
+workers of a master it had to kill. ``free_port`` stays out of the kernel's ephemeral
+range. The launchers end to end: ``test_shutdown.py``.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +23,9 @@ import pytest
 
 from devstack.processes import (
     STOP_SIGNALS,
+    _ephemeral_low,
     descendants,
+    free_port,
     ignore_stop_signals,
     interrupt_on_stop_signals,
     stop_deferred,
@@ -153,3 +157,18 @@ def test_stop_process_tree_kills_the_workers_of_a_master_it_had_to_kill(tmp_path
             os.kill(pid, signal.SIGKILL)
         master.kill()
         master.wait()
+
+
+def test_free_ports_are_below_the_ephemeral_range_bindable_and_never_repeated() -> None:
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(10_000 <= port < _ephemeral_low() for port in ports)
+    for port in ports[:5]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_the_ephemeral_range_falls_back_to_linux_s_default(tmp_path: Path) -> None:
+    (tmp_path / "range").write_text("40000\t60999\n")
+    assert _ephemeral_low(str(tmp_path / "range")) == 40_000
+    assert _ephemeral_low(str(tmp_path / "missing")) == 32_768

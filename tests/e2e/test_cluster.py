@@ -15,6 +15,15 @@ stickiness) the way a chaos test would:
 * ``stop()`` leaves no process behind (relays and their workers, HAProxy, the JVMs,
   PostgreSQL's postmaster).
 
+Before that, on the same cluster, the dashboard is checked the way an on-call engineer
+would use it: a real Prometheus (Debian's) scrapes the three relays' internal ports with
+the compose stack's configuration, locust runs a reconnect storm (resumes across relays)
+beside read-heavy writers through HAProxy, every relay's listener connections are killed
+for a moment, and every panel's query must return data while locust runs: a finite
+value, so a latency quantile over an empty histogram (NaN) does not pass. The "Failing
+readiness checks" panel is empty when all is well, so it is checked while the listeners
+are down, where it must name them.
+
 No java/ZooKeeper jar or haproxy (or PostgreSQL): FAILS under CI or
 ``RELAY_REQUIRE_SERVICES=1``, else skipped with a loud reason.
 """
@@ -22,22 +31,112 @@ No java/ZooKeeper jar or haproxy (or PostgreSQL): FAILS under CI or
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from devstack.cluster import Cluster
 from relay.client import DDPClient
+from tests.deploy.prometheus_server import (
+    compose_config,
+    dashboard_queries,
+    query,
+    running_prometheus,
+)
+from tests.e2e.locust_runs import (
+    READHEAVY,
+    STORM,
+    assert_clean,
+    describe,
+    finish,
+    start_locust,
+    stats,
+)
+from tests.fixtures.postgres import listeners_killed
+from tests.fixtures.relays import running_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 CLIENTS = 12
 BOOKS = "bookstore.book"
+#: The locust run the dashboard is read during: users (the storm's and the read-heavy
+#: user classes share them) and seconds.
+LOCUST_USERS = 12
+LOCUST_SECONDS = 16
+FAILING_CHECKS = "Failing readiness checks"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster for the module: the dashboard test reads it, then ``test_cluster``
+    breaks it."""
+    with running_cluster(tmp_path_factory.mktemp("cluster")) as the_cluster:
+        yield the_cluster
+
+
+def _finite(result: list[Any]) -> bool:
+    return any(math.isfinite(float(sample["value"][1])) for sample in result)
+
+
+def _panel_data(prometheus: str) -> dict[str, list[Any]]:
+    """Each dashboard query's instant vector (Grafana's ``$__rate_interval`` as 1m)."""
+    return {
+        f"{title}: {expr}": query(prometheus, expr.replace("$__rate_interval", "1m"))
+        for title, expr in dashboard_queries()
+    }
+
+
+def test_every_dashboard_panel_has_data_during_a_locust_run(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    targets = [f"127.0.0.1:{relay.internal_port}" for relay in cluster.relays]
+    failing = next(expr for title, expr in dashboard_queries() if title == FAILING_CHECKS)
+    with running_prometheus(compose_config(*targets), tmp_path) as prometheus:
+        _wait(lambda: len(query(prometheus, "up == 1")) == 3, 30, "three relays scraped")
+        env = {"LOADTEST_STORM_PERIOD": "2", "LOADTEST_WRITERS": "2"}
+        locust = start_locust(
+            cluster.url, tmp_path, env, (STORM, READHEAVY), LOCUST_USERS, LOCUST_SECONDS
+        )
+        try:
+            _wait(lambda: bool(query(prometheus, "sum(ddp_relay_sessions) > 0")), 20, "sessions")
+            # Listeners down: the readiness panel names the failing check; back up: every
+            # relay backfills what it missed.
+            with listeners_killed(cluster.database_url):
+                _wait(lambda: bool(query(prometheus, failing)), 15, "a failing check shown")
+                shown = {sample["metric"]["check"] for sample in query(prometheus, failing)}
+                assert shown == {"listener"}, shown
+            _wait(lambda: not query(prometheus, failing), 30, "every relay ready again")
+            _wait(
+                lambda: bool(query(prometheus, "sum(ddp_relay_backfills_total) > 0")),
+                20,
+                "the backfills after the listeners came back",
+            )
+            # While locust still runs, every panel has data.
+            deadline = time.monotonic() + 20
+            while True:
+                data = _panel_data(prometheus)
+                empty = [q for q, result in data.items() if FAILING_CHECKS not in q
+                         and not _finite(result)]  # fmt: skip
+                if not empty or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert not empty, "panels without data:\n" + "\n".join(empty)
+            assert locust.poll() is None, "locust ended before every panel had data"
+            locust.send_signal(signal.SIGTERM)  # locust stops its users and writes its CSVs
+        finally:
+            done = finish(locust, LOCUST_SECONDS)
+    output = describe(done)
+    rows = stats(tmp_path)
+    assert int(rows[("DDP", "resume")]["Request Count"]) >= LOCUST_USERS // 2, output
+    assert int(rows[("LIVE", "commit-to-client")]["Request Count"]) > 0, output
+    assert_clean(tmp_path, done, output)
 
 
 def _sessions(port: int) -> int:
@@ -95,6 +194,7 @@ def _connect(cluster: Cluster) -> DDPClient:
 def _run(cluster: Cluster, clients: list[DDPClient]) -> None:
     ports = [relay.internal_port for relay in cluster.relays]
     assert len(set(ports)) == 3 and cluster.port not in ports
+    _wait(_total_is(ports, 0), 15, "the dashboard test's sessions to close")
     assert all(relay.env["RELAY_ZOOKEEPER"] == cluster.zk_connect for relay in cluster.relays)
     assert cluster.zk_connect.count(",") == 2
 

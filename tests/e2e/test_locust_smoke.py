@@ -19,26 +19,26 @@ resumed. Seconds each.
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from devstack.launch import ROOT
 from relay.client import DDPClient
+from tests.e2e.locust_runs import (
+    LOCUSTFILE,
+    READHEAVY,
+    STORM,
+    assert_clean,
+    describe,
+    run_locust,
+    stats,
+)
 from tests.fixtures.relays import RelayProcess
 
 pytestmark = pytest.mark.e2e
 
-LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
-READHEAVY = ROOT / "loadtest" / "locust_readheavy.py"
-STORM = ROOT / "loadtest" / "locust_storm.py"
 USERS = 8
 RUN_TIME_S = 6
-#: Locust start-up + the run + stopping users (their cleanup) fit well inside this.
-SUBPROCESS_TIMEOUT_S = 90
 #: The names loadtest/scenario.py reports (REQUEST_NAMES there; not imported, so this
 #: process never imports the load-test modules' dependencies by accident).
 REQUEST_NAMES = {
@@ -64,45 +64,6 @@ def snapshot(relay: RelayProcess) -> dict[str, dict[str, object]]:
         client.close()
 
 
-def run_locust(
-    relay: RelayProcess,
-    out: Path,
-    env: dict[str, str],
-    locustfile: Path = LOCUSTFILE,
-    users: int = USERS,
-    run_time_s: int = RUN_TIME_S,
-) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(locustfile),
-        "--headless",
-        "-u",
-        str(users),
-        "-r",
-        str(users),
-        "-t",
-        f"{run_time_s}s",
-        "-H",
-        relay.url,
-        "--only-summary",
-        "--csv",
-        str(out / "locust"),
-        "--loglevel",
-        "WARNING",
-    ]
-    return subprocess.run(
-        cmd,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-    )
-
-
 @pytest.mark.parametrize(
     "env",
     [
@@ -113,8 +74,8 @@ def run_locust(
 )
 def test_locust_smoke(relay_server: RelayProcess, tmp_path: Path, env: dict[str, str]) -> None:
     before = snapshot(relay_server)
-    proc = run_locust(relay_server, tmp_path, env)
-    output = f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    proc = run_locust(relay_server.url, tmp_path, env, (LOCUSTFILE,), USERS, RUN_TIME_S)
+    output = describe(proc)
     print(proc.stderr[-4000:])  # the summary locust printed (pytest -s, or on failure)
 
     # The data is as it was, whatever else happened: other e2e tests share this relay.
@@ -139,26 +100,12 @@ def test_locust_smoke(relay_server: RelayProcess, tmp_path: Path, env: dict[str,
     assert_clean(tmp_path, proc, output)
 
 
-def assert_clean(out: Path, proc: subprocess.CompletedProcess[str], output: str) -> None:
-    """No failure, no exception, exit 0."""
-    with (out / "locust_failures.csv").open(newline="") as f:
-        assert list(csv.DictReader(f)) == [], output
-    with (out / "locust_exceptions.csv").open(newline="") as f:
-        assert list(csv.DictReader(f)) == [], output
-    assert proc.returncode == 0, output
-
-
-def stats(out: Path) -> dict[tuple[str, str], dict[str, str]]:
-    with (out / "locust_stats.csv").open(newline="") as f:
-        return {(r["Type"], r["Name"]): r for r in csv.DictReader(f) if r["Name"] != "Aggregated"}
-
-
 def test_locust_read_heavy_reports_commit_to_client_for_every_subscriber(
     relay_server: RelayProcess, tmp_path: Path
 ) -> None:
     before = snapshot(relay_server)
-    proc = run_locust(relay_server, tmp_path, {"LOADTEST_WRITERS": "2"}, READHEAVY, 8, 5)
-    output = f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    proc = run_locust(relay_server.url, tmp_path, {"LOADTEST_WRITERS": "2"}, (READHEAVY,), 8, 5)
+    output = describe(proc)
     print(proc.stderr[-4000:])
     after = snapshot(relay_server)
     assert {k: d["title"] for k, d in after.items()} == {k: d["title"] for k, d in before.items()}
@@ -181,8 +128,10 @@ def test_locust_reconnect_storm_resumes_every_session(
     relay_server: RelayProcess, tmp_path: Path
 ) -> None:
     users = 6
-    proc = run_locust(relay_server, tmp_path, {"LOADTEST_STORM_PERIOD": "2"}, STORM, users, 7)
-    output = f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    proc = run_locust(
+        relay_server.url, tmp_path, {"LOADTEST_STORM_PERIOD": "2"}, (STORM,), users, 7
+    )
+    output = describe(proc)
     print(proc.stderr[-4000:])
     rows = stats(tmp_path)
     assert set(rows) == {("DDP", "resume")}, output

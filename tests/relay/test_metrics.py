@@ -9,6 +9,7 @@ storage when it is first imported, from ``PROMETHEUS_MULTIPROC_DIR``.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -23,9 +24,11 @@ from prometheus_client import REGISTRY
 from relay.metrics import (
     BACKFILL_REASONS,
     CHANNEL_CLASSES,
+    LIMITS,
     METHOD_LABEL_CAP,
     METHOD_LABEL_CHARS,
     OTHER,
+    PROTOCOL_ERROR_REASONS,
     RESYNC_REASONS,
     MethodLabels,
     Tally,
@@ -172,6 +175,26 @@ def test_precreate_makes_every_alerting_series_exist_at_zero() -> None:
         assert f'ddp_relay_listener_lag_seconds{{channel_class="{channel_class}"}}' in text
         assert f'ddp_relay_listener_lag_changes{{channel_class="{channel_class}"}}' in text
     assert 'ddp_relay_method_seconds_count{method="other"}' in text
+    for limit in LIMITS:
+        assert f'ddp_relay_limited_total{{limit="{limit}"}}' in text
+    for reason in PROTOCOL_ERROR_REASONS:
+        assert f'ddp_relay_protocol_errors_total{{reason="{reason}"}}' in text
+
+
+def test_the_pre_created_limits_and_reasons_are_the_ones_the_relay_counts() -> None:
+    # Every literal label the runtime counts a refusal or a protocol error under is
+    # pre-created, and every pre-created one is a label the runtime uses (or, for the
+    # protocol errors, a reason relay.protocol raises).
+    sources = {p: p.read_text() for p in (ROOT / "relay").rglob("*.py")}
+    used = {m for text in sources.values() for m in re.findall(r'limit="([a-z_]+)"', text)}
+    used |= {m for text in sources.values() for m in re.findall(r'label="([a-z_]+)"', text)}
+    assert used - {"rule"} <= set(LIMITS) and "rule" in LIMITS
+    counted = "".join(text for path, text in sources.items() if path.name != "metrics.py")
+    for limit in LIMITS:
+        assert f'"{limit}"' in counted, limit
+    protocol = "".join(t for p, t in sources.items() if p.parent.name in ("protocol", "server"))
+    for reason in PROTOCOL_ERROR_REASONS:
+        assert f'"{reason}' in protocol, reason
 
 
 # -- multiprocess -----------------------------------------------------------------------------
