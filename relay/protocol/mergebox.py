@@ -6,7 +6,7 @@ publish into the single view the client keeps, with Meteor's ``SERVER_MERGE`` ru
 
 * a document published by several subscriptions is ``added`` once; later publishers only
   turn into a ``changed`` carrying the fields nobody provided before;
-* per field, providers form a precedence list and the client sees the first one's value;
+* per field, providers form a precedence order and the client sees the first one's value;
 * a document is ``removed`` only when no subscription publishes it any more, and losing a
   provider clears or replaces only the fields whose visible value changes;
 * a value is "unchanged" when ``ejson.equals`` says so (NaN equals NaN, ``True`` is not
@@ -30,8 +30,8 @@ Memory layout (the mergebox holds every published field, per session):
   nothing else. Its owner is not stored with it: it is the one subscription whose reverse
   index holds the id, found by a scan over the session's subscriptions only when a second
   subscription arrives. A document published by two or more subscriptions is a
-  ``_Shared`` (``existsIn`` + precedence lists); it goes back to a plain dict when a
-  single publisher remains.
+  ``_Shared`` (``existsIn`` + per field, its providers in precedence order with their
+  values, as a dict); it goes back to a plain dict when a single publisher remains.
 * A plain-dict view is copy-on-write: the box never changes one in place, it puts a new
   dict in its place (or the caller's, see below). So one dict may be the view of the
   same document version in thousands of sessions' boxes: the dict a worker's
@@ -75,7 +75,9 @@ SubHandle = Hashable
 #: A DDP data message: ``added``, ``changed`` or ``removed``, values still Python values.
 Message = dict[str, Any]
 
-_Precedence = list[tuple[Hashable, Any]]
+#: A field's providers in precedence order (insertion order: a provider keeps its place
+#: when its value changes, goes last when it comes back) and the value each provides.
+_Precedence = dict[Hashable, Any]
 #: ``update``'s shared work: (id(view), id(fields)) -> (view, fields, new view, messages).
 UpdateMemo = dict[
     tuple[int, int],
@@ -95,21 +97,23 @@ class _Shared:
         #: ``existsIn``: the subscriptions that publish the document, in the order they
         #: came (a dict, for a deterministic ``to_state``; smaller than a set when small).
         self.subs = subs
-        #: field -> precedence list of (handle, value); the first entry is visible.
+        #: field -> providers in precedence order, each with its value; the first one's
+        #: value is visible. (A dict rather than Meteor's list of pairs: a provider is
+        #: found without a scan, and the pairs are not objects of their own for the
+        #: garbage collector to traverse, which a client subscribing the same
+        #: publication many times made it do for hundreds of thousands of them.)
         self.data = data
 
     def visible(self) -> dict[str, Any]:
-        return {key: plist[0][1] for key, plist in self.data.items()}
+        return {key: _first(plist) for key, plist in self.data.items()}
 
 
 _View = dict[str, Any] | _Shared
 
 
-def _find(plist: _Precedence, sub: Hashable) -> int:
-    for i, (handle, _value) in enumerate(plist):
-        if handle == sub:
-            return i
-    return -1
+def _first(plist: _Precedence) -> Any:
+    """The visible value: the first provider's."""
+    return next(iter(plist.values()))
 
 
 def _clear_field(
@@ -117,17 +121,15 @@ def _clear_field(
 ) -> None:
     """Drop ``sub``'s entry for ``key``; record what the client must see change."""
     plist = view.data.get(key)
-    if plist is None:
+    if plist is None or sub not in plist:
         return
-    i = _find(plist, sub)
-    if i < 0:
-        return
-    _handle, old = plist.pop(i)
+    was_first = next(iter(plist)) == sub
+    old = plist.pop(sub)
     if not plist:
         del view.data[key]
         gone.append(key)
-    elif i == 0 and not _equals(old, plist[0][1]):
-        out[key] = plist[0][1]
+    elif was_first and not _equals(old, first := _first(plist)):
+        out[key] = first
 
 
 def _changed(
@@ -208,7 +210,7 @@ class MergeBox:
             return self.change(sub, collection, doc_id, fields)
         if isinstance(view, dict):
             owner = self._owner(collection, doc_id)
-            view = _Shared({owner: None}, {k: [(owner, v)] for k, v in view.items()})
+            view = _Shared({owner: None}, {k: {owner: v} for k, v in view.items()})
             coll[doc_id] = view
         view.subs[sub] = None
         self._index_add(sub, collection, doc_id)
@@ -218,10 +220,10 @@ class MergeBox:
                 continue
             plist = view.data.get(key)
             if plist is None:
-                view.data[key] = [(sub, value)]
+                view.data[key] = {sub: value}
                 out[key] = value
             else:
-                plist.append((sub, value))
+                plist[sub] = value  # sub is new to the document: it goes last
         return _changed(collection, doc_id, out, [])
 
     def change(
@@ -291,16 +293,13 @@ class MergeBox:
                 continue
             plist = view.data.get(key)
             if plist is None:
-                view.data[key] = [(sub, value)]
+                view.data[key] = {sub: value}
                 out[key] = value
                 continue
-            i = _find(plist, sub)
-            if i < 0:
-                plist.append((sub, value))
-            elif i > 0:
-                plist[i] = (sub, value)
-            elif not equals(plist[0][1], value):
-                plist[0] = (sub, value)
+            if next(iter(plist)) != sub:
+                plist[sub] = value  # a new provider goes last, a known one keeps its place
+            elif not equals(plist[sub], value):
+                plist[sub] = value
                 out[key] = value
         for key in clears:
             _clear_field(view, sub, key, out, gone)
@@ -498,7 +497,7 @@ class MergeBox:
                     docs[doc_id] = {
                         "subs": [_dump_handle(s) for s in view.subs],
                         "data": {
-                            key: [[_dump_handle(h), v] for h, v in plist]
+                            key: [[_dump_handle(h), v] for h, v in plist.items()]
                             for key, plist in view.data.items()
                         },
                     }
@@ -530,13 +529,14 @@ class MergeBox:
                         continue
                     handles = [_load_handle(h) for h in doc["subs"]]
                     subs = dict.fromkeys(handles)
-                    data = {
+                    pairs = {
                         _str(key): [(_load_handle(h), v) for h, v in plist]
                         for key, plist in doc["data"].items()
                     }
-                    for plist in [handles, *([h for h, _v in p] for p in data.values())]:
+                    for plist in [handles, *([h for h, _v in p] for p in pairs.values())]:
                         if len(set(plist)) != len(plist) or not set(plist) <= subs.keys():
                             raise ValueError(f"{collection}/{doc_id}: bad handles {plist!r}")
+                    data = {key: dict(p) for key, p in pairs.items()}
                     for sub in subs:
                         box._index_add(sub, collection, doc_id)
                     shared = _Shared(subs, data)
@@ -572,9 +572,8 @@ class MergeBox:
                 _check(view.subs.keys() == subs, f"{where}: existsIn differs from the index")
                 _check("_id" not in view.data, f"{where}: _id stored")
                 for key, plist in view.data.items():
-                    handles = [h for h, _v in plist]
+                    handles = list(plist)
                     _check(bool(plist), f"{where}.{key}: empty precedence list")
-                    _check(len(set(handles)) == len(handles), f"{where}.{key}: duplicate sub")
                     _check(
                         set(handles) <= view.subs.keys(), f"{where}.{key}: provider not in existsIn"
                     )

@@ -4,8 +4,9 @@ database, the example app, clients speaking raw DDP (``relay.client``).
 What users rely on (issue 9): logging in and out re-runs the session's subscriptions and
 sends exactly the difference before the method's ``updated``; the ``users`` collection
 holds the logged-in user's document; a resume token from one relay logs in on another;
-revoking a token (``removeOtherTokens``, ``changePassword``, a password change or a
-deactivation made with the Django ORM, as the admin makes them) closes every session
+revoking a token (``removeOtherTokens``, ``changePassword``, a password change through
+the Django admin's own forms, a password change or a deactivation made with the Django
+ORM) closes every session
 logged in with it, on every relay, within 2 seconds; the sixth login within 10 seconds is
 refused with Meteor's ``too-many-requests``; sockets over the per-address limit are
 refused while an honest client from another address goes on.
@@ -14,9 +15,13 @@ refused while an honest client from another address goes on.
 from __future__ import annotations
 
 import hashlib
+import http.cookiejar
+import re
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -207,6 +212,47 @@ def test_a_change_made_in_django_closes_every_session_of_the_user(
     )
     _closed_within(one, REVOCATION_SECONDS)
     _closed_within(other, REVOCATION_SECONDS)
+
+
+def _admin_form(opener: urllib.request.OpenerDirector, url: str, data: dict[str, str]) -> str:
+    """GET an admin form, POST it back with ``data`` and its CSRF token; the final URL."""
+    with opener.open(url, timeout=10) as page:
+        found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.read().decode())
+    assert found, f"no CSRF token on {url}"
+    body = urllib.parse.urlencode({"csrfmiddlewaretoken": found.group(1), **data}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Referer": url})
+    with opener.open(request, timeout=10) as answer:
+        return str(answer.geturl())
+
+
+def test_a_password_change_through_the_django_admin_closes_every_session(
+    stack: RelayStack, clients: list[DDPClient]
+) -> None:
+    # What an operator does: the admin's own login and "change password" forms, over HTTP,
+    # served by one relay; the reader's sessions on both relays close.
+    one, other, _ = _two_sessions(stack, clients)
+    admin = stack.relays[0].url + "/admin/"
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    landed = _admin_form(
+        opener,
+        admin + "login/",
+        {"username": "admin", "password": "ddp-relay-demo", "next": "/admin/"},
+    )
+    assert landed.endswith("/admin/"), landed
+    user_id = one.call("users.whoami")["userId"]
+    new = "changed-through-the-admin-2026"
+    landed = _admin_form(
+        opener,
+        f"{admin}auth/user/{user_id}/password/",
+        {"password1": new, "password2": new, "usable_password": "true"},
+    )
+    assert landed.endswith(f"/auth/user/{user_id}/change/"), landed  # the form was accepted
+    _closed_within(one, REVOCATION_SECONDS)
+    _closed_within(other, REVOCATION_SECONDS)
+    fresh = _client(clients, stack.relays[1].url)
+    fresh.call("login", {"user": {"username": "reader"}, "password": new})
 
 
 def test_the_sixth_login_within_ten_seconds_is_refused(
