@@ -184,18 +184,22 @@ types: venv
 # (RELAY_REQUIRE_SERVICES=1) instead of skipping. First everything but the end-to-end tests,
 # then the end-to-end tests (-m e2e: real relays, clusters and clients). A run that collects
 # no test fails, unless PYTEST_ARGS narrowed it (`make pytest PYTEST_ARGS="-k mergebox"`).
+# The first run is spread over UNIT_WORKERS processes (pytest-xdist; 2, CI's cores): it is
+# CPU-bound, and each process has its own PostgreSQL and fixtures. The end-to-end tests run
+# one at a time: each starts servers of its own that need the cores it would share.
 # Coverage is `make coverage` (the first run, traced, no threshold), not part of `make
 # test`: tracing doubles that run (~3 minutes on CI's 2 cores), and the whole suite must
 # stay under 20 minutes there. The end-to-end tests are never traced: tracing slows the
 # clients' threads past the relays' heartbeat timeouts, and what they run lives in
 # subprocesses that coverage does not see anyway.
 COVERAGE ?=
+UNIT_WORKERS ?= 2
 PYTEST := RELAY_REQUIRE_SERVICES=1 $(VENV)/bin/pytest -p no:cacheprovider
 pytest: venv
 	@failed=0; \
 	for part in unit e2e; do \
 		if [ $$part = unit ]; then echo "test: pytest -m 'not e2e'$(if $(strip $(COVERAGE)), (with coverage))"; \
-			args=(-m "not e2e" $(COVERAGE)); \
+			args=(-m "not e2e" -n $(UNIT_WORKERS) $(COVERAGE)); \
 		else echo "test: pytest -m e2e"; args=(-m e2e); fi; \
 		rc=0; $(PYTEST) "$${args[@]}" $(PYTEST_ARGS) || rc=$$?; \
 		if [ $$rc -eq 5 ] && [ -n "$(strip $(PYTEST_ARGS))" ]; then rc=0; \

@@ -758,9 +758,12 @@ class JsonSteps(ColumnSteps):
                 "EXISTS (SELECT 1 FROM jsonb_array_elements({}) p(v) WHERE p.v = o.v)",
                 _param(_json(list(op.argument)), "jsonb"),
             )
+        # coalesce: an element without a queried field gives NULL (SQL's unknown), and
+        # NOT unknown would drop it; Mongo keeps it (it does not match).
         return _sql(
             "(SELECT coalesce(jsonb_agg(o.v ORDER BY o.i), '[]'::jsonb)"
-            " FROM jsonb_array_elements({}) WITH ORDINALITY o(v, i) WHERE NOT ({}))",
+            " FROM jsonb_array_elements({}) WITH ORDINALITY o(v, i)"
+            " WHERE NOT coalesce(({}), false))",
             leaf,
             matches,
         )

@@ -843,6 +843,9 @@ METEOR_CASES: list[tuple[Any, dict[str, Any], Any]] = [
         {"$pull": {"details.a": {"id": 1, "ok": False}}},
         {"a": [{"id": 1, "ok": True}]},
     ),
+    # An object without the queried field does not match: it stays (SQL's NULL must not
+    # drop it; found by the brute-force model below).
+    ({"a": [{}, {"id": 1}, {"n": 0}]}, {"$pull": {"details.a": {"id": 1}}}, {"a": [{}, {"n": 0}]}),
     ({"a": [1, 2, 3, 2]}, {"$pullAll": {"details.a": [2, 3, 9]}}, {"a": [1]}),
     ({"a": 1}, {"$pull": {"details.b": 1}}, {"a": 1}),
     # $pop: 1 the last, -1 the first; nothing on an empty or missing array.

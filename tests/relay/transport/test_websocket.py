@@ -218,6 +218,18 @@ def test_eof_without_close_is_1006() -> None:
         (masked_frame(0x8, b"\x03"), 1002),  # one-byte close payload
         (masked_frame(0x8, struct.pack("!H", 999)), 1002),  # invalid close code
     ],
+    # Stable ids: the frames carry random masks (pytest-xdist's workers must agree).
+    ids=[
+        "invalid-utf8",
+        "truncated-utf8",
+        "unmasked",
+        "reserved-opcode",
+        "rsv1",
+        "lone-continuation",
+        "fragmented-control",
+        "one-byte-close",
+        "invalid-close-code",
+    ],
 )
 def test_protocol_errors_close_without_raising(frame: bytes, code: int) -> None:
     ws, peer = make()
