@@ -79,8 +79,9 @@ LIMITS: Final = (
     "accounts",
     "rule",
 )
-#: The reasons of the DDP errors a client's malformed input gets
-#: (``ddp_relay_protocol_errors_total{reason}``, ``relay.protocol``), before any happened.
+#: The usual reasons of the DDP errors a client's malformed input gets
+#: (``ddp_relay_protocol_errors_total{reason}``, ``relay.protocol``), there before any
+#: happened; the rarer ones (an EJSON value's own error) appear when they first happen.
 PROTOCOL_ERROR_REASONS: Final = (
     "Bad request",
     "Parse error",
@@ -89,6 +90,7 @@ PROTOCOL_ERROR_REASONS: Final = (
     "Malformed subscription",
     "Malformed method invocation",
     "Message too large",
+    "Version negotiation failed",
 )
 _COMMIT_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _WAIT_BUCKETS: Final = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

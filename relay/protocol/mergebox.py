@@ -186,7 +186,7 @@ class MergeBox:
 
         A new document gives ``added``. A document other subscriptions already publish
         gives at most one ``changed`` with the fields that had no provider; fields that
-        had one get ``sub`` appended to their precedence list silently. ``_id`` in
+        had one get ``sub`` added last to their providers silently. ``_id`` in
         ``fields`` is ignored. A new document's view is ``fields`` itself when it is a
         plain dict without ``_id`` (the caller must not change it afterwards).
 
@@ -533,6 +533,8 @@ class MergeBox:
                         _str(key): [(_load_handle(h), v) for h, v in plist]
                         for key, plist in doc["data"].items()
                     }
+                    if not all(pairs.values()):
+                        raise ValueError(f"{collection}/{doc_id}: a field without providers")
                     for plist in [handles, *([h for h, _v in p] for p in pairs.values())]:
                         if len(set(plist)) != len(plist) or not set(plist) <= subs.keys():
                             raise ValueError(f"{collection}/{doc_id}: bad handles {plist!r}")
@@ -573,7 +575,7 @@ class MergeBox:
                 _check("_id" not in view.data, f"{where}: _id stored")
                 for key, plist in view.data.items():
                     handles = list(plist)
-                    _check(bool(plist), f"{where}.{key}: empty precedence list")
+                    _check(bool(plist), f"{where}.{key}: a field without providers")
                     _check(
                         set(handles) <= view.subs.keys(), f"{where}.{key}: provider not in existsIn"
                     )

@@ -462,27 +462,30 @@ def test_the_coordinator_contract_holds_on_a_secured_server(
 
 
 def test_auth_is_sent_again_after_a_reconnect(
-    acl_server: ZooKeeperServer,
+    make_zk_server: MakeServer,
     make_coordinator: Callable[..., ZooKeeperCoordinator],
     make_raw: Callable[..., KazooClient],
 ) -> None:
+    # A server of its own whose sessions may last 40 s (20 ticks of 2 s): restarting the
+    # JVM on a loaded machine took over 10 s once, and the session must outlive it.
+    server = make_zk_server(tick_ms=2000)
     root = f"{_top()}/v1"
-    c = make_coordinator(acl_server.hosts, root, ZooKeeperSecurity(digest=DIGEST))
+    c = make_coordinator(server.hosts, root, ZooKeeperSecurity(digest=DIGEST), session_timeout=40.0)
     states = StateEvents()
     c.add_listener(states)
     c.create_session("S1", "relay-a")
     session_before = c._session_id()
 
-    acl_server.stop()  # the TCP connection drops; the ZooKeeper session survives
+    server.stop()  # the TCP connection drops; the ZooKeeper session survives
     assert states.wait_for(State.SUSPENDED)
-    acl_server.start()
-    assert states.wait_for(State.CONNECTED, timeout=20), "did not reconnect"
+    server.start()
+    assert states.wait_for(State.CONNECTED, timeout=40), "did not reconnect"
     assert c._session_id() == session_before  # same session, new connection
     # Only an authenticated connection may write these nodes: the auth was sent again.
     parked = c.park_session("S1", "relay-a", 1, 3, b"after", 1e12)
     assert parked.cursor == 3
     c.create_session("S2", "relay-a")
-    raw = make_raw(acl_server.hosts, DIGEST)
+    raw = make_raw(server.hosts, DIGEST)
     assert _acl(raw, f"{root}/sessions/S2") == OUR_ACL
 
 

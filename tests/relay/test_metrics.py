@@ -185,7 +185,7 @@ def test_the_pre_created_limits_and_reasons_are_the_ones_the_relay_counts() -> N
     # Every literal label the runtime counts a refusal or a protocol error under is
     # pre-created, and every pre-created one is a label the runtime uses (or, for the
     # protocol errors, a reason relay.protocol raises).
-    sources = {p: p.read_text() for p in (ROOT / "relay").rglob("*.py")}
+    sources = {p: p.read_text(encoding="utf-8") for p in (ROOT / "relay").rglob("*.py")}
     used = {m for text in sources.values() for m in re.findall(r'limit="([a-z_]+)"', text)}
     used |= {m for text in sources.values() for m in re.findall(r'label="([a-z_]+)"', text)}
     assert used - {"rule"} <= set(LIMITS) and "rule" in LIMITS

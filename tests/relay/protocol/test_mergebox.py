@@ -412,7 +412,7 @@ def test_a_given_dict_is_kept_as_the_view_and_never_changed() -> None:
     box.add("A", "c", "3", equal)
     box.change("A", "c", "3", {"l": [1]})
     assert equal["l"] is not view_of(box, "c", "3")["l"] and equal == {"a": 1, "l": [1]}
-    # A second publisher turns the view into precedence lists; the dict is left alone.
+    # A second publisher turns the view into per-field providers; the dict is left alone.
     box.add("B", "c", "2", {"a": 5, "z": 6})
     box.remove("A", "c", "2")
     assert fields == {"a": 1, "b": 2} and box.get("c", "2") == {"a": 5, "z": 6}
@@ -551,6 +551,7 @@ def test_state_of_shared_doc_with_one_sub_is_normalised() -> None:
         {"version": 1, "collections": {"c": {"1": {"subs": [], "data": {}}}}},
         {"version": 1, "collections": {"c": {"1": {"subs": ["A"], "data": {"a": [["B", 1]]}}}}},
         {"version": 1, "collections": {"c": {"1": {"subs": ["A", "B"], "data": {"a": []}}}}},
+        {"version": 1, "collections": {"c": {"1": {"subs": ["A"], "data": {"a": []}}}}},
         {
             "version": 1,
             "collections": {"c": {"1": {"subs": ["A", "B"], "data": {"a": [["A", 1], ["A", 2]]}}}},
