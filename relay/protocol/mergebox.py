@@ -574,10 +574,9 @@ class MergeBox:
                 _check(view.subs.keys() == subs, f"{where}: existsIn differs from the index")
                 _check("_id" not in view.data, f"{where}: _id stored")
                 for key, plist in view.data.items():
-                    handles = list(plist)
                     _check(bool(plist), f"{where}.{key}: a field without providers")
                     _check(
-                        set(handles) <= view.subs.keys(), f"{where}.{key}: provider not in existsIn"
+                        plist.keys() <= view.subs.keys(), f"{where}.{key}: provider not in existsIn"
                     )
 
     # -- internals ---------------------------------------------------------------------

@@ -62,14 +62,7 @@ def run_locust(
     run_time_s: int = 6,
 ) -> subprocess.CompletedProcess[str]:
     """Runs locust to its end (``run_time_s`` plus stopping); the finished process."""
-    return subprocess.run(
-        locust_command(host, out, locustfiles, users, run_time_s),
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S + run_time_s,
-    )
+    return finish(start_locust(host, out, env, locustfiles, users, run_time_s), run_time_s)
 
 
 def start_locust(
