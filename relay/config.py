@@ -129,6 +129,20 @@ class Settings:
     heartbeat_timeout: float = field(default=15.0, metadata={"env": "RELAY_HEARTBEAT_TIMEOUT"})
     #: RELAY_SOCKJS_HEARTBEAT: seconds between SockJS ``h`` frames on an idle SockJS socket.
     sockjs_heartbeat: float = field(default=25.0, metadata={"env": "RELAY_SOCKJS_HEARTBEAT"})
+    #: RELAY_SOCKJS_HTTP: serve SockJS's HTTP transports (xhr-streaming, xhr-polling,
+    #: eventsource, htmlfile, jsonp) for clients that cannot open a WebSocket; false answers
+    #: them 404 and ``/sockjs/info`` offers the WebSocket only.
+    sockjs_http: bool = field(default=True, metadata={"env": "RELAY_SOCKJS_HTTP"})
+    #: RELAY_SOCKJS_RESPONSE_LIMIT: bytes a streaming response carries before it ends and the
+    #: client opens the next (the browser keeps a response's text until it ends).
+    sockjs_response_limit: int = field(
+        default=131_072, metadata={"env": "RELAY_SOCKJS_RESPONSE_LIMIT"}
+    )
+    #: RELAY_SOCKJS_DISCONNECT_DELAY: seconds a SockJS HTTP session waits for its client's
+    #: next request before it ends (then it is parked, resumable, as a WebSocket's).
+    sockjs_disconnect_delay: float = field(
+        default=10.0, metadata={"env": "RELAY_SOCKJS_DISCONNECT_DELAY"}
+    )
     #: RELAY_HANDSHAKE_TIMEOUT: seconds a new socket may take to send ``connect``.
     handshake_timeout: float = field(default=45.0, metadata={"env": "RELAY_HANDSHAKE_TIMEOUT"})
     #: RELAY_MAX_SUBS_PER_SESSION: active subscriptions one session may hold.
@@ -302,6 +316,8 @@ class Settings:
             "backend_concurrency",
             "handshake_timeout",
             "sockjs_heartbeat",
+            "sockjs_response_limit",
+            "sockjs_disconnect_delay",
             "write_fence_timeout",
         )
         for name in positive:

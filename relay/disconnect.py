@@ -37,5 +37,11 @@ SLOW = Disconnect("slow", 4003, "Client too slow to receive", True)
 TOO_MANY_PENDING = Disconnect("too_many_pending", 4004, "Too many unprocessed messages", True)
 REVOKED = Disconnect("revoked", 4005, "Credential revoked", True)
 PENDING_BYTES = Disconnect("pending_bytes", 4006, "Too much unprocessed data", True)
+#: A SockJS HTTP session moved to another relay (``relay.httpsession``): the client is
+#: not told, its next request is served there.
+HANDOVER = Disconnect("handover", 4007, "Session moved to another relay", True)
+#: The client reconnected elsewhere and asked for this session back while it still ran
+#: here (its old connection died without this relay seeing it): parked for that resume.
+SUPERSEDED = Disconnect("superseded", 4008, "Session resumed on another connection", True)
 REFUSED = Disconnect("refused", 4500, "Connection refused by the server", False)
 CLOSED_BY_SERVER = Disconnect("closed_by_server", 4501, "Closed by the server", False)

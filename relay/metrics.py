@@ -153,6 +153,8 @@ class Metrics:
     changes_delivered: Counter
     notifications: Counter
     resumes: Counter
+    transport_requests: Counter
+    sockjs_moves: Counter
     backfill_seconds: Histogram
     resyncs: Counter
     fence_timeouts: Counter
@@ -212,6 +214,20 @@ def get_metrics() -> Metrics:
         disconnects=Counter("ddp_relay_disconnects", "Sessions closed, by reason.", ["reason"]),
         changes_delivered=Counter(
             "ddp_relay_change_batches", "Change-stream transactions routed to sessions."
+        ),
+        transport_requests=Counter(
+            "ddp_relay_transport_requests",
+            "DDP transport requests, by transport: WebSocket upgrades (websocket: raw,"
+            " sockjs-websocket) and each SockJS HTTP request (xhr, xhr_send, xhr_streaming,"
+            " eventsource, htmlfile, jsonp, jsonp_send).",
+            ["transport"],
+        ),
+        sockjs_moves=Counter(
+            "ddp_relay_sockjs_moves",
+            "SockJS HTTP sessions reached through another relay, by outcome: relayed (a send"
+            " through the inbox), handed_over, taken_over, refused (the holder did not hand"
+            " it over in time), closed (it closed instead), lost (its holder died).",
+            ["outcome"],
         ),
         resumes=Counter(
             "ddp_relay_resumes",
@@ -379,8 +395,26 @@ def get_metrics() -> Metrics:
     )
 
 
+#: The label values of ``ddp_relay_transport_requests_total{transport}``.
+TRANSPORTS: Final = (
+    "websocket",
+    "sockjs-websocket",
+    "xhr",
+    "xhr_send",
+    "xhr_streaming",
+    "eventsource",
+    "htmlfile",
+    "jsonp",
+    "jsonp_send",
+)
+
+
 def precreate(
-    metrics: Metrics, *, disconnects: Iterable[str] = (), resumes: Iterable[str] = ()
+    metrics: Metrics,
+    *,
+    disconnects: Iterable[str] = (),
+    resumes: Iterable[str] = (),
+    moves: Iterable[str] = (),
 ) -> None:
     """Create (at 0) the label values alerts and dashboards use, so their series exist
     before the first event. ``disconnects`` and ``resumes`` are the runtime's tables
@@ -390,6 +424,10 @@ def precreate(
         metrics.disconnects.labels(reason=reason)
     for outcome in resumes:
         metrics.resumes.labels(outcome=outcome)
+    for transport in TRANSPORTS:
+        metrics.transport_requests.labels(transport=transport)
+    for outcome in moves:
+        metrics.sockjs_moves.labels(outcome=outcome)
     for reason in RESYNC_REASONS:
         metrics.resyncs.labels(reason=reason)
     for reason in BACKFILL_REASONS:

@@ -75,6 +75,12 @@ class ServerConnection:
     def close(self) -> None:
         self.state = State.CLOSED
 
+    def adopt(self, version: str) -> None:
+        """Go on from another server's ``connect`` (a session moved between relays)."""
+        if self.state is State.AWAITING_CONNECT:
+            self.state = State.CONNECTED
+            self.version = version
+
     @property
     def heartbeats(self) -> bool:
         """``pre1`` sessions get no heartbeats (ping/pong did not exist yet)."""

@@ -53,14 +53,16 @@ class ParkedSession:
     #: resume must present it again (``relay.server.session``), never the id alone.
     credential: str | None = None
 
-    def missed_since(self, received_count: int) -> list[str] | None:
+    def missed_since(self, received_count: int, floor: int = 1) -> list[str] | None:
         """The messages after ``received_count``, or None when the log does not reach back.
 
         A client that knows the session id received ``connected`` (message 1), so a count
-        below 1 is not one it can have.
+        below 1 is not one it can have; a session taken over between two requests of the
+        same client (SockJS over HTTP) may not have given it ``connected`` yet (``floor``
+        0).
         """
         if (
-            received_count < 1
+            received_count < floor
             or received_count > self.sent_count
             or received_count < self.log_start - 1
         ):

@@ -168,6 +168,11 @@ class Resumer:
         self.store = store
         self.metrics = metrics
         self.relay_id = relay_id()
+        #: Called with a session id whose resume finds it still live on a live relay: that
+        #: relay is asked to close it (its connection is dead: the client is here), so
+        #: that it parks within the wait (``relay.server.node``: a ring on the relays'
+        #: control channel). None: just wait.
+        self.on_live: Callable[[str], None] | None = None
         #: The connection ``count_parked`` uses (opened on first use, on the leader only).
         self._counter: psycopg2.extensions.connection | None = None
 
@@ -273,12 +278,19 @@ class Resumer:
             self.store.delete(session_id)
 
     def resume(
-        self, session_id: str, received_count: int, accept: Callable[[ParkedSession], bool]
+        self,
+        session_id: str,
+        received_count: int,
+        accept: Callable[[ParkedSession], bool],
+        *,
+        moved: bool = False,
     ) -> Resumed | None:
         """Take over a parked session, or None (with the reason counted) to start anew.
 
         ``accept(state)`` decides whether the reconnecting client may have the parked
-        state (it runs before the claim, may block, and is called at most once)."""
+        state (it runs before the claim, may block, and is called at most once).
+        ``moved``: not a reconnect but a session handed over between relays
+        (``relay.httpsession``), whose client may not have been given ``connected`` yet."""
         outcome: Resumed | Outcome
         started = time.monotonic()
         try:
@@ -289,7 +301,7 @@ class Resumer:
             self._count("unknown")
             return None
         try:
-            outcome = self._resume(session_id, received_count, accept)
+            outcome = self._resume(session_id, received_count, accept, 0 if moved else 1)
         except FencedError:
             outcome = "fenced"
         except SessionNotFound:
@@ -303,6 +315,8 @@ class Resumer:
             outcome = "unavailable"
         if isinstance(outcome, str):
             self._count(outcome)
+            # One line per refused resume (a client starting over is worth knowing why).
+            log.info("session %s not resumed: %s", session_tag(session_id), outcome)
             return None
         # Claimed: the stored state is spent (a later park writes a new one).
         with contextlib.suppress(Exception):
@@ -313,10 +327,15 @@ class Resumer:
         return outcome
 
     def _resume(
-        self, session_id: str, received_count: int, accept: Callable[[ParkedSession], bool]
+        self,
+        session_id: str,
+        received_count: int,
+        accept: Callable[[ParkedSession], bool],
+        floor: int,
     ) -> Resumed | Outcome:
         record = self._call(self.coordinator.get_session, session_id, wait=self.resume_wait)
         deadline = time.monotonic() + self.park_wait
+        asked = False
         while record is not None and not record.parked and time.monotonic() < deadline:
             if record.owner not in {m.relay_id for m in self.coordinator.members()}:
                 # Read once more: a relay shutting down gracefully parks its sessions and
@@ -326,6 +345,10 @@ class Resumer:
                     return "owner_gone"  # killed before it could park: nothing to resume
                 record = again
                 continue
+            if not asked and self.on_live is not None:
+                asked = True
+                with contextlib.suppress(Exception):
+                    self.on_live(session_id)
             gevent.sleep(0.05)  # the old owner is still parking it
             record = self.coordinator.get_session(session_id)
         if record is None:
@@ -342,7 +365,7 @@ class Resumer:
             if again is not None and again.epoch != record.epoch:
                 return "fenced"
             return "lost"
-        missed = state.missed_since(received_count)
+        missed = state.missed_since(received_count, floor)
         if missed is None:
             return "count"
         if not accept(state):

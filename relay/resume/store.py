@@ -20,6 +20,7 @@ promises:
 
 ``PostgresParkStore`` (also importable as ``ParkStore``, the name ``relay.server.node``
 uses): one connection per worker process, in autocommit, used by one greenlet at a time
+(``relay.pg.Autocommit``)
 (parking and resuming are rare next to messages: a few per connection). Row expiry uses the
 database's clock (``now()``), so every relay agrees on it.
 
@@ -28,13 +29,11 @@ Must not: decide anything about resumption (``relay.resume.resumer``), or be use
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Protocol
 
-import gevent.lock
 import psycopg2
-import psycopg2.extensions
 
+from relay.pg import Autocommit
 from relay.resume import parked
 from relay.resume.parked import ParkedSession
 
@@ -94,37 +93,13 @@ class PostgresParkStore:
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._conn: Any = None
-        self._lock = gevent.lock.BoundedSemaphore(1)
+        # Every statement here is idempotent, so running one twice is harmless.
+        self._db = Autocommit(dsn, "ddp-relay parking", ParkStoreError, "park store")
 
     def _execute(
         self, statement: str, params: tuple[Any, ...] | dict[str, Any]
     ) -> tuple[list[tuple[Any, ...]], int]:
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    if self._conn is None or self._conn.closed:
-                        self._conn = psycopg2.connect(
-                            self.dsn, application_name="ddp-relay parking"
-                        )
-                        self._conn.set_isolation_level(
-                            psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT
-                        )
-                    with self._conn.cursor() as cur:
-                        cur.execute(statement, params)
-                        rows = list(cur.fetchall()) if cur.description else []
-                        return rows, cur.rowcount
-                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                    # The connection may just be stale (the database restarted since the
-                    # last park): one more try on a new one. Every statement here is
-                    # idempotent, so running it twice is harmless.
-                    self.close()
-                    if attempt == 2:
-                        raise ParkStoreError(f"park store unavailable: {exc}") from exc
-                except psycopg2.Error as exc:
-                    # Autocommit: no transaction was left open, the connection stays usable.
-                    raise ParkStoreError(f"park store failed: {exc}") from exc
-            raise AssertionError("unreachable")
+        return self._db.execute(statement, params)
 
     def save(
         self, state: ParkedSession, window: float, *, owner: str = "", owner_limit: int = 0
@@ -152,10 +127,7 @@ class PostgresParkStore:
         self._execute(DELETE_EXPIRED, ())
 
     def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-        self._conn = None
+        self._db.close()
 
 
 #: The name ``relay.server.node`` imports.

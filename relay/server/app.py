@@ -39,6 +39,7 @@ from relay import metrics
 from relay.backend import Backend, Handshake
 from relay.config import Settings
 from relay.limits import client_address
+from relay.protocol.sockjs import session_path
 from relay.server.health import Verdict
 from relay.server.node import Node
 from relay.transport import RawTransport, SockJSTransport, Transport, endpoints, handshake
@@ -111,6 +112,11 @@ class RelayApp:
         route = endpoints.route(environ)
         if route in (endpoints.Route.DDP_WEBSOCKET, endpoints.Route.SOCKJS_WEBSOCKET):
             return self._websocket(environ, start_response, route)
+        if route is endpoints.Route.SOCKJS_HTTP and self.node.http_handler is not None:
+            path = session_path(str(environ.get("PATH_INFO", "")))
+            if path is not None:
+                request = handshake_of(environ, self.settings.forwarded_count)
+                return self.node.http_handler(environ, start_response, path, request)
         if route is endpoints.Route.OTHER:
             path = environ.get("PATH_INFO", "")
             if not split:
@@ -163,6 +169,8 @@ class RelayApp:
         if len(self.node.sessions) >= self.settings.worker_connections:
             return _text(start_response, "503 Service Unavailable", "too many connections\n")
         request = handshake_of(environ, self.settings.forwarded_count)
+        kind = "sockjs-websocket" if route is endpoints.Route.SOCKJS_WEBSOCKET else "websocket"
+        self.node.metrics.transport_requests.labels(transport=kind).inc()
         gate = self.node.gate
         if not gate.open_socket(request.remote_addr):
             # 429, not 503: a load balancer retries a 503 on another relay.

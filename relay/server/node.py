@@ -25,15 +25,20 @@ import logging
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 
+import gevent
 import gevent.event
 
 from relay import disconnect, logs
 from relay.backend import Backend, Handshake, QueryData, QuerySpec
 from relay.config import Settings
+from relay.httpsession.directory import MOVES, Directory, session_key
+from relay.httpsession.handler import Handler
+from relay.httpsession.inbox import CHANNEL as INBOX_CHANNEL
+from relay.httpsession.inbox import Inbox, MemoryInbox, PostgresInbox
 from relay.live.queries import LiveQueries
 from relay.live.query import QueryHost
 from relay.metrics import Metrics, get_metrics, precreate
-from relay.resume.resumer import OUTCOMES, Resumer, build_coordinator
+from relay.resume.resumer import OUTCOMES, Resumer, build_coordinator, relay_id
 from relay.resume.store import ParkStore
 from relay.server.context import NodeContext
 from relay.server.gate import Gate
@@ -49,7 +54,7 @@ from relay.server.tracebook import make_book
 from relay.server.workpool import WorkPool
 from relay.stream.fanout import Streams
 from relay.stream.listener import Listener
-from relay.transport import HeartbeatRegistry, Transport
+from relay.transport import HeartbeatRegistry, HttpTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +82,7 @@ class Node:
         # The backend configured logging (Django's LOGGING): throttle what clients cause.
         logs.install()
         self.metrics: Metrics = get_metrics()
-        precreate(self.metrics, disconnects=DISCONNECT_NAMES, resumes=OUTCOMES)
+        precreate(self.metrics, disconnects=DISCONNECT_NAMES, resumes=OUTCOMES, moves=MOVES)
         self.pool = WorkPool(
             settings.backend_concurrency,
             on_exit=backend.close,
@@ -98,6 +103,9 @@ class Node:
         self.resumer: Resumer | None = None
         self.housekeeper: Housekeeper | None = None
         self.keepalive: Keepalive | None = None
+        #: The worker's SockJS sessions over HTTP, and their requests' handler (None: off).
+        self.httpsessions: Directory | None = None
+        self.http_handler: Handler | None = None
         if settings.database_url:
             self.listener = Listener(settings.database_url, self.streams, self.metrics)
             if settings.resume_window > 0:
@@ -117,6 +125,17 @@ class Node:
             )
         else:
             log.warning("no RELAY_DATABASE_URL or DATABASE_URL: live updates are off")
+        #: The relays' control channel (a table and NOTIFY): HTTP sessions' inbox, and the
+        #: request to close a session that a client resumes elsewhere.
+        self.inbox: Inbox | None = None
+        if settings.database_url:
+            self.inbox = PostgresInbox(settings.database_url)
+            assert self.listener is not None
+            self.listener.controls[INBOX_CHANNEL] = self._on_control
+            if self.resumer is not None:
+                self.resumer.on_live = self._ask_release
+        if settings.sockjs_http:
+            self._http_sessions()
         self.context = NodeContext(
             settings,
             self.metrics,
@@ -230,6 +249,119 @@ class Node:
     def _unlisten(self, channel: str) -> None:
         if self.listener is not None:
             self.listener.unlisten(channel)
+
+    # -- SockJS over HTTP (relay.httpsession's Host) ---------------------------------------
+
+    def _http_sessions(self) -> None:
+        settings = self.settings
+        memory: MemoryInbox | None = None
+        inbox = self.inbox
+        if inbox is None:
+            inbox = memory = MemoryInbox()
+        moves = self.metrics.sockjs_moves
+        directory = Directory(
+            host=self,
+            inbox=inbox,
+            coordinator=self.resumer.coordinator if self.resumer is not None else None,
+            relay_id=self.resumer.relay_id if self.resumer is not None else relay_id(),
+            new_transport=self._http_transport,
+            count=lambda move: moves.labels(outcome=move).inc(),
+            draining=lambda: not self.hub.ready,
+        )
+        if memory is not None:
+            memory.rung = directory.on_ring
+        self.sockjs_heartbeats.add(directory)
+        requests = self.metrics.transport_requests
+        self.httpsessions = directory
+        self.http_handler = Handler(
+            directory,
+            settings.max_message_bytes,
+            count=lambda transport: requests.labels(transport=transport).inc(),
+        )
+
+    def _on_control(self, payload: str | None) -> None:
+        """A notification on the relays' control channel (the listener's greenlet: only
+        spawns). ``k <key>``: close the session of that key if it runs here."""
+        if payload is not None and payload.startswith("k "):
+            gevent.spawn(self._release_live, payload[2:])
+        elif self.httpsessions is not None:
+            self.httpsessions.on_ring(payload)
+
+    def _ask_release(self, session_id: str) -> None:
+        if self.inbox is not None:
+            self.inbox.ring("k " + session_key(session_id))
+
+    def _release_live(self, key: str) -> None:
+        for member in self.hub.members():
+            if isinstance(member, Session) and member.id and session_key(member.id) == key:
+                member.close(disconnect.SUPERSEDED)
+
+    def _http_transport(self, opened: bool) -> HttpTransport:
+        settings = self.settings
+        transport = HttpTransport(
+            heartbeat_interval=settings.sockjs_heartbeat,
+            disconnect_delay=settings.sockjs_disconnect_delay,
+            response_limit=settings.sockjs_response_limit,
+            send_buffer=settings.send_buffer_bytes,
+            opened=opened,
+        )
+        self.sockjs_heartbeats.add(transport)
+        return transport
+
+    def _admit(self, transport: HttpTransport, handshake: Handshake) -> bool:
+        """Count an HTTP session against its address's and the worker's connections, as
+        a socket; False (the transport closed, saying why) when over a limit."""
+        if not self.hub.ready:
+            transport.close(disconnect.SHUTDOWN.code, disconnect.SHUTDOWN.reason)
+            return False
+        address = handshake.remote_addr
+        if len(self.hub.sessions) >= self.settings.worker_connections or not (
+            self.gate.open_socket(address)
+        ):
+            transport.close(3000, "Too many connections")
+            return False
+        return True
+
+    def open(self, transport: HttpTransport, handshake: Handshake) -> Session | None:
+        if not self._admit(transport, handshake):
+            return None
+        session = Session(self.context, transport, handshake)
+        self._linked(session, handshake.remote_addr).start()
+        return session
+
+    def take_over(
+        self, transport: HttpTransport, handshake: Handshake, session_id: str, delivered: int
+    ) -> Session | None:
+        # Admitted first: a session claimed and then refused would be left claimed by a
+        # relay that does not serve it.
+        if self.resumer is None or not self._admit(transport, handshake):
+            return None
+        # The SockJS session id the client presented is the credential (as it is for
+        # sockjs-node): the session is the same client's, between two of its requests.
+        resumed = self.resumer.resume(session_id, delivered, lambda state: True, moved=True)
+        if resumed is None:
+            self.gate.socket_closed(handshake.remote_addr)
+            return None
+        session = Session(self.context, transport, handshake)
+        self._linked(session, handshake.remote_addr)
+        session.take_over(resumed, delivered)
+        return session
+
+    def hand_over(self, held: object, transport: HttpTransport) -> tuple[str, int] | None:
+        if not isinstance(held, Session):
+            return None
+        directory = self.httpsessions
+        wait = directory.drain_wait if directory is not None else 2.0
+        return held.hand_over(wait, transport.hand_over)
+
+    def close(self, held: object) -> None:
+        if isinstance(held, Session):
+            held.close(disconnect.TRANSPORT_CLOSED)
+
+    def _linked(self, session: Session, address: str) -> Session:
+        """Give the session's connection count (``_admit``) back when it ends."""
+        session.ended.rawlink(lambda _: self.gate.socket_closed(address))
+        return session
 
     def adopt(self, transport: Transport, handshake: Handshake) -> gevent.event.Event:
         """Serve one socket in the background; the event is set when its session is over."""

@@ -166,6 +166,10 @@ class Session:
         #: False once the client showed it cannot resume (it reconnected naming a session
         #: without ``receivedCount``: a client older than Meteor 3.5): never parked.
         self.resumable = True
+        #: Ending to move to another relay (``hand_over``): parked whatever it holds.
+        self._handover = False
+        #: The teardown parked the session (a resume or a take-over can have it).
+        self.parked = False
         self._deliberate = False
         self._close: disconnect.Disconnect | None = None
         self.opened_at = time.monotonic()
@@ -525,10 +529,11 @@ class Session:
             self._heartbeat_started = True
             self.heartbeat.received(time.monotonic())
 
-    def _restore(self, resumed: Resumed, received_count: int) -> None:
+    def _restore(self, resumed: Resumed, received_count: int, *, announce: bool = True) -> None:
         """Carry on a parked session: same id, the messages lost in flight, then the
         subscriptions re-run against the restored mergebox so that only what changed
-        while the client was away is sent."""
+        while the client was away is sent. ``announce``: the client reconnected and gets
+        ``connected`` (a take-over's client never left: it gets the rest only)."""
         state = resumed.state
         assert self.id == state.session_id  # set with the epoch by _on_connect
         self.mergebox = MergeBox.from_state(state.mergebox)
@@ -537,16 +542,17 @@ class Session:
         for method_id, reply in [*state.results.items(), *self._preanswered.items()]:
             self._keep_result(method_id, reply)
         self._preanswered.clear()
-        connected = messages.encode(messages.connected(self.id))
+        connected = [messages.encode(messages.connected(self.id))] if announce else []
         # The client counts ``connected`` before the replayed messages: number the log the
         # way it will, so a drop in the middle of the replay still resumes exactly.
         kept = state.log[: len(state.log) - len(resumed.missed)]
         self.log = deque()
         self._log_size = 0
-        self._log_extend([*kept, connected, *resumed.missed])
-        self.sent_count = state.sent_count + 1
-        self._write([connected, *resumed.missed])
-        self.ctx.metrics.messages_sent.inc(1 + len(resumed.missed))
+        self._log_extend([*kept, *connected, *resumed.missed])
+        self.sent_count = state.sent_count + len(connected)
+        if connected or resumed.missed:
+            self._write([*connected, *resumed.missed])
+        self.ctx.metrics.messages_sent.inc(len(connected) + len(resumed.missed))
         self._connected()
         self._watch_credential()
         subs = [Subscription(p.id, p.name, p.params, p.ready) for p in state.subs]
@@ -555,6 +561,68 @@ class Session:
         # Re-run against the restored mergebox: only what changed meanwhile is sent, and
         # a subscription still loading when the socket died is ready once it is complete.
         self._rerun_many(subs)
+
+    # -- moving between relays (SockJS over HTTP) ---------------------------------------------
+
+    def hand_over(self, wait: float, end_transport: Callable[[], None]) -> tuple[str, int] | None:
+        """End here to go on elsewhere (``relay.httpsession``: the client's next request
+        landed on another relay): let what is queued run (at most ``wait`` seconds), then
+        ``end_transport`` (without a close frame) and park whatever the session holds.
+        The session's id and how many counted messages the client was given, or None
+        when it could not be parked (busy past ``wait``, closed, no coordinator): the
+        caller then closes it the ordinary way, and the client resumes by itself. An id of
+        ``""``: no ``connect`` was handled yet (a taker starts the session afresh)."""
+        deadline = time.monotonic() + wait
+        while (self._pending or self._processor is not None or self._unblocked) and (
+            not self.closed and time.monotonic() < deadline
+        ):
+            gevent.sleep(0.01)
+        if self.closed or self._pending or self._processor is not None or self._unblocked:
+            return None
+        unwritten: list[str] = getattr(self.transport, "unwritten", list)()
+        delivered = self.sent_count - sum(1 for text in unwritten if not _uncounted(text))
+        self._handover = True
+        end_transport()
+        self.close(disconnect.HANDOVER)
+        self.ended.wait()
+        if self.id is None:
+            return ("", 0)
+        return (self.id, delivered) if self.parked else None
+
+    def take_over(self, resumed: Resumed, delivered: int) -> bool:
+        """Go on with a session another relay handed over (``hand_over``): its identity
+        checked again, no ``connected`` (the client never left), the messages it was not
+        given, then the subscriptions against the restored mergebox. False when the
+        identity no longer holds (the session then closes)."""
+        state = resumed.state
+        self.ctx.session_opened(self)
+        try:
+            if state.credential is not None:
+                verified = self.ctx.run(
+                    self.ctx.backend.verify,
+                    Identity(user_id=state.user_id, credential=state.credential),
+                    urgent=True,
+                )
+            else:
+                verified = self.ctx.run(self.ctx.backend.authenticate, self.handshake, urgent=True)
+                if verified.user_id != state.user_id:
+                    verified = None
+        except Exception:
+            log.exception("verifying a handed-over session failed")
+            verified = None
+        self.conn.adopt(state.version)
+        self.id, self.epoch = state.session_id, resumed.epoch
+        if verified is None:
+            self.close(disconnect.REVOKED)
+            self.transport.start(self._on_inbound, self._on_end)
+            return False
+        self.identity = verified
+        if not self._opened(resumed=True):
+            self.transport.start(self._on_inbound, self._on_end)
+            return False
+        self._restore(resumed, delivered, announce=False)
+        self.transport.start(self._on_inbound, self._on_end)
+        return True
 
     def call_context(
         self, random_seed: str | None = None, unblock: Callable[[], None] | None = None
@@ -894,7 +962,7 @@ class Session:
         if self.trace is not None:
             self.trace.finish("ended")
         try:
-            parked = self._park_or_drop()
+            parked = self.parked = self._park_or_drop()
             self._closed_hook(parked)
         finally:
             # Last: a draining worker waits until its sessions are gone, parking included.
@@ -924,7 +992,7 @@ class Session:
             return False
         if self.ctx.settings.resume_window <= 0:
             return False
-        if not self.resumable or not (self.subs or self.results):
+        if not self._handover and (not self.resumable or not (self.subs or self.results)):
             # Nothing a resume would save over a fresh session (or a client that cannot
             # resume at all): forget it rather than fill the park store.
             resumer.dropped(self.id, self.epoch)
@@ -948,6 +1016,11 @@ class Session:
             credential=self.identity.credential,
         )
         return resumer.park(state, self.epoch, self.owner)
+
+
+def _uncounted(text: str) -> bool:
+    """``ping`` and ``pong``, which the client's ``receivedCount`` leaves out."""
+    return text.startswith(('{"msg":"ping"', '{"msg":"pong"'))
 
 
 def _shown(name: str) -> str:

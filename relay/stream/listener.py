@@ -20,6 +20,12 @@ Those decisions, and the coalescing of consecutive transactions into one deliver
 (``relay.stream.source``: PostgreSQL, or its in-memory twin in tests); the streams
 through the few methods of ``StreamSink``. What is left here is the I/O and its order.
 
+Control channels (``controls``: channel -> handler) are LISTENed for as long as the
+listener runs and carry no sequence: their payload goes to the handler as it is, and
+after every (re)connect the handler gets ``None`` (notifications may have been missed:
+whatever they ring for must be looked up). ``relay.httpsession`` rings its inbox so.
+A handler must not block.
+
 One greenlet owns the source: it runs LISTEN/UNLISTEN requests (``wake`` interrupts its
 wait) and drains notifications. Processing never waits on a client: fan-out only queues
 bytes (DESIGN.md 4: a listener that stops draining eventually blocks every notifying
@@ -41,7 +47,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -127,8 +133,10 @@ class Listener:
         streams: StreamSink,
         metrics: Any = None,
         source: ChangeSource | None = None,
+        controls: Mapping[str, Callable[[str | None], None]] | None = None,
     ) -> None:
         self.dsn = dsn
+        self.controls = dict(controls or {})
         self.streams = streams
         self.metrics = metrics
         self.source: ChangeSource = PostgresSource(dsn) if source is None else source
@@ -205,6 +213,9 @@ class Listener:
         self._listening = set()
         self._commands.clear()
         reason = "reconnect" if self._connected_once else "listen"
+        for channel, handler in self.controls.items():
+            self.source.listen(channel)
+            handler(None)  # anything rung while this connection was down
         for channel in self.streams.channels():
             self._do_listen(channel, reason)
         self._set_connected(True)
@@ -255,9 +266,13 @@ class Listener:
         lag = self.lag
         run: Run[Transaction] = Run(COALESCE_MAX)
         self.backlog = len(notes)
+        controls = self.controls
         for raw in notes:
             self.backlog -= 1
             channel = raw.channel
+            if controls and channel in controls:
+                controls[channel](raw.payload)
+                continue
             if run.blocks(channel):
                 self._deliver_run(run)
             if metrics is not None:

@@ -6,8 +6,10 @@ Layer: runtime (HTTP only: no sockets, no greenlets). ``route`` classifies ``PAT
 are plain HTTP, with the headers sockjs-node sends (reference ``ddp-protocol.md`` 2.1).
 The WebSocket upgrades are ``relay.transport.handshake``'s job; everything else goes to Django.
 
-The SockJS fallback transports (xhr, eventsource, jsonp, ...) are not implemented: they
-get a 404 that sockjs-client treats as "this transport failed".
+A session's HTTP transports (xhr, xhr_send, eventsource, ...) are ``relay.httpsession``'s;
+the iframe pages (they would load the SockJS client from a CDN) and ``chunking_test``,
+and the HTTP transports when they are off, get a 404 that sockjs-client treats as "this
+transport failed".
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ __all__ = [
 Response = tuple[str, list[tuple[str, str]], bytes]
 
 FALLBACK_MESSAGE: Final = (
-    "ddp-relay: SockJS fallback transports (xhr, eventsource, jsonp) are not supported; "
-    "use the websocket transport"
+    "ddp-relay: this SockJS transport is not served here (the iframe transports are not;"
+    " the HTTP transports only when RELAY_SOCKJS_HTTP is on); use the websocket transport"
 )
 _NO_CACHE: Final = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
 #: sockjs-node's ``cache_for`` default: one year, for the OPTIONS preflight answer.
@@ -56,7 +58,10 @@ class Route(enum.Enum):
     SOCKJS_INFO = "sockjs_info"
     #: ``/sockjs``: the welcome text.
     SOCKJS_WELCOME = "sockjs_welcome"
-    #: A SockJS polling/streaming transport: refused with a 404.
+    #: A SockJS session's HTTP transport (xhr, xhr_send, xhr_streaming, eventsource,
+    #: htmlfile, jsonp, jsonp_send): ``relay.httpsession`` (a 404 when they are disabled).
+    SOCKJS_HTTP = "sockjs_http"
+    #: The iframe pages and chunking_test: refused with a 404.
     SOCKJS_FALLBACK = "sockjs_fallback"
     #: Not ours: the app hands it to Django.
     OTHER = "other"
@@ -67,6 +72,7 @@ _FROM_SOCKJS: Final = {
     sockjs.SockJSRoute.WEBSOCKET: Route.SOCKJS_WEBSOCKET,
     sockjs.SockJSRoute.INFO: Route.SOCKJS_INFO,
     sockjs.SockJSRoute.WELCOME: Route.SOCKJS_WELCOME,
+    sockjs.SockJSRoute.HTTP: Route.SOCKJS_HTTP,
     sockjs.SockJSRoute.FALLBACK: Route.SOCKJS_FALLBACK,
     sockjs.SockJSRoute.NOT_FOUND: Route.OTHER,
 }
@@ -149,11 +155,11 @@ def fallback_response(environ: Mapping[str, Any]) -> Response:
 
 
 def respond(environ: Mapping[str, Any], kind: Route) -> Response:
-    """The answer for a plain-HTTP SockJS route (INFO, WELCOME or FALLBACK)."""
+    """The answer for a plain-HTTP SockJS route (INFO, WELCOME, or FALLBACK and HTTP: 404)."""
     if kind is Route.SOCKJS_INFO:
         return info_response(environ)
     if kind is Route.SOCKJS_WELCOME:
         return welcome_response(environ)
-    if kind is Route.SOCKJS_FALLBACK:
+    if kind in (Route.SOCKJS_FALLBACK, Route.SOCKJS_HTTP):
         return fallback_response(environ)
     raise ValueError(f"{kind} is not a plain-HTTP SockJS route")

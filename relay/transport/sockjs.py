@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import gevent
 
@@ -31,7 +32,7 @@ from relay.protocol.sockjs import (
 from relay.transport.base import Inbound, OnInbound, SharedFrames
 from relay.transport.websocket import Oversized, WebSocket
 
-__all__ = ["HeartbeatRegistry", "SockJSTransport"]
+__all__ = ["Beating", "HeartbeatRegistry", "SockJSTransport"]
 
 
 class SockJSTransport:
@@ -143,21 +144,31 @@ class SockJSTransport:
             self._heartbeats.discard(self)
 
 
+class Beating(Protocol):
+    """Whatever the ticker beats: SockJS transports (WebSocket and HTTP), and the HTTP
+    sessions' directory (its housekeeping)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def heartbeat(self, now: float) -> None: ...
+
+
 class HeartbeatRegistry:
     """The SockJS transports of one worker process, beaten by one ticker greenlet."""
 
     __slots__ = ("_transports",)
 
     def __init__(self) -> None:
-        self._transports: set[SockJSTransport] = set()
+        self._transports: set[Beating] = set()
 
     def __len__(self) -> int:
         return len(self._transports)
 
-    def add(self, transport: SockJSTransport) -> None:
+    def add(self, transport: Beating) -> None:
         self._transports.add(transport)
 
-    def discard(self, transport: SockJSTransport) -> None:
+    def discard(self, transport: Beating) -> None:
         self._transports.discard(transport)
 
     def tick(self, now: float) -> None:

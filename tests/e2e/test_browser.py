@@ -500,6 +500,58 @@ def test_through_the_round_robin_cluster_a_stopped_relay_s_session_resumes(
         check_screenshot(page.screenshot("resumed"))
 
 
+def test_without_websockets_the_page_works_through_the_round_robin_cluster_while_relays_restart(
+    cluster: Cluster, shots: Path
+) -> None:
+    """``make cluster`` with WebSockets ruled out in the browser (the SockJS client's
+    transport whitelist): one window on xhr-streaming, one on xhr-polling, each request
+    balanced round robin over three relays with no stickiness. The list is right, a rename
+    in either window shows in the other, and it stays so while every relay is restarted
+    in turn (a page whose relay went away reconnects and resumes its session)."""
+    books = {k: v["title"] for k, v in server_books(cluster.ws_url).items()}
+    with (
+        open_browser(shots, "streaming") as streaming,
+        open_browser(shots, "polling") as polling,
+    ):
+        open_page(streaming, cluster.url, books, "?transports=xhr-streaming")
+        open_page(polling, cluster.url, books, "?transports=xhr-polling")
+        assert data_of(streaming, "transport")["transport"] == "xhr-streaming"
+        assert data_of(polling, "transport")["transport"] == "xhr-polling"
+        check_screenshot(streaming.screenshot("http-fallback"))
+
+        expected = dict(books)
+        ids = sorted(books)
+        for round_, writer in enumerate([polling, streaming]):
+            renamed = f"Renamed over HTTP {round_} {time.monotonic_ns()}"
+            click_book(writer, ids[round_])
+            fill_and_submit(writer, "rename-form", **{"rename-title": renamed})
+            expected[ids[round_]] = renamed
+            for page in (streaming, polling):
+                wait_connected_and(page, expected, LIVE_TIMEOUT)
+
+        for victim in range(len(cluster.relays)):
+            cluster.restart_relay(victim)
+            renamed = f"Renamed after relay {victim} restarted {time.monotonic_ns()}"
+            client = DDPClient(cluster.ws_url, timeout=20)
+            try:
+                client.connect()
+                client.call("books.rename", ids[2 + victim], renamed)
+            finally:
+                client.close()
+            expected[ids[2 + victim]] = renamed
+            for page in (streaming, polling):
+                wait_connected_and(page, expected, 90)
+        for page, transport in ((streaming, "xhr-streaming"), (polling, "xhr-polling")):
+            assert data_of(page, "transport")["transport"] == transport
+            session = data_of(page, "session")
+            # A page whose relay went away reconnected and got its session back.
+            assert session["connects"] == "1" or session["kind"] == "resumed", session
+        assert server_books(cluster.ws_url)[ids[4]]["title"] == expected[ids[4]]
+        check_screenshot(polling.screenshot("http-fallback-after-restarts"))
+        for page in (streaming, polling):
+            assert [line for line in page.console() if line.startswith("SEVERE")] == []
+
+
 _PIXEL = st.tuples(*[st.integers(0, 255)] * 3)
 
 

@@ -148,13 +148,13 @@ def test_info() -> None:
         ("/sockjs/928/zql405yy/websocket", SockJSRoute.WEBSOCKET),
         ("/sockjs/928/zql405yy/websocket/", SockJSRoute.WEBSOCKET),
         ("/sockjs/a/b/websocket", SockJSRoute.WEBSOCKET),
-        ("/sockjs/928/zql405yy/xhr", SockJSRoute.FALLBACK),
-        ("/sockjs/928/zql405yy/xhr_send", SockJSRoute.FALLBACK),
-        ("/sockjs/928/zql405yy/xhr_streaming", SockJSRoute.FALLBACK),
-        ("/sockjs/928/zql405yy/eventsource", SockJSRoute.FALLBACK),
-        ("/sockjs/928/zql405yy/htmlfile", SockJSRoute.FALLBACK),
-        ("/sockjs/928/zql405yy/jsonp", SockJSRoute.FALLBACK),
-        ("/sockjs/928/zql405yy/jsonp_send", SockJSRoute.FALLBACK),
+        ("/sockjs/928/zql405yy/xhr", SockJSRoute.HTTP),
+        ("/sockjs/928/zql405yy/xhr_send", SockJSRoute.HTTP),
+        ("/sockjs/928/zql405yy/xhr_streaming", SockJSRoute.HTTP),
+        ("/sockjs/928/zql405yy/eventsource", SockJSRoute.HTTP),
+        ("/sockjs/928/zql405yy/htmlfile", SockJSRoute.HTTP),
+        ("/sockjs/928/zql405yy/jsonp", SockJSRoute.HTTP),
+        ("/sockjs/928/zql405yy/jsonp_send", SockJSRoute.HTTP),
         ("/sockjs/iframe.html", SockJSRoute.FALLBACK),
         ("/sockjs/iframe-1.2.3.html", SockJSRoute.FALLBACK),
         ("/sockjs/chunking_test", SockJSRoute.FALLBACK),
@@ -185,3 +185,121 @@ def test_parse_path_other_prefix() -> None:
 @given(st.text())
 def test_parse_path_total(path: str) -> None:
     assert isinstance(sockjs.parse_path(path), SockJSRoute)
+
+
+# -- the HTTP transports ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(sockjs.HttpKind))
+def test_session_path_names_the_session_and_transport(kind: sockjs.HttpKind) -> None:
+    found = sockjs.session_path(f"/sockjs/928/zql405yy/{kind.value}")
+    assert found == sockjs.SessionPath("zql405yy", kind)
+    assert sockjs.session_path(f"/other/1/s-1_x/{kind.value}/", "/other") == sockjs.SessionPath(
+        "s-1_x", kind
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/sockjs/928/zql405yy/websocket", "/sockjs/info", "/sockjs/a./a/xhr", "/sockjs//a/xhr", "/x"],
+)
+def test_session_path_of_anything_else_is_none(path: str) -> None:
+    assert sockjs.session_path(path) is None
+
+
+@given(st.text())
+def test_session_path_total(path: str) -> None:
+    found = sockjs.session_path(path)
+    if found is not None:
+        assert found.session and "/" not in found.session and "." not in found.session
+
+
+def test_receiving_and_streaming_kinds() -> None:
+    receiving = {k for k in sockjs.HttpKind if k.receiving}
+    assert receiving == {
+        sockjs.HttpKind.XHR,
+        sockjs.HttpKind.XHR_STREAMING,
+        sockjs.HttpKind.EVENTSOURCE,
+        sockjs.HttpKind.HTMLFILE,
+        sockjs.HttpKind.JSONP,
+    }
+    assert {k for k in sockjs.HttpKind if k.streaming} == {
+        sockjs.HttpKind.XHR_STREAMING,
+        sockjs.HttpKind.EVENTSOURCE,
+        sockjs.HttpKind.HTMLFILE,
+    }
+
+
+def test_frames_as_each_transport_carries_them() -> None:
+    """The test vectors of sockjs-protocol's transport tests."""
+    frame = 'a["x"]'
+    assert sockjs.encode_for(sockjs.HttpKind.XHR, "o") == "o\n"
+    assert sockjs.encode_for(sockjs.HttpKind.XHR_STREAMING, frame) == 'a["x"]\n'
+    assert sockjs.encode_for(sockjs.HttpKind.EVENTSOURCE, frame) == 'data: a["x"]\r\n\r\n'
+    assert (
+        sockjs.encode_for(sockjs.HttpKind.HTMLFILE, frame, "callback")
+        == '<script>\np("a[\\"x\\"]");\n</script>\r\n'
+    )
+    assert sockjs.encode_for(sockjs.HttpKind.JSONP, "o", "x") == '/**/x("o");\r\n'
+    with pytest.raises(ValueError):
+        sockjs.encode_for(sockjs.HttpKind.XHR_SEND, frame)
+
+
+def test_preludes() -> None:
+    assert sockjs.prelude(sockjs.HttpKind.XHR_STREAMING) == "h" * 2048 + "\n"
+    assert sockjs.prelude(sockjs.HttpKind.EVENTSOURCE) == "\r\n"
+    assert sockjs.prelude(sockjs.HttpKind.XHR) == ""
+    page = sockjs.prelude(sockjs.HttpKind.HTMLFILE, "cb")
+    assert len(page) > 1024 and "var c = parent.cb;" in page and page.endswith("\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("callback", "error"),
+    [
+        ("", '"callback" parameter required'),
+        (None, '"callback" parameter required'),
+        (" ", 'invalid "callback" parameter'),
+        ("*", 'invalid "callback" parameter'),
+        ("abc(", 'invalid "callback" parameter'),
+        ("a.b-c_9", None),
+    ],
+)
+def test_callback_names(callback: str | None, error: str | None) -> None:
+    assert sockjs.callback_error(callback) == error
+
+
+@given(st.text())
+def test_a_callback_that_passes_is_a_safe_javascript_name(callback: str) -> None:
+    if sockjs.callback_error(callback) is None:
+        assert callback and all(c.isascii() and (c.isalnum() or c in "-_.") for c in callback)
+
+
+def test_send_bodies() -> None:
+    assert sockjs.decode_send_body('["a","b"]') == ["a", "b"]
+    assert sockjs.decode_send_body("[]") == []
+    with pytest.raises(FramingError) as empty:
+        sockjs.decode_send_body("")
+    assert empty.value.reason == "Payload expected."
+    for body in ('["x', "{}", "[1]", '["\\ud800"]'):
+        with pytest.raises(FramingError) as broken:
+            sockjs.decode_send_body(body)
+        assert broken.value.reason == "Broken JSON encoding."
+
+
+@given(st.lists(st.text()), st.sampled_from([sockjs.HttpKind.JSONP, sockjs.HttpKind.HTMLFILE]))
+def test_script_frames_carry_any_text_back(texts: list[str], kind: sockjs.HttpKind) -> None:
+    """What htmlfile and jsonp wrap is one JSON string literal of the frame, which the
+    client's function gets back exactly (and no ``</script>`` can end the tag early)."""
+    frame = sockjs.encode_messages(texts)
+    carried = sockjs.encode_for(kind, frame, "cb")
+    start = carried.index("(") + 1
+    literal = carried[start : carried.rindex(");")]
+    assert json.loads(literal) == frame
+    if kind is sockjs.HttpKind.HTMLFILE:
+        assert "</script>" not in literal and "<" not in literal
+
+
+def test_a_message_cannot_end_the_htmlfile_script_tag() -> None:
+    frame = sockjs.encode_messages(["</script><script>alert(1)</script>"])
+    carried = sockjs.encode_for(sockjs.HttpKind.HTMLFILE, frame, "cb")
+    assert carried.count("</script>") == 1 and carried.endswith("</script>\r\n")

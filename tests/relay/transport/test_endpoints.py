@@ -41,10 +41,10 @@ def environ(path: str = "/", method: str = "GET", **headers: str) -> dict[str, A
         ("/sockjs/info/", Route.SOCKJS_INFO),
         ("/sockjs", Route.SOCKJS_WELCOME),
         ("/sockjs/", Route.SOCKJS_WELCOME),
-        ("/sockjs/928/zql405yy/xhr", Route.SOCKJS_FALLBACK),
-        ("/sockjs/928/zql405yy/xhr_send", Route.SOCKJS_FALLBACK),
-        ("/sockjs/928/zql405yy/eventsource", Route.SOCKJS_FALLBACK),
-        ("/sockjs/928/zql405yy/jsonp", Route.SOCKJS_FALLBACK),
+        ("/sockjs/928/zql405yy/xhr", Route.SOCKJS_HTTP),
+        ("/sockjs/928/zql405yy/xhr_send", Route.SOCKJS_HTTP),
+        ("/sockjs/928/zql405yy/eventsource", Route.SOCKJS_HTTP),
+        ("/sockjs/928/zql405yy/jsonp", Route.SOCKJS_HTTP),
         ("/sockjs/iframe.html", Route.SOCKJS_FALLBACK),
         ("/sockjs/chunking_test", Route.SOCKJS_FALLBACK),
         ("/", Route.OTHER),
@@ -137,10 +137,7 @@ def test_fallback_is_a_clear_404_with_cors() -> None:
     status, headers, body = fallback_response(env)
     assert status == "404 Not Found"
     assert body.decode() == FALLBACK_MESSAGE + "\n"
-    assert FALLBACK_MESSAGE == (
-        "ddp-relay: SockJS fallback transports (xhr, eventsource, jsonp) are not supported; "
-        "use the websocket transport"
-    )
+    assert "not served" in FALLBACK_MESSAGE and "RELAY_SOCKJS_HTTP" in FALLBACK_MESSAGE
     h = dict(headers)
     assert h["Access-Control-Allow-Origin"] == "https://app.example"
     assert h["Access-Control-Allow-Credentials"] == "true"
@@ -187,4 +184,4 @@ def test_live_sockjs_http_endpoints(server: Server) -> None:
     assert fetch(server, "GET", "/sockjs")[2] == b"Welcome to SockJS!\n"
     status, _, body = fetch(server, "POST", "/sockjs/123/abcdefgh/xhr")
     assert status == 404
-    assert b"not supported" in body
+    assert b"not served" in body

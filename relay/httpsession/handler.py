@@ -1,0 +1,205 @@
+"""The HTTP side of SockJS's fallback transports: one request in, one WSGI answer out.
+
+Layer: runtime. ``Handler`` answers ``/sockjs/<server>/<session>/<transport>`` requests with
+the status, headers and bodies sockjs-node gives (the reference is the ``sockjs-protocol``
+suite): CORS preflights, the receiving transports (a body iterated from the session's
+``HttpTransport``), and the sends (``xhr_send`` 204, ``jsonp_send`` "ok", a bad body 500,
+an unknown session 404). Bounds: a send's body is read up to ``max_message_bytes`` plus
+framing; a larger one is not read (the connection closes after the answer) and the
+session is told as for a WebSocket message too large (a DDP ``error``).
+
+Must not: hold sessions (``relay.httpsession.directory``) or frame DDP messages.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Final
+
+from relay.backend import Handshake
+from relay.httpsession.directory import Directory
+from relay.protocol.errors import FramingError
+from relay.protocol.sockjs import (
+    HttpKind,
+    SessionPath,
+    callback_error,
+    decode_send_body,
+    encode_for,
+    prelude,
+)
+from relay.transport.base import Inbound, Oversized
+
+__all__ = ["Handler"]
+
+StartResponse = Callable[..., Any]
+
+_NO_CACHE: Final = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
+_CACHE_FOR: Final = 365 * 24 * 60 * 60
+#: Bytes of JSON framing allowed around a send's largest message (quotes, escapes).
+_FRAMING_SLACK: Final = 65_536
+
+_CONTENT_TYPES: Final = {
+    HttpKind.XHR: "application/javascript; charset=UTF-8",
+    HttpKind.XHR_STREAMING: "application/javascript; charset=UTF-8",
+    # No charset: sockjs-node sends none, and EventSource is always UTF-8.
+    HttpKind.EVENTSOURCE: "text/event-stream",
+    HttpKind.HTMLFILE: "text/html; charset=UTF-8",
+    HttpKind.JSONP: "application/javascript; charset=UTF-8",
+}
+_METHODS: Final = {
+    HttpKind.XHR: "POST",
+    HttpKind.XHR_STREAMING: "POST",
+    HttpKind.XHR_SEND: "POST",
+    HttpKind.JSONP_SEND: "POST",
+    HttpKind.EVENTSOURCE: "GET",
+    HttpKind.HTMLFILE: "GET",
+    HttpKind.JSONP: "GET",
+}
+
+
+def _cors(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
+    origin = str(environ.get("HTTP_ORIGIN", ""))
+    headers = [("Access-Control-Allow-Origin", origin or "*")]
+    if origin:
+        headers.append(("Access-Control-Allow-Credentials", "true"))
+    requested = str(environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", ""))
+    if requested:
+        headers.append(("Access-Control-Allow-Headers", requested))
+    headers.append(("Vary", "Origin"))
+    return headers
+
+
+def _text(
+    start_response: StartResponse, status: str, body: str, extra: list[tuple[str, str]]
+) -> Iterable[bytes]:
+    data = body.encode("utf-8")
+    start_response(
+        status,
+        [
+            ("Content-Type", "text/plain; charset=UTF-8"),
+            ("Content-Length", str(len(data))),
+            *extra,
+        ],
+    )
+    return [data]
+
+
+class Handler:
+    """Answers the SockJS HTTP-transport requests of one worker."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        max_message_bytes: int,
+        count: Callable[[str], None] = lambda transport: None,
+    ) -> None:
+        self.directory = directory
+        self.max_message_bytes = max_message_bytes
+        #: Called with each request's transport name (the metrics' label).
+        self.count = count
+
+    def __call__(
+        self,
+        environ: Mapping[str, Any],
+        start_response: StartResponse,
+        path: SessionPath,
+        handshake: Handshake,
+    ) -> Iterable[bytes]:
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        kind = path.kind
+        allowed = _METHODS[kind]
+        if method == "OPTIONS":
+            return self._options(environ, start_response, allowed)
+        if method != allowed:
+            start_response("405 Method Not Allowed", [("Allow", f"OPTIONS, {allowed}")])
+            return [b""]
+        self.count(kind.value)
+        if kind.receiving:
+            return self._receive(environ, start_response, path, handshake)
+        return self._send(environ, start_response, path)
+
+    def _options(
+        self, environ: Mapping[str, Any], start_response: StartResponse, allowed: str
+    ) -> Iterable[bytes]:
+        start_response(
+            "204 No Content",
+            [
+                ("Cache-Control", f"public, max-age={_CACHE_FOR}"),
+                ("Expires", email.utils.formatdate(time.time() + _CACHE_FOR, usegmt=True)),
+                ("Access-Control-Max-Age", str(_CACHE_FOR)),
+                ("Access-Control-Allow-Methods", f"OPTIONS, {allowed}"),
+                *_cors(environ),
+            ],
+        )
+        return [b""]
+
+    def _receive(
+        self,
+        environ: Mapping[str, Any],
+        start_response: StartResponse,
+        path: SessionPath,
+        handshake: Handshake,
+    ) -> Iterable[bytes]:
+        kind = path.kind
+        callback = ""
+        if kind.needs_callback:
+            query = urllib.parse.parse_qs(str(environ.get("QUERY_STRING", "")))
+            callback = (query.get("c") or query.get("callback") or [""])[0]
+            error = callback_error(callback)
+            if error is not None:
+                return _text(start_response, "500 Internal Server Error", error, [])
+        found = self.directory.receive(path.session, handshake)
+        headers = [
+            ("Content-Type", _CONTENT_TYPES[kind]),
+            ("Cache-Control", _NO_CACHE),
+            *_cors(environ),
+        ]
+        start_response("200 OK", headers)
+        if isinstance(found, str):
+            return _one_frame(kind, found, callback)
+        return found.receive_frames(kind, callback)
+
+    def _send(
+        self, environ: Mapping[str, Any], start_response: StartResponse, path: SessionPath
+    ) -> Iterable[bytes]:
+        kind = path.kind
+        headers = [("Cache-Control", _NO_CACHE), *_cors(environ)]
+        limit = self.max_message_bytes + _FRAMING_SLACK
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        texts: list[Inbound]
+        if length > limit:
+            # Not read: the answer closes the connection instead. The session says why,
+            # as for a WebSocket message over the limit.
+            texts = [Oversized(length, self.max_message_bytes, "")]
+            headers.append(("Connection", "close"))
+        else:
+            stream = environ.get("wsgi.input")
+            raw = stream.read(length) if stream is not None and length > 0 else b""
+            body = raw.decode("utf-8", "replace")
+            if kind is HttpKind.JSONP_SEND and str(environ.get("CONTENT_TYPE", "")).startswith(
+                "application/x-www-form-urlencoded"
+            ):
+                body = (urllib.parse.parse_qs(body).get("d") or [""])[0]
+            try:
+                texts = list[Inbound](decode_send_body(body))
+            except FramingError as exc:
+                return _text(start_response, "500 Internal Server Error", exc.reason, headers)
+        if not self.directory.send(path.session, texts):
+            return _text(start_response, "404 Not Found", "", headers)
+        if kind is HttpKind.JSONP_SEND:
+            return _text(start_response, "200 OK", "ok", headers)
+        start_response("204 No Content", [("Content-Type", "text/plain; charset=UTF-8"), *headers])
+        return [b""]
+
+
+def _one_frame(kind: HttpKind, frame: str, callback: str) -> Iterator[bytes]:
+    head = prelude(kind, callback)
+    if head:
+        yield head.encode()
+    yield encode_for(kind, frame, callback).encode()

@@ -1,0 +1,112 @@
+"""SockJS's HTTP transports across relays (``relay.httpsession``), with real relays, a
+real ZooKeeper and PostgreSQL: every request of one xhr-polling session goes to the
+other relay than the last, as a round-robin balancer without stickiness may send it.
+
+What a client relies on: its messages arrive in order and once, whichever relay each
+request lands on; what the server sends arrives once (no duplicate ``added``, every
+method answered); live changes keep coming; a relay stopped under the session leaves a
+client that resumes exactly, as over a WebSocket; and what an attacker sends over HTTP is
+bounded like what it sends over a WebSocket."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import urllib.request
+
+import pytest
+
+from relay.client import DDPClient
+from tests.e2e.sockjs_http import SessionLost, XhrClient
+from tests.fixtures.relays import RelayStack, RelayStacks
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+BOOKS = "bookstore.book"
+
+
+def metric(stack: RelayStack, name: str, labels: str) -> float:
+    total = 0.0
+    for relay in stack.relays:
+        with urllib.request.urlopen(relay.url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        for found in re.finditer(rf"^{name}\{{{labels}\}} (\S+)$", text, re.MULTILINE):
+            total += float(found.group(1))
+    return total
+
+
+def book_ids(client: XhrClient) -> list[str]:
+    return [
+        m["id"] for m in client.messages if m.get("msg") == "added" and m["collection"] == BOOKS
+    ]
+
+
+def test_one_xhr_session_spread_over_two_relays(relay_stack: RelayStacks) -> None:
+    stack = relay_stack(2, workers=1, zookeeper=True)
+    client = XhrClient([relay.url for relay in stack.relays])
+    first = client.open()
+    client.send({"msg": "sub", "id": "s1", "name": "books.all", "params": []})
+    client.wait_for(lambda m: m.get("msg") == "ready")
+    books = book_ids(client)
+    assert len(books) >= 10 and len(set(books)) == len(books)
+
+    # Methods, each answered once, in the order sent, wherever the requests land.
+    for i in range(6):
+        client.send(
+            {
+                "msg": "method",
+                "id": f"m{i}",
+                "method": "books.rename",
+                "params": [books[0], f"Renamed over xhr {i}"],
+            }
+        )
+    client.wait_for(lambda m: m.get("msg") == "result" and m.get("id") == "m5")
+    results = [m["id"] for m in client.messages if m.get("msg") == "result"]
+    assert results == [f"m{i}" for i in range(6)]
+
+    # A change made elsewhere (a WebSocket client on the other relay) arrives.
+    other = DDPClient(stack.relays[1].ws_url, timeout=20)
+    try:
+        other.connect()
+        other.call("books.rename", books[1], "Renamed over a WebSocket")
+    finally:
+        other.close()
+    client.wait_for(
+        lambda m: (
+            m.get("msg") == "changed"
+            and m.get("id") == books[1]
+            and m.get("fields", {}).get("title") == "Renamed over a WebSocket"
+        )
+    )
+    # The session moved between the relays and stayed the same one, each message once.
+    assert metric(stack, "ddp_relay_sockjs_moves_total", 'outcome="taken_over"') >= 2
+    assert metric(stack, "ddp_relay_sockjs_moves_total", 'outcome="relayed"') >= 1
+    assert [m for m in client.messages if m.get("msg") == "connected"] == [first]
+    assert len(set(book_ids(client))) == len(book_ids(client))
+
+    # The relay holding it stops (SIGTERM): the client starts a new SockJS session and
+    # its connect resumes the DDP session exactly, as over a WebSocket.
+    holder = next(i for i, r in enumerate(stack.relays) if _holds(r.url))
+    stack.relays[holder].stop()
+    client._bases = iter(lambda: stack.relays[1 - holder].url, None)  # type: ignore[assignment]
+    with contextlib.suppress(SessionLost, AssertionError, OSError):
+        client.poll()
+    again = client.open(resume=True)
+    assert again["session"] == first["session"]
+    client.send(
+        {
+            "msg": "method",
+            "id": "after",
+            "method": "books.rename",
+            "params": [books[2], "After the restart"],
+        }
+    )
+    client.wait_for(lambda m: m.get("msg") == "result" and m.get("id") == "after")
+    assert len(set(book_ids(client))) == len(book_ids(client))
+
+
+def _holds(url: str) -> bool:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    found = re.search(r"^ddp_relay_sessions(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
+    return bool(found and float(found.group(1)) >= 1)
