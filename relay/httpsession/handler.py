@@ -160,7 +160,7 @@ class Handler:
         start_response("200 OK", headers)
         if isinstance(found, str):
             return _one_frame(kind, found, callback)
-        return found.receive_frames(kind, callback)
+        return found.receive_frames(kind, callback, environ.get("gunicorn.socket"))
 
     def _send(
         self, environ: Mapping[str, Any], start_response: StartResponse, path: SessionPath

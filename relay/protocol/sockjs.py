@@ -28,6 +28,7 @@ __all__ = [
     "ANOTHER_CONNECTION",
     "GO_AWAY",
     "HEARTBEAT",
+    "INTERRUPTED",
     "OPEN",
     "HttpKind",
     "SessionPath",
@@ -56,6 +57,8 @@ BROKEN_FRAMING = "Broken framing."
 ANOTHER_CONNECTION = (2010, "Another connection still open")
 #: sockjs-node's close for a session the server ended.
 GO_AWAY = (3000, "Go away!")
+#: The close a session gets when its client dropped a receiving request mid-response.
+INTERRUPTED = (1002, "Connection interrupted")
 #: What ``xhr_send``/``jsonp_send`` answer (500) for a body that is not a JSON array of
 #: strings, and for no body at all.
 BROKEN_JSON = "Broken JSON encoding."

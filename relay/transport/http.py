@@ -31,6 +31,7 @@ Must not: parse DDP, know the cluster, or block a sender.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -38,9 +39,11 @@ from typing import Any
 import gevent
 import gevent.event
 import gevent.queue
+import gevent.socket
 
 from relay.protocol.sockjs import (
     HEARTBEAT,
+    INTERRUPTED,
     OPEN,
     HttpKind,
     encode_close,
@@ -157,7 +160,9 @@ class HttpTransport:
         """A receiving request is attached."""
         return self._receiver is not None
 
-    def receive_frames(self, kind: HttpKind, callback: str = "") -> Iterator[bytes]:
+    def receive_frames(
+        self, kind: HttpKind, callback: str = "", peer: socket.socket | None = None
+    ) -> Iterator[bytes]:
         """The body of one receiving request: the prelude, then frames as ``kind`` carries
         them, one per item, until the response is full (streaming), has one frame
         (polling), has the close frame, or the session is handed over. Iterate it from
@@ -168,6 +173,7 @@ class HttpTransport:
         self.receiving = kind
         self._wake.set()
         written = 0
+        watcher = gevent.spawn(self._watch, peer, token) if peer is not None else None
         try:
             head = prelude(kind, callback)
             if head:
@@ -203,9 +209,30 @@ class HttpTransport:
                 self._end()
             raise
         finally:
+            if watcher is not None:
+                watcher.kill(block=False)
             if self._receiver is token:
                 self._receiver = None
                 self._idle_since = time.monotonic()
+
+    def _watch(self, peer: socket.socket, token: object) -> None:
+        """While a receiving request waits, notice its client going away (a closed
+        connection is readable and reads empty), as sockjs-node does: the session ends
+        as interrupted instead of holding the session until a write fails."""
+        try:
+            gevent.socket.wait_read(peer.fileno())
+            gone = peer.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            gone = True
+        except Exception:
+            return  # a socket this cannot peek at (TLS): the next write tells
+        if gone and self._receiver is token and not self._closed:
+            self._receiver = None
+            self._idle_since = time.monotonic()
+            self._closed = True
+            self._close_frame = encode_close(*INTERRUPTED)
+            self._wake.set()
+            self._end()
 
     def _pending(self) -> bool:
         return bool(

@@ -32,10 +32,7 @@ Ported (test here: sockjs-protocol's test):
 - ``TestJSONEncoding``: ``JSONEncoding.test_xhr_server_encodes``,
   ``JSONEncoding.test_xhr_server_decodes``.
 - ``TestHandlingClose``: ``HandlingClose.test_close_frame``, ``.test_close_request``,
-  ``.test_abort_xhr_streaming``, ``.test_abort_xhr_polling``. The two abort tests are
-  strict xfails: the relay learns that a client dropped an idle receiving request only
-  when a write to it fails (heartbeats come every 25 s), so a request for the same
-  session right after the abort still gets ``c[2010,...]``, not ``o`` or ``c[1002,...]``.
+  ``.test_abort_xhr_streaming``, ``.test_abort_xhr_polling``.
 - ``TestHttp10``: ``Http10.test_synchronous``, ``Http10.test_streaming``.
 - ``TestHttp11``: ``Http11.test_synchronous``, ``Http11.test_streaming``.
 
@@ -953,12 +950,6 @@ class TestJSONEncoding:
 
 # -- HandlingClose -----------------------------------------------------------------------------
 
-ABORT_UNSEEN = pytest.mark.xfail(
-    strict=True,
-    reason="an idle receiving request the client dropped is noticed only at the next write "
-    "(the 25 s heartbeat): until then the session still has a receiver (c[2010,...])",
-)
-
 
 class TestHandlingClose:
     def test_close_frame(self, urls: Urls) -> None:
@@ -1000,7 +991,6 @@ class TestHandlingClose:
         finally:
             r1.close()
 
-    @ABORT_UNSEEN
     def test_abort_xhr_streaming(self, urls: Urls) -> None:
         url = new_session(urls.echo)
         r1 = post_async(url + "/xhr_streaming")
@@ -1024,7 +1014,6 @@ class TestHandlingClose:
         finally:
             r3.close()
 
-    @ABORT_UNSEEN
     def test_abort_xhr_polling(self, urls: Urls) -> None:
         url = new_session(urls.echo)
         assert post(url + "/xhr").body == "o\n"
