@@ -3,8 +3,9 @@
 Layer: runtime (gevent). One greenlet per worker process wakes at a jittered interval (workers
 started together do not wake together) and, when this relay leads the cluster, prunes the
 changelog (the backend's ``housekeeping``, on the work pool: it is ORM work) and forgets
-parked sessions whose resume window passed (the resumer's ``housekeeping``). Without a
-coordinator every worker does it: both chores are idempotent.
+parked sessions whose resume window passed (the resumer's ``housekeeping``), then runs the
+``also`` chores in its own greenlet (the SockJS inbox's prune). Without a coordinator every
+worker does it: every chore is idempotent.
 
 Must not: run a chore on a non-leader when a coordinator exists, run ORM work outside the
 work pool, or die on a failed chore (it is logged and retried next round).
@@ -13,7 +14,7 @@ work pool, or die on a failed chore (it is logged and retried next round).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from relay.server.periodic import Periodic
@@ -35,7 +36,7 @@ class Leadership(Protocol):
 class Housekeeper(Periodic):
     """Runs ``chore`` through ``run`` (the work pool), then the leader's own chores."""
 
-    __slots__ = ("_chore", "_leadership", "_run")
+    __slots__ = ("_also", "_chore", "_leadership", "_run")
 
     def __init__(
         self,
@@ -43,11 +44,14 @@ class Housekeeper(Periodic):
         chore: Callable[[], None],
         leadership: Leadership | None,
         interval: float = HOUSEKEEPING_SECONDS,
+        also: Sequence[Callable[[], None]] = (),
     ) -> None:
         super().__init__(interval, jitter=0.5)
         self._run = run
         self._chore = chore
         self._leadership = leadership
+        #: More chores, run here (not in the pool): they do their own I/O.
+        self._also = list(also)
 
     def run_once(self) -> bool:
         """One round of chores; False when skipped because another relay leads."""
@@ -60,6 +64,11 @@ class Housekeeper(Periodic):
             log.exception("housekeeping failed")
         if leadership is not None:
             leadership.housekeeping()
+        for chore in self._also:
+            try:
+                chore()
+            except Exception:
+                log.exception("housekeeping failed")
         return True
 
     def run_round(self) -> None:

@@ -117,7 +117,9 @@ class Node:
                 )
             # Cluster chores are the leader's when a coordinator exists; without one every
             # worker prunes (it is idempotent).
-            self.housekeeper = Housekeeper(self.pool.run, backend.housekeeping, self.resumer)
+            self.housekeeper = Housekeeper(
+                self.pool.run, backend.housekeeping, self.resumer, also=[self._prune_inbox]
+            )
             # Urgent: a lease renewal late behind client methods lets other workers sweep
             # this worker's presence while its subscribers are still here.
             self.keepalive = Keepalive(
@@ -287,6 +289,12 @@ class Node:
         elif self.httpsessions is not None:
             self.httpsessions.on_ring(payload)
 
+    def _prune_inbox(self) -> None:
+        """Forget sends that no session took: older than the resume window, their session
+        is gone for good (a live one takes its messages within a second)."""
+        if self.inbox is not None:
+            self.inbox.prune(max(self.settings.resume_window, 60.0))
+
     def _ask_release(self, session_id: str) -> None:
         if self.inbox is not None:
             self.inbox.ring("k " + session_key(session_id))
@@ -393,4 +401,6 @@ class Node:
             self.listener.stop()
         if self.resumer is not None:
             self.resumer.stop()
+        if self.inbox is not None:
+            self.inbox.close()
         self.pool.close()

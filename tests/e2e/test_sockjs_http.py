@@ -11,13 +11,16 @@ bounded like what it sends over a WebSocket."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import secrets
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from relay.client import DDPClient
-from tests.e2e.sockjs_http import SessionLost, XhrClient
+from tests.e2e.sockjs_http import SessionLost, XhrClient, request
 from tests.fixtures.relays import RelayStack, RelayStacks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -110,3 +113,74 @@ def _holds(url: str) -> bool:
         text = resp.read().decode()
     found = re.search(r"^ddp_relay_sessions(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
     return bool(found and float(found.group(1)) >= 1)
+
+
+def test_what_an_attacker_sends_over_http_is_bounded_like_over_a_websocket(
+    relay_stack: RelayStacks,
+) -> None:
+    stack = relay_stack(
+        workers=1,
+        env={
+            "RELAY_MAX_CONNECTIONS_PER_ADDRESS": "3",
+            "RELAY_MAX_MESSAGE_BYTES": "65536",
+            "RELAY_SEND_BUFFER_BYTES": "16384",
+        },
+    )
+    base = stack.relays[0].url
+    honest = XhrClient([base])
+    honest.open()
+    honest.send({"msg": "sub", "id": "s1", "name": "books.all", "params": []})
+    honest.wait_for(lambda m: m.get("msg") == "ready")
+
+    # Sessions count against the address's connections like sockets: the fourth is
+    # opened and told at once why it is closed.
+    others = [XhrClient([base]) for _ in range(2)]
+    for other in others:
+        other.open()
+    refused = f"{base}/sockjs/1/{secrets.token_hex(8)}"
+    assert request(refused + "/xhr") == (200, "o\n")
+    assert request(refused + "/xhr") == (200, 'c[3000,"Too many connections"]\n')
+
+    # A send larger than the limit is not read; the session answers with a DDP error,
+    # as for a WebSocket message too large, and goes on.
+    huge = json.dumps(
+        [json.dumps({"msg": "method", "id": "x", "method": "m", "params": ["a" * 200_000]})]
+    )
+    status, _ = request(honest._url("xhr_send"), body=huge.encode())
+    assert status == 204
+    error = honest.wait_for(lambda m: m.get("msg") == "error")
+    assert error["reason"].startswith("Message too large"), error
+    # Broken framing and a bad callback are refused by the transport, nothing reaches DDP.
+    assert request(honest._url("xhr_send"), body=b'["x')[0] == 500
+    assert request(honest._url("xhr_send"), body=b"")[0] == 500
+    assert request(honest._url("jsonp") + "?c=alert(1)", method="GET")[0] == 500
+    assert request(f"{base}/sockjs/1/nobody/xhr_send", body=b'["x"]')[0] == 404
+
+    # A storm of receiving requests for one session: one holds it, the rest are told
+    # another connection is open, at once; the session is unharmed.
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: request(honest._url("xhr"), timeout=60), range(20)))
+    assert sum(body.startswith("c[2010") for _, body in answers) >= 18, answers
+    honest.send({"msg": "method", "id": "after", "method": "books.rename", "params": ["x", "y"]})
+    honest.wait_for(lambda m: m.get("msg") == "result" and m.get("id") == "after")
+
+    # A client that never receives: its outbox passes the send buffer and the session
+    # is closed as too slow (resumable), not kept growing.
+    sink = XhrClient([base])
+    for other in others:  # room under the address's cap (idle, they may have ended)
+        with contextlib.suppress(SessionLost):
+            other.send({"msg": "disconnect"})
+    sink.open()
+    sink.send({"msg": "sub", "id": "s1", "name": "books.all", "params": []})
+    books = book_ids(honest)[:3]
+    writer = DDPClient(stack.relays[0].ws_url, timeout=20)
+    try:
+        writer.connect()
+        for i in range(60):
+            writer.call("books.rename", books[i % len(books)], "long title " * 25 + str(i))
+    finally:
+        writer.close()
+    with contextlib.suppress(SessionLost):
+        for _ in range(10):
+            sink.poll()
+    assert metric(stack, "ddp_relay_disconnects_total", 'reason="slow"') >= 1

@@ -203,3 +203,17 @@ def test_a_node_that_has_not_started_is_not_ready(relay_app: MakeApp) -> None:
         "503 Service Unavailable",
         b"starting: 0 of 1 workers started\n",
     )
+
+
+def test_sockjs_http_transports_are_served_unless_switched_off(relay_app: MakeApp) -> None:
+    on, _ = relay_app()
+    # An htmlfile request without its callback: answered by the transport (500), not 404.
+    status, body = get(on, "/sockjs/1/abcdefgh/htmlfile")
+    assert status.startswith("500") and b'"callback" parameter required' in body
+    assert get(on, "/sockjs/1/abcdefgh/xhr_send", REQUEST_METHOD="POST")[0].startswith("500")
+    off, _ = relay_app(sockjs_http=False)
+    for transport in ("xhr", "xhr_send", "xhr_streaming", "eventsource", "htmlfile", "jsonp"):
+        status, body = get(off, f"/sockjs/1/abcdefgh/{transport}", REQUEST_METHOD="POST")
+        assert status == "404 Not Found" and b"RELAY_SOCKJS_HTTP" in body
+    # The iframe page is never served.
+    assert get(on, "/sockjs/iframe.html")[0] == "404 Not Found"
