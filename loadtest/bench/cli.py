@@ -16,6 +16,7 @@ generator on loopback; nothing else needs to run. From the repository root::
     .venv/bin/python -m loadtest.bench storm --before    # 10,000 subscriptions at once
     .venv/bin/python -m loadtest.bench events            # one event to 5,000, beside a row
     .venv/bin/python -m loadtest.bench presence          # join/leave churn on 3 relays
+    .venv/bin/python -m loadtest.bench sockjs            # SockJS over HTTP across 2 relays
 
 Each measurement is repeated ``--runs`` times (default 3, each with a fresh relay and
 fresh sessions) and the median of the runs is reported, as the peers' figures in
@@ -48,6 +49,7 @@ from loadtest.bench.books import max_writes
 from loadtest.bench.compare import command as compare_command
 from loadtest.bench.figures import ms_text, noisy
 from loadtest.bench.runner import RunResult, live_check, machine, median, run_once
+from loadtest.bench.sockjs import command as sockjs_command
 from loadtest.bench.stack import (
     BenchError,
     Cleanup,
@@ -71,6 +73,7 @@ MODES = {
     "storm": "N connected sessions subscribe books.all at the same moment",
     "events": "events of one stream to N subscribers, beside row changes; sustained rates",
     "presence": "presence churn across relays: database writes per join, convergence",
+    "sockjs": "one session over SockJS's HTTP transports across 2 relays: round trips",
     "check": "do live updates reach clients?",
 }
 
@@ -225,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_argument("--latency-sessions", type=int, default=1000)
     everything.add_argument("--transactions", type=int, default=1000)
     everything.add_argument("--rounds", type=int, default=10)
+
+    sockjs = mode("sockjs", relay)
+    sockjs.add_argument("--rounds", type=_positive, default=100, help="calls per way and run")
 
     window = mode("window", relay, before, sessions=[5000])
     window.add_argument(
@@ -534,6 +540,8 @@ def run(args: argparse.Namespace) -> int:
             ok = events_command(db, workdir, cleanup, args, results)
         if args.command == "presence":
             ok = presence_command(db, workdir, cleanup, args, results)
+        if args.command == "sockjs":
+            ok = sockjs_command(db, workdir, cleanup, args, results)
         if args.command in ("fanout", "all"):
             rows = []
             for n in args.sessions:

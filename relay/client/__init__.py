@@ -5,7 +5,8 @@ The public API: ``DDPClient``, ``DDPClientError``, ``retry_delay``. Inside:
 - ``connection``: ``DDPClient``, the socket, its reader thread, calls and subscriptions;
 - ``cache``: the document cache with Meteor's merge rules, and the quiescence buffer;
 - ``reconnect``: Meteor's ``Retry`` policy and the resume decisions (what is re-sent);
-- ``errors``: ``DDPClientError``.
+- ``errors``: ``DDPClientError``;
+- ``xhr``: ``XhrClient``, a minimal client over SockJS's xhr-polling (standard library).
 
 ``DDPClient`` needs websocket-client, the ``client`` extra (``pip install
 'ddp-relay[client]'``). It is imported on first use, so that this package, the pure
