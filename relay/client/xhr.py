@@ -19,7 +19,7 @@ import json
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 
@@ -32,13 +32,18 @@ class SessionLost(XhrError):
 
 
 def request(
-    url: str, method: str = "POST", body: bytes = b"", timeout: float = 40
+    url: str,
+    method: str = "POST",
+    body: bytes = b"",
+    timeout: float = 40,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[int, str]:
     """One HTTP request on a connection of its own: status and body text."""
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
     try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, target, body, dict(headers or {}))
         resp = conn.getresponse()
         return resp.status, resp.read().decode()
     finally:

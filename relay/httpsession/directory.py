@@ -53,7 +53,7 @@ from relay.protocol.sockjs import ANOTHER_CONNECTION, HEARTBEAT, encode_close
 from relay.transport.base import Inbound
 from relay.transport.http import HttpTransport
 
-__all__ = ["MOVES", "Directory", "Host", "Move", "record_id", "session_key"]
+__all__ = ["MOVES", "Directory", "Host", "Move", "Unavailable", "record_id", "session_key"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,15 @@ MOVES: tuple[Move, ...] = get_args(Move)
 _ANOTHER = encode_close(*ANOTHER_CONNECTION)
 #: Seconds between hand-over requests while waiting for the holder.
 _RING_EVERY = 0.5
+#: Seconds between two reads of the record while waiting for the holder.
+_LOOK_EVERY = 0.05
+#: Waits before the inbox is read again after a failure; then the session is closed.
+_TAKE_RETRIES = (0.1, 0.5, 1.0)
+
+
+class Unavailable(Exception):
+    """The coordinator or the inbox cannot be reached: the request gets 503 (not 404:
+    the session may well exist)."""
 
 
 def session_key(session_id: str) -> str:
@@ -86,6 +95,11 @@ def record_id(key: str) -> str:
 
 class Host(Protocol):
     """What the directory needs of the worker: DDP sessions on HTTP transports."""
+
+    def refusal(self, handshake: Handshake) -> str | None:
+        """Why a new session from this client would be refused now (its address's or the
+        worker's connections are full, the worker drains), or None. Counts nothing."""
+        ...
 
     def open(self, transport: HttpTransport, handshake: Handshake) -> Any:
         """Serve a new DDP session on ``transport``; its handle."""
@@ -153,6 +167,8 @@ class Directory:
         #: True once this relay drains: it takes no session (new or held elsewhere).
         self.draining = draining
         self._local: dict[str, Entry] = {}
+        #: Keys a request of this process is taking over right now (one at a time).
+        self._taking: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._local)
@@ -179,16 +195,29 @@ class Directory:
                 # another relay (sockjs-client ignores an ``h`` before ``o``).
                 return HEARTBEAT
             if self.coordinator is None:
+                refusal = self.host.refusal(handshake)
+                if refusal is not None:
+                    return encode_close(3000, refusal)
                 return self._open(key, handshake, None)
             try:
                 record = self.coordinator.get_session(record_id(key))
                 if record is None:
+                    refusal = self.host.refusal(handshake)
+                    if refusal is not None:
+                        # Nothing registered, nothing kept: told why, and gone.
+                        return encode_close(3000, refusal)
                     try:
                         created = self.coordinator.create_session(record_id(key), self.relay_id)
                     except SessionExists:
                         continue  # another request created it meanwhile: look again
                     return self._open(key, handshake, created.epoch)
-                taken = self._take(key, record, handshake)
+                if key in self._taking:
+                    return _ANOTHER  # a request of this process is taking it already
+                self._taking.add(key)
+                try:
+                    taken = self._take(key, record, handshake)
+                finally:
+                    self._taking.discard(key)
             except CoordinatorError as exc:
                 log.warning("sockjs session directory unavailable (%s): serving it here", exc)
                 return self._open(key, handshake, None)
@@ -198,7 +227,8 @@ class Directory:
 
     def send(self, session_id: str, texts: list[Inbound]) -> bool:
         """Deliver a send's messages to the session, wherever it is; False when there is
-        no such session (the request gets 404)."""
+        no such session (the request gets 404); ``Unavailable`` when the coordinator or
+        the inbox cannot say or take them (503)."""
         key = session_key(session_id)
         entry = self._local.get(key)
         if entry is not None and not entry.moving:
@@ -210,6 +240,9 @@ class Directory:
                 if not entry.moving:
                     # A send that went through another relay came first: its messages too.
                     earlier = self._take_inbox(key)
+                    if earlier is None:
+                        self.host.close(entry.held)
+                        raise Unavailable("the inbox cannot be read")
                     entry.transport.deliver([*earlier, *texts])
                     return True
         if self.coordinator is None:
@@ -217,9 +250,9 @@ class Directory:
         try:
             if self.coordinator.get_session(record_id(key)) is None:
                 return False
-        except CoordinatorError:
-            return False
-        self.inbox.put(key, texts)
+            self.inbox.put(key, texts)
+        except (CoordinatorError, InboxError) as exc:
+            raise Unavailable(str(exc)) from exc
         self.count("relayed")
         return True
 
@@ -268,6 +301,7 @@ class Directory:
         rid = record_id(key)
         deadline = time.monotonic() + self.move_wait
         rang = 0.0
+        members: set[str] = set()
         while record is not None:
             if record.parked:
                 try:
@@ -278,7 +312,9 @@ class Directory:
                     self.count("refused")
                     return _ANOTHER  # another request took it first: it holds it now
                 return self._arrive(key, claimed, handshake)
-            if record.owner not in {m.relay_id for m in self.coordinator.members()}:
+            if record.owner not in members:
+                members = {m.relay_id for m in self.coordinator.members()}
+            if record.owner not in members:
                 # Its holder died with it: the same id starts anew here.
                 try:
                     claimed = self.coordinator.claim_session(rid, self.relay_id, record.epoch)
@@ -296,7 +332,7 @@ class Directory:
                 rang = now
                 with _quietly("inbox"):
                     self.inbox.ring("r " + key)
-            gevent.sleep(0.02)
+            gevent.sleep(_LOOK_EVERY)
             record = self.coordinator.get_session(rid)
         self.count("closed")
         return None
@@ -308,36 +344,52 @@ class Directory:
         entry = Entry(key, transport, None, claimed.epoch)
         with entry.lock:
             self._local[key] = entry
-            if session_id:
-                entry.held = self.host.take_over(transport, handshake, session_id, claimed.cursor)
-            else:  # handed over before its connect: the session starts here
-                entry.held = self.host.open(transport, handshake)
+            try:
+                if session_id:
+                    entry.held = self.host.take_over(
+                        transport, handshake, session_id, claimed.cursor
+                    )
+                else:  # handed over before its connect: the session starts here
+                    entry.held = self.host.open(transport, handshake)
+            except Exception:
+                log.exception("taking a sockjs session over failed")
+                entry.held = None
             if entry.held is None:
                 # Its DDP session cannot go on: the client is told it lost the session.
                 del self._local[key]
                 transport.close(*ANOTHER_CONNECTION)
+                transport.start(lambda texts: None, lambda: None)
                 return self._open(key, handshake, claimed.epoch)
             # Anything sent while it moved.
-            transport.deliver(self._take_inbox(key))
+            transport.deliver(self._take_inbox(key) or [])
         self.count("taken_over")
         return transport
 
-    def _take_inbox(self, key: str) -> list[Inbound]:
-        try:
-            return list(self.inbox.take(key))
-        except InboxError as exc:
-            log.warning("could not read the sockjs inbox: %s", exc)
-            return []
+    def _take_inbox(self, key: str) -> list[Inbound] | None:
+        """What the inbox holds for ``key`` (retried a few times); None when it cannot
+        be read: the caller closes the session rather than lose or reorder a send (the
+        client reconnects, resumes, and re-sends what was not answered)."""
+        for delay in (*_TAKE_RETRIES, None):
+            try:
+                return list(self.inbox.take(key))
+            except InboxError as exc:
+                if delay is None:
+                    log.warning("could not read the sockjs inbox: %s", exc)
+                    return None
+                gevent.sleep(delay)
+        return None
 
     def _drain(self, key: str) -> None:
         entry = self._local.get(key)
         if entry is None:
             return
         with entry.lock:
-            if entry.moving or entry.transport.closed:
+            if entry.moving:
                 return
             texts = self._take_inbox(key)
-            if texts:
+            if texts is None:
+                self.host.close(entry.held)
+            elif texts and not entry.transport.closed:
                 entry.transport.deliver(texts)
 
     def _release(self, key: str) -> None:
@@ -368,7 +420,11 @@ class Directory:
                     time.time() + self.record_window,
                 )
             except CoordinatorError as exc:
+                # Its DDP session is parked: the client's next SockJS session resumes it.
                 log.warning("could not hand a sockjs session over: %s", exc)
+                self._forget(entry, drop=True)
+                self.count("closed")
+                return
             self._forget(entry, drop=False)
             self.count("handed_over")
 
@@ -388,6 +444,13 @@ class Directory:
 
     def keys(self) -> Sequence[str]:
         return list(self._local)
+
+    def close(self) -> None:
+        """The worker stops: forget every session held here (their DDP sessions parked
+        as the worker drained), so that no record outlives this process."""
+        for entry in list(self._local.values()):
+            self._forget(entry, drop=False)
+            self._drop(entry.key, entry.epoch)
 
 
 class _quietly:

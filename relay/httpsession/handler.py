@@ -4,23 +4,28 @@ Layer: runtime. ``Handler`` answers ``/sockjs/<server>/<session>/<transport>`` r
 the status, headers and bodies sockjs-node gives (the reference is the ``sockjs-protocol``
 suite): CORS preflights, the receiving transports (a body iterated from the session's
 ``HttpTransport``), and the sends (``xhr_send`` 204, ``jsonp_send`` "ok", a bad body 500,
-an unknown session 404). Bounds: a send's body is read up to ``max_message_bytes`` plus
-framing; a larger one is not read (the connection closes after the answer) and the
-session is told as for a WebSocket message too large (a DDP ``error``).
+an unknown session 404, a coordinator or inbox that cannot be reached 503). Bounds: a
+send's body is read up to ``max_message_bytes`` plus framing; a larger one is not read
+(the connection is shut after the answer) and the session is told as for a WebSocket
+message too large (a DDP ``error``). Origins: ``RELAY_ALLOWED_ORIGINS`` as for a WebSocket
+upgrade (403 otherwise), and a request another site's page makes without an ``Origin`` (a
+jsonp script, an htmlfile frame: ``Sec-Fetch-Site: cross-site``) only when it allows any.
 
 Must not: hold sessions (``relay.httpsession.directory``) or frame DDP messages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from relay.backend import Handshake
-from relay.httpsession.directory import Directory
+from relay.httpsession.directory import Directory, Unavailable
 from relay.protocol.errors import FramingError
 from relay.protocol.sockjs import (
     HttpKind,
@@ -31,6 +36,7 @@ from relay.protocol.sockjs import (
     prelude,
 )
 from relay.transport.base import Inbound, Oversized
+from relay.transport.handshake import origin_allowed
 
 __all__ = ["Handler"]
 
@@ -95,9 +101,12 @@ class Handler:
         directory: Directory,
         max_message_bytes: int,
         count: Callable[[str], None] = lambda transport: None,
+        allowed_origins: Sequence[str] = ("*",),
     ) -> None:
         self.directory = directory
         self.max_message_bytes = max_message_bytes
+        #: ``RELAY_ALLOWED_ORIGINS``, as for a WebSocket upgrade.
+        self.allowed_origins = tuple(allowed_origins)
         #: Called with each request's transport name (the metrics' label).
         self.count = count
 
@@ -108,6 +117,10 @@ class Handler:
         path: SessionPath,
         handshake: Handshake,
     ) -> Iterable[bytes]:
+        if not self._origin_allowed(environ):
+            # As for a WebSocket upgrade: a page of another site must not read or drive
+            # a session its visitor's cookies would log in.
+            return _text(start_response, "403 Forbidden", "origin not allowed\n", [])
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
         kind = path.kind
         allowed = _METHODS[kind]
@@ -120,6 +133,14 @@ class Handler:
         if kind.receiving:
             return self._receive(environ, start_response, path, handshake)
         return self._send(environ, start_response, path)
+
+    def _origin_allowed(self, environ: Mapping[str, Any]) -> bool:
+        if not origin_allowed(environ, self.allowed_origins):
+            return False
+        # A script or iframe of another site (jsonp, htmlfile) sends no Origin; the
+        # browser says where it comes from in Sec-Fetch-Site.
+        cross = str(environ.get("HTTP_SEC_FETCH_SITE", "")) == "cross-site"
+        return not (cross and not environ.get("HTTP_ORIGIN") and "*" not in self.allowed_origins)
 
     def _options(
         self, environ: Mapping[str, Any], start_response: StartResponse, allowed: str
@@ -177,7 +198,6 @@ class Handler:
             # Not read: the answer closes the connection instead. The session says why,
             # as for a WebSocket message over the limit.
             texts = [Oversized(length, self.max_message_bytes, "")]
-            headers.append(("Connection", "close"))
         else:
             stream = environ.get("wsgi.input")
             raw = stream.read(length) if stream is not None and length > 0 else b""
@@ -190,12 +210,37 @@ class Handler:
                 texts = list[Inbound](decode_send_body(body))
             except FramingError as exc:
                 return _text(start_response, "500 Internal Server Error", exc.reason, headers)
-        if not self.directory.send(path.session, texts):
+        try:
+            found = self.directory.send(path.session, texts)
+        except Unavailable:
+            return _text(start_response, "503 Service Unavailable", "try again\n", headers)
+        if not found:
             return _text(start_response, "404 Not Found", "", headers)
+        if length > limit:
+            # Unread: the rest of the body is not drained (gunicorn would, for the next
+            # request): the connection ends after this answer.
+            return _closing(_text(start_response, "204 No Content", "", headers), environ)
         if kind is HttpKind.JSONP_SEND:
             return _text(start_response, "200 OK", "ok", headers)
         start_response("204 No Content", [("Content-Type", "text/plain; charset=UTF-8"), *headers])
         return [b""]
+
+
+class _closing:
+    """A response whose connection is shut once it is written (``close``, as WSGI calls
+    it), so that an unread request body is never read."""
+
+    def __init__(self, body: Iterable[bytes], environ: Mapping[str, Any]) -> None:
+        self.body = body
+        self.sock = environ.get("gunicorn.socket")
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _one_frame(kind: HttpKind, frame: str, callback: str) -> Iterator[bytes]:

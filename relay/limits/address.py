@@ -132,6 +132,13 @@ class ConnectionsPerAddress:
         self._open[key] = count + 1
         return True
 
+    def would_open(self, address: str | None) -> bool:
+        """Whether ``try_open`` would count a connection from ``address`` now (counts
+        nothing)."""
+        if self.limit == 0:
+            return True
+        return self._open.get(address_key(address, self._prefix), 0) < self.limit
+
     def closed(self, address: str | None) -> None:
         """A connection counted by ``try_open`` ended. An unpaired call is ignored: it must
         not break the close path that makes it, nor drive a count negative."""

@@ -68,6 +68,8 @@ T = TypeVar("T")
 #: Seconds a resume waits for a live old owner to finish parking the session (a park is
 #: one upsert and one coordinator write, after the session's in-flight method finished).
 PARK_WAIT_SECONDS = 2.0
+#: Seconds between two requests that the live holder of a session being resumed close it.
+ASK_EVERY = 0.5
 #: Seconds a coordinator call waits out a suspended connection (a ZooKeeper leader
 #: election takes about two) before the session is treated as not resumable.
 SUSPENDED_WAIT_SECONDS = 5.0
@@ -168,10 +170,10 @@ class Resumer:
         self.store = store
         self.metrics = metrics
         self.relay_id = relay_id()
-        #: Called with a session id whose resume finds it still live on a live relay: that
-        #: relay is asked to close it (its connection is dead: the client is here), so
-        #: that it parks within the wait (``relay.server.node``: a ring on the relays'
-        #: control channel). None: just wait.
+        #: Called with a session id whose resume finds it still live on a live relay,
+        #: every ``ASK_EVERY`` s of the wait: that relay is asked to close it if its
+        #: connection looks gone (the client is here), so that it parks within the wait
+        #: (``relay.server.node``: a ring on the relays' control channel). None: wait.
         self.on_live: Callable[[str], None] | None = None
         #: The connection ``count_parked`` uses (opened on first use, on the leader only).
         self._counter: psycopg2.extensions.connection | None = None
@@ -335,7 +337,7 @@ class Resumer:
     ) -> Resumed | Outcome:
         record = self._call(self.coordinator.get_session, session_id, wait=self.resume_wait)
         deadline = time.monotonic() + self.park_wait
-        asked = False
+        asked = 0.0
         while record is not None and not record.parked and time.monotonic() < deadline:
             if record.owner not in {m.relay_id for m in self.coordinator.members()}:
                 # Read once more: a relay shutting down gracefully parks its sessions and
@@ -345,8 +347,9 @@ class Resumer:
                     return "owner_gone"  # killed before it could park: nothing to resume
                 record = again
                 continue
-            if not asked and self.on_live is not None:
-                asked = True
+            if self.on_live is not None and time.monotonic() - asked >= ASK_EVERY:
+                # Again while waiting: the holder closes it only once it looks gone.
+                asked = time.monotonic()
                 with contextlib.suppress(Exception):
                     self.on_live(session_id)
             gevent.sleep(0.05)  # the old owner is still parking it

@@ -92,6 +92,14 @@ class Gate:
         self._metrics.limited.labels(limit="connections_per_address").inc()
         return False
 
+    def may_open(self, address: str) -> bool:
+        """Whether ``open_socket`` would accept a socket from ``address`` now; counted as
+        refused when not (it counts no socket)."""
+        if self._connections.would_open(address or None):
+            return True
+        self._metrics.limited.labels(limit="connections_per_address").inc()
+        return False
+
     def socket_closed(self, address: str) -> None:
         self._connections.closed(address or None)
 

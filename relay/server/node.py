@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 
@@ -62,6 +63,10 @@ log = logging.getLogger(__name__)
 DISCONNECT_NAMES = tuple(
     d.name for d in vars(disconnect).values() if isinstance(d, disconnect.Disconnect)
 )
+
+#: Seconds of silence after which a session that a client resumes elsewhere is taken for
+#: gone (an unanswered ping, an HTTP session without a request): ``Node._release_live``.
+LOOKS_GONE_SECONDS = 1.0
 
 #: The work pool's owner of live-query refetches: together they hold at most one owner's
 #: share of the pool, so a storm of refetches never starves sessions' calls.
@@ -279,6 +284,7 @@ class Node:
             directory,
             settings.max_message_bytes,
             count=lambda transport: requests.labels(transport=transport).inc(),
+            allowed_origins=settings.allowed_origins,
         )
 
     def _on_control(self, payload: str | None) -> None:
@@ -300,8 +306,21 @@ class Node:
             self.inbox.ring("k " + session_key(session_id))
 
     def _release_live(self, key: str) -> None:
+        """Close the session of ``key`` if its connection looks gone: a ping of its
+        went unanswered for a second, or (over HTTP) no request of its client has been
+        here for a second. Never a session that is plainly alive: the ring is anyone's who
+        knows the session id, and must not let them take a live session over."""
+        now = time.monotonic()
         for member in self.hub.members():
-            if isinstance(member, Session) and member.id and session_key(member.id) == key:
+            if not (isinstance(member, Session) and member.id and session_key(member.id) == key):
+                continue
+            ping = member.heartbeat.ping_sent_at
+            transport = member.transport
+            unanswered = ping is not None and now - ping >= LOOKS_GONE_SECONDS
+            idle = isinstance(transport, HttpTransport) and (
+                transport.idle_for(now) >= LOOKS_GONE_SECONDS
+            )
+            if unanswered or idle:
                 member.close(disconnect.SUPERSEDED)
 
     def _http_transport(self, opened: bool) -> HttpTransport:
@@ -315,6 +334,15 @@ class Node:
         )
         self.sockjs_heartbeats.add(transport)
         return transport
+
+    def refusal(self, handshake: Handshake) -> str | None:
+        if not self.hub.ready:
+            return disconnect.SHUTDOWN.reason
+        if len(self.hub.sessions) >= self.settings.worker_connections or not (
+            self.gate.may_open(handshake.remote_addr)
+        ):
+            return "Too many connections"
+        return None
 
     def _admit(self, transport: HttpTransport, handshake: Handshake) -> bool:
         """Count an HTTP session against its address's and the worker's connections, as
@@ -399,6 +427,8 @@ class Node:
             self.keepalive.stop()
         if self.listener is not None:
             self.listener.stop()
+        if self.httpsessions is not None:
+            self.httpsessions.close()
         if self.resumer is not None:
             self.resumer.stop()
         if self.inbox is not None:

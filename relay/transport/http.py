@@ -85,6 +85,8 @@ class HttpTransport:
         self._heartbeat_pending = False
         self._close_frame: str | None = None
         self._closed = False
+        #: When it closed: its close frame is served for ``disconnect_delay`` after.
+        self._closed_at = 0.0
         self._overflowed = False
         self._handed_over = False
         #: The receiving request now attached (a token), and since when none was.
@@ -132,6 +134,7 @@ class HttpTransport:
         if self._closed:
             return
         self._closed = True
+        self._closed_at = time.monotonic()
         self._close_frame = encode_close(code, reason)
         self._wake.set()
         self._end()
@@ -204,9 +207,7 @@ class HttpTransport:
         except GeneratorExit:
             # The client went away mid-response: what it got is unknown. Its SockJS client
             # saw an error and starts a new session, whose connect resumes exactly.
-            if not self._closed:
-                self._closed = True
-                self._end()
+            self._interrupt()
             raise
         finally:
             if watcher is not None:
@@ -222,14 +223,21 @@ class HttpTransport:
         try:
             gevent.socket.wait_read(peer.fileno())
             gone = peer.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
+        except OSError:
             gone = True
         except Exception:
-            return  # a socket this cannot peek at (TLS): the next write tells
-        if gone and self._receiver is token and not self._closed:
+            return  # a socket this cannot peek at (TLS: ValueError): the next write tells
+        if gone and self._receiver is token:
             self._receiver = None
             self._idle_since = time.monotonic()
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        """A receiving request's client went away mid-response: the session ends, and
+        what asks for it next gets ``c[1002,"Connection interrupted"]``."""
+        if not self._closed:
             self._closed = True
+            self._closed_at = time.monotonic()
             self._close_frame = encode_close(*INTERRUPTED)
             self._wake.set()
             self._end()
@@ -272,6 +280,7 @@ class HttpTransport:
         self._handed_over = True
         if not self._closed:
             self._closed = True
+            self._closed_at = time.monotonic()
             self._close_frame = None
             self._wake.set()
             self._end()
@@ -300,6 +309,7 @@ class HttpTransport:
         if self._receiver is None:
             if now - self._idle_since >= self._delay:
                 self._closed = True
+                self._closed_at = now
                 self._end()
             return
         if now - self._last_sent >= self._interval and not self._pending():
@@ -308,6 +318,11 @@ class HttpTransport:
             self._wake.set()
 
     def expired(self, now: float) -> bool:
-        """Closed, with no receiving request for ``disconnect_delay`` seconds: whoever
-        keeps the session's table may forget it (its close frame is no longer served)."""
-        return self._closed and self._receiver is None and now - self._idle_since >= self._delay
+        """Closed ``disconnect_delay`` seconds ago (however often it was asked since):
+        whoever keeps the session's table may forget it (its close frame is no longer
+        served)."""
+        return self._closed and self._receiver is None and now - self._closed_at >= self._delay
+
+    def idle_for(self, now: float) -> float:
+        """Seconds without a receiving request attached (0 while one is)."""
+        return 0.0 if self._receiver is not None else now - self._idle_since

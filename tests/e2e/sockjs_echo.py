@@ -69,6 +69,9 @@ class _Host:
     """A ``relay.httpsession.directory.Host`` of sessions held in this process only: they
     are never handed over or taken over (there is no coordinator)."""
 
+    def refusal(self, handshake: Handshake) -> str | None:
+        return None
+
     def open(self, transport: HttpTransport, handshake: Handshake) -> Any:
         raise NotImplementedError
 

@@ -133,13 +133,22 @@ def test_what_an_attacker_sends_over_http_is_bounded_like_over_a_websocket(
     honest.wait_for(lambda m: m.get("msg") == "ready")
 
     # Sessions count against the address's connections like sockets: the fourth is
-    # opened and told at once why it is closed.
+    # told at once why it is refused, and leaves nothing behind.
     others = [XhrClient([base]) for _ in range(2)]
     for other in others:
         other.open()
     refused = f"{base}/sockjs/1/{secrets.token_hex(8)}"
-    assert request(refused + "/xhr") == (200, "o\n")
-    assert request(refused + "/xhr") == (200, 'c[3000,"Too many connections"]\n')
+    for _ in range(3):
+        assert request(refused + "/xhr") == (200, 'c[3000,"Too many connections"]\n')
+    assert request(refused + "/xhr_send", body=b'["x"]')[0] == 404
+
+    # A page of another site may not drive a session (RELAY_ALLOWED_ORIGINS, as for an
+    # upgrade), nor load one as a script without an Origin (jsonp).
+    evil = {"Origin": "https://evil.example"}
+    assert request(honest._url("xhr"), headers=evil)[0] == 403
+    assert request(honest._url("xhr_send"), body=b'["x"]', headers=evil)[0] == 403
+    script = {"Sec-Fetch-Site": "cross-site"}
+    assert request(honest._url("jsonp") + "?c=cb", method="GET", headers=script)[0] == 403
 
     # A send larger than the limit is not read; the session answers with a DDP error,
     # as for a WebSocket message too large, and goes on.

@@ -18,7 +18,7 @@ from coordinator import Member
 from coordinator.memory import MemoryCoordinator, MemoryStore
 from relay.backend import Handshake
 from relay.httpsession.directory import Directory, record_id, session_key
-from relay.httpsession.inbox import MemoryInbox
+from relay.httpsession.inbox import InboxError, MemoryInbox
 from relay.protocol.sockjs import HttpKind
 from relay.transport.base import Inbound
 from relay.transport.http import HttpTransport
@@ -55,6 +55,11 @@ class EchoHost:
     def __init__(self, parked: dict[str, EchoSession]) -> None:
         self.parked = parked
         self.opened: list[EchoSession] = []
+        #: What ``refusal`` says (None: new sessions are welcome).
+        self.refuse: str | None = None
+
+    def refusal(self, handshake: Handshake) -> str | None:
+        return self.refuse
 
     def open(self, transport: HttpTransport, handshake: Handshake) -> EchoSession:
         session = EchoSession(transport, f"s{next(_ids)}")
@@ -207,11 +212,15 @@ def test_sends_during_a_move_arrive_once_and_in_order(relays: tuple[Relay, Relay
     for i in range(10):
         assert (a, b)[i % 2].send("abc", f"m{i}")
         gevent.sleep(0.005)
-    first = mover.get(timeout=5)
+    chunks = [mover.get(timeout=5)]
     settle()
-    rest = b.poll("abc") if b.directory.keys() else a.poll("abc")
-    echoed = [t for chunk in (first, rest) for t in chunk.strip()[2:-1].split(",") if t]
-    assert echoed == [f'"echo:m{i}"' for i in range(10)], (first, rest)
+
+    def echoed() -> list[str]:
+        return [t for chunk in chunks for t in chunk.strip()[2:-1].split(",") if t]
+
+    while len(echoed()) < 10:
+        chunks.append(b.poll("abc") if b.directory.keys() else a.poll("abc"))
+    assert echoed() == [f'"echo:m{i}"' for i in range(10)], chunks
 
 
 def test_a_second_receiving_request_gets_another_connection_still_open(
@@ -267,3 +276,43 @@ def test_a_closed_session_serves_its_close_frame_then_is_forgotten(
     settle()
     assert len(a.directory) == 0
     assert a.coordinator.get_session(record_id(session_key("abc"))) is None
+
+
+def test_a_refused_session_leaves_nothing_behind(relays: tuple[Relay, Relay]) -> None:
+    a, _ = relays
+    a.host.refuse = "Too many connections"
+    assert a.poll("abc") == 'c[3000,"Too many connections"]'
+    assert len(a.directory) == 0
+    assert a.coordinator.get_session(record_id(session_key("abc"))) is None
+
+
+def test_a_send_the_inbox_cannot_take_closes_the_session_rather_than_lose_it(
+    relays: tuple[Relay, Relay], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = relays
+    assert a.poll("abc") == "o\n"
+    assert b.send("abc", "m1")  # into the inbox; a's ring is answered below
+
+    def broken(key: str) -> list[Inbound]:
+        raise InboxError("down")
+
+    monkeypatch.setattr(a.directory.inbox, "take", broken)
+    monkeypatch.setattr("relay.httpsession.directory._TAKE_RETRIES", (0.01,))
+    a.directory.on_ring("s " + session_key("abc"))
+    gevent.sleep(0.2)
+    assert a.poll("abc") == 'c[3000,"Go away!"]\n'
+
+
+def test_a_closed_session_is_forgotten_however_often_it_is_asked(
+    relays: tuple[Relay, Relay],
+) -> None:
+    a, _ = relays
+    assert a.poll("abc") == "o\n"
+    entry = next(iter(a.directory._local.values()))
+    entry.transport.close(3000, "Go away!")
+    closed = time.monotonic()
+    for _ in range(3):
+        assert a.poll("abc") == 'c[3000,"Go away!"]\n'
+    a.directory.heartbeat(closed + 5.1)  # the delay counts from the close, not the last ask
+    settle()
+    assert len(a.directory) == 0
