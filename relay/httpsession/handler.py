@@ -17,9 +17,7 @@ Must not: hold sessions (``relay.httpsession.directory``) or frame DDP messages.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import socket
-import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
@@ -36,6 +34,7 @@ from relay.protocol.sockjs import (
     prelude,
 )
 from relay.transport.base import Inbound, Oversized
+from relay.transport.endpoints import cors_headers, preflight_headers
 from relay.transport.handshake import origin_allowed
 
 __all__ = ["Handler"]
@@ -64,18 +63,6 @@ _METHODS: Final = {
     HttpKind.HTMLFILE: "GET",
     HttpKind.JSONP: "GET",
 }
-
-
-def _cors(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
-    origin = str(environ.get("HTTP_ORIGIN", ""))
-    headers = [("Access-Control-Allow-Origin", origin or "*")]
-    if origin:
-        headers.append(("Access-Control-Allow-Credentials", "true"))
-    requested = str(environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", ""))
-    if requested:
-        headers.append(("Access-Control-Allow-Headers", requested))
-    headers.append(("Vary", "Origin"))
-    return headers
 
 
 def _text(
@@ -145,16 +132,7 @@ class Handler:
     def _options(
         self, environ: Mapping[str, Any], start_response: StartResponse, allowed: str
     ) -> Iterable[bytes]:
-        start_response(
-            "204 No Content",
-            [
-                ("Cache-Control", f"public, max-age={_CACHE_FOR}"),
-                ("Expires", email.utils.formatdate(time.time() + _CACHE_FOR, usegmt=True)),
-                ("Access-Control-Max-Age", str(_CACHE_FOR)),
-                ("Access-Control-Allow-Methods", f"OPTIONS, {allowed}"),
-                *_cors(environ),
-            ],
-        )
+        start_response("204 No Content", preflight_headers(environ, allowed))
         return [b""]
 
     def _receive(
@@ -176,7 +154,7 @@ class Handler:
         headers = [
             ("Content-Type", _CONTENT_TYPES[kind]),
             ("Cache-Control", _NO_CACHE),
-            *_cors(environ),
+            *cors_headers(environ),
         ]
         start_response("200 OK", headers)
         if isinstance(found, str):
@@ -187,7 +165,7 @@ class Handler:
         self, environ: Mapping[str, Any], start_response: StartResponse, path: SessionPath
     ) -> Iterable[bytes]:
         kind = path.kind
-        headers = [("Cache-Control", _NO_CACHE), *_cors(environ)]
+        headers = [("Cache-Control", _NO_CACHE), *cors_headers(environ)]
         limit = self.max_message_bytes + _FRAMING_SLACK
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)

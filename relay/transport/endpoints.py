@@ -28,8 +28,10 @@ __all__ = [
     "FALLBACK_MESSAGE",
     "Response",
     "Route",
+    "cors_headers",
     "fallback_response",
     "info_response",
+    "preflight_headers",
     "respond",
     "route",
     "welcome_response",
@@ -87,8 +89,9 @@ def route(environ: Mapping[str, Any], prefix: str = "/sockjs") -> Route:
     return _FROM_SOCKJS[sockjs.parse_path(path, prefix)]
 
 
-def _cors(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
-    # sockjs-node's xhr_cors: echo the Origin (credentials allowed) or "*" without one.
+def cors_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """sockjs-node's xhr_cors: echo the Origin (credentials allowed) or "*" without one,
+    and the headers a preflight asks for."""
     origin = str(environ.get("HTTP_ORIGIN", ""))
     headers = [("Access-Control-Allow-Origin", origin or "*")]
     if origin:
@@ -117,18 +120,23 @@ def _method(environ: Mapping[str, Any]) -> str:
     return str(environ.get("REQUEST_METHOD", "GET")).upper()
 
 
+def preflight_headers(environ: Mapping[str, Any], allowed: str) -> list[tuple[str, str]]:
+    """A CORS preflight's answer for a route that allows ``allowed`` (and OPTIONS),
+    cacheable for a year as sockjs-node's."""
+    return [
+        ("Cache-Control", f"public, max-age={_CACHE_FOR_SECONDS}"),
+        ("Expires", email.utils.formatdate(time.time() + _CACHE_FOR_SECONDS, usegmt=True)),
+        ("Access-Control-Max-Age", str(_CACHE_FOR_SECONDS)),
+        ("Access-Control-Allow-Methods", f"OPTIONS, {allowed}"),
+        *cors_headers(environ),
+    ]
+
+
 def info_response(environ: Mapping[str, Any], entropy: int | None = None) -> Response:
     """``/sockjs/info``: GET → the JSON document, OPTIONS → 204 preflight, else 405."""
     method = _method(environ)
     if method == "OPTIONS":
-        headers = [
-            ("Cache-Control", f"public, max-age={_CACHE_FOR_SECONDS}"),
-            ("Expires", email.utils.formatdate(time.time() + _CACHE_FOR_SECONDS, usegmt=True)),
-            ("Access-Control-Max-Age", str(_CACHE_FOR_SECONDS)),
-            ("Access-Control-Allow-Methods", "OPTIONS, GET"),
-            *_cors(environ),
-        ]
-        return ("204 No Content", headers, b"")
+        return ("204 No Content", preflight_headers(environ, "GET"), b"")
     if method not in ("GET", "HEAD"):
         return _text("405 Method Not Allowed", "", [("Allow", "OPTIONS, GET")])
     document = sockjs.info(secrets.randbits(32) if entropy is None else entropy)
@@ -137,7 +145,7 @@ def info_response(environ: Mapping[str, Any], entropy: int | None = None) -> Res
         ("Content-Type", "application/json; charset=UTF-8"),
         ("Content-Length", str(len(body))),
         ("Cache-Control", _NO_CACHE),
-        *_cors(environ),
+        *cors_headers(environ),
     ]
     return ("200 OK", headers, body)
 
@@ -151,7 +159,7 @@ def welcome_response(environ: Mapping[str, Any]) -> Response:
 
 def fallback_response(environ: Mapping[str, Any]) -> Response:
     """A polling/streaming SockJS transport: 404, so the client gives that transport up."""
-    return _text("404 Not Found", FALLBACK_MESSAGE + "\n", _cors(environ))
+    return _text("404 Not Found", FALLBACK_MESSAGE + "\n", cors_headers(environ))
 
 
 def respond(environ: Mapping[str, Any], kind: Route) -> Response:
