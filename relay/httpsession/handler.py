@@ -34,15 +34,13 @@ from relay.protocol.sockjs import (
     prelude,
 )
 from relay.transport.base import Inbound, Oversized
-from relay.transport.endpoints import cors_headers, preflight_headers
+from relay.transport.endpoints import NO_CACHE, cors_headers, preflight_headers
 from relay.transport.handshake import origin_allowed
 
 __all__ = ["Handler"]
 
 StartResponse = Callable[..., Any]
 
-_NO_CACHE: Final = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
-_CACHE_FOR: Final = 365 * 24 * 60 * 60
 #: Bytes of JSON framing allowed around a send's largest message (quotes, escapes).
 _FRAMING_SLACK: Final = 65_536
 
@@ -153,7 +151,7 @@ class Handler:
         found = self.directory.receive(path.session, handshake)
         headers = [
             ("Content-Type", _CONTENT_TYPES[kind]),
-            ("Cache-Control", _NO_CACHE),
+            ("Cache-Control", NO_CACHE),
             *cors_headers(environ),
         ]
         start_response("200 OK", headers)
@@ -165,7 +163,7 @@ class Handler:
         self, environ: Mapping[str, Any], start_response: StartResponse, path: SessionPath
     ) -> Iterable[bytes]:
         kind = path.kind
-        headers = [("Cache-Control", _NO_CACHE), *cors_headers(environ)]
+        headers = [("Cache-Control", NO_CACHE), *cors_headers(environ)]
         limit = self.max_message_bytes + _FRAMING_SLACK
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)

@@ -26,6 +26,7 @@ from relay.protocol import sockjs
 
 __all__ = [
     "FALLBACK_MESSAGE",
+    "NO_CACHE",
     "Response",
     "Route",
     "cors_headers",
@@ -44,7 +45,8 @@ FALLBACK_MESSAGE: Final = (
     "ddp-relay: this SockJS transport is not served here (the iframe transports are not;"
     " the HTTP transports only when RELAY_SOCKJS_HTTP is on); use the websocket transport"
 )
-_NO_CACHE: Final = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
+#: What a SockJS answer that must never be cached says (sockjs-node's).
+NO_CACHE: Final = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
 #: sockjs-node's ``cache_for`` default: one year, for the OPTIONS preflight answer.
 _CACHE_FOR_SECONDS: Final = 365 * 24 * 60 * 60
 
@@ -144,7 +146,7 @@ def info_response(environ: Mapping[str, Any], entropy: int | None = None) -> Res
     headers = [
         ("Content-Type", "application/json; charset=UTF-8"),
         ("Content-Length", str(len(body))),
-        ("Cache-Control", _NO_CACHE),
+        ("Cache-Control", NO_CACHE),
         *cors_headers(environ),
     ]
     return ("200 OK", headers, body)
