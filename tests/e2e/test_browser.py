@@ -506,8 +506,9 @@ def test_without_websockets_the_page_works_through_the_round_robin_cluster_while
     """``make cluster`` with WebSockets ruled out in the browser (the SockJS client's
     transport whitelist): one window on xhr-streaming, one on xhr-polling, each request
     balanced round robin over three relays with no stickiness. The list is right, a rename
-    in either window shows in the other, and it stays so while every relay is restarted
-    in turn (a page whose relay went away reconnects and resumes its session)."""
+    in either window shows in the other, a create keeps the id its stub drew, and it stays
+    so while every relay is restarted in turn (a page whose relay went away reconnects and
+    resumes its session)."""
     books = {k: v["title"] for k, v in server_books(cluster.ws_url).items()}
     with (
         open_browser(shots, "streaming") as streaming,
@@ -528,6 +529,19 @@ def test_without_websockets_the_page_works_through_the_round_robin_cluster_while
             expected[ids[round_]] = renamed
             for page in (streaming, polling):
                 wait_connected_and(page, expected, LIVE_TIMEOUT)
+
+        # A create over xhr-polling: the stub's guess at once, the server's id the same.
+        title = f"Written without WebSockets {time.monotonic_ns()}"
+        fill_and_submit(polling, "create-form", **{"create-title": title})
+        server_id = polling.wait(
+            lambda d: data_of(polling, "create-result").get("serverId"),
+            LIVE_TIMEOUT,
+            "the server's answer to books.create",
+        )
+        assert data_of(polling, "create-result")["stubId"] == server_id
+        expected[server_id] = title
+        for page in (streaming, polling):
+            wait_connected_and(page, expected, LIVE_TIMEOUT)
 
         for victim in range(len(cluster.relays)):
             cluster.restart_relay(victim)

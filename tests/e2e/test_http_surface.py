@@ -76,11 +76,14 @@ def test_sockjs_info_welcome_and_fallbacks(relay_server: Any) -> None:
     assert info["websocket"] is True and info["cookie_needed"] is False
     with urllib.request.urlopen(f"{relay_server.url}/sockjs", timeout=5) as resp:
         assert resp.read() == b"Welcome to SockJS!\n"
+    # The HTTP transports are served (relay.httpsession); the iframe page is not.
     request = urllib.request.Request(f"{relay_server.url}/sockjs/000/abcdefgh/xhr", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.read() == b"o\n"
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(request, timeout=5)
+        urllib.request.urlopen(f"{relay_server.url}/sockjs/iframe.html", timeout=5)
     assert err.value.code == 404
-    assert b"not supported" in err.value.read()
+    assert b"not served" in err.value.read()
 
 
 def test_metrics_and_health(relay_server: Any) -> None:
