@@ -7,7 +7,9 @@ suite): CORS preflights, the receiving transports (a body iterated from the sess
 an unknown session 404, a coordinator or inbox that cannot be reached 503). Bounds: a
 send's body is read up to ``max_message_bytes`` plus framing; a larger one is not read
 (the connection is shut after the answer) and the session is told as for a WebSocket
-message too large (a DDP ``error``). Origins: ``RELAY_ALLOWED_ORIGINS`` as for a WebSocket
+message too large (a DDP ``error``); a send's bytes count against its address's inbound
+rate (``RELAY_INBOUND_BYTES_PER_ADDRESS``): past it, the answer comes that much later.
+Origins: ``RELAY_ALLOWED_ORIGINS`` as for a WebSocket
 upgrade (403 otherwise), and a request another site's page makes without an ``Origin`` (a
 jsonp script, an htmlfile frame: ``Sec-Fetch-Site: cross-site``) only when it allows any.
 
@@ -21,6 +23,8 @@ import socket
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
+
+import gevent
 
 from relay.backend import Handshake
 from relay.httpsession.directory import Directory, Unavailable
@@ -41,6 +45,8 @@ __all__ = ["Handler"]
 
 StartResponse = Callable[..., Any]
 
+#: Longest a send is held back for its address's byte rate (seconds).
+_MAX_THROTTLE: Final = 10.0
 #: Bytes of JSON framing allowed around a send's largest message (quotes, escapes).
 _FRAMING_SLACK: Final = 65_536
 
@@ -87,11 +93,15 @@ class Handler:
         max_message_bytes: int,
         count: Callable[[str], None] = lambda transport: None,
         allowed_origins: Sequence[str] = ("*",),
+        throttle: Callable[[str], Callable[[int], float] | None] = lambda address: None,
     ) -> None:
         self.directory = directory
         self.max_message_bytes = max_message_bytes
         #: ``RELAY_ALLOWED_ORIGINS``, as for a WebSocket upgrade.
         self.allowed_origins = tuple(allowed_origins)
+        #: The inbound byte rate of a client address (``Gate.read_throttle``): a send
+        #: past it is answered that much later (its client sends one at a time).
+        self.throttle = throttle
         #: Called with each request's transport name (the metrics' label).
         self.count = count
 
@@ -117,7 +127,7 @@ class Handler:
         self.count(kind.value)
         if kind.receiving:
             return self._receive(environ, start_response, path, handshake)
-        return self._send(environ, start_response, path)
+        return self._send(environ, start_response, path, handshake.remote_addr)
 
     def _origin_allowed(self, environ: Mapping[str, Any]) -> bool:
         if not origin_allowed(environ, self.allowed_origins):
@@ -160,7 +170,11 @@ class Handler:
         return found.receive_frames(kind, callback, environ.get("gunicorn.socket"))
 
     def _send(
-        self, environ: Mapping[str, Any], start_response: StartResponse, path: SessionPath
+        self,
+        environ: Mapping[str, Any],
+        start_response: StartResponse,
+        path: SessionPath,
+        address: str,
     ) -> Iterable[bytes]:
         kind = path.kind
         headers = [("Cache-Control", NO_CACHE), *cors_headers(environ)]
@@ -177,6 +191,10 @@ class Handler:
         else:
             stream = environ.get("wsgi.input")
             raw = stream.read(length) if stream is not None and length > 0 else b""
+            throttle = self.throttle(address)
+            wait = throttle(len(raw)) if throttle is not None else 0.0
+            if wait > 0:
+                gevent.sleep(min(wait, _MAX_THROTTLE))
             body = raw.decode("utf-8", "replace")
             if kind is HttpKind.JSONP_SEND and str(environ.get("CONTENT_TYPE", "")).startswith(
                 "application/x-www-form-urlencoded"

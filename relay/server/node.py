@@ -285,6 +285,7 @@ class Node:
             settings.max_message_bytes,
             count=lambda transport: requests.labels(transport=transport).inc(),
             allowed_origins=settings.allowed_origins,
+            throttle=self.gate.read_throttle,
         )
 
     def _on_control(self, payload: str | None) -> None:
