@@ -17,6 +17,7 @@ generator on loopback; nothing else needs to run. From the repository root::
     .venv/bin/python -m loadtest.bench events            # one event to 5,000, beside a row
     .venv/bin/python -m loadtest.bench presence          # join/leave churn on 3 relays
     .venv/bin/python -m loadtest.bench sockjs            # SockJS over HTTP across 2 relays
+    .venv/bin/python -m loadtest.bench notify            # NOTIFY cost by listener count
 
 Each measurement is repeated ``--runs`` times (default 3, each with a fresh relay and
 fresh sessions) and the median of the runs is reported, as the peers' figures in
@@ -48,6 +49,7 @@ from loadtest.bench.beyond import auto_pool, events_command, presence_command
 from loadtest.bench.books import max_writes
 from loadtest.bench.compare import command as compare_command
 from loadtest.bench.figures import ms_text, noisy
+from loadtest.bench.notify import command as notify_command
 from loadtest.bench.runner import RunResult, live_check, machine, median, run_once
 from loadtest.bench.sockjs import command as sockjs_command
 from loadtest.bench.stack import (
@@ -74,6 +76,7 @@ MODES = {
     "events": "events of one stream to N subscribers, beside row changes; sustained rates",
     "presence": "presence churn across relays: database writes per join, convergence",
     "sockjs": "one session over SockJS's HTTP transports across 2 relays: round trips",
+    "notify": "PostgreSQL NOTIFY commit rate and latency as LISTEN connections grow",
     "check": "do live updates reach clients?",
 }
 
@@ -228,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_argument("--latency-sessions", type=int, default=1000)
     everything.add_argument("--transactions", type=int, default=1000)
     everything.add_argument("--rounds", type=int, default=10)
+
+    notify = mode("notify")
+    notify.add_argument("--listeners", type=_sessions, default=[1, 10, 50, 100, 200])
+    notify.add_argument("--writers", type=_positive, default=4, help="committing connections")
+    notify.add_argument("--seconds", type=float, default=5.0, help="per listener count")
+    notify.add_argument("--payload", type=int, default=200, help="bytes per notification")
 
     sockjs = mode("sockjs", relay)
     sockjs.add_argument("--rounds", type=_positive, default=100, help="calls per way and run")
@@ -542,6 +551,8 @@ def run(args: argparse.Namespace) -> int:
             ok = presence_command(db, workdir, cleanup, args, results)
         if args.command == "sockjs":
             ok = sockjs_command(db, workdir, cleanup, args, results)
+        if args.command == "notify":
+            ok = notify_command(db, workdir, cleanup, args, results)
         if args.command in ("fanout", "all"):
             rows = []
             for n in args.sessions:
