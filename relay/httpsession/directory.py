@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
@@ -441,9 +441,6 @@ class Directory:
                 self.coordinator.drop_session(record_id(key), self.relay_id, epoch)
         with _quietly("inbox"):
             self.inbox.drop(key)
-
-    def keys(self) -> Sequence[str]:
-        return list(self._local)
 
     def close(self) -> None:
         """The worker stops: forget every session held here (their DDP sessions parked

@@ -38,7 +38,7 @@ from relay.protocol.sockjs import (
     prelude,
 )
 from relay.transport.base import Inbound, Oversized
-from relay.transport.endpoints import NO_CACHE, cors_headers, preflight_headers
+from relay.transport.endpoints import NO_CACHE, cors_headers, preflight_headers, text_response
 from relay.transport.handshake import origin_allowed
 
 __all__ = ["Handler"]
@@ -72,15 +72,8 @@ _METHODS: Final = {
 def _text(
     start_response: StartResponse, status: str, body: str, extra: list[tuple[str, str]]
 ) -> Iterable[bytes]:
-    data = body.encode("utf-8")
-    start_response(
-        status,
-        [
-            ("Content-Type", "text/plain; charset=UTF-8"),
-            ("Content-Length", str(len(data))),
-            *extra,
-        ],
-    )
+    status, headers, data = text_response(status, body, extra)
+    start_response(status, headers)
     return [data]
 
 

@@ -64,6 +64,9 @@ DISCONNECT_NAMES = tuple(
     d.name for d in vars(disconnect).values() if isinstance(d, disconnect.Disconnect)
 )
 
+#: Why a SockJS HTTP session over the address's or the worker's connections is refused.
+TOO_MANY = "Too many connections"
+
 #: Seconds of silence after which a session that a client resumes elsewhere is taken for
 #: gone (an unanswered ping, an HTTP session without a request): ``Node._release_live``.
 LOOKS_GONE_SECONDS = 1.0
@@ -342,22 +345,17 @@ class Node:
         if len(self.hub.sessions) >= self.settings.worker_connections or not (
             self.gate.may_open(handshake.remote_addr)
         ):
-            return "Too many connections"
+            return TOO_MANY
         return None
 
     def _admit(self, transport: HttpTransport, handshake: Handshake) -> bool:
         """Count an HTTP session against its address's and the worker's connections, as
         a socket; False (the transport closed, saying why) when over a limit."""
-        if not self.hub.ready:
-            transport.close(disconnect.SHUTDOWN.code, disconnect.SHUTDOWN.reason)
-            return False
-        address = handshake.remote_addr
-        if len(self.hub.sessions) >= self.settings.worker_connections or not (
-            self.gate.open_socket(address)
-        ):
-            transport.close(3000, "Too many connections")
-            return False
-        return True
+        refusal = self.refusal(handshake)
+        if refusal is None and self.gate.open_socket(handshake.remote_addr):
+            return True
+        transport.close(3000, refusal or TOO_MANY)
+        return False
 
     def open(self, transport: HttpTransport, handshake: Handshake) -> Session | None:
         if not self._admit(transport, handshake):

@@ -612,17 +612,18 @@ class Session:
             verified = None
         self.conn.adopt(state.version)
         self.id, self.epoch = state.session_id, resumed.epoch
-        if verified is None:
-            self.close(disconnect.REVOKED)
+        try:
+            if verified is None:
+                self.close(disconnect.REVOKED)
+                return False
+            self.identity = verified
+            if not self._opened(resumed=True):
+                return False
+            self._restore(resumed, delivered, announce=False)
+            return True
+        finally:
+            # Reading starts last, whatever happened: a closed session then ends.
             self.transport.start(self._on_inbound, self._on_end)
-            return False
-        self.identity = verified
-        if not self._opened(resumed=True):
-            self.transport.start(self._on_inbound, self._on_end)
-            return False
-        self._restore(resumed, delivered, announce=False)
-        self.transport.start(self._on_inbound, self._on_end)
-        return True
 
     def call_context(
         self, random_seed: str | None = None, unblock: Callable[[], None] | None = None

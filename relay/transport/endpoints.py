@@ -35,6 +35,7 @@ __all__ = [
     "preflight_headers",
     "respond",
     "route",
+    "text_response",
     "welcome_response",
 ]
 
@@ -105,7 +106,8 @@ def cors_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
     return headers
 
 
-def _text(status: str, body: str, headers: list[tuple[str, str]]) -> Response:
+def text_response(status: str, body: str, headers: list[tuple[str, str]]) -> Response:
+    """A plain-text answer (UTF-8, with its length) with ``headers`` added."""
     data = body.encode("utf-8")
     return (
         status,
@@ -140,7 +142,7 @@ def info_response(environ: Mapping[str, Any], entropy: int | None = None) -> Res
     if method == "OPTIONS":
         return ("204 No Content", preflight_headers(environ, "GET"), b"")
     if method not in ("GET", "HEAD"):
-        return _text("405 Method Not Allowed", "", [("Allow", "OPTIONS, GET")])
+        return text_response("405 Method Not Allowed", "", [("Allow", "OPTIONS, GET")])
     document = sockjs.info(secrets.randbits(32) if entropy is None else entropy)
     body = json.dumps(document, separators=(",", ":")).encode("utf-8")
     headers = [
@@ -155,13 +157,13 @@ def info_response(environ: Mapping[str, Any], entropy: int | None = None) -> Res
 def welcome_response(environ: Mapping[str, Any]) -> Response:
     """``/sockjs``: the text sockjs-node greets with."""
     if _method(environ) not in ("GET", "HEAD"):
-        return _text("405 Method Not Allowed", "", [("Allow", "GET")])
-    return _text("200 OK", "Welcome to SockJS!\n", [])
+        return text_response("405 Method Not Allowed", "", [("Allow", "GET")])
+    return text_response("200 OK", "Welcome to SockJS!\n", [])
 
 
 def fallback_response(environ: Mapping[str, Any]) -> Response:
     """A polling/streaming SockJS transport: 404, so the client gives that transport up."""
-    return _text("404 Not Found", FALLBACK_MESSAGE + "\n", cors_headers(environ))
+    return text_response("404 Not Found", FALLBACK_MESSAGE + "\n", cors_headers(environ))
 
 
 def respond(environ: Mapping[str, Any], kind: Route) -> Response:

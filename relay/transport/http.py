@@ -98,8 +98,6 @@ class HttpTransport:
         self._on_end: Callable[[], None] | None = None
         self._inbound: Any = gevent.queue.Queue()
         self._ended = False
-        #: The transport the current (or last) receiving request used, for metrics.
-        self.receiving: HttpKind | None = None
 
     # -- Transport --------------------------------------------------------------------------
 
@@ -173,7 +171,6 @@ class HttpTransport:
         caller's to refuse."""
         token = object()
         self._receiver = token
-        self.receiving = kind
         self._wake.set()
         written = 0
         watcher = gevent.spawn(self._watch, peer, token) if peer is not None else None
@@ -284,10 +281,6 @@ class HttpTransport:
             self._close_frame = None
             self._wake.set()
             self._end()
-
-    @property
-    def handed_over(self) -> bool:
-        return self._handed_over
 
     def _end(self) -> None:
         if self._ended:
