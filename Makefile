@@ -27,6 +27,10 @@ PYTEST_ARGS ?=
 NODE_DIR := tests/e2e/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.make-stamp
 NODE_INPUTS := $(wildcard $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json)
+# The reference peers of `python -m loadtest.bench versus` (Socket.IO 4.8, pg), and its
+# smoke test.
+PEERS_DIR := loadtest/peers
+PEERS_STAMP := $(PEERS_DIR)/node_modules/.make-stamp
 # Meteor's client bundles for the demo page at / (example/demo), served from its
 # node_modules by Django (demo.finders); `make run`, `make cluster` and `make test` install them.
 DEMO_DIR := example/demo
@@ -101,7 +105,7 @@ help:
 	@echo "make clean   stop embedded servers, remove $(STATE)/ and caches (keeps $(VENV))"
 
 ## deps: everything `make test` needs from outside PyPI.
-deps: deps-system deps-zookeeper $(if $(NODE_INPUTS),$(NODE_STAMP)) $(DEMO_STAMP) deploy-tools
+deps: deps-system deps-zookeeper $(if $(NODE_INPUTS),$(NODE_STAMP)) $(PEERS_STAMP) $(DEMO_STAMP) deploy-tools
 
 # All apt packages in one go (one `apt-get update`), then check they really arrived.
 deps-system:
@@ -145,6 +149,11 @@ $(NODE_STAMP): $(NODE_INPUTS) | deps-system
 	else \
 		npm install --no-audit --no-fund --loglevel=error; \
 	fi
+	@touch $@
+
+$(PEERS_STAMP): $(PEERS_DIR)/package.json $(PEERS_DIR)/package-lock.json | deps-system
+	@echo "deps: npm packages in $(PEERS_DIR)"
+	@cd $(PEERS_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 ## venv: (re)create .venv when missing or broken; pip install when pyproject.toml changed.

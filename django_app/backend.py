@@ -46,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import django
@@ -54,7 +54,7 @@ from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.core import checks
 from django.core.exceptions import EmptyResultSet, ImproperlyConfigured, ValidationError
-from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.query import QuerySet
 
@@ -73,7 +73,7 @@ from django_app.cursor import Cursor, LookupPath, conditions_for_rule
 from django_app.exceptions import DDPError, NotFound
 from django_app.ordering import order_expressions, window_of
 from django_app.publications import Count
-from django_app.registries import Registry
+from django_app.registries import RegisteredPublication, Registry
 from django_app.registries import registry as default_registry
 from django_app.serializer import pk_to_wire
 from django_app.streams import StreamCursor
@@ -176,22 +176,40 @@ class DjangoBackend:
         if publication is None:
             raise NotFound(f"Subscription '{name}' not found")
         conn = connections[DEFAULT_DB_ALIAS]
-        snapshot = nullcontext() if publication.is_static else _snapshot(conn)
-        after: list[Callable[[], None]] = []
         with _db_call():
-            with snapshot:
-                user = _user_of(ctx.identity)
-                sub_ctx = SubscriptionContext(
-                    user=user,
-                    user_id=ctx.identity.user_id,
-                    session_id=ctx.session_id,
-                    handshake=ctx.handshake,
-                    hooks=PublicationHooks(sink, _in_db_call, _position_of, after.append),
-                )
-                items, returned = publication.run(sub_ctx, params)
-                specs = [self._spec(item, user) for item in items]
-            for callback in after:
-                callback()
+            if publication.is_static:
+                return self._plan(publication, ctx, params, sink, nullcontext())
+            try:
+                return self._plan(publication, ctx, params, sink, _lazy_snapshot(conn))
+            except _StaleConnection:
+                # Found dead at the function's first query: replaced, and run again
+                # (what ran before that query runs twice; only after a lost connection).
+                conn.close()
+                return self._plan(publication, ctx, params, sink, _snapshot(conn))
+
+    def _plan(
+        self,
+        publication: RegisteredPublication,
+        ctx: CallContext,
+        params: Sequence[Any],
+        sink: PublicationSink,
+        snapshot: AbstractContextManager[None],
+    ) -> SubscriptionPlan:
+        """Run ``publication`` in ``snapshot``, then its ``after_snapshot`` callbacks."""
+        after: list[Callable[[], None]] = []
+        with snapshot:
+            user = _user_of(ctx.identity)
+            sub_ctx = SubscriptionContext(
+                user=user,
+                user_id=ctx.identity.user_id,
+                session_id=ctx.session_id,
+                handshake=ctx.handshake,
+                hooks=PublicationHooks(sink, _in_db_call, _position_of, after.append),
+            )
+            items, returned = publication.run(sub_ctx, params)
+            specs = [self._spec(item, user) for item in items]
+        for callback in after:
+            callback()
         return SubscriptionPlan(specs, auto_ready=returned or not sub_ctx.used_api)
 
     def _spec(self, item: Cursor | Count | StreamCursor, user: Any) -> QuerySpec:
@@ -560,6 +578,67 @@ def _snapshot(conn: BaseDatabaseWrapper) -> Iterator[None]:
         with conn.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         yield
+
+
+class _StaleConnection(OperationalError):
+    """The connection failed its health check at a lazy snapshot's first statement."""
+
+
+@contextmanager
+def _lazy_snapshot(conn: BaseDatabaseWrapper) -> Iterator[None]:
+    """``_snapshot``, begun at the first statement the block runs through Django's
+    cursors: a publish function that only builds querysets (most do, and the users null
+    publication of a logged-out session reads nothing) costs no round trip at all. The
+    snapshot is the same: PostgreSQL takes a ``REPEATABLE READ`` transaction's snapshot
+    at its first statement, not at its BEGIN, and every statement of the block runs in
+    that transaction.
+
+    Django's health check (``SELECT 1``, when ``CONN_HEALTH_CHECKS``) would be the
+    transaction's first statement: it is made at that first statement, outside the
+    transaction; a connection that fails it raises ``_StaleConnection`` (the caller
+    replaces the connection and runs the block again in ``_snapshot``). A statement run
+    on the raw DB-API connection, bypassing Django's cursors, is not seen: the block's
+    transaction then starts there, in the connection's default isolation level.
+    """
+    if conn.in_atomic_block:
+        yield
+        return
+    wrapper: Any = conn  # health_check_* and Database: not in django-stubs
+    check = wrapper.health_check_enabled and not wrapper.health_check_done
+    began = False
+
+    def begin(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        nonlocal began
+        if not began:
+            began = True
+            _begin_snapshot(conn.connection, wrapper.Database.Error if check else None)
+        return execute(sql, params, many, context)
+
+    # Django checks when atomic() turns autocommit off: a round trip even for a block that
+    # reads nothing. begin() checks instead, at the first statement.
+    wrapper.health_check_done = True
+    with transaction.atomic(using=conn.alias), conn.execute_wrapper(begin):
+        yield
+
+
+def _begin_snapshot(raw: Any, check: type[Exception] | None) -> None:
+    """On the DB-API connection ``raw`` (autocommit off, no statement run yet): the health
+    check, outside the transaction, unless ``check`` is None (else: the DB-API's error
+    class); then the snapshot's isolation."""
+    if raw.info.transaction_status != 0:  # not IDLE (psycopg2 and 3 alike: 0)
+        return  # a raw statement began the transaction: too late to set it
+    if check is not None:
+        try:
+            raw.autocommit = True
+            try:
+                with raw.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+            finally:
+                raw.autocommit = False
+        except check as exc:
+            raise _StaleConnection(f"the database connection is gone: {exc}") from exc
+    with raw.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
 
 class _TxidRecorder:

@@ -48,6 +48,7 @@ from typing import Any
 from loadtest.bench.beyond import auto_pool, events_command, presence_command
 from loadtest.bench.books import max_writes
 from loadtest.bench.compare import command as compare_command
+from loadtest.bench.coordination import command as coordination_command
 from loadtest.bench.figures import ms_text, noisy
 from loadtest.bench.notify import command as notify_command
 from loadtest.bench.runner import RunResult, live_check, machine, median, run_once
@@ -62,6 +63,8 @@ from loadtest.bench.stack import (
     raise_fd_limit,
 )
 from loadtest.bench.trees import BEFORE_DEFAULT
+from loadtest.bench.versus import SESSIONS_PER_GENERATOR, contenders
+from loadtest.bench.versus import command as versus_command
 from loadtest.bench.writer import DrainListener, channels, trigger_overhead
 
 #: Each command's line in ``--help``, in the order ``--help`` lists them.
@@ -77,6 +80,8 @@ MODES = {
     "presence": "presence churn across relays: database writes per join, convergence",
     "sockjs": "one session over SockJS's HTTP transports across 2 relays: round trips",
     "notify": "PostgreSQL NOTIFY commit rate and latency as LISTEN connections grow",
+    "coordination": "ZooKeeper requests per session step, and what one server sustains",
+    "versus": "fan-out beside Socket.IO 4.8 (node:cluster, PostgreSQL LISTEN), same generator",
     "check": "do live updates reach clients?",
 }
 
@@ -238,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     notify.add_argument("--seconds", type=float, default=5.0, help="per listener count")
     notify.add_argument("--payload", type=int, default=200, help="bytes per notification")
 
+    coordination = mode("coordination")
+    coordination.add_argument("--clients", type=_sessions, default=[1, 4, 16], help="processes")
+    coordination.add_argument("--seconds", type=float, default=3.0, help="per client count")
+    coordination.add_argument("--sample", type=_positive, default=200, help="sessions counted")
+    coordination.add_argument("--servers", type=int, choices=[1, 3], default=1)
+
     sockjs = mode("sockjs", relay)
     sockjs.add_argument("--rounds", type=_positive, default=100, help="calls per way and run")
 
@@ -331,6 +342,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="members on the relay SIGKILLed after the churn (0: no crash)",
     )
     presence.add_argument("--converge-timeout", type=float, default=120.0)
+
+    versus = mode("versus", sessions=[1000, 5000, 10000])
+    versus.add_argument(
+        "--contenders",
+        type=contenders,
+        default=contenders("ddp-relay:2,socketio:2"),
+        help="name:workers, a comma list (default ddp-relay:2,socketio:2; e.g. add "
+        "ddp-relay:1); the first socketio is the reference of the ratios",
+    )
+    versus.add_argument("--writes", type=int, default=20)
+    versus.add_argument("--interval", type=float, default=0.5, help="seconds between writes")
+    versus.add_argument(
+        "--generators",
+        type=int,
+        default=0,
+        help="load generator processes sharing N (default: one per 10,000 sessions)",
+    )
+    versus.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="PNG of time and CPU against N (default: "
+        "versus.png in the workdir when several session counts are measured)",
+    )
 
     mode("check")
     return parser
@@ -538,6 +573,14 @@ def run(args: argparse.Namespace) -> int:
             big = args.relays * args.watchers + (
                 args.pool or auto_pool(args.rate, args.hold, args.relays, args.crash_sessions)
             )
+        if args.command == "versus":
+            # Sessions one process holds: a generator's share, a worker's (uneven: + 10%).
+            fewest = min(c.workers for c in args.contenders)
+            big = max(
+                max(math.ceil(n / (args.generators or math.ceil(n / SESSIONS_PER_GENERATOR))),
+                    math.ceil(n * 1.1 / fewest) if fewest > 1 else n)
+                for n in args.sessions
+            )  # fmt: skip
         if big + 500 > fd_limit():
             raise BenchError(
                 f"the file descriptor limit ({fd_limit()}) is too low for {big} sessions "
@@ -553,6 +596,10 @@ def run(args: argparse.Namespace) -> int:
             ok = sockjs_command(db, workdir, cleanup, args, results)
         if args.command == "notify":
             ok = notify_command(db, workdir, cleanup, args, results)
+        if args.command == "coordination":
+            ok = coordination_command(db, workdir, cleanup, args, results)
+        if args.command == "versus":
+            ok = versus_command(db, workdir, cleanup, args, results)
         if args.command in ("fanout", "all"):
             rows = []
             for n in args.sessions:

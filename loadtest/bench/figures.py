@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from loadtest.bench.meter import CpuUsage
-from loadtest.bench.stack import Relay
+from loadtest.bench.stack import Server
 
 
 class Measured(Protocol):
@@ -103,7 +103,7 @@ def sayer(label: str, quiet: bool) -> Callable[[str], None]:
     return say
 
 
-def sessions_by_worker(relay: Relay, pids: list[int]) -> list[int]:
+def sessions_by_worker(relay: Server, pids: list[int]) -> list[int]:
     """The sessions each worker holds, in the order of ``pids`` (empty: unreadable)."""
     by_worker = relay.sessions_by_worker()
     return [by_worker[pid] for pid in pids] if by_worker else []
@@ -119,7 +119,7 @@ def take_usage(result: Measured, usage: CpuUsage) -> None:
     result.steal_share = usage.steal_share
 
 
-def take_health(result: Measured, relay: Relay) -> None:
+def take_health(result: Measured, relay: Server) -> None:
     result.relay_alive = relay.alive()
     result.relay_errors = relay.error_count()
     result.worker_timeouts = relay.timeout_count()
@@ -161,6 +161,15 @@ def take_deliveries(result: Delivered, report: dict[str, Any]) -> None:
     result.delivery_p50_ms = _ms_or_nan(report["p50"])
     result.delivery_p99_ms = _ms_or_nan(report["p99"])
     result.delivery_max_ms = _ms_or_nan(report["max"])
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile (the same rule as the generator's); NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))
+    return ordered[rank - 1]
 
 
 def ms_text(value: float, never: str = "never") -> str:

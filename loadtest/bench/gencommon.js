@@ -15,6 +15,54 @@ const WebSocket = require('ws');
 
 const CONNECT = '{"msg":"connect","version":"1","support":["1","pre2","pre1"]}';
 
+// How a session speaks on its socket (opts.wire): `hello`, sent once the socket opens, and
+// decode(ws, text), the message a frame carries in DDP's shape (null: nothing for the
+// caller, e.g. a ping, answered here). Throws on a frame that is not JSON.
+//   ddp:      DDP itself.
+//   socketio: Engine.IO 4 / Socket.IO 5 packets (the `versus` reference peer,
+//             loadtest/peers/socketio.js), read as DDP: CONNECT (40) is `connected`, the
+//             ack of emit id k (43k[...]) is `ready` of sub k, an event ["changed", row]
+//             is `changed` with the row as its fields, CONNECT_ERROR (44) is `error`.
+const WIRES = {
+  ddp: {
+    hello: CONNECT,
+    decode(ws, text) {
+      const msg = JSON.parse(text);
+      if (msg.msg === 'ping') {
+        ws.send(msg.id === undefined ? '{"msg":"pong"}' : JSON.stringify({ msg: 'pong', id: msg.id }));
+        return null;
+      }
+      return msg;
+    },
+  },
+  socketio: {
+    hello: null,
+    decode(ws, text) {
+      switch (text[0]) {
+        case '0': // Engine.IO open: connect to the default namespace
+          ws.send('40');
+          return null;
+        case '2': // Engine.IO ping
+          ws.send('3');
+          return null;
+        case '4':
+          break;
+        default:
+          return null;
+      }
+      const kind = text[1];
+      if (kind === '0') return { msg: 'connected' };
+      if (kind === '4') return { msg: 'error', error: { reason: text.slice(2) } };
+      const body = text.indexOf('[');
+      if (body < 0) return null;
+      const args = JSON.parse(text.slice(body));
+      if (kind === '3') return { msg: 'ready', subs: [text.slice(2, body)] };
+      if (kind === '2' && args[0] === 'changed') return { msg: 'changed', fields: args[1] };
+      return null;
+    },
+  },
+};
+
 function now() {
   return performance.timeOrigin + performance.now();
 }
@@ -117,10 +165,11 @@ function fleet(opts) {
     return timer;
   };
 
-  // Opens session.ws: `connect` once open, pings answered; every other message goes to
-  // onMessage(msg, t), t taken on arrival, before parsing. A frame that is not JSON and
+  // Opens session.ws: `connect` once open, pings answered (opts.wire says how: WIRES);
+  // every other message goes to onMessage(msg, t), t taken on arrival, before parsing. A frame that is not JSON and
   // a socket error are counted; onClose(code) when the socket closes. `url`: another
   // relay than opts.url's (presencegen.js spreads its sessions over several).
+  const wire = WIRES[opts.wire || 'ddp'];
   f.socket = (session, onMessage, onClose, url = opts.url) => {
     const ws = new WebSocket(url, {
       perMessageDeflate: opts.deflate,
@@ -129,23 +178,18 @@ function fleet(opts) {
     session.ws = ws;
     ws.on('open', () => {
       f.opened++;
-      ws.send(CONNECT);
+      if (wire.hello !== null) ws.send(wire.hello);
     });
     ws.on('message', (data) => {
       const t = now();
       let msg;
       try {
-        msg = JSON.parse(data.toString());
+        msg = wire.decode(ws, data.toString());
       } catch (e) {
         f.noteError('bad json');
         return;
       }
-      if (msg.msg === 'ping') {
-        ws.send(msg.id === undefined ? '{"msg":"pong"}' :
-          JSON.stringify({ msg: 'pong', id: msg.id }));
-        return;
-      }
-      onMessage(msg, t);
+      if (msg !== null) onMessage(msg, t);
     });
     ws.on('error', (err) => f.noteError(err.code || err.message || 'error'));
     ws.on('close', onClose);
@@ -305,7 +349,9 @@ function deliveries(f, writes) {
   // sessions that had it and its latencies, over all deliveries p50 / p99 / max, missing
   // (ready sessions without a write). `middle` goes before the latencies, `tail` last.
   // `first`: commits[i] is write first + i (eventsgen.js reports events and renames apart).
-  log.report = (commits, middle, tail, first = 0) => {
+  // `raw`: each write also carries its latencies (`lat`, sorted, 0.01 ms), for a driver
+  // that merges the reports of several generators.
+  log.report = (commits, middle, tail, first = 0, raw = false) => {
     const perWrite = [];
     const all = new Float64Array(commits.length * n);
     let total = 0;
@@ -329,6 +375,7 @@ function deliveries(f, writes) {
         p50: quantile(sorted, 0.5),
         p99: quantile(sorted, 0.99),
         last: k ? sorted[k - 1] : null,
+        ...(raw ? { lat: Array.from(sorted, (x) => Math.round(x * 100) / 100) } : {}),
       });
     }
     const overall = all.subarray(0, total).sort();

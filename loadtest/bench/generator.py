@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from devstack.launch import ROOT
+from loadtest.bench.figures import quantile
 from loadtest.bench.stack import BenchError, end_by_stdin, raise_fd_limit
 
 SCRIPT = Path(__file__).with_name("loadgen.js")
@@ -172,7 +173,8 @@ class NodeProcess:
 
 
 class Generator(NodeProcess):
-    """``loadgen.js`` holding ``sessions`` DDP sessions subscribed to ``books.all``."""
+    """``loadgen.js`` holding ``sessions`` DDP sessions subscribed to ``books.all`` (with
+    ``wire="socketio"``: Socket.IO sockets in the room ``books``, for ``versus``)."""
 
     def __init__(
         self,
@@ -186,8 +188,10 @@ class Generator(NodeProcess):
         concurrency: int = 200,
         ramp_timeout: float = 300.0,
         log: TextIO | None = None,
+        wire: str = "ddp",
     ) -> None:
         options = {
+            "wire": wire,
             "url": url,
             "sessions": sessions,
             "concurrency": concurrency,
@@ -198,3 +202,112 @@ class Generator(NodeProcess):
             "rampTimeoutMs": int(ramp_timeout * 1000),
         }
         super().__init__(SCRIPT, options, ramp_timeout=ramp_timeout, log=log)
+
+
+def split(sessions: int, generators: int) -> list[int]:
+    """``sessions`` over ``generators`` processes, as evenly as possible, none empty."""
+    count = max(1, min(generators, sessions))
+    base, extra = divmod(sessions, count)
+    return [base + (1 if i < extra else 0) for i in range(count)]
+
+
+class Generators:
+    """Several ``Generator`` processes sharing N sessions (a process holds at most its
+    descriptor limit, 20,000 here), seen as one: ramps, waits and reports merged.
+
+    ``make(share, i)`` starts the generator of the i-th share."""
+
+    def __init__(self, shares: list[int], make: Callable[[int, int], Generator]) -> None:
+        self.parts: list[Generator] = []
+        try:
+            for i, share in enumerate(shares):
+                self.parts.append(make(share, i))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [part.pid for part in self.parts]
+
+    def ramp(self, on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Every part's ``ramped``, summed (``ms``: the slowest)."""
+        events = [part.ramp(on_progress) for part in self.parts]
+        errors: dict[str, int] = {}
+        for event in events:
+            for kind, count in (event.get("errors") or {}).items():
+                errors[kind] = errors.get(kind, 0) + int(count)
+        return {
+            "event": "ramped",
+            "sessions": sum(int(e["sessions"]) for e in events),
+            "ready": sum(int(e["ready"]) for e in events),
+            "failed": sum(int(e["failed"]) for e in events),
+            "timedOut": any(bool(e["timedOut"]) for e in events),
+            "ms": max(int(e["ms"]) for e in events),
+            "errors": errors,
+        }
+
+    def wait_all(self, writes: int, stall: float, limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        done = True
+        for part in self.parts:
+            left = max(0.0, deadline - time.monotonic())
+            done = part.wait_all(writes, stall=stall, limit=left) and done
+        return done
+
+    def report(self, commits_ms: list[float], timeout: float = 60.0) -> dict[str, Any]:
+        """One ``report`` as if one generator held every session (quantiles exact: each
+        part sends its latencies)."""
+        if len(self.parts) == 1:
+            return self.parts[0].report(commits_ms, timeout)
+        for part in self.parts:
+            part.command({"cmd": "report", "commits": commits_ms, "raw": True})
+        return merge_reports([part.wait_for("report", timeout) for part in self.parts])
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``report`` of several loadgen.js processes (each sent with ``raw``) as one."""
+
+    def total(key: str) -> int:
+        return sum(int(r[key]) for r in reports)
+
+    errors: dict[str, int] = {}
+    for report in reports:
+        for kind, count in (report.get("errors") or {}).items():
+            errors[kind] = errors.get(kind, 0) + int(count)
+    per_write = []
+    every: list[float] = []
+    for writes in zip(*(r["perWrite"] for r in reports), strict=True):
+        lat = sorted(x for w in writes for x in w.get("lat", []))
+        every.extend(lat)
+        per_write.append(
+            {
+                "w": writes[0]["w"],
+                "received": sum(int(w["received"]) for w in writes),
+                "first": lat[0] if lat else None,
+                "p50": quantile(lat, 0.5) if lat else None,
+                "p99": quantile(lat, 0.99) if lat else None,
+                "last": lat[-1] if lat else None,
+            }
+        )
+    every.sort()
+    return {
+        "event": "report",
+        "sessions": total("sessions"),
+        "ready": total("ready"),
+        "closedAfterReady": total("closedAfterReady"),
+        "writes": int(reports[0]["writes"]),
+        "deliveries": total("deliveries"),
+        "missing": total("missing"),
+        "duplicates": total("duplicates"),
+        "foreign": sum(int(r.get("foreign", 0)) for r in reports),
+        "p50": quantile(every, 0.5) if every else None,
+        "p99": quantile(every, 0.99) if every else None,
+        "max": every[-1] if every else None,
+        "perWrite": per_write,
+        "errors": errors,
+    }

@@ -36,23 +36,31 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from devstack.processes import stop_process
 from loadtest.bench import figures
-from loadtest.bench.generator import Generator
+from loadtest.bench.figures import quantile
+from loadtest.bench.generator import Generator, Generators, split
 from loadtest.bench.meter import CpuMeter
+from loadtest.bench.socketio import SocketIO
 from loadtest.bench.stack import (
     BenchError,
     Cleanup,
     Database,
     Relay,
+    Server,
     pss_bytes,
     rss_bytes,
 )
 from loadtest.bench.writer import Writer, paced_writes
+
+#: What ``run_once`` can measure (``peer``): ddp-relay, or Socket.IO (``versus``).
+RELAY = "ddp-relay"
+SOCKETIO = "socketio"
 
 #: Seconds to let the worker settle (greenlets finish, garbage collected) before reading PSS.
 SETTLE_SECONDS = 3.0
@@ -169,15 +177,6 @@ def _largest_share(values: list[int] | list[float]) -> float:
     return max(values) / total if values and total > 0 else float("nan")
 
 
-def quantile(values: list[float], q: float) -> float:
-    """Nearest-rank quantile (the same rule as the generator's); NaN when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 1))))
-    return ordered[rank - 1]
-
-
 def median(values: list[float]) -> float:
     clean = [v for v in values if v == v]  # drop NaN
     return statistics.median(clean) if clean else float("nan")
@@ -255,6 +254,24 @@ def warm_up_workers(relay: Relay, timeout: float = 20.0) -> dict[int, int]:
             with contextlib.suppress(Exception):
                 client.close()
     return opened
+
+
+def check_and_warm_up(relay: Relay, live: bool, say: Callable[[str], None]) -> None:
+    """The live check (unless not ``live``) and, with several workers, the warm-up."""
+    live_ms = f"live update in {live_check(relay) * 1000:.0f} ms" if live else "live check skipped"
+    if relay.workers == 1:
+        say(f"relay worker {relay.worker_pid} on :{relay.port}; {live_ms}")
+        return
+    warmed = warm_up_workers(relay)
+    cold = [str(pid) for pid, n in warmed.items() if not n]
+    if not warmed:
+        warm = "sessions per worker unknown (metrics files unreadable)"
+    elif cold:
+        warm = f"no session reached worker(s) {', '.join(cold)}"
+    else:
+        warm = "every worker served a subscription"
+    pids = ", ".join(map(str, relay.worker_pids))
+    say(f"relay workers {pids} on :{relay.port}; {live_ms}; {warm}")
 
 
 def _py_spy() -> str | None:
@@ -354,47 +371,51 @@ def run_once(
     settle: float = SETTLE_SECONDS,
     subscribe: bool = True,
     workers: int = 1,
+    generators: int = 1,
+    peer: str = RELAY,
 ) -> RunResult:
     say = figures.sayer(label, quiet)
-    relay = Relay(db.url, workdir, cleanup, max_sessions=sessions, workers=workers)
+    relay: Server
+    if peer == SOCKETIO:
+        relay = SocketIO(db.url, workdir, cleanup, workers=workers)
+    else:
+        relay = Relay(db.url, workdir, cleanup, max_sessions=sessions, workers=workers)
     pids = relay.worker_pids
-    generator: Generator | None = None
+    generator: Generators | None = None
     writer: Writer | None = None
-    gen_log = open(workdir / f"loadgen-{relay.port}.log", "w")  # noqa: SIM115
+    gen_logs = [
+        open(workdir / f"loadgen-{relay.port}-{i}.log", "w")  # noqa: SIM115
+        for i in range(len(split(sessions, generators)))
+    ]
     try:
-        if live:
-            live_ms = f"live update in {live_check(relay) * 1000:.0f} ms"
+        if isinstance(relay, Relay):
+            check_and_warm_up(relay, live, say)
         else:
-            live_ms = "live check skipped"
-        if workers == 1:
-            say(f"relay worker {relay.worker_pid} on :{relay.port}; {live_ms}")
-        else:
-            warmed = warm_up_workers(relay)
-            cold = [str(pid) for pid, n in warmed.items() if not n]
-            if not warmed:
-                warm = "sessions per worker unknown (metrics files unreadable)"
-            elif cold:
-                warm = f"no session reached worker(s) {', '.join(cold)}"
-            else:
-                warm = "every worker served a subscription"
-            say(f"relay workers {', '.join(map(str, pids))} on :{relay.port}; {live_ms}; {warm}")
+            # The peer has no DDP: the writes themselves are its live check (a write
+            # that does not arrive is reported lost).
+            say(f"{peer} workers {', '.join(map(str, pids))} on :{relay.port}")
         time.sleep(settle)
         pss_before_by_worker = [pss_bytes(pid) for pid in pids]
         pss_before, rss_before = sum(pss_before_by_worker), sum(rss_bytes(pid) for pid in pids)
         prefix = f"bench {secrets.token_hex(3)} "
         started = time.monotonic()
-        generator = Generator(
-            relay.ws_url,
-            sessions,
-            prefix=prefix,
-            max_writes=max(1, writes),
-            deflate=deflate,
-            subscribe=subscribe,
-            concurrency=concurrency,
-            ramp_timeout=ramp_timeout,
-            log=gen_log,
+        url = relay.ws_url
+        generator = Generators(
+            split(sessions, generators),
+            lambda share, i: Generator(
+                url,
+                share,
+                prefix=prefix,
+                max_writes=max(1, writes),
+                deflate=deflate,
+                subscribe=subscribe,
+                concurrency=max(1, concurrency // generators),
+                ramp_timeout=ramp_timeout,
+                log=gen_logs[i],
+                wire="socketio" if peer == SOCKETIO else "ddp",
+            ),
         )
-        cleanup.push("load generator", generator.close)
+        cleanup.push("load generators", generator.close)
 
         last_progress = [time.monotonic()]
 
@@ -446,9 +467,13 @@ def run_once(
             )
         if writes > 0 and result.ready > 0:
             writer = Writer(db.url)
-            meter = CpuMeter(pids, [generator.pid], db)
-            profilers = start_profilers(
-                profile_dir, f"{mode}-{sessions}", relay, writes * interval + 2.0, cleanup
+            meter = CpuMeter(pids, generator.pids, db)
+            profilers = (
+                start_profilers(
+                    profile_dir, f"{mode}-{sessions}", relay, writes * interval + 2.0, cleanup
+                )
+                if isinstance(relay, Relay)
+                else []
             )
             rate = paced_writes(
                 writer, prefix, writes, interval, max_seconds=writes * interval * 3 + 30
@@ -493,7 +518,7 @@ def run_once(
             if warning:
                 say(warning)
             s = result.summary()
-            split = (
+            by_worker = (
                 " (" + " + ".join(f"{t:.2f}" for t in result.relay_cpu_s_by_worker) + " by worker)"
                 if workers > 1
                 else ""
@@ -504,7 +529,7 @@ def run_once(
                 f"p50 {s['delivery_p50_ms']:.1f} / p99 {s['delivery_p99_ms']:.1f} ms; "
                 f"{s['deliveries_per_s_p50']:.0f} deliveries/s per write, "
                 f"{result.sustained_per_s:.0f}/s over the series; lost {result.missing}, "
-                f"duplicates {result.duplicates}; CPU relay {result.relay_cpu_s:.1f} s{split}, "
+                f"duplicates {result.duplicates}; CPU relay {result.relay_cpu_s:.1f} s{by_worker}, "
                 f"generator {result.generator_cpu_s:.1f} s, postgres {result.postgres_cpu_s:.1f} s "
                 f"in {result.wall_s:.1f} s"
             )
@@ -523,7 +548,8 @@ def run_once(
                 writer.restore()
             writer.close()
         relay.stop()
-        gen_log.close()
+        for log in gen_logs:
+            log.close()
 
 
 def machine() -> dict[str, Any]:

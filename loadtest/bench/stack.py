@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from devstack.embedded_postgres import EmbeddedPostgres
 from devstack.launch import ROOT, example_env, gunicorn_argv, manage_argv, relay_env
@@ -417,6 +417,23 @@ class Relay:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
+
+
+class Server(Protocol):
+    """What a run reads of the server its sessions are on: a ``Relay``, or a reference
+    peer of ``versus`` (``socketio.SocketIO``)."""
+
+    workers: int
+    port: int
+    ws_url: str
+    worker_pids: list[int]
+    log_path: Path
+
+    def alive(self) -> bool: ...
+    def error_count(self) -> int: ...
+    def timeout_count(self) -> int: ...
+    def sessions_by_worker(self) -> dict[int, int]: ...
+    def stop(self) -> None: ...
 
 
 def make_workdir(out: Path | None) -> Path:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bench import figures
-from loadtest.bench.generator import NodeProcess
+from loadtest.bench.generator import NodeProcess, split
 from loadtest.bench.meter import CpuMeter
 from loadtest.bench.runner import (
     finish_profilers,
@@ -141,13 +141,6 @@ def _snapshot_size(relay: Relay) -> int:
         return sum(len(docs) for docs in client.collections.values())
     finally:
         client.close()
-
-
-def split(sessions: int, generators: int) -> list[int]:
-    """``sessions`` over ``generators`` processes, as evenly as possible, none empty."""
-    count = max(1, min(generators, sessions))
-    base, extra = divmod(sessions, count)
-    return [base + (1 if i < extra else 0) for i in range(count)]
 
 
 def run_storm(

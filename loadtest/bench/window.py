@@ -31,9 +31,10 @@ from typing import Any
 
 from loadtest.bench import figures
 from loadtest.bench.books import BookWriter, meteor_id, plan_writes
+from loadtest.bench.figures import quantile
 from loadtest.bench.generator import NodeProcess
 from loadtest.bench.meter import CpuMeter
-from loadtest.bench.runner import finish_profilers, live_check, quantile, start_profilers
+from loadtest.bench.runner import finish_profilers, live_check, start_profilers
 from loadtest.bench.stack import BenchError, Cleanup, Database, Relay, pss_bytes
 from loadtest.bench.trees import Tree
 from loadtest.bench.writer import achieved_rate, pace

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from loadtest.bench.runner import quantile
+from loadtest.bench.figures import quantile
 from loadtest.probe.honest import HonestReport, Sample
 
 MIB = 1024 * 1024

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from bookstore.models import Author, Book
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Q
 
 from django_app import Collection, Cursor, DDPError, Publication, SubscriptionContext, publish
@@ -286,3 +286,94 @@ def test_an_async_publication_may_use_the_low_level_api_in_its_snapshot(
         ("added", "stats", "books", {"count": 10, "atomic": True, "method": None}),
         ("ready",),
     ]
+
+
+# -- the snapshot, begun at a publish function's first query -----------------------------------
+
+
+@pytest.fixture
+def snapshot_pubs() -> Iterator[DjangoBackend]:
+    """Publish functions that report the connection and transaction they run in."""
+    with registry.isolated():
+
+        @publish("lazy.nothing")
+        def reads_nothing(ctx: SubscriptionContext) -> Cursor:
+            raw = connection.connection
+            seen["status"] = raw.info.transaction_status
+            seen["pid"] = raw.info.backend_pid
+            return Cursor(Book)
+
+        @publish("lazy.reads")
+        def reads(ctx: SubscriptionContext) -> Cursor:
+            runs["lazy.reads"] += 1
+            with connection.cursor() as cursor:
+                cursor.execute("SHOW transaction_isolation")
+                seen["isolation"] = cursor.fetchone()[0]
+                cursor.execute("SHOW transaction_read_only")
+                seen["read_only"] = cursor.fetchone()[0]
+            seen["authors"] = Author.objects.count()
+            return Cursor(Book)
+
+        seen: dict[str, Any] = {}
+        runs = {"lazy.reads": 0}
+        backend = DjangoBackend()
+        backend.seen = seen  # type: ignore[attr-defined]
+        backend.runs = runs  # type: ignore[attr-defined]
+        yield backend
+
+
+@pytest.fixture
+def dead_connection(transactional_db: None) -> Iterator[int]:
+    """The default connection as the example project runs it (persistent, health-checked
+    per call), its server process then terminated; yields that process's pid."""
+    saved = {k: connection.settings_dict[k] for k in ("CONN_HEALTH_CHECKS", "CONN_MAX_AGE")}
+    connection.close()
+    connection.settings_dict.update(CONN_HEALTH_CHECKS=True, CONN_MAX_AGE=None)
+    try:
+        connection.ensure_connection()
+        pid = connection.connection.info.backend_pid
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])  # gone
+        finally:
+            other.close()
+        yield pid
+    finally:
+        connection.close()
+        connection.settings_dict.update(saved)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_publish_function_that_reads_nothing_sends_nothing(
+    snapshot_pubs: DjangoBackend, make_ctx: Any, seeded: str, dead_connection: int
+) -> None:
+    """No BEGIN, no SET TRANSACTION, not even the health check's SELECT 1: the function
+    runs on the dead connection, unnoticed (the documents are fetched on a new one)."""
+    got = subscribe(snapshot_pubs, make_ctx(), "lazy.nothing", [])
+    seen = snapshot_pubs.seen  # type: ignore[attr-defined]
+    assert (seen["pid"], seen["status"]) == (dead_connection, 0)  # psycopg's IDLE
+    assert len(got.documents) == 10 and not connection.in_atomic_block
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_publish_function_that_queries_reads_one_read_only_repeatable_snapshot(
+    snapshot_pubs: DjangoBackend, make_ctx: Any, seeded: str
+) -> None:
+    subscribe(snapshot_pubs, make_ctx(), "lazy.reads", [])
+    seen = snapshot_pubs.seen  # type: ignore[attr-defined]
+    assert (seen["isolation"], seen["read_only"]) == ("repeatable read", "on")
+    assert seen["authors"] > 0 and not connection.in_atomic_block
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_found_dead_at_the_first_query_is_replaced(
+    snapshot_pubs: DjangoBackend, make_ctx: Any, seeded: str, dead_connection: int
+) -> None:
+    """The health check, made at the first query outside the transaction: the dead
+    connection is replaced and the function runs again, in a snapshot."""
+    subscribe(snapshot_pubs, make_ctx(), "lazy.reads", [])
+    seen = snapshot_pubs.seen  # type: ignore[attr-defined]
+    assert (seen["isolation"], seen["read_only"]) == ("repeatable read", "on")
+    assert connection.connection.info.backend_pid != dead_connection
+    assert snapshot_pubs.runs["lazy.reads"] == 2  # type: ignore[attr-defined]

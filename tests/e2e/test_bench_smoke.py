@@ -386,3 +386,42 @@ def test_presence_after_a_relay_crash(presence: dict[str, Any]) -> None:
     assert run["relays_alive"] == [False, True, True]
     # Joins and leaves per second over the churn until its last leave: about the 20 asked.
     assert re.search(r"\| \d+ / \d+ \(20\) \| 6\.00 \|", presence["_stdout"])
+
+
+@pytest.fixture(scope="module")
+def versus(requirements: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    _require(
+        "the socket.io npm package (npm ci in loadtest/peers)",
+        (ROOT / "loadtest" / "peers" / "node_modules" / "socket.io" / "package.json").is_file(),
+    )
+    return _bench(
+        tmp_path_factory.mktemp("versus"),
+        "versus",
+        "--runs=1",
+        f"--sessions={SESSIONS}",
+        f"--writes={WRITES}",
+        "--interval=0.2",
+        "--contenders=ddp-relay:2,socketio:2",
+        "--settle=0.5",
+    )
+
+
+def test_versus_socketio_every_session_gets_every_write_once(versus: dict[str, Any]) -> None:
+    """Socket.IO 4.8 on two node:cluster workers, fed by a trigger's NOTIFY, beside
+    ddp-relay on the same generator: both deliver every write to every session once."""
+    (entry,) = versus["versus"]
+    assert set(entry["contenders"]) == {"ddp-relay:2", "socketio:2"}
+    for key, contender in entry["contenders"].items():
+        (run,) = contender["runs"]
+        assert run["ready"] == SESSIONS and run["workers"] == 2, key
+        assert run["delivered"] == SESSIONS * WRITES, key
+        assert (run["missing"], run["duplicates"], run["failed"]) == (0, 0, 0), key
+        assert run["relay_alive"] and sum(run["sessions_by_worker"]) == SESSIONS, key
+        (figures,) = contender["figures"]
+        assert all(_finite(v) for v in figures.values()), (key, figures)
+    # The table gives ddp-relay's ratios to Socket.IO's run (time / CPU / subscribing /
+    # memory; n/a where Socket.IO's figure is 0, as CPU at 20 sessions can be).
+    ratio = r"(?:-?[\d.]+x|n/a)"
+    row = rf"\| ddp-relay, 2 workers \|.*\| {ratio} / {ratio} / {ratio} / {ratio} \|"
+    assert re.search(row, versus["_stdout"])
+    assert "| Socket.IO 4.8, 2 workers |" in versus["_stdout"]

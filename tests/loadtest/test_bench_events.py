@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loadtest.bench.events import KEPT_UP_SLACK_MS, kept_up, tenths
-from loadtest.bench.runner import quantile
+from loadtest.bench.figures import quantile
 from tests.loadtest.bench_runs import events_run, phase, sustain_run
 
 lags = st.lists(st.floats(min_value=0.0, max_value=1e6, allow_nan=False), max_size=300)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadtest.bench.runner import quantile
+from loadtest.bench.figures import quantile
 from loadtest.bench.storm import StormRun, merge, split
 
 
