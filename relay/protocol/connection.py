@@ -13,6 +13,7 @@ resumption (that is ``relay.server.session``).
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from relay.protocol import messages
@@ -120,3 +121,12 @@ class Heartbeat:
             self.ping_sent_at = now
             return HeartbeatAction.PING
         return HeartbeatAction.NONE
+
+    def due(self) -> float:
+        """The earliest time ``poll`` can act (a ping or a timeout); inf: never. Inbound
+        messages only push it later, so it is a lower bound until the next ``poll``."""
+        if self.interval <= 0:
+            return math.inf
+        if self.ping_sent_at is not None:
+            return self.ping_sent_at + self.timeout if self.timeout > 0 else math.inf
+        return self.last_received + self.interval

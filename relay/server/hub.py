@@ -35,8 +35,11 @@ class Member(Protocol):
         """Close the socket (idempotent, never blocks); ``closed`` follows later."""
         ...
 
+    #: When the ticker next ticks it (monotonic seconds; it sets the next one).
+    tick_due: float
+
     def tick(self, now: float) -> None:
-        """About once a second: heartbeats and the handshake timeout."""
+        """From ``tick_due`` on: heartbeats and the handshake timeout."""
         ...
 
 

@@ -27,7 +27,7 @@ import functools
 import logging
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -74,6 +74,11 @@ if TYPE_CHECKING:
     from relay.transport import Transport
 
 log = logging.getLogger(__name__)
+
+#: A session is ticked at least this often (the socket-closed backstop), however far its
+#: heartbeat is: a tick of every session every second cost 2% of a core per 5,000 idle
+#: sessions, most of a worker's idle CPU.
+BACKSTOP_SECONDS = 5.0
 
 #: The heartbeat ping, encoded once (every idle session sends one each interval).
 _PING = (messages.encode(messages.ping()),)
@@ -140,7 +145,8 @@ class Session:
         #: outcome (it may log the session in as someone else).
         self._blocking: MethodRun | None = None
         #: Methods that unblocked and still run (``RELAY_MAX_UNBLOCKED_METHODS`` at most).
-        self._unblocked: set[MethodRun] = set()
+        #: An empty frozenset until one unblocks (a set costs 216 bytes per session).
+        self._unblocked: set[MethodRun] | frozenset[MethodRun] = frozenset()
         self._revocation_pending = False
         self.mergebox = MergeBox()
         #: Its subscriptions and what runs them (``relay.server.subscriptions``);
@@ -149,8 +155,10 @@ class Session:
         self.subs: dict[str, Subscription] = self.subscriptions.by_id
         self.sent_count = 0
         #: The last messages sent (counted ones), for replay on resume: ``log[-1]`` is
-        #: message number ``sent_count``.
-        self.log: deque[str] = deque()
+        #: message number ``sent_count``. A list, not a deque: an idle session's log is
+        #: short, and a deque's first block alone costs 760 bytes; trimming its front is a
+        #: short memmove (RELAY_RESUME_LOG pointers at most).
+        self.log: list[str] = []
         #: The characters the log holds: it keeps at most RELAY_RESUME_LOG messages and
         #: RELAY_RESUME_LOG_BYTES of them (large messages must not pile up per session).
         self._log_size = 0
@@ -173,6 +181,8 @@ class Session:
         self._deliberate = False
         self._close: disconnect.Disconnect | None = None
         self.opened_at = time.monotonic()
+        #: When the ticker next ticks it (``tick``): 0, at its first round.
+        self.tick_due = 0.0
         settings = ctx.settings
         self.heartbeat = Heartbeat(settings.heartbeat_interval, settings.heartbeat_timeout)
         #: A list, not a deque: it is nearly always empty, and an empty deque costs 760
@@ -546,7 +556,7 @@ class Session:
         # The client counts ``connected`` before the replayed messages: number the log the
         # way it will, so a drop in the middle of the replay still resumes exactly.
         kept = state.log[: len(state.log) - len(resumed.missed)]
-        self.log = deque()
+        self.log = []
         self._log_size = 0
         self._log_extend([*kept, *connected, *resumed.missed])
         self.sent_count = state.sent_count + len(connected)
@@ -747,6 +757,8 @@ class Session:
         """Let the queue go on while ``run`` goes on in its greenlet (no longer the
         processor); a new processor takes the queue."""
         run.detached = True
+        if isinstance(self._unblocked, frozenset):
+            self._unblocked = set()
         self._unblocked.add(run)
         self._blocking = None
         # It can no longer change who the session is: a revocation it held back stands.
@@ -756,7 +768,8 @@ class Session:
             self._processor = gevent.spawn(self._process)
 
     def _unblocked_ended(self, run: MethodRun) -> None:
-        self._unblocked.discard(run)
+        if isinstance(self._unblocked, set):
+            self._unblocked.discard(run)
         waiting = self._blocking
         if (
             waiting is not None
@@ -873,12 +886,17 @@ class Session:
     def _log_extend(self, texts: list[str]) -> None:
         log = self.log
         log.extend(texts)
-        self._log_size += sum(map(len, texts))
+        size = self._log_size + sum(map(len, texts))
         settings = self.ctx.settings
-        while len(log) > 1 and (
-            len(log) > settings.resume_log or self._log_size > settings.resume_log_bytes
-        ):
-            self._log_size -= len(log.popleft())
+        if len(log) > settings.resume_log or size > settings.resume_log_bytes:
+            # Drop the oldest (one slice: a list's front is a memmove), keeping one at least.
+            drop = min(max(0, len(log) - settings.resume_log), len(log) - 1)
+            size -= sum(map(len, log[:drop]))
+            while drop < len(log) - 1 and size > settings.resume_log_bytes:
+                size -= len(log[drop])
+                drop += 1
+            del log[:drop]
+        self._log_size = size
 
     def send_texts(
         self, texts: list[str], shared: SharedFrames | None = None, *, metered: bool = False
@@ -907,17 +925,24 @@ class Session:
     # -- liveness and closing ---------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Called about once a second by the worker's ticker (``relay.server.ticker``)."""
+        """Called by the worker's ticker (``relay.server.ticker``), once a second while
+        traced, else from ``tick_due`` on: when the heartbeat or the handshake timeout
+        can act, and every ``BACKSTOP_SECONDS`` at most."""
+        self.tick_due = now + BACKSTOP_SECONDS
         if self.trace is not None:
             self.trace.tick()
+            self.tick_due = now
         if self.closed:
             return
         if self.transport.closed:
+            # A backstop: the transport's end (``_on_end``) normally tears the session down.
             self.close(self._why_transport_closed())
             return
         if self.conn.state is State.AWAITING_CONNECT:
-            if now - self.opened_at > self.ctx.settings.handshake_timeout:
+            deadline = self.opened_at + self.ctx.settings.handshake_timeout
+            if now > deadline:
                 self.close(disconnect.HANDSHAKE_TIMEOUT)
+            self.tick_due = min(self.tick_due, deadline)
             return
         if not self._heartbeat_started:
             return
@@ -927,6 +952,7 @@ class Session:
             self._write(_PING)
         elif action is HeartbeatAction.TIMEOUT:
             self.close(disconnect.HEARTBEAT_TIMEOUT)
+        self.tick_due = min(self.tick_due, self.heartbeat.due())
 
     def close(self, reason: disconnect.Disconnect) -> None:
         if self.closed:

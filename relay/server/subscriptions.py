@@ -433,8 +433,10 @@ class PublicationRun:
         self.error_msg: dict[str, Any] | None = None
         #: The publication returned cursors (or nothing, without the low-level API).
         self.auto_ready = True
-        self._callbacks: list[Callable[[], None]] = []
-        self.observers: list[Observer] = []
+        #: Empty tuples until used (most publications never use them): a list per run
+        #: per session is memory every idle session pays.
+        self._callbacks: list[Callable[[], None]] | tuple[()] = ()
+        self.observers: list[Observer] | tuple[()] = ()
 
     # -- documents ---------------------------------------------------------------------
 
@@ -494,8 +496,10 @@ class PublicationRun:
     def on_stop(self, callback: Callable[[], None]) -> None:
         if self.stopped:
             self._spawn(callback)
-        else:
+        elif isinstance(self._callbacks, list):
             self._callbacks.append(callback)
+        else:
+            self._callbacks = [callback]
 
     def observe(
         self,
@@ -507,7 +511,7 @@ class PublicationRun:
         if self.stopped:
             return
         observer = Observer(self, channel, collection, callback, position[0])
-        self.observers.append(observer)
+        self.observers = [*self.observers, observer]
         observer.attachment = self._host.ctx.streams.attach(
             observer, Route(channel, collection, None), position
         )
@@ -523,8 +527,8 @@ class PublicationRun:
             observer.close()
             if observer.attachment is not None:
                 streams.detach(observer.attachment)
-        self.observers.clear()
-        callbacks, self._callbacks = self._callbacks, []
+        self.observers = ()
+        callbacks, self._callbacks = self._callbacks, ()
         for callback in callbacks:
             self._spawn(callback)
 

@@ -1,9 +1,11 @@
 """The worker's one ticker: heartbeats and handshake timeouts of every session, once a second.
 
-Layer: runtime (gevent). One greenlet per worker process ticks every open session
-(``Session.tick``: heartbeat pings, heartbeat and handshake timeouts, noticing a socket
-that closed under it) and beats the SockJS transports (their ``h`` frames). There is no
-timer per session: memory per idle session is a product target.
+Layer: runtime (gevent). One greenlet per worker process, once a second, ticks each open
+session whose ``tick_due`` has come (``Session.tick``: heartbeat pings, heartbeat and
+handshake timeouts, noticing a socket that closed under it; it says when it is next due,
+so an idle session costs a comparison per second) and beats the SockJS transports (their
+``h`` frames). There is no timer per session: memory per idle session is a product
+target.
 
 Must not: keep state about sessions (the hub does), or let one session's failure stop
 the others' ticks.
@@ -44,6 +46,8 @@ class Ticker(Periodic):
         """One tick at monotonic time ``now``."""
         self._heartbeats.tick(now)
         for session in self._hub.members():
+            if session.tick_due > now:
+                continue  # nothing it could do yet (Session.tick says when)
             try:
                 session.tick(now)
             except Exception:

@@ -209,6 +209,33 @@ def test_any_message_counts_as_liveness() -> None:
 def test_heartbeat_disabled_by_zero() -> None:
     hb = Heartbeat(interval=0, timeout=0)
     assert hb.poll(1e9) is HeartbeatAction.NONE
+    assert hb.due() == float("inf")
+
+
+@given(
+    interval=st.sampled_from([0.0, 1.0, 15.0]),
+    timeout=st.sampled_from([0.0, 1.0, 15.0]),
+    steps=st.lists(st.tuples(st.booleans(), st.floats(0, 20)), max_size=30),
+)
+def test_heartbeat_due_is_when_poll_can_next_act(
+    interval: float, timeout: float, steps: list[tuple[bool, float]]
+) -> None:
+    """The ticker skips a session until ``due()``: no poll before it may act, and the
+    first poll at it does (a ping, or the timeout)."""
+    hb = Heartbeat(interval=interval, timeout=timeout)
+    now = 0.0
+    hb.received(now)
+    for is_message, gap in steps:
+        due = hb.due()
+        if now + gap < due:
+            now += gap
+            if is_message:
+                hb.received(now)
+            else:
+                assert hb.poll(now) is HeartbeatAction.NONE
+        elif due != float("inf"):
+            now = due + 1e-9  # (a sum's rounding; the ticker comes a second later)
+            assert hb.poll(now) is not HeartbeatAction.NONE
 
 
 json_values = st.recursive(

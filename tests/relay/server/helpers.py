@@ -287,6 +287,8 @@ class FakeMember:
         self.id = session_id
         self.closed_with: list[disconnect.Disconnect] = []
         self.ticks: list[float] = []
+        #: Due at every tick unless a test sets it later.
+        self.tick_due = 0.0
 
     def close(self, reason: disconnect.Disconnect) -> None:
         self.closed_with.append(reason)

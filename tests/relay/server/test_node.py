@@ -195,6 +195,19 @@ def test_ticker_ticks_every_session_and_one_failure_does_not_stop_the_others(
     assert "session b" not in caplog.text  # a session id is a credential: never logged
 
 
+def test_ticker_skips_a_session_until_it_is_due() -> None:
+    hub = Hub(get_metrics())
+    due, later = FakeMember("a"), FakeMember("b")
+    later.tick_due = 20.0
+    hub.opened(due)
+    hub.opened(later)
+    ticker = Ticker(hub, HeartbeatRegistry())
+    ticker.tick(12.5)
+    ticker.tick(20.0)
+    assert due.ticks == [12.5, 20.0]
+    assert later.ticks == [20.0]
+
+
 def test_ticker_runs_in_the_background_until_stopped() -> None:
     hub = Hub(get_metrics())
     member = FakeMember()
