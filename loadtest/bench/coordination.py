@@ -1,21 +1,24 @@
 """``python -m loadtest.bench coordination``: what a session's life asks of ZooKeeper.
 
 An input of the scaling model (issue #15, ``docs/scaling.md``). The relay writes to the
-coordinator once per step of a session's life, never per message (``coordinator.base``).
+coordinator once per step of a session's life, never per message (``coordinator.base``):
 ``relay.resume.resumer.Resumer`` calls ``create_session`` when a session starts,
 ``park_session`` when its socket goes away, ``get_session`` then ``claim_session(...,
 require_parked=True)`` when a reconnect resumes it, ``drop_session`` on a deliberate
 ``disconnect``; the coordinator's leader calls ``expired_sessions`` then ``reap_session``
 for each parked session whose window passed. Here the same calls, in the same order, on
 the real ``coordinator.zk.ZooKeeperCoordinator`` (kazoo's threading handler) against a
-throwaway ZooKeeper 3.8 started for the run from Debian's package, as the tests and
-``make cluster`` start it (``devstack.local_zookeeper``): by default ONE standalone server
-(``--servers 1``, all this machine runs), or a 3-node ensemble on loopback
-(``--servers 3``: every write then waits for a quorum, two servers' log fsyncs; loopback
-has no network round trip, a real ensemble adds one per write). Its transaction log is on
-the machine's disk with ZooKeeper's default ``forceSync=yes``.
+throwaway ZooKeeper 3.8 from Debian's package, configured as the tests and ``make
+cluster`` configure it (``devstack.local_zookeeper``; its JVM without the quick-start flag
+that stops the JIT at C1, as a production server runs): ONE standalone server by default
+(``--servers 1``: all this machine runs), or a 3-node ensemble on loopback (``--servers
+3``: every write waits for a quorum, two servers' log fsyncs; loopback has no network
+round trip, a real ensemble adds one to each write's latency). The transaction log is on
+the machine's disk with ZooKeeper's default ``forceSync=yes``. Before anything is
+measured, 8 s of pipelined writes warm the server's JIT (its CPU per write halves over
+the first ~10 s) and 2 s of the lifecycle the clients'.
 
-1. **Operations per step**, counted on the client: the kazoo request methods of the
+1. **Requests per step**, counted on the client: the kazoo request methods of the
    coordinator's client are wrapped (``Counter``): reads (``get``, ``exists``,
    ``get_children``, ``get_acls``) and writes (``create``, ``set``, ``delete``,
    ``set_acls``), over ``--sample`` sessions taken one step at a time: created, parked,
@@ -28,11 +31,16 @@ the machine's disk with ZooKeeper's default ``forceSync=yes``.
    resume, park (a session that reconnected once, then left) for ``--seconds``: steps,
    writes and reads per second, the latency of each write (request sent to reply in
    hand, p50/p99) and of each step, and the CPU the server(s) and the clients used.
-   Processes, not threads: the clients must not share one interpreter's lock.
-3. **The leader's chores** over the records step 2 left (all parked, expired): one
+   Processes, not threads: the clients must not share one interpreter's lock. Then the
+   ceiling when the client is not the limit: kazoo's ``set_async`` with 256 requests in
+   flight on one connection (``pipelined``), and the server's CPU per write.
+3. **The leader's chores** over the records part 2 left (all parked, expired): one
    ``expired_sessions`` sweep (seconds per record) and ``reap_session`` one after another,
    as the leader reaps, for ``--seconds`` (reaps per second); and mntr's
-   ``zk_approximate_data_size`` per record.
+   ``zk_approximate_data_size`` per znode.
+
+On a 2-core machine the Python clients and the server share the cores: the rates of part
+2 are this machine's, the server's CPU per write is the figure that carries over.
 
 Must not: import Django or the relay runtime (the coordinator package and kazoo only), or
 leave a server or a client process running (each is registered with ``Cleanup``). The
@@ -283,7 +291,10 @@ class ZooKeeper:
         return [parse_mntr(local_zookeeper.four_letter(p, b"mntr").decode()) for p in self.ports]
 
     def cpu_seconds(self) -> float:
-        return sum(cpu_seconds(proc.pid) for proc in self.procs)
+        return sum(self.cpu_by_server())
+
+    def cpu_by_server(self) -> list[float]:
+        return [cpu_seconds(proc.pid) for proc in self.procs]
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -472,20 +483,21 @@ def sustain(zk: ZooKeeper, clients: int, seconds: float, cleanup: Cleanup) -> di
         if not event.wait(START_TIMEOUT):
             raise BenchError("a coordination client did not connect")
     before = zk.mntr_all()
-    zk_cpu = zk.cpu_seconds()
+    by_server = zk.cpu_by_server()
     machine, steal = machine_cpu_seconds()
     started = time.monotonic()
     go.set()
     results = [out.get(timeout=seconds + START_TIMEOUT) for _ in procs]
     wall = time.monotonic() - started
     machine_after, steal_after = machine_cpu_seconds()
-    zk_cpu = zk.cpu_seconds() - zk_cpu
+    by_server = [b - a for a, b in zip(by_server, zk.cpu_by_server(), strict=True)]
+    zk_cpu = sum(by_server)
     server_reads, server_writes = mntr_delta_all(before, zk.mntr_all())
     stop_clients()
     failed = [r["error"] for r in results if r["error"]]
     if failed:
         raise BenchError(f"coordination clients failed: {failed[0]}")
-    return aggregate(
+    row = aggregate(
         clients,
         seconds,
         results,
@@ -496,6 +508,9 @@ def sustain(zk: ZooKeeper, clients: int, seconds: float, cleanup: Cleanup) -> di
         server_reads=server_reads,
         server_writes=server_writes,
     )
+    row["zk_cpu_cores_by_server"] = [round(c / wall, 3) for c in by_server]
+    row["first_error"] = next((r["first_error"] for r in results if "first_error" in r), None)
+    return row
 
 
 def aggregate(
@@ -564,7 +579,7 @@ def pipelined(zk: ZooKeeper, seconds: float) -> dict[str, Any]:
         for path in paths:
             client.ensure_path(path)
         before = zk.mntr_all()
-        zk_cpu = zk.cpu_seconds()
+        by_server = zk.cpu_by_server()
         machine, steal = machine_cpu_seconds()
         cpu = time.process_time()
         started = time.monotonic()
@@ -583,7 +598,8 @@ def pipelined(zk: ZooKeeper, seconds: float) -> dict[str, Any]:
             writes += PIPELINE
         wall = time.monotonic() - started
         client_cpu = time.process_time() - cpu
-        zk_cpu = zk.cpu_seconds() - zk_cpu
+        by_server = [b - a for a, b in zip(by_server, zk.cpu_by_server(), strict=True)]
+        zk_cpu = sum(by_server)
         machine_after, steal_after = machine_cpu_seconds()
         _, server_writes = mntr_delta_all(before, zk.mntr_all())
     finally:
@@ -596,6 +612,9 @@ def pipelined(zk: ZooKeeper, seconds: float) -> dict[str, Any]:
         "batch_p50_ms": round(statistics.median(batch_s) * 1000, 2) if batch_s else None,
         "zk_cpu_cores": round(zk_cpu / wall, 3),
         "zk_cpu_us_per_write": round(zk_cpu / writes * 1e6, 1) if writes else None,
+        "zk_cpu_us_per_write_by_server": [round(c / writes * 1e6, 1) for c in by_server]
+        if writes
+        else [],
         "client_cpu_cores": round(client_cpu / wall, 3),
         "machine_cpu_cores": round((machine_after - machine) / wall, 3),
         "steal_cores": round((steal_after - steal) / wall, 3),
@@ -722,7 +741,13 @@ def report(result: dict[str, Any]) -> list[str]:
         "",
         f"pipelined ceiling: kazoo set_async, {c['in_flight']} in flight on one connection: "
         f"{c['writes_per_s']:,} writes/s ({c['batch_p50_ms']} ms per {c['in_flight']}), "
-        f"ZooKeeper CPU {c['zk_cpu_us_per_write']} µs per write; cores: ZooKeeper "
+        f"ZooKeeper CPU {c['zk_cpu_us_per_write']} µs per write"
+        + (
+            f" ({' / '.join(f'{v:g}' for v in c['zk_cpu_us_per_write_by_server'])} by server)"
+            if len(c.get("zk_cpu_us_per_write_by_server", [])) > 1
+            else ""
+        )
+        + "; cores: ZooKeeper "
         f"{c['zk_cpu_cores']} / client {c['client_cpu_cores']} / machine "
         f"{c['machine_cpu_cores']} ({c['steal_cores']} stolen)",
     ]
