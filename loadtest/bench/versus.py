@@ -6,7 +6,8 @@ the first ``socketio`` one is the reference. For each session count, run i of ev
 contender is measured back to back (``runner.run_once``: its own server, N sessions
 subscribed or joined to the room, the same paced writes from the same writer, the same
 ``loadgen.js``), the order rotating from run to run so a drift of the machine touches
-each alike. Absolute times on a shared 2-core machine move between invocations; the
+each alike, after the floor of any server's CPU per delivery on this machine is measured
+(``floor.send_floor``). Absolute times on a shared 2-core machine move between invocations; the
 ratio of two contenders' run i, measured a minute apart, is what this reports (median,
 and min-max over the runs). ``plot`` draws completion time and CPU per delivery
 against N.
@@ -24,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bench.figures import ms_text, noisy
+from loadtest.bench.floor import send_floor
 from loadtest.bench.runner import RELAY, SOCKETIO, RunResult, median, run_once
 from loadtest.bench.stack import BenchError, Cleanup, Database
 
 #: Sessions one generator process holds at most (the descriptor limit here is 20,000).
 SESSIONS_PER_GENERATOR = 10_000
+#: Sockets of the send floor: a worker's share of N (two workers), at most this many.
+FLOOR_SOCKETS = 5_000
 
 
 @dataclass(frozen=True)
@@ -111,10 +115,13 @@ def _x(value: float) -> str:
     return f"{value:.2f}x"
 
 
-def table(n: int, by: dict[Contender, list[RunResult]], reference: Contender) -> list[str]:
-    """The Markdown rows of one session count."""
+def table(
+    n: int, by: dict[Contender, list[RunResult]], reference: Contender, floor_us: float
+) -> list[str]:
+    """The Markdown rows of one session count; ``floor_us``: ``floor.send_floor``'s."""
     lines = [
-        f"\n{n:,} sessions",
+        f"\n{n:,} sessions (a loopback send() of one frame alone costs {floor_us:.1f} us of "
+        "CPU here: the floor of any server's CPU per delivery)",
         "| server | one write reaches all, p50 (min-max) | delivery p50 / p99 "
         "| CPU per delivery | server CPU during the writes | memory per idle session "
         f"| subscribing all {n:,} | vs Socket.IO: time / CPU / subscribing / memory |",
@@ -202,6 +209,7 @@ def command(
     for n in args.sessions:
         generators = args.generators or max(1, math.ceil(n / SESSIONS_PER_GENERATOR))
         by: dict[Contender, list[RunResult]] = {c: [] for c in field}
+        floor_us = send_floor(max(1, min(n // 2, FLOOR_SOCKETS)))
         for i in range(args.runs):
             order = field[i % len(field) :] + field[: i % len(field)]
             for contender in order:
@@ -232,6 +240,7 @@ def command(
             {
                 "sessions": n,
                 "generators": generators,
+                "send_floor_us": floor_us,
                 "contenders": {
                     c.key: {
                         "runs": [asdict(r) for r in runs],
@@ -241,7 +250,7 @@ def command(
                 },
             }
         )
-        print("\n".join(table(n, by, reference)), flush=True)
+        print("\n".join(table(n, by, reference, floor_us)), flush=True)
     print(
         f"\nversus: {args.writes} writes {args.interval * 1000:.0f} ms apart per run, "
         f"medians of {args.runs} runs (min-max); clients "

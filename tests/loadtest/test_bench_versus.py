@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.bench.floor import send_floor
 from loadtest.bench.runner import RELAY, SOCKETIO, RunResult
 from loadtest.bench.versus import Contender, contenders, per_run, plot, ratios, table
 from tests.loadtest.bench_runs import fanout_run
@@ -54,7 +55,8 @@ def test_ratios_pair_the_runs_by_index() -> None:
 def test_the_table_gives_each_contender_its_ratios_to_the_reference() -> None:
     relay, sio = Contender(RELAY, 2), Contender(SOCKETIO, 2)
     lines = table(1000, {relay: [run(0.3, 40.0), run(0.3, 50.0)], sio: [run(0.6, 80.0)] * 2},
-                  sio)  # fmt: skip
+                  sio, 7.5)  # fmt: skip
+    assert "alone costs 7.5 us" in lines[0]
     rows = [line for line in lines if line.startswith("| ddp") or line.startswith("| Socket")]
     assert rows[0].startswith("| ddp-relay, 2 workers | 45.0 ms (40.0 ms-50.0 ms) |")
     assert rows[0].endswith("| 0.56x (0.50x-0.62x) / 0.50x / 1.00x / 1.00x |")
@@ -64,7 +66,7 @@ def test_the_table_gives_each_contender_its_ratios_to_the_reference() -> None:
 def test_a_lost_write_is_in_the_table() -> None:
     relay, sio = Contender(RELAY, 2), Contender(SOCKETIO, 2)
     lossy = dataclasses.replace(run(0.3, 40.0), missing=2)
-    lines = table(1000, {relay: [lossy], sio: [run(0.6, 80.0)]}, sio)
+    lines = table(1000, {relay: [lossy], sio: [run(0.6, 80.0)]}, sio, 7.5)
     assert any("LOST OR DUPLICATED: 2" in line for line in lines)
 
 
@@ -74,3 +76,8 @@ def test_the_plot_is_a_png(tmp_path: Path) -> None:
     path = tmp_path / "versus.png"
     plot(path, [1000, 2000], by_n)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_send_floor_is_a_cpu_time_per_send() -> None:
+    floor = send_floor(20, rounds=3, pause=0.01)
+    assert 0 < floor < 10_000

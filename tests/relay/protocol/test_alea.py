@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -262,3 +264,18 @@ def test_random_id() -> None:
     assert len(ids) == 100
     assert all(len(i) == 17 and set(i) <= set(UNMISTAKABLE_CHARS) for i in ids)
     assert len(random_id(5)) == 5
+
+
+@given(st.integers(min_value=0, max_value=64))
+def test_random_id_is_n_unmistakable_chars(n: int) -> None:
+    got = random_id(n)
+    assert len(got) == n and set(got) <= set(UNMISTAKABLE_CHARS)
+
+
+def test_random_id_draws_every_char_about_evenly() -> None:
+    """Rejection sampling: no char is drawn more often than the others (a plain
+    ``byte % 55`` would favour the first 36 by 5 to 4)."""
+    counts = Counter("".join(random_id(100) for _ in range(2_000)))
+    assert set(counts) == set(UNMISTAKABLE_CHARS)
+    expected = 200_000 / len(UNMISTAKABLE_CHARS)
+    assert all(abs(c - expected) < 0.1 * expected for c in counts.values())
