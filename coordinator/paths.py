@@ -7,6 +7,11 @@ Job: the layout, in one place::
     <root>/sessions/<session_id> persistent; data: session record (see zk.py); the znode
                                  version is the compare-and-set token
     <root>/election/<uuid>-n_NNNNNNNNNN   ephemeral sequential; lowest sequence leads
+    <root>/expiry/<bucket>/<session_id>.<epoch>
+                                 persistent, empty: the index of parked sessions by the
+                                 minute their window ends (bucket = expires_at // 60,
+                                 zero-padded), so the leader's sweep reads only the
+                                 sessions due, not every record (zk.py)
 
 Must not: talk to ZooKeeper or import kazoo. Ids are validated here (``base.check_id``),
 so a session id can never escape its parent with ``/`` or ``..``.
@@ -47,6 +52,22 @@ class Paths:
     @property
     def election(self) -> str:
         return f"{self.root}/election"
+
+    @property
+    def expiry(self) -> str:
+        return f"{self.root}/expiry"
+
+    def expiry_bucket(self, bucket: int) -> str:
+        return f"{self.expiry}/{bucket:012d}"
+
+    def expiry_entry(self, bucket: int, session_id: str, epoch: int) -> str:
+        return f"{self.expiry_bucket(bucket)}/{check_id('session id', session_id)}.{epoch}"
+
+    @staticmethod
+    def expiry_entry_parts(name: str) -> tuple[str, int]:
+        """(session id, epoch) of an expiry entry's name; ValueError if it is not one."""
+        session_id, _, epoch = name.rpartition(".")
+        return check_id("session id", session_id), int(epoch)
 
     def member(self, relay_id: str) -> str:
         return f"{self.members}/{check_id('relay id', relay_id)}"

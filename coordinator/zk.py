@@ -1,8 +1,10 @@
 """The ZooKeeper coordinator: ``Coordinator`` over kazoo.
 
 Job: membership (ephemeral znodes), session records (persistent znodes whose znode
-*version* is the compare-and-set token behind every fence) and leader election
-(ephemeral-sequential candidates; lowest sequence leads; each watches its predecessor).
+*version* is the compare-and-set token behind every fence), the expiry index of parked
+sessions (empty znodes by the minute their window ends, so the leader's sweep reads the
+sessions due, not every record) and leader election (ephemeral-sequential candidates;
+lowest sequence leads; each watches its predecessor).
 Layout: ``coordinator.paths``. Every kazoo exception becomes a ``coordinator.errors`` one.
 
 Threads and greenlets: kazoo calls our state listener and watchers on its callback
@@ -36,6 +38,7 @@ or hold a lock across a ZooKeeper round trip.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -50,6 +53,7 @@ from kazoo.exceptions import (
     NoAuthError,
     NodeExistsError,
     NoNodeError,
+    NotEmptyError,
     SessionExpiredError,
 )
 from kazoo.retry import ForceRetryError, KazooRetry, RetryFailedError
@@ -88,6 +92,18 @@ _STATES = {
 }
 # Compare-and-set rounds lost to a concurrent same-epoch write (a re-park) before giving up.
 _CAS_ROUNDS = 8
+#: The expiry index's granularity: a parked session is listed under the minute its
+#: window ends (``<root>/expiry/<expires_at // 60>``).
+EXPIRY_BUCKET_SECONDS = 60
+#: ``expired_sessions`` reads every record once in this many calls (the first included).
+FULL_SCAN_EVERY = 60
+
+
+def expiry_bucket(when: float) -> int:
+    """The index minute of a time (seconds since the epoch)."""
+    return int(when // EXPIRY_BUCKET_SECONDS)
+
+
 _NOT_CONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError, RetryFailedError)
 
 
@@ -139,6 +155,7 @@ class ZooKeeperCoordinator:
         self._announced = False  # last value given to the leader callback
         self._worker: Any = None
         self._stopped = False
+        self._sweeps = 0  # expired_sessions calls: every FULL_SCAN_EVERY-th reads all
         self._client.add_listener(self._on_kazoo_state)
 
     # --- lifecycle -------------------------------------------------------------------
@@ -273,7 +290,27 @@ class ZooKeeperCoordinator:
             check_owner(current, owner, epoch)
             return record
 
-        return self._compare_and_set(session_id, change)
+        parked = self._compare_and_set(session_id, change)
+        self._index_expiry(parked)
+        return parked
+
+    def _index_expiry(self, record: SessionRecord) -> None:
+        """The record's entry in the expiry index (after the park: an entry whose record
+        says otherwise is stale, and the sweep deletes it). Not written (the connection
+        went): the park stands, and the next full scan finds the record."""
+        path = self._paths.expiry_entry(
+            expiry_bucket(record.expires_at), record.session_id, record.epoch
+        )
+
+        def op() -> None:
+            # Already there: a re-park in the same minute, or our write whose reply was lost.
+            with contextlib.suppress(NodeExistsError):
+                self._wait(self._client.create_async(path, b"", makepath=True))
+
+        try:
+            self._attempt(op)
+        except CoordinatorError as exc:
+            log.warning("session %s parked but not indexed: %s", record.session_id, exc)
 
     def drop_session(self, session_id: str, owner: str, epoch: int) -> None:
         def may_delete(current: SessionRecord) -> bool:
@@ -284,27 +321,77 @@ class ZooKeeperCoordinator:
             raise SessionNotFound(session_id)
 
     def expired_sessions(self, now: float) -> list[str]:
-        """Reads every session record (pipelined): O(sessions) per call.
+        """Reads the records the expiry index says are due (``<root>/expiry``: the minutes
+        up to ``now``), pipelined: O(sessions due) per call, and deletes the entries it
+        finds stale (their record resumed, re-parked, reaped or dropped) and the minutes
+        it emptied. Every ``FULL_SCAN_EVERY`` calls, the first included, it reads every
+        record instead: records parked before the index existed, or whose entry a lost
+        connection kept from being written, are found within that many sweeps (an hour
+        at the housekeeper's pace)."""
+        self._sweeps += 1
+        if self._sweeps % FULL_SCAN_EVERY == 1 or FULL_SCAN_EVERY == 1:
+            return self._attempt(lambda: self._scan_all(now))
+        return self._attempt(lambda: self._scan_index(now))
 
-        Fine for housekeeping every few seconds up to ~10^5 parked sessions; beyond that,
-        index expiries (e.g. time-bucket znodes written at park time).
-        """
+    def _scan_all(self, now: float) -> list[str]:
+        names = self._children(self._paths.sessions)
+        paths = [self._paths.session(n) for n in names]
+        expired = []
+        for name, data in self._get_many(paths, names):
+            try:
+                record = decode_record(name, data)
+            except CoordinatorError as exc:
+                log.warning("%s", exc)
+                continue
+            if record.parked and record.expires_at <= now:
+                expired.append(name)
+        return sorted(expired)
 
-        def op() -> list[str]:
-            names = self._children(self._paths.sessions)
-            paths = [self._paths.session(n) for n in names]
-            expired = []
-            for name, data in self._get_many(paths, names):
+    def _scan_index(self, now: float) -> list[str]:
+        paths = self._paths
+        due = [
+            b for b in self._children(paths.expiry) if b.isdigit() and int(b) <= expiry_bucket(now)
+        ]
+        entries: list[tuple[str, str, int]] = []  # (entry path, session id, epoch)
+        for bucket in due:
+            bucket_path = paths.expiry_bucket(int(bucket))
+            for name in self._children(bucket_path):
                 try:
-                    record = decode_record(name, data)
-                except CoordinatorError as exc:
-                    log.warning("%s", exc)
+                    session_id, epoch = paths.expiry_entry_parts(name)
+                except ValueError:
                     continue
-                if record.parked and record.expires_at <= now:
-                    expired.append(name)
-            return sorted(expired)
+                entries.append((f"{bucket_path}/{name}", session_id, epoch))
+        ids = sorted({session_id for _, session_id, _ in entries})
+        records: dict[str, SessionRecord] = {}
+        for name, data in self._get_many([paths.session(i) for i in ids], ids):
+            try:
+                records[name] = decode_record(name, data)
+            except CoordinatorError as exc:
+                log.warning("%s", exc)
+        expired: set[str] = set()
+        stale = []
+        for path, session_id, epoch in entries:
+            record = records.get(session_id)
+            current = (
+                record is not None
+                and record.parked
+                and record.epoch == epoch
+                and path.startswith(paths.expiry_bucket(expiry_bucket(record.expires_at)) + "/")
+            )
+            if not current:
+                stale.append(path)
+            elif record is not None and record.expires_at <= now:
+                expired.add(session_id)  # its entry goes at the next sweep, the record gone
+        self._delete_quietly(stale)
+        self._delete_quietly([paths.expiry_bucket(int(b)) for b in due])  # if emptied
+        return sorted(expired)
 
-        return self._attempt(op)
+    def _delete_quietly(self, targets: list[str]) -> None:
+        """Delete ``targets`` (pipelined), leaving those gone or not empty."""
+        pending = [self._client.delete_async(p) for p in targets]
+        for result in pending:
+            with contextlib.suppress(NoNodeError, NotEmptyError):
+                self._wait(result)
 
     def reap_session(self, session_id: str, now: float) -> bool:
         def may_delete(current: SessionRecord) -> bool:
@@ -432,8 +519,10 @@ class ZooKeeperCoordinator:
     def _secure_tree(self) -> None:
         """Give our ACL to the coordinator's nodes that were created open.
 
-        The root and its containers are checked on every CONNECTED (four pipelined
-        reads). The session records only when the sessions container itself was open,
+        The root and its containers are checked on every CONNECTED (five pipelined
+        reads). The expiry index's minutes and entries an unsecured relay created are left
+        open: they hold no data, and a deleted entry only delays a reap to the next full
+        scan. The session records only when the sessions container itself was open,
         i.e. once, by the first relay that runs with the credential: before the
         containers are closed (an interrupted pass is redone at the next CONNECTED, the
         container still being open) and again after (records an unsecured relay created
@@ -443,7 +532,7 @@ class ZooKeeperCoordinator:
         them) and logged: every operation on them will fail with NoAuth.
         """
         paths = self._paths
-        containers = [paths.root, paths.members, paths.sessions, paths.election]
+        containers = [paths.root, paths.members, paths.sessions, paths.election, paths.expiry]
         sessions_open = False
 
         def records() -> list[str]:

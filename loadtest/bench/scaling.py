@@ -17,13 +17,14 @@ its capacity:
 - **relay worker CPU**: deliveries to its sessions, and the commits of every channel it
   listens to (routed, even when they concern none of its sessions).
 - **ZooKeeper**: writes per session start, end and reconnect, steady and while one relay
-  is drained; the leader's sweep of every session record and its reaps.
+  is drained; the leader's sweep (the expiry index's due entries, and every record once
+  an hour) and its reaps.
 
 Then it finds which component breaks first as a scenario grows (relays added, the
-per-session rates kept), and what each step of the design changes: (0) the coordinator's
-leader sweeping an index of expiries instead of every session record, (i) one listener
-per pod shared by its workers, (ii) partitioned channels, (iii) logical decoding of the
-changelog instead of NOTIFY.
+per-session rates kept), and what each step of the design changes: before it, the
+coordinator's leader swept every session record each minute (the first limit, which the
+expiry index removed); then (i) one listener per pod shared by its workers, (ii)
+partitioned channels, (iii) logical decoding of the changelog instead of NOTIFY.
 
 Must not: start, connect to or measure anything; import Django, kazoo or the relay runtime.
 """
@@ -115,6 +116,7 @@ class Inputs:
     worker_share: float
     leader_share: float
     housekeeping_s: float
+    full_scan_every: float
     max_listeners: float
     resume_window_s: float
     decode_us_per_commit: float
@@ -161,6 +163,7 @@ def load_inputs(
         worker_share=value("worker_share"),
         leader_share=value("leader_share"),
         housekeeping_s=value("housekeeping_s"),
+        full_scan_every=value("full_scan_every"),
         max_listeners=value("max_listeners"),
         resume_window_s=value("resume_window_s"),
         decode_us_per_commit=value("decode_us_per_commit"),
@@ -197,7 +200,7 @@ class Shape:
     session_lifetime_s: float = 1800.0
     reconnects_per_hour: float = 1.0
     drain_s: float = 30.0
-    sweep: Sweep = "all"
+    sweep: Sweep = "expired"
 
     @property
     def workers(self) -> int:
@@ -381,10 +384,13 @@ def loads(shape: Shape, inputs: Inputs) -> list[Load]:
             f"a relay's sessions parked and resumed elsewhere within {shape.drain_s:g} s",
         )
     )
-    if shape.sweep == "all":  # live sessions' records, and the parked ones in their window
-        records = sessions * (1.0 + inputs.resume_window_s / shape.session_lifetime_s)
-    else:  # the index entries of the sessions that ended since the last run
-        records = starts * inputs.housekeeping_s
+    # Every record: the live sessions', and the parked ones' in their window.
+    every = sessions * (1.0 + inputs.resume_window_s / shape.session_lifetime_s)
+    if shape.sweep == "all":
+        records = every
+    else:  # the index entries of the sessions that ended since the last run, and the
+        # full scan that runs once in ``full_scan_every`` sweeps (coordinator/zk.py)
+        records = starts * inputs.housekeeping_s + every / inputs.full_scan_every
     out.append(
         Load(
             "coordinator leader's sweep",
@@ -437,7 +443,7 @@ class Scenario:
     session_lifetime_s: float = 1800.0
     reconnects_per_hour: float = 1.0
     drain_s: float = 30.0
-    sweep: Sweep = "all"
+    sweep: Sweep = "expired"
 
     def at(self, relays: int) -> Shape:
         sessions = relays * self.workers_per_relay * self.sessions_per_worker
@@ -496,12 +502,11 @@ def largest(scenario: Scenario, inputs: Inputs, limit: int = MAX_RELAYS) -> tupl
 PARTITIONS = 65_536
 
 #: The design's steps, each applied on top of the previous ones.
-_INDEX: dict[str, Any] = {"sweep": "expired"}
-_POD: dict[str, Any] = {**_INDEX, "listener": "pod"}
+_POD: dict[str, Any] = {"listener": "pod"}
 _PARTITIONS: dict[str, Any] = {**_POD, "partitions": PARTITIONS}
 STEPS: list[tuple[str, dict[str, Any]]] = [
-    ("as built: a listener per worker, one channel per model", {}),
-    ("(0) the leader sweeps an expiry index, not every record", _INDEX),
+    ("before the expiry index: the leader read every record each minute", {"sweep": "all"}),
+    ("as built: a listener per worker, one channel per model, the expiry index", {}),
     ("(i) + one listener per pod", _POD),
     (f"(ii) + {PARTITIONS:,} partitions of the hot channel", _PARTITIONS),
     (
@@ -621,7 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transport", choices=["notify", "logical"], default="notify")
     parser.add_argument("--durable", action="store_true", help="synchronous, fsynced commits")
     parser.add_argument(
-        "--sweep", choices=["all", "expired"], default="all", help="what the leader sweeps"
+        "--sweep",
+        choices=["all", "expired"],
+        default="expired",
+        help="what the leader sweeps: the expiry index (as built) or every record (before)",
     )
     parser.add_argument(
         "--set",

@@ -84,6 +84,7 @@ def per_run(run: RunResult) -> dict[str, float]:
         "cpu_share": run.relay_cpu_s / run.wall_s if run.wall_s else math.nan,
         "memory_per_session": run.memory_per_session,
         "subscribe_s": run.ramp_s,
+        "sustained_per_s": run.sustained_per_s,
     }
 
 
@@ -123,9 +124,10 @@ def table(
         f"\n{n:,} sessions (a loopback send() of one frame alone costs {floor_us:.1f} us of "
         "CPU here: the floor of any server's CPU per delivery)",
         "| server | one write reaches all, p50 (min-max) | delivery p50 / p99 "
-        "| CPU per delivery | server CPU during the writes | memory per idle session "
-        f"| subscribing all {n:,} | vs Socket.IO: time / CPU / subscribing / memory |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| deliveries/s over the series | CPU per delivery | server CPU during the writes "
+        f"| memory per idle session | subscribing all {n:,} "
+        "| vs Socket.IO: time / CPU / subscribing / memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for contender, runs in by.items():
         figures = [per_run(r) for r in runs]
@@ -141,6 +143,7 @@ def table(
             f"| {spread(col.get('all_p50_ms', []), ms_text)} "
             f"| {ms_text(median(col.get('delivery_p50_ms', [])))} / "
             f"{ms_text(median(col.get('delivery_p99_ms', [])))} "
+            f"| {median(col.get('sustained_per_s', [])):,.0f} "
             f"| {median(col.get('cpu_us_per_delivery', [])):.1f} us "
             f"| {median(col.get('cpu_share', [])):.0%} of a core "
             f"| {median(col.get('memory_per_session', [])) / 1024:.1f} KiB "

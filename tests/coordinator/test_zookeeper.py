@@ -226,3 +226,80 @@ def test_gevent_handler_in_a_monkey_patched_process(zk_server: str) -> None:
         env=env,
     )
     assert proc.returncode == 0 and "GEVENT-OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+# --- the expiry index -------------------------------------------------------------------------
+
+
+def _count_reads(c: ZooKeeperCoordinator) -> list[str]:
+    """Record the paths of the coordinator's reads from now on."""
+    reads: list[str] = []
+    get_async = c._client.get_async
+
+    def counted(path: str, *args: object, **kwargs: object) -> object:
+        reads.append(path)
+        return get_async(path, *args, **kwargs)
+
+    c._client.get_async = counted  # type: ignore[method-assign]
+    return reads
+
+
+def test_the_sweep_reads_only_the_sessions_due(make_zk: MakeZK, raw: KazooClient) -> None:
+    """After the first sweep (a full scan), a sweep reads the records the expiry index
+    lists up to now, not every record: O(sessions ending), not O(sessions)."""
+    root = _root()
+    c = make_zk(root)
+    for i in range(40):
+        c.create_session(f"L{i}", "relay-a")  # live: never read by an index sweep
+    for i in range(20):
+        c.create_session(f"F{i}", "relay-a")
+        c.park_session(f"F{i}", "relay-a", 1, 0, b"", expires_at=1e9 + 3600)  # later
+    for sid in ("D1", "D2"):
+        c.create_session(sid, "relay-a")
+        c.park_session(sid, "relay-a", 1, 0, b"", expires_at=1e9)
+    assert c.expired_sessions(now=1e9) == ["D1", "D2"]  # the full scan
+    reads = _count_reads(c)
+    assert c.expired_sessions(now=1e9) == ["D1", "D2"]
+    assert sorted(p.rsplit("/", 1)[1] for p in reads) == ["D1", "D2"]
+
+
+def test_the_sweep_deletes_stale_entries_and_emptied_minutes(
+    make_zk: MakeZK, raw: KazooClient
+) -> None:
+    root = _root()
+    c = make_zk(root)
+    for sid in ("R", "C", "P", "K"):
+        c.create_session(sid, "relay-a")
+        c.park_session(sid, "relay-a", 1, 0, b"", expires_at=1e9)
+    c.claim_session("C", "relay-b", 1)  # resumed: its entry is stale
+    c.park_session("P", "relay-a", 1, 0, b"", expires_at=1e9 + 600)  # re-parked later
+    c.expired_sessions(now=1e9)  # the full scan: the index untouched
+    assert c.expired_sessions(now=1e9) == ["K", "R"]
+    assert c.reap_session("R", now=1e9) and c.reap_session("K", now=1e9)
+    assert c.expired_sessions(now=1e9) == []
+    minute = f"{int(1e9 // 60):012d}"
+    later = f"{int((1e9 + 600) // 60):012d}"
+    # R and K (reaped) and C (resumed) and P's first entry are gone, with their minute.
+    assert raw.get_children(f"{root}/expiry") == [later]
+    assert raw.get_children(f"{root}/expiry/{later}") == ["P.1"]
+    assert not raw.exists(f"{root}/expiry/{minute}")
+    assert c.expired_sessions(now=1e9 + 600) == ["P"]
+
+
+def test_a_parked_session_missing_from_the_index_is_found_by_the_full_scan(
+    make_zk: MakeZK, raw: KazooClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parked before the index existed, or its entry lost with the connection: the full
+    scan, every FULL_SCAN_EVERY sweeps, finds it."""
+    import coordinator.zk as zk
+
+    monkeypatch.setattr(zk, "FULL_SCAN_EVERY", 3)
+    root = _root()
+    c = make_zk(root)
+    c.create_session("O", "relay-a")
+    c.park_session("O", "relay-a", 1, 0, b"", expires_at=1e9)
+    raw.delete(f"{root}/expiry", recursive=True)
+    assert c.expired_sessions(now=1e9) == ["O"]  # 1: full
+    assert c.expired_sessions(now=1e9) == []  # 2: index
+    assert c.expired_sessions(now=1e9) == []  # 3: index
+    assert c.expired_sessions(now=1e9) == ["O"]  # 4: full again

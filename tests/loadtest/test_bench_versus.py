@@ -16,7 +16,10 @@ from tests.loadtest.bench_runs import fanout_run
 
 def run(cpu: float, all_ms: float, ramp_s: float = 1.0) -> RunResult:
     return dataclasses.replace(
-        fanout_run(2, [500, 500], [cpu / 2, cpu / 2]), all_ms=[all_ms] * 3, ramp_s=ramp_s
+        fanout_run(2, [500, 500], [cpu / 2, cpu / 2]),
+        all_ms=[all_ms] * 3,
+        ramp_s=ramp_s,
+        sustained_per_s=2_000.0,
     )
 
 
@@ -59,6 +62,7 @@ def test_the_table_gives_each_contender_its_ratios_to_the_reference() -> None:
     assert "alone costs 7.5 us" in lines[0]
     rows = [line for line in lines if line.startswith("| ddp") or line.startswith("| Socket")]
     assert rows[0].startswith("| ddp-relay, 2 workers | 45.0 ms (40.0 ms-50.0 ms) |")
+    assert "| 2,000 | 100.0 us |" in rows[0]
     assert rows[0].endswith("| 0.56x (0.50x-0.62x) / 0.50x / 1.00x / 1.00x |")
     assert rows[1].endswith("| (the reference) |")
 
