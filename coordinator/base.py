@@ -273,7 +273,11 @@ class Coordinator(Protocol):
         ...
 
     def expired_sessions(self, now: float) -> list[str]:
-        """Ids of parked sessions with ``expires_at <= now``, sorted. Housekeeping only."""
+        """Ids of parked sessions with ``expires_at <= now``, sorted. Housekeeping only.
+
+        The ZooKeeper coordinator finds them through an index written at park time: a
+        park whose index entry was lost with the connection is left to the park store's
+        own expiry (its resume is refused once the window passed), not listed here."""
         ...
 
     def reap_session(self, session_id: str, now: float) -> bool:

@@ -12,6 +12,7 @@ Job: the layout, in one place::
                                  minute their window ends (bucket = expires_at // 60,
                                  zero-padded), so the leader's sweep reads only the
                                  sessions due, not every record (zk.py)
+    <root>/expiry/indexed        persistent, empty: every record is in the index
 
 Must not: talk to ZooKeeper or import kazoo. Ids are validated here (``base.check_id``),
 so a session id can never escape its parent with ``/`` or ``..``.
@@ -56,6 +57,11 @@ class Paths:
     @property
     def expiry(self) -> str:
         return f"{self.root}/expiry"
+
+    @property
+    def expiry_marker(self) -> str:
+        """Set once every record of the tree is indexed (``zk.expired_sessions``)."""
+        return f"{self.expiry}/indexed"
 
     def expiry_bucket(self, bucket: int) -> str:
         return f"{self.expiry}/{bucket:012d}"

@@ -95,8 +95,6 @@ _CAS_ROUNDS = 8
 #: The expiry index's granularity: a parked session is listed under the minute its
 #: window ends (``<root>/expiry/<expires_at // 60>``).
 EXPIRY_BUCKET_SECONDS = 60
-#: ``expired_sessions`` reads every record once in this many calls (the first included).
-FULL_SCAN_EVERY = 60
 
 
 def expiry_bucket(when: float) -> int:
@@ -141,6 +139,7 @@ class ZooKeeperCoordinator:
         )
         self._handler = kazoo_handler
         self._timeout_exc: type[BaseException] = kazoo_handler.timeout_exception
+        _serialize_submissions(self._client, kazoo_handler.lock_object())
         self._events: Any = kazoo_handler.queue_impl()
         self._lock: Any = kazoo_handler.lock_object()
         self._listeners: list[StateListener] = []
@@ -155,7 +154,6 @@ class ZooKeeperCoordinator:
         self._announced = False  # last value given to the leader callback
         self._worker: Any = None
         self._stopped = False
-        self._sweeps = 0  # expired_sessions calls: every FULL_SCAN_EVERY-th reads all
         self._client.add_listener(self._on_kazoo_state)
 
     # --- lifecycle -------------------------------------------------------------------
@@ -323,15 +321,30 @@ class ZooKeeperCoordinator:
     def expired_sessions(self, now: float) -> list[str]:
         """Reads the records the expiry index says are due (``<root>/expiry``: the minutes
         up to ``now``), pipelined: O(sessions due) per call, and deletes the entries it
-        finds stale (their record resumed, re-parked, reaped or dropped) and the minutes
-        it emptied. Every ``FULL_SCAN_EVERY`` calls, the first included, it reads every
-        record instead: records parked before the index existed, or whose entry a lost
-        connection kept from being written, are found within that many sweeps (an hour
-        at the housekeeper's pace)."""
-        self._sweeps += 1
-        if self._sweeps % FULL_SCAN_EVERY == 1 or FULL_SCAN_EVERY == 1:
-            return self._attempt(lambda: self._scan_all(now))
-        return self._attempt(lambda: self._scan_index(now))
+        finds stale (their record resumed, re-parked, reaped or dropped, or a name that is
+        no entry's) and the minutes it emptied.
+
+        Once per tree, while ``<root>/expiry`` has no ``indexed`` marker (a tree whose
+        records were parked before the index existed), it reads every record instead,
+        then sets the marker. Never again after: listing the sessions container is
+        O(sessions) and, past some 50,000 sessions, larger than ZooKeeper's default 1 MB
+        reply (``jute.maxbuffer``). A park whose entry a lost connection kept from being
+        written (it is logged) leaves its record to the park store's own expiry: resuming
+        it is refused once its window passed; only the znode stays.
+        """
+
+        def op() -> list[str]:
+            if self._indexed():
+                return self._scan_index(now)
+            expired = self._scan_all(now)
+            with contextlib.suppress(NodeExistsError):
+                self._wait(self._client.create_async(self._paths.expiry_marker, b"", makepath=True))
+            return expired
+
+        return self._attempt(op)
+
+    def _indexed(self) -> bool:
+        return self._wait(self._client.exists_async(self._paths.expiry_marker)) is not None
 
     def _scan_all(self, now: float) -> list[str]:
         names = self._children(self._paths.sessions)
@@ -349,16 +362,24 @@ class ZooKeeperCoordinator:
 
     def _scan_index(self, now: float) -> list[str]:
         paths = self._paths
-        due = [
-            b for b in self._children(paths.expiry) if b.isdigit() and int(b) <= expiry_bucket(now)
-        ]
+        last = expiry_bucket(now)
+        due = [b for b in self._children(paths.expiry) if b.isdigit() and int(b) <= last]
         entries: list[tuple[str, str, int]] = []  # (entry path, session id, epoch)
+        stale = []
         for bucket in due:
             bucket_path = paths.expiry_bucket(int(bucket))
-            for name in self._children(bucket_path):
+            try:
+                names = self._children(bucket_path)
+            except NoAuthError:
+                # Another identity's (a relay on the old credential mid-rotation): one
+                # minute skipped, not the sweep.
+                log.error("znode %s is not ours: %s", bucket_path, _FOREIGN)
+                continue
+            for name in names:
                 try:
                     session_id, epoch = paths.expiry_entry_parts(name)
                 except ValueError:
+                    stale.append(f"{bucket_path}/{name}")
                     continue
                 entries.append((f"{bucket_path}/{name}", session_id, epoch))
         ids = sorted({session_id for _, session_id, _ in entries})
@@ -369,7 +390,6 @@ class ZooKeeperCoordinator:
             except CoordinatorError as exc:
                 log.warning("%s", exc)
         expired: set[str] = set()
-        stale = []
         for path, session_id, epoch in entries:
             record = records.get(session_id)
             current = (
@@ -387,10 +407,10 @@ class ZooKeeperCoordinator:
         return sorted(expired)
 
     def _delete_quietly(self, targets: list[str]) -> None:
-        """Delete ``targets`` (pipelined), leaving those gone or not empty."""
+        """Delete ``targets`` (pipelined), leaving those gone, not empty or not ours."""
         pending = [self._client.delete_async(p) for p in targets]
         for result in pending:
-            with contextlib.suppress(NoNodeError, NotEmptyError):
+            with contextlib.suppress(NoNodeError, NotEmptyError, NoAuthError):
                 self._wait(result)
 
     def reap_session(self, session_id: str, now: float) -> bool:
@@ -520,16 +540,17 @@ class ZooKeeperCoordinator:
         """Give our ACL to the coordinator's nodes that were created open.
 
         The root and its containers are checked on every CONNECTED (five pipelined
-        reads). The expiry index's minutes and entries an unsecured relay created are left
-        open: they hold no data, and a deleted entry only delays a reap to the next full
-        scan. The session records only when the sessions container itself was open,
-        i.e. once, by the first relay that runs with the credential: before the
-        containers are closed (an interrupted pass is redone at the next CONNECTED, the
-        container still being open) and again after (records an unsecured relay created
-        meanwhile; once the container is closed it cannot create more). Members and
-        election nodes are ephemeral: the unsecured relays' ones go when those relays
-        restart. Nodes with another identity's ACL are left alone (we could not change
-        them) and logged: every operation on them will fail with NoAuth.
+        reads), and so are the expiry index's minutes (a few: those of the resume window),
+        whose children's names are session ids: an open minute would let anyone list
+        them (the entries hold nothing and are deleted through their minute). The session
+        records only when the sessions container itself was open, i.e. once, by the first
+        relay that runs with the credential: before the containers are closed (an
+        interrupted pass is redone at the next CONNECTED, the container still being open)
+        and again after (records an unsecured relay created meanwhile; once the container
+        is closed it cannot create more). Members and election nodes are ephemeral: the
+        unsecured relays' ones go when those relays restart. Nodes with another identity's
+        ACL are left alone (we could not change them) and logged: every operation on them
+        will fail with NoAuth.
         """
         paths = self._paths
         containers = [paths.root, paths.members, paths.sessions, paths.election, paths.expiry]
@@ -538,13 +559,22 @@ class ZooKeeperCoordinator:
         def records() -> list[str]:
             return self._open_among([paths.session(n) for n in self._children(paths.sessions)])
 
+        def minutes() -> list[str]:
+            try:
+                names = self._children(paths.expiry)
+            except NoAuthError:
+                return []  # the container is another identity's: logged by _open_among
+            return self._open_among([paths.expiry_bucket(int(n)) for n in names if n.isdigit()])
+
         def op() -> None:
             nonlocal sessions_open
             opened = self._open_among(containers)
             sessions_open = sessions_open or paths.sessions in opened
             taken = self._take_over(records()) if sessions_open else 0
+            taken += self._take_over(minutes())
             taken += self._take_over(opened)
             taken += self._take_over(records()) if sessions_open else 0
+            taken += self._take_over(minutes())
             if taken:
                 log.warning(
                     "coordinator: %d open znode(s) under %s now carry the digest ACL",
@@ -696,7 +726,13 @@ class ZooKeeperCoordinator:
         return found
 
     def _wait(self, async_result: Any) -> Any:
-        return async_result.get(timeout=self._op_timeout)
+        # Not ``get(timeout=...)``: under gevent it raises gevent's own Timeout, not the
+        # handler's subclass ``_attempt`` catches, and a BaseException that escapes kills
+        # the caller's greenlet (a session's teardown, a resume, this worker).
+        async_result.wait(self._op_timeout)
+        if not async_result.ready():
+            raise self._timeout_exc(f"no ZooKeeper reply in {self._op_timeout} s")
+        return async_result.get()
 
     def _attempt(self, op: Callable[[], T]) -> T:
         """Run ``op`` under the command retry policy; translate kazoo errors.
@@ -730,6 +766,27 @@ _FOREIGN = (
     "its ACL is another identity's (the digest credential differs from the one that "
     "created it; see docs/security.md on rotating it)"
 )
+
+
+def _serialize_submissions(client: KazooClient, lock: Any) -> None:
+    """One greenlet at a time hands kazoo a request (``KazooClient._call``, which every
+    request method goes through).
+
+    kazoo wakes its connection loop with one byte per request on a socketpair. In a burst
+    (thousands of sessions parking or resuming at once) the pair fills after a few
+    hundred bytes; the greenlet whose write then waits is alone allowed to, and a second
+    one gets gevent's ConcurrentObjectUseError, which kazoo reports as a closed
+    connection while the request stays queued without its byte: the loop is a request
+    behind from then on, and every later request times out. Behind this lock the others
+    wait their turn; the lock is never held across a round trip, only a queue append and
+    that write."""
+    submit = client._call
+
+    def call(request: Any, async_object: Any) -> Any:
+        with lock:
+            return submit(request, async_object)
+
+    client._call = call
 
 
 def _kazoo_logger() -> logging.Logger:

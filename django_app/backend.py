@@ -47,6 +47,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import django
@@ -179,13 +180,17 @@ class DjangoBackend:
         with _db_call():
             if publication.is_static:
                 return self._plan(publication, ctx, params, sink, nullcontext())
+            lazy = _Lazy()
             try:
-                return self._plan(publication, ctx, params, sink, _lazy_snapshot(conn))
-            except _StaleConnection:
-                # Found dead at the function's first query: replaced, and run again
-                # (what ran before that query runs twice; only after a lost connection).
-                conn.close()
-                return self._plan(publication, ctx, params, sink, _snapshot(conn))
+                return self._plan(publication, ctx, params, sink, _lazy_snapshot(conn, lazy), lazy)
+            except BaseException:
+                # Whatever the function made of it (it may have caught the error), a
+                # connection found dead at its first query is replaced and the function
+                # run again, if it published nothing yet: else the client gets the error.
+                if not (lazy.stale and lazy.ctx is not None and not lazy.ctx.used_api):
+                    raise
+            conn.close()
+            return self._plan(publication, ctx, params, sink, _snapshot(conn))
 
     def _plan(
         self,
@@ -194,8 +199,10 @@ class DjangoBackend:
         params: Sequence[Any],
         sink: PublicationSink,
         snapshot: AbstractContextManager[None],
+        lazy: _Lazy | None = None,
     ) -> SubscriptionPlan:
-        """Run ``publication`` in ``snapshot``, then its ``after_snapshot`` callbacks."""
+        """Run ``publication`` in ``snapshot``, then its ``after_snapshot`` callbacks;
+        ``lazy``, the lazy snapshot's state, learns the publication's context."""
         after: list[Callable[[], None]] = []
         with snapshot:
             user = _user_of(ctx.identity)
@@ -206,6 +213,8 @@ class DjangoBackend:
                 handshake=ctx.handshake,
                 hooks=PublicationHooks(sink, _in_db_call, _position_of, after.append),
             )
+            if lazy is not None:
+                lazy.ctx = sub_ctx
             items, returned = publication.run(sub_ctx, params)
             specs = [self._spec(item, user) for item in items]
         for callback in after:
@@ -584,8 +593,17 @@ class _StaleConnection(OperationalError):
     """The connection failed its health check at a lazy snapshot's first statement."""
 
 
+@dataclass
+class _Lazy:
+    """What ``subscribe`` learns of a ``_lazy_snapshot``: whether its connection was
+    found dead (``stale``), and the publication's context (did it publish already?)."""
+
+    stale: bool = False
+    ctx: SubscriptionContext | None = None
+
+
 @contextmanager
-def _lazy_snapshot(conn: BaseDatabaseWrapper) -> Iterator[None]:
+def _lazy_snapshot(conn: BaseDatabaseWrapper, lazy: _Lazy) -> Iterator[None]:
     """``_snapshot``, begun at the first statement the block runs through Django's
     cursors: a publish function that only builds querysets (most do, and the users null
     publication of a logged-out session reads nothing) costs no round trip at all. The
@@ -595,10 +613,14 @@ def _lazy_snapshot(conn: BaseDatabaseWrapper) -> Iterator[None]:
 
     Django's health check (``SELECT 1``, when ``CONN_HEALTH_CHECKS``) would be the
     transaction's first statement: it is made at that first statement, outside the
-    transaction; a connection that fails it raises ``_StaleConnection`` (the caller
-    replaces the connection and runs the block again in ``_snapshot``). A statement run
-    on the raw DB-API connection, bypassing Django's cursors, is not seen: the block's
-    transaction then starts there, in the connection's default isolation level.
+    transaction; a connection that fails it raises ``_StaleConnection`` and says so in
+    ``lazy`` (the caller replaces the connection and runs the block again in
+    ``_snapshot``, whatever the block did with the error). A block that ran no statement
+    leaves the connection unchecked as it found it: Django checks it at its next use
+    (``after_snapshot`` callbacks write, and must not meet a dead connection unchecked).
+    A statement run on the raw DB-API connection, bypassing Django's cursors, is not
+    seen: the block's transaction then starts there, in the connection's default
+    isolation level.
     """
     if conn.in_atomic_block:
         yield
@@ -611,14 +633,23 @@ def _lazy_snapshot(conn: BaseDatabaseWrapper) -> Iterator[None]:
         nonlocal began
         if not began:
             began = True
-            _begin_snapshot(conn.connection, wrapper.Database.Error if check else None)
+            try:
+                _begin_snapshot(conn.connection, wrapper.Database.Error if check else None)
+            except _StaleConnection:
+                lazy.stale = True
+                raise
         return execute(sql, params, many, context)
 
     # Django checks when atomic() turns autocommit off: a round trip even for a block that
     # reads nothing. begin() checks instead, at the first statement.
+    checked = wrapper.health_check_done
     wrapper.health_check_done = True
-    with transaction.atomic(using=conn.alias), conn.execute_wrapper(begin):
-        yield
+    try:
+        with transaction.atomic(using=conn.alias), conn.execute_wrapper(begin):
+            yield
+    finally:
+        if not began:
+            wrapper.health_check_done = checked
 
 
 def _begin_snapshot(raw: Any, check: type[Exception] | None) -> None:

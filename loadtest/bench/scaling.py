@@ -17,8 +17,7 @@ its capacity:
 - **relay worker CPU**: deliveries to its sessions, and the commits of every channel it
   listens to (routed, even when they concern none of its sessions).
 - **ZooKeeper**: writes per session start, end and reconnect, steady and while one relay
-  is drained; the leader's sweep (the expiry index's due entries, and every record once
-  an hour) and its reaps.
+  is drained; the leader's sweep (the expiry index's due entries) and its reaps.
 
 Then it finds which component breaks first as a scenario grows (relays added, the
 per-session rates kept), and what each step of the design changes: before it, the
@@ -116,7 +115,6 @@ class Inputs:
     worker_share: float
     leader_share: float
     housekeeping_s: float
-    full_scan_every: float
     max_listeners: float
     resume_window_s: float
     decode_us_per_commit: float
@@ -163,7 +161,6 @@ def load_inputs(
         worker_share=value("worker_share"),
         leader_share=value("leader_share"),
         housekeeping_s=value("housekeeping_s"),
-        full_scan_every=value("full_scan_every"),
         max_listeners=value("max_listeners"),
         resume_window_s=value("resume_window_s"),
         decode_us_per_commit=value("decode_us_per_commit"),
@@ -384,13 +381,13 @@ def loads(shape: Shape, inputs: Inputs) -> list[Load]:
             f"a relay's sessions parked and resumed elsewhere within {shape.drain_s:g} s",
         )
     )
-    # Every record: the live sessions', and the parked ones' in their window.
-    every = sessions * (1.0 + inputs.resume_window_s / shape.session_lifetime_s)
-    if shape.sweep == "all":
-        records = every
-    else:  # the index entries of the sessions that ended since the last run, and the
-        # full scan that runs once in ``full_scan_every`` sweeps (coordinator/zk.py)
-        records = starts * inputs.housekeeping_s + every / inputs.full_scan_every
+    # "all": every record, the live sessions' and the parked ones' in their window;
+    # "expired": the index entries of the sessions that ended since the last run.
+    records = (
+        sessions * (1.0 + inputs.resume_window_s / shape.session_lifetime_s)
+        if shape.sweep == "all"
+        else starts * inputs.housekeeping_s
+    )
     out.append(
         Load(
             "coordinator leader's sweep",

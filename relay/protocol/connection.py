@@ -123,8 +123,9 @@ class Heartbeat:
         return HeartbeatAction.NONE
 
     def due(self) -> float:
-        """The earliest time ``poll`` can act (a ping or a timeout); inf: never. Inbound
-        messages only push it later, so it is a lower bound until the next ``poll``."""
+        """The earliest time ``poll`` can act (a ping or a timeout); inf: never. Until the
+        next ``poll`` or ``received`` (an inbound message after a ping makes the next ping
+        due at ``received + interval``, earlier than the timeout when interval < timeout)."""
         if self.interval <= 0:
             return math.inf
         if self.ping_sent_at is not None:

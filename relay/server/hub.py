@@ -46,10 +46,14 @@ class Member(Protocol):
 class Hub:
     """Bookkeeping of a worker's sessions, from socket accepted to torn down."""
 
-    __slots__ = ("_metrics", "by_id", "ready", "sessions")
+    __slots__ = ("_key_of", "_metrics", "by_id", "by_key", "ready", "sessions")
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, key_of: Callable[[str], str] | None = None) -> None:
         self._metrics = metrics
+        #: ``key_of(session id)``: the key other relays name a session by (a hash: the id
+        #: is a credential), kept in ``by_key`` for the connected sessions.
+        self._key_of = key_of
+        self.by_key: dict[str, str] = {}
         #: Open sessions (strong references: a session waiting for input is referenced by
         #: nothing else but its socket's watcher). Removed when torn down.
         self.sessions: set[Member] = set()
@@ -80,6 +84,8 @@ class Hub:
         if self.by_id.get(session_id) is None:
             self._metrics.sessions.inc()
         self.by_id[session_id] = session
+        if self._key_of is not None:
+            self.by_key[self._key_of(session_id)] = session_id
         self._metrics.sessions_opened.inc()
 
     def closed(self, session: Member) -> None:
@@ -89,6 +95,8 @@ class Hub:
         # id was resumed meanwhile must not evict (nor uncount) the one that resumed it.
         if session_id is not None and self.by_id.get(session_id) is session:
             del self.by_id[session_id]
+            if self._key_of is not None:
+                self.by_key.pop(self._key_of(session_id), None)
             self._metrics.sessions.dec()
 
     # -- shutting down --------------------------------------------------------------------------

@@ -96,7 +96,7 @@ class Node:
             on_exit=backend.close,
             on_wait=self.metrics.workpool_wait_seconds.observe,
         )
-        self.hub = Hub(self.metrics)
+        self.hub = Hub(self.metrics, key_of=session_key)
         self.gate = Gate(settings, self.metrics, backend.rate_limit_rules())
         #: SockJS transports get their ``h`` frames from the same ticker.
         self.sockjs_heartbeats = HeartbeatRegistry()
@@ -315,9 +315,11 @@ class Node:
         here for a second. Never a session that is plainly alive: the ring is anyone's who
         knows the session id, and must not let them take a live session over."""
         now = time.monotonic()
-        for member in self.hub.members():
-            if not (isinstance(member, Session) and member.id and session_key(member.id) == key):
-                continue
+        # By key, not by hashing every session's id: a drained relay gets these rings from
+        # every session resuming elsewhere, twice a second each.
+        session_id = self.hub.by_key.get(key)
+        member = None if session_id is None else self.hub.by_id.get(session_id)
+        if isinstance(member, Session):
             ping = member.heartbeat.ping_sent_at
             transport = member.transport
             unanswered = ping is not None and now - ping >= LOOKS_GONE_SECONDS

@@ -230,7 +230,10 @@ class Session:
 
     def feed(self, text: Inbound) -> None:
         """Handle one inbound DDP frame (from the socket greenlet)."""
-        self.heartbeat.received(time.monotonic())
+        now = time.monotonic()
+        self.heartbeat.received(now)
+        # A pong after our ping: the next ping may be due before the timeout was.
+        self.tick_due = min(self.tick_due, now + self.heartbeat.interval)
         if self.trace is not None:
             self.trace.received(text)
         metrics = self.ctx.metrics
@@ -538,6 +541,7 @@ class Session:
         if self.conn.heartbeats:
             self._heartbeat_started = True
             self.heartbeat.received(time.monotonic())
+            self.tick_due = 0.0  # the ticker's next round sets when
 
     def _restore(self, resumed: Resumed, received_count: int, *, announce: bool = True) -> None:
         """Carry on a parked session: same id, the messages lost in flight, then the

@@ -230,6 +230,7 @@ class TraceBook:
             tracer.finish("off")
         if order is not None:
             session.trace = self._tracer(order, session.id, session.conn.version or "1")
+            session.tick_due = 0.0  # a traced session is ticked every round
 
     def _tracer(self, order: TraceOrder, session_id: str, version: str) -> Tracer:
         now = time.time()

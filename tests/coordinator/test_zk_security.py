@@ -536,13 +536,19 @@ def test_nodes_left_open_by_an_unsecured_relay_are_taken_over(
     caplog.set_level(logging.WARNING, logger="coordinator.zk")
     new = make_coordinator(acl_server.hosts, root, ZooKeeperSecurity(digest=DIGEST))
     raw = make_raw(acl_server.hosts, DIGEST)
+    # The minute S1 is indexed under names it: an open minute lists parked session ids.
+    minute = f"expiry/{int(1e12 // 60):012d}"
+    assert anyone.get_children(f"{root}/{minute}") == ["S1.1"]
     secured = [root, *(f"{root}/{n}" for n in ("sessions", "sessions/S1", "sessions/S2"))]
+    secured += [f"{root}/expiry", f"{root}/{minute}"]
     wait_until(lambda: all(_acl(raw, p) == OUR_ACL for p in secured), "ACLs taken over")
     # The coordinator logs the takeover once it is done: a moment after the ACLs are set.
     wait_until(lambda: "open znode(s)" in caplog.text, "the takeover logged")
     assert is_open(_acl(raw, top))  # above the root: not the coordinator's to change
     with pytest.raises(NoAuthError):
         anyone.get(f"{root}/sessions/S1")
+    with pytest.raises(NoAuthError):
+        anyone.get_children(f"{root}/{minute}")
     claimed = new.claim_session("S1", "relay-new", 1, require_parked=True)
     assert (claimed.cursor, claimed.facts) == (9, b"parked before")
 

@@ -280,26 +280,68 @@ def test_the_sweep_deletes_stale_entries_and_emptied_minutes(
     minute = f"{int(1e9 // 60):012d}"
     later = f"{int((1e9 + 600) // 60):012d}"
     # R and K (reaped) and C (resumed) and P's first entry are gone, with their minute.
-    assert raw.get_children(f"{root}/expiry") == [later]
+    assert sorted(raw.get_children(f"{root}/expiry")) == [later, "indexed"]
     assert raw.get_children(f"{root}/expiry/{later}") == ["P.1"]
     assert not raw.exists(f"{root}/expiry/{minute}")
     assert c.expired_sessions(now=1e9 + 600) == ["P"]
 
 
-def test_a_parked_session_missing_from_the_index_is_found_by_the_full_scan(
-    make_zk: MakeZK, raw: KazooClient, monkeypatch: pytest.MonkeyPatch
+def test_records_parked_before_the_index_are_found_once_by_a_full_scan(
+    make_zk: MakeZK, raw: KazooClient
 ) -> None:
-    """Parked before the index existed, or its entry lost with the connection: the full
-    scan, every FULL_SCAN_EVERY sweeps, finds it."""
-    import coordinator.zk as zk
-
-    monkeypatch.setattr(zk, "FULL_SCAN_EVERY", 3)
+    """A tree whose records predate the index (no ``expiry/indexed`` marker): the first
+    sweep reads every record, then marks the tree; later sweeps read the index only."""
     root = _root()
     c = make_zk(root)
     c.create_session("O", "relay-a")
     c.park_session("O", "relay-a", 1, 0, b"", expires_at=1e9)
-    raw.delete(f"{root}/expiry", recursive=True)
-    assert c.expired_sessions(now=1e9) == ["O"]  # 1: full
-    assert c.expired_sessions(now=1e9) == []  # 2: index
-    assert c.expired_sessions(now=1e9) == []  # 3: index
-    assert c.expired_sessions(now=1e9) == ["O"]  # 4: full again
+    raw.delete(f"{root}/expiry", recursive=True)  # as parked by a relay before the index
+    assert c.expired_sessions(now=1e9) == ["O"]  # the full scan
+    assert raw.exists(f"{root}/expiry/indexed")
+    reads = _count_reads(c)
+    assert c.expired_sessions(now=1e9) == []  # the index: nothing in it
+    assert reads == []
+
+
+def test_entries_that_are_no_entries_are_deleted(make_zk: MakeZK, raw: KazooClient) -> None:
+    root = _root()
+    c = make_zk(root)
+    c.expired_sessions(now=1e9)  # marks the (empty) tree indexed
+    minute = f"{root}/expiry/{int(1e9 // 60):012d}"
+    raw.create(f"{minute}/not-an-entry", makepath=True)
+    assert c.expired_sessions(now=1e9) == []
+    assert not raw.exists(minute)
+
+
+# --- under gevent: bursts and timeouts ------------------------------------------------------
+
+
+def test_a_burst_of_requests_from_many_greenlets_is_served(zk_server: str) -> None:
+    """Thousands of greenlets calling at once (a relay parking every session on SIGTERM,
+    or resuming a drained relay's): kazoo's wake-up socketpair fills, and without the
+    submission lock a second writer broke the connection loop for good."""
+    import gevent
+
+    c = ZooKeeperCoordinator(zk_server, root=_root(), handler="gevent")
+    try:
+        assert c.start(timeout=10.0)
+        c.create_session("S", "relay-a")
+        calls = [gevent.spawn(c.get_session, "S") for _ in range(2_000)]
+        gevent.joinall(calls, timeout=30)
+        assert all(g.successful() for g in calls), next(g.exception for g in calls if g.exception)
+        assert {g.value.owner for g in calls} == {"relay-a"}
+    finally:
+        c.stop()
+
+
+def test_no_reply_in_time_is_not_connected_under_gevent(zk_server: str) -> None:
+    """gevent's AsyncResult raises its own Timeout, a BaseException the handler's subclass
+    does not catch: a call that gets no reply must still end as NotConnectedError."""
+    c = ZooKeeperCoordinator(zk_server, root=_root(), handler="gevent", op_timeout=0.05)
+    try:
+        assert c.start(timeout=10.0)
+        never = c._handler.async_result()
+        with pytest.raises(NotConnectedError):
+            c._attempt(lambda: c._wait(never))
+    finally:
+        c.stop()

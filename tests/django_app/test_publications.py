@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from bookstore.models import Author, Book
-from django.db import connection, connections
+from django.db import DatabaseError, connection, connections
 from django.db.models import Q
 
 from django_app import Collection, Cursor, DDPError, Publication, SubscriptionContext, publish
@@ -18,7 +18,7 @@ from django_app.context import current_method
 from django_app.registries import Registry, registry
 from relay.backend import ClientError, Condition, Identity, Route
 from relay.protocol import ejson
-from tests.django_app.publishing import subscribe
+from tests.django_app.publishing import RecordingSink, subscribe
 
 pytestmark = pytest.mark.django_db
 
@@ -314,8 +314,28 @@ def snapshot_pubs() -> Iterator[DjangoBackend]:
             seen["authors"] = Author.objects.count()
             return Cursor(Book)
 
+        @publish("lazy.after")
+        def writes_after(ctx: SubscriptionContext) -> Cursor:
+            ctx.after_snapshot(lambda: seen.__setitem__("after", Author.objects.count()))
+            return Cursor(Book)
+
+        @publish("lazy.swallows")
+        def swallows(ctx: SubscriptionContext) -> Cursor:
+            runs["lazy.swallows"] += 1
+            try:
+                seen["authors"] = Author.objects.count()
+            except DatabaseError:
+                seen["authors"] = None
+            return Cursor(Book)
+
+        @publish("lazy.published")
+        def published_first(ctx: SubscriptionContext) -> None:
+            ctx.added("stats", "x", {"n": 1})
+            ctx.added("stats", "y", {"n": Author.objects.count()})
+            ctx.ready()
+
         seen: dict[str, Any] = {}
-        runs = {"lazy.reads": 0}
+        runs = {"lazy.reads": 0, "lazy.swallows": 0}
         backend = DjangoBackend()
         backend.seen = seen  # type: ignore[attr-defined]
         backend.runs = runs  # type: ignore[attr-defined]
@@ -377,3 +397,34 @@ def test_a_connection_found_dead_at_the_first_query_is_replaced(
     assert (seen["isolation"], seen["read_only"]) == ("repeatable read", "on")
     assert connection.connection.info.backend_pid != dead_connection
     assert snapshot_pubs.runs["lazy.reads"] == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_snapshot_callbacks_meet_a_checked_connection(
+    snapshot_pubs: DjangoBackend, make_ctx: Any, seeded: str, dead_connection: int
+) -> None:
+    """A function that reads nothing leaves the connection unchecked, as it found it: the
+    callback that writes after it (presence joins there) gets a live one."""
+    subscribe(snapshot_pubs, make_ctx(), "lazy.after", [])
+    assert snapshot_pubs.seen["after"] > 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_function_that_catches_the_dead_connection_still_runs_again(
+    snapshot_pubs: DjangoBackend, make_ctx: Any, seeded: str, dead_connection: int
+) -> None:
+    subscribe(snapshot_pubs, make_ctx(), "lazy.swallows", [])
+    assert snapshot_pubs.seen["authors"] > 0  # type: ignore[attr-defined]
+    assert snapshot_pubs.runs["lazy.swallows"] == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_function_that_published_before_the_dead_connection_is_not_run_twice(
+    snapshot_pubs: DjangoBackend, make_ctx: Any, seeded: str, dead_connection: int
+) -> None:
+    """Its first document went to the client: a second run would send it twice, so the
+    subscription fails instead (the client gets its error), once."""
+    sink = RecordingSink()
+    with pytest.raises(DatabaseError):
+        snapshot_pubs.subscribe(make_ctx(), "lazy.published", [], sink)
+    assert sink.calls == [("added", "stats", "x", {"n": 1})]
