@@ -303,7 +303,7 @@ class ZooKeeperCoordinator:
         def op() -> None:
             # Already there: a re-park in the same minute, or our write whose reply was lost.
             with contextlib.suppress(NodeExistsError):
-                self._wait(self._client.create_async(path, b"", makepath=True))
+                self._create_with_parents(path)
 
         try:
             self._attempt(op)
@@ -338,7 +338,7 @@ class ZooKeeperCoordinator:
                 return self._scan_index(now)
             expired = self._scan_all(now)
             with contextlib.suppress(NodeExistsError):
-                self._wait(self._client.create_async(self._paths.expiry_marker, b"", makepath=True))
+                self._create_with_parents(self._paths.expiry_marker)
             return expired
 
         return self._attempt(op)
@@ -405,6 +405,23 @@ class ZooKeeperCoordinator:
         self._delete_quietly(stale)
         self._delete_quietly([paths.expiry_bucket(int(b)) for b in due])  # if emptied
         return sorted(expired)
+
+    def _create_with_parents(self, path: str) -> None:
+        """Create the empty node ``path``, and its missing parents (as ``makepath``).
+
+        Not kazoo's ``makepath``: its asynchronous form creates the parents from a
+        completion callback that blocks on a result, which gevent refuses in the event
+        loop ("Impossible to call blocking function"): under a burst of parks into a new
+        minute every one of them failed. NodeExistsError if ``path`` is there already."""
+        try:
+            self._wait(self._client.create_async(path, b""))
+        except NoNodeError:
+            parent = path.rsplit("/", 1)[0]
+            if not parent:
+                raise
+            with contextlib.suppress(NodeExistsError):
+                self._create_with_parents(parent)
+            self._wait(self._client.create_async(path, b""))
 
     def _delete_quietly(self, targets: list[str]) -> None:
         """Delete ``targets`` (pipelined), leaving those gone, not empty or not ours."""

@@ -18,6 +18,7 @@ generator on loopback; nothing else needs to run. From the repository root::
     .venv/bin/python -m loadtest.bench presence          # join/leave churn on 3 relays
     .venv/bin/python -m loadtest.bench sockjs            # SockJS over HTTP across 2 relays
     .venv/bin/python -m loadtest.bench notify            # NOTIFY cost by listener count
+    .venv/bin/python -m loadtest.bench drain             # SIGTERM a relay of 5,000 sessions
 
 Each measurement is repeated ``--runs`` times (default 3, each with a fresh relay and
 fresh sessions) and the median of the runs is reported, as the peers' figures in
@@ -49,6 +50,7 @@ from loadtest.bench.beyond import auto_pool, events_command, presence_command
 from loadtest.bench.books import max_writes
 from loadtest.bench.compare import command as compare_command
 from loadtest.bench.coordination import command as coordination_command
+from loadtest.bench.drain import command as drain_command
 from loadtest.bench.figures import ms_text, noisy
 from loadtest.bench.notify import command as notify_command
 from loadtest.bench.runner import RunResult, live_check, machine, median, run_once
@@ -81,6 +83,7 @@ MODES = {
     "sockjs": "one session over SockJS's HTTP transports across 2 relays: round trips",
     "notify": "PostgreSQL NOTIFY commit rate and latency as LISTEN connections grow",
     "coordination": "ZooKeeper requests per session step, and what one server sustains",
+    "drain": "SIGTERM a relay holding N sessions: parked, resumed exactly on the others",
     "versus": "fan-out beside Socket.IO 4.8 (node:cluster, PostgreSQL LISTEN), same generator",
     "check": "do live updates reach clients?",
 }
@@ -248,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
     coordination.add_argument("--seconds", type=float, default=3.0, help="per client count")
     coordination.add_argument("--sample", type=_positive, default=200, help="sessions counted")
     coordination.add_argument("--servers", type=int, choices=[1, 3], default=1)
+
+    drain = mode("drain", relay, sessions=[5000])
+    drain.add_argument("--relays", type=_positive, default=3, help="the first is drained")
+    drain.add_argument("--pre-writes", type=int, default=3, help="writes before the SIGTERM")
+    drain.add_argument("--interval", type=float, default=0.1, help="seconds between writes")
+    drain.add_argument("--graceful-timeout", type=_positive, default=30, help="seconds (relays)")
+    drain.add_argument("--resume-timeout", type=float, default=60.0, help="seconds to wait")
+    drain.add_argument("--target", type=float, default=5.0, help="seconds: every session resumed")
+    drain.add_argument(
+        "--reconnect-spread",
+        type=float,
+        default=0.0,
+        help="seconds: each closed session reconnects after a random delay below it (0: at once)",
+    )
 
     sockjs = mode("sockjs", relay)
     sockjs.add_argument("--rounds", type=_positive, default=100, help="calls per way and run")
@@ -598,6 +615,8 @@ def run(args: argparse.Namespace) -> int:
             ok = notify_command(db, workdir, cleanup, args, results)
         if args.command == "coordination":
             ok = coordination_command(db, workdir, cleanup, args, results)
+        if args.command == "drain":
+            ok = drain_command(db, workdir, cleanup, args, results)
         if args.command == "versus":
             ok = versus_command(db, workdir, cleanup, args, results)
         if args.command in ("fanout", "all"):

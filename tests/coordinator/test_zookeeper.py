@@ -345,3 +345,25 @@ def test_no_reply_in_time_is_not_connected_under_gevent(zk_server: str) -> None:
             c._attempt(lambda: c._wait(never))
     finally:
         c.stop()
+
+
+def test_a_burst_of_parks_into_a_new_minute_indexes_every_one(zk_server: str) -> None:
+    """Hundreds of greenlets parking at once into a minute not created yet (a relay
+    drained on SIGTERM): each entry's parents are created without kazoo's asynchronous
+    makepath, whose completion callback blocks in the event loop (gevent refuses it)."""
+    import gevent
+
+    root = _root()
+    c = ZooKeeperCoordinator(zk_server, root=root, handler="gevent")
+    try:
+        assert c.start(timeout=10.0)
+        ids = [f"B{i}" for i in range(300)]
+        for sid in ids:
+            c.create_session(sid, "relay-a")
+        c.expired_sessions(now=0.0)  # the (empty of parked) tree is marked indexed
+        parks = [gevent.spawn(c.park_session, sid, "relay-a", 1, 0, b"", 1e9) for sid in ids]
+        gevent.joinall(parks, timeout=30)
+        assert all(g.successful() for g in parks), next(g.exception for g in parks if g.exception)
+        assert c.expired_sessions(now=1e9) == sorted(ids)  # through the index alone
+    finally:
+        c.stop()
