@@ -585,7 +585,10 @@ def run_drain(
                 say("relay A did not exit after its graceful timeout")
         titles = _titles(writer)
         _converge(gen, titles, CONVERGE_S)
-        gen.command({"cmd": "report", "writes": committed, "titles": titles})
+        # Which book each write renamed: a write no session got as such (all were away)
+        # is told merged from lost by its book, not by what the sessions saw.
+        docs = [writer.ids[w % len(writer.ids)] for w in range(committed)]
+        gen.command({"cmd": "report", "writes": committed, "titles": titles, "docs": docs})
         take_report(result, gen.wait_for("report", 120), sigterm_ms)
         # The drain is over: the profiles stop now (py-spy writes what it has on SIGINT).
         result.profiles = finish_profilers(profilers, timeout=1.0)

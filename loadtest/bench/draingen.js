@@ -334,7 +334,7 @@ function stats(values) {
   };
 }
 
-function report(writes, titles) {
+function report(writes, titles, docs) {
   const nW = Math.min(writes, W);
   const gap = []; // socket closed on A -> `connected` with the same id
   const handshake = []; // `connect` sent -> `connected` (the last attempt)
@@ -362,7 +362,8 @@ function report(writes, titles) {
       if (c > 1) continue; // counted as duplicates on receipt
       // Not received: merged when the session has a later write of the same book (a
       // resume re-runs the publication and sends the book's latest title once), else lost.
-      const later = writeDoc[w] === null ? undefined : session.lastWrite.get(writeDoc[w]);
+      const doc = writeDoc[w] !== null ? writeDoc[w] : docs[w] === undefined ? null : docs[w];
+      const later = doc === null ? undefined : session.lastWrite.get(doc);
       if (later !== undefined && later > w) merged++;
       else missing++;
     }
@@ -407,7 +408,7 @@ commands(
     },
     status: () => status(),
     views: (cmd) => emit({ event: 'views', ...views(cmd.titles || []) }),
-    report: (cmd) => report(cmd.writes || 0, cmd.titles || []),
+    report: (cmd) => report(cmd.writes || 0, cmd.titles || [], cmd.docs || []),
     close: () => f.close(),
   },
   () => f.close(), // the driver went away: never outlive it
