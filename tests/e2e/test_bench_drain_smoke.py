@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from devstack.launch import ROOT
-from tests.fixtures.postgres import require_pg_bin, services_required
+from tests.fixtures.postgres import require_pg_bin
+from tests.fixtures.services import require
 from tests.fixtures.zookeeper import require_zookeeper
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(150)]
@@ -37,14 +38,6 @@ RELAYS = 2
 SUBPROCESS_TIMEOUT_S = 120
 
 
-def _require(what: str, ok: bool) -> None:
-    if ok:
-        return
-    if services_required():
-        pytest.fail(f"{what} is required here (CI or RELAY_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(f"{what} not available")
-
-
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
@@ -53,8 +46,8 @@ def _finite(value: Any) -> bool:
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     require_pg_bin()
     require_zookeeper()
-    _require("node", shutil.which("node") is not None)
-    _require(
+    require("node", shutil.which("node") is not None)
+    require(
         "the ws npm package (npm ci in tests/e2e/node)",
         (ROOT / "tests" / "e2e" / "node" / "node_modules" / "ws" / "package.json").is_file(),
     )

@@ -37,7 +37,7 @@ import pytest
 
 from devstack.embedded_postgres import PostgresNotFound, find_pg_bin
 from devstack.launch import ROOT
-from tests.fixtures.postgres import services_required
+from tests.fixtures.services import require
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(60)]
 
@@ -54,14 +54,6 @@ RENAMES = 3
 PRESENCE_JOINS = 40  # 20 a second for 2 s
 #: ``presence`` waits twice for PostgreSQL's table counters (11 s each) and a lease (5 s).
 PRESENCE_TIMEOUT_S = 150
-
-
-def _require(what: str, ok: bool) -> None:
-    if ok:
-        return
-    if services_required():
-        pytest.fail(f"{what} is required here (CI or RELAY_REQUIRE_SERVICES=1)", pytrace=False)
-    pytest.skip(f"{what} not available")
 
 
 def _finite(value: Any) -> bool:
@@ -96,9 +88,9 @@ def requirements() -> None:
         has_pg = True
     except PostgresNotFound:
         has_pg = False
-    _require("PostgreSQL", has_pg)
-    _require("node", shutil.which("node") is not None)
-    _require(
+    require("PostgreSQL", has_pg)
+    require("node", shutil.which("node") is not None)
+    require(
         "the ws npm package (npm ci in tests/e2e/node)",
         (ROOT / "tests" / "e2e" / "node" / "node_modules" / "ws" / "package.json").is_file(),
     )
@@ -390,7 +382,7 @@ def test_presence_after_a_relay_crash(presence: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def versus(requirements: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    _require(
+    require(
         "the socket.io npm package (npm ci in loadtest/peers)",
         (ROOT / "loadtest" / "peers" / "node_modules" / "socket.io" / "package.json").is_file(),
     )
