@@ -53,7 +53,7 @@ from loadtest.bench.coordination import command as coordination_command
 from loadtest.bench.drain import command as drain_command
 from loadtest.bench.figures import ms_text, noisy
 from loadtest.bench.notify import command as notify_command
-from loadtest.bench.runner import RunResult, live_check, machine, median, run_once
+from loadtest.bench.runner import RunResult, common_options, live_check, machine, median, run_once
 from loadtest.bench.sockjs import command as sockjs_command
 from loadtest.bench.stack import (
     BenchError,
@@ -538,18 +538,12 @@ def measure(
                 db,
                 workdir,
                 cleanup,
+                **common_options(args, workdir),
                 mode=mode,
                 sessions=sessions,
                 writes=writes,
                 interval=interval,
-                deflate=args.deflate,
-                concurrency=args.concurrency,
-                ramp_timeout=args.ramp_timeout,
-                profile_dir=workdir / "profiles" if args.profile else None,
                 label=f"[{mode} {sessions} run {i + 1}/{args.runs}] ",
-                quiet=args.quiet,
-                live=args.live_check,
-                settle=args.settle,
                 subscribe=getattr(args, "subscribe", True),
                 workers=getattr(args, "workers", 1),
             )

@@ -352,6 +352,20 @@ def finish_profilers(profilers: list[Profiler], timeout: float = 60.0) -> list[s
     return [path for path in paths if path is not None]
 
 
+def common_options(args: Any, workdir: Path) -> dict[str, Any]:
+    """``run_once``'s keywords that every mode takes from the common command-line options
+    (``cli``): how the clients connect, the ramp, profiling, output, the live check."""
+    return {
+        "deflate": args.deflate,
+        "concurrency": args.concurrency,
+        "ramp_timeout": args.ramp_timeout,
+        "profile_dir": workdir / "profiles" if args.profile else None,
+        "quiet": args.quiet,
+        "live": args.live_check,
+        "settle": args.settle,
+    }
+
+
 def run_once(
     db: Database,
     workdir: Path,

@@ -26,7 +26,7 @@ from typing import Any
 
 from loadtest.bench.figures import ms_text, noisy
 from loadtest.bench.floor import send_floor
-from loadtest.bench.runner import RELAY, SOCKETIO, RunResult, median, run_once
+from loadtest.bench.runner import RELAY, SOCKETIO, RunResult, common_options, median, run_once
 from loadtest.bench.stack import BenchError, Cleanup, Database
 
 #: Sessions one generator process holds at most (the descriptor limit here is 20,000).
@@ -220,18 +220,12 @@ def command(
                     db,
                     workdir,
                     cleanup,
+                    **common_options(args, workdir),
                     mode="versus",
                     sessions=n,
                     writes=args.writes,
                     interval=args.interval,
-                    deflate=args.deflate,
-                    concurrency=args.concurrency,
-                    ramp_timeout=args.ramp_timeout,
-                    profile_dir=workdir / "profiles" if args.profile else None,
                     label=f"[{contender.key} {n} run {i + 1}/{args.runs}] ",
-                    quiet=args.quiet,
-                    live=args.live_check,
-                    settle=args.settle,
                     workers=contender.workers,
                     generators=generators,
                     peer=contender.peer,
